@@ -1,0 +1,51 @@
+"""The Model protocol every model (offline or over HTTP) follows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+Message = dict[str, str]  # {"role": ..., "content": ...}
+
+
+class ModelError(Exception):
+    """The model cannot go on; ``exit_status`` ends the agent with that status."""
+
+    def __init__(self, message: str, exit_status: str = "ModelError") -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+@dataclass
+class ModelReply:
+    content: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+
+
+@dataclass
+class ModelStats:
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+
+    def add(self, reply: ModelReply) -> None:
+        self.calls += 1
+        self.prompt_tokens += reply.prompt_tokens
+        self.completion_tokens += reply.completion_tokens
+        self.cost += reply.cost
+
+
+@runtime_checkable
+class Model(Protocol):
+    name: str
+    stats: ModelStats
+
+    async def query(self, messages: list[Message]) -> ModelReply: ...
+
+
+@dataclass
+class _StatsMixin:
+    stats: ModelStats = field(default_factory=ModelStats)

@@ -1,0 +1,115 @@
+"""Shapes shared by the sandbox server, its backends and its clients."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from pydantic import BaseModel, Field
+
+DEFAULT_OUTPUT_LIMIT = 100_000  # characters kept from a command's output (head + tail)
+DEFAULT_EXEC_TIMEOUT = 60.0
+
+
+class SandboxError(Exception):
+    """A sandbox operation failed; ``status`` is the HTTP status that fits."""
+
+    status = 500
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+
+class SandboxNotFound(SandboxError):
+    status = 404
+
+
+class PathOutsideSandbox(SandboxError):
+    status = 400
+
+
+class CreateSandbox(BaseModel):
+    """Request to create a sandbox: from a task's repository, or an empty one."""
+
+    task_id: str | None = None
+    dataset: str = "perf-lite"
+    image: str | None = None
+    ttl_s: float = Field(default=3600.0, gt=0, le=7 * 24 * 3600)
+    cpus: float | None = Field(default=None, gt=0)
+    memory_mb: int | None = Field(default=None, gt=0)
+    run: str = ""  # label: the fleet run that owns it
+
+
+class SandboxInfo(BaseModel):
+    sandbox_id: str
+    backend: str
+    workdir: str
+    task_id: str | None = None
+    dataset: str | None = None
+    created_at: float
+    expires_at: float
+
+
+class ExecRequest(BaseModel):
+    command: str = Field(min_length=1, max_length=1_000_000)
+    cwd: str = ""
+    timeout: float | None = Field(default=None, gt=0, le=24 * 3600)
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class ExecResult(BaseModel):
+    output: str
+    returncode: int
+    truncated: bool = False
+    timed_out: bool = False
+    duration_s: float = 0.0
+
+
+@runtime_checkable
+class Sandboxes(Protocol):
+    """What the runner and the evaluator need: served in-process or over HTTP alike."""
+
+    async def create(self, req: CreateSandbox) -> SandboxInfo: ...
+
+    async def exec(
+        self,
+        sandbox_id: str,
+        command: str,
+        *,
+        cwd: str = "",
+        timeout: float | None = None,
+        env: dict[str, str] | None = None,
+    ) -> ExecResult: ...
+
+    async def read_file(self, sandbox_id: str, path: str) -> bytes: ...
+
+    async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None: ...
+
+    async def delete(self, sandbox_id: str) -> None: ...
+
+
+class Backend(Protocol):
+    """A place where sandboxes live (``process``, ``docker``). Knows nothing of tasks."""
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def create(
+        self, sandbox_id: str, source_dir: Path | None, req: CreateSandbox
+    ) -> str:  # returns the workdir as seen by commands
+        ...
+
+    async def exec(
+        self, sandbox_id: str, req: ExecRequest, output_limit: int
+    ) -> ExecResult: ...
+
+    async def read_file(self, sandbox_id: str, path: str) -> bytes: ...
+
+    async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None: ...
+
+    async def delete(self, sandbox_id: str) -> None: ...
+
+    async def aclose(self) -> None: ...
