@@ -1,14 +1,22 @@
 """Pooled HTTP: one aiohttp session per event loop, safe retries, metrics."""
 
+from agentfleet.http.metrics import (
+    PoolCollector,
+    pool_metrics_collector,
+    register_pool_metrics,
+    render_prometheus,
+)
 from agentfleet.http.pool import (
     DEFAULT_TIMEOUTS,
     EVAL_TIMEOUTS,
     LLM_TIMEOUTS,
     NO_RETRY,
     PRESETS,
+    HttpConnectionError,
     HttpError,
     HttpPool,
     HttpStatusError,
+    HttpTimeoutError,
     PoolLimits,
     Response,
     RetryPolicy,
@@ -17,6 +25,7 @@ from agentfleet.http.pool import (
     preset_for_fleet,
     resolve_limits,
 )
+from agentfleet.http.retry import is_idempotent, parse_retry_after
 
 __all__ = [
     "DEFAULT_TIMEOUTS",
@@ -24,14 +33,22 @@ __all__ = [
     "LLM_TIMEOUTS",
     "NO_RETRY",
     "PRESETS",
+    "HttpConnectionError",
     "HttpError",
     "HttpPool",
     "HttpStatusError",
+    "HttpTimeoutError",
+    "PoolCollector",
     "PoolLimits",
     "Response",
     "RetryPolicy",
     "Timeouts",
     "exec_timeouts",
+    "is_idempotent",
+    "parse_retry_after",
+    "pool_metrics_collector",
     "preset_for_fleet",
+    "register_pool_metrics",
+    "render_prometheus",
     "resolve_limits",
 ]

@@ -4,12 +4,53 @@ from __future__ import annotations
 
 import asyncio
 import json as jsonlib
+import logging
+import time
 import weakref
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
+from tenacity import RetryCallState
+from yarl import URL
+
+from agentfleet.http.metrics import (
+    AttemptTrace,
+    PoolMetrics,
+    TargetMetrics,
+    error_kind,
+    make_trace_config,
+    track_pool,
+)
+from agentfleet.http.retry import (
+    NO_RETRY,
+    RetryPolicy,
+    build_retrying,
+    is_idempotent,
+)
+
+log = logging.getLogger("agentfleet.http")
+
+__all__ = [
+    "DEFAULT_TIMEOUTS",
+    "EVAL_TIMEOUTS",
+    "LLM_TIMEOUTS",
+    "NO_RETRY",
+    "PRESETS",
+    "HttpConnectionError",
+    "HttpError",
+    "HttpPool",
+    "HttpStatusError",
+    "HttpTimeoutError",
+    "PoolLimits",
+    "Response",
+    "RetryPolicy",
+    "Timeouts",
+    "exec_timeouts",
+    "preset_for_fleet",
+    "resolve_limits",
+]
 
 
 @dataclass(frozen=True)
@@ -73,17 +114,6 @@ def exec_timeouts(command_timeout: float | None, margin: float = 30.0) -> Timeou
     return Timeouts(total=budget, connect=60, sock_read=budget)
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    attempts: int = 3
-    wait_min: float = 4.0
-    wait_max: float = 60.0
-    budget_s: float = 900.0  # total time across attempts
-
-
-NO_RETRY = RetryPolicy(attempts=1)
-
-
 @dataclass
 class Response:
     status: int
@@ -111,6 +141,18 @@ class HttpError(Exception):
     """A request failed for good (after any retries)."""
 
 
+class HttpConnectionError(HttpError, aiohttp.ClientConnectionError):
+    """Could not reach the server / the connection broke (after any retries).
+
+    Also an ``aiohttp.ClientConnectionError`` so existing ``except aiohttp.ClientError``
+    handlers keep working; the original exception is ``__cause__``.
+    """
+
+
+class HttpTimeoutError(HttpError, aiohttp.ServerTimeoutError):
+    """A timeout fired (connect, sock_read or total). Also a ``TimeoutError``."""
+
+
 class HttpStatusError(HttpError):
     def __init__(self, response: Response) -> None:
         self.response = response
@@ -136,6 +178,10 @@ class HttpPool:
 
     Owned by ``async with`` / ``await pool.aclose()``; :meth:`for_loop` gives the loop's
     shared pool, closed automatically when ``asyncio.run`` shuts the loop down.
+
+    Requests wait for a slot on our own semaphores (one of ``limit_per_host`` per
+    ``scheme://host:port`` and one of ``limit`` overall) *before* aiohttp sees them, so
+    time queued for a connection is never charged to the request's timeout.
     """
 
     def __init__(
@@ -144,13 +190,27 @@ class HttpPool:
         *,
         retry: RetryPolicy | None = None,
         keepalive_timeout: float = 15.0,
+        name: str | None = None,
     ) -> None:
         self.limits = resolve_limits(limits)
         self.retry = retry or _defaults.retry
         self.keepalive_timeout = keepalive_timeout
+        default_name = track_pool(self)
+        self.name = name or default_name
+        self.metrics = PoolMetrics()
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._global_slots: asyncio.Semaphore | None = None
+        self._host_slots: dict[str, asyncio.Semaphore] = {}
+        self._shutdown_agen: AsyncGenerator[None, None] | None = None
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (
+            f"<HttpPool {self.name} {state} limit={self.limits.limit} "
+            f"per_host={self.limits.limit_per_host}>"
+        )
 
     # ownership -----------------------------------------------------------------------
     @classmethod
@@ -158,6 +218,8 @@ class HttpPool:
         cls, limits: PoolLimits | str | None = None, retry: RetryPolicy | None = None
     ) -> None:
         """Settings for pools that :meth:`for_loop` creates from now on."""
+        if limits is not None:
+            resolve_limits(limits)  # fail fast on an unknown preset
         _defaults.limits = limits
         if retry is not None:
             _defaults.retry = retry
@@ -171,7 +233,6 @@ class HttpPool:
             pool = cls(_defaults.limits)
             _loop_pools[loop] = pool
             pool._bind(loop)
-            _close_at_shutdown(pool)
         return pool
 
     async def __aenter__(self) -> HttpPool:
@@ -182,25 +243,48 @@ class HttpPool:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Close the session and its connections. Idempotent; must run on the pool's loop."""
+        if self._session is not None:
+            self._check_loop(asyncio.get_running_loop())
         self._closed = True
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
+            # Let the transports run connection_lost (closing their sockets) now.
+            await asyncio.sleep(0)
+        agen, self._shutdown_agen = self._shutdown_agen, None
+        if agen is not None:
+            # Finish the shutdown hook too, so that it is never finalized later (possibly
+            # after its loop is closed). Its ``finally`` calls aclose() again: a no-op.
+            await agen.aclose()
 
     @property
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop this pool is bound to (None until first used)."""
+        return self._loop
+
+    def _check_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._loop is not None and self._loop is not loop:
+            raise RuntimeError(
+                f"{self!r} is bound to another event loop ({self._loop!r}); an HttpPool "
+                "must only be used on the loop (and thread) that first used it. Use "
+                "HttpPool.for_loop() to get the current loop's pool."
+            )
+
     def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._loop is None:
             self._loop = loop
-        elif self._loop is not loop:
-            raise RuntimeError("HttpPool is bound to another event loop; use one pool per loop")
+        else:
+            self._check_loop(loop)
 
     def _get_session(self) -> aiohttp.ClientSession:
-        if self._closed:
-            raise RuntimeError("HttpPool is closed")
         self._bind(asyncio.get_running_loop())
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed")
         if self._session is None:
             connector = aiohttp.TCPConnector(
                 limit=self.limits.limit,
@@ -208,9 +292,21 @@ class HttpPool:
                 keepalive_timeout=self.keepalive_timeout,
             )
             self._session = aiohttp.ClientSession(
-                connector=connector, timeout=DEFAULT_TIMEOUTS.client_timeout()
+                connector=connector,
+                timeout=DEFAULT_TIMEOUTS.client_timeout(),
+                trace_configs=[make_trace_config()],
             )
+            # Whoever created the pool, its session is closed when asyncio.run() ends.
+            _close_at_shutdown(self)
         return self._session
+
+    def _slots(self, origin: str) -> tuple[asyncio.Semaphore, asyncio.Semaphore]:
+        if self._global_slots is None:
+            self._global_slots = asyncio.Semaphore(self.limits.limit)
+        host = self._host_slots.get(origin)
+        if host is None:
+            host = self._host_slots[origin] = asyncio.Semaphore(self.limits.limit_per_host)
+        return host, self._global_slots
 
     # requests ------------------------------------------------------------------------
     async def request(
@@ -222,37 +318,159 @@ class HttpPool:
         data: bytes | str | None = None,
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
-        timeout: Timeouts | None = None,
+        timeout: Timeouts | None = None,  # noqa: ASYNC109  (per-call aiohttp timeouts)
         idempotent: bool | None = None,
         retry: RetryPolicy | None = None,
+        target: str | None = None,
     ) -> Response:
+        """Send a request and read the whole body.
+
+        Idempotent requests (see :func:`agentfleet.http.retry.is_idempotent`) are retried
+        per ``retry`` (default: the pool's policy) on connection errors and 429/502/503/504;
+        others get one attempt. A final error status is *returned* (use
+        ``raise_for_status()``); a connection failure raises :class:`HttpConnectionError`,
+        a timeout :class:`HttpTimeoutError`. ``target`` labels the metrics (default
+        ``host:port``).
+        """
         session = self._get_session()
-        to = (timeout or DEFAULT_TIMEOUTS).client_timeout()
-        async with session.request(
-            method, url, json=json, data=data, params=params, headers=headers, timeout=to
-        ) as resp:
-            body = await resp.read()
-            return Response(resp.status, dict(resp.headers), body, str(resp.url))
+        method = method.upper()
+        u = URL(url)
+        if not u.is_absolute() or u.host is None:
+            raise ValueError(f"HttpPool needs an absolute URL, got {url!r}")
+        origin = f"{u.scheme}://{u.host}:{u.port}"
+        tm = self.metrics.target(target or f"{u.host}:{u.port}")
+        policy = retry or self.retry
+        if not is_idempotent(method, headers, idempotent):
+            policy = NO_RETRY
+        client_timeout = (timeout or DEFAULT_TIMEOUTS).client_timeout()
+        attempts = 0
+
+        async def attempt() -> Response:
+            nonlocal attempts
+            attempts += 1
+            return await self._attempt(
+                session,
+                method,
+                url,
+                origin,
+                tm,
+                json=json,
+                data=data,
+                params=params,
+                headers=headers,
+                timeout=client_timeout,
+            )
+
+        def on_retry(state: RetryCallState) -> None:
+            tm.retries += 1
+            outcome = state.outcome
+            why: object = "?"
+            if outcome is not None:
+                why = (
+                    repr(outcome.exception())
+                    if outcome.failed
+                    else f"HTTP {getattr(outcome.result(), 'status', '?')}"
+                )
+            log.info(
+                "retrying %s %s in %.2fs (attempt %d failed: %s)",
+                method,
+                url,
+                state.upcoming_sleep,
+                state.attempt_number,
+                why,
+            )
+
+        try:
+            if policy.attempts <= 1:
+                return await attempt()
+            result: Response = await build_retrying(policy, on_retry)(attempt)
+            return result
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _wrap_error(exc, method, url, attempts) from exc
+
+    async def _attempt(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        url: str,
+        origin: str,
+        tm: TargetMetrics,
+        **kw: Any,
+    ) -> Response:
+        host_slots, global_slots = self._slots(origin)
+        waited_from = time.monotonic()
+        tm.waiting += 1
+        try:
+            # Per-host first, then global: a request never holds a global slot while
+            # waiting on a busy host, and the fixed order cannot deadlock.
+            await host_slots.acquire()
+            try:
+                await global_slots.acquire()
+            except BaseException:
+                host_slots.release()
+                raise
+        finally:
+            tm.waiting -= 1
+        started = time.monotonic()
+        self.metrics.observe_queue_wait(tm, started - waited_from)
+        trace = AttemptTrace(tm)
+        try:
+            async with session.request(method, url, trace_request_ctx=trace, **kw) as resp:
+                body = await resp.read()
+                response = Response(resp.status, dict(resp.headers), body, str(resp.url))
+        except asyncio.CancelledError:
+            tm.cancelled += 1
+            raise
+        except BaseException as exc:
+            if not trace.error_recorded and isinstance(exc, Exception):
+                tm.errors[error_kind(exc)] += 1
+            raise
+        finally:
+            global_slots.release()
+            host_slots.release()
+        self.metrics.observe_latency(tm, time.monotonic() - started)
+        if response.status >= 400:
+            tm.errors[f"http_{response.status}"] += 1
+        return response
 
     def stats(self) -> dict[str, Any]:
-        return {"limits": {"limit": self.limits.limit, "per_host": self.limits.limit_per_host}}
+        """JSON-serialisable snapshot: limits, totals and per-target metrics."""
+        snap = self.metrics.snapshot()
+        return {
+            "name": self.name,
+            "limits": {"limit": self.limits.limit, "per_host": self.limits.limit_per_host},
+            "closed": self._closed,
+            "totals": snap["totals"],
+            "targets": snap["targets"],
+        }
+
+
+def _wrap_error(exc: BaseException, method: str, url: str, attempts: int) -> HttpError:
+    tries = f"after {attempts} attempt{'s' if attempts != 1 else ''}"
+    what = f"{method} {url} failed {tries}: {type(exc).__name__}: {exc}"
+    if isinstance(exc, TimeoutError):
+        return HttpTimeoutError(f"{method} {url} timed out {tries} ({type(exc).__name__})")
+    if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
+        return HttpConnectionError(what)
+    return HttpError(what)
 
 
 def _close_at_shutdown(pool: HttpPool) -> None:
     """Close ``pool`` when the loop's async generators are shut down (end of asyncio.run)."""
 
-    async def closer() -> AsyncIterator[None]:
+    async def closer() -> AsyncGenerator[None, None]:
         try:
             yield
         finally:
+            pool._shutdown_agen = None  # we are running: aclose() must not aclose() us
             await pool.aclose()
 
     agen = closer()
-    pool._shutdown_agen = agen  # type: ignore[attr-defined]  # strong ref: the loop keeps a weak one
+    pool._shutdown_agen = agen  # strong ref: the loop keeps only a weak one
 
     # The first step registers the generator with the running loop, whose
     # shutdown_asyncgens() (called by asyncio.run) then runs its ``finally``.
-    step = agen.__anext__()
+    step = cast(Coroutine[Any, Any, None], agen.__anext__())
     try:
         step.send(None)
     except StopIteration:

@@ -1,0 +1,132 @@
+"""LightAgent: the bash-only agent loop (one bash block per reply, output back as a message)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+from jinja2 import Environment, StrictUndefined, Template
+
+from agentfleet.models.base import Message, Model, ModelError
+from agentfleet.models.offline import SUBMIT_SENTINEL
+from agentfleet.tasks import Task
+
+_BASH_BLOCK = re.compile(r"```bash\s*\n(.*?)\n```", re.DOTALL)
+_jinja = Environment(undefined=StrictUndefined, keep_trailing_newline=True)
+DEFAULT_TEMPLATES: dict[str, str] = yaml.safe_load(
+    Path(__file__).with_name("templates.yaml").read_text()
+)
+
+
+@cache
+def _compile(source: str) -> Template:
+    return _jinja.from_string(source)
+
+
+class AsyncEnvironment(Protocol):
+    async def aexecute(
+        self, command: str, cwd: str = "", timeout: float | None = None
+    ) -> dict[str, Any]: ...
+
+
+@dataclass
+class AgentConfig:
+    step_limit: int = 30
+    time_limit_s: float = 900.0
+    command_timeout_s: float = 60.0
+    observation_max_chars: int = 10_000
+    templates: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TEMPLATES))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path | None = None, **overrides: Any) -> AgentConfig:
+        """Defaults, then the YAML file (sync: read it outside the event loop), then overrides."""
+        templates = dict(DEFAULT_TEMPLATES)
+        data: dict[str, Any] = {}
+        if path is not None:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+            for key in list(data):
+                if key.endswith("_template"):
+                    templates[key] = data.pop(key)
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(templates=templates, **data)
+
+
+@dataclass
+class AgentResult:
+    exit_status: str
+    messages: list[Message]
+    steps: int
+    duration_s: float
+    error: str = ""
+
+
+def parse_action(reply: str) -> list[str]:
+    return [block.strip() for block in _BASH_BLOCK.findall(reply)]
+
+
+def clip_middle(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    omitted = len(text) - 2 * half
+    return f"{text[:half]}\n... [{omitted} characters elided] ...\n{text[-half:]}"
+
+
+class LightAgent:
+    """Runs one task: query the model, run its one bash block, feed back the output."""
+
+    def __init__(self, model: Model, env: AsyncEnvironment, task: Task, config: AgentConfig):
+        self.model, self.env, self.task, self.config = model, env, task, config
+        self.messages: list[Message] = []
+
+    def _render(self, name: str, **kw: Any) -> str:
+        return _compile(self.config.templates[name]).render(**kw)
+
+    def _add(self, role: str, content: str) -> None:
+        self.messages.append({"role": role, "content": content})
+
+    async def run(self) -> AgentResult:
+        start = time.monotonic()
+        self._add("system", self._render("system_template", sentinel=SUBMIT_SENTINEL))
+        self._add("user", self._render("instance_template", task=self.task))
+        steps, status, error = 0, "", ""
+        try:
+            async with asyncio.timeout(self.config.time_limit_s):
+                status = await self._loop()
+        except TimeoutError:
+            status = "TimeLimitExceeded"
+        except ModelError as exc:
+            status, error = exc.exit_status, str(exc)
+        steps = sum(1 for m in self.messages if m["role"] == "assistant")
+        if error:
+            self._add("user", f"[agentfleet] agent ended: {status}: {error}")
+        return AgentResult(status, self.messages, steps, time.monotonic() - start, error)
+
+    async def _loop(self) -> str:
+        for _ in range(self.config.step_limit):
+            reply = await self.model.query(self.messages)
+            self._add("assistant", reply.content)
+            actions = parse_action(reply.content)
+            if len(actions) != 1:
+                self._add("user", self._render("format_error_template", n_blocks=len(actions)))
+                continue
+            out = await self.env.aexecute(actions[0], timeout=self.config.command_timeout_s)
+            output = str(out.get("output", ""))
+            if output.lstrip().splitlines()[:1] == [SUBMIT_SENTINEL]:
+                return "Submitted"
+            self._add(
+                "user",
+                self._render(
+                    "observation_template",
+                    returncode=out.get("returncode"),
+                    timed_out=bool(out.get("timed_out")),
+                    output=clip_middle(output, self.config.observation_max_chars),
+                ),
+            )
+        return "LimitsExceeded"
