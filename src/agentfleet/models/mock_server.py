@@ -1,0 +1,560 @@
+"""An OpenAI-compatible mock LLM server that answers like the oracle, with fault injection.
+
+It recognises the task in the conversation (by the task's prompt text, else its id), counts
+the assistant messages already there to know the step, and answers
+``oracle_replies(task)[step]`` (then keeps answering the submit reply). Latency, 429/500
+errors and dropped connections can be injected; ``GET /stats`` and ``GET /metrics`` tell
+what the server saw (calls, injected errors, in flight, distinct client connections).
+
+Run it with ``agentfleet mock-llm --port 8000`` or in-process with
+``serving.serve_in_loop(create_mock_llm_app(...))``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import re
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from agentfleet.models.base import ModelError
+from agentfleet.models.offline import SUBMIT_SENTINEL, bash_reply, oracle_replies
+
+log = logging.getLogger(__name__)
+
+ErrorKind = Literal["429", "500", "drop"]
+LatencyDist = Literal["fixed", "uniform", "exponential"]
+ERROR_KINDS: tuple[str, ...] = ("429", "500", "drop")
+TRIGGER_CONTEXT_LENGTH = "TRIGGER_CONTEXT_LENGTH"
+PREFIX_CHARS = 80
+DEFAULT_MODEL_NAMES: tuple[str, ...] = ("mock-oracle",)
+UNKNOWN_TASK_REPLY = bash_reply(
+    "I do not recognise this task, so I submit without changing anything.",
+    f"echo {SUBMIT_SENTINEL}",
+)
+_RAW_SEND = "agentfleet.raw_send"
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return "" if content is None else str(content)
+
+
+def _error_body(message: str, type_: str, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+
+
+# task recognition ----------------------------------------------------------------------
+@dataclass
+class _KnownTask:
+    id: str
+    prompt: str  # normalised
+    replies: list[str]
+    id_pattern: re.Pattern[str]
+
+
+@dataclass
+class TaskIndex:
+    """The tasks of a dataset and the oracle's replies for each."""
+
+    dataset: str | None = None
+    tasks: list[_KnownTask] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, dataset: str | None) -> TaskIndex:
+        """Read the dataset and every reference patch (blocking: run in a thread)."""
+        if not dataset:
+            return cls(None, [])
+        from agentfleet.tasks import load_dataset
+
+        ds = load_dataset(dataset)
+        known = []
+        for task in ds.tasks():
+            try:
+                replies = oracle_replies(task)
+            except ModelError as exc:
+                log.warning("mock LLM: %s; it will only be submitted", exc)
+                replies = [UNKNOWN_TASK_REPLY]
+            pattern = re.compile(rf"(?<![\w-]){re.escape(task.id)}(?![\w-])")
+            known.append(_KnownTask(task.id, _normalise(task.prompt), replies, pattern))
+        return cls(ds.name, known)
+
+    def recognise(self, text: str) -> _KnownTask | None:
+        """The task whose prompt (whole, else its first 80 chars), else id, is in ``text``."""
+        text = _normalise(text)
+        best: tuple[int, _KnownTask] | None = None
+        for task in self.tasks:
+            if not task.prompt:
+                continue
+            if task.prompt in text:
+                score = 2 * len(task.prompt)
+            elif task.prompt[:PREFIX_CHARS] in text:
+                score = len(task.prompt[:PREFIX_CHARS])
+            else:
+                continue
+            if best is None or score > best[0]:
+                best = (score, task)
+        if best is not None:
+            return best[1]
+        by_id = [t for t in self.tasks if t.id_pattern.search(text)]
+        return max(by_id, key=lambda t: len(t.id)) if by_id else None
+
+
+# state ---------------------------------------------------------------------------------
+@dataclass
+class MockStats:
+    calls: int = 0
+    completions: int = 0
+    errors: Counter[str] = field(default_factory=Counter)  # injected, by kind
+    rejected: Counter[str] = field(default_factory=Counter)  # auth, bad_request, context_length
+    in_flight: int = 0
+    peak_in_flight: int = 0
+    clients: set[tuple[str, int]] = field(default_factory=set)
+    recognised: Counter[str] = field(default_factory=Counter)  # by task id
+    unrecognised: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    started: float = field(default_factory=time.time)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "calls": self.calls,
+            "completions": self.completions,
+            "errors": {kind: self.errors.get(kind, 0) for kind in ERROR_KINDS} | dict(self.errors),
+            "errors_total": sum(self.errors.values()),
+            "rejected": dict(self.rejected),
+            "in_flight": self.in_flight,
+            "peak_in_flight": self.peak_in_flight,
+            "client_connections": len(self.clients),
+            "recognised": dict(self.recognised),
+            "unrecognised": self.unrecognised,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "uptime_s": round(time.time() - self.started, 3),
+        }
+
+
+@dataclass
+class MockConfig:
+    dataset: str | None = "perf-lite"
+    latency: float | tuple[float, float] = 0.0
+    latency_dist: LatencyDist | None = None
+    error_rate: float = 0.0
+    error_kinds: tuple[str, ...] = ERROR_KINDS
+    seed: int | None = None
+    retry_after: float = 0.0
+    cost_per_call: float | None = None
+    report_usage: bool = True
+    require_key: str | None = None
+    context_limit_words: int | None = None
+    model_names: tuple[str, ...] = DEFAULT_MODEL_NAMES
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.error_rate <= 1.0:
+            raise ValueError(f"error_rate must be within [0, 1], got {self.error_rate}")
+        self.error_kinds = tuple(str(k) for k in self.error_kinds)
+        unknown = set(self.error_kinds) - set(ERROR_KINDS)
+        if unknown or not self.error_kinds:
+            raise ValueError(
+                f"error kinds must be a non-empty subset of {ERROR_KINDS}, got {self.error_kinds}"
+            )
+        if isinstance(self.latency, list | tuple):
+            lo, hi = (float(x) for x in self.latency)
+            if lo < 0 or hi < lo:
+                raise ValueError(f"latency range must be 0 <= low <= high, got {self.latency}")
+            self.latency = (lo, hi)
+            self.latency_dist = self.latency_dist or "uniform"
+        else:
+            if self.latency < 0:
+                raise ValueError(f"latency must be >= 0, got {self.latency}")
+            self.latency = float(self.latency)
+            self.latency_dist = self.latency_dist or "fixed"
+        if self.latency_dist not in ("fixed", "uniform", "exponential"):
+            raise ValueError(f"unknown latency distribution {self.latency_dist!r}")
+
+    def sample_latency(self, rng: random.Random) -> float:
+        """fixed: the latency (a range: its low end); uniform: within the range, or
+        [0, 2*latency] for one number; exponential: mean = the latency (or the range's mid)."""
+        lat = self.latency
+        lo, hi = lat if isinstance(lat, tuple) else (lat, lat)
+        if self.latency_dist == "uniform":
+            if not isinstance(lat, tuple):
+                lo, hi = 0.0, 2 * lat
+            return rng.uniform(lo, hi)
+        if self.latency_dist == "exponential":
+            mean = (lo + hi) / 2
+            return rng.expovariate(1.0 / mean) if mean > 0 else 0.0
+        return lo
+
+
+class MockLLM:
+    """The mock's state and answers; ``app.state.mock`` in the app."""
+
+    def __init__(self, config: MockConfig) -> None:
+        self.config = config
+        self.rng = random.Random(config.seed)
+        self.index = TaskIndex()
+        self.stats = MockStats()
+        self.loaded = False
+
+    def load_sync(self) -> None:
+        """Load the dataset now (blocking: outside the event loop), failing on a bad one."""
+        self.index = TaskIndex.load(self.config.dataset)
+        self.loaded = True
+
+    async def load(self) -> None:
+        if self.loaded:
+            return
+        self.index = await asyncio.to_thread(TaskIndex.load, self.config.dataset)
+        self.loaded = True
+        log.info("mock LLM: %d task(s) from dataset %r", len(self.index.tasks), self.config.dataset)
+
+    def reset_stats(self) -> None:
+        in_flight = self.stats.in_flight
+        self.stats = MockStats(in_flight=in_flight, peak_in_flight=in_flight)
+
+    def authorised(self, request: Request) -> bool:
+        key = self.config.require_key
+        return key is None or request.headers.get("authorization") == f"Bearer {key}"
+
+    def pick_error(self) -> str | None:
+        if self.config.error_rate > 0 and self.rng.random() < self.config.error_rate:
+            return self.rng.choice(self.config.error_kinds)
+        return None
+
+    def answer(self, messages: list[dict[str, Any]]) -> tuple[str, str | None]:
+        """(reply, task id or None) for the conversation."""
+        text = "\n".join(_content_text(m.get("content")) for m in messages if isinstance(m, dict))
+        task = self.index.recognise(text)
+        if task is None:
+            self.stats.unrecognised += 1
+            return UNKNOWN_TASK_REPLY, None
+        step = sum(1 for m in messages if isinstance(m, dict) and m.get("role") == "assistant")
+        self.stats.recognised[task.id] += 1
+        return task.replies[min(step, len(task.replies) - 1)], task.id
+
+    def metrics_text(self) -> str:
+        s = self.stats
+        lines = [
+            "# HELP agentfleet_mock_llm_requests_total Chat completion requests received.",
+            "# TYPE agentfleet_mock_llm_requests_total counter",
+            f"agentfleet_mock_llm_requests_total {s.calls}",
+            "# HELP agentfleet_mock_llm_completions_total Chat completions answered.",
+            "# TYPE agentfleet_mock_llm_completions_total counter",
+            f"agentfleet_mock_llm_completions_total {s.completions}",
+            "# HELP agentfleet_mock_llm_injected_errors_total Errors injected, by kind.",
+            "# TYPE agentfleet_mock_llm_injected_errors_total counter",
+        ]
+        for kind in sorted(set(ERROR_KINDS) | set(s.errors)):
+            lines.append(
+                f'agentfleet_mock_llm_injected_errors_total{{kind="{kind}"}} {s.errors[kind]}'
+            )
+        lines += [
+            "# HELP agentfleet_mock_llm_rejected_total Requests rejected, by reason.",
+            "# TYPE agentfleet_mock_llm_rejected_total counter",
+        ]
+        for reason in sorted({"auth", "bad_request", "context_length"} | set(s.rejected)):
+            lines.append(
+                f'agentfleet_mock_llm_rejected_total{{reason="{reason}"}} {s.rejected[reason]}'
+            )
+        lines += [
+            "# HELP agentfleet_mock_llm_in_flight Chat requests being served.",
+            "# TYPE agentfleet_mock_llm_in_flight gauge",
+            f"agentfleet_mock_llm_in_flight {s.in_flight}",
+            "# HELP agentfleet_mock_llm_peak_in_flight Most chat requests served at once.",
+            "# TYPE agentfleet_mock_llm_peak_in_flight gauge",
+            f"agentfleet_mock_llm_peak_in_flight {s.peak_in_flight}",
+            "# HELP agentfleet_mock_llm_client_connections Distinct client connections seen.",
+            "# TYPE agentfleet_mock_llm_client_connections gauge",
+            f"agentfleet_mock_llm_client_connections {len(s.clients)}",
+            "# HELP agentfleet_mock_llm_tokens_total Tokens (words) reported in usage.",
+            "# TYPE agentfleet_mock_llm_tokens_total counter",
+            f'agentfleet_mock_llm_tokens_total{{type="prompt"}} {s.prompt_tokens}',
+            f'agentfleet_mock_llm_tokens_total{{type="completion"}} {s.completion_tokens}',
+        ]
+        return "\n".join(lines) + "\n"
+
+
+# dropping a connection -----------------------------------------------------------------
+def _drop_connection(raw_send: Any) -> bool:
+    """Close the client's TCP connection without a response (uvicorn's protocol cycles keep
+    the transport on the ``send`` callable's object). False when the server is not uvicorn."""
+    cycle: Any = getattr(raw_send, "__self__", None)
+    transport = getattr(cycle, "transport", None)
+    if transport is None or not hasattr(transport, "close"):
+        return False
+    transport.close()
+    if hasattr(cycle, "disconnected"):
+        cycle.disconnected = True  # uvicorn then neither answers 500 nor logs an error
+    return True
+
+
+class _DropResponse(Response):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if _drop_connection(scope.get(_RAW_SEND)):
+            return
+        fallback = JSONResponse(
+            _error_body("connection drop injected (not supported by this server)", "server_error"),
+            status_code=502,
+        )
+        await fallback(scope, receive, send)
+
+
+class _MockApp(FastAPI):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope[_RAW_SEND] = send
+        await super().__call__(scope, receive, send)
+
+
+# the app -------------------------------------------------------------------------------
+def create_mock_llm_app(
+    *,
+    dataset: str | None = "perf-lite",
+    latency: float | tuple[float, float] = 0.0,
+    latency_dist: LatencyDist | None = None,
+    error_rate: float = 0.0,
+    error_kinds: Iterable[str] = ERROR_KINDS,
+    seed: int | None = None,
+    retry_after: float = 0.0,
+    cost_per_call: float | None = None,
+    report_usage: bool = True,
+    require_key: str | None = None,
+    context_limit_words: int | None = None,
+    model_names: Sequence[str] = DEFAULT_MODEL_NAMES,
+) -> FastAPI:
+    """The mock LLM as a FastAPI app; the dataset (a bundled name or a folder) loads at startup.
+
+    ``latency`` (s): a number or a ``(low, high)`` range, drawn per ``latency_dist``
+    (default: fixed for a number, uniform for a range). ``error_rate`` of the chat calls
+    fail with a kind drawn from ``error_kinds``: ``429`` (with ``Retry-After:
+    retry_after``), ``500``, ``drop`` (connection closed without a response).
+    ``cost_per_call`` adds OpenRouter-style ``usage.cost``. ``require_key``: answer 401 to
+    any other bearer key. A message containing ``TRIGGER_CONTEXT_LENGTH``, or more than
+    ``context_limit_words`` words, gets OpenAI's 400 ``context_length_exceeded``.
+    """
+    config = MockConfig(
+        dataset=dataset,
+        latency=latency,
+        latency_dist=latency_dist,
+        error_rate=error_rate,
+        error_kinds=tuple(error_kinds),
+        seed=seed,
+        retry_after=retry_after,
+        cost_per_call=cost_per_call,
+        report_usage=report_usage,
+        require_key=require_key,
+        context_limit_words=context_limit_words,
+        model_names=tuple(model_names) or DEFAULT_MODEL_NAMES,
+    )
+    mock = MockLLM(config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await mock.load()
+        yield
+
+    app = _MockApp(title="agentfleet mock LLM", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.mock = mock
+
+    def unauthorised() -> JSONResponse:
+        mock.stats.rejected["auth"] += 1
+        return JSONResponse(
+            _error_body("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
+            status_code=401,
+        )
+
+    def bad_request(message: str, code: str | None = None) -> JSONResponse:
+        mock.stats.rejected[
+            "context_length" if code == "context_length_exceeded" else "bad_request"
+        ] += 1
+        return JSONResponse(_error_body(message, "invalid_request_error", code), status_code=400)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "dataset": mock.index.dataset, "tasks": len(mock.index.tasks)}
+
+    @app.get("/stats")
+    async def stats() -> dict[str, Any]:
+        return mock.stats.as_dict()
+
+    @app.post("/stats/reset")
+    async def reset_stats() -> dict[str, Any]:
+        mock.reset_stats()
+        return mock.stats.as_dict()
+
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(mock.metrics_text(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    @app.get("/models", include_in_schema=False)
+    async def models(request: Request) -> Response:
+        if not mock.authorised(request):
+            return unauthorised()
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "agentfleet"}
+            for name in config.model_names
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    @app.post("/v1/chat/completions")
+    @app.post("/chat/completions", include_in_schema=False)
+    async def chat_completions(request: Request) -> Response:
+        s = mock.stats
+        s.calls += 1
+        if request.client is not None:
+            s.clients.add((request.client.host, request.client.port))
+        s.in_flight += 1
+        s.peak_in_flight = max(s.peak_in_flight, s.in_flight)
+        try:
+            return await _chat(request)
+        finally:
+            mock.stats.in_flight -= 1
+
+    async def _chat(request: Request) -> Response:
+        if not mock.authorised(request):
+            return unauthorised()
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return bad_request("We could not parse the JSON body of your request.")
+        messages = body.get("messages") if isinstance(body, dict) else None
+        if not isinstance(messages, list) or not messages:
+            return bad_request("'messages' must be a non-empty list.")
+        text = "\n".join(_content_text(m.get("content")) for m in messages if isinstance(m, dict))
+        prompt_tokens = _words(text)
+        if TRIGGER_CONTEXT_LENGTH in text or (
+            config.context_limit_words is not None and prompt_tokens > config.context_limit_words
+        ):
+            limit = config.context_limit_words or 0
+            return bad_request(
+                f"This model's maximum context length is {limit} tokens. However, your "
+                f"messages resulted in {prompt_tokens} tokens. Please reduce the length "
+                "of the messages.",
+                "context_length_exceeded",
+            )
+
+        error = mock.pick_error()
+        if error == "429":
+            mock.stats.errors["429"] += 1
+            return JSONResponse(
+                _error_body(
+                    "Rate limit reached (injected by the mock).", "requests", "rate_limit_exceeded"
+                ),
+                status_code=429,
+                headers={"Retry-After": f"{config.retry_after:g}"},
+            )
+        delay = config.sample_latency(mock.rng)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if error == "500":
+            mock.stats.errors["500"] += 1
+            return JSONResponse(
+                _error_body("The server had an error (injected by the mock).", "server_error"),
+                status_code=500,
+            )
+        if error == "drop":
+            mock.stats.errors["drop"] += 1
+            return _DropResponse()
+
+        content, _task_id = mock.answer(messages)
+        completion_tokens = _words(content)
+        mock.stats.completions += 1
+        mock.stats.prompt_tokens += prompt_tokens
+        mock.stats.completion_tokens += completion_tokens
+        model = str(body.get("model") or config.model_names[0])
+        usage: dict[str, Any] = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        if config.cost_per_call is not None:
+            usage["cost"] = config.cost_per_call
+        ident = f"chatcmpl-mock-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return StreamingResponse(
+                _sse(ident, created, model, content, usage if include_usage else None),
+                media_type="text/event-stream",
+            )
+        reply: dict[str, Any] = {
+            "id": ident,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                }
+            ],
+        }
+        if config.report_usage:
+            reply["usage"] = usage
+        return JSONResponse(reply)
+
+    return app
+
+
+async def _sse(
+    ident: str, created: int, model: str, content: str, usage: dict[str, Any] | None
+) -> AsyncIterator[str]:
+    def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
+        data = {
+            "id": ident,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": choices,
+            **extra,
+        }
+        return f"data: {json.dumps(data)}\n\n"
+
+    yield chunk(
+        [{"index": 0, "delta": {"role": "assistant", "content": content}, "finish_reason": None}]
+    )
+    yield chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}])
+    if usage is not None:
+        yield chunk([], usage=usage)
+    yield "data: [DONE]\n\n"
+
+
+def run_mock_llm(
+    host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info", **opts: Any
+) -> None:
+    """Serve the mock LLM until interrupted (blocking; the CLI's ``agentfleet mock-llm``).
+    ``opts`` are :func:`create_mock_llm_app`'s options."""
+    import uvicorn
+
+    from agentfleet.serving import uvicorn_config
+
+    app = create_mock_llm_app(**opts)
+    app.state.mock.load_sync()  # a bad dataset fails here, with a clear message
+    uvicorn.Server(uvicorn_config(app, host, port, log_level=log_level)).run()

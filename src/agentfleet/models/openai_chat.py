@@ -1,0 +1,351 @@
+"""Models served over an OpenAI-compatible ``/chat/completions`` API (OpenAI, OpenRouter,
+vLLM, the mock LLM server...), called through the event loop's shared :class:`HttpPool`."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import email.utils
+import logging
+import os
+import random
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+
+from agentfleet.http import LLM_TIMEOUTS, HttpError, HttpPool, HttpStatusError, Response
+from agentfleet.http import RetryPolicy as RetryPolicy
+from agentfleet.models.base import Message, ModelError, ModelReply, ModelStats
+from agentfleet.models.pricing import PriceTable, RunBudget
+
+log = logging.getLogger(__name__)
+
+# Attempts, then exponential backoff with jitter between wait_min and wait_max seconds;
+# budget_s bounds the whole query (all attempts and waits).
+DEFAULT_LLM_RETRY = RetryPolicy(attempts=5, wait_min=1.0, wait_max=30.0, budget_s=900.0)
+MAX_RETRY_AFTER_S = 120.0  # a server asking to wait longer than this is treated as down
+
+RETRYABLE_4XX = frozenset({408, 409, 425, 429})
+
+
+def is_retryable_status(status: int) -> bool:
+    """429 (rate limited), other transient 4xx, and every 5xx."""
+    return status in RETRYABLE_4XX or status >= 500
+
+
+_CONTEXT_MARKERS = (
+    "context_length_exceeded",
+    "maximum context length",
+    "context length",
+    "context window",
+    "too many tokens",
+    "prompt is too long",
+)
+
+_default_prices: PriceTable | None = None
+
+
+def default_prices() -> PriceTable:
+    global _default_prices
+    if _default_prices is None:
+        _default_prices = PriceTable.default()
+    return _default_prices
+
+
+class _Retryable(Exception):
+    """One attempt failed in a way worth repeating (after ``wait`` s when the server says)."""
+
+    def __init__(self, message: str, wait: float | None = None) -> None:
+        super().__init__(message)
+        self.wait = wait
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP date)."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    ms = lower.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = lower.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def backoff_wait(policy: RetryPolicy, attempt: int, rng: random.Random | None = None) -> float:
+    """Exponential backoff with jitter: attempt 1 waits wait_min, later ones up to wait_max."""
+    ceiling = min(policy.wait_max, policy.wait_min * 2 ** max(0, attempt - 1))
+    return (rng or random).uniform(policy.wait_min, max(policy.wait_min, ceiling))
+
+
+def _error_detail(body: Any, fallback: str) -> tuple[str, str]:
+    """(code, message) of an OpenAI-style ``{"error": {...}}`` body."""
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict):
+            code = str(err.get("code") or err.get("type") or "")
+            message = str(err.get("message") or fallback)
+            return code, message
+        if isinstance(err, str):
+            return "", err
+    return "", fallback
+
+
+class OpenAIChatModel:
+    """A model behind an OpenAI-compatible chat completions API.
+
+    ``base_url`` is the API root that ends in ``/v1`` (``https://api.openai.com/v1``,
+    ``http://127.0.0.1:8000/v1``); the model POSTs ``{base_url}/chat/completions``.
+    """
+
+    default_api_key_env = "OPENAI_API_KEY"
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str,
+        *,
+        api_key_env: str | None = None,
+        api_key: str | None = None,
+        sampling: Mapping[str, Any] | None = None,
+        pool: HttpPool | None = None,
+        retry: RetryPolicy | None = None,
+        prices: PriceTable | None = None,
+        cost_limit: float | None = None,
+        budget: RunBudget | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        name: str | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.model = model
+        self.name = name or model
+        self.base_url = base_url.rstrip("/")
+        self.url = f"{self.base_url}/chat/completions"
+        self.api_key_env = api_key_env or self.default_api_key_env
+        self.api_key = api_key if api_key is not None else os.environ.get(self.api_key_env)
+        self.sampling: dict[str, Any] = dict(sampling or {})
+        self._pool = pool
+        self.retry = retry or DEFAULT_LLM_RETRY
+        self.prices = prices if prices is not None else default_prices()
+        self.cost_limit = cost_limit
+        self.budget = budget
+        self.extra_headers: dict[str, str] = dict(extra_headers or {})
+        self.stats = ModelStats()
+        self.retries = 0  # attempts beyond the first, over all queries
+        self._rng = random.Random(seed)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.model!r}, {self.base_url!r})"
+
+    # request -------------------------------------------------------------------------
+    @property
+    def pool(self) -> HttpPool:
+        return self._pool if self._pool is not None else HttpPool.for_loop()
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        headers.update(self.extra_headers)
+        return headers
+
+    def request_body(self, messages: list[Message]) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model, "messages": [dict(m) for m in messages]}
+        body.update(self.sampling)
+        body["stream"] = False
+        return body
+
+    # Model protocol ------------------------------------------------------------------
+    async def query(self, messages: list[Message]) -> ModelReply:
+        self._check_limits()
+        data = await self._post_with_retries(self.request_body(messages))
+        reply = self._parse(data)
+        self.stats.add(reply)
+        if self.budget is not None:
+            self.budget.charge(reply.cost)
+        return reply
+
+    def _check_limits(self) -> None:
+        if self.cost_limit is not None and self.stats.cost >= self.cost_limit:
+            raise ModelError(
+                f"model {self.name!r} spent ${self.stats.cost:.4f}, "
+                f"reaching its cost limit ${self.cost_limit:.4f}",
+                "CostLimitExceeded",
+            )
+        if self.budget is not None and self.budget.exceeded:
+            raise ModelError(
+                f"the run spent ${self.budget.spent:.4f}, "
+                f"reaching its total cost limit ${self.budget.total_cost_limit}",
+                "RunCostLimitExceeded",
+            )
+
+    async def _post_with_retries(self, body: dict[str, Any]) -> Any:
+        policy = self.retry
+        attempts = max(1, policy.attempts)
+        deadline = time.monotonic() + policy.budget_s
+        last = "no attempt made"
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self._attempt(body, deadline)
+            except _Retryable as exc:
+                last = str(exc)
+                if attempt == attempts:
+                    break
+                wait = (
+                    exc.wait if exc.wait is not None else backoff_wait(policy, attempt, self._rng)
+                )
+                if wait > MAX_RETRY_AFTER_S or time.monotonic() + wait > deadline:
+                    last += f" (next retry in {wait:.1f} s would exceed the retry budget)"
+                    break
+                log.info(
+                    "%s: attempt %d/%d failed (%s); retrying in %.2f s",
+                    self.name,
+                    attempt,
+                    attempts,
+                    last,
+                    wait,
+                )
+                self.retries += 1
+                await asyncio.sleep(wait)
+        raise ModelError(
+            f"model {self.name!r} at {self.url} unavailable after {attempt} attempt(s): {last}",
+            "ModelUnavailable",
+        )
+
+    async def _attempt(self, body: dict[str, Any], deadline: float) -> Any:
+        # The pool retries too (429/502/503/504, connection errors); it gets what is left
+        # of this query's time budget so the two layers together stay within budget_s.
+        pool_retry = dataclasses.replace(self.retry, budget_s=max(0.0, deadline - time.monotonic()))
+        try:
+            response = await self.pool.request(
+                "POST",
+                self.url,
+                json=body,
+                headers=self.headers(),
+                timeout=LLM_TIMEOUTS,
+                idempotent=True,  # a chat completion is safe to repeat
+                retry=pool_retry,
+            )
+        except HttpStatusError as exc:
+            response = exc.response
+        except (HttpError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise _Retryable(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
+        except ValueError as exc:  # e.g. a base URL that is not absolute
+            raise ModelError(
+                f"model {self.name!r}: bad request to {self.url!r}: {exc}", "ModelRequestError"
+            ) from exc
+        return self._check_response(response)
+
+    def _check_response(self, response: Response) -> Any:
+        status = response.status
+        try:
+            data: Any = response.json()
+        except ValueError:
+            data = None
+        if status < 300:
+            if not isinstance(data, dict):
+                raise _Retryable(
+                    f"HTTP {status} with a body that is not JSON: {response.text()[:200]}"
+                )
+            if "choices" not in data and "error" in data:
+                # OpenRouter reports upstream failures as 200 + {"error": {...}}.
+                code, message = _error_detail(data, "")
+                if code.isdigit() and not is_retryable_status(int(code)):
+                    self._raise_fatal(int(code), code, message)
+                raise _Retryable(f"provider error {code}: {message}")
+            return data
+        code, message = _error_detail(data, response.text()[:500] or f"HTTP {status}")
+        if is_retryable_status(status):
+            raise _Retryable(f"HTTP {status}: {message[:300]}", parse_retry_after(response.headers))
+        self._raise_fatal(status, code, message)
+
+    def _raise_fatal(self, status: int, code: str, message: str) -> Any:
+        text = f"{code} {message}".lower()
+        where = f"model {self.name!r} at {self.url}"
+        if status == 413 or (
+            status in {400, 422} and any(marker in text for marker in _CONTEXT_MARKERS)
+        ):
+            raise ModelError(
+                f"{where}: the conversation no longer fits the context window: {message}",
+                "ContextLengthExceeded",
+            )
+        if status in {401, 403}:
+            hint = "" if self.api_key else f" (no API key: set ${self.api_key_env})"
+            raise ModelError(
+                f"{where}: HTTP {status} authentication failed{hint}: {message}",
+                "ModelAuthError",
+            )
+        if status == 404:
+            raise ModelError(
+                f"{where}: HTTP 404 (unknown model or wrong base URL?): {message}",
+                "ModelRequestError",
+            )
+        raise ModelError(f"{where}: HTTP {status} request rejected: {message}", "ModelRequestError")
+
+    # response ------------------------------------------------------------------------
+    def _parse(self, data: dict[str, Any]) -> ModelReply:
+        try:
+            message = data["choices"][0]["message"]
+        except (KeyError, IndexError, TypeError) as exc:
+            raise ModelError(
+                f"model {self.name!r}: reply without choices[0].message: {str(data)[:300]}",
+                "ModelRequestError",
+            ) from exc
+        content = message.get("content") if isinstance(message, dict) else None
+        if content is None:
+            content = ""
+        elif not isinstance(content, str):  # a list of content parts
+            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        usage = data.get("usage") or {}
+        prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        completion_tokens = int(usage.get("completion_tokens") or 0)
+        reported = usage.get("cost")
+        if isinstance(reported, int | float) and not isinstance(reported, bool):
+            cost = float(reported)
+        else:
+            cost = self.prices.cost(self.model, prompt_tokens, completion_tokens)
+        return ModelReply(content, prompt_tokens, completion_tokens, cost)
+
+
+class OpenRouterModel(OpenAIChatModel):
+    """A model on OpenRouter (``https://openrouter.ai``): key in ``$OPENROUTER_API_KEY``,
+    cost of each call reported by the server (``usage: {include: true}``)."""
+
+    default_api_key_env = "OPENROUTER_API_KEY"
+    DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        *,
+        app_url: str | None = None,
+        app_title: str | None = "agentfleet",
+        **kwargs: Any,
+    ) -> None:
+        headers: dict[str, str] = {}
+        if app_url:
+            headers["HTTP-Referer"] = app_url
+        if app_title:
+            headers["X-Title"] = app_title
+        headers.update(kwargs.pop("extra_headers", None) or {})
+        kwargs.setdefault("name", f"openrouter/{model}")
+        super().__init__(model, base_url or self.DEFAULT_BASE_URL, extra_headers=headers, **kwargs)
+
+    def request_body(self, messages: list[Message]) -> dict[str, Any]:
+        body = super().request_body(messages)
+        body.setdefault("usage", {"include": True})
+        return body

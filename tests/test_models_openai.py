@@ -1,0 +1,323 @@
+"""OpenAIChatModel / OpenRouterModel against the mock LLM over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentfleet.http import HttpPool, RetryPolicy
+from agentfleet.models import Model, ModelError
+from agentfleet.models.mock_server import create_mock_llm_app
+from agentfleet.models.openai_chat import (
+    OpenAIChatModel,
+    OpenRouterModel,
+    backoff_wait,
+    parse_retry_after,
+)
+from agentfleet.models.pricing import Price, PriceTable, RunBudget
+from agentfleet.serving import serve_in_loop
+
+PROMPT = (
+    "The function total() in a.py sums a list by repeated string concatenation and "
+    "conversion, which is quadratic. Make it fast while keeping its behaviour."
+)
+PATCH = """\
+--- a/a.py
++++ b/a.py
+@@ -1,5 +1,2 @@
+ def total(xs):
+-    s = 0
+-    for x in xs:
+-        s = int(str(s)) + x
+-    return s
++    return sum(xs)
+"""
+FAST = RetryPolicy(attempts=8, wait_min=0.001, wait_max=0.01, budget_s=60)
+
+
+@pytest.fixture
+def mini_dataset(tmp_path: Path) -> str:
+    ds = tmp_path / "mini"
+    (ds / "t1" / "repo").mkdir(parents=True)
+    (ds / "dataset.yaml").write_text("name: mini\nsplits:\n  test: [t1]\n")
+    (ds / "t1" / "task.yaml").write_text(
+        f"prompt: {PROMPT!r}\ntest_cmd: python -m pytest -q\nworkload_cmd: python -c 'import a'\n"
+    )
+    (ds / "t1" / "repo" / "a.py").write_text("def total(xs):\n    return 0\n")
+    (ds / "t1" / "solution.patch").write_text(PATCH)
+    return str(ds)
+
+
+def conversation(*turns: str) -> list[dict[str, str]]:
+    msgs = [
+        {"role": "system", "content": "You edit code."},
+        {"role": "user", "content": f"Task:\n{PROMPT}"},
+    ]
+    for turn in turns:
+        msgs += [{"role": "assistant", "content": turn}, {"role": "user", "content": "output"}]
+    return msgs
+
+
+def model_for(url: str, **kw: Any) -> OpenAIChatModel:
+    kw.setdefault("api_key", "x")
+    kw.setdefault("retry", FAST)
+    return OpenAIChatModel("mock-oracle", url + "/v1", **kw)
+
+
+async def mock_stats(url: str) -> dict[str, Any]:
+    response = await HttpPool.for_loop().request("GET", f"{url}/stats")
+    return response.json()
+
+
+async def test_content_usage_and_stats(mini_dataset: str) -> None:
+    prices = PriceTable({"mock-oracle": (1.0, 2.0)})
+    async with serve_in_loop(create_mock_llm_app(dataset=mini_dataset)) as server:
+        model = model_for(server.url, prices=prices)
+        assert isinstance(model, Model)
+        first = await model.query(conversation())
+        second = await model.query(conversation(first.content))
+    assert "git apply" in first.content and "python -m pytest -q" in second.content
+    assert first.prompt_tokens > 10 and first.completion_tokens == len(first.content.split())
+    assert first.cost == pytest.approx(
+        (first.prompt_tokens * 1.0 + first.completion_tokens * 2.0) / 1e6
+    )
+    assert model.stats.calls == 2
+    assert model.stats.prompt_tokens == first.prompt_tokens + second.prompt_tokens
+    assert model.stats.completion_tokens == first.completion_tokens + second.completion_tokens
+    assert model.stats.cost == pytest.approx(first.cost + second.cost)
+
+
+async def test_cost_reported_by_server_wins(mini_dataset: str) -> None:
+    app = create_mock_llm_app(dataset=mini_dataset, cost_per_call=0.0125)
+    async with serve_in_loop(app) as server:
+        model = model_for(server.url, prices=PriceTable({"mock-oracle": (1000.0, 1000.0)}))
+        reply = await model.query(conversation())
+    assert reply.cost == pytest.approx(0.0125)
+    assert model.stats.cost == pytest.approx(0.0125)
+
+
+async def test_unknown_model_costs_nothing_with_one_warning(
+    mini_dataset: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="agentfleet.models.pricing")
+    async with serve_in_loop(create_mock_llm_app(dataset=mini_dataset)) as server:
+        model = OpenAIChatModel(
+            "some-unpriced-model-xyz", server.url + "/v1", api_key="x", retry=FAST
+        )
+        replies = [await model.query(conversation()) for _ in range(3)]
+    assert all(r.cost == 0.0 for r in replies) and model.stats.cost == 0.0
+    warnings = [r for r in caplog.records if "some-unpriced-model-xyz" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+async def test_survives_30_percent_injected_errors(mini_dataset: str) -> None:
+    app = create_mock_llm_app(
+        dataset=mini_dataset, error_rate=0.3, error_kinds=("429", "500", "drop"), seed=1234
+    )
+    async with serve_in_loop(app) as server:
+        model = model_for(server.url)
+        for _ in range(30):
+            reply = await model.query(conversation())
+            assert "git apply" in reply.content
+        stats = await mock_stats(server.url)
+    assert model.stats.calls == 30
+    assert stats["completions"] == 30
+    assert stats["errors_total"] > 0
+    assert all(stats["errors"][kind] > 0 for kind in ("429", "500", "drop"))
+    assert stats["calls"] == 30 + stats["errors_total"]
+    # Each failure is retried by the pool (429, connection drops) or by the model (500).
+    assert 0 < model.retries <= stats["errors_total"]
+
+
+async def test_retries_exhausted_is_model_unavailable(mini_dataset: str) -> None:
+    app = create_mock_llm_app(dataset=mini_dataset, error_rate=1.0, error_kinds=("500",))
+    async with serve_in_loop(app) as server:
+        model = model_for(server.url, retry=RetryPolicy(attempts=3, wait_min=0.001, wait_max=0.002))
+        with pytest.raises(ModelError) as info:
+            await model.query(conversation())
+        stats = await mock_stats(server.url)
+    assert info.value.exit_status == "ModelUnavailable"
+    assert "3 attempt" in str(info.value)
+    assert stats["calls"] >= 3
+    assert model.stats.calls == 0
+
+
+async def test_retry_after_is_honoured(mini_dataset: str) -> None:
+    app = create_mock_llm_app(
+        dataset=mini_dataset, error_rate=1.0, error_kinds=("429",), retry_after=0.3
+    )
+    async with serve_in_loop(app) as server:
+        model = model_for(server.url, retry=RetryPolicy(attempts=2, wait_min=0.001, wait_max=0.002))
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with pytest.raises(ModelError, match="429"):
+            await model.query(conversation())
+        elapsed = loop.time() - start
+    assert elapsed >= 0.3  # waited Retry-After, not the tiny backoff
+
+
+async def test_wrong_key_is_auth_error_not_retried(mini_dataset: str) -> None:
+    app = create_mock_llm_app(dataset=mini_dataset, require_key="secret")
+    async with serve_in_loop(app) as server:
+        model = model_for(server.url, api_key="wrong")
+        with pytest.raises(ModelError) as info:
+            await model.query(conversation())
+        stats = await mock_stats(server.url)
+        ok = await model_for(server.url, api_key="secret").query(conversation())
+    assert info.value.exit_status == "ModelAuthError"
+    assert "401" in str(info.value)
+    assert stats["calls"] == 1
+    assert "git apply" in ok.content
+
+
+async def test_api_key_from_env(mini_dataset: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MY_LLM_KEY", "secret")
+    app = create_mock_llm_app(dataset=mini_dataset, require_key="secret")
+    async with serve_in_loop(app) as server:
+        good = OpenAIChatModel("m", server.url + "/v1", api_key_env="MY_LLM_KEY", retry=FAST)
+        assert (await good.query(conversation())).content
+        monkeypatch.delenv("MY_LLM_KEY")
+        keyless = OpenAIChatModel("m", server.url + "/v1", api_key_env="MY_LLM_KEY", retry=FAST)
+        with pytest.raises(ModelError, match=r"\$MY_LLM_KEY") as info:
+            await keyless.query(conversation())
+    assert info.value.exit_status == "ModelAuthError"
+
+
+async def test_context_length_error(mini_dataset: str) -> None:
+    async with serve_in_loop(create_mock_llm_app(dataset=mini_dataset)) as server:
+        model = model_for(server.url)
+        msgs = [*conversation(), {"role": "user", "content": "TRIGGER_CONTEXT_LENGTH"}]
+        with pytest.raises(ModelError) as info:
+            await model.query(msgs)
+        stats = await mock_stats(server.url)
+    assert info.value.exit_status == "ContextLengthExceeded"
+    assert "context" in str(info.value)
+    assert stats["calls"] == 1
+
+
+async def test_unknown_route_is_request_error(mini_dataset: str) -> None:
+    async with serve_in_loop(create_mock_llm_app(dataset=mini_dataset)) as server:
+        model = OpenAIChatModel("m", server.url + "/nope", api_key="x", retry=FAST)
+        with pytest.raises(ModelError) as info:
+            await model.query(conversation())
+    assert info.value.exit_status == "ModelRequestError" and "404" in str(info.value)
+
+
+async def test_connection_refused_is_model_unavailable() -> None:
+    model = OpenAIChatModel(
+        "m", "http://127.0.0.1:9/v1", api_key="x", retry=RetryPolicy(3, 0.001, 0.002)
+    )
+    with pytest.raises(ModelError) as info:
+        await model.query(conversation())
+    assert info.value.exit_status == "ModelUnavailable"
+
+
+async def test_cost_limit(mini_dataset: str) -> None:
+    app = create_mock_llm_app(dataset=mini_dataset, cost_per_call=0.4)
+    async with serve_in_loop(app) as server:
+        model = model_for(server.url, cost_limit=1.0)
+        for _ in range(3):  # 0.4, 0.8, 1.2: the third call crosses the limit
+            await model.query(conversation())
+        with pytest.raises(ModelError) as info:
+            await model.query(conversation())
+        stats = await mock_stats(server.url)
+    assert info.value.exit_status == "CostLimitExceeded"
+    assert stats["calls"] == 3 and model.stats.calls == 3
+
+
+async def test_run_budget_shared_by_models(mini_dataset: str) -> None:
+    budget = RunBudget(1.0)
+    app = create_mock_llm_app(dataset=mini_dataset, cost_per_call=0.3)
+    async with serve_in_loop(app) as server:
+        models = [model_for(server.url, budget=budget) for _ in range(2)]
+        for i in range(4):  # 1.2 spent by the two models together
+            await models[i % 2].query(conversation())
+        assert budget.exceeded and budget.spent == pytest.approx(1.2)
+        for model in models:
+            with pytest.raises(ModelError) as info:
+                await model.query(conversation())
+            assert info.value.exit_status == "RunCostLimitExceeded"
+
+
+async def test_openrouter_model_asks_for_cost(mini_dataset: str) -> None:
+    app = create_mock_llm_app(dataset=mini_dataset, cost_per_call=0.001)
+    async with serve_in_loop(app) as server:
+        model = OpenRouterModel(
+            "anthropic/claude-sonnet-4",
+            base_url=server.url + "/v1",
+            api_key="x",
+            retry=FAST,
+            app_url="https://example.org",
+        )
+        body = model.request_body(conversation())
+        headers = model.headers()
+        reply = await model.query(conversation())
+    assert body["usage"] == {"include": True} and body["model"] == "anthropic/claude-sonnet-4"
+    assert headers["HTTP-Referer"] == "https://example.org" and headers["X-Title"] == "agentfleet"
+    assert model.name == "openrouter/anthropic/claude-sonnet-4"
+    assert reply.cost == pytest.approx(0.001)
+
+
+def test_openrouter_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENROUTER_API_KEY", "k")
+    model = OpenRouterModel("openai/gpt-4o", sampling={"temperature": 0.0})
+    assert model.url == "https://openrouter.ai/api/v1/chat/completions"
+    assert model.headers()["Authorization"] == "Bearer k"
+    assert model.request_body([])["temperature"] == 0.0
+
+
+async def test_fifty_concurrent_models_share_one_pool(mini_dataset: str) -> None:
+    app = create_mock_llm_app(dataset=mini_dataset, latency=0.05)
+    async with serve_in_loop(app) as server:
+        pool = HttpPool.for_loop()
+        models = [model_for(server.url) for _ in range(50)]
+
+        async def run(model: OpenAIChatModel) -> None:
+            turns: list[str] = []
+            for _ in range(5):
+                turns.append((await model.query(conversation(*turns))).content)
+
+        await asyncio.gather(*(run(m) for m in models))
+        stats = await mock_stats(server.url)
+    assert all(m.pool is pool for m in models)
+    assert stats["completions"] == 250
+    assert 1 < stats["client_connections"] <= pool.limits.limit_per_host
+    assert stats["peak_in_flight"] <= pool.limits.limit_per_host
+
+
+def test_price_table(tmp_path: Path) -> None:
+    table = PriceTable.default()
+    assert table.cost("gpt-4o", 1_000_000, 0) == pytest.approx(2.5)
+    assert table.lookup("openai/gpt-4o") == table["gpt-4o"]
+    assert table.cost("meta-llama/llama-3-8b-instruct:free", 10**6, 10**6) == 0.0
+    path = tmp_path / "prices.yaml"
+    path.write_text("prices:\n  my-model: [1, 3]\n  other: {input: 0.5, output: 1.5}\n")
+    loaded = PriceTable.from_yaml(path)
+    assert loaded["my-model"] == Price(1.0, 3.0) and loaded["other"] == Price(0.5, 1.5)
+    assert "gpt-4o" in loaded
+    assert "gpt-4o" not in PriceTable.from_yaml(path, with_defaults=False)
+    with pytest.raises(ValueError):
+        PriceTable({"bad": "free"})
+
+
+def test_retry_after_and_backoff() -> None:
+    assert parse_retry_after({"Retry-After": "2"}) == 2.0
+    assert parse_retry_after({"retry-after-ms": "250", "Retry-After": "2"}) == 0.25
+    assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
+    assert parse_retry_after({"retry-after": "soon"}) is None
+    assert parse_retry_after({}) is None
+    policy = RetryPolicy(attempts=5, wait_min=1.0, wait_max=30.0)
+    assert backoff_wait(policy, 1) == 1.0
+    assert all(1.0 <= backoff_wait(policy, 3) <= 4.0 for _ in range(50))
+    assert all(1.0 <= backoff_wait(policy, 20) <= 30.0 for _ in range(50))
+
+
+async def test_relative_base_url_is_request_error() -> None:
+    model = OpenAIChatModel("m", "localhost:8000/v1", api_key="x", retry=FAST)
+    with pytest.raises(ModelError) as info:
+        await model.query(conversation())
+    assert info.value.exit_status == "ModelRequestError"
