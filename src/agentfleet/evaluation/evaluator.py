@@ -1,0 +1,483 @@
+"""The evaluation core: is a submitted patch correct, how much faster is it, what reward.
+
+``await Evaluator(sandboxes).evaluate(req)`` returns an ``EvalResult(reward, speedup,
+info)``. The rules are in docs/evaluation.md; in short:
+
+1. not submitted -> reward 0, speedup 0, nothing run;
+2. the patch is ``req.result`` or the ``git diff`` of sandbox ``req.container_id``;
+3. the patch is applied to a fresh sandbox of the task, the task's test files are put back
+   as they were, and the task's tests must pass;
+4. the workload's stdout must equal the unmodified repository's;
+5. the workload is timed in both sandboxes, interleaved, from inside the sandboxes;
+6. speedup = median(baseline) / median(candidate) -> reward (reward.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shlex
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agentfleet.evaluation.reward import RewardConfig, compute_reward
+from agentfleet.evaluation.schema import EvalRequest, EvalResult
+from agentfleet.evaluation.speedup import (
+    CheckedRun,
+    Samples,
+    TimingError,
+    measure,
+    ratio_of_medians,
+    run_checked,
+    speedup_stats,
+)
+from agentfleet.sandbox.base import CreateSandbox, SandboxError, Sandboxes, SandboxNotFound
+from agentfleet.tasks.task import Task, TaskNotFound, load_dataset
+
+__all__ = [
+    "BadSubmission",
+    "EvalConfig",
+    "Evaluator",
+    "RewardConfig",
+    "TaskNotFound",
+    "count_patch_lines",
+]
+
+log = logging.getLogger("agentfleet.evaluation")
+
+SUBMITTED = "Submitted"
+PATCH_PATH = ".git/agentfleet.patch"  # inside the workdir, but never part of a diff
+OUTPUT_TAIL = 4000
+
+
+class BadSubmission(ValueError):
+    """The request carries no usable patch (no ``result``, no usable ``container_id``).
+    The server answers 422."""
+
+    status = 422
+
+
+class EvalConfig(BaseModel):
+    """Knobs of an evaluation; the defaults are the documented ones."""
+
+    model_config = ConfigDict(frozen=True)
+
+    repeats: int = Field(default=5, ge=1, le=100)
+    warmup: int = Field(default=1, ge=0, le=20)  # untimed runs per arm; the output check is one
+    order: Literal["alternate", "shuffle"] = "alternate"
+    max_plausible_speedup: float = Field(default=10.0, gt=1.0)
+    noise_threshold: float = Field(default=0.05, ge=0.0)
+    bootstrap_resamples: int = Field(default=1000, ge=1, le=100_000)
+    seed: int = 0
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    reference: bool = False  # also time the task's reference solution
+    test_timeout: float | None = Field(default=None, gt=0)  # overrides task.timeout_s
+    workload_timeout: float | None = Field(default=None, gt=0)  # per run; task.timeout_s
+    timing_concurrency: int | None = Field(default=None, ge=1)  # timing phases at once
+    python: str = "python3"  # interpreter inside the sandbox for the timer
+
+
+class _Outcome(Exception):
+    """Ends an evaluation early with a status (reward 0)."""
+
+    def __init__(self, status: str, **info: Any) -> None:
+        super().__init__(status)
+        self.status = status
+        self.info = info
+
+
+def count_patch_lines(patch: str) -> int:
+    """Added plus removed lines of a unified diff (file headers not counted)."""
+    n = 0
+    for line in patch.splitlines():
+        if line.startswith(("+++", "---")):
+            continue
+        if line.startswith(("+", "-")):
+            n += 1
+    return n
+
+
+def _tail(text: str, n: int = OUTPUT_TAIL) -> str:
+    return text if len(text) <= n else "..." + text[-n:]
+
+
+def _resolve_task(dataset: str, instance_id: str) -> Task:
+    return load_dataset(dataset).task(instance_id)
+
+
+def _read_solution(task: Task) -> str:
+    return task.solution_patch
+
+
+class _Pool:
+    """The sandboxes one evaluation creates; :meth:`close` deletes every one of them,
+    including those whose creation was still under way."""
+
+    def __init__(self, sandboxes: Sandboxes) -> None:
+        self._sandboxes = sandboxes
+        self._tasks: list[asyncio.Task[str]] = []
+
+    def start(self, req: CreateSandbox) -> asyncio.Task[str]:
+        async def create() -> str:
+            info = await self._sandboxes.create(req)
+            return info.sandbox_id
+
+        task = asyncio.ensure_future(create())
+        self._tasks.append(task)
+        return task
+
+    async def close(self) -> None:
+        if self._tasks:
+            await asyncio.wait(self._tasks)
+        ids = [
+            t.result() for t in self._tasks if not t.cancelled() and t.exception() is None
+        ]  # a failed or cancelled creation left nothing to delete
+        results = await asyncio.gather(
+            *(self._sandboxes.delete(i) for i in ids), return_exceptions=True
+        )
+        for sid, res in zip(ids, results, strict=True):
+            if isinstance(res, BaseException) and not isinstance(res, SandboxNotFound):
+                log.warning("could not delete sandbox %s: %r", sid, res)
+
+
+class Evaluator:
+    """Evaluates submissions against tasks using any :class:`Sandboxes` (in-process
+    service or HTTP client)."""
+
+    def __init__(self, sandboxes: Sandboxes, config: EvalConfig | None = None) -> None:
+        self.sandboxes = sandboxes
+        self.config = config or EvalConfig()
+        self._timing_slots: asyncio.Semaphore | None = (
+            asyncio.Semaphore(self.config.timing_concurrency)
+            if self.config.timing_concurrency
+            else None
+        )
+        self._cleanups: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------ entry points
+
+    async def check(self, req: EvalRequest) -> None:
+        """Cheap validation at submit time (the job server calls it before queueing):
+        raises :class:`TaskNotFound` or :class:`BadSubmission` as :meth:`evaluate` would.
+        A request that was not submitted is always accepted."""
+        if req.exit_status != SUBMITTED:
+            return
+        await asyncio.to_thread(_resolve_task, req.dataset_name, req.instance_id)
+        if req.result is not None:
+            return
+        if not req.container_id:
+            raise BadSubmission("no patch: neither 'result' nor 'container_id' was given")
+        try:
+            await self.sandboxes.exec(req.container_id, "true", timeout=30)
+        except SandboxNotFound as exc:
+            raise BadSubmission(f"sandbox {req.container_id!r} not found: {exc}") from exc
+
+    async def evaluate(self, req: EvalRequest) -> EvalResult:
+        """Evaluate one submission. Raises :class:`TaskNotFound` (unknown dataset or task)
+        and :class:`BadSubmission` (no patch to evaluate); every other failure comes back
+        as a result with reward 0 and an ``info["status"]``."""
+        t0 = time.monotonic()
+        info: dict[str, Any] = {
+            "instance_id": req.instance_id,
+            "dataset": req.dataset_name,
+            "exit_status": req.exit_status,
+        }
+        if req.exit_status != SUBMITTED:
+            info.update(status="not_submitted", durations={"total": 0.0})
+            log.info("eval %s: not submitted (%s)", req.instance_id, req.exit_status)
+            return EvalResult(reward=0.0, speedup=0.0, info=info)
+
+        task = await asyncio.to_thread(_resolve_task, req.dataset_name, req.instance_id)
+        durations: dict[str, float] = {}
+        info["durations"] = durations
+        patch, source = await self._get_patch(req, durations)
+        info["patch_source"] = source
+        info["patch_lines"] = count_patch_lines(patch)
+        log.info(
+            "eval %s: start (%s patch, %d lines)", req.instance_id, source, info["patch_lines"]
+        )
+
+        pool = _Pool(self.sandboxes)
+        try:
+            reward, speedup = await self._run(task, req.dataset_name, patch, pool, info, durations)
+        except _Outcome as out:
+            info.update(out.info)
+            info["status"] = out.status
+            reward, speedup = 0.0, 0.0
+        except (TaskNotFound, BadSubmission):
+            raise
+        except Exception as exc:  # sandbox trouble, bugs: reported, not raised
+            log.exception("eval %s: error", req.instance_id)
+            info["status"] = "error"
+            info["error"] = f"{type(exc).__name__}: {exc}"
+            reward, speedup = 0.0, 0.0
+        finally:
+            await self._close(pool)
+            durations["total"] = round(time.monotonic() - t0, 4)
+        log.info(
+            "eval %s: %s reward=%.3f speedup=%.3f in %.1f s",
+            req.instance_id,
+            info.get("status"),
+            reward,
+            speedup,
+            durations["total"],
+        )
+        return EvalResult(reward=reward, speedup=speedup, info=info)
+
+    async def _close(self, pool: _Pool) -> None:
+        # Shielded: a cancelled evaluation still deletes its sandboxes (in the background
+        # if the cancellation comes again while we wait).
+        cleanup = asyncio.ensure_future(pool.close())
+        self._cleanups.add(cleanup)
+        cleanup.add_done_callback(self._cleanups.discard)
+        await asyncio.shield(cleanup)
+
+    # ------------------------------------------------------------ the patch
+
+    async def _get_patch(self, req: EvalRequest, durations: dict[str, float]) -> tuple[str, str]:
+        if req.result is not None:
+            return req.result, "result"
+        if not req.container_id:
+            raise BadSubmission("no patch: neither 'result' nor 'container_id' was given")
+        t = time.monotonic()
+        try:
+            patch = await self.diff_sandbox(req.container_id)
+        except SandboxNotFound as exc:
+            raise BadSubmission(f"sandbox {req.container_id!r} not found: {exc}") from exc
+        durations["diff"] = round(time.monotonic() - t, 4)
+        return patch, "container"
+
+    async def diff_sandbox(self, sandbox_id: str) -> str:
+        """Everything changed in a sandbox since its first commit (new files included,
+        binary-safe, ``__pycache__``/``*.pyc`` excluded). The index is restored after."""
+        cmd = (
+            "base=$(git rev-list --max-parents=0 HEAD | tail -n 1) && "
+            "git add -A -- . ':(exclude)*__pycache__*' ':(exclude)*.pyc' && "
+            f'git diff --cached --binary --no-color --no-ext-diff "$base" > {PATCH_PATH}; '
+            "rc=$?; git reset -q; exit $rc"
+        )
+        res = await self.sandboxes.exec(sandbox_id, cmd, timeout=120)
+        if res.returncode != 0:
+            raise BadSubmission(f"could not diff sandbox {sandbox_id!r}: {_tail(res.output)}")
+        data = await self.sandboxes.read_file(sandbox_id, PATCH_PATH)
+        await self.sandboxes.exec(sandbox_id, f"rm -f {PATCH_PATH}", timeout=30)
+        return data.decode("utf-8", "surrogateescape")
+
+    async def _apply(self, sandbox_id: str, patch: str) -> tuple[bool, str, str]:
+        """Apply with ``git apply``, falling back to ``patch --fuzz``; (ok, method, output)."""
+        await self.sandboxes.write_file(
+            sandbox_id, PATCH_PATH, patch.encode("utf-8", "surrogateescape")
+        )
+        res = await self.sandboxes.exec(
+            sandbox_id, f"git apply --whitespace=nowarn {PATCH_PATH}", timeout=120
+        )
+        if res.returncode == 0:
+            return True, "git apply", res.output
+        first = res.output
+        res = await self.sandboxes.exec(
+            sandbox_id,
+            f"command -v patch >/dev/null || exit 127; "
+            f"patch --batch --fuzz=5 -p1 --no-backup-if-mismatch -i {PATCH_PATH}",
+            timeout=120,
+        )
+        if res.returncode == 0:
+            return True, "patch --fuzz=5", res.output
+        return False, "", f"git apply:\n{first}\npatch:\n{res.output}"
+
+    # ------------------------------------------------------------ the steps
+
+    async def _run(
+        self,
+        task: Task,
+        dataset: str,
+        patch: str,
+        pool: _Pool,
+        info: dict[str, Any],
+        durations: dict[str, float],
+    ) -> tuple[float, float]:
+        cfg = self.config
+        # the dataset as the request named it (a bundled name or a folder), as the sandboxes do
+        create = CreateSandbox(task_id=task.id, dataset=dataset, run="evaluation")
+        want_ref = cfg.reference or cfg.reward.kind == "relative"
+        reference_patch = await asyncio.to_thread(_read_solution, task) if want_ref else ""
+
+        t = time.monotonic()
+        candidate_t = pool.start(create)
+        baseline_t = pool.start(create)  # created while the candidate is tested
+        reference_t = pool.start(create) if reference_patch.strip() else None
+        candidate = await candidate_t
+        durations["create"] = round(time.monotonic() - t, 4)
+
+        # 1. apply
+        t = time.monotonic()
+        if patch.strip():
+            ok, method, output = await self._apply(candidate, patch)
+            if not ok:
+                raise _Outcome("patch_failed", apply_output=_tail(output))
+            info["apply_method"] = method
+        else:
+            info["apply_method"] = "none (empty patch)"
+        durations["apply"] = round(time.monotonic() - t, 4)
+
+        # 2. restore the task's test files, run the tests
+        t = time.monotonic()
+        await self._restore_tests(candidate, task)
+        timeout = cfg.test_timeout or task.timeout_s
+        res = await self.sandboxes.exec(candidate, task.test_cmd, timeout=timeout)
+        durations["tests"] = round(time.monotonic() - t, 4)
+        if res.timed_out or res.returncode != 0:
+            raise _Outcome(
+                "tests_failed",
+                test_returncode=res.returncode,
+                test_timed_out=res.timed_out,
+                test_output=_tail(res.output),
+            )
+
+        # 3. same stdout as the original
+        baseline = await baseline_t
+        arms = {"baseline": baseline, "candidate": candidate}
+        if reference_t is not None:
+            reference = await reference_t
+            ok, _, output = await self._apply(reference, reference_patch)
+            if ok:
+                arms["reference"] = reference
+            else:
+                info["reference_error"] = "reference patch did not apply: " + _tail(output, 1000)
+        run_timeout = cfg.workload_timeout or task.timeout_s
+        t = time.monotonic()
+        checks = dict(
+            zip(
+                arms,
+                await asyncio.gather(
+                    *(
+                        run_checked(
+                            self.sandboxes,
+                            sid,
+                            task.workload_cmd,
+                            run_timeout=run_timeout,
+                            python=cfg.python,
+                        )
+                        for sid in arms.values()
+                    )
+                ),
+                strict=True,
+            )
+        )
+        durations["check"] = round(time.monotonic() - t, 4)
+        self._check_outputs(checks, arms, info)
+
+        # 4. timing
+        t = time.monotonic()
+        try:
+            if self._timing_slots is not None:
+                async with self._timing_slots:
+                    samples = await self._measure(arms, task, run_timeout)
+            else:
+                samples = await self._measure(arms, task, run_timeout)
+        except TimingError as exc:
+            if exc.arm == "candidate":
+                raise _Outcome("workload_failed", workload_error=exc.detail) from None
+            raise
+        durations["timing"] = round(time.monotonic() - t, 4)
+
+        stats = speedup_stats(
+            samples.wall_s["baseline"],
+            samples.wall_s["candidate"],
+            noise_threshold=cfg.noise_threshold,
+            max_plausible_speedup=cfg.max_plausible_speedup,
+            resamples=cfg.bootstrap_resamples,
+            seed=cfg.seed,
+        )
+        speedup = float(stats.pop("speedup"))
+        stats["baseline_cpu_s"] = samples.cpu_s["baseline"]
+        stats["candidate_cpu_s"] = samples.cpu_s["candidate"]
+        stats["order"] = samples.order
+        stats["repeats"] = cfg.repeats
+        reference_speedup: float | None = None
+        if "reference" in samples.wall_s:
+            reference_speedup = ratio_of_medians(
+                samples.wall_s["baseline"], samples.wall_s["reference"]
+            )
+            stats["reference_s"] = samples.wall_s["reference"]
+            info["reference_speedup"] = reference_speedup
+        info["timing"] = stats
+        info["within_noise"] = stats["within_noise"]
+        info["suspicious"] = stats["suspicious"]
+        info["speedup_ci95"] = stats["ci95"]
+        reward = compute_reward(
+            speedup,
+            correct=True,
+            within_noise=stats["within_noise"],
+            config=cfg.reward,
+            reference_speedup=reference_speedup,
+        )
+        info["reward_kind"] = cfg.reward.kind
+        info["status"] = "ok"
+        return reward, speedup
+
+    async def _restore_tests(self, sandbox_id: str, task: Task) -> None:
+        """Put every path of ``task.test_files`` back as in the first commit: edits undone,
+        deleted files restored, files added under a listed folder removed."""
+        paths = [p.strip().rstrip("/") for p in task.test_files if p.strip().rstrip("/")]
+        if not paths:
+            return
+        for p in paths:
+            if p.startswith("/") or ".." in p.split("/") or p in (".", ""):
+                raise ValueError(f"task {task.id}: bad test path {p!r}")
+        parts = ["base=$(git rev-list --max-parents=0 HEAD | tail -n 1) || exit 1"]
+        for p in paths:
+            q = shlex.quote(p)
+            parts.append(
+                f'rm -rf -- {q}; if git cat-file -e "$base:"{q} 2>/dev/null; '
+                f'then git checkout -q "$base" -- {q} || exit 1; fi'
+            )
+        res = await self.sandboxes.exec(sandbox_id, "\n".join(parts), timeout=120)
+        if res.returncode != 0:
+            raise SandboxError(f"could not restore test files: {_tail(res.output, 1000)}")
+
+    def _check_outputs(
+        self, checks: dict[str, CheckedRun], arms: dict[str, str], info: dict[str, Any]
+    ) -> None:
+        base = checks["baseline"]
+        if base.returncode != 0:
+            raise SandboxError(
+                f"the unmodified workload failed (exit {base.returncode}): "
+                f"{_tail(base.stderr_tail, 1000)}"
+            )
+        cand = checks["candidate"]
+        if cand.returncode != 0:
+            raise _Outcome(
+                "workload_failed",
+                workload_returncode=cand.returncode,
+                workload_stderr=cand.stderr_tail,
+                workload_stdout_head=cand.head,
+            )
+        if cand.sha256 != base.sha256:
+            raise _Outcome(
+                "wrong_output",
+                expected_output_head=base.head,
+                candidate_output_head=cand.head,
+                expected_output_bytes=base.bytes,
+                candidate_output_bytes=cand.bytes,
+            )
+        ref = checks.get("reference")
+        if ref is not None:
+            info["reference_output_ok"] = ref.returncode == 0 and ref.sha256 == base.sha256
+            if not info["reference_output_ok"]:
+                arms.pop("reference", None)
+
+    async def _measure(self, arms: dict[str, str], task: Task, run_timeout: float) -> Samples:
+        cfg = self.config
+        return await measure(
+            self.sandboxes,
+            arms,
+            task.workload_cmd,
+            repeats=cfg.repeats,
+            warmup=max(cfg.warmup - 1, 0),  # the output check was the first warm-up
+            run_timeout=run_timeout,
+            order=cfg.order,
+            seed=cfg.seed,
+            python=cfg.python,
+        )

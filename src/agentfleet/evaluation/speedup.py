@@ -1,0 +1,290 @@
+"""Timing a workload inside sandboxes and the statistics of the samples.
+
+The statistics (:func:`median`, :func:`iqr`, :func:`bootstrap_ratio_ci`,
+:func:`speedup_stats`) are pure functions. :func:`measure` runs the interleaved timing
+rounds; :func:`run_checked` runs a workload once and reports its stdout digest for the
+output comparison. See docs/evaluation.md for the method.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from agentfleet.sandbox.base import Sandboxes
+
+TIME_MARKER = "AGENTFLEET_TIME"
+RUN_MARKER = "AGENTFLEET_RUN"
+
+# Runs the workload as a fresh shell process and times it from inside the sandbox, so the
+# cost of reaching the sandbox (HTTP, docker exec) is not part of the sample.
+_TIMER_SCRIPT = """\
+import resource, subprocess, sys, time
+t = time.perf_counter()
+r = subprocess.run(sys.argv[1], shell=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+e = time.perf_counter() - t
+u = resource.getrusage(resource.RUSAGE_CHILDREN)
+print("AGENTFLEET_TIME", repr(e), r.returncode, repr(u.ru_utime + u.ru_stime))
+"""
+
+# Runs the workload once and reports a digest of its stdout (the whole stdout is compared
+# through the digest, so the sandbox's output truncation cannot hide a difference).
+_RUN_SCRIPT = """\
+import hashlib, json, subprocess, sys
+r = subprocess.run(sys.argv[1], shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+o = r.stdout
+print("AGENTFLEET_RUN " + json.dumps({
+    "returncode": r.returncode,
+    "sha256": hashlib.sha256(o).hexdigest(),
+    "bytes": len(o),
+    "head": o[:2000].decode("utf-8", "replace"),
+    "stderr_tail": r.stderr[-2000:].decode("utf-8", "replace"),
+}))
+"""
+
+
+class TimingError(Exception):
+    """A timed run failed: ``arm`` names the sandbox, ``detail`` says how."""
+
+    def __init__(self, arm: str, detail: str) -> None:
+        super().__init__(f"{arm}: {detail}")
+        self.arm = arm
+        self.detail = detail
+
+
+# ---------------------------------------------------------------- pure statistics
+
+
+def median(xs: Sequence[float]) -> float:
+    """The median; the mean of the two middle values for an even count."""
+    if not xs:
+        raise ValueError("median of no samples")
+    s = sorted(xs)
+    n = len(s)
+    mid = n // 2
+    return float(s[mid]) if n % 2 else (s[mid - 1] + s[mid]) / 2.0
+
+
+def quantile(xs: Sequence[float], q: float) -> float:
+    """Linear-interpolation quantile (numpy's default ``linear`` method)."""
+    if not xs:
+        raise ValueError("quantile of no samples")
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"quantile {q} outside [0, 1]")
+    s = sorted(xs)
+    pos = (len(s) - 1) * q
+    lo = math.floor(pos)
+    hi = math.ceil(pos)
+    return float(s[lo] + (s[hi] - s[lo]) * (pos - lo))
+
+
+def iqr(xs: Sequence[float]) -> float:
+    """Interquartile range: ``quantile(0.75) - quantile(0.25)``."""
+    return quantile(xs, 0.75) - quantile(xs, 0.25)
+
+
+def ratio_of_medians(baseline: Sequence[float], candidate: Sequence[float]) -> float:
+    """``median(baseline) / median(candidate)``: > 1 means the candidate is faster."""
+    return median(baseline) / max(median(candidate), 1e-9)
+
+
+def bootstrap_ratio_ci(
+    baseline: Sequence[float],
+    candidate: Sequence[float],
+    *,
+    resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``ratio_of_medians``: both sample sets are resampled
+    independently with replacement ``resamples`` times, with a seeded generator."""
+    if not baseline or not candidate:
+        raise ValueError("bootstrap of no samples")
+    rng = random.Random(seed)
+    nb, nc = len(baseline), len(candidate)
+    ratios = sorted(
+        ratio_of_medians(
+            [baseline[rng.randrange(nb)] for _ in range(nb)],
+            [candidate[rng.randrange(nc)] for _ in range(nc)],
+        )
+        for _ in range(max(resamples, 1))
+    )
+    alpha = (1.0 - confidence) / 2.0
+    return quantile(ratios, alpha), quantile(ratios, 1.0 - alpha)
+
+
+def speedup_stats(
+    baseline: Sequence[float],
+    candidate: Sequence[float],
+    *,
+    noise_threshold: float = 0.05,
+    max_plausible_speedup: float = 10.0,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Everything the evaluator reports about two sets of wall-time samples.
+
+    ``within_noise``: the 95% interval contains 1.0, or ``|speedup - 1| < noise_threshold``.
+    ``suspicious``: ``speedup > max_plausible_speedup``.
+    """
+    s = ratio_of_medians(baseline, candidate)
+    lo, hi = bootstrap_ratio_ci(baseline, candidate, resamples=resamples, seed=seed)
+    return {
+        "speedup": s,
+        "baseline_s": list(baseline),
+        "candidate_s": list(candidate),
+        "baseline_median_s": median(baseline),
+        "candidate_median_s": median(candidate),
+        "baseline_iqr_s": iqr(baseline),
+        "candidate_iqr_s": iqr(candidate),
+        "ci95": [lo, hi],
+        "within_noise": bool(lo <= 1.0 <= hi or abs(s - 1.0) < noise_threshold),
+        "suspicious": bool(s > max_plausible_speedup),
+    }
+
+
+# ---------------------------------------------------------------- commands and parsing
+
+
+def timer_command(workload_cmd: str, python: str = "python3") -> str:
+    """The command that times one fresh run of ``workload_cmd`` inside the sandbox."""
+    return f"{python} -c {shlex.quote(_TIMER_SCRIPT)} {shlex.quote(workload_cmd)}"
+
+
+def run_command(workload_cmd: str, python: str = "python3") -> str:
+    """The command that runs ``workload_cmd`` once and reports its stdout digest."""
+    return f"{python} -c {shlex.quote(_RUN_SCRIPT)} {shlex.quote(workload_cmd)}"
+
+
+@dataclass(frozen=True)
+class TimedRun:
+    wall_s: float
+    returncode: int
+    cpu_s: float
+
+
+def parse_timer_output(output: str) -> TimedRun:
+    """Find the ``AGENTFLEET_TIME <wall> <rc> <cpu>`` line (the last one wins)."""
+    for line in reversed(output.splitlines()):
+        parts = line.split()
+        if len(parts) >= 3 and parts[0] == TIME_MARKER:
+            try:
+                cpu = float(parts[3]) if len(parts) > 3 else float("nan")
+                return TimedRun(float(parts[1]), int(parts[2]), cpu)
+            except ValueError:
+                break
+    raise ValueError(f"no {TIME_MARKER} line in timer output: {output[-500:]!r}")
+
+
+@dataclass(frozen=True)
+class CheckedRun:
+    returncode: int
+    sha256: str
+    bytes: int
+    head: str
+    stderr_tail: str
+
+
+def parse_run_output(output: str) -> CheckedRun:
+    for line in reversed(output.splitlines()):
+        if line.startswith(RUN_MARKER + " "):
+            d = json.loads(line[len(RUN_MARKER) + 1 :])
+            return CheckedRun(
+                returncode=int(d["returncode"]),
+                sha256=str(d["sha256"]),
+                bytes=int(d["bytes"]),
+                head=str(d["head"]),
+                stderr_tail=str(d["stderr_tail"]),
+            )
+    raise ValueError(f"no {RUN_MARKER} line in output: {output[-500:]!r}")
+
+
+# ---------------------------------------------------------------- running
+
+
+async def run_checked(
+    sandboxes: Sandboxes,
+    sandbox_id: str,
+    workload_cmd: str,
+    *,
+    run_timeout: float,
+    python: str = "python3",
+) -> CheckedRun:
+    """Run the workload once (also the first warm-up) and return its stdout digest.
+
+    A run that times out or whose report cannot be read comes back with returncode -1."""
+    res = await sandboxes.exec(sandbox_id, run_command(workload_cmd, python), timeout=run_timeout)
+    if res.timed_out:
+        return CheckedRun(-1, "", 0, "", f"timed out after {run_timeout:g} s")
+    try:
+        return parse_run_output(res.output)
+    except (ValueError, KeyError) as exc:
+        return CheckedRun(-1, "", 0, "", f"{exc} (exit {res.returncode})")
+
+
+Order = Literal["alternate", "shuffle"]
+
+
+@dataclass
+class Samples:
+    wall_s: dict[str, list[float]] = field(default_factory=dict)
+    cpu_s: dict[str, list[float]] = field(default_factory=dict)
+    order: list[list[str]] = field(default_factory=list)
+
+
+async def measure(
+    sandboxes: Sandboxes,
+    arms: Mapping[str, str],
+    workload_cmd: str,
+    *,
+    repeats: int = 5,
+    warmup: int = 0,
+    run_timeout: float = 120.0,
+    order: Order = "alternate",
+    seed: int = 0,
+    python: str = "python3",
+) -> Samples:
+    """Time ``workload_cmd`` in each arm (name -> sandbox id), one run at a time.
+
+    ``warmup`` untimed rounds first, then ``repeats`` rounds; in each round every arm runs
+    once as a fresh process. ``alternate`` reverses the arm order every other round
+    (A B, B A, A B, ...); ``shuffle`` draws each round's order from a seeded generator.
+    Raises :class:`TimingError` when a run fails or times out.
+    """
+    names = list(arms)
+    rng = random.Random(seed)
+    cmd = timer_command(workload_cmd, python)
+    out = Samples(wall_s={n: [] for n in names}, cpu_s={n: [] for n in names})
+
+    async def one(name: str) -> TimedRun:
+        res = await sandboxes.exec(arms[name], cmd, timeout=run_timeout)
+        if res.timed_out:
+            raise TimingError(name, f"timed out after {run_timeout:g} s")
+        try:
+            run = parse_timer_output(res.output)
+        except ValueError as exc:
+            raise TimingError(name, str(exc)) from None
+        if run.returncode != 0:
+            raise TimingError(name, f"workload exited with {run.returncode}")
+        return run
+
+    for _ in range(max(warmup, 0)):
+        for name in names:
+            await one(name)
+    for r in range(repeats):
+        if order == "shuffle":
+            round_order = names[:]
+            rng.shuffle(round_order)
+        else:
+            round_order = names if r % 2 == 0 else names[::-1]
+        out.order.append(list(round_order))
+        for name in round_order:
+            run = await one(name)
+            out.wall_s[name].append(run.wall_s)
+            out.cpu_s[name].append(run.cpu_s)
+    return out

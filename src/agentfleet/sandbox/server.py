@@ -1,0 +1,281 @@
+"""The sandbox server: a FastAPI app over a SandboxService (``agentfleet serve-sandbox``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from agentfleet.sandbox.base import (
+    Backend,
+    CreateSandbox,
+    ExecRequest,
+    ExecResult,
+    SandboxError,
+    SandboxInfo,
+)
+from agentfleet.sandbox.service import SandboxService
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 60 * 1024 * 1024
+GRACEFUL_SHUTDOWN_S = 10.0
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body over the {limit} bytes limit")
+
+
+class BodyLimitMiddleware:
+    """413 for bodies over ``max_bytes``: by Content-Length up front, else while reading."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers") or []:
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.max_bytes
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    response = JSONResponse(
+                        {"error": f"request body over the {self.max_bytes} bytes limit"}, 413
+                    )
+                    await response(scope, receive, send)
+                    return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+class _ServiceCollector(Collector):
+    def __init__(self, service: SandboxService) -> None:
+        self.service = service
+
+    def collect(self) -> Iterable[Metric]:
+        s = self.service.stats
+        backend = self.service.backend_name
+        g = GaugeMetricFamily("agentfleet_sandboxes_active", "Sandboxes alive", labels=["backend"])
+        g.add_metric([backend], len(self.service))
+        yield g
+        g = GaugeMetricFamily("agentfleet_sandbox_execs_running", "Commands running now")
+        g.add_metric([], self.service.execs_running)
+        yield g
+        for name, doc, value in (
+            ("sandboxes_created", "Sandboxes created", s.created_total),
+            ("sandboxes_deleted", "Sandboxes deleted (incl. reaped)", s.deleted_total),
+            ("sandboxes_reaped", "Sandboxes deleted at ttl expiry", s.reaped_total),
+            ("sandbox_create_failures", "Sandbox creations that failed", s.create_failures),
+            ("sandbox_rejected", "Creations refused (max_sandboxes)", s.rejected_total),
+            ("sandbox_execs", "Commands run", s.execs_total),
+            ("sandbox_exec_timeouts", "Commands killed at their timeout", s.exec_timeouts),
+            ("sandbox_exec_truncations", "Commands whose output was cut", s.exec_truncations),
+        ):
+            c = CounterMetricFamily(f"agentfleet_{name}", doc)
+            c.add_metric([], value)
+            yield c
+
+
+async def _client_gone(request: Request) -> None:
+    """Return once the client has disconnected (the body has been read already)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def create_app(
+    service: SandboxService | Backend | None = None,
+    *,
+    root: Path | str | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    **service_kwargs: Any,
+) -> FastAPI:
+    """The sandbox HTTP API.
+
+    ``service`` may be a ready :class:`SandboxService`, a bare backend (wrapped in a service
+    built with ``service_kwargs``), or ``None`` for a :class:`ProcessBackend` under ``root``.
+    The app's lifespan starts the service (backend check, orphan reaping, ttl reaper) and
+    deletes every sandbox at shutdown.
+    """
+    if service is None:
+        from agentfleet.sandbox.process import ProcessBackend
+
+        service = ProcessBackend(root)
+    if isinstance(service, SandboxService):
+        svc = service
+    else:
+        svc = SandboxService(service, **service_kwargs)
+
+    registry = CollectorRegistry()
+    registry.register(_ServiceCollector(svc))
+    exec_seconds = Histogram(
+        "agentfleet_sandbox_exec_seconds",
+        "Command duration",
+        buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
+        registry=registry,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await svc.start()
+        try:
+            yield
+        finally:
+            await svc.aclose()
+
+    app = FastAPI(title="agentfleet sandbox server", lifespan=lifespan)
+    app.state.service = svc
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+
+    # errors: always JSON {"error": ...} ------------------------------------------------
+    @app.exception_handler(SandboxError)
+    async def sandbox_error(request: Request, exc: SandboxError) -> JSONResponse:
+        return _error(exc.status, str(exc), type=type(exc).__name__)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        try:
+            detail = jsonable_encoder(exc.errors(), custom_encoder={bytes: repr})
+        except Exception:
+            detail = str(exc.errors())
+        malformed = any(e.get("type") == "json_invalid" for e in exc.errors())
+        message = "malformed JSON body" if malformed else "invalid request"
+        return _error(422, message, detail=detail)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("sandbox server error on %s %s", request.method, request.url.path)
+        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+
+    # routes ------------------------------------------------------------------------------
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "backend": svc.backend_name, "sandboxes": len(svc)}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        data = await asyncio.to_thread(generate_latest, registry)
+        return Response(data, media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/sandboxes", status_code=201)
+    async def create_sandbox(req: CreateSandbox) -> SandboxInfo:
+        return await svc.create(req)
+
+    @app.get("/sandboxes")
+    async def list_sandboxes() -> list[SandboxInfo]:
+        return svc.list()
+
+    @app.get("/sandboxes/{sandbox_id}")
+    async def get_sandbox(sandbox_id: str) -> SandboxInfo:
+        return svc.get(sandbox_id)
+
+    @app.post("/sandboxes/{sandbox_id}/exec")
+    async def exec_command(sandbox_id: str, req: ExecRequest, request: Request) -> ExecResult:
+        started = time.monotonic()
+        svc.get(sandbox_id)
+        # Uvicorn does not cancel a handler whose client went away: watch for the
+        # disconnect ourselves, so an abandoned command's process group gets killed.
+        run = asyncio.ensure_future(svc.exec_request(sandbox_id, req))
+        gone = asyncio.ensure_future(_client_gone(request))
+        try:
+            await asyncio.wait({run, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not run.done():
+                run.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await run
+        if run.cancelled():
+            raise SandboxError("client disconnected; command killed", 499)
+        result = run.result()
+        exec_seconds.observe(time.monotonic() - started)
+        return result
+
+    @app.get("/sandboxes/{sandbox_id}/files")
+    async def read_file(sandbox_id: str, path: str = Query(...)) -> Response:
+        data = await svc.read_file(sandbox_id, path)
+        return Response(data, media_type="application/octet-stream")
+
+    @app.put("/sandboxes/{sandbox_id}/files", status_code=204)
+    async def write_file(sandbox_id: str, request: Request, path: str = Query(...)) -> Response:
+        svc.get(sandbox_id)
+        data = await request.body()
+        await svc.write_file(sandbox_id, path, data)
+        return Response(status_code=204)
+
+    @app.delete("/sandboxes/{sandbox_id}", status_code=204)
+    async def delete_sandbox(sandbox_id: str) -> Response:
+        await svc.delete(sandbox_id)
+        return Response(status_code=204)
+
+    return app
+
+
+def run_server(
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    backend: str = "process",
+    root: Path | str | None = None,
+    **service_kwargs: Any,
+) -> None:
+    """Serve the sandbox API until interrupted (blocking; used by ``agentfleet serve-sandbox``)."""
+    import uvicorn
+
+    from agentfleet.serving import uvicorn_config
+
+    if backend != "process":
+        raise ValueError(f"unknown sandbox backend {backend!r} (available: process)")
+    from agentfleet.sandbox.process import ProcessBackend
+
+    app = create_app(ProcessBackend(root), **service_kwargs)
+    # At shutdown, running commands get GRACEFUL_SHUTDOWN_S to finish; then their requests
+    # are cancelled, which kills their process groups, and the lifespan deletes the sandboxes.
+    config = uvicorn_config(
+        app, host, port, log_level="info", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S
+    )
+    uvicorn.Server(config).run()

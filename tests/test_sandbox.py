@@ -1,0 +1,584 @@
+"""Sandbox server: conformance tests over HTTP (per backend) plus process-backend specifics.
+
+Everything goes through a real uvicorn server on 127.0.0.1 and ``SandboxClient``; commands are
+real subprocesses. The ``backend`` fixture lists the backends the conformance set runs on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from agentfleet.http.pool import HttpPool, Timeouts
+from agentfleet.sandbox import (
+    DEFAULT_OUTPUT_LIMIT,
+    CreateSandbox,
+    OutputCapture,
+    PathOutsideSandbox,
+    ProcessBackend,
+    RemoteDockerEnvironment,
+    SandboxClient,
+    SandboxError,
+    Sandboxes,
+    SandboxNotFound,
+    SandboxService,
+    create_app,
+    gc_all,
+)
+from agentfleet.sandbox.process import MARKER
+from agentfleet.serving import serve_in_loop
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> str:
+    ds = tmp_path / "ds"
+    repo = ds / "t1" / "repo"
+    (repo / "pkg").mkdir(parents=True)
+    (ds / "dataset.yaml").write_text("name: sbtest\nsplits:\n  test: [t1]\n")
+    (ds / "t1" / "task.yaml").write_text(
+        "prompt: make it fast\ntest_cmd: python3 -m pytest -q\nworkload_cmd: python3 main.py\n"
+    )
+    (repo / "main.py").write_text("print('hello')\n")
+    (repo / "pkg" / "util.py").write_text("def f():\n    return 1\n")
+    return str(ds)
+
+
+@dataclass
+class Served:
+    url: str
+    client: SandboxClient
+    service: SandboxService
+    backend: Any
+    dataset: str
+
+    async def create(self, **kw: Any) -> str:
+        kw.setdefault("task_id", "t1")
+        kw.setdefault("dataset", self.dataset)
+        info = await self.client.create(CreateSandbox(**kw))
+        return info.sandbox_id
+
+    async def raw(self, method: str, path: str, **kw: Any) -> Any:
+        return await HttpPool.for_loop().request(method, self.url + path, **kw)
+
+
+def make_backend(name: str, root: Path, **kw: Any) -> Any:
+    if name == "process":
+        return ProcessBackend(root, **kw)
+    if name == "process-unconfined":
+        return ProcessBackend(root, confine=False, **kw)
+    raise AssertionError(name)
+
+
+@pytest.fixture(params=["process"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+# Behaviour that depends on how commands are confined also runs without bubblewrap.
+both_process_modes = pytest.mark.parametrize("backend", ["process", "process-unconfined"])
+
+ServerFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def start_server(
+    backend: str, tmp_path: Path, dataset: str
+) -> AsyncIterator[ServerFactory]:
+    """Start servers (``await start_server(**service_kwargs)``); all stopped at teardown."""
+    stack: list[Any] = []
+
+    async def start(
+        backend_kw: dict[str, Any] | None = None, app_kw: dict[str, Any] | None = None, **kw: Any
+    ) -> Served:
+        be = make_backend(backend, tmp_path / f"sandboxes{len(stack)}", **(backend_kw or {}))
+        service = SandboxService(be, **kw)
+        app = create_app(service, **(app_kw or {}))
+        cm = serve_in_loop(app)
+        running = await cm.__aenter__()
+        stack.append(cm)
+        return Served(running.url, SandboxClient(running.url), service, be, dataset)
+
+    yield start
+    for cm in reversed(stack):
+        await cm.__aexit__(None, None, None)
+
+
+@pytest.fixture
+async def server(start_server: ServerFactory) -> Served:
+    served: Served = await start_server()
+    return served
+
+
+def _procs_with_arg(arg: str) -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info.get("cmdline") or []
+        if arg in cmd:
+            found.append(p)
+    return found
+
+
+async def _wait_gone(arg: str, within: float = 5.0) -> list[psutil.Process]:
+    deadline = time.monotonic() + within
+    while True:
+        left = await asyncio.to_thread(_procs_with_arg, arg)
+        if not left or time.monotonic() > deadline:
+            return left
+        await asyncio.sleep(0.1)
+
+
+def _unique_seconds() -> str:
+    return f"{900 + uuid.uuid4().int % 99}.{uuid.uuid4().int % 10**6:06d}"
+
+
+# --------------------------------------------------------------------------- conformance
+
+
+@both_process_modes
+async def test_create_exec_and_git_diff(server: Served) -> None:
+    info = await server.client.create(CreateSandbox(task_id="t1", dataset=server.dataset))
+    assert info.sandbox_id.startswith("sb-") and len(info.sandbox_id) == 15
+    assert info.task_id == "t1" and info.expires_at > info.created_at
+    sid = info.sandbox_id
+
+    r = await server.client.exec(sid, "ls")
+    assert r.returncode == 0 and not r.timed_out
+    assert set(r.output.split()) == {"main.py", "pkg"}
+
+    await server.client.exec(sid, "mkdir -p .cache __pycache__ && touch .cache/x __pycache__/m.pyc")
+    r = await server.client.exec(sid, "git status --porcelain")
+    assert (r.returncode, r.output) == (0, "")  # caches are ignored
+
+    r = await server.client.exec(sid, "echo 'x = 2' >> main.py && python3 main.py")
+    assert r.returncode == 0 and r.output == "hello\n"
+    r = await server.client.exec(sid, "git diff")
+    assert "+x = 2" in r.output and "main.py" in r.output
+
+    r = await server.client.exec(sid, "pwd", cwd="pkg")
+    assert r.output.strip().endswith("/pkg")
+    r = await server.client.exec(sid, "echo $FOO; exit 3", env={"FOO": "bar"})
+    assert (r.returncode, r.output) == (3, "bar\n")
+
+    assert [s.sandbox_id for s in await server.client.list()] == [sid]
+    assert (await server.client.get(sid)).workdir == info.workdir
+
+
+def test_protocols() -> None:
+    assert isinstance(SandboxClient("http://x"), Sandboxes)
+    assert isinstance(SandboxService(ProcessBackend("/nonexistent")), Sandboxes)
+
+
+async def test_empty_sandbox(server: Served) -> None:
+    info = await server.client.create(CreateSandbox())
+    r = await server.client.exec(info.sandbox_id, "git log --oneline | wc -l; ls -A")
+    assert r.output.split() == ["1", ".git"]
+
+
+async def test_file_round_trip(server: Served) -> None:
+    sid = await server.create()
+    data = bytes(range(256)) * 100
+    await server.client.write_file(sid, "new/dir/blob.bin", data)
+    assert await server.client.read_file(sid, "new/dir/blob.bin") == data
+    assert await server.client.read_file(sid, "pkg/util.py") == b"def f():\n    return 1\n"
+    await server.client.write_file(sid, "main.py", b"print('changed')\n")
+    r = await server.client.exec(sid, "python3 main.py && wc -c < new/dir/blob.bin")
+    assert r.output.split() == ["changed", "25600"]
+    with pytest.raises(SandboxError) as e:
+        await server.client.read_file(sid, "nope.txt")
+    assert e.value.status == 404
+    with pytest.raises(SandboxError) as e:
+        await server.client.read_file(sid, "pkg")
+    assert e.value.status == 400
+
+
+@both_process_modes
+async def test_paths_outside_the_sandbox_are_refused(server: Served) -> None:
+    sid = await server.create()
+    r = await server.client.exec(sid, "ln -s /etc etc_link && ln -s /etc/passwd pw")
+    assert r.returncode == 0, r.output
+    for path in ("../../etc/passwd", "/etc/passwd", "etc_link/passwd", "pw", "pkg/../../x"):
+        with pytest.raises(PathOutsideSandbox) as e:
+            await server.client.read_file(sid, path)
+        assert e.value.status == 400
+        with pytest.raises(PathOutsideSandbox):
+            await server.client.write_file(sid, path, b"owned")
+    resp = await server.raw("GET", f"/sandboxes/{sid}/files", params={"path": "/etc/passwd"})
+    assert resp.status == 400 and "outside" in resp.json()["error"]
+    with pytest.raises(PathOutsideSandbox):
+        await server.client.exec(sid, "pwd", cwd="../..")
+    # an absolute path inside the workdir is fine
+    workdir = (await server.client.get(sid)).workdir
+    assert await server.client.read_file(sid, f"{workdir}/main.py") == b"print('hello')\n"
+
+
+async def test_unknown_sandbox_is_404(server: Served) -> None:
+    with pytest.raises(SandboxNotFound):
+        await server.client.exec("sb-000000000000", "ls")
+    with pytest.raises(SandboxNotFound):
+        await server.client.read_file("sb-000000000000", "x")
+    with pytest.raises(SandboxNotFound):
+        await server.client.write_file("sb-000000000000", "x", b"")
+    with pytest.raises(SandboxNotFound):
+        await server.client.delete("sb-000000000000")
+    with pytest.raises(SandboxNotFound):
+        await server.client.get("sb-000000000000")
+    for method, path in [
+        ("POST", "/sandboxes/sb-nope/exec"),
+        ("GET", "/sandboxes/sb-nope/files?path=x"),
+        ("DELETE", "/sandboxes/sb-nope"),
+    ]:
+        kw: dict[str, Any] = {"json": {"command": "ls"}} if method == "POST" else {}
+        resp = await server.raw(method, path, **kw)
+        assert resp.status == 404 and "sb-nope" in resp.json()["error"], (method, resp.body)
+
+
+async def test_unknown_task_is_404(server: Served) -> None:
+    with pytest.raises(SandboxError) as e:
+        await server.create(task_id="t99")
+    assert e.value.status == 404 and "t99" in str(e.value)
+    with pytest.raises(SandboxError) as e:
+        await server.create(dataset="/no/such/dataset")
+    assert e.value.status == 404
+    assert await server.client.list() == []
+
+
+async def test_bad_requests_get_json_errors(server: Served) -> None:
+    bad = await server.raw(
+        "POST", "/sandboxes", data=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert bad.status in (400, 422) and "error" in bad.json()
+    sid = await server.create()
+    missing = await server.raw("POST", f"/sandboxes/{sid}/exec", json={"cwd": "x"})
+    assert missing.status == 422 and "error" in missing.json() and missing.json()["detail"]
+    neg = await server.raw("POST", f"/sandboxes/{sid}/exec", json={"command": "ls", "timeout": -1})
+    assert neg.status == 422
+    nopath = await server.raw("GET", f"/sandboxes/{sid}/files")
+    assert nopath.status == 422 and "error" in nopath.json()
+    notfound = await server.raw("GET", "/nowhere")
+    assert notfound.status == 404 and "error" in notfound.json()
+    assert (await server.client.healthz())["status"] == "ok"
+
+
+@both_process_modes
+async def test_timeout_kills_the_process_group(server: Served) -> None:
+    sid = await server.create()
+    secs = _unique_seconds()
+    started = time.monotonic()
+    r = await server.client.exec(sid, f"sleep {secs} & sleep {secs}; echo never", timeout=1)
+    assert time.monotonic() - started < 6
+    assert r.timed_out and r.returncode == 124
+    assert "never" not in r.output and "timed out after 1 s" in r.output
+    assert await _wait_gone(secs) == []
+
+
+@both_process_modes
+async def test_background_children_do_not_outlive_the_exec(server: Served) -> None:
+    sid = await server.create()
+    secs = _unique_seconds()
+    started = time.monotonic()
+    r = await server.client.exec(sid, f"sleep {secs} & echo started", timeout=30)
+    assert (r.returncode, r.output, r.timed_out) == (0, "started\n", False)
+    assert time.monotonic() - started < 6
+    assert await _wait_gone(secs) == []
+
+
+@both_process_modes
+async def test_output_is_capped_head_and_tail(server: Served) -> None:
+    sid = await server.create()
+    r = await server.client.exec(
+        sid, "python3 -c \"import sys; sys.stdout.write('HEAD' + 'x' * 10_000_000 + 'TAIL')\""
+    )
+    assert r.returncode == 0 and r.truncated
+    assert "[agentfleet: output truncated," in r.output
+    assert len(r.output) <= DEFAULT_OUTPUT_LIMIT + 100
+    assert r.output.startswith("HEADxxx") and r.output.endswith("xxxTAIL")
+    small = await server.client.exec(sid, "echo ok; echo err >&2")
+    assert not small.truncated and small.output == "ok\nerr\n"
+
+
+async def test_endless_output_with_timeout(server: Served) -> None:
+    sid = await server.create()
+    r = await server.client.exec(sid, "yes agentfleet", timeout=1)
+    assert r.timed_out and r.truncated and r.returncode == 124
+    assert r.output.startswith("agentfleet\nagentfleet\n")
+    assert len(r.output) <= DEFAULT_OUTPUT_LIMIT + 200
+
+
+async def test_concurrent_execs_run_in_parallel(server: Served) -> None:
+    ids = await asyncio.gather(*(server.create() for _ in range(20)))
+    started = time.monotonic()
+    results = await asyncio.gather(*(server.client.exec(s, "sleep 1; echo $PWD") for s in ids))
+    elapsed = time.monotonic() - started
+    assert all(r.returncode == 0 for r in results)
+    assert len({r.output for r in results}) == 20  # each in its own workdir
+    assert elapsed < 10, elapsed
+
+
+async def test_delete(server: Served) -> None:
+    sid = await server.create()
+    await server.client.delete(sid)
+    with pytest.raises(SandboxNotFound):
+        await server.client.exec(sid, "ls")
+    with pytest.raises(SandboxNotFound):
+        await server.client.delete(sid)
+    assert (await server.client.healthz())["sandboxes"] == 0
+
+
+@both_process_modes
+async def test_delete_kills_running_commands(server: Served) -> None:
+    sid = await server.create()
+    secs = _unique_seconds()
+    running = asyncio.create_task(server.client.exec(sid, f"sleep {secs}; echo", timeout=60))
+    assert await _wait_for(lambda: bool(_procs_with_arg(secs)))
+    await server.client.delete(sid)
+    r = await asyncio.wait_for(running, 10)
+    assert r.returncode != 0
+    assert await _wait_gone(secs) == []
+
+
+async def test_client_disconnect_kills_the_command(server: Served) -> None:
+    sid = await server.create()
+    secs = _unique_seconds()
+    with pytest.raises(asyncio.TimeoutError):
+        await HttpPool.for_loop().request(
+            "POST",
+            f"{server.url}/sandboxes/{sid}/exec",
+            json={"command": f"sleep {secs}; echo", "timeout": 60},
+            timeout=Timeouts(total=1.5),
+        )
+    assert await _wait_gone(secs) == []
+
+
+async def test_ttl_expiry(start_server: ServerFactory) -> None:
+    served: Served = await start_server(reap_period_s=0.1)
+    sid = await served.create(ttl_s=0.3)
+    keep = await served.create()
+    assert await _wait_for(lambda: sid not in [i.sandbox_id for i in served.service.list()])
+    with pytest.raises(SandboxNotFound):
+        await served.client.exec(sid, "ls")
+    assert (await served.client.exec(keep, "echo ok")).output == "ok\n"
+
+
+async def test_too_many_sandboxes_is_429(start_server: ServerFactory) -> None:
+    served: Served = await start_server(max_sandboxes=2)
+    await served.create()
+    await served.create()
+    with pytest.raises(SandboxError) as e:
+        await served.create()
+    assert e.value.status == 429
+
+
+async def test_size_caps_are_413(start_server: ServerFactory) -> None:
+    served: Served = await start_server(
+        backend_kw={"max_file_bytes": 1000}, app_kw={"max_body_bytes": 5000}
+    )
+    sid = await served.create()
+    await served.client.write_file(sid, "ok.bin", b"x" * 1000)
+    with pytest.raises(SandboxError) as e:
+        await served.client.write_file(sid, "big.bin", b"x" * 2000)
+    assert e.value.status == 413
+    with pytest.raises(SandboxError) as e:
+        await served.client.write_file(sid, "huge.bin", b"x" * 6000)
+    assert e.value.status == 413
+    resp = await served.raw("POST", f"/sandboxes/{sid}/exec", json={"command": "x" * 6000})
+    assert resp.status == 413 and "error" in resp.json()
+    assert (await served.client.healthz())["status"] == "ok"
+
+
+async def test_healthz_and_metrics(server: Served) -> None:
+    health = await server.client.healthz()
+    assert health == {"status": "ok", "backend": server.service.backend_name, "sandboxes": 0}
+    sid = await server.create()
+    await server.client.exec(sid, "true")
+    await server.client.exec(sid, "sleep 5", timeout=0.2)
+    text = await server.client.metrics()
+    assert "agentfleet_sandboxes_active" in text
+    assert "agentfleet_sandboxes_created_total 1.0" in text
+    assert "agentfleet_sandbox_execs_total 2.0" in text
+    assert "agentfleet_sandbox_exec_timeouts_total 1.0" in text
+    assert "agentfleet_sandbox_exec_seconds_bucket" in text
+
+
+async def test_remote_environment_from_sync_code(server: Served) -> None:
+    def agent_thread() -> list[dict[str, Any]]:
+        env = RemoteDockerEnvironment.create_for_task(
+            "t1", server.dataset, base_url=server.url, timeout=30
+        )
+        with env:
+            out = [env.execute("python3 main.py"), env.execute("exit 7"), env.execute("pwd", "pkg")]
+            env.write_file("notes.txt", "hi")
+            out.append({"read": env.read_file("notes.txt")})
+            out.append(env.get_template_vars())
+        return out
+
+    results = await asyncio.to_thread(agent_thread)
+    assert results[0] == {"output": "hello\n", "returncode": 0}
+    assert results[1] == {"output": "", "returncode": 7}
+    assert results[2]["output"].strip().endswith("/pkg")
+    assert results[3] == {"read": b"hi"}
+    sid = results[4]["sandbox_id"]
+    assert sid not in [i.sandbox_id for i in await server.client.list()]  # cleanup deleted it
+
+
+async def test_remote_environment_async_and_in_loop_guard(server: Served) -> None:
+    sid = await server.create()
+    env = RemoteDockerEnvironment(sid, server.url, cwd="pkg", env={"X": "1"})
+    assert await env.aexecute("echo $X; ls") == {"output": "1\nutil.py\n", "returncode": 0}
+    with pytest.raises(RuntimeError, match="aexecute"):
+        env.execute("ls")
+    await env.aclose()  # not the owner: the sandbox stays
+    assert (await server.client.get(sid)).sandbox_id == sid
+    owned = await RemoteDockerEnvironment.acreate("t1", server.dataset, sandboxes=server.client)
+    async with owned:
+        assert (await owned.aexecute("cat main.py"))["output"] == "print('hello')\n"
+    assert owned.sandbox_id not in [i.sandbox_id for i in await server.client.list()]
+
+
+def test_remote_environment_with_server_in_another_thread(
+    tmp_path: Path, dataset: str
+) -> None:
+    """Plain sync caller (no loop in this thread), server on its own loop in a thread."""
+    ready = threading.Event()
+    stop = threading.Event()
+    box: dict[str, Any] = {}
+
+    def serve() -> None:
+        async def main() -> None:
+            async with serve_in_loop(create_app(ProcessBackend(tmp_path / "sb"))) as running:
+                box["url"] = running.url
+                ready.set()
+                await asyncio.to_thread(stop.wait)
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(20)
+        env = RemoteDockerEnvironment.create_for_task("t1", dataset, base_url=box["url"])
+        try:
+            assert env.execute("echo one") == {"output": "one\n", "returncode": 0}
+            assert env.execute("echo two")["output"] == "two\n"
+            sandbox_dir = tmp_path / "sb" / env.sandbox_id
+            assert sandbox_dir.is_dir()
+        finally:
+            env.cleanup()
+        assert not sandbox_dir.exists()
+    finally:
+        stop.set()
+        thread.join(20)
+
+
+# --------------------------------------------------------------------------- process backend
+
+
+async def test_process_layout_delete_and_shutdown(tmp_path: Path, dataset: str) -> None:
+    root = tmp_path / "root"
+    backend = ProcessBackend(root)
+    app = create_app(backend)
+    async with serve_in_loop(app) as running:
+        client = SandboxClient(running.url)
+        a = (await client.create(CreateSandbox(task_id="t1", dataset=dataset))).sandbox_id
+        b = (await client.create(CreateSandbox(task_id="t1", dataset=dataset))).sandbox_id
+        folder = backend.sandbox_dir(a)
+        assert folder.parent == root.resolve()
+        meta = json.loads((folder / MARKER).read_text())
+        assert meta["pid"] == os.getpid() and meta["instance"] == backend.instance_id
+        assert (folder / "work" / "main.py").is_file()
+        r = await client.exec(a, "ls -A ..; echo tmp=$TMPDIR; ls /tmp")
+        assert MARKER not in r.output or not backend.confined
+        await client.delete(a)
+        assert not folder.exists()
+        folder_b = backend.sandbox_dir(b)
+    assert not folder_b.exists()  # the server's shutdown deleted what it owned
+
+
+async def test_confined_commands_cannot_write_outside(tmp_path: Path, dataset: str) -> None:
+    backend = ProcessBackend(tmp_path / "root")
+    async with SandboxService(backend) as service:
+        if not backend.confined:
+            pytest.skip("bubblewrap not available here")
+        sid = (await service.create(CreateSandbox(task_id="t1", dataset=dataset))).sandbox_id
+        outside = tmp_path / "outside.txt"
+        await service.exec(sid, f"echo hi > {outside}")
+        assert not outside.exists()
+        r = await service.exec(sid, "echo hi > /usr/agentfleet-probe; echo rc=$?")
+        assert "rc=1" in r.output and "Read-only" in r.output
+        r = await service.exec(sid, "echo keep > /tmp/t; ls /tmp")
+        assert "t" in r.output.split()
+        assert (await service.exec(sid, "cat /tmp/t")).output == "keep\n"  # /tmp persists
+        other = (await service.create(CreateSandbox())).sandbox_id
+        r = await service.exec(sid, f"ls {backend.root}")
+        assert other not in r.output
+        connect = "import socket; socket.create_connection(('1.1.1.1', 80), 2)"
+        r = await service.exec(sid, f'python3 -c "{connect}"')
+        assert r.returncode != 0
+
+
+async def test_orphans_of_dead_servers_are_reaped_at_start(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    dead = await asyncio.create_subprocess_exec("true")
+    await dead.wait()
+
+    def make(name: str, meta: dict[str, Any] | None) -> Path:
+        folder = root / name
+        (folder / "work").mkdir(parents=True)
+        if meta is not None:
+            (folder / MARKER).write_text(json.dumps(meta))
+        return folder
+
+    orphan = make("sb-dead00000000", {"instance": "gone", "pid": dead.pid})
+    live = make("sb-live00000000", {"instance": "other", "pid": os.getpid()})
+    stranger = make("not-a-sandbox", None)
+    backend = ProcessBackend(root)
+    await backend.start()
+    try:
+        assert not orphan.exists()
+        assert live.exists() and stranger.exists()
+    finally:
+        await backend.aclose()
+    assert await asyncio.to_thread(gc_all, root) == ["sb-live00000000"]
+    assert stranger.exists() and not live.exists()
+
+
+def test_output_capture_unit() -> None:
+    cap = OutputCapture(10)
+    for chunk in (b"abc", b"defghij", b"klmnopqrstuvwxyz"):
+        cap.feed(chunk)
+    text, truncated = cap.result()
+    assert truncated and text.startswith("abcde") and text.endswith("vwxyz")
+    assert "16 bytes omitted" in text
+    cap = OutputCapture(10)
+    cap.feed(b"0123456789")
+    assert cap.result() == ("0123456789", False)
+    cap = OutputCapture(4)
+    cap.feed("ééééé".encode())  # 5 chars, 10 bytes
+    text, truncated = cap.result()
+    assert truncated and text.startswith("éé") and text.endswith("éé")
+    cap = OutputCapture(1000)
+    for _ in range(10_000):
+        cap.feed(b"y" * 1000)
+    assert len(cap.head) + len(cap.tail) <= 4000
+    assert cap.result()[1]
+
+
+async def _wait_for(pred: Callable[[], bool], within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(pred):
+            return True
+        await asyncio.sleep(0.05)
+    return False
