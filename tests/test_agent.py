@@ -21,19 +21,31 @@ class ShellEnv:
         self.root = root
         self.commands: list[str] = []
 
-    async def aexecute(self, command: str, cwd: str = "", timeout: float | None = None) -> dict[str, Any]:
+    async def aexecute(
+        self, command: str, cwd: str = "", timeout: float | None = None
+    ) -> dict[str, Any]:
         self.commands.append(command)
         proc = await asyncio.create_subprocess_exec(
-            "bash", "-c", command, cwd=self.root,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            "bash",
+            "-c",
+            command,
+            cwd=self.root,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
         )
         out, _ = await proc.communicate()
         return {"output": out.decode(), "returncode": proc.returncode}
 
 
 def make_task(tmp_path: Path) -> Task:
-    return Task(id="t1", dataset="mini", prompt="Make it fast.", test_cmd="true",
-                workload_cmd="true", task_dir=tmp_path)
+    return Task(
+        id="t1",
+        dataset="mini",
+        prompt="Make it fast.",
+        test_cmd="true",
+        workload_cmd="true",
+        task_dir=tmp_path,
+    )
 
 
 def test_parse_action_counts_blocks() -> None:
@@ -44,10 +56,12 @@ def test_parse_action_counts_blocks() -> None:
 
 async def test_agent_runs_commands_and_submits(tmp_path: Path) -> None:
     env = ShellEnv(tmp_path)
-    model = ScriptedModel([
-        bash_reply("write", "echo hello > out.txt && cat out.txt"),
-        bash_reply("submit", f"echo {SUBMIT_SENTINEL}"),
-    ])
+    model = ScriptedModel(
+        [
+            bash_reply("write", "echo hello > out.txt && cat out.txt"),
+            bash_reply("submit", f"echo {SUBMIT_SENTINEL}"),
+        ]
+    )
     result = await LightAgent(model, env, make_task(tmp_path), AgentConfig()).run()
     assert result.exit_status == "Submitted"
     assert result.steps == 2
@@ -59,8 +73,7 @@ async def test_agent_runs_commands_and_submits(tmp_path: Path) -> None:
 
 async def test_format_error_is_fed_back(tmp_path: Path) -> None:
     model = ScriptedModel(["I forgot the block", bash_reply("ok", f"echo {SUBMIT_SENTINEL}")])
-    result = await LightAgent(model, ShellEnv(tmp_path), make_task(tmp_path),
-                              AgentConfig()).run()
+    result = await LightAgent(model, ShellEnv(tmp_path), make_task(tmp_path), AgentConfig()).run()
     assert result.exit_status == "Submitted"
     assert "exactly one" in result.messages[3]["content"]
 
@@ -82,8 +95,7 @@ async def test_time_limit(tmp_path: Path) -> None:
 
 async def test_model_error_ends_agent_with_its_status(tmp_path: Path) -> None:
     model = ScriptedModel([bash_reply("one", "true")])
-    result = await LightAgent(model, ShellEnv(tmp_path), make_task(tmp_path),
-                              AgentConfig()).run()
+    result = await LightAgent(model, ShellEnv(tmp_path), make_task(tmp_path), AgentConfig()).run()
     assert result.exit_status == "OutOfReplies"
     assert "ran out" in result.error
 

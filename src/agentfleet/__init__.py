@@ -1,0 +1,77 @@
+"""agentfleet: run many coding agents at once on performance tasks and score them.
+
+The public API, imported lazily so that ``import agentfleet`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    "evaluate_info": "agentfleet.evaluation.client",
+    "evaluate_info_sync": "agentfleet.evaluation.client",
+    "EvalClient": "agentfleet.evaluation.client",
+    "EvalClientError": "agentfleet.evaluation.client",
+    "EvalRequest": "agentfleet.evaluation.schema",
+    "EvalResult": "agentfleet.evaluation.schema",
+    "Evaluator": "agentfleet.evaluation.evaluator",
+    "EvalConfig": "agentfleet.evaluation.evaluator",
+    "RewardConfig": "agentfleet.evaluation.reward",
+    "HttpPool": "agentfleet.http.pool",
+    "PoolLimits": "agentfleet.http.pool",
+    "RetryPolicy": "agentfleet.http.retry",
+    "Timeouts": "agentfleet.http.pool",
+    "SandboxClient": "agentfleet.sandbox.client",
+    "RemoteDockerEnvironment": "agentfleet.sandbox.env",
+    "LightAgent": "agentfleet.agent.light",
+    "AgentConfig": "agentfleet.agent.light",
+    "Model": "agentfleet.models.base",
+    "OracleModel": "agentfleet.models.offline",
+    "ScriptedModel": "agentfleet.models.offline",
+    "OpenAIChatModel": "agentfleet.models.openai_chat",
+    "OpenRouterModel": "agentfleet.models.openai_chat",
+    "Task": "agentfleet.tasks.task",
+    "load_dataset": "agentfleet.tasks.task",
+    "FleetConfig": "agentfleet.fleet.runner",
+    "run_fleet": "agentfleet.fleet.runner",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'agentfleet' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
+
+
+if TYPE_CHECKING:
+    from agentfleet.agent.light import AgentConfig, LightAgent
+    from agentfleet.evaluation.client import (
+        EvalClient,
+        EvalClientError,
+        evaluate_info,
+        evaluate_info_sync,
+    )
+    from agentfleet.evaluation.evaluator import EvalConfig, Evaluator
+    from agentfleet.evaluation.reward import RewardConfig
+    from agentfleet.evaluation.schema import EvalRequest, EvalResult
+    from agentfleet.fleet.runner import FleetConfig, run_fleet
+    from agentfleet.http.pool import HttpPool, PoolLimits, Timeouts
+    from agentfleet.http.retry import RetryPolicy
+    from agentfleet.models.base import Model
+    from agentfleet.models.offline import OracleModel, ScriptedModel
+    from agentfleet.models.openai_chat import OpenAIChatModel, OpenRouterModel
+    from agentfleet.sandbox.client import SandboxClient
+    from agentfleet.sandbox.env import RemoteDockerEnvironment
+    from agentfleet.tasks.task import Task, load_dataset

@@ -49,7 +49,9 @@ class RunningServer:
 
 
 @asynccontextmanager
-async def serve_in_loop(app: Any, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[RunningServer]:
+async def serve_in_loop(
+    app: Any, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[RunningServer]:
     """Serve ``app`` in this loop until the block exits (port 0: a free port)."""
     # IPPROTO_TCP (not 0) so asyncio sets TCP_NODELAY on accepted sockets: no 40 ms Nagle stalls.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)

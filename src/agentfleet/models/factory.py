@@ -1,4 +1,4 @@
-"""Build a model per agent from a spec string: oracle, scripted:FILE, openai/NAME, openrouter/NAME."""
+"""Build a model per agent from a spec: oracle, scripted:FILE, openai/NAME, openrouter/NAME."""
 
 from __future__ import annotations
 
@@ -44,7 +44,9 @@ class ModelSpec:
             return OracleModel(task, delay_s=self.delay_s)
         if self.spec.startswith("scripted:"):
             if self._replies is None:
-                raise RuntimeError("ModelSpec.prepare() must run before build() for scripted models")
+                raise RuntimeError(
+                    "ModelSpec.prepare() must run before build() for scripted models"
+                )
             return ScriptedModel(self._replies, delay_s=self.delay_s, name=self.spec)
         provider, name = self.spec.split("/", 1)
         if provider == "openrouter":

@@ -28,7 +28,8 @@ def oracle_replies(task: Task) -> list[str]:
     return [
         bash_reply(
             "I apply the known fix for the slow spot.",
-            f"git apply --whitespace=nowarn - <<'{_HEREDOC}'\n{patch}{_HEREDOC}\ngit status --short",
+            f"git apply --whitespace=nowarn - <<'{_HEREDOC}'\n{patch}{_HEREDOC}\n"
+            "git status --short",
         ),
         bash_reply("I check the tests still pass.", task.test_cmd),
         bash_reply("The change is done; I submit it.", f"echo {SUBMIT_SENTINEL}"),

@@ -28,6 +28,7 @@ import os
 import shutil
 import signal
 import stat
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -51,6 +52,16 @@ log = logging.getLogger(__name__)
 MARKER = ".agentfleet-sandbox.json"
 MAX_FILE_BYTES = 50 * 1024 * 1024
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+_REAL_PYTHON_BIN = os.path.dirname(os.path.realpath(sys.executable))
+
+
+def default_path() -> str:
+    """The server's PATH with the real interpreter's folder first, so ``python3`` in a sandbox
+    is this Python, not a version-manager shim (pyenv's adds ~0.1 s to every start)."""
+    parts = [_REAL_PYTHON_BIN, *(os.environ.get("PATH") or DEFAULT_PATH).split(os.pathsep)]
+    return os.pathsep.join(dict.fromkeys(p for p in parts if p))
 _GIT_ENV = {
     "GIT_AUTHOR_NAME": "agentfleet",
     "GIT_AUTHOR_EMAIL": "agentfleet@localhost",
@@ -287,7 +298,7 @@ class ProcessBackend:
         self.confine_option = confine
         self.network = network
         self.default_timeout = default_timeout
-        self.path = path or os.environ.get("PATH") or DEFAULT_PATH
+        self.path = path or default_path()
         self.max_file_bytes = max_file_bytes
         self.instance_id = uuid.uuid4().hex
         self.confined = False

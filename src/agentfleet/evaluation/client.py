@@ -1,0 +1,369 @@
+"""Client of the evaluation server: ``evaluate_info`` and :class:`EvalClient`.
+
+An evaluation is a job: ``POST /evaluations`` with an ``Idempotency-Key`` (the same key on
+every retry, so a retry never evaluates twice), then long polls of
+``GET /evaluations/{id}?wait=...`` until it is done. Requests go through the event loop's
+shared :class:`~agentfleet.http.HttpPool`: one pool of keep-alive connections for every
+agent on the loop, never a session per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+from pydantic import ValidationError
+
+from agentfleet.evaluation.schema import EvalRequest, EvalResult
+from agentfleet.http import EVAL_TIMEOUTS, HttpError, HttpPool, Response, Timeouts
+
+logger = logging.getLogger("agentfleet.evaluation")
+
+TOKEN_ENV = "AGENTFLEET_EVAL_TOKEN"
+MAX_POLL_WAIT = 60.0  # the server's cap on ``wait``
+TERMINAL = frozenset({"done", "failed"})
+_MAX_RESUBMITS = 3  # a job unknown to a restarted (in-memory) server is submitted again
+
+
+class EvalClientError(HttpError):
+    """The evaluation could not be obtained (transport failure after retries, a 5xx, a
+    timeout). ``status_code`` is the HTTP status when there was one."""
+
+    def __init__(
+        self, message: str, *, status_code: int | None = None, payload: Any = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.payload = payload
+
+
+class EvalRejected(EvalClientError):
+    """The server refused the request with a 4xx (unknown instance, invalid body...)."""
+
+
+class EvalTimeout(EvalClientError):
+    """The overall ``timeout`` of the evaluation expired."""
+
+
+def _error_message(resp: Response) -> str:
+    try:
+        payload = resp.json()
+    except ValueError:
+        return resp.text()[:500] or f"HTTP {resp.status}"
+    if isinstance(payload, dict):
+        err = payload.get("error") or payload.get("detail")
+        if err is not None:
+            return str(err)
+    return str(payload)[:500]
+
+
+def _retry_after(resp: Response, default: float = 1.0) -> float:
+    for k, v in resp.headers.items():
+        if k.lower() == "retry-after":
+            try:
+                return max(0.0, float(v))
+            except ValueError:
+                break
+    return default
+
+
+class EvalClient:
+    """Talks to one evaluation server.
+
+    ``pool``: an :class:`HttpPool` (not closed by the client); default the running loop's
+    shared pool. ``token``: bearer token, default ``$AGENTFLEET_EVAL_TOKEN``.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        pool: HttpPool | None = None,
+        token: str | None = None,
+        *,
+        poll_wait: float = 30.0,
+        submit_timeouts: Timeouts = EVAL_TIMEOUTS,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._pool = pool
+        self.token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
+        self.poll_wait = min(MAX_POLL_WAIT, max(0.0, poll_wait))
+        self.submit_timeouts = submit_timeouts
+
+    @property
+    def pool(self) -> HttpPool:
+        return self._pool if self._pool is not None else HttpPool.for_loop()
+
+    def _headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if extra:
+            headers.update(extra)
+        return headers
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeouts: Timeouts,
+    ) -> Response:
+        url = f"{self.base_url}{path}"
+        try:
+            return await self.pool.request(
+                method,
+                url,
+                json=json,
+                params=params,
+                headers=self._headers(headers),
+                timeout=timeouts,
+                idempotent=True,  # GETs, and POSTs that carry an Idempotency-Key
+            )
+        except EvalClientError:
+            raise
+        except HttpError as exc:
+            status = getattr(exc, "status", None)
+            raise EvalClientError(
+                f"{method} {url} failed: {exc}",
+                status_code=status if isinstance(status, int) else None,
+            ) from exc
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise EvalClientError(
+                f"{method} {url} failed: {type(exc).__name__}: {exc}".rstrip(": ")
+            ) from exc
+
+    def _fail(self, resp: Response, what: str) -> EvalClientError:
+        message = _error_message(resp)
+        payload: Any
+        try:
+            payload = resp.json()
+        except ValueError:
+            payload = None
+        cls = EvalRejected if 400 <= resp.status < 500 else EvalClientError
+        return cls(
+            f"{what}: HTTP {resp.status}: {message}" if cls is EvalClientError else message,
+            status_code=resp.status,
+            payload=payload,
+        )
+
+    # API -----------------------------------------------------------------------------
+    async def submit(self, req: EvalRequest, *, idempotency_key: str | None = None) -> str:
+        """Submit ``req`` as a job and return its id. The key (given, the request's, or a
+        new uuid4) is sent on every attempt. A 429 still standing after the pool's own
+        retries is waited out (``Retry-After``) and resubmitted until the caller's
+        timeout."""
+        key = idempotency_key or req.idempotency_key or uuid.uuid4().hex
+        body = req.model_dump(mode="json")
+        body["idempotency_key"] = key
+        while True:
+            resp = await self._request(
+                "POST",
+                "/evaluations",
+                json=body,
+                headers={"Idempotency-Key": key},
+                timeouts=self.submit_timeouts,
+            )
+            if resp.status in (200, 201, 202):
+                job_id = resp.json().get("job_id")
+                if not isinstance(job_id, str):
+                    raise EvalClientError(f"server answered without a job id: {resp.text()[:200]}")
+                return job_id
+            if resp.status == 429:
+                delay = min(60.0, max(0.05, _retry_after(resp)))
+                logger.debug("evaluation queue full, resubmitting in %.2fs", delay)
+                await asyncio.sleep(delay)
+                continue
+            raise self._fail(resp, "submit")
+
+    async def status(self, job_id: str, wait: float = 0.0) -> dict[str, Any]:
+        """The job's state; ``wait`` > 0 long-polls until it ends or ``wait`` expires."""
+        wait = min(MAX_POLL_WAIT, max(0.0, wait))
+        timeouts = Timeouts(total=wait + 120, connect=60, sock_connect=30, sock_read=wait + 60)
+        resp = await self._request(
+            "GET", f"/evaluations/{job_id}", params={"wait": f"{wait:g}"}, timeouts=timeouts
+        )
+        if resp.status != 200:
+            raise self._fail(resp, "status")
+        data = resp.json()
+        if not isinstance(data, dict):
+            raise EvalClientError(f"unexpected job status payload: {resp.text()[:200]}")
+        return data
+
+    async def wait(self, job_id: str, *, poll_wait: float | None = None) -> dict[str, Any]:
+        """Long-poll until the job is done or failed."""
+        wait = self.poll_wait if poll_wait is None else poll_wait
+        while True:
+            data = await self.status(job_id, wait)
+            if data.get("status") in TERMINAL:
+                return data
+            if wait <= 0:
+                await asyncio.sleep(0.5)
+
+    async def evaluate(
+        self,
+        req: EvalRequest,
+        *,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+    ) -> EvalResult:
+        """Submit and wait. A failed job gives reward 0 with ``info["error"]`` and
+        ``info["status"] == "failed"``. Raises :class:`EvalRejected` on a 4xx,
+        :class:`EvalTimeout` when ``timeout`` expires, :class:`EvalClientError` otherwise."""
+        key = idempotency_key or req.idempotency_key or uuid.uuid4().hex
+        try:
+            async with asyncio.timeout(timeout):
+                data = await self._submit_and_wait(req, key)
+        except TimeoutError as exc:
+            raise EvalTimeout(
+                f"evaluation of {req.instance_id} timed out after {timeout}s"
+            ) from exc
+        return _to_result(data)
+
+    async def _submit_and_wait(self, req: EvalRequest, key: str) -> dict[str, Any]:
+        resubmits = 0
+        while True:
+            job_id = await self.submit(req, idempotency_key=key)
+            try:
+                return await self.wait(job_id)
+            except EvalRejected as exc:
+                if exc.status_code != 404 or resubmits >= _MAX_RESUBMITS:
+                    raise
+                resubmits += 1
+                logger.warning(
+                    "evaluation job %s vanished (server restarted?): resubmitting", job_id
+                )
+
+    async def health(self) -> dict[str, Any]:
+        resp = await self._request("GET", "/healthz", timeouts=Timeouts(total=30, sock_read=30))
+        if resp.status != 200:
+            raise self._fail(resp, "healthz")
+        data = resp.json()
+        return data if isinstance(data, dict) else {"status": data}
+
+
+def _to_result(data: dict[str, Any]) -> EvalResult:
+    info = data.get("info")
+    info = dict(info) if isinstance(info, dict) else {}
+    if data.get("status") == "failed":
+        info["error"] = data.get("error") or info.get("error") or "evaluation failed"
+        info["status"] = "failed"
+        return EvalResult(reward=0.0, speedup=0.0, info=info)
+    return EvalResult(
+        reward=float(data.get("reward") or 0.0),
+        speedup=float(data.get("speedup") or 0.0),
+        info=info,
+    )
+
+
+async def evaluate_info(
+    exit_status: str,
+    result: str | None,
+    container_id: str | None,
+    instance_id: str,
+    dataset_name: str | None,
+    split: str | None,
+    eval_server_url: str,
+    *,
+    idempotency_key: str | None = None,
+    pool: HttpPool | None = None,
+    poll_wait: float = 30.0,
+    timeout: float | None = 3600,
+    token: str | None = None,
+) -> tuple[float, float, dict[str, Any]]:
+    """Evaluate one submission on the server at ``eval_server_url``: ``(reward, speedup,
+    info)``.
+
+    A refusal by the server (4xx: unknown instance, invalid request) returns
+    ``(0.0, 0.0, {"error": ..., "status_code": ...})``; a failed evaluation returns
+    ``(0.0, 0.0, {"error": ..., "status": "failed"})``. A transport failure that outlasts
+    the pool's retries, or the ``timeout``, raises :class:`EvalClientError`.
+    """
+    logger.info("Starting evaluation %s", instance_id)
+    t0 = time.monotonic()
+    try:
+        try:
+            req = EvalRequest(
+                exit_status=exit_status,
+                result=result,
+                container_id=container_id,
+                instance_id=instance_id,
+                dataset_name=dataset_name if dataset_name is not None else "perf-lite",
+                split=split if split is not None else "test",
+                idempotency_key=idempotency_key,
+            )
+        except ValidationError as exc:
+            out: tuple[float, float, dict[str, Any]] = (
+                0.0,
+                0.0,
+                {"error": f"invalid request: {exc.errors()[0].get('msg')}", "status_code": 422},
+            )
+        else:
+            client = EvalClient(eval_server_url, pool=pool, token=token, poll_wait=poll_wait)
+            try:
+                res = await client.evaluate(req, idempotency_key=idempotency_key, timeout=timeout)
+            except EvalRejected as exc:
+                out = (0.0, 0.0, {"error": exc.message, "status_code": exc.status_code})
+            else:
+                out = res.as_tuple()
+    except EvalClientError as exc:
+        logger.warning(
+            "Evaluation error %s after %.2fs: %s", instance_id, time.monotonic() - t0, exc
+        )
+        raise
+    logger.info("Evaluation completed %s %.2f", instance_id, time.monotonic() - t0)
+    return out
+
+
+def evaluate_info_sync(
+    exit_status: str,
+    result: str | None,
+    container_id: str | None,
+    instance_id: str,
+    dataset_name: str | None,
+    split: str | None,
+    eval_server_url: str,
+    **kwargs: Any,
+) -> tuple[float, float, dict[str, Any]]:
+    """``evaluate_info`` for a thread with no running event loop (thread workers): runs it
+    in its own ``asyncio.run`` loop, whose pool closes with the loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise RuntimeError(
+            "evaluate_info_sync() called from a running event loop; "
+            "use 'await evaluate_info(...)' instead"
+        )
+    return asyncio.run(
+        evaluate_info(
+            exit_status,
+            result,
+            container_id,
+            instance_id,
+            dataset_name,
+            split,
+            eval_server_url,
+            **kwargs,
+        )
+    )
+
+
+__all__ = [
+    "EvalClient",
+    "EvalClientError",
+    "EvalRejected",
+    "EvalTimeout",
+    "evaluate_info",
+    "evaluate_info_sync",
+]

@@ -1,0 +1,522 @@
+"""The evaluation server: jobs over HTTP, persisted in SQLite, run by bounded workers.
+
+Endpoints (JSON; every error is ``{"error": "..."}`` with a fitting status):
+
+- ``POST /evaluations`` body :class:`EvalRequest` (idempotency key in the
+  ``Idempotency-Key`` header or the ``idempotency_key`` field) -> 202
+  ``{"job_id", "status"}`` for a new job; the same key and body -> 200 with the same job
+  (never a second evaluation); the same key with another body -> 422; queue full -> 429
+  with ``Retry-After``; unknown instance (when the evaluator has ``check``) -> 404.
+- ``GET /evaluations/{job_id}?wait=SECONDS`` (0..60) long-polls until the job is done or
+  failed -> ``{"job_id", "status", "reward", "speedup", "info", "error"}``.
+- ``POST /evaluate`` the blocking form for old clients -> ``{"reward", "speedup", "info"}``.
+- ``GET /healthz`` (never needs the token), ``GET /metrics`` (Prometheus text),
+  ``GET /stats`` and ``POST /stats/reset`` (in-flight / peak / connections seen).
+
+Test mode (``test_latency`` set): every evaluation sleeps that long and scores 1.0 / 1.0;
+without an explicit ``workers`` count all jobs run at once (to measure client
+concurrency); an explicit ``workers`` is respected in test mode too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import inspect
+import ipaddress
+import json
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from agentfleet.evaluation.jobs import (
+    EvalMetrics,
+    EvaluatorLike,
+    JobManager,
+    QueueFull,
+    SubmitError,
+    TestModeEvaluator,
+)
+from agentfleet.evaluation.schema import EvalRequest, EvalResult
+from agentfleet.evaluation.store import FAILED, JobRecord, JobStore
+
+logger = logging.getLogger("agentfleet.evaluation")
+
+DEFAULT_PORT = 9528
+DEFAULT_MAX_BODY = 10 * 1024 * 1024
+MAX_WAIT_S = 60.0
+UNAUTHENTICATED_PATHS = frozenset({"/healthz"})
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def default_workers() -> int:
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+# ASGI guard: size limit, bearer token, connection counting ---------------------------
+async def _send_json(
+    send: Send, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
+) -> None:
+    body = json.dumps(payload).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+class GuardMiddleware:
+    """Outermost ASGI layer: request body limit (413), bearer token (401), and
+    distinct client (host, port) pairs for ``/stats``."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        token: str | None,
+        max_body: int,
+        on_client: Callable[[tuple[str, int] | None], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.token = token
+        self.max_body = max_body
+        self.on_client = on_client
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.on_client is not None:
+            client = scope.get("client")
+            self.on_client((str(client[0]), int(client[1])) if client else None)
+        headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        if self.token is not None and scope.get("path") not in UNAUTHENTICATED_PATHS:
+            given = headers.get(b"authorization", b"").decode("latin-1")
+            expected = f"Bearer {self.token}"
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                await _send_json(
+                    send,
+                    401,
+                    {"error": "missing or wrong bearer token"},
+                    {"www-authenticate": "Bearer"},
+                )
+                return
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                await _send_json(send, 400, {"error": "invalid Content-Length header"})
+                return
+            if declared > self.max_body:
+                await self._refuse_large(receive, send)
+                return
+        if scope.get("method") in ("GET", "HEAD", "DELETE", "OPTIONS") and length is None:
+            await self.app(scope, receive, send)
+            return
+        # Buffer the body, counting streamed bytes (chunked uploads have no length).
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > self.max_body:
+                if message.get("more_body", False):
+                    await self._refuse_large(receive, send)
+                else:
+                    await _send_json(send, 413, _too_large(self.max_body))
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse_large(self, receive: Receive, send: Send) -> None:
+        """Answer 413 after discarding the body (up to a cap), so the client, still
+        uploading, reads the answer instead of a reset connection."""
+        cap = max(4 * self.max_body, 64 * 1024 * 1024)
+        drained = 0
+        while drained <= cap:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            drained += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        await _send_json(send, 413, _too_large(self.max_body))
+
+
+def _too_large(limit: int) -> dict[str, Any]:
+    return {"error": f"request body larger than {limit} bytes", "limit": limit}
+
+
+# app --------------------------------------------------------------------------------
+EvaluatorFactory = Callable[[], Any]
+"""Returns an evaluator, an awaitable of one, or an async context manager yielding one."""
+
+
+async def _build_evaluator(factory: EvaluatorFactory, stack: AsyncExitStack) -> Any:
+    made = factory()
+    if inspect.isawaitable(made):
+        made = await made
+    if not hasattr(made, "evaluate") and hasattr(made, "__aenter__"):
+        return await stack.enter_async_context(made)
+    if hasattr(made, "aclose"):
+        stack.push_async_callback(made.aclose)
+    return made
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns once the client has disconnected (the request body is already read)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _job_view(job: JobRecord) -> dict[str, Any]:
+    result = job.result or {}
+    return {
+        "job_id": job.id,
+        "status": job.status,
+        "reward": result.get("reward"),
+        "speedup": result.get("speedup"),
+        "info": result.get("info"),
+        "error": job.error,
+        "attempts": job.attempts,
+        "instance_id": job.request.get("instance_id"),
+    }
+
+
+def _result_view(job: JobRecord) -> dict[str, Any]:
+    result = job.result or {"reward": 0.0, "speedup": 0.0, "info": {}}
+    info = dict(result.get("info") or {})
+    if job.status == FAILED:
+        info.setdefault("error", job.error)
+        info["status"] = FAILED
+    return {
+        "reward": result.get("reward", 0.0),
+        "speedup": result.get("speedup", 0.0),
+        "info": info,
+    }
+
+
+def create_app(
+    evaluator: EvaluatorLike | None = None,
+    *,
+    db_path: str | Path | None = None,
+    workers: int | None = None,
+    queue_limit: int = 1000,
+    token: str | None = None,
+    test_latency: float | None = None,
+    max_body: int = DEFAULT_MAX_BODY,
+    evaluator_factory: EvaluatorFactory | None = None,
+) -> FastAPI:
+    """The evaluation server app; its ``lifespan`` owns the job store and the workers.
+
+    Give an ``evaluator`` (not closed by the app), or an ``evaluator_factory`` called at
+    start-up: it returns an evaluator (closed at shutdown if it has ``aclose``), an
+    awaitable of one, or an async context manager yielding one (exited at shutdown); or
+    ``test_latency`` for test mode. ``db_path=None`` keeps jobs in memory. ``workers``
+    defaults to ``max(1, cpu_count // 2)``, or no limit in test mode.
+    """
+    if evaluator is None and evaluator_factory is None and test_latency is None:
+        raise ValueError("create_app needs an evaluator, an evaluator_factory or test_latency")
+    if queue_limit < 1:
+        raise ValueError("queue_limit must be >= 1")
+    if workers is None:
+        n_workers: int | None = None if test_latency is not None else default_workers()
+    else:
+        n_workers = workers
+    metrics = EvalMetrics()
+    state: dict[str, Any] = {}
+
+    def manager() -> JobManager:
+        m = state.get("manager")
+        if m is None:
+            raise RuntimeError("evaluation server is not started")
+        assert isinstance(m, JobManager)
+        return m
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            if test_latency is not None:
+                ev: Any = TestModeEvaluator(test_latency)
+            elif evaluator is not None:
+                ev = evaluator
+            else:
+                assert evaluator_factory is not None
+                ev = await _build_evaluator(evaluator_factory, stack)
+            store = await JobStore(db_path).open()
+            stack.push_async_callback(store.close)
+            jobs = JobManager(
+                store, ev, workers=n_workers, queue_limit=queue_limit, metrics=metrics
+            )
+            stack.push_async_callback(jobs.stop)
+            stack.callback(state.pop, "manager", None)
+            requeued = await jobs.start()
+            state["manager"] = jobs
+            app.state.jobs = jobs
+            logger.info(
+                "evaluation server started: workers=%s queue_limit=%d db=%s requeued=%d%s",
+                n_workers if n_workers is not None else "unlimited",
+                queue_limit,
+                db_path or ":memory:",
+                requeued,
+                f" test_latency={test_latency}" if test_latency is not None else "",
+            )
+            yield
+        logger.info("evaluation server stopped")
+
+    app = FastAPI(
+        title="agentfleet evaluation server",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+
+    # errors ------------------------------------------------------------------------
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
+            for e in exc.errors()
+        ]
+        if any(e["type"] == "json_invalid" for e in errors):
+            return JSONResponse({"error": "malformed JSON body", "detail": errors}, 400)
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        where = ".".join(str(p) for p in first["loc"] if p != "body")
+        return JSONResponse(
+            {
+                "error": f"invalid request: {where + ': ' if where else ''}{first['msg']}",
+                "detail": errors,
+            },
+            422,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"error": str(exc.detail)}, exc.status_code, headers=getattr(exc, "headers", None)
+        )
+
+    @app.exception_handler(SubmitError)
+    async def on_submit(request: Request, exc: SubmitError) -> JSONResponse:
+        headers = {}
+        if isinstance(exc, QueueFull):
+            headers["Retry-After"] = str(exc.retry_after)
+            return JSONResponse(
+                {"error": exc.message, "retry_after": exc.retry_after}, exc.status, headers
+            )
+        return JSONResponse({"error": exc.message}, exc.status)
+
+    @app.exception_handler(Exception)
+    async def on_error(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, 500)
+
+    # endpoints ---------------------------------------------------------------------
+    async def _submit(request: Request, req: EvalRequest) -> tuple[JobRecord, bool]:
+        key = request.headers.get("idempotency-key") or req.idempotency_key
+        if key is not None and len(key) > 200:
+            raise SubmitError("Idempotency-Key longer than 200 characters", 422)
+        return await manager().submit(req, key)
+
+    @app.post("/evaluations", status_code=202)
+    async def submit_evaluation(request: Request, req: EvalRequest) -> JSONResponse:
+        job, created = await _submit(request, req)
+        return JSONResponse(
+            {"job_id": job.id, "status": job.status, "created": created},
+            202 if created else 200,
+            headers={"Location": f"/evaluations/{job.id}"},
+        )
+
+    async def _wait_job(request: Request, job_id: str, wait_s: float | None) -> JobRecord | None:
+        """``manager().wait`` that also ends when the client goes away."""
+        jobs = manager()
+        if wait_s is not None and wait_s <= 0:
+            return await jobs.wait(job_id, 0)
+        waiter = asyncio.ensure_future(jobs.wait(job_id, wait_s))
+        watcher = asyncio.ensure_future(_disconnected(request))
+        try:
+            done, _ = await asyncio.wait({waiter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (waiter, watcher):
+                t.cancel()
+            await asyncio.gather(waiter, watcher, return_exceptions=True)
+        if waiter in done:
+            return waiter.result()
+        return await jobs.get(job_id)  # the client is gone: the answer goes nowhere anyway
+
+    @app.get("/evaluations/{job_id}")
+    async def get_evaluation(
+        request: Request, job_id: str, wait: float = Query(0.0, ge=0.0, le=MAX_WAIT_S)
+    ) -> dict[str, Any]:
+        job = await _wait_job(request, job_id, wait)
+        if job is None:
+            raise StarletteHTTPException(404, f"no evaluation job {job_id!r}")
+        return _job_view(job)
+
+    @app.post("/evaluate")
+    async def evaluate_blocking(request: Request, req: EvalRequest) -> dict[str, Any]:
+        job, _ = await _submit(request, req)
+        done = await _wait_job(request, job.id, None)
+        if done is None:  # pragma: no cover - jobs are never deleted
+            raise StarletteHTTPException(404, f"no evaluation job {job.id!r}")
+        if not done.terminal:
+            raise StarletteHTTPException(503, "evaluation server is shutting down")
+        return _result_view(done)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        m = state.get("manager")
+        if m is None:
+            return {"status": "starting", "queued": 0, "running": 0, "workers": n_workers}
+        return {
+            "status": "ok",
+            "queued": m.queued,
+            "running": m.running,
+            "workers": n_workers,
+            "test_mode": test_latency is not None,
+        }
+
+    @app.get("/stats")
+    async def stats() -> dict[str, Any]:
+        return manager().stats()
+
+    @app.post("/stats/reset")
+    async def stats_reset() -> dict[str, Any]:
+        manager().reset_stats()
+        return manager().stats()
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def on_client(client: tuple[str, int] | None) -> None:
+        m = state.get("manager")
+        if m is not None:
+            m.note_client(client)
+
+    app.add_middleware(GuardMiddleware, token=token, max_body=max_body, on_client=on_client)
+    return app
+
+
+# entry point ------------------------------------------------------------------------
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@asynccontextmanager
+async def real_evaluator(sandbox_url: str | None = None) -> AsyncIterator[EvaluatorLike]:
+    """The real :class:`~agentfleet.evaluation.evaluator.Evaluator`: on the sandbox server
+    at ``sandbox_url`` when given, else on an in-process sandbox service (process
+    backend), closed on exit."""
+    from agentfleet.evaluation.evaluator import Evaluator
+
+    if sandbox_url is not None:
+        from agentfleet.sandbox.client import SandboxClient
+
+        yield Evaluator(SandboxClient(sandbox_url))
+        return
+    from agentfleet.sandbox.process import ProcessBackend
+    from agentfleet.sandbox.service import SandboxService
+
+    async with SandboxService(ProcessBackend()) as service:
+        yield Evaluator(service)
+
+
+def default_evaluator_factory(
+    sandbox_url: str | None = None,
+) -> Callable[[], AbstractAsyncContextManager[EvaluatorLike]]:
+    """A factory for :func:`create_app` that builds the real evaluator at start-up."""
+    return lambda: real_evaluator(sandbox_url)
+
+
+def run_server(
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    *,
+    db_path: str | Path | None = None,
+    workers: int | None = None,
+    queue_limit: int = 1000,
+    token: str | None = None,
+    test_latency: float | None = None,
+    sandbox_url: str | None = None,
+    evaluator_factory: EvaluatorFactory | None = None,
+    max_body: int = DEFAULT_MAX_BODY,
+    log_level: str = "info",
+) -> None:
+    """Serve until interrupted (the ``agentfleet serve-eval`` command).
+
+    Binding a non-loopback ``host`` needs a ``token`` (or ``AGENTFLEET_EVAL_TOKEN``).
+    Without ``test_latency`` or ``evaluator_factory``, the real evaluator is built at
+    start-up by :func:`default_evaluator_factory`.
+    """
+    import uvicorn
+
+    from agentfleet.serving import uvicorn_config
+
+    token = token or os.environ.get("AGENTFLEET_EVAL_TOKEN") or None
+    if not _is_loopback(host) and not token:
+        raise ValueError(
+            f"refusing to serve on non-loopback host {host!r} without a token "
+            "(pass token= / --token or set AGENTFLEET_EVAL_TOKEN)"
+        )
+    if test_latency is None and evaluator_factory is None:
+        evaluator_factory = default_evaluator_factory(sandbox_url)
+    app = create_app(
+        None,
+        db_path=db_path,
+        workers=workers,
+        queue_limit=queue_limit,
+        token=token,
+        test_latency=test_latency,
+        max_body=max_body,
+        evaluator_factory=evaluator_factory,
+    )
+    config = uvicorn_config(app, host, port, log_level=log_level, timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run()
+
+
+__all__ = [
+    "DEFAULT_PORT",
+    "EvalRequest",
+    "EvalResult",
+    "EvaluatorLike",
+    "create_app",
+    "run_server",
+]
