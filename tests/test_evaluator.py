@@ -130,7 +130,7 @@ class LocalDirSandboxes:
         command: str,
         *,
         cwd: str = "",
-        timeout: float | None = None,  # noqa: ASYNC109 (the protocol's signature)
+        timeout: float | None = None,
         env: dict[str, str] | None = None,
     ) -> ExecResult:
         workdir = self._dir(sandbox_id)
@@ -200,7 +200,7 @@ class Counting:
         command: str,
         *,
         cwd: str = "",
-        timeout: float | None = None,  # noqa: ASYNC109 (the protocol's signature)
+        timeout: float | None = None,
         env: dict[str, str] | None = None,
     ) -> ExecResult:
         return await self.inner.exec(sandbox_id, command, cwd=cwd, timeout=timeout, env=env)
@@ -563,7 +563,7 @@ class FailingSandboxes(Counting):
         command: str,
         *,
         cwd: str = "",
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
         env: dict[str, str] | None = None,
     ) -> ExecResult:
         if "AGENTFLEET_TIME" in command:

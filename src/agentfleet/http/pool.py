@@ -318,7 +318,7 @@ class HttpPool:
         data: bytes | str | None = None,
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
-        timeout: Timeouts | None = None,  # noqa: ASYNC109  (per-call aiohttp timeouts)
+        timeout: Timeouts | None = None,
         idempotent: bool | None = None,
         retry: RetryPolicy | None = None,
         target: str | None = None,

@@ -79,7 +79,7 @@ class SandboxClient:
         data: bytes | None = None,
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
-        timeout: Timeouts | None = None,  # noqa: ASYNC109
+        timeout: Timeouts | None = None,
         idempotent: bool = True,
         expect: int = 200,
     ) -> Response:
@@ -121,7 +121,7 @@ class SandboxClient:
         command: str,
         *,
         cwd: str = "",
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
         env: dict[str, str] | None = None,
     ) -> ExecResult:
         req = ExecRequest(command=command, cwd=cwd, timeout=timeout, env=env or {})

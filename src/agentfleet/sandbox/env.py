@@ -130,7 +130,7 @@ class RemoteDockerEnvironment:
         self,
         command: str,
         cwd: str = "",
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
     ) -> dict[str, Any]:
         result = await self.sandboxes.exec(
             self.sandbox_id,

@@ -200,7 +200,7 @@ class SandboxService:
         command: str,
         *,
         cwd: str = "",
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
         env: dict[str, str] | None = None,
     ) -> ExecResult:
         req = ExecRequest(command=command, cwd=cwd, timeout=timeout, env=env or {})
