@@ -78,6 +78,12 @@ def run(
     agent_config: Annotated[
         Path | None, typer.Option(help="YAML with limits and templates")
     ] = None,
+    eval_repeats: Annotated[
+        int, typer.Option(min=1, help="timed runs per side in embedded evaluations")
+    ] = 5,
+    sandbox_root: Annotated[
+        Path | None, typer.Option(help="folder of the embedded process sandboxes")
+    ] = None,
     pool: Annotated[
         str | None,
         typer.Option(help="HTTP pool preset small|medium|large (default: by fleet size)"),
@@ -115,6 +121,8 @@ def run(
         agent=agent_cfg,
         sandbox_url=sandbox_url,
         eval_url=eval_url,
+        eval_repeats=eval_repeats,
+        sandbox_root=sandbox_root,
     )
     HttpPool.configure_default(pool or preset_for_fleet(workers))
     n = len(task or tasks)

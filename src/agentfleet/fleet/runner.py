@@ -14,10 +14,14 @@ from typing import Any
 
 from agentfleet.agent import AgentConfig, LightAgent
 from agentfleet.evaluation.client import evaluate_info
+from agentfleet.evaluation.evaluator import EvalConfig, Evaluator
+from agentfleet.evaluation.server import create_app as eval_app
 from agentfleet.models import ModelSpec
 from agentfleet.sandbox.base import CreateSandbox, Sandboxes
 from agentfleet.sandbox.client import SandboxClient
 from agentfleet.sandbox.env import RemoteDockerEnvironment
+from agentfleet.sandbox.server import create_app as sandbox_app
+from agentfleet.serving import serve_in_loop
 from agentfleet.tasks import Task, load_dataset
 
 log = logging.getLogger("agentfleet.fleet")
@@ -38,7 +42,9 @@ class FleetConfig:
     sandbox_url: str | None = None
     eval_url: str | None = None
     sandbox_ttl_s: float = 3600.0
+    sandbox_root: Path | None = None  # embedded process backend's folder
     eval_workers: int | None = None
+    eval_repeats: int = 5
 
 
 @dataclass
@@ -72,21 +78,15 @@ def select_tasks(cfg: FleetConfig) -> list[Task]:
 @asynccontextmanager
 async def embedded_servers(cfg: FleetConfig) -> AsyncIterator[tuple[str, str]]:
     """The sandbox and evaluation servers the config does not point at, on free loopback ports."""
-    from agentfleet.serving import serve_in_loop
-
     async with AsyncExitStack() as stack:
         sandbox_url = cfg.sandbox_url
         if sandbox_url is None:
-            from agentfleet.sandbox.server import create_app as sandbox_app
-
-            server = await stack.enter_async_context(serve_in_loop(sandbox_app()))
+            app = sandbox_app(root=cfg.sandbox_root)
+            server = await stack.enter_async_context(serve_in_loop(app))
             sandbox_url = server.url
         eval_url = cfg.eval_url
         if eval_url is None:
-            from agentfleet.evaluation.evaluator import Evaluator
-            from agentfleet.evaluation.server import create_app as eval_app
-
-            evaluator = Evaluator(SandboxClient(sandbox_url))
+            evaluator = Evaluator(SandboxClient(sandbox_url), EvalConfig(repeats=cfg.eval_repeats))
             app = eval_app(evaluator, workers=cfg.eval_workers)
             eval_url = (await stack.enter_async_context(serve_in_loop(app))).url
         yield sandbox_url, eval_url
@@ -160,7 +160,7 @@ async def run_one(
     model: Any = None
     sandbox_id: str | None = None
     try:
-        model = cfg.model.build(task)
+        model = await asyncio.to_thread(cfg.model.build, task)  # may read files
         info = await sandboxes.create(
             CreateSandbox(
                 task_id=task.id, dataset=cfg.dataset, ttl_s=cfg.sandbox_ttl_s, run=cfg.run_dir.name

@@ -1,0 +1,190 @@
+"""The fleet end to end: real sandbox and evaluation servers on 127.0.0.1, real subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from agentfleet.agent import AgentConfig
+from agentfleet.fleet.runner import FleetConfig, run_fleet
+from agentfleet.models import SUBMIT_SENTINEL, ModelSpec
+from agentfleet.models.offline import bash_reply
+
+AGENTFLEET = str(Path(sys.executable).with_name("agentfleet"))
+
+
+def config(tmp_path: Path, model: ModelSpec, tasks: list[str]) -> FleetConfig:
+    return FleetConfig(
+        model=model,
+        run_dir=tmp_path / "run",
+        task_ids=tasks,
+        workers=4,
+        agent=AgentConfig(step_limit=6),
+        sandbox_root=tmp_path / "sandboxes",
+        eval_repeats=3,
+    )
+
+
+def scripted(tmp_path: Path, *commands: str) -> ModelSpec:
+    replies = [bash_reply("step", c) for c in commands]
+    replies.append(bash_reply("done", f"echo {SUBMIT_SENTINEL}"))
+    path = tmp_path / "replies.json"  # JSON is YAML
+    path.write_text(json.dumps({"replies": replies}))
+    spec = ModelSpec(f"scripted:{path}")
+    spec.prepare()
+    return spec
+
+
+def leftovers(root: Path) -> list[str]:
+    return [p.name for p in root.iterdir()] if root.exists() else []
+
+
+@pytest.mark.slow
+async def test_oracle_fleet_end_to_end(tmp_path: Path) -> None:
+    cfg = config(tmp_path, ModelSpec("oracle"), ["dedupe-pairs", "rr-scheduler"])
+    outcomes = await run_fleet(cfg)
+    assert [o.instance_id for o in outcomes] == ["dedupe-pairs", "rr-scheduler"]
+    for o in outcomes:
+        assert o.exit_status == "Submitted", o
+        assert o.info["status"] == "ok", o.info
+        assert o.reward > 0 and o.speedup >= 1.5, o
+    lines = (cfg.run_dir / "results.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["instance_id"] for line in lines) == [
+        "dedupe-pairs",
+        "rr-scheduler",
+    ]
+    traj = json.loads((cfg.run_dir / "trajectories" / "dedupe-pairs.traj.json").read_text())
+    assert traj["info"]["exit_status"] == "Submitted"
+    assert "diff --git" in traj["info"]["submission"]
+    assert traj["messages"][0]["role"] == "system"
+    assert (cfg.run_dir / "config.json").exists()
+    assert leftovers(cfg.sandbox_root) == []  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_no_change_scores_about_one_and_no_reward(tmp_path: Path) -> None:
+    cfg = config(tmp_path, scripted(tmp_path, "ls"), ["sku-diff"])
+    (outcome,) = asyncio.run(run_fleet(cfg))
+    assert outcome.exit_status == "Submitted"
+    assert outcome.info["status"] == "ok"
+    assert outcome.info["patch_lines"] == 0
+    assert 0.6 < outcome.speedup < 1.6  # same code: about 1 (noisy shared machine)
+    assert outcome.reward == 0.0
+
+
+@pytest.mark.slow
+def test_breaking_change_scores_zero(tmp_path: Path) -> None:
+    cfg = config(
+        tmp_path,
+        scripted(
+            tmp_path,
+            "echo 'x = (' >> inventory.py || true",
+            "printf 'def broken(:\\n' >> $(ls *.py | head -1)",
+        ),
+        ["sku-diff"],
+    )
+    (outcome,) = asyncio.run(run_fleet(cfg))
+    assert outcome.exit_status == "Submitted"
+    assert outcome.reward == 0.0
+    assert outcome.info["status"] == "tests_failed", outcome.info
+
+
+async def test_unknown_task_id_is_a_clear_error(tmp_path: Path) -> None:
+    cfg = config(tmp_path, ModelSpec("oracle"), ["no-such-task"])
+    with pytest.raises(LookupError, match="no-such-task"):
+        await run_fleet(cfg)
+
+
+def test_cli_rejects_bad_input(tmp_path: Path) -> None:
+    for args, needle in [
+        (["run", "--dataset", "nope"], "unknown dataset"),
+        (["run", "--split", "nope"], "no split"),
+        (["run", "--model", "gpt"], "unknown model"),
+        (["tasks", "show", "nope"], "no task"),
+    ]:
+        proc = subprocess.run(
+            [AGENTFLEET, *args], capture_output=True, text=True, timeout=60, cwd=tmp_path
+        )
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert needle in proc.stderr, (args, proc.stderr)
+
+
+def test_cli_tasks_list_and_show() -> None:
+    out = subprocess.run(
+        [AGENTFLEET, "tasks", "list"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert "dedupe-pairs" in out and "anagram-groups" in out
+    out = subprocess.run(
+        [AGENTFLEET, "tasks", "show", "dedupe-pairs"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "python3 workload.py" in out
+
+
+@pytest.mark.slow
+def test_sigint_leaves_no_sandbox_or_process(tmp_path: Path) -> None:
+    marker = f"agentfleet-sigint-{os.getpid()}"
+    root = tmp_path / "sandboxes"
+    replies = [bash_reply("wait", f"sleep 300 # {marker}")]
+    (tmp_path / "r.json").write_text(json.dumps(replies))
+    proc = subprocess.Popen(
+        [
+            AGENTFLEET,
+            "run",
+            "--model",
+            f"scripted:{tmp_path / 'r.json'}",
+            "--workers",
+            "3",
+            "--task",
+            "dedupe-pairs",
+            "--task",
+            "sku-diff",
+            "--task",
+            "byte-stats",
+            "--sandbox-root",
+            str(root),
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            running = [
+                p
+                for p in psutil.process_iter(["cmdline"])
+                if marker in " ".join(p.info["cmdline"] or [])
+            ]
+            if len(running) >= 3:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the agents' commands never started")
+        assert len(leftovers(root)) == 3
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert leftovers(root) == []
+    assert not [
+        p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])
+    ]
