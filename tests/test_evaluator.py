@@ -229,7 +229,9 @@ SLOW_PY = textwrap.dedent(
 
 
     def total(n):
-        time.sleep(0.25)  # the deliberately slow part
+        t0 = time.process_time()
+        while time.process_time() - t0 < 0.25:  # the deliberately slow part: 0.25 s of CPU
+            pass
         s = 0
         for i in range(n):
             s += i * i

@@ -101,19 +101,29 @@ def bootstrap_ratio_ci(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``ratio_of_medians``: both sample sets are resampled
-    independently with replacement ``resamples`` times, with a seeded generator."""
+    """Percentile bootstrap interval of ``ratio_of_medians``, seeded.
+
+    With as many samples on each side, sample ``i`` of both sides came from the same
+    interleaved round, so pairs are resampled together (a paired bootstrap): drift that a
+    round shares (another job on the machine) cancels out. Otherwise both sides are resampled
+    independently with replacement."""
     if not baseline or not candidate:
         raise ValueError("bootstrap of no samples")
     rng = random.Random(seed)
     nb, nc = len(baseline), len(candidate)
-    ratios = sorted(
-        ratio_of_medians(
-            [baseline[rng.randrange(nb)] for _ in range(nb)],
-            [candidate[rng.randrange(nc)] for _ in range(nc)],
-        )
-        for _ in range(max(resamples, 1))
-    )
+    ratios: list[float] = []
+    for _ in range(max(resamples, 1)):
+        if nb == nc:
+            idx = [rng.randrange(nb) for _ in range(nb)]
+            ratios.append(ratio_of_medians([baseline[i] for i in idx], [candidate[i] for i in idx]))
+        else:
+            ratios.append(
+                ratio_of_medians(
+                    [baseline[rng.randrange(nb)] for _ in range(nb)],
+                    [candidate[rng.randrange(nc)] for _ in range(nc)],
+                )
+            )
+    ratios.sort()
     alpha = (1.0 - confidence) / 2.0
     return quantile(ratios, alpha), quantile(ratios, 1.0 - alpha)
 
