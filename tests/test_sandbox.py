@@ -19,6 +19,7 @@ from typing import Any
 
 import psutil
 import pytest
+from test_sandbox_docker import skip_without_docker
 
 from agentfleet.http.pool import HttpPool, Timeouts
 from agentfleet.sandbox import (
@@ -36,6 +37,7 @@ from agentfleet.sandbox import (
     create_app,
     gc_all,
 )
+from agentfleet.sandbox.docker import DockerBackend
 from agentfleet.sandbox.process import MARKER
 from agentfleet.serving import serve_in_loop
 
@@ -79,16 +81,22 @@ def make_backend(name: str, root: Path, **kw: Any) -> Any:
         return ProcessBackend(root, **kw)
     if name == "process-unconfined":
         return ProcessBackend(root, confine=False, **kw)
+    if name == "docker":
+        skip_without_docker()
+        return DockerBackend(root=root, **kw)
     raise AssertionError(name)
 
 
-@pytest.fixture(params=["process"])
+DOCKER = pytest.param("docker", marks=pytest.mark.docker)
+
+
+@pytest.fixture(params=["process", DOCKER])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-# Behaviour that depends on how commands are confined also runs without bubblewrap.
-both_process_modes = pytest.mark.parametrize("backend", ["process", "process-unconfined"])
+# Behaviour that depends on how commands are confined: also without bubblewrap, and in docker.
+all_modes = pytest.mark.parametrize("backend", ["process", "process-unconfined", DOCKER])
 
 ServerFactory = Callable[..., Any]
 
@@ -147,7 +155,7 @@ def _unique_seconds() -> str:
 # --------------------------------------------------------------------------- conformance
 
 
-@both_process_modes
+@all_modes
 async def test_create_exec_and_git_diff(server: Served) -> None:
     info = await server.client.create(CreateSandbox(task_id="t1", dataset=server.dataset))
     assert info.sandbox_id.startswith("sb-") and len(info.sandbox_id) == 15
@@ -204,7 +212,7 @@ async def test_file_round_trip(server: Served) -> None:
     assert e.value.status == 400
 
 
-@both_process_modes
+@all_modes
 async def test_paths_outside_the_sandbox_are_refused(server: Served) -> None:
     sid = await server.create()
     r = await server.client.exec(sid, "ln -s /etc etc_link && ln -s /etc/passwd pw")
@@ -272,7 +280,7 @@ async def test_bad_requests_get_json_errors(server: Served) -> None:
     assert (await server.client.healthz())["status"] == "ok"
 
 
-@both_process_modes
+@all_modes
 async def test_timeout_kills_the_process_group(server: Served) -> None:
     sid = await server.create()
     secs = _unique_seconds()
@@ -284,7 +292,7 @@ async def test_timeout_kills_the_process_group(server: Served) -> None:
     assert await _wait_gone(secs) == []
 
 
-@both_process_modes
+@all_modes
 async def test_background_children_do_not_outlive_the_exec(server: Served) -> None:
     sid = await server.create()
     secs = _unique_seconds()
@@ -295,7 +303,7 @@ async def test_background_children_do_not_outlive_the_exec(server: Served) -> No
     assert await _wait_gone(secs) == []
 
 
-@both_process_modes
+@all_modes
 async def test_output_is_capped_head_and_tail(server: Served) -> None:
     sid = await server.create()
     r = await server.client.exec(
@@ -337,7 +345,7 @@ async def test_delete(server: Served) -> None:
     assert (await server.client.healthz())["sandboxes"] == 0
 
 
-@both_process_modes
+@all_modes
 async def test_delete_kills_running_commands(server: Served) -> None:
     sid = await server.create()
     secs = _unique_seconds()

@@ -14,9 +14,10 @@ from agentfleet.sandbox.base import (
     SandboxNotFound,
 )
 from agentfleet.sandbox.client import SandboxClient
+from agentfleet.sandbox.docker import DockerBackend, gc_containers
 from agentfleet.sandbox.env import RemoteDockerEnvironment
 from agentfleet.sandbox.process import OutputCapture, ProcessBackend, default_root, gc_all
-from agentfleet.sandbox.server import create_app, run_server
+from agentfleet.sandbox.server import create_app, make_backend, run_server
 from agentfleet.sandbox.service import SandboxService
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "DEFAULT_OUTPUT_LIMIT",
     "Backend",
     "CreateSandbox",
+    "DockerBackend",
     "ExecRequest",
     "ExecResult",
     "OutputCapture",
@@ -39,5 +41,7 @@ __all__ = [
     "create_app",
     "default_root",
     "gc_all",
+    "gc_containers",
+    "make_backend",
     "run_server",
 ]

@@ -256,23 +256,41 @@ def create_app(
     return app
 
 
+BACKENDS = ("process", "docker")
+
+
+def make_backend(name: str, *, root: Path | str | None = None, **kw: Any) -> Backend:
+    """A backend by name: ``process`` (``ProcessBackend(root, **kw)``) or ``docker``
+    (``DockerBackend(root=root, **kw)``: ``image``, ``memory_mb``, ``cpus``, ...)."""
+    if name == "process":
+        from agentfleet.sandbox.process import ProcessBackend
+
+        return ProcessBackend(root, **kw)
+    if name == "docker":
+        from agentfleet.sandbox.docker import DockerBackend
+
+        return DockerBackend(root=root, **kw)
+    raise ValueError(f"unknown sandbox backend {name!r} (available: {', '.join(BACKENDS)})")
+
+
 def run_server(
     host: str = "127.0.0.1",
     port: int = 8080,
     backend: str = "process",
     root: Path | str | None = None,
+    backend_kw: dict[str, Any] | None = None,
     **service_kwargs: Any,
 ) -> None:
-    """Serve the sandbox API until interrupted (blocking; used by ``agentfleet serve-sandbox``)."""
+    """Serve the sandbox API until interrupted (blocking; used by ``agentfleet serve-sandbox``).
+
+    ``backend_kw`` goes to the backend (see :func:`make_backend`), ``service_kwargs`` to the
+    :class:`SandboxService` (``reap_period_s``, ``max_sandboxes``, ...).
+    """
     import uvicorn
 
     from agentfleet.serving import uvicorn_config
 
-    if backend != "process":
-        raise ValueError(f"unknown sandbox backend {backend!r} (available: process)")
-    from agentfleet.sandbox.process import ProcessBackend
-
-    app = create_app(ProcessBackend(root), **service_kwargs)
+    app = create_app(make_backend(backend, root=root, **(backend_kw or {})), **service_kwargs)
     # At shutdown, running commands get GRACEFUL_SHUTDOWN_S to finish; then their requests
     # are cancelled, which kills their process groups, and the lifespan deletes the sandboxes.
     config = uvicorn_config(
