@@ -287,6 +287,9 @@ async def test_agents_share_keepalive_connections(server: CountingServer) -> Non
 
         results = await asyncio.gather(*(agent() for _ in range(100)))
         stats = pool.stats()
+        held = pool.open_connections()
+    assert held is not None and 1 <= held <= limits.limit_per_host
+    assert pool.open_connections() == 0  # closed
     assert sum(results) == 2000
     assert server.requests == 2000
     assert server.connections <= limits.limit_per_host <= limits.limit

@@ -102,9 +102,7 @@ ServerFactory = Callable[..., Any]
 
 
 @pytest.fixture
-async def start_server(
-    backend: str, tmp_path: Path, dataset: str
-) -> AsyncIterator[ServerFactory]:
+async def start_server(backend: str, tmp_path: Path, dataset: str) -> AsyncIterator[ServerFactory]:
     """Start servers (``await start_server(**service_kwargs)``); all stopped at teardown."""
     stack: list[Any] = []
 
@@ -455,9 +453,7 @@ async def test_remote_environment_async_and_in_loop_guard(server: Served) -> Non
     assert owned.sandbox_id not in [i.sandbox_id for i in await server.client.list()]
 
 
-def test_remote_environment_with_server_in_another_thread(
-    tmp_path: Path, dataset: str
-) -> None:
+def test_remote_environment_with_server_in_another_thread(tmp_path: Path, dataset: str) -> None:
     """Plain sync caller (no loop in this thread), server on its own loop in a thread."""
     ready = threading.Event()
     stop = threading.Event()

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import time
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,6 +27,19 @@ tasks_app = typer.Typer(help="List, show and check tasks of a dataset.", no_args
 eval_app = typer.Typer(help="Submit to and query an evaluation server.", no_args_is_help=True)
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(eval_app, name="eval")
+
+
+def _mount_subcommands() -> None:
+    """Sub-apps that live beside their packages."""
+    from agentfleet.bench.cli import bench_app
+    from agentfleet.sandbox.cli import images_app, sandbox_app
+
+    app.add_typer(bench_app, name="bench")
+    app.add_typer(images_app, name="images")
+    app.add_typer(sandbox_app, name="sandbox")
+
+
+_mount_subcommands()
 
 console = Console()
 err = Console(stderr=True)
@@ -50,37 +64,84 @@ def _setup_logging(verbose: bool) -> None:
 # run ---------------------------------------------------------------------------------
 @app.command()
 def run(
-    dataset: DatasetOpt = "perf-lite",
-    split: SplitOpt = "test",
+    dataset: Annotated[
+        str | None,
+        typer.Option("--dataset", "-d", help="bundled name or folder path [default: perf-lite]"),
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option("--split", "-s", help="split of the dataset [default: test]")
+    ] = None,
     model: Annotated[
-        str,
+        str | None,
         typer.Option(
-            "--model", "-m", help="oracle | scripted:FILE | openai/NAME | openrouter/NAME"
+            "--model",
+            "-m",
+            help="oracle | scripted:FILE | openai/NAME | openrouter/NAME [default: oracle]",
         ),
-    ] = "oracle",
+    ] = None,
     model_url: Annotated[
         str | None, typer.Option(help="base URL of an OpenAI-compatible API")
     ] = None,
-    model_delay: Annotated[float, typer.Option(help="seconds added per offline model reply")] = 0.0,
-    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="agents at once")] = 8,
+    model_delay: Annotated[
+        float | None, typer.Option(help="seconds added per offline model reply [default: 0]")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", "-w", min=1, help="agents at once [default: 8]")
+    ] = None,
     task: Annotated[
         list[str] | None, typer.Option("--task", "-t", help="only these task ids")
     ] = None,
     run_dir: Annotated[Path | None, typer.Option(help="run folder (default runs/<name>)")] = None,
-    sandbox_url: Annotated[
-        str | None, typer.Option(help="sandbox server (default: embedded)")
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="continue this run folder: run only its tasks without a result (its "
+            "config.json gives dataset, split, model and tasks unless overridden)",
+        ),
     ] = None,
+    rerun_failed: Annotated[
+        bool, typer.Option(help="with --resume: also run again the tasks that failed")
+    ] = False,
+    progress: Annotated[
+        str,
+        typer.Option(
+            help="rich (live dashboard) | plain (a line per event) | none; "
+            "auto: rich on a terminal, else plain"
+        ),
+    ] = "auto",
+    sandbox_url: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="sandbox server (default: embedded); with --backend ray, repeat it: "
+            "actor i uses URL i mod n"
+        ),
+    ] = None,
+    backend: Annotated[str, typer.Option(help="local | ray")] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="with --backend ray: auto | ray://HOST:PORT (default: start a local Ray)"
+        ),
+    ] = None,
+    shards: Annotated[
+        int, typer.Option(min=1, help="with --backend ray: actors the tasks are split over")
+    ] = 2,
     eval_url: Annotated[
         str | None, typer.Option(help="evaluation server (default: embedded)")
     ] = None,
-    step_limit: Annotated[int, typer.Option(min=1, help="model calls per agent")] = 30,
-    time_limit: Annotated[float, typer.Option(help="seconds per agent")] = 900.0,
+    step_limit: Annotated[
+        int | None, typer.Option(min=1, help="model calls per agent [default: 30]")
+    ] = None,
+    time_limit: Annotated[
+        float | None, typer.Option(help="seconds per agent [default: 900]")
+    ] = None,
     agent_config: Annotated[
         Path | None, typer.Option(help="YAML with limits and templates")
     ] = None,
     eval_repeats: Annotated[
-        int, typer.Option(min=1, help="timed runs per side in embedded evaluations")
-    ] = 5,
+        int | None,
+        typer.Option(min=1, help="timed runs per side in embedded evaluations [default: 5]"),
+    ] = None,
     sandbox_root: Annotated[
         Path | None, typer.Option(help="folder of the embedded process sandboxes")
     ] = None,
@@ -92,18 +153,56 @@ def run(
 ) -> None:
     """Run a fleet of agents on a dataset split and print their scores."""
     from agentfleet.agent import AgentConfig
-    from agentfleet.fleet.report import print_results, summary
-    from agentfleet.fleet.runner import FleetConfig, run_fleet
+    from agentfleet.fleet.dashboard import choose_mode, make_progress
+    from agentfleet.fleet.report import outcome_of, print_results, summary
+    from agentfleet.fleet.results import latest_results, plan_resume, read_config
+    from agentfleet.fleet.runner import FleetConfig, FleetMonitor, run_fleet
     from agentfleet.http import HttpPool, preset_for_fleet
     from agentfleet.models import ModelSpec
 
-    _setup_logging(verbose)
-    spec = ModelSpec(model, url=model_url, delay_s=model_delay)
+    try:
+        mode = choose_mode(progress)
+    except ValueError as exc:
+        _fail(str(exc))
+    _setup_run_logging(verbose, rich=mode == "rich")
+    saved: dict[str, Any] = {}
+    if resume is not None:
+        if run_dir is not None and run_dir.resolve() != resume.resolve():
+            _fail("give either --resume RUN_DIR or --run-dir, not two different folders")
+        try:
+            saved = read_config(resume)
+        except (OSError, ValueError) as exc:
+            _fail(f"cannot resume: {exc}")
+        run_dir = resume
+    elif rerun_failed:
+        _fail("--rerun-failed needs --resume RUN_DIR")
+
+    def pick(value: Any, key: str, default: Any) -> Any:
+        if value is not None:
+            return value
+        return saved.get(key, default) if saved.get(key) is not None else default
+
+    if backend not in ("local", "ray"):
+        _fail(f"unknown backend {backend!r}: local or ray")
+    if sandbox_url and len(sandbox_url) > 1 and backend != "ray":
+        _fail("several --sandbox-url need --backend ray (one sandbox server per actor)")
+    dataset = pick(dataset, "dataset", "perf-lite")
+    split = pick(split, "split", "test")
+    model = pick(model, "model", "oracle")
+    model_url = pick(model_url, "model_url", None)
+    model_delay = pick(model_delay, "model_delay", 0.0)
+    workers = pick(workers, "workers", 8)
+    eval_repeats = pick(eval_repeats, "eval_repeats", 5)
+    step_limit = pick(step_limit, "step_limit", 30)
+    time_limit = pick(time_limit, "time_limit", 900.0)
+    task = task or (list(saved["tasks"]) if saved.get("tasks") else None)
+    assert dataset is not None and split is not None and model is not None
+    spec = ModelSpec(model, url=model_url, delay_s=float(model_delay))
     try:
         spec.prepare()
         tasks = load_dataset(dataset).task_ids(split)
         agent_cfg = AgentConfig.from_yaml(
-            agent_config, step_limit=step_limit, time_limit_s=time_limit
+            agent_config, step_limit=int(step_limit), time_limit_s=float(time_limit)
         )
     except (ValueError, TaskNotFound, OSError) as exc:
         _fail(str(exc))
@@ -117,46 +216,169 @@ def run(
         dataset=dataset,
         split=split,
         task_ids=task,
-        workers=workers,
+        workers=int(workers),
         agent=agent_cfg,
-        sandbox_url=sandbox_url,
+        sandbox_url=sandbox_url[0] if sandbox_url else None,
         eval_url=eval_url,
-        eval_repeats=eval_repeats,
+        eval_repeats=int(eval_repeats),
         sandbox_root=sandbox_root,
+        resume=resume is not None,
+        rerun_failed=rerun_failed,
     )
-    HttpPool.configure_default(pool or preset_for_fleet(workers))
+    HttpPool.configure_default(pool or preset_for_fleet(int(workers)))
     n = len(task or tasks)
-    done = 0
-
-    def listener(event: str, t: Any, outcome: Any) -> None:
-        nonlocal done
-        if event == "done":
-            done += 1
-            err.print(
-                f"[{done}/{n}] {t.id}: {outcome.exit_status} reward={outcome.reward:.3f} "
-                f"speedup={outcome.speedup:.2f}x {outcome.duration_s:.1f}s"
-                + (f" ({outcome.error})" if outcome.error else ""),
-                highlight=False,
-            )
-
+    if resume is not None:
+        plan = plan_resume(cfg.run_dir, list(task or tasks), rerun_failed=rerun_failed)
+        failed_note = (
+            f"{len(plan.failed)} failed (run again)"
+            if rerun_failed
+            else f"{len(plan.failed)} failed (kept; --rerun-failed runs them again)"
+        )
+        err.print(
+            f"resuming {cfg.run_dir}: {len(plan.done)} done, {failed_note}, "
+            f"{len(plan.todo)} to run",
+            highlight=False,
+            soft_wrap=True,
+        )
+        n = len(plan.todo)
     err.print(
-        f"running {n} tasks of {dataset}/{split} with {model}, {workers} at once -> {cfg.run_dir}"
+        f"running {n} tasks of {dataset}/{split} with {model}, {workers} at once -> {cfg.run_dir}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    monitor = FleetMonitor()
+    ctx, listener = make_progress(
+        mode, monitor, err, title=f"agentfleet run {cfg.run_dir.name} ({model})"
     )
     start = time.monotonic()
     try:
-        outcomes = asyncio.run(run_fleet(cfg, listener))
+        if n == 0 and resume is not None:
+            outcomes = []  # nothing left to run: just the whole run's table below
+        else:
+            with ctx if ctx is not None else nullcontext():
+                if backend == "ray":
+                    outcomes = _run_on_ray(cfg, shards, ray_address, sandbox_url, listener)
+                else:
+                    outcomes = asyncio.run(run_fleet(cfg, listener, monitor=monitor))
     except KeyboardInterrupt:
         err.print(
             "[yellow]interrupted: sandboxes deleted, partial results in "
-            f"{cfg.run_dir}/results.jsonl[/yellow]"
+            f"{cfg.run_dir}/results.jsonl (continue with: agentfleet run --resume "
+            f"{cfg.run_dir})[/yellow]",
+            soft_wrap=True,
         )
         raise typer.Exit(130) from None
     except LookupError as exc:
         _fail(str(exc))
-    s = summary(outcomes, time.monotonic() - start)
+    wall = time.monotonic() - start
+    if resume is not None:  # the table and summary cover the whole run, not just this part
+        latest = latest_results(cfg.run_dir)
+        outcomes = [outcome_of(latest[i]) for i in (task or tasks) if i in latest]
+        try:  # wall time of all invocations
+            wall += float(json.loads((cfg.run_dir / "summary.json").read_text())["wall_s"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    s = summary(outcomes, wall)
     (cfg.run_dir / "summary.json").write_text(json.dumps(s, indent=2))
     print_results(outcomes, s, console)
     console.print(f"run folder: {cfg.run_dir}")
+    failed = monitor.failed
+    if failed:
+        err.print(
+            f"[red]{failed} task(s) failed[/red]: agentfleet run --resume {cfg.run_dir} "
+            "--rerun-failed runs them again",
+            highlight=False,
+            soft_wrap=True,
+        )
+    console.print(
+        f"details: agentfleet show {cfg.run_dir} [ID] · agentfleet report {cfg.run_dir}",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+def _run_on_ray(
+    cfg: Any, shards: int, address: str | None, sandbox_urls: list[str] | None, listener: Any
+) -> Any:
+    """The Ray backend, imported only when asked for (the local path never imports ray)."""
+    try:
+        from agentfleet.fleet.ray_backend import run_fleet_ray
+    except ImportError as exc:
+        _fail(f"the ray backend needs Ray: pip install 'agentfleet[ray]' ({exc})")
+    if cfg.resume:  # Ray runs what it is given: only the tasks resume left to do
+        from agentfleet.fleet.results import plan_resume
+
+        ids = cfg.task_ids or load_dataset(cfg.dataset).task_ids(cfg.split)
+        cfg.task_ids = plan_resume(cfg.run_dir, list(ids), rerun_failed=cfg.rerun_failed).todo
+    return run_fleet_ray(
+        cfg, shards=shards, address=address, sandbox_urls=sandbox_urls, listener=listener
+    )
+
+
+def _setup_run_logging(verbose: bool, *, rich: bool) -> None:
+    """Like :func:`_setup_logging`; with the live dashboard, log records are printed
+    through its console so they scroll above it instead of tearing it."""
+    if not rich:
+        _setup_logging(verbose)
+        return
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(name)s: %(message)s",
+        handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=False)],
+        force=True,
+    )
+
+
+# show / report -----------------------------------------------------------------------
+RunDirArg = Annotated[
+    Path, typer.Argument(help="run folder (runs/<name>)", exists=True, file_okay=False)
+]
+
+
+@app.command()
+def show(
+    run_dir: RunDirArg,
+    instance: Annotated[str | None, typer.Argument(help="task id: print its trajectory")] = None,
+    full: Annotated[bool, typer.Option(help="do not clip long messages")] = False,
+) -> None:
+    """A run's results table, or with a task id its trajectory, readably in the terminal."""
+    from agentfleet.fleet.results import RESULTS, read_trajectory
+    from agentfleet.fleet.show import print_trajectory, results_table
+
+    if not (run_dir / RESULTS).exists() and not (run_dir / "config.json").exists():
+        _fail(f"{run_dir} is not a run folder (no results.jsonl or config.json)")
+    if instance is None:
+        console.print(results_table(run_dir))
+        return
+    try:
+        traj = read_trajectory(run_dir, instance)
+    except FileNotFoundError as exc:
+        have = sorted(p.name.removesuffix(".traj.json") for p in run_dir.glob("trajectories/*"))
+        _fail(f"{exc} (have: {', '.join(have) or 'none'})")
+    except ValueError as exc:
+        _fail(str(exc))
+    print_trajectory(traj, console, full=full)
+
+
+@app.command("report")
+def report_cmd(
+    run_dir: RunDirArg,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="HTML file (default RUN_DIR/report.html)"),
+    ] = None,
+) -> None:
+    """Write one self-contained HTML report of a run: summary, plots, tasks, trajectories."""
+    from agentfleet.fleet.html_report import write_report
+    from agentfleet.fleet.results import RESULTS
+
+    if not (run_dir / RESULTS).exists():
+        _fail(f"{run_dir} has no results.jsonl: nothing to report")
+    path = write_report(run_dir, output)
+    console.print(f"report: {path}", highlight=False)
 
 
 # servers -----------------------------------------------------------------------------
@@ -180,7 +402,7 @@ def serve_eval(
     host: str = "127.0.0.1",
     port: int = 9528,
     db: Annotated[
-        Path | None, typer.Option(help="SQLite file of jobs (default: temporary)")
+        Path | None, typer.Option(help="SQLite file of jobs (default: in memory, lost at exit)")
     ] = None,
     workers: Annotated[int | None, typer.Option(help="evaluations at once")] = None,
     sandbox_url: Annotated[

@@ -25,6 +25,9 @@ def uvicorn_config(app: Any, host: str, port: int, **kw: Any) -> uvicorn.Config:
         timeout_keep_alive=SERVER_KEEPALIVE_S,
         lifespan="on",
         backlog=4096,
+        # asyncio, not uvloop: uvloop spawns subprocesses ~2 ms slower each, which is most of
+        # a sandbox exec (docs/benchmarks.md measures both).
+        loop=kw.pop("loop", "asyncio"),
         **kw,
     )
 

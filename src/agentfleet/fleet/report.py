@@ -2,30 +2,38 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
+from dataclasses import fields
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from agentfleet.evaluation.reward import summarize
 from agentfleet.fleet.runner import TaskOutcome
 
 
+def outcome_of(record: dict[str, Any]) -> TaskOutcome:
+    """A results.jsonl record as a :class:`TaskOutcome` (extra keys such as ``state`` are
+    dropped)."""
+    names = {f.name for f in fields(TaskOutcome)}
+    kw = {k: v for k, v in record.items() if k in names}
+    kw.setdefault("instance_id", "?")
+    kw.setdefault("exit_status", "?")
+    return TaskOutcome(**kw)
+
+
 def summary(outcomes: Sequence[TaskOutcome], wall_s: float) -> dict[str, Any]:
-    n = len(outcomes)
-    correct = [o for o in outcomes if o.info.get("status") == "ok" and o.speedup > 0]
-    speedups = [o.speedup for o in correct]
-    geo = math.exp(sum(math.log(s) for s in speedups) / len(speedups)) if speedups else 0.0
+    """The run's figures: the evaluation summary (:func:`summarize`) plus cost and pace."""
+    figures = summarize([(o.reward, o.speedup, o.info) for o in outcomes])
+    n = figures["n"]
     return {
         "tasks": n,
         "submitted": sum(o.exit_status == "Submitted" for o in outcomes),
-        "correct": len(correct),
-        "mean_reward": sum(o.reward for o in outcomes) / n if n else 0.0,
-        "geomean_speedup": geo,
-        "fast_1.0": sum(s > 1.0 for s in speedups) / n if n else 0.0,
-        "fast_1.5": sum(s > 1.5 for s in speedups) / n if n else 0.0,
-        "fast_2.0": sum(s > 2.0 for s in speedups) / n if n else 0.0,
+        "correct": figures["n_correct"],
+        "mean_reward": figures["mean_reward"],
+        "geomean_speedup": figures["geomean_speedup"] or 0.0,
+        **{f"fast_{p}": figures[f"fast_{p}"] for p in ("1.0", "1.5", "2.0")},
         "cost": sum(o.cost for o in outcomes),
         "wall_s": wall_s,
         "tasks_per_s": n / wall_s if wall_s > 0 else 0.0,

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import asdict, dataclass, field
@@ -16,6 +17,14 @@ from agentfleet.agent import AgentConfig, LightAgent
 from agentfleet.evaluation.client import evaluate_info
 from agentfleet.evaluation.evaluator import EvalConfig, Evaluator
 from agentfleet.evaluation.server import create_app as eval_app
+from agentfleet.fleet.results import (
+    POOL_STATS,
+    RESULTS,
+    plan_resume,
+    repair_tail,
+    result_state,
+)
+from agentfleet.http import HttpPool, Timeouts
 from agentfleet.models import ModelSpec
 from agentfleet.sandbox.base import CreateSandbox, Sandboxes
 from agentfleet.sandbox.client import SandboxClient
@@ -45,6 +54,9 @@ class FleetConfig:
     sandbox_root: Path | None = None  # embedded process backend's folder
     eval_workers: int | None = None
     eval_repeats: int = 5
+    resume: bool = False  # skip tasks of run_dir that already have a result
+    rerun_failed: bool = False  # with resume: run failed tasks again
+    sample_every_s: float = 1.0  # pool / evaluation-queue snapshots (0: off)
 
 
 @dataclass
@@ -61,6 +73,64 @@ class TaskOutcome:
 
 
 Listener = Callable[[str, Task, TaskOutcome | None], None]
+
+
+@dataclass
+class FleetMonitor:
+    """Live state of a run, written on the loop by :func:`run_fleet` / :func:`run_one` and
+    read by dashboards (possibly from a refresh thread: plain attributes, copied on read).
+    """
+
+    total: int = 0  # tasks of this invocation (not counting skipped ones)
+    skipped: int = 0  # already complete (resume)
+    done: int = 0
+    failed: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+    running: dict[str, float] = field(default_factory=dict)  # task id -> start (monotonic)
+    stage: dict[str, str] = field(default_factory=dict)  # task id -> sandbox|agent|diff|eval
+    models: dict[str, Any] = field(default_factory=dict)  # task id -> model (live stats)
+    errors: deque[str] = field(default_factory=lambda: deque(maxlen=5))
+    eval_queue: dict[str, Any] = field(default_factory=dict)  # /healthz: queued, running
+    pool: dict[str, Any] = field(default_factory=dict)  # pool totals + open connections
+    samples: int = 0
+
+    @property
+    def finished(self) -> int:
+        return self.done + self.failed
+
+    def eta_s(self, now: float | None = None) -> float | None:
+        """Remaining seconds at the observed throughput (None before the first result)."""
+        if not self.finished:
+            return None
+        elapsed = (now or time.monotonic()) - self.started_at
+        return elapsed / self.finished * max(0, self.total - self.finished)
+
+    def model_totals(self) -> dict[str, float]:
+        """Summed model stats of running and finished agents."""
+        calls = prompt = completion = 0
+        cost = 0.0
+        for model in list(self.models.values()):
+            stats = getattr(model, "stats", None)
+            calls += int(getattr(stats, "calls", 0))
+            prompt += int(getattr(stats, "prompt_tokens", 0))
+            completion += int(getattr(stats, "completion_tokens", 0))
+            cost += float(getattr(stats, "cost", 0.0))
+        return {
+            "calls": calls,
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "cost": cost,
+        }
+
+    def record(self, outcome: TaskOutcome) -> None:
+        self.running.pop(outcome.instance_id, None)
+        self.stage.pop(outcome.instance_id, None)
+        if result_state(asdict(outcome)) == "failed":
+            self.failed += 1
+            why = outcome.error or str(outcome.info.get("error", "")) or outcome.exit_status
+            self.errors.append(f"{outcome.instance_id}: {why}"[:300])
+        else:
+            self.done += 1
 
 
 def select_tasks(cfg: FleetConfig) -> list[Task]:
@@ -97,22 +167,40 @@ class ResultsWriter:
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
-        self.results = run_dir / "results.jsonl"
+        self.results = run_dir / RESULTS
         self.traj_dir = run_dir / "trajectories"
 
     def _append(self, line: str) -> None:
+        # One write of a whole line, flushed: a crash loses at most the line being written.
         with self.results.open("a") as f:
             f.write(line + "\n")
+            f.flush()
 
     async def prepare(self, config: dict[str, Any]) -> None:
         def mk() -> None:
             self.traj_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str))
+            repair_tail(self.results)  # a crashed run's half line must not swallow ours
+            path = self.run_dir / "config.json"
+            merged = dict(config)
+            if path.exists():  # resume: keep the history of invocations
+                try:
+                    old = json.loads(path.read_text())
+                except ValueError:
+                    old = {}
+                if isinstance(old, dict):
+                    merged = {**old, **config}
+                    merged["invocations"] = [
+                        *old.get("invocations", []),
+                        *config.get("invocations", []),
+                    ]
+            path.write_text(json.dumps(merged, indent=2, default=str))
 
         await asyncio.to_thread(mk)
 
     async def write(self, outcome: TaskOutcome, trajectory: dict[str, Any]) -> None:
-        line = json.dumps(asdict(outcome), default=str)
+        record = asdict(outcome)
+        record["state"] = result_state(record)
+        line = json.dumps(record, default=str)
         path = self.traj_dir / f"{outcome.instance_id}.traj.json"
         text = json.dumps(trajectory, indent=1, default=str)
         await asyncio.to_thread(path.write_text, text)
@@ -151,8 +239,13 @@ async def run_one(
     sandboxes: Sandboxes,
     eval_url: str,
     writer: ResultsWriter,
+    monitor: FleetMonitor | None = None,
 ) -> TaskOutcome:
-    """One agent: sandbox, agent loop, evaluation; the sandbox is deleted in ``finally``."""
+    """One agent: sandbox, agent loop, evaluation; the sandbox is deleted in ``finally``.
+
+    With a ``monitor``, the agent's model (live token / cost stats) and stage are shown there.
+    """
+    stage = monitor.stage if monitor is not None else {}
     start = time.monotonic()
     outcome = TaskOutcome(task.id, "Error")
     messages: list[Any] = []
@@ -160,7 +253,10 @@ async def run_one(
     model: Any = None
     sandbox_id: str | None = None
     try:
+        stage[task.id] = "sandbox"
         model = await asyncio.to_thread(cfg.model.build, task)  # may read files
+        if monitor is not None:
+            monitor.models[task.id] = model
         info = await sandboxes.create(
             CreateSandbox(
                 task_id=task.id, dataset=cfg.dataset, ttl_s=cfg.sandbox_ttl_s, run=cfg.run_dir.name
@@ -168,6 +264,7 @@ async def run_one(
         )
         sandbox_id = info.sandbox_id
         env = RemoteDockerEnvironment(sandbox_id, sandboxes=sandboxes)
+        stage[task.id] = "agent"
         result = await LightAgent(model, env, task, cfg.agent).run()
         messages, outcome.exit_status, outcome.steps = (
             result.messages,
@@ -175,8 +272,10 @@ async def run_one(
             result.steps,
         )
         outcome.error = result.error
+        stage[task.id] = "diff"
         diff = await sandboxes.exec(sandbox_id, DIFF_COMMAND, timeout=60)
         patch = diff.output if diff.returncode == 0 else ""
+        stage[task.id] = "eval"
         reward, speedup, einfo = await evaluate_info(
             exit_status=outcome.exit_status,
             result=patch,
@@ -202,19 +301,109 @@ async def run_one(
     return outcome
 
 
-async def run_fleet(cfg: FleetConfig, listener: Listener | None = None) -> list[TaskOutcome]:
+def _append_line(path: Path, line: str) -> None:
+    with path.open("a") as f:
+        f.write(line + "\n")
+
+
+HEALTH_TIMEOUT = Timeouts(total=5, connect=2, sock_read=5)
+
+
+async def sample(monitor: FleetMonitor, eval_url: str | None, path: Path | None) -> None:
+    """One snapshot: the evaluation server's queue (``/healthz``) and the loop pool's
+    connection stats, into ``monitor`` and as one line of ``path`` (pool_stats.jsonl)."""
+    pool = HttpPool.for_loop()
+    if eval_url:
+        try:
+            resp = await pool.request(
+                "GET", f"{eval_url}/healthz", timeout=HEALTH_TIMEOUT, target="monitor"
+            )
+            if resp.ok:
+                monitor.eval_queue = dict(resp.json())
+        except Exception as exc:  # a dashboard must never stop the fleet
+            monitor.eval_queue = {"error": f"{type(exc).__name__}"}
+    totals = pool.stats()["totals"]
+    snap = {
+        "open": pool.open_connections(),
+        "created": totals["connections_created"],
+        "reused": totals["connections_reused"],
+        "in_flight": totals["in_flight"],
+        "waiting": totals["waiting"],
+        "requests": totals["requests"],
+        "retries": totals["retries"],
+        "errors": totals["errors_total"],
+    }
+    monitor.pool = snap
+    monitor.samples += 1
+    if path is not None:
+        line = {
+            "t": round(time.time(), 3),
+            "elapsed_s": round(time.monotonic() - monitor.started_at, 3),
+            **snap,
+            "running_agents": len(monitor.running),
+            "finished": monitor.finished,
+            "eval_queued": monitor.eval_queue.get("queued"),
+            "eval_running": monitor.eval_queue.get("running"),
+        }
+        await asyncio.to_thread(_append_line, path, json.dumps(line))
+
+
+async def _sampler(monitor: FleetMonitor, eval_url: str, path: Path, every: float) -> None:
+    while True:
+        try:
+            await sample(monitor, eval_url, path)
+        except Exception as exc:
+            log.debug("sampler: %s", exc)
+        await asyncio.sleep(every)
+
+
+async def run_fleet(
+    cfg: FleetConfig,
+    listener: Listener | None = None,
+    *,
+    monitor: FleetMonitor | None = None,
+) -> list[TaskOutcome]:
+    """Run the config's tasks (with ``cfg.resume``: only those of ``cfg.run_dir`` without a
+    result, plus failed ones with ``cfg.rerun_failed``); returns this invocation's outcomes
+    in task order. Listener events: ``"start"`` and ``"done"`` (with the outcome)."""
     tasks = await asyncio.to_thread(select_tasks, cfg)
     await asyncio.to_thread(cfg.model.prepare)
+    all_ids = [t.id for t in tasks]
+    if cfg.resume:
+        await asyncio.to_thread(repair_tail, cfg.run_dir / RESULTS)
+        plan = await asyncio.to_thread(
+            plan_resume, cfg.run_dir, all_ids, rerun_failed=cfg.rerun_failed
+        )
+        todo = set(plan.todo)
+        tasks = [t for t in tasks if t.id in todo]
+        skipped = len(plan.skipped)
+    else:
+        skipped = 0
     writer = ResultsWriter(cfg.run_dir)
     await writer.prepare(
         {
             "dataset": cfg.dataset,
             "split": cfg.split,
             "model": cfg.model.spec,
+            "model_url": cfg.model.url,
+            "model_delay": cfg.model.delay_s,
             "workers": cfg.workers,
-            "tasks": [t.id for t in tasks],
+            "eval_repeats": cfg.eval_repeats,
+            "step_limit": cfg.agent.step_limit,
+            "time_limit": cfg.agent.time_limit_s,
+            "tasks": all_ids,
+            "invocations": [
+                {
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "model": cfg.model.spec,
+                    "resume": cfg.resume,
+                    "tasks": [t.id for t in tasks],
+                }
+            ],
         }
     )
+    mon = monitor if monitor is not None else FleetMonitor()
+    mon.total, mon.skipped, mon.started_at = len(tasks), skipped, time.monotonic()
     notify = listener or (lambda *_: None)
     gate = asyncio.Semaphore(cfg.workers)
     outcomes: list[TaskOutcome] = []
@@ -224,13 +413,34 @@ async def run_fleet(cfg: FleetConfig, listener: Listener | None = None) -> list[
 
         async def agent(task: Task) -> None:
             async with gate:
+                mon.running[task.id] = time.monotonic()
                 notify("start", task, None)
-                outcome = await run_one(task, cfg, sandboxes, eval_url, writer)
+                outcome = await run_one(task, cfg, sandboxes, eval_url, writer, mon)
                 outcomes.append(outcome)
+                mon.record(outcome)
                 notify("done", task, outcome)
 
-        async with asyncio.TaskGroup() as tg:
-            for task in tasks:
-                tg.create_task(agent(task), name=f"agent:{task.id}")
+        sampler = None
+        if cfg.sample_every_s > 0:
+            sampler = asyncio.create_task(
+                _sampler(mon, eval_url, cfg.run_dir / POOL_STATS, cfg.sample_every_s),
+                name="fleet:sampler",
+            )
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for task in tasks:
+                    tg.create_task(agent(task), name=f"agent:{task.id}")
+        finally:
+            if sampler is not None:
+                sampler.cancel()
+                try:
+                    await sampler
+                except asyncio.CancelledError:
+                    pass
+        if sampler is not None:  # a last snapshot with the final counters
+            try:
+                await sample(mon, eval_url, cfg.run_dir / POOL_STATS)
+            except Exception as exc:
+                log.debug("sampler: %s", exc)
     order = {t.id: i for i, t in enumerate(tasks)}
     return sorted(outcomes, key=lambda o: order[o.instance_id])

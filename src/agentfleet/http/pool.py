@@ -433,6 +433,17 @@ class HttpPool:
             tm.errors[f"http_{response.status}"] += 1
         return response
 
+    def open_connections(self) -> int | None:
+        """Connections the connector holds now (idle + in use); None if it cannot tell."""
+        connector = self._session.connector if self._session is not None else None
+        if connector is None:
+            return 0
+        try:
+            idle = sum(len(v) for v in getattr(connector, "_conns", {}).values())
+            return idle + len(getattr(connector, "_acquired", ()))
+        except (TypeError, AttributeError):  # aiohttp internals changed
+            return None
+
     def stats(self) -> dict[str, Any]:
         """JSON-serialisable snapshot: limits, totals and per-target metrics."""
         snap = self.metrics.snapshot()

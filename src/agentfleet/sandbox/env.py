@@ -115,8 +115,13 @@ class RemoteDockerEnvironment:
         try:
             env = runner.run(
                 cls.acreate(
-                    task_id, dataset, base_url=base_url, sandboxes=sandboxes,
-                    ttl_s=ttl_s, run=run, **kwargs,
+                    task_id,
+                    dataset,
+                    base_url=base_url,
+                    sandboxes=sandboxes,
+                    ttl_s=ttl_s,
+                    run=run,
+                    **kwargs,
                 )
             )
         except BaseException:

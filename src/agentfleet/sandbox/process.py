@@ -62,6 +62,8 @@ def default_path() -> str:
     is this Python, not a version-manager shim (pyenv's adds ~0.1 s to every start)."""
     parts = [_REAL_PYTHON_BIN, *(os.environ.get("PATH") or DEFAULT_PATH).split(os.pathsep)]
     return os.pathsep.join(dict.fromkeys(p for p in parts if p))
+
+
 _GIT_ENV = {
     "GIT_AUTHOR_NAME": "agentfleet",
     "GIT_AUTHOR_EMAIL": "agentfleet@localhost",
@@ -155,17 +157,29 @@ class _PipeProtocol(asyncio.Protocol):
 
 
 class _Fd:
-    """The minimal file object ``connect_read_pipe`` wants: it closes the fd when done."""
+    """The minimal file object ``connect_read_pipe`` wants: it closes the fd when done.
+
+    Some loops (uvloop) close the fd themselves before calling ``close()``; the number may
+    then already belong to another file, so it is closed only if it is still our pipe.
+    """
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
+        st = os.fstat(fd)
+        self._identity = (st.st_dev, st.st_ino)
 
     def fileno(self) -> int:
         return self.fd
 
     def close(self) -> None:
-        if self.fd >= 0:
-            fd, self.fd = self.fd, -1
+        if self.fd < 0:
+            return
+        fd, self.fd = self.fd, -1
+        try:
+            st = os.fstat(fd)
+        except OSError:  # already closed by the loop
+            return
+        if (st.st_dev, st.st_ino) == self._identity:
             os.close(fd)
 
 
@@ -333,7 +347,13 @@ class ProcessBackend:
         assert self.bwrap is not None
         try:
             proc = await asyncio.create_subprocess_exec(
-                self.bwrap, "--ro-bind", "/", "/", "--unshare-pid", "--die-with-parent", "true",
+                self.bwrap,
+                "--ro-bind",
+                "/",
+                "/",
+                "--unshare-pid",
+                "--die-with-parent",
+                "true",
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL,
@@ -365,9 +385,7 @@ class ProcessBackend:
             raise SandboxError(f"sandbox {sandbox_id} already exists", 409)
         now = time.time()
         folder = self.root / sandbox_id
-        sb = _Sandbox(
-            sandbox_id, folder, folder / "work", folder / "tmp", now, now + req.ttl_s
-        )
+        sb = _Sandbox(sandbox_id, folder, folder / "work", folder / "tmp", now, now + req.ttl_s)
         meta = {
             "sandbox_id": sandbox_id,
             "instance": self.instance_id,
@@ -415,9 +433,16 @@ class ProcessBackend:
     async def _git(self, cwd: Path, *args: str) -> None:
         env = {"PATH": self.path, "HOME": str(cwd), "LANG": "C.UTF-8", **_GIT_ENV}
         proc = await asyncio.create_subprocess_exec(
-            "git", "-c", "commit.gpgsign=false", "-c", "init.defaultBranch=main",
-            "-c", "core.hooksPath=/dev/null", *args,
-            cwd=cwd, env=env,
+            "git",
+            "-c",
+            "commit.gpgsign=false",
+            "-c",
+            "init.defaultBranch=main",
+            "-c",
+            "core.hooksPath=/dev/null",
+            *args,
+            cwd=cwd,
+            env=env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
@@ -577,15 +602,25 @@ class ProcessBackend:
         assert self.bwrap is not None
         argv = [
             self.bwrap,
-            "--ro-bind", "/", "/",
-            "--dev", "/dev",
-            "--proc", "/proc",
-            "--bind", str(sb.tmp), "/tmp",
-            "--tmpfs", str(self.root),  # hides the other sandboxes
-            "--bind", str(sb.work), str(sb.work),
+            "--ro-bind",
+            "/",
+            "/",
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+            "--bind",
+            str(sb.tmp),
+            "/tmp",
+            "--tmpfs",
+            str(self.root),  # hides the other sandboxes
+            "--bind",
+            str(sb.work),
+            str(sb.work),
             "--unshare-pid",
             "--die-with-parent",
-            "--chdir", str(cwd),
+            "--chdir",
+            str(cwd),
         ]
         if not self.network:
             argv.append("--unshare-net")
@@ -624,9 +659,7 @@ class ProcessBackend:
         os.set_blocking(r, False)
         pipe = _Fd(r)
         try:
-            transport, _ = await loop.connect_read_pipe(
-                lambda: _PipeProtocol(capture, done), pipe
-            )
+            transport, _ = await loop.connect_read_pipe(lambda: _PipeProtocol(capture, done), pipe)
         except BaseException:
             pipe.close()
             _killpg(pgid)

@@ -1,0 +1,268 @@
+"""``agentfleet bench``: the typer sub-app (mounted by ``agentfleet.cli`` as ``bench``)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from agentfleet.bench.common import machine_info, make_run_dir, write_results
+
+bench_app = typer.Typer(
+    name="bench",
+    help="Benchmarks: evaluation client patterns, sandbox execs, whole fleets.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _log(msg: str) -> None:
+    sys.stderr.write(f"[bench] {msg}\n")
+    sys.stderr.flush()
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.replace(" ", "").split(",") if x]
+
+
+def _finish(kind: str, out: Path | None, payload: dict[str, Any], table_md: str) -> Path:
+    run_dir = make_run_dir(kind, out)
+    path = write_results(run_dir, payload)
+    (run_dir / "table.md").write_text(table_md + "\n")
+    typer.echo(table_md)
+    typer.echo(f"\nresults: {path}")
+    return run_dir
+
+
+Out = Annotated[
+    Path | None,
+    typer.Option("--out", help="Run folder (default runs/bench-<kind>-<time>/)."),
+]
+
+
+@bench_app.command("http")
+def http_cmd(
+    scenario: Annotated[
+        str | None,
+        typer.Option(
+            help="Origin table to reproduce: single (1x10), ten-agents (10x1), "
+            "fifty-evals (50x1). Overrides --n/--rounds."
+        ),
+    ] = None,
+    n: Annotated[int, typer.Option("--n", min=1, help="Agents.")] = 10,
+    rounds: Annotated[
+        int, typer.Option("--rounds", min=1, help="Sequential evals per agent (R).")
+    ] = 1,
+    latency: Annotated[float, typer.Option(min=0.0, help="Seconds per evaluation.")] = 1.0,
+    patterns: Annotated[
+        str,
+        typer.Option(
+            help="Comma list of: blocking, per-call, threads, agentfleet, agentfleet-blocking."
+        ),
+    ] = "blocking,per-call,threads,agentfleet,agentfleet-blocking",
+    max_seconds: Annotated[
+        float,
+        typer.Option(
+            help="Cap per pattern: a pattern predicted to take longer (blocking: "
+            "N x R x latency) runs its first k agents and is extrapolated."
+        ),
+    ] = 60.0,
+    sweep: Annotated[
+        bool, typer.Option(help="Run every N of --sweep-ns; writes plot.png.")
+    ] = False,
+    sweep_ns: Annotated[str, typer.Option(help="Ns of --sweep.")] = "10,50,200,1000",
+    out: Out = None,
+) -> None:
+    """Evaluation client patterns against a test-mode evaluation server (own process)."""
+    from agentfleet.bench.http_bench import SCENARIOS, HttpCase, plot_sweep, run_http_bench, table
+
+    if scenario is not None:
+        if scenario not in SCENARIOS:
+            raise typer.BadParameter(f"choose from {', '.join(SCENARIOS)}", param_hint="--scenario")
+        n, rounds = SCENARIOS[scenario]
+    ns = _ints(sweep_ns) if sweep else [n]
+    cases = [HttpCase(x, rounds, latency, max_seconds) for x in ns]
+    pats = [p.strip() for p in patterns.split(",") if p.strip()]
+    started = time.time()
+    try:
+        rows = run_http_bench(cases, pats, log=_log)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    md = table(rows)
+    payload = {
+        "kind": "http",
+        "command": " ".join(sys.argv),
+        "config": {
+            "scenario": scenario,
+            "ns": ns,
+            "rounds": rounds,
+            "latency_s": latency,
+            "patterns": pats,
+            "max_seconds": max_seconds,
+            "sweep": sweep,
+        },
+        "machine": machine_info(),
+        "started": started,
+        "duration_s": time.time() - started,
+        "rows": rows,
+    }
+    run_dir = _finish("http", out, payload, md)
+    if sweep:
+        msg = plot_sweep(rows, run_dir / "plot.png")
+        typer.echo(msg if msg else f"plot: {run_dir / 'plot.png'}")
+
+
+@bench_app.command("sandbox")
+def sandbox_cmd(
+    n: Annotated[
+        int, typer.Option("--n", min=1, help="Concurrent `sleep 1` execs/sandboxes.")
+    ] = 100,
+    seq: Annotated[
+        int, typer.Option(min=1, help="Sequential `true` execs for the round trip.")
+    ] = 200,
+    sleep: Annotated[
+        float, typer.Option(min=0.0, help="Seconds each concurrent exec sleeps.")
+    ] = 1.0,
+    backend: Annotated[str, typer.Option(help="process (or docker, when available).")] = "process",
+    confine: Annotated[
+        str, typer.Option(help="process backend: auto, yes (bwrap) or no.")
+    ] = "auto",
+    null: Annotated[
+        bool, typer.Option(help="Also time the null sandbox server (HTTP hop, no spawn).")
+    ] = True,
+    server_loop: Annotated[
+        str,
+        typer.Option(
+            help="Event loop of the sandbox server: asyncio (agentfleet's servers' "
+            "default), uvloop, or auto (uvloop when installed, uvicorn's default)."
+        ),
+    ] = "asyncio",
+    out: Out = None,
+) -> None:
+    """N concurrent execs and the round trip of `true` over HTTP vs a bare subprocess."""
+    from agentfleet.bench.sandbox_bench import run_sandbox_bench, table
+
+    started = time.time()
+    try:
+        rows, notes = run_sandbox_bench(
+            n=n,
+            seq=seq,
+            sleep_s=sleep,
+            backend=backend,
+            confine=confine,
+            null=null,
+            server_loop=server_loop,
+            log=_log,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    md = table(rows)
+    payload = {
+        "kind": "sandbox",
+        "command": " ".join(sys.argv),
+        "config": {
+            "n": n,
+            "seq": seq,
+            "sleep_s": sleep,
+            "backend": backend,
+            "confine": confine,
+            "server_loop": server_loop,
+        },
+        "machine": machine_info(),
+        "started": started,
+        "duration_s": time.time() - started,
+        "rows": rows,
+        "notes": notes,
+    }
+    _finish("sandbox", out, payload, md)
+    for note in notes:
+        typer.echo(note)
+
+
+@bench_app.command("fleet")
+def fleet_cmd(
+    n: Annotated[int, typer.Option("--n", min=1, help="Agents.")] = 200,
+    steps: Annotated[
+        int, typer.Option(min=1, help="Steps per agent (S-1 `true`, then submit).")
+    ] = 10,
+    delay: Annotated[float, typer.Option(min=0.0, help="Model latency per step, seconds.")] = 0.5,
+    runners: Annotated[
+        str,
+        typer.Option(help="Comma list of: agentfleet, threads (thread-per-agent runner)."),
+    ] = "agentfleet,threads",
+    workers: Annotated[
+        str,
+        typer.Option(help="Thread runner pool sizes, comma list; 'n' means one per agent."),
+    ] = "n,16",
+    max_seconds: Annotated[
+        float,
+        typer.Option(
+            help="Cap per runner: a thread runner predicted to take longer runs a "
+            "sample of agents and is extrapolated."
+        ),
+    ] = 60.0,
+    confine: Annotated[
+        str, typer.Option(help="Sandbox backend: auto, yes (bwrap) or no.")
+    ] = "auto",
+    sandbox: Annotated[
+        str,
+        typer.Option(
+            help="Sandbox server(s), comma list: process (real execs) and/or null "
+            "(execs spawn nothing: isolates the runner's plumbing)."
+        ),
+    ] = "process",
+    server_loop: Annotated[
+        str,
+        typer.Option(
+            help="Event loop of the real sandbox server: asyncio (agentfleet's "
+            "servers' default), uvloop, or auto (uvloop when installed)."
+        ),
+    ] = "asyncio",
+    out: Out = None,
+) -> None:
+    """A whole fleet with a fixed-latency model vs a thread-per-agent runner."""
+    from agentfleet.bench.fleet_bench import run_fleet_bench, table
+
+    ws = [n if w.strip() == "n" else int(w) for w in workers.split(",") if w.strip()]
+    rs = [r.strip() for r in runners.split(",") if r.strip()]
+    started = time.time()
+    try:
+        rows, info = run_fleet_bench(
+            n=n,
+            steps=steps,
+            delay=delay,
+            runners=rs,
+            workers=ws,
+            max_seconds=max_seconds,
+            confine=confine,
+            sandbox=sandbox,
+            server_loop=server_loop,
+            log=_log,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    md = table(rows)
+    payload = {
+        "kind": "fleet",
+        "command": " ".join(sys.argv),
+        "config": {
+            "n": n,
+            "steps": steps,
+            "delay_s": delay,
+            "runners": rs,
+            "workers": ws,
+            "max_seconds": max_seconds,
+            "confine": confine,
+            "sandbox": sandbox,
+            "server_loop": server_loop,
+        },
+        "machine": machine_info(),
+        "started": started,
+        "duration_s": time.time() - started,
+        "rows": rows,
+        **info,
+    }
+    _finish("fleet", out, payload, md)

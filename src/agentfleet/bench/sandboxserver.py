@@ -1,0 +1,50 @@
+"""The sandbox server (process backend) in its own process, for the sandbox/fleet benches.
+
+``python -m agentfleet.bench.sandboxserver --port 0 [--confine auto|yes|no]`` prints
+``PORT <n>`` once bound, then serves until terminated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+
+from agentfleet.bench.common import HOST, serve_app_announcing_port
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m agentfleet.bench.sandboxserver")
+    p.add_argument("--host", default=HOST)
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--confine", choices=["auto", "yes", "no"], default="auto")
+    p.add_argument("--max-sandboxes", type=int, default=4096)
+    p.add_argument("--root", default=None, help="sandboxes folder (default: a temp dir)")
+    p.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto")
+    p.add_argument("--log-level", default="warning")
+    args = p.parse_args(argv)
+
+    from agentfleet.sandbox.process import ProcessBackend
+    from agentfleet.sandbox.server import create_app
+    from agentfleet.sandbox.service import SandboxService
+
+    confine = {"auto": None, "yes": True, "no": False}[args.confine]
+    # uvicorn re-raises SIGTERM after its shutdown: pass --root for a folder the parent
+    # removes; a temp dir made here may be left behind (empty: sandboxes are deleted).
+    root = args.root or tempfile.mkdtemp(prefix="agentfleet-bench-sb-")
+    backend = ProcessBackend(root, confine=confine)
+    asyncio.run(backend.start())  # decide confinement now, to announce it
+    service = SandboxService(backend, max_sandboxes=args.max_sandboxes)
+    app = create_app(service)
+    serve_app_announcing_port(
+        app,
+        args.host,
+        args.port,
+        args.log_level,
+        extra=f"confined={int(backend.confined)} loop={args.loop}",
+        loop=args.loop,
+    )
+
+
+if __name__ == "__main__":
+    main()

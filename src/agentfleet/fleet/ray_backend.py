@@ -1,0 +1,475 @@
+"""The Ray backend of the fleet runner: tasks spread over K async actors (shards).
+
+The driver (:func:`run_fleet_ray`, a plain sync function) splits the tasks over ``shards``
+Ray actors. Each actor is an *async actor*: its methods run on the actor's own event loop,
+which owns its own :class:`~agentfleet.http.pool.HttpPool` (closed when the actor shuts
+down), and runs each task with the local backend's :func:`~agentfleet.fleet.runner.run_one`.
+On start an actor enters :func:`~agentfleet.fleet.runner.embedded_servers` on its node, so
+sandboxes live next to the agents that use them, unless sandbox URLs are given.
+
+The driver is the only writer of the run folder: an actor returns ``(outcome, trajectory)``
+per task and the driver appends it to ``results.jsonl`` / ``trajectories/`` as it arrives,
+so resume and report work as for a local run. The driver keeps a work queue and gives each
+actor at most its share of ``cfg.workers`` tasks at once, so a slow shard never holds tasks
+another one could run.
+
+Failures: a task whose actor dies (``RayActorError``) is queued again and runs on another
+actor (a replacement actor is started, up to ``max_actor_restarts`` times). On Ctrl-C, or
+any other exit, every actor is asked to ``shutdown`` (its running agents are cancelled, so
+their sandboxes are deleted, then its embedded servers stop) with a bounded wait, then
+killed.
+
+Nothing on the local path imports this module: ``import ray`` happens here only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from agentfleet.fleet.runner import (
+    FleetConfig,
+    Listener,
+    ResultsWriter,
+    TaskOutcome,
+    embedded_servers,
+    run_one,
+    select_tasks,
+    trajectory,
+)
+from agentfleet.http.pool import HttpPool, preset_for_fleet
+from agentfleet.sandbox.base import CreateSandbox, SandboxInfo
+from agentfleet.sandbox.client import SandboxClient
+from agentfleet.sandbox.process import _rmtree, default_root
+from agentfleet.tasks import Task
+
+log = logging.getLogger("agentfleet.fleet.ray")
+
+__all__ = ["ActorHook", "FleetShard", "run_fleet_ray", "shard_capacities"]
+
+# Called with (actor name, actor handle) each time the driver starts an actor (tests use it).
+ActorHook = Callable[[str, Any], None]
+
+SHUTDOWN_TIMEOUT_S = 30.0
+
+# The actors' event loop: asyncio's own, as in the local backend. Ray would pick uvloop
+# (installed by uvicorn[standard]), under which the process sandbox backend's exec pipe
+# (``_Fd``) is closed twice (libuv closes the fd, then the transport calls ``close()``),
+# so that a concurrent open in another thread can lose its fd (EBADF in ``rmtree``).
+ACTOR_ENV = {"RAY_USE_UVLOOP": "0"}
+
+
+class _CapturingWriter(ResultsWriter):
+    """run_one's writer inside an actor: keeps the result for the driver, writes nothing."""
+
+    def __init__(self, cfg: FleetConfig) -> None:
+        super().__init__(cfg.run_dir)
+        self.captured: tuple[TaskOutcome, dict[str, Any]] | None = None
+
+    async def write(self, outcome: TaskOutcome, trajectory: dict[str, Any]) -> None:
+        self.captured = (outcome, trajectory)
+
+
+class _TrackedSandboxes(SandboxClient):
+    """A SandboxClient that remembers the sandboxes it created and has not deleted yet."""
+
+    def __init__(self, base_url: str) -> None:
+        super().__init__(base_url)
+        self.live: set[str] = set()
+
+    async def create(self, req: CreateSandbox) -> SandboxInfo:
+        info = await super().create(req)
+        self.live.add(info.sandbox_id)
+        return info
+
+    async def delete(self, sandbox_id: str) -> None:
+        await super().delete(sandbox_id)
+        self.live.discard(sandbox_id)
+
+
+class FleetShard:
+    """One shard of the fleet; used as a Ray async actor (``ray.remote(FleetShard)``).
+
+    ``cfg.sandbox_url`` / ``cfg.eval_url``: servers to use; where ``None`` the shard starts
+    its own embedded one on 127.0.0.1 of its node at first use.
+    """
+
+    def __init__(self, cfg: FleetConfig, index: int) -> None:
+        self.cfg = cfg
+        self.index = index
+        self._stack: AsyncExitStack | None = None
+        self._start_lock: asyncio.Lock | None = None
+        self._tasks: dict[str, Task] = {}
+        self._sandboxes: _TrackedSandboxes | None = None
+        self._eval_url = ""
+        self._info: dict[str, Any] = {}
+        self._running: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    async def start(self) -> dict[str, Any]:
+        """Start the embedded servers (once); return where this shard runs."""
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._closed:
+                raise RuntimeError(f"shard {self.index} is shut down")
+            if self._stack is None:
+                # This actor's own pool (created on its loop at first use), sized for its share.
+                HttpPool.configure_default(preset_for_fleet(self.cfg.workers))
+                stack = AsyncExitStack()
+                try:
+                    self._tasks = {t.id: t for t in await asyncio.to_thread(select_tasks, self.cfg)}
+                    sandbox_url, eval_url = await stack.enter_async_context(
+                        embedded_servers(self.cfg)
+                    )
+                except BaseException:
+                    await stack.aclose()
+                    raise
+                self._stack = stack
+                self._sandboxes = _TrackedSandboxes(sandbox_url)
+                self._eval_url = eval_url
+                self._info = {
+                    "index": self.index,
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "sandbox_url": sandbox_url,
+                    "eval_url": eval_url,
+                    "loop": type(asyncio.get_running_loop()).__module__,
+                }
+        return self._info
+
+    async def run_task(self, task_id: str) -> tuple[TaskOutcome, dict[str, Any]]:
+        """Run one task like the local backend; return its outcome and trajectory."""
+        current = asyncio.current_task()
+        assert current is not None
+        self._running.add(current)
+        try:
+            await self.start()
+            assert self._sandboxes is not None
+            task = self._tasks[task_id]
+            writer = _CapturingWriter(self.cfg)
+            await run_one(task, self.cfg, self._sandboxes, self._eval_url, writer)
+            assert writer.captured is not None
+            return writer.captured
+        finally:
+            self._running.discard(current)
+
+    async def running(self) -> int:
+        return len(self._running)
+
+    async def shutdown(self) -> None:
+        """Cancel running agents (their sandboxes get deleted), stop the servers, close the pool."""
+        self._closed = True
+        running = list(self._running)
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+        stack, self._stack = self._stack, None
+        try:
+            if stack is not None:
+                await stack.aclose()  # the sandbox server deletes whatever is left
+                await self._sweep()
+        finally:
+            # The actor's loop is not asyncio.run's: close its pool by hand.
+            await HttpPool.for_loop().aclose()
+
+    async def _sweep(self) -> None:
+        """Remove folders of our embedded server's sandboxes whose deletion failed."""
+        if self.cfg.sandbox_url is not None or self._sandboxes is None:
+            return  # not our server: its owner cleans up
+        root = self.cfg.sandbox_root or default_root()
+        candidates = [root / sid for sid in sorted(self._sandboxes.live)]
+        left = await asyncio.to_thread(lambda: [p for p in candidates if p.exists()])
+        if left:
+            log.warning("removing %d sandbox folders left behind: %s", len(left), left)
+            for path in left:
+                await asyncio.to_thread(_rmtree, path)
+
+
+def shard_capacities(workers: int, shards: int) -> list[int]:
+    """``workers`` agents at once split over ``shards`` actors (each at least one)."""
+    base, extra = divmod(max(workers, shards), shards)
+    return [base + (1 if i < extra else 0) for i in range(shards)]
+
+
+@dataclass(eq=False)
+class _Shard:
+    index: int
+    name: str
+    handle: Any
+    capacity: int
+    slot: int
+    started: bool = False
+    alive: bool = True
+    running: set[str] = field(default_factory=set)
+
+    @property
+    def free(self) -> int:
+        return self.capacity - len(self.running) if self.alive and self.started else 0
+
+
+def _future(ref: Any) -> asyncio.Future[Any]:
+    return asyncio.wrap_future(ref.future())
+
+
+async def _drive(
+    cfg: FleetConfig,
+    tasks: list[Task],
+    *,
+    shards: int,
+    sandbox_urls: list[str] | None,
+    listener: Listener | None,
+    actor_hook: ActorHook | None,
+    actor_options: dict[str, Any],
+    max_actor_restarts: int,
+    max_task_attempts: int,
+    shutdown_timeout_s: float,
+) -> list[TaskOutcome]:
+    writer = ResultsWriter(cfg.run_dir)
+    await writer.prepare(
+        {
+            "dataset": cfg.dataset,
+            "split": cfg.split,
+            "model": cfg.model.spec,
+            "workers": cfg.workers,
+            "tasks": [t.id for t in tasks],
+            "backend": "ray",
+            "shards": shards,
+        }
+    )
+    notify = listener or (lambda *_: None)
+    by_id = {t.id: t for t in tasks}
+    capacities = shard_capacities(cfg.workers, shards)
+    actor_cls: Any = ray.remote(FleetShard)
+    prefix = f"agentfleet-{cfg.run_dir.name}-{os.getpid()}-{time.monotonic_ns() % 10**6}"
+
+    pending: deque[str] = deque(t.id for t in tasks)
+    attempts: dict[str, int] = dict.fromkeys(by_id, 0)
+    outcomes: list[TaskOutcome] = []
+    all_shards: list[_Shard] = []
+    # future -> (shard, task id or None for the shard's start call)
+    waiting: dict[asyncio.Future[Any], tuple[_Shard, str | None]] = {}
+    restarts = 0
+
+    def launch(slot: int) -> None:
+        index = len(all_shards)
+        url = sandbox_urls[slot % len(sandbox_urls)] if sandbox_urls else cfg.sandbox_url
+        shard_cfg = dataclasses.replace(cfg, sandbox_url=url, workers=capacities[slot])
+        name = f"{prefix}-{index}"
+        options = {
+            "name": name,
+            "max_concurrency": capacities[slot] + 4,  # room for start/shutdown calls
+            "num_cpus": 0,
+            "scheduling_strategy": "SPREAD",
+            **actor_options,
+        }
+        runtime_env = dict(options.get("runtime_env") or {})
+        env_vars = {**ACTOR_ENV, **runtime_env.get("env_vars", {})}
+        if env_vars:
+            options["runtime_env"] = {**runtime_env, "env_vars": env_vars}
+        handle = actor_cls.options(**options).remote(shard_cfg, index)
+        shard = _Shard(index, name, handle, capacities[slot], slot)
+        all_shards.append(shard)
+        waiting[_future(handle.start.remote())] = (shard, None)
+        if actor_hook is not None:
+            actor_hook(name, handle)
+
+    async def record(outcome: TaskOutcome, traj: dict[str, Any]) -> None:
+        await writer.write(outcome, traj)
+        outcomes.append(outcome)
+        notify("done", by_id[outcome.instance_id], outcome)
+
+    async def give_up(task_id: str, error: str) -> None:
+        outcome = TaskOutcome(task_id, "Error", error=error)
+        await record(outcome, trajectory(by_id[task_id], outcome, [], None, ""))
+
+    def lose(shard: _Shard, exc: BaseException) -> None:
+        nonlocal restarts
+        if not shard.alive:
+            return
+        shard.alive = False
+        log.warning("Ray actor %s died (%s)", shard.name, type(exc).__name__)
+        if restarts < max_actor_restarts and pending_or_running():
+            restarts += 1
+            launch(shard.slot)
+
+    def pending_or_running() -> bool:
+        return bool(pending) or any(s.running for s in all_shards if s.alive)
+
+    try:
+        for slot in range(shards):
+            launch(slot)
+        while pending or waiting:
+            for shard in all_shards:
+                while pending and shard.free > 0:
+                    task_id = pending.popleft()
+                    attempts[task_id] += 1
+                    shard.running.add(task_id)
+                    notify("start", by_id[task_id], None)
+                    waiting[_future(shard.handle.run_task.remote(task_id))] = (shard, task_id)
+            if not waiting:  # work left, no actor alive or starting
+                for task_id in pending:
+                    await give_up(task_id, "no Ray actor left to run it")
+                pending.clear()
+                break
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            for fut in done:
+                shard, what = waiting.pop(fut)
+                if what is None:  # a start call
+                    try:
+                        info = fut.result()
+                    except RayActorError as exc:
+                        lose(shard, exc)
+                    except RayTaskError as exc:
+                        if not any(s.started for s in all_shards):
+                            raise RuntimeError(f"Ray actor {shard.name} could not start") from exc
+                        log.error("Ray actor %s could not start: %s", shard.name, exc)
+                        shard.alive = False
+                    else:
+                        shard.started = True
+                        log.info(
+                            "shard %s on %s (pid %s, %s loop), sandboxes %s, evaluation %s",
+                            shard.name,
+                            info["host"],
+                            info["pid"],
+                            info["loop"],
+                            info["sandbox_url"],
+                            info["eval_url"],
+                        )
+                    continue
+                task_id = what
+                shard.running.discard(task_id)
+                try:
+                    outcome, traj = fut.result()
+                except RayActorError as exc:
+                    if attempts[task_id] >= max_task_attempts:
+                        await give_up(task_id, f"its Ray actor died {attempts[task_id]} times")
+                    else:
+                        pending.appendleft(task_id)
+                    lose(shard, exc)
+                except RayTaskError as exc:
+                    await give_up(task_id, f"{type(exc).__name__}: {exc}"[:2000])
+                else:
+                    await record(outcome, traj)
+    finally:
+        for fut in waiting:
+            fut.cancel()
+        await _stop(all_shards, shutdown_timeout_s)
+    order = {t.id: i for i, t in enumerate(tasks)}
+    return sorted(outcomes, key=lambda o: order[o.instance_id])
+
+
+async def _stop(shards: list[_Shard], timeout_s: float) -> None:
+    """Ask every actor to shut down (bounded wait), then kill it. Safe to call when cancelled."""
+    live = [s for s in shards if s.alive]
+    calls = []
+    for shard in live:
+        try:
+            calls.append(_future(shard.handle.shutdown.remote()))
+        except Exception as exc:  # the actor is gone already
+            log.debug("shutdown of %s: %s", shard.name, exc)
+    if calls:
+        done, not_done = await asyncio.wait(calls, timeout=timeout_s)
+        for fut in done:
+            if not fut.cancelled() and fut.exception() is not None:
+                log.debug("actor shutdown failed: %s", fut.exception())
+        for fut in not_done:
+            fut.cancel()
+        if not_done:
+            log.warning("%d Ray actors did not shut down in %.0f s", len(not_done), timeout_s)
+
+    def kill_all() -> None:
+        for shard in shards:
+            try:
+                ray.kill(shard.handle)
+            except Exception as exc:
+                log.debug("ray.kill(%s): %s", shard.name, exc)
+            shard.alive = False
+
+    await asyncio.to_thread(kill_all)
+
+
+def run_fleet_ray(
+    cfg: FleetConfig,
+    *,
+    shards: int,
+    address: str | None = None,
+    sandbox_urls: list[str] | None = None,
+    listener: Listener | None = None,
+    actor_hook: ActorHook | None = None,
+    actor_options: dict[str, Any] | None = None,
+    max_actor_restarts: int | None = None,
+    max_task_attempts: int = 3,
+    shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
+    init_kwargs: dict[str, Any] | None = None,
+) -> list[TaskOutcome]:
+    """Run the fleet on ``shards`` Ray actors; results land in ``cfg.run_dir`` as they finish.
+
+    Call from sync code (not inside a running event loop). Connects to Ray with
+    ``ray.init(address=address)`` unless Ray is initialised already (``None``: start a local
+    single-node Ray, dashboard off); shuts Ray down at the end only if it started it.
+
+    Args:
+        shards: number of actors; ``cfg.workers`` agents at once are split over them.
+        address: ``"auto"``, ``"ray://head:10001"``, ``"host:6379"`` or ``None``.
+        sandbox_urls: sandbox servers; actor ``i`` uses ``sandbox_urls[i % len]``. ``None``:
+            ``cfg.sandbox_url`` if set, else each actor embeds one on its node.
+            ``cfg.eval_url``: a shared evaluation server; ``None``: one embedded per actor.
+        listener: ``listener(event, task, outcome)`` with ``"start"`` / ``"done"``, as for
+            the local backend (called on the driver).
+        actor_hook: called with ``(name, handle)`` for every actor started (tests).
+        actor_options: extra ``.options(...)`` for the actors (``num_cpus``, ``resources``,
+            ``scheduling_strategy``...; defaults: ``num_cpus=0``, ``"SPREAD"``).
+        max_actor_restarts: replacement actors for ones that die (default: ``shards``).
+        max_task_attempts: runs of one task whose actor keeps dying before it is an Error.
+        shutdown_timeout_s: bound on the actors' graceful shutdown, before ``ray.kill``.
+        init_kwargs: extra ``ray.init`` arguments when this function starts Ray.
+
+    Raises:
+        KeyboardInterrupt: on Ctrl-C, after the actors and their sandboxes are gone.
+    """
+    if shards < 1:
+        raise ValueError("shards must be at least 1")
+    if sandbox_urls is not None and not sandbox_urls:
+        raise ValueError("sandbox_urls is empty")
+    tasks = select_tasks(cfg)
+    cfg.model.prepare()
+    started_ray = False
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = dict(init_kwargs or {})
+        if address is None and not os.environ.get("RAY_ADDRESS"):  # a new local Ray
+            kwargs.setdefault("include_dashboard", False)
+            kwargs.setdefault("_node_ip_address", "127.0.0.1")
+        ray.init(address=address, **kwargs)
+        started_ray = True
+    try:
+        return asyncio.run(
+            _drive(
+                cfg,
+                tasks,
+                shards=shards,
+                sandbox_urls=sandbox_urls,
+                listener=listener,
+                actor_hook=actor_hook,
+                actor_options=dict(actor_options or {}),
+                max_actor_restarts=shards if max_actor_restarts is None else max_actor_restarts,
+                max_task_attempts=max_task_attempts,
+                shutdown_timeout_s=shutdown_timeout_s,
+            )
+        )
+    finally:
+        if started_ray:
+            ray.shutdown()

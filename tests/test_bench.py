@@ -1,0 +1,208 @@
+"""The bench commands at a tiny size: they run, print a well-formed table, write results."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from agentfleet.bench.cli import bench_app
+from agentfleet.bench.fleet_bench import thread_sample
+from agentfleet.bench.http_bench import HttpCase, plot_sweep, sample_size
+
+runner = CliRunner()
+
+
+def _invoke(args: list[str]) -> str:
+    result = runner.invoke(bench_app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _table_rows(output: str, header_start: str) -> list[list[str]]:
+    lines = output.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith(header_start))
+    assert lines[start + 1].startswith("|--")
+    rows = []
+    for ln in lines[start + 2 :]:
+        if not ln.startswith("|"):
+            break
+        rows.append([c.strip() for c in ln.strip("|").split("|")])
+    return rows
+
+
+def _results(out: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((out / "results.json").read_text())
+    assert (out / "table.md").exists()
+    return data
+
+
+def test_bench_http_tiny(tmp_path: Path) -> None:
+    out = tmp_path / "http"
+    # max-seconds below blocking's 2 x 2 x 0.05 s: it runs 1 agent and is extrapolated
+    output = _invoke(
+        [
+            "http",
+            "--n",
+            "2",
+            "--rounds",
+            "2",
+            "--latency",
+            "0.05",
+            "--max-seconds",
+            "0.15",
+            "--out",
+            str(out),
+        ]
+    )
+    rows = _table_rows(output, "| pattern")
+    patterns = ["blocking", "per-call", "threads", "agentfleet", "agentfleet-blocking"]
+    assert [r[0] for r in rows] == patterns
+    data = _results(out)
+    assert data["kind"] == "http"
+    by = {r["pattern"]: r for r in data["rows"]}
+    assert set(by) == set(patterns)
+    for r in data["rows"]:
+        for key in (
+            "wall_s",
+            "ideal_s",
+            "wall_over_ideal",
+            "evals_per_s",
+            "connections",
+            "peak_in_flight",
+            "errors",
+            "client_cpu_s",
+            "client_peak_rss_mib",
+        ):
+            assert key in r, key
+        assert r["errors"] == 0, r
+        assert r["ideal_s"] == pytest.approx(0.1)
+    assert by["blocking"]["extrapolated"] and by["blocking"]["agents_run"] == 1
+    assert "extrapolated" in by["blocking"]["note"]
+    assert by["blocking"]["peak_in_flight"] == 1  # the loop stood still: one at a time
+    assert by["per-call"]["connections"] == 4  # a connection per call (N x R)
+    assert by["agentfleet"]["connections"] <= 2  # pooled: at most one per agent here
+    assert by["agentfleet"]["pool_limits"] == {"limit": 100, "per_host": 50}
+
+
+def test_bench_http_rejects_unknown(tmp_path: Path) -> None:
+    result = runner.invoke(bench_app, ["http", "--scenario", "nope", "--out", str(tmp_path)])
+    assert result.exit_code != 0
+
+
+def test_bench_sandbox_tiny(tmp_path: Path) -> None:
+    out = tmp_path / "sandbox"
+    output = _invoke(
+        [
+            "sandbox",
+            "--n",
+            "2",
+            "--seq",
+            "5",
+            "--sleep",
+            "0.05",
+            "--confine",
+            "no",
+            "--out",
+            str(out),
+        ]
+    )
+    rows = _table_rows(output, "| what")
+    assert len(rows) == 4
+    assert rows[0][0].startswith("process backend over HTTP")
+    assert rows[1][0].startswith("null sandbox server")
+    data = _results(out)
+    assert data["kind"] == "sandbox"
+    for r in data["rows"]:
+        for key in ("concurrent_wall_s", "rtt_median_ms", "rtt_p95_ms", "concurrent_errors"):
+            assert key in r, key
+        assert r["concurrent_errors"] == 0
+
+
+def test_bench_fleet_tiny(tmp_path: Path) -> None:
+    out = tmp_path / "fleet"
+    output = _invoke(
+        [
+            "fleet",
+            "--n",
+            "2",
+            "--steps",
+            "2",
+            "--delay",
+            "0.05",
+            "--workers",
+            "n,1",
+            "--max-seconds",
+            "0.15",
+            "--sandbox",
+            "null,process",
+            "--confine",
+            "no",
+            "--out",
+            str(out),
+        ]
+    )
+    rows = _table_rows(output, "| runner")
+    assert [(r[0], r[1]) for r in rows] == [
+        ("agentfleet", "null"),
+        ("threads W=2", "null"),
+        ("threads W=1", "null"),
+        ("agentfleet", "process"),
+        ("threads W=2", "process"),
+        ("threads W=1", "process"),
+    ]
+    data = _results(out)
+    for r in data["rows"]:
+        for key in ("wall_s", "ideal_s", "wall_over_ideal", "runner_peak_rss_mib", "setup_s"):
+            assert key in r, key
+        assert r["submitted"] == r["agents_run"], r
+        assert r["ideal_s"] == pytest.approx(0.1)
+    w1 = [r for r in data["rows"] if r["runner"] == "threads W=1"]
+    assert all(r["extrapolated"] and r["agents_run"] == 1 for r in w1)
+
+
+def test_sampling_rules() -> None:
+    assert sample_size("agentfleet", HttpCase(1000, 1, 1.0, 60)) == 1000
+    assert sample_size("blocking", HttpCase(50, 1, 1.0, 60)) == 50
+    assert sample_size("blocking", HttpCase(200, 1, 1.0, 60)) == 60
+    assert sample_size("blocking", HttpCase(200, 10, 1.0, 30)) == 3
+    assert thread_sample(200, 10, 0.5, 200, 30) == 200
+    assert thread_sample(200, 10, 0.5, 16, 30) == 96  # 6 waves of 16 fit in 30 s
+
+
+def test_plot_sweep(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    rows = [
+        {
+            "pattern": p,
+            "n": n,
+            "rounds": 1,
+            "latency_s": 1.0,
+            "wall_over_ideal": w,
+            "connections": c,
+            "extrapolated": p == "blocking" and n > 10,
+        }
+        for p, w, c in (("blocking", 10.0, 10), ("agentfleet", 1.01, 5))
+        for n in (10, 50)
+    ]
+    path = tmp_path / "plot.png"
+    assert plot_sweep(rows, path) is None
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_module_entry_point() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "agentfleet.bench", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for cmd in ("http", "sandbox", "fleet"):
+        assert cmd in proc.stdout

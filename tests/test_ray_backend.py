@@ -1,0 +1,277 @@
+"""The Ray backend: a local Ray (one session for the module), fleets over 2 shards.
+
+The tests are sync on purpose: Ray's blocking APIs are called outside any event loop, and
+``run_fleet_ray`` runs its own loop (as the CLI does).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from agentfleet.agent import AgentConfig
+from agentfleet.fleet.runner import FleetConfig, TaskOutcome
+from agentfleet.models import SUBMIT_SENTINEL, ModelSpec
+from agentfleet.models.offline import bash_reply
+
+try:
+    import ray
+except ImportError:  # pragma: no cover - depends on the install
+    if os.environ.get("CI") == "true":
+        raise  # CI installs the ray extra: a missing ray is a failure there
+    ray = None  # type: ignore[assignment]
+
+needs_ray = pytest.mark.skipif(
+    ray is None, reason="ray is not installed (pip install 'agentfleet[ray]')"
+)
+
+
+def test_local_path_never_imports_ray() -> None:
+    code = (
+        "import sys, agentfleet.cli, agentfleet.fleet.runner, agentfleet.fleet.report; "
+        "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    assert out.strip() == "[]", out
+
+
+@needs_ray
+def test_shard_capacities_split_the_workers() -> None:
+    from agentfleet.fleet.ray_backend import shard_capacities
+
+    assert shard_capacities(8, 2) == [4, 4]
+    assert shard_capacities(5, 2) == [3, 2]
+    assert shard_capacities(1, 3) == [1, 1, 1]  # every shard runs at least one agent
+    assert sum(shard_capacities(10, 3)) == 10
+
+
+@pytest.fixture(scope="module")
+def ray_session() -> Iterator[None]:
+    if ray is None:
+        pytest.skip("ray is not installed (pip install 'agentfleet[ray]')")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        namespace="agentfleet-tests",
+        log_to_driver=False,
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def config(tmp_path: Path, model: ModelSpec, tasks: list[str], **kw: Any) -> FleetConfig:
+    return FleetConfig(
+        model=model,
+        run_dir=tmp_path / "run",
+        task_ids=tasks,
+        workers=kw.pop("workers", 4),
+        agent=AgentConfig(step_limit=6),
+        sandbox_root=tmp_path / "sandboxes",
+        eval_repeats=kw.pop("eval_repeats", 3),
+        **kw,
+    )
+
+
+def scripted(tmp_path: Path, *commands: str) -> ModelSpec:
+    replies = [bash_reply("step", c) for c in commands]
+    replies.append(bash_reply("done", f"echo {SUBMIT_SENTINEL}"))
+    path = tmp_path / "replies.json"
+    path.write_text(json.dumps({"replies": replies}))
+    return ModelSpec(f"scripted:{path}")
+
+
+def result_ids(cfg: FleetConfig) -> list[str]:
+    lines = (cfg.run_dir / "results.jsonl").read_text().splitlines()
+    return sorted(json.loads(line)["instance_id"] for line in lines)
+
+
+def leftovers(root: Path) -> list[str]:
+    return [p.name for p in root.iterdir()] if root.exists() else []
+
+
+def marked(marker: str) -> list[psutil.Process]:
+    return [
+        p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])
+    ]
+
+
+def actors_gone(names: list[str]) -> bool:
+    for name in names:
+        try:
+            ray.get_actor(name)
+        except ValueError:
+            continue
+        return False
+    return True
+
+
+@pytest.mark.slow
+def test_oracle_fleet_on_two_shards(
+    ray_session: None, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from agentfleet.fleet.ray_backend import run_fleet_ray
+
+    caplog.set_level(logging.INFO, logger="agentfleet.fleet.ray")
+
+    ids = ["dedupe-pairs", "rr-scheduler", "sku-diff"]
+    cfg = config(tmp_path, ModelSpec("oracle"), ids)
+    events: list[tuple[str, str]] = []
+    names: list[str] = []
+    outcomes = run_fleet_ray(
+        cfg,
+        shards=2,
+        listener=lambda event, task, _: events.append((event, task.id)),
+        actor_hook=lambda name, _: names.append(name),
+    )
+    assert [o.instance_id for o in outcomes] == ids
+    for o in outcomes:
+        assert o.exit_status == "Submitted", o
+        assert o.info["status"] == "ok", o.info
+        assert o.reward > 0 and o.speedup >= 1.5, o
+    assert result_ids(cfg) == sorted(ids)  # every task exactly once
+    assert sorted(e for e in events if e[0] == "done") == sorted(("done", i) for i in ids)
+    traj = json.loads((cfg.run_dir / "trajectories" / "dedupe-pairs.traj.json").read_text())
+    assert traj["info"]["exit_status"] == "Submitted"
+    assert "diff --git" in traj["info"]["submission"]
+    assert json.loads((cfg.run_dir / "config.json").read_text())["shards"] == 2
+    assert len(names) == 2
+    # each actor on asyncio's own loop (not Ray's default uvloop), as the local backend
+    started = [r.getMessage() for r in caplog.records if r.getMessage().startswith("shard ")]
+    assert len(started) == 2 and all("asyncio.unix_events loop" in m for m in started), started
+    assert leftovers(tmp_path / "sandboxes") == []
+    assert actors_gone(names)
+
+
+@pytest.mark.slow
+def test_killed_actor_tasks_rerun_elsewhere(ray_session: None, tmp_path: Path) -> None:
+    from agentfleet.fleet.ray_backend import run_fleet_ray
+
+    marker = f"agentfleet-raykill-{os.getpid()}"
+    ids = ["dedupe-pairs", "rr-scheduler", "sku-diff", "byte-stats"]
+    cfg = config(tmp_path, scripted(tmp_path, f"sleep 4 # {marker}"), ids, eval_repeats=1)
+    handles: list[tuple[str, Any]] = []
+    killed: list[str] = []
+
+    def killer() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not marked(marker):
+            time.sleep(0.1)
+        if handles:
+            name, handle = handles[0]
+            ray.kill(handle)
+            killed.append(name)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    outcomes: list[TaskOutcome] = run_fleet_ray(
+        cfg, shards=2, actor_hook=lambda name, handle: handles.append((name, handle))
+    )
+    thread.join(timeout=10)
+    assert killed == [handles[0][0]], "the first actor was never killed"
+    assert len(handles) == 3  # two shards and one replacement
+    assert [o.instance_id for o in outcomes] == ids
+    for o in outcomes:
+        assert o.exit_status == "Submitted", o
+        assert o.info["status"] == "ok", o.info
+    assert result_ids(cfg) == sorted(ids)  # each once, the interrupted ones included
+    assert actors_gone([name for name, _ in handles])
+
+
+@pytest.mark.slow
+def test_interrupt_stops_actors_and_sandboxes(ray_session: None, tmp_path: Path) -> None:
+    from agentfleet.fleet.ray_backend import run_fleet_ray
+
+    marker = f"agentfleet-rayint-{os.getpid()}"
+    ids = ["dedupe-pairs", "sku-diff", "byte-stats"]
+    cfg = config(tmp_path, scripted(tmp_path, f"sleep 300 # {marker}"), ids)
+    names: list[str] = []
+
+    def interrupt() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(marked(marker)) < 3:
+            time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: the main thread runs the driver
+
+    thread = threading.Thread(target=interrupt, daemon=True)
+    thread.start()
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_fleet_ray(cfg, shards=2, actor_hook=lambda name, _: names.append(name))
+    thread.join(timeout=10)
+    assert time.monotonic() - start < 120
+    assert leftovers(tmp_path / "sandboxes") == []
+    assert not marked(marker)
+    assert actors_gone(names)
+    assert not (cfg.run_dir / "results.jsonl").exists()
+
+
+DRIVER = """
+import json, sys
+from pathlib import Path
+from agentfleet.agent import AgentConfig
+from agentfleet.fleet.ray_backend import run_fleet_ray
+from agentfleet.fleet.runner import FleetConfig
+from agentfleet.models import ModelSpec
+from agentfleet.models.offline import bash_reply
+
+tmp, marker = Path(sys.argv[1]), sys.argv[2]
+(tmp / "r.json").write_text(json.dumps([bash_reply("wait", f"sleep 300 # {marker}")]))
+cfg = FleetConfig(
+    model=ModelSpec(f"scripted:{tmp / 'r.json'}"), run_dir=tmp / "run",
+    task_ids=["dedupe-pairs", "sku-diff", "byte-stats"], workers=3,
+    agent=AgentConfig(step_limit=3), sandbox_root=tmp / "sandboxes", eval_repeats=1,
+)
+try:
+    run_fleet_ray(cfg, shards=2, init_kwargs={"num_cpus": 2})
+except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
+"""
+
+
+@needs_ray
+@pytest.mark.slow
+def test_ctrl_c_on_a_driver_that_started_ray(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal: SIGINT to the driver's whole process group (Ray's own too)."""
+    marker = f"agentfleet-rayctrlc-{os.getpid()}"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(tmp_path), marker],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(leftovers(tmp_path / "sandboxes")) < 3:
+            time.sleep(0.2)
+        assert len(leftovers(tmp_path / "sandboxes")) == 3, "the agents never started"
+        while time.monotonic() < deadline and len(marked(marker)) < 3:
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err[-3000:]
+    assert "interrupted" in err
+    assert leftovers(tmp_path / "sandboxes") == []
+    assert not marked(marker)
