@@ -10,13 +10,12 @@ from typing import Any
 import pytest
 
 from agentfleet.http import HttpPool, RetryPolicy
+from agentfleet.http.retry import backoff_delay, retry_after_from_headers
 from agentfleet.models import Model, ModelError
 from agentfleet.models.mock_server import create_mock_llm_app
 from agentfleet.models.openai_chat import (
     OpenAIChatModel,
     OpenRouterModel,
-    backoff_wait,
-    parse_retry_after,
 )
 from agentfleet.models.pricing import Price, PriceTable, RunBudget
 from agentfleet.serving import serve_in_loop
@@ -305,15 +304,15 @@ def test_price_table(tmp_path: Path) -> None:
 
 
 def test_retry_after_and_backoff() -> None:
-    assert parse_retry_after({"Retry-After": "2"}) == 2.0
-    assert parse_retry_after({"retry-after-ms": "250", "Retry-After": "2"}) == 0.25
-    assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
-    assert parse_retry_after({"retry-after": "soon"}) is None
-    assert parse_retry_after({}) is None
+    assert retry_after_from_headers({"Retry-After": "2"}) == 2.0
+    assert retry_after_from_headers({"retry-after-ms": "250", "Retry-After": "2"}) == 0.25
+    assert retry_after_from_headers({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
+    assert retry_after_from_headers({"retry-after": "soon"}) is None
+    assert retry_after_from_headers({}) is None
     policy = RetryPolicy(attempts=5, wait_min=1.0, wait_max=30.0)
-    assert backoff_wait(policy, 1) == 1.0
-    assert all(1.0 <= backoff_wait(policy, 3) <= 4.0 for _ in range(50))
-    assert all(1.0 <= backoff_wait(policy, 20) <= 30.0 for _ in range(50))
+    assert backoff_delay(policy, 1) == 1.0
+    assert all(1.0 <= backoff_delay(policy, 3) <= 4.0 for _ in range(50))
+    assert all(1.0 <= backoff_delay(policy, 20) <= 30.0 for _ in range(50))
 
 
 async def test_relative_base_url_is_request_error() -> None:

@@ -94,14 +94,22 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
-def retry_after_of(resp: object) -> float | None:
-    headers = getattr(resp, "headers", None)
+def retry_after_from_headers(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` (OpenAI's) or ``Retry-After``; None if absent."""
     if not headers:
         return None
-    for k, v in headers.items():
-        if k.lower() == "retry-after":
-            return parse_retry_after(v)
-    return None
+    lower = {k.lower(): v for k, v in headers.items()}
+    ms = lower.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    return parse_retry_after(lower.get("retry-after"))
+
+
+def retry_after_of(resp: object) -> float | None:
+    return retry_after_from_headers(getattr(resp, "headers", None))
 
 
 def backoff_delay(policy: RetryPolicy, attempt: int, rng: random.Random | None = None) -> float:

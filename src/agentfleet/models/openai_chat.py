@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import email.utils
 import logging
 import os
 import random
@@ -17,6 +16,7 @@ import aiohttp
 
 from agentfleet.http import LLM_TIMEOUTS, HttpError, HttpPool, HttpStatusError, Response
 from agentfleet.http import RetryPolicy as RetryPolicy
+from agentfleet.http.retry import backoff_delay, retry_after_from_headers
 from agentfleet.models.base import Message, ModelError, ModelReply, ModelStats
 from agentfleet.models.pricing import PriceTable, RunBudget
 
@@ -60,35 +60,6 @@ class _Retryable(Exception):
     def __init__(self, message: str, wait: float | None = None) -> None:
         super().__init__(message)
         self.wait = wait
-
-
-def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP date)."""
-    lower = {k.lower(): v for k, v in headers.items()}
-    ms = lower.get("retry-after-ms")
-    if ms is not None:
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except ValueError:
-            pass
-    value = lower.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def backoff_wait(policy: RetryPolicy, attempt: int, rng: random.Random | None = None) -> float:
-    """Exponential backoff with jitter: attempt 1 waits wait_min, later ones up to wait_max."""
-    ceiling = min(policy.wait_max, policy.wait_min * 2 ** max(0, attempt - 1))
-    return (rng or random).uniform(policy.wait_min, max(policy.wait_min, ceiling))
 
 
 def _error_detail(body: Any, fallback: str) -> tuple[str, str]:
@@ -205,7 +176,7 @@ class OpenAIChatModel:
                 if attempt == attempts:
                     break
                 wait = (
-                    exc.wait if exc.wait is not None else backoff_wait(policy, attempt, self._rng)
+                    exc.wait if exc.wait is not None else backoff_delay(policy, attempt, self._rng)
                 )
                 if wait > MAX_RETRY_AFTER_S or time.monotonic() + wait > deadline:
                     last += f" (next retry in {wait:.1f} s would exceed the retry budget)"
@@ -269,7 +240,9 @@ class OpenAIChatModel:
             return data
         code, message = _error_detail(data, response.text()[:500] or f"HTTP {status}")
         if is_retryable_status(status):
-            raise _Retryable(f"HTTP {status}: {message[:300]}", parse_retry_after(response.headers))
+            raise _Retryable(
+                f"HTTP {status}: {message[:300]}", retry_after_from_headers(response.headers)
+            )
         self._raise_fatal(status, code, message)
 
     def _raise_fatal(self, status: int, code: str, message: str) -> Any:

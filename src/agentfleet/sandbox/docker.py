@@ -55,7 +55,6 @@ from agentfleet.sandbox.base import (
     SandboxNotFound,
 )
 from agentfleet.sandbox.process import (
-    _GIT_ENV,
     DEFAULT_PATH,
     MARKER,
     MAX_FILE_BYTES,
@@ -64,6 +63,7 @@ from agentfleet.sandbox.process import (
     _owner_alive,
     _process_start_time,
     _rmtree,
+    command_env,
     default_root,
 )
 
@@ -483,20 +483,7 @@ class DockerBackend:
     # exec ------------------------------------------------------------------------------
     @staticmethod
     def _env(box: _Box, extra: dict[str, str], token: str) -> dict[str, str]:
-        env = {
-            "PATH": DEFAULT_PATH,
-            "HOME": str(box.work),
-            "LANG": "C.UTF-8",
-            "LC_ALL": "C.UTF-8",
-            "TMPDIR": "/tmp",
-            "PYTHONDONTWRITEBYTECODE": "1",
-            "PYTHONUNBUFFERED": "1",
-            "PAGER": "cat",
-            "GIT_PAGER": "cat",
-            "TERM": "dumb",
-            **{k: v for k, v in _GIT_ENV.items() if not k.endswith("_DATE")},
-        }
-        env.update(extra)
+        env = command_env(DEFAULT_PATH, str(box.work), "/tmp", extra)
         env[TOKEN_VAR] = token
         return env
 

@@ -156,6 +156,24 @@ class _PipeProtocol(asyncio.Protocol):
             self.done.set_result(None)
 
 
+def command_env(path: str, home: str, tmpdir: str, extra: dict[str, str]) -> dict[str, str]:
+    """The environment of a sandbox command: minimal and predictable, then the caller's."""
+    return {
+        "PATH": path,
+        "HOME": home,
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "TMPDIR": tmpdir,
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "PAGER": "cat",
+        "GIT_PAGER": "cat",
+        "TERM": "dumb",
+        **{k: v for k, v in _GIT_ENV.items() if not k.endswith("_DATE")},
+        **extra,
+    }
+
+
 class _Fd:
     """The minimal file object ``connect_read_pipe`` wants: it closes the fd when done.
 
@@ -580,21 +598,7 @@ class ProcessBackend:
     # exec ------------------------------------------------------------------------------
     def _env(self, sb: _Sandbox, extra: dict[str, str]) -> dict[str, str]:
         tmp = "/tmp" if self.confined else str(sb.tmp)
-        env = {
-            "PATH": self.path,
-            "HOME": str(sb.work),
-            "LANG": "C.UTF-8",
-            "LC_ALL": "C.UTF-8",
-            "TMPDIR": tmp,
-            "PYTHONDONTWRITEBYTECODE": "1",
-            "PYTHONUNBUFFERED": "1",
-            "PAGER": "cat",
-            "GIT_PAGER": "cat",
-            "TERM": "dumb",
-            **{k: v for k, v in _GIT_ENV.items() if not k.endswith("_DATE")},
-        }
-        env.update(extra)
-        return env
+        return command_env(self.path, str(sb.work), tmp, extra)
 
     def _argv(self, sb: _Sandbox, cwd: Path, command: str) -> list[str]:
         if not self.confined:
