@@ -257,7 +257,7 @@ def run(
         else:
             with ctx if ctx is not None else nullcontext():
                 if backend == "ray":
-                    outcomes = _run_on_ray(cfg, shards, ray_address, sandbox_url, listener)
+                    outcomes = _run_on_ray(cfg, shards, ray_address, sandbox_url, listener, monitor)
                 else:
                     outcomes = asyncio.run(run_fleet(cfg, listener, monitor=monitor))
     except KeyboardInterrupt:
@@ -299,7 +299,12 @@ def run(
 
 
 def _run_on_ray(
-    cfg: Any, shards: int, address: str | None, sandbox_urls: list[str] | None, listener: Any
+    cfg: Any,
+    shards: int,
+    address: str | None,
+    sandbox_urls: list[str] | None,
+    listener: Any,
+    monitor: Any,
 ) -> Any:
     """The Ray backend, imported only when asked for (the local path never imports ray)."""
     try:
@@ -311,8 +316,19 @@ def _run_on_ray(
 
         ids = cfg.task_ids or load_dataset(cfg.dataset).task_ids(cfg.split)
         cfg.task_ids = plan_resume(cfg.run_dir, list(ids), rerun_failed=cfg.rerun_failed).todo
+    ids = cfg.task_ids or load_dataset(cfg.dataset).task_ids(cfg.split)
+    monitor.total = len(ids)
+
+    def feed(event: str, task: Any, outcome: Any) -> None:  # the monitor, as run_fleet does
+        if event == "start":
+            monitor.running[task.id] = time.monotonic()
+        elif outcome is not None:
+            monitor.record(outcome)
+        if listener is not None:
+            listener(event, task, outcome)
+
     return run_fleet_ray(
-        cfg, shards=shards, address=address, sandbox_urls=sandbox_urls, listener=listener
+        cfg, shards=shards, address=address, sandbox_urls=sandbox_urls, listener=feed
     )
 
 
