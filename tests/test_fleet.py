@@ -16,8 +16,11 @@ import pytest
 
 from agentfleet.agent import AgentConfig
 from agentfleet.fleet.runner import FleetConfig, run_fleet
+from agentfleet.http import HttpPool, RetryPolicy
 from agentfleet.models import SUBMIT_SENTINEL, ModelSpec
+from agentfleet.models.mock_server import create_mock_llm_app
 from agentfleet.models.offline import bash_reply
+from agentfleet.serving import serve_in_loop
 
 AGENTFLEET = str(Path(sys.executable).with_name("agentfleet"))
 
@@ -188,3 +191,30 @@ def test_sigint_leaves_no_sandbox_or_process(tmp_path: Path) -> None:
     assert not [
         p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])
     ]
+
+
+@pytest.mark.slow
+async def test_fleet_over_mock_llm_with_injected_errors(tmp_path: Path) -> None:
+    """A fleet over real HTTP to the mock LLM: 30% of calls fail (429, 500, dropped
+    connection), every task is still solved like the oracle, and the cost and token totals
+    in the results match what the mock reported."""
+    app = create_mock_llm_app(error_rate=0.3, seed=7, cost_per_call=0.001)
+    async with serve_in_loop(app) as mock:
+        retry = RetryPolicy(attempts=10, wait_min=0.01, wait_max=0.05, budget_s=60)
+        spec = ModelSpec("openai/mock-oracle", url=f"{mock.url}/v1", options={"retry": retry})
+        cfg = config(tmp_path, spec, ["rr-scheduler", "sku-diff"])
+        outcomes = await run_fleet(cfg)
+        async with HttpPool() as pool:
+            stats = (await pool.request("GET", f"{mock.url}/stats")).json()
+    assert stats["errors_total"] > 0  # errors were injected, and survived
+    for o in outcomes:
+        assert o.exit_status == "Submitted" and o.info["status"] == "ok", o
+        assert o.reward > 0
+    assert sum(o.cost for o in outcomes) == pytest.approx(0.001 * stats["completions"])
+    trajs = [
+        json.loads(p.read_text())["info"]["model_stats"]
+        for p in (cfg.run_dir / "trajectories").glob("*.traj.json")
+    ]
+    assert sum(t["api_calls"] for t in trajs) == stats["completions"]
+    assert sum(t["prompt_tokens"] for t in trajs) == stats["prompt_tokens"]
+    assert sum(t["completion_tokens"] for t in trajs) == stats["completion_tokens"]
