@@ -124,6 +124,87 @@ def test_bench_sandbox_tiny(tmp_path: Path) -> None:
         assert r["concurrent_errors"] == 0
 
 
+@pytest.mark.docker
+def test_bench_sandbox_docker_tiny(tmp_path: Path) -> None:
+    from conftest import docker_available, require_docker
+
+    from agentfleet.bench.sandbox_bench import docker_problem
+
+    problem = docker_problem() if docker_available() else "no Docker engine here"
+    if problem is not None:
+        if require_docker():
+            pytest.fail(f"AGENTFLEET_REQUIRE_DOCKER=1 but {problem}")
+        pytest.skip(problem)
+    out = tmp_path / "sandbox-docker"
+    output = _invoke(
+        [
+            "sandbox",
+            "--backend",
+            "docker",
+            "--n",
+            "2",
+            "--seq",
+            "3",
+            "--sleep",
+            "0.05",
+            "--out",
+            str(out),
+        ]
+    )
+    rows = _table_rows(output, "| what")
+    names = [r[0] for r in rows]
+    assert names[:3] == [
+        "docker backend over HTTP",
+        "bare docker exec (CLI)",
+        "bare aiodocker exec",
+    ]
+    assert any(name.startswith("null sandbox server") for name in names)
+    assert not any(name.startswith("process backend") for name in names)
+    assert "skipped" not in output
+    data = _results(out)
+    docker_rows = [r for r in data["rows"] if r["backend"] in ("docker", "docker-cli", "aiodocker")]
+    assert len(docker_rows) == 3
+    for r in docker_rows:
+        assert r["n"] == 2
+        assert r["concurrent_errors"] == 0
+        assert r["rtt_median_ms"] > 0
+    # the bench's own container is gone (removed by id in its finally)
+    ps = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", "ancestor=agentfleet-base:bookworm"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    cids = [r["raw"].get("container") for r in docker_rows]
+    assert not any(c and c[:12] in ps.stdout for c in cids)
+
+
+def test_bench_sandbox_docker_skip_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without Docker, `--backend docker` prints why it skipped and still runs the rest."""
+    from agentfleet.bench import sandbox_bench
+
+    monkeypatch.setattr(sandbox_bench, "docker_problem", lambda: "no Docker engine (test)")
+    output = _invoke(
+        [
+            "sandbox",
+            "--backend",
+            "docker",
+            "--n",
+            "2",
+            "--seq",
+            "3",
+            "--sleep",
+            "0.05",
+            "--no-null",
+            "--out",
+            str(tmp_path / "skip"),
+        ]
+    )
+    assert "docker: skipped -- no Docker engine (test)" in output
+    names = [r[0] for r in _table_rows(output, "| what")]
+    assert not any("docker" in name for name in names)
+
+
 def test_bench_fleet_tiny(tmp_path: Path) -> None:
     out = tmp_path / "fleet"
     output = _invoke(

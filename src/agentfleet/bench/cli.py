@@ -118,15 +118,32 @@ def http_cmd(
 @bench_app.command("sandbox")
 def sandbox_cmd(
     n: Annotated[
-        int, typer.Option("--n", min=1, help="Concurrent `sleep 1` execs/sandboxes.")
-    ] = 100,
+        int | None,
+        typer.Option(
+            "--n",
+            min=1,
+            help="Concurrent `sleep 1` execs/sandboxes (default 100; 20 for docker).",
+        ),
+    ] = None,
+    docker_n: Annotated[
+        int | None,
+        typer.Option(
+            "--docker-n", min=1, help="N of the docker rows (default: --n if given, else 20)."
+        ),
+    ] = None,
     seq: Annotated[
         int, typer.Option(min=1, help="Sequential `true` execs for the round trip.")
     ] = 200,
     sleep: Annotated[
         float, typer.Option(min=0.0, help="Seconds each concurrent exec sleeps.")
     ] = 1.0,
-    backend: Annotated[str, typer.Option(help="process (or docker, when available).")] = "process",
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="process, docker, or a comma list (process,docker). docker is skipped, "
+            "with a message, without a Docker engine."
+        ),
+    ] = "process",
     confine: Annotated[
         str, typer.Option(help="process backend: auto, yes (bwrap) or no.")
     ] = "auto",
@@ -155,6 +172,7 @@ def sandbox_cmd(
             confine=confine,
             null=null,
             server_loop=server_loop,
+            docker_n=docker_n,
             log=_log,
         )
     except ValueError as exc:
@@ -165,6 +183,7 @@ def sandbox_cmd(
         "command": " ".join(sys.argv),
         "config": {
             "n": n,
+            "docker_n": docker_n,
             "seq": seq,
             "sleep_s": sleep,
             "backend": backend,

@@ -177,17 +177,20 @@ class ServerProcess:
 
 @contextlib.contextmanager
 def sandbox_server(
-    confine: str = "auto", max_sandboxes: int = 4096, loop: str = "auto"
+    confine: str = "auto",
+    max_sandboxes: int = 4096,
+    loop: str = "auto",
+    backend: str = "process",
 ) -> Iterator[ServerProcess]:
-    """The real sandbox server (process backend) in its own process, sandboxes in a temp
-    folder removed afterwards. ``loop``: uvicorn's event loop (``auto``: uvloop)."""
+    """The real sandbox server (``backend``: process or docker) in its own process, sandboxes
+    in a temp folder removed afterwards. ``loop``: uvicorn's event loop (``auto``: uvloop)."""
     import shutil
     import tempfile
 
     root = tempfile.mkdtemp(prefix="agentfleet-bench-sb-")
     try:
         args = ["--confine", confine, "--max-sandboxes", str(max_sandboxes), "--root", root]
-        args += ["--loop", loop]
+        args += ["--loop", loop, "--backend", backend]
         with ServerProcess("agentfleet.bench.sandboxserver", args) as srv:
             yield srv
     finally:

@@ -6,6 +6,10 @@ Modes (``config["mode"]``):
   ``HttpPool``): create ``n`` sandboxes, ``seq`` sequential ``true`` execs (round trip),
   ``n`` concurrent ``sleep`` execs (one per sandbox), delete them.
 - ``bare``: the same without any server: ``asyncio.create_subprocess_exec``.
+- ``docker-cli``: ``docker exec <container> true`` (the CLI, as a subprocess) against one
+  running container; ``n`` concurrent ``docker exec <container> sleep`` in that container.
+- ``aiodocker``: the same over aiodocker, as the docker backend does it (create the exec,
+  stream its output, inspect its exit code), without the backend or any HTTP server.
 """
 
 from __future__ import annotations
@@ -108,9 +112,78 @@ async def _bare(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+async def _timed_runs(
+    run: Any, n: int, seq: int, sleep_s: float, label: str = "true"
+) -> dict[str, Any]:
+    """``seq`` sequential ``run(["true"])`` after warm-ups, then ``n`` concurrent sleeps."""
+    cpu0 = cpu_seconds()
+    for _ in range(WARMUP):
+        await run(["true"])
+    samples: list[float] = []
+    for _ in range(seq):
+        t = time.perf_counter()
+        await run(["true"])
+        samples.append(time.perf_counter() - t)
+    t0 = time.perf_counter()
+    codes = await asyncio.gather(
+        *(run(["sleep", f"{sleep_s:g}"]) for _ in range(n)), return_exceptions=True
+    )
+    concurrent_s = time.perf_counter() - t0
+    return {
+        label: _summary_ms(samples),
+        "concurrent_wall_s": concurrent_s,
+        "concurrent_errors": sum(1 for c in codes if c != 0),
+        "client_cpu_s": cpu_seconds() - cpu0,
+        "client_peak_rss_mib": peak_rss_mib(),
+    }
+
+
+async def _docker_cli(config: dict[str, Any]) -> dict[str, Any]:
+    n, seq, sleep_s = int(config["n"]), int(config["seq"]), float(config["sleep_s"])
+    container = str(config["container"])
+    dev = asyncio.subprocess.DEVNULL
+
+    async def run(argv: list[str]) -> int:
+        proc = await asyncio.create_subprocess_exec(
+            "docker", "exec", container, *argv, stdin=dev, stdout=dev, stderr=dev
+        )
+        return await proc.wait()
+
+    return await _timed_runs(run, n, seq, sleep_s)
+
+
+async def _aiodocker(config: dict[str, Any]) -> dict[str, Any]:
+    from agentfleet.sandbox.docker import close_client, connect
+
+    n, seq, sleep_s = int(config["n"]), int(config["seq"]), float(config["sleep_s"])
+    client, connector = await connect()
+    try:
+        container = client.containers.container(str(config["container"]))
+
+        async def run(argv: list[str]) -> int:
+            ex = await container.exec(argv, stdout=True, stderr=True)
+            stream = ex.start(detach=False)
+            try:
+                while await stream.read_out() is not None:
+                    pass
+            finally:
+                await stream.close()
+            info = await ex.inspect()
+            return int(info.get("ExitCode") or 0)
+
+        return await _timed_runs(run, n, seq, sleep_s)
+    finally:
+        await close_client(client, connector)
+
+
 def handle(config: dict[str, Any]) -> dict[str, Any]:
-    if config["mode"] == "http":
+    mode = config["mode"]
+    if mode == "http":
         return asyncio.run(_http(config))
+    if mode == "docker-cli":
+        return asyncio.run(_docker_cli(config))
+    if mode == "aiodocker":
+        return asyncio.run(_aiodocker(config))
     return asyncio.run(_bare(config))
 
 

@@ -1,7 +1,9 @@
-"""The sandbox server (process backend) in its own process, for the sandbox/fleet benches.
+"""The sandbox server in its own process, for the sandbox/fleet benches.
 
-``python -m agentfleet.bench.sandboxserver --port 0 [--confine auto|yes|no]`` prints
-``PORT <n>`` once bound, then serves until terminated.
+``python -m agentfleet.bench.sandboxserver --port 0 [--backend process|docker]
+[--confine auto|yes|no]`` prints ``PORT <n>`` once bound, then serves until terminated.
+The docker backend (``make_backend("docker")``) is started by the app's lifespan, which
+also deletes every sandbox (container) at shutdown.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m agentfleet.bench.sandboxserver")
     p.add_argument("--host", default=HOST)
     p.add_argument("--port", type=int, default=0)
+    p.add_argument("--backend", choices=["process", "docker"], default="process")
     p.add_argument("--confine", choices=["auto", "yes", "no"], default="auto")
     p.add_argument("--max-sandboxes", type=int, default=4096)
     p.add_argument("--root", default=None, help="sandboxes folder (default: a temp dir)")
@@ -25,8 +28,25 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     from agentfleet.sandbox.process import ProcessBackend
-    from agentfleet.sandbox.server import create_app
+    from agentfleet.sandbox.server import create_app, make_backend
     from agentfleet.sandbox.service import SandboxService
+
+    if args.backend == "docker":
+        # started by the app's lifespan (on the server's loop: aiodocker's session is bound
+        # to it), which deletes every container at shutdown
+        root = args.root or tempfile.mkdtemp(prefix="agentfleet-bench-sb-")
+        service = SandboxService(
+            make_backend("docker", root=root), max_sandboxes=args.max_sandboxes
+        )
+        serve_app_announcing_port(
+            create_app(service),
+            args.host,
+            args.port,
+            args.log_level,
+            extra=f"backend=docker loop={args.loop}",
+            loop=args.loop,
+        )
+        return
 
     confine = {"auto": None, "yes": True, "no": False}[args.confine]
     # uvicorn re-raises SIGTERM after its shutdown: pass --root for a folder the parent

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from agentfleet.evaluation.schema import EvalRequest, EvalResult
 from agentfleet.http import EVAL_TIMEOUTS, HttpError, HttpPool, Response, Timeouts
+from agentfleet.http.retry import retry_after_from_headers
 
 logger = logging.getLogger("agentfleet.evaluation")
 
@@ -65,13 +66,8 @@ def _error_message(resp: Response) -> str:
 
 
 def _retry_after(resp: Response, default: float = 1.0) -> float:
-    for k, v in resp.headers.items():
-        if k.lower() == "retry-after":
-            try:
-                return max(0.0, float(v))
-            except ValueError:
-                break
-    return default
+    wait = retry_after_from_headers(resp.headers)
+    return default if wait is None else wait
 
 
 class EvalClient:
