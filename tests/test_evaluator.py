@@ -38,6 +38,7 @@ from agentfleet.evaluation.reward import (
     summarize,
 )
 from agentfleet.evaluation.schema import EvalRequest, EvalResult
+from agentfleet.evaluation.server import create_app
 from agentfleet.evaluation.speedup import (
     bootstrap_ratio_ci,
     iqr,
@@ -47,6 +48,7 @@ from agentfleet.evaluation.speedup import (
     speedup_stats,
     timer_command,
 )
+from agentfleet.http import HttpPool
 from agentfleet.sandbox import (
     CreateSandbox,
     ExecResult,
@@ -57,6 +59,7 @@ from agentfleet.sandbox import (
     SandboxNotFound,
     SandboxService,
 )
+from agentfleet.serving import serve_in_loop
 from agentfleet.tasks.task import TaskNotFound, load_dataset
 
 # ---------------------------------------------------------------- a local Sandboxes
@@ -536,6 +539,9 @@ async def test_bad_requests_raise(dataset: dict[str, str], sandboxes: Counting) 
         with pytest.raises(TaskNotFound):
             await step(_req(dataset, instance_id="nope", result=""))
     await ev.check(_req(dataset, result=""))
+    await ev.check(_req(dataset, result=dataset["fast"]))
+    with pytest.raises(BadSubmission, match="does not apply"):
+        await ev.check(_req(dataset, result=dataset["bad"]))
     await ev.check(_req(dataset, exit_status="Error", instance_id="nope"))
     with pytest.raises(TaskNotFound):
         await ev.evaluate(_req(dataset, dataset_name=str(dataset["path"]) + "-missing", result=""))
@@ -707,3 +713,16 @@ def test_summarize() -> None:
     assert s["status_counts"] == {"ok": 2, "tests_failed": 1}
     empty = summarize([])
     assert empty["n"] == 0 and empty["geomean_speedup"] is None and empty["mean_reward"] == 0.0
+
+
+async def test_server_answers_422_to_a_patch_that_does_not_apply(
+    dataset: dict[str, str], sandboxes: Counting
+) -> None:
+    app = create_app(Evaluator(sandboxes, FAST_CONFIG))
+    async with serve_in_loop(app) as srv, HttpPool() as pool:
+        body = _req(dataset, result=dataset["bad"]).model_dump(mode="json")
+        resp = await pool.request("POST", f"{srv.url}/evaluations", json=body)
+        assert resp.status == 422, resp.text()
+        assert "does not apply" in resp.json()["error"]
+        assert (await pool.request("GET", f"{srv.url}/healthz")).status == 200
+    assert sandboxes.created == 0

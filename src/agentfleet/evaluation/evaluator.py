@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shlex
 import time
 from typing import Any, Literal
@@ -50,6 +51,33 @@ log = logging.getLogger("agentfleet.evaluation")
 SUBMITTED = "Submitted"
 PATCH_PATH = ".git/agentfleet.patch"  # inside the workdir, but never part of a diff
 OUTPUT_TAIL = 4000
+
+
+async def _check_patch_applies(task: Task, patch: str) -> None:
+    """``git apply --check`` (then ``patch --dry-run``, as :meth:`Evaluator._apply` falls back
+    to) against the task's pristine repository, read-only; BadSubmission if neither takes it."""
+    # Do not let git find a repository enclosing the task folder (an installed checkout).
+    env = {**os.environ, "GIT_CEILING_DIRECTORIES": str(task.repo_dir.parent)}
+    attempts = (
+        ["git", "apply", "--check", "--whitespace=nowarn", "-"],
+        ["patch", "--dry-run", "--batch", "--fuzz=5", "-p1", "--silent"],
+    )
+    outputs: list[bytes] = []
+    for argv in attempts:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=task.repo_dir,
+            env=env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        output, _ = await proc.communicate(patch.encode())
+        if proc.returncode == 0:
+            return
+        outputs.append(output)
+    git_says = outputs[0].decode(errors="replace").strip()[-1000:]  # the clearer message
+    raise BadSubmission(f"patch does not apply: {git_says}")
 
 
 class BadSubmission(ValueError):
@@ -170,8 +198,10 @@ class Evaluator:
         A request that was not submitted is always accepted."""
         if req.exit_status != SUBMITTED:
             return
-        await asyncio.to_thread(_resolve_task, req.dataset_name, req.instance_id)
+        task = await asyncio.to_thread(_resolve_task, req.dataset_name, req.instance_id)
         if req.result is not None:
+            if req.result.strip():
+                await _check_patch_applies(task, req.result)
             return
         if not req.container_id:
             raise BadSubmission("no patch: neither 'result' nor 'container_id' was given")
