@@ -80,6 +80,24 @@ async def _check_patch_applies(task: Task, patch: str) -> None:
     raise BadSubmission(f"patch does not apply: {git_says}")
 
 
+async def sandbox_diff(sandboxes: Sandboxes, sandbox_id: str) -> str:
+    """Everything changed in a sandbox since its first commit (the agent's commits and new
+    files included, binary-safe, ``__pycache__``/``*.pyc`` excluded). The index is restored
+    after. Raises :class:`BadSubmission` when the diff cannot be taken."""
+    cmd = (
+        "base=$(git rev-list --max-parents=0 HEAD | tail -n 1) && "
+        "git add -A -- . ':(exclude)*__pycache__*' ':(exclude)*.pyc' && "
+        f'git diff --cached --binary --no-color --no-ext-diff "$base" > {PATCH_PATH}; '
+        "rc=$?; git reset -q; exit $rc"
+    )
+    res = await sandboxes.exec(sandbox_id, cmd, timeout=120)
+    if res.returncode != 0:
+        raise BadSubmission(f"could not diff sandbox {sandbox_id!r}: {_tail(res.output)}")
+    data = await sandboxes.read_file(sandbox_id, PATCH_PATH)
+    await sandboxes.exec(sandbox_id, f"rm -f {PATCH_PATH}", timeout=30)
+    return data.decode("utf-8", "surrogateescape")
+
+
 class BadSubmission(ValueError):
     """The request carries no usable patch (no ``result``, no usable ``container_id``).
     The server answers 422."""
@@ -286,20 +304,7 @@ class Evaluator:
         return patch, "container"
 
     async def diff_sandbox(self, sandbox_id: str) -> str:
-        """Everything changed in a sandbox since its first commit (new files included,
-        binary-safe, ``__pycache__``/``*.pyc`` excluded). The index is restored after."""
-        cmd = (
-            "base=$(git rev-list --max-parents=0 HEAD | tail -n 1) && "
-            "git add -A -- . ':(exclude)*__pycache__*' ':(exclude)*.pyc' && "
-            f'git diff --cached --binary --no-color --no-ext-diff "$base" > {PATCH_PATH}; '
-            "rc=$?; git reset -q; exit $rc"
-        )
-        res = await self.sandboxes.exec(sandbox_id, cmd, timeout=120)
-        if res.returncode != 0:
-            raise BadSubmission(f"could not diff sandbox {sandbox_id!r}: {_tail(res.output)}")
-        data = await self.sandboxes.read_file(sandbox_id, PATCH_PATH)
-        await self.sandboxes.exec(sandbox_id, f"rm -f {PATCH_PATH}", timeout=30)
-        return data.decode("utf-8", "surrogateescape")
+        return await sandbox_diff(self.sandboxes, sandbox_id)
 
     async def _apply(self, sandbox_id: str, patch: str) -> tuple[bool, str, str]:
         """Apply with ``git apply``, falling back to ``patch --fuzz``; (ok, method, output)."""

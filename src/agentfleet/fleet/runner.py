@@ -15,7 +15,7 @@ from typing import Any
 
 from agentfleet.agent import AgentConfig, LightAgent
 from agentfleet.evaluation.client import evaluate_info
-from agentfleet.evaluation.evaluator import EvalConfig, Evaluator
+from agentfleet.evaluation.evaluator import BadSubmission, EvalConfig, Evaluator, sandbox_diff
 from agentfleet.evaluation.server import create_app as eval_app
 from agentfleet.fleet.results import (
     POOL_STATS,
@@ -34,9 +34,6 @@ from agentfleet.serving import serve_in_loop
 from agentfleet.tasks import Task, load_dataset
 
 log = logging.getLogger("agentfleet.fleet")
-
-# Stages every new file, diffs against the base commit, unstages: the agent's whole change.
-DIFF_COMMAND = "git add -A && git -c core.quotepath=off diff --cached --binary; git reset -q"
 
 
 @dataclass
@@ -273,8 +270,11 @@ async def run_one(
         )
         outcome.error = result.error
         stage[task.id] = "diff"
-        diff = await sandboxes.exec(sandbox_id, DIFF_COMMAND, timeout=60)
-        patch = diff.output if diff.returncode == 0 else ""
+        try:
+            patch = await sandbox_diff(sandboxes, sandbox_id)
+        except BadSubmission as exc:  # evaluated as an empty change; the reason is kept
+            log.warning("task %s: %s", task.id, exc)
+            outcome.error = outcome.error or str(exc)
         stage[task.id] = "eval"
         reward, speedup, einfo = await evaluate_info(
             exit_status=outcome.exit_status,
