@@ -167,3 +167,30 @@ def test_reference_patch_applies_and_tests_pass(tmp_path: Path, task_id: str) ->
     after = run_tests()
     assert after.returncode == 0, after.stderr
     assert "OK" in after.stderr
+
+
+def test_check_problems_name_each_failed_rule() -> None:
+    from agentfleet.fleet.check import problems
+
+    good = {"original_tests": "pass", "reference": "ok", "speedup": 3.0, "baseline_s": 0.8}
+    assert problems(good) == []
+    assert problems({**good, "speedup": 1.6}) == ["reference 1.60x < 2x"]
+    assert problems({**good, "baseline_s": 2.5}) == ["baseline 2.50 s outside 0.3-2 s"]
+    assert problems({**good, "original_tests": "FAIL (1)", "reference": "incorrect"}) == [
+        "original tests fail",
+        "reference incorrect",
+    ]
+
+
+def test_tasks_check_cli_measures_the_reference_and_fails_a_bar_it_misses() -> None:
+    from typer.testing import CliRunner
+
+    from agentfleet.cli import app
+
+    # segment-memo's reference is far above 2x; no real patch reaches 1000x.
+    args = ["tasks", "check", "--task", "segment-memo", "--repeats", "1"]
+    res = CliRunner().invoke(app, [*args, "--min-speedup", "1000"])
+    assert res.exit_code == 1, res.output
+    assert "segment-memo" in res.output and "1000x" in res.output  # the bar it missed
+    res = CliRunner().invoke(app, [*args, "--baseline-range", "nonsense"])
+    assert res.exit_code == 2 and "MIN,MAX" in res.output

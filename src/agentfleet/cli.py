@@ -535,18 +535,39 @@ def tasks_check(
     split: Annotated[str | None, typer.Option("--split", "-s")] = None,
     task: Annotated[list[str] | None, typer.Option("--task", "-t")] = None,
     repeats: Annotated[int, typer.Option(min=1, help="timed runs of each side")] = 5,
+    min_speedup: Annotated[
+        float, typer.Option(min=1.0, help="least speedup a reference solution must give")
+    ] = 2.0,
+    baseline_range: Annotated[
+        str, typer.Option(help="MIN,MAX seconds the original workload must take")
+    ] = "0.3,2.0",
 ) -> None:
     """Run each task's tests on the original code and with its reference solution, and
-    measure the reference speedup."""
+    measure the reference speedup the way the evaluation server does. Exit 1 when a task
+    fails a check (tests, reference, speedup, baseline time)."""
     from agentfleet.fleet.check import check_tasks
 
+    try:
+        lo, hi = (float(x) for x in baseline_range.split(","))
+    except ValueError:
+        _fail(f"--baseline-range wants MIN,MAX seconds, got {baseline_range!r}")
     try:
         ds = load_dataset(dataset)
         ids = task or ds.task_ids(split)
         tasks = [ds.task(i) for i in ids]
     except TaskNotFound as exc:
         _fail(str(exc))
-    rows = asyncio.run(check_tasks(tasks, repeats=repeats, progress=lambda m: err.print(m)))
+    split_of = {tid: s for s, members in ds.splits.items() for tid in members}
+    rows = asyncio.run(
+        check_tasks(
+            tasks,
+            repeats=repeats,
+            split_of=split_of,
+            min_speedup=min_speedup,
+            baseline_range=(lo, hi),
+            progress=lambda m: err.print(m),
+        )
+    )
     table = Table(title=f"check of {ds.name}")
     for col in ("task", "original tests", "reference", "baseline s", "speedup", "ok"):
         table.add_column(col)
@@ -557,9 +578,9 @@ def tasks_check(
             r["task"],
             r["original_tests"],
             r["reference"],
-            f"{r['baseline_s']:.3f}",
+            f"{r['baseline_s']:.3f} ({r['clock']})" if r["clock"] else f"{r['baseline_s']:.3f}",
             f"{r['speedup']:.2f}x",
-            "yes" if r["ok"] else "[red]NO[/red]",
+            "yes" if r["ok"] else f"[red]NO[/red]: {'; '.join(r['problems'])}",
         )
     console.print(table)
     if bad:
