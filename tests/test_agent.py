@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from blockbuster import BlockingError
 
 from agentfleet.agent import AgentConfig, LightAgent, parse_action
-from agentfleet.models import SUBMIT_SENTINEL, ModelError, ScriptedModel
+from agentfleet.models import SUBMIT_SENTINEL, LimitReached, ModelError, ModelReply, ScriptedModel
+from agentfleet.models.base import ModelStats
 from agentfleet.models.offline import bash_reply
 from agentfleet.tasks import Task
 
@@ -117,3 +120,91 @@ def test_agent_config_overrides_templates(tmp_path: Path) -> None:
     assert cfg.templates["instance_template"] == "DO {{ task.id }}"
     assert "system_template" in cfg.templates
     assert isinstance(ModelError("x"), Exception)
+
+
+def test_agent_config_limits_from_yaml_and_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text("step_limit: 7\ncost_limit: 0.5\nrun_cost_limit: 20\ntime_limit_s: 60\n")
+    cfg = AgentConfig.from_yaml(path, step_limit=None, cost_limit=0.25)
+    assert (cfg.step_limit, cfg.time_limit_s) == (7, 60.0)
+    assert (cfg.cost_limit, cfg.run_cost_limit) == (0.25, 20.0)  # the flag wins
+    assert AgentConfig.from_yaml().cost_limit is None
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("step_limt: 3\ncost: 1\n", "unknown agent setting(s) cost, step_limt"),
+        ("- a list\n", "expected a mapping"),
+        ("step_limit: [\n", "not valid YAML"),
+        ("step_limit: many\n", "step_limit must be a number"),
+        ("cost_limit: -1\n", "cost_limit must be a non-negative number"),
+        ("templates: {}\n", "unknown agent setting(s) templates"),
+    ],
+)
+def test_agent_config_rejects_bad_yaml(tmp_path: Path, text: str, needle: str) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as info:
+        AgentConfig.from_yaml(path)
+    assert needle in str(info.value) and str(path) in str(info.value)
+
+
+class PricedModel:
+    """Costs ``cost`` per reply; refuses (like OpenAIChatModel) once ``limit`` is spent."""
+
+    name = "priced"
+
+    def __init__(self, cost: float, limit: float) -> None:
+        self.cost, self.limit = cost, limit
+        self.stats = ModelStats()
+
+    async def query(self, messages: list[dict[str, str]]) -> ModelReply:
+        if self.stats.cost >= self.limit:
+            raise LimitReached(f"spent ${self.stats.cost:.2f}", "CostLimitExceeded")
+        reply = ModelReply(bash_reply("step", "true"), cost=self.cost)
+        self.stats.add(reply)
+        return reply
+
+
+async def test_cost_limit_ends_the_agent_cleanly(tmp_path: Path) -> None:
+    model = PricedModel(cost=0.4, limit=1.0)
+    result = await LightAgent(model, ShellEnv(tmp_path), make_task(tmp_path), AgentConfig()).run()
+    assert result.exit_status == "CostLimitExceeded"
+    assert result.steps == 3 and result.error == ""  # a clean end, not a failure
+    assert "CostLimitExceeded" in result.messages[-1]["content"]
+
+
+# -- blockbuster canaries: the guard really is on ------------------------------------
+
+
+class BlockingEnv:
+    """An environment that blocks the event loop (what agentfleet code must never do)."""
+
+    async def aexecute(
+        self, command: str, cwd: str = "", timeout: float | None = None
+    ) -> dict[str, Any]:
+        time.sleep(0.01)  # noqa: ASYNC251 - on purpose: the canary
+        return {"output": "", "returncode": 0}
+
+
+async def _blocked_run(tmp_path: Path) -> str:
+    model = ScriptedModel([bash_reply("x", "true")])
+    try:
+        await LightAgent(model, BlockingEnv(), make_task(tmp_path), AgentConfig()).run()
+    except BlockingError as exc:
+        return str(exc)
+    return "not blocked"
+
+
+async def test_blockbuster_refuses_a_blocking_call_in_the_loop(tmp_path: Path) -> None:
+    assert "time.sleep" in await _blocked_run(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def blocked_in_module_fixture(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return asyncio.run(_blocked_run(tmp_path_factory.mktemp("canary")))
+
+
+def test_blockbuster_guards_module_scoped_fixtures(blocked_in_module_fixture: str) -> None:
+    assert "time.sleep" in blocked_in_module_fixture

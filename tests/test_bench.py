@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import subprocess
 import sys
@@ -287,3 +288,121 @@ def test_module_entry_point() -> None:
     assert proc.returncode == 0, proc.stderr
     for cmd in ("http", "sandbox", "fleet"):
         assert cmd in proc.stdout
+
+
+def _has_ray() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ray") is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_ray(), reason="ray is not installed (pip install 'agentfleet[ray]')")
+def test_bench_fleet_ray_tiny(tmp_path: Path) -> None:
+    out = tmp_path / "fleet-ray"
+    output = _invoke(
+        [
+            "fleet",
+            "--backend",
+            "ray",
+            "--n",
+            "2",
+            "--steps",
+            "1",
+            "--delay",
+            "0.05",
+            "--rounds",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
+    lines = output.splitlines()
+    header = next(ln for ln in lines if ln.startswith("| backend"))
+    assert [c.strip() for c in header.strip("|").split("|")] == [
+        "backend",
+        "tasks",
+        "steps",
+        "delay s",
+        "wall median s",
+        "walls s",
+        "overhead s",
+        "overhead %",
+        "ray.init s",
+        "actor start-up s",
+    ]
+    rows = _table_rows(output, "| backend")
+    assert [r[0] for r in rows] == ["local", "ray (2 shards)"]
+    assert [r[1:4] for r in rows] == [["2", "1", "0.05"]] * 2
+    assert rows[0][6:] == ["-"] * 4  # overhead and Ray's times: the ray row only
+    float(rows[1][6]), float(rows[1][7]), float(rows[1][9])
+    data = _results(out)
+    assert data["kind"] == "fleet" and data["backend"] == "ray"
+    local, remote = data["rows"]
+    for r in data["rows"]:
+        assert len(r["walls_s"]) == 1 and r["wall_median_s"] > 0
+        assert r["statuses"] == {"LimitsExceeded": 2} and r["unexpected"] == 0, r
+    assert remote["overhead_s"] == pytest.approx(remote["wall_median_s"] - local["wall_median_s"])
+    assert remote["actor_startup_s"] > 0
+    assert "ray_version" in data
+
+
+def test_bench_fleet_ray_without_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    result = runner.invoke(
+        bench_app, ["fleet", "--backend", "ray", "--n", "2", "--out", str(tmp_path / "x")]
+    )
+    assert result.exit_code == 2, result.output
+    assert "pip install 'agentfleet[ray]'" in result.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_bench_fleet_rejects_unknown_backend(tmp_path: Path) -> None:
+    result = runner.invoke(bench_app, ["fleet", "--backend", "nope", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "what"),
+    [
+        (["http", "--patterns", "agentfleet,threads", "--n", "1"], "threads pattern"),
+        (["fleet", "--runners", "threads", "--n", "1"], "threads runner"),
+    ],
+)
+def test_bench_needs_requests(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], what: str
+) -> None:
+    """No `requests` (a bench/dev extra): a clear hint up front, no child traceback."""
+    monkeypatch.setitem(sys.modules, "requests", None)  # find_spec("requests") -> None
+    result = runner.invoke(bench_app, [*args, "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2, result.output
+    assert what in result.output and "pip install 'agentfleet[bench]'" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "x").exists()
+
+
+def test_peak_rss_is_the_childs_own() -> None:
+    """A child's peak RSS is its own, not its parent's (ru_maxrss carries it over at exec)."""
+    ballast = b"x" * (300 << 20)  # this process: > 300 MiB resident
+    code = "from agentfleet.bench.common import peak_rss_mib; print(peak_rss_mib())"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert len(ballast) and float(out.stdout) < 200, out.stdout
+
+
+def test_bench_servers_like_agentfleets() -> None:
+    """asyncio loops by default, and a listening socket asyncio sets TCP_NODELAY on."""
+    import socket
+
+    from agentfleet.bench import common, fleet_bench, sandbox_bench
+
+    for fn, name in (
+        (common.sandbox_server, "loop"),
+        (common.serve_app_announcing_port, "loop"),
+        (fleet_bench.run_fleet_bench, "server_loop"),
+        (sandbox_bench.run_sandbox_bench, "server_loop"),
+    ):
+        assert inspect.signature(fn).parameters[name].default == "asyncio", fn
+    sock = common.bind_free_socket("127.0.0.1", 0)
+    with sock:
+        assert sock.proto == socket.IPPROTO_TCP

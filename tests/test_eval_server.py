@@ -15,17 +15,23 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import aiohttp
 import pytest
+from typer.testing import CliRunner
 
+from agentfleet.cli import app as cli_app
 from agentfleet.evaluation import (
+    EvalClient,
     EvalRequest,
     EvalResult,
+    EvalTimeout,
     create_app,
     evaluate_info,
 )
+from agentfleet.evaluation.jobs import PeerCounter
+from agentfleet.evaluation.reward import RewardKind
 from agentfleet.evaluation.server import run_server
 from agentfleet.evaluation.store import JobStore
 from agentfleet.http import NO_RETRY, HttpPool, RetryPolicy
@@ -59,6 +65,19 @@ class CheckingEvaluator(SleepEvaluator):
             raise TaskNotFound(f"no task {req.instance_id!r}")
 
 
+class SlowCheckEvaluator(SleepEvaluator):
+    """An async ``check`` that takes ``check_delay`` (as the real dry run of a patch does)."""
+
+    def __init__(self, delay: float, check_delay: float) -> None:
+        super().__init__(delay)
+        self.check_delay = check_delay
+        self.checks = 0
+
+    async def check(self, req: EvalRequest) -> None:
+        self.checks += 1
+        await asyncio.sleep(self.check_delay)
+
+
 @asynccontextmanager
 async def running(evaluator: Any = None, **kw: Any) -> AsyncIterator[RunningServer]:
     async with serve_in_loop(create_app(evaluator, **kw)) as srv:
@@ -86,6 +105,18 @@ def body(instance_id: str = "task_1", **kw: Any) -> dict[str, Any]:
 async def submit(pool: HttpPool, url: str, key: str | None = None, **kw: Any) -> Any:
     headers = {"Idempotency-Key": key} if key else None
     return await pool.request("POST", f"{url}/evaluations", json=body(**kw), headers=headers)
+
+
+async def metric(pool: HttpPool, url: str, sample: str) -> float:
+    """The value of one sample line of ``/metrics`` (0.0 when absent)."""
+    text = (await pool.request("GET", f"{url}/metrics")).text()
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+QUEUE_FULL = 'agentfleet_eval_jobs_rejected_total{reason="queue_full"}'
 
 
 # jobs -------------------------------------------------------------------------------
@@ -255,6 +286,8 @@ async def test_queue_full_answers_429_and_clients_still_get_through(pool: HttpPo
         assert health["queued"] <= 2
 
         # Clients retry with Retry-After (the pool first, then the client's own loop).
+        refused_before = await metric(pool, srv.url, QUEUE_FULL)
+        assert refused_before == statuses.count(429)
         quick = RetryPolicy(attempts=2, wait_min=0.05, wait_max=1.0)
         async with HttpPool(retry=quick) as retrying:
             t0 = time.monotonic()
@@ -276,7 +309,54 @@ async def test_queue_full_answers_429_and_clients_still_get_through(pool: HttpPo
             )
         assert all(r[0] == 1.0 for r in results)
         assert time.monotonic() - t0 < 30
+        # The retries were needed: the server did refuse some of these submits.
+        assert await metric(pool, srv.url, QUEUE_FULL) > refused_before
     assert all(ev.calls[f"task_x{i}"] == 1 for i in range(6))
+
+
+async def test_concurrent_submits_cannot_overrun_the_queue_limit(pool: HttpPool) -> None:
+    """With an async ``check`` between the limit test and the job, a burst of 20 submits
+    to a queue of 2 gets at most the free slots; the rest 429 with Retry-After."""
+    ev = SlowCheckEvaluator(delay=2.0, check_delay=0.3)
+    async with running(ev, workers=1, queue_limit=2) as srv:
+        rs = await asyncio.gather(
+            *(submit(pool, srv.url, key=f"b{i}", instance_id=f"task_{i}") for i in range(20))
+        )
+        statuses = Counter(r.status for r in rs)
+        assert set(statuses) <= {202, 429}, statuses
+        assert 1 <= statuses[202] <= 3, statuses  # 2 slots (+1 if the worker took one early)
+        assert statuses[429] >= 17, statuses
+        for r in rs:
+            if r.status == 429:
+                assert int(r.headers["Retry-After"]) >= 1
+                assert "queue is full" in r.json()["error"]
+        assert ev.checks == statuses[202]  # refused before the (slow) check
+        assert await metric(pool, srv.url, QUEUE_FULL) == statuses[429]
+        health = (await pool.request("GET", f"{srv.url}/healthz")).json()
+        assert health["queued"] + health["running"] <= 3
+        # Keyless submits (no store lookup before the limit test) are bounded as well.
+        rs = await asyncio.gather(*(submit(pool, srv.url, instance_id="task_k") for _ in range(10)))
+        assert [r.status for r in rs].count(202) <= 2
+    assert sum(ev.calls.values()) <= 5
+
+
+async def test_client_submit_gives_up_on_a_queue_that_stays_full(pool: HttpPool) -> None:
+    ev = SleepEvaluator(delay=30)
+    async with running(ev, workers=1, queue_limit=1) as srv:
+        assert (await submit(pool, srv.url, key="r", instance_id="task_r")).status == 202
+        for _ in range(100):  # the worker took it: the queue has room for one more
+            if (await pool.request("GET", f"{srv.url}/healthz")).json()["running"] == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert (await submit(pool, srv.url, key="q", instance_id="task_q")).status == 202
+        client = EvalClient(srv.url, pool=pool)
+        req = EvalRequest.model_validate(body("task_late"))
+        t0 = time.monotonic()
+        with pytest.raises(EvalTimeout, match=r"still full after 1\.5s") as info:
+            await client.submit(req, timeout=1.5)
+        assert info.value.status_code == 429
+        assert 1.4 < time.monotonic() - t0 < 5
+        assert await metric(pool, srv.url, QUEUE_FULL) >= 2  # it did retry
 
 
 async def test_malformed_requests_get_json_errors_and_server_keeps_serving(
@@ -381,6 +461,62 @@ async def test_bearer_token(pool: HttpPool, monkeypatch: pytest.MonkeyPatch) -> 
         )[0] == 1.0
 
 
+def test_peer_counter_counts_distinct_pairs_in_bounded_memory() -> None:
+    c = PeerCounter(max_hosts=2)
+    for port in (1000, 1001, 1000, 65535, 0):
+        c.add("127.0.0.1", port)
+    c.add("::1", 1000)
+    assert (c.count, c.saturated) == (5, False)  # the same port of another host is new
+    c.add("10.0.0.9", 1)  # a third host: beyond the bound, not counted
+    assert (c.count, c.saturated) == (5, True)
+    assert len(c._ports) == 2 and all(len(b) == 8192 for b in c._ports.values())
+    c.clear()
+    assert (c.count, c.saturated) == (0, False)
+    c.add("10.0.0.9", 1)
+    assert c.count == 1
+
+
+def test_serve_eval_cli_passes_its_options_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr("agentfleet.evaluation.server.run_server", lambda **kw: seen.update(kw))
+    runner = CliRunner()
+    args = ["serve-eval", "--queue-limit", "7", "--max-body", "2048", "--repeats", "9"]
+    out = runner.invoke(cli_app, [*args, "--reward-kind", "binary", "--reference"])
+    assert out.exit_code == 0, out.output
+    assert seen["queue_limit"] == 7 and seen["max_body"] == 2048
+    cfg = seen["eval_config"]
+    assert (cfg.repeats, cfg.reward.kind, cfg.reference) == (9, "binary", True)
+    seen.clear()
+    assert runner.invoke(cli_app, ["serve-eval"]).exit_code == 0
+    cfg = seen["eval_config"]
+    assert (cfg.repeats, cfg.reward.kind, cfg.reference) == (5, "log_speedup", False)
+    assert seen["queue_limit"] == 1000 and seen["max_body"] == 10 * 1024 * 1024
+    help_text = runner.invoke(cli_app, ["serve-eval", "--help"], env={"COLUMNS": "200"}).output
+    for flag in ("--queue-limit", "--max-body", "--repeats", "--reward-kind", "--no-reference"):
+        assert flag in help_text
+    assert all(kind in help_text for kind in get_args(RewardKind))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--queue-limit", "0"], "--queue-limit"),
+        (["--max-body", "10"], "--max-body"),
+        (["--repeats", "0"], "--repeats"),
+        (["--repeats", "many"], "--repeats"),
+        (["--reward-kind", "cubic"], "cubic"),
+        (["--host", "0.0.0.0"], "token"),
+    ],
+)
+def test_serve_eval_cli_refuses_bad_values(
+    monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    monkeypatch.delenv("AGENTFLEET_EVAL_TOKEN", raising=False)
+    out = CliRunner().invoke(cli_app, ["serve-eval", *args], env={"COLUMNS": "200"})
+    assert out.exit_code == 2, out.output
+    assert message in out.output
+
+
 def test_run_server_refuses_public_host_without_token(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AGENTFLEET_EVAL_TOKEN", raising=False)
     with pytest.raises(ValueError, match="token"):
@@ -407,6 +543,7 @@ async def test_healthz_metrics_stats(pool: HttpPool) -> None:
         stats = (await pool.request("GET", f"{srv.url}/stats")).json()
         assert stats["completed"] == 5 and 1 <= stats["peak_in_flight"] <= 3
         assert stats["connections_seen"] >= 1
+        assert stats["connections_seen_saturated"] is False
         reset = (await pool.request("POST", f"{srv.url}/stats/reset")).json()
         assert reset["completed"] == 0
         assert reset["connections_seen"] == 0
@@ -520,8 +657,11 @@ async def test_sigkill_then_restart_completes_every_job(pool: HttpPool, tmp_path
     assert proc.returncode == -signal.SIGKILL
 
     async with JobStore(db) as store:
-        counts = await store.counts()
-    assert counts.get("done", 0) >= 1 and counts.get("done", 0) < 6
+        before = {i: await store.get(i) for i in ids}
+    done_before = {i for i, j in before.items() if j is not None and j.status == "done"}
+    cut_off = {i for i, j in before.items() if j is not None and j.status == "running"}
+    assert 1 <= len(done_before) < 6
+    assert len(cut_off) <= 1  # one worker: at most one job was mid-evaluation
 
     proc = await _spawn_server(port, db, log)
     try:
@@ -529,13 +669,30 @@ async def test_sigkill_then_restart_completes_every_job(pool: HttpPool, tmp_path
         for job_id in ids:
             r = await pool.request("GET", f"{url}/evaluations/{job_id}", params={"wait": "20"})
             assert r.json()["status"] == "done", r.json()
+        await asyncio.sleep(0.5)  # a second run of any job, if there were one, would land now
+        # The restarted server completed exactly the jobs left unfinished, each once.
+        stats = (await pool.request("GET", f"{url}/stats")).json()
+        assert stats["completed"] == 6 - len(done_before), (stats, done_before)
+        completed = await metric(pool, url, "agentfleet_eval_jobs_completed_total")
+        assert completed == 6 - len(done_before)
     finally:
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), 20)
     async with JobStore(db) as store:
-        jobs = [await store.get(i) for i in ids]
-    assert all(j is not None and j.status == "done" for j in jobs)
-    assert all(j is not None and 1 <= j.attempts <= 2 for j in jobs)
+        after = {i: await store.get(i) for i in ids}
+    for n, job_id in enumerate(ids):
+        job, old = after[job_id], before[job_id]
+        assert job is not None and old is not None
+        assert job.status == "done" and job.error is None, job
+        # Its own result, intact: test mode scores 1.0 / 1.0 and echoes the request.
+        assert job.result is not None
+        assert (job.result["reward"], job.result["speedup"]) == (1.0, 1.0)
+        assert job.result["info"]["instance_id"] == f"task_{n}"
+        assert job.result["info"]["test_mode"] is True
+        if job_id in done_before:  # finished before the kill: not run again, not rewritten
+            assert (job.result, job.finished, job.attempts) == (old.result, old.finished, 1)
+        else:  # only a job cut off mid-run was started twice
+            assert job.attempts == (2 if job_id in cut_off else 1), (n, job.attempts)
 
 
 async def test_evaluator_factory_is_owned_by_the_lifespan(pool: HttpPool) -> None:

@@ -337,7 +337,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Builds the dataset; returns its path under "path" and the patches by name."""
     root = tmp_path_factory.mktemp("dataset")
     (root / "dataset.yaml").write_text(
-        f"name: mini\ndescription: test dataset\nsplits:\n  test: [{TASK_ID}]\n"
+        f"name: mini\ndescription: test dataset\nsplits:\n  test: [{TASK_ID}]\n  train: []\n"
     )
     task_dir = root / TASK_ID
     repo = task_dir / "repo"
@@ -548,6 +548,50 @@ async def test_bad_requests_raise(dataset: dict[str, str], sandboxes: Counting) 
     assert sandboxes.created == 0
 
 
+async def test_task_outside_the_requested_split_is_refused(
+    dataset: dict[str, str], sandboxes: Counting
+) -> None:
+    ev = Evaluator(sandboxes, FAST_CONFIG)
+    for step in (ev.check, ev.evaluate):
+        with pytest.raises(TaskNotFound, match=r"not in split 'train'.*in: test"):
+            await step(_req(dataset, result="", split="train"))
+        with pytest.raises(TaskNotFound, match="no split 'nope'"):
+            await step(_req(dataset, result="", split="nope"))
+    await ev.check(_req(dataset, result="", split="test"))
+    # At submit over HTTP: 404, as for an unknown instance, and no job.
+    async with serve_in_loop(create_app(ev)) as srv, HttpPool() as pool:
+        body = _req(dataset, result="", split="train").model_dump(mode="json")
+        resp = await pool.request("POST", f"{srv.url}/evaluations", json=body)
+        assert resp.status == 404, resp.text()
+        assert "not in split 'train'" in resp.json()["error"]
+    assert sandboxes.created == 0
+
+
+@pytest.fixture
+def git_only_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PATH holds git and nothing else: no ``patch`` program."""
+    git = shutil.which("git")
+    assert git is not None
+    bindir = tmp_path / "git-only-bin"
+    bindir.mkdir()
+    (bindir / "git").symlink_to(git)
+    monkeypatch.setenv("PATH", str(bindir))
+
+
+async def test_check_without_the_patch_program_means_does_not_apply(
+    dataset: dict[str, str], sandboxes: Counting, git_only_path: None
+) -> None:
+    ev = Evaluator(sandboxes, FAST_CONFIG)
+    with pytest.raises(BadSubmission, match="does not apply"):
+        await ev.check(_req(dataset, result=dataset["bad"]))
+    await ev.check(_req(dataset, result=dataset["fast"]))  # git alone takes a good patch
+    async with serve_in_loop(create_app(ev)) as srv, HttpPool() as pool:
+        body = _req(dataset, result=dataset["bad"]).model_dump(mode="json")
+        resp = await pool.request("POST", f"{srv.url}/evaluations", json=body)
+        assert resp.status == 422, resp.text()
+        assert "does not apply" in resp.json()["error"]
+
+
 async def test_reference_speedup_and_relative_reward(
     dataset: dict[str, str], sandboxes: Counting
 ) -> None:
@@ -560,6 +604,45 @@ async def test_reference_speedup_and_relative_reward(
     assert res.info["reward_kind"] == "relative"
     assert 0 < res.reward <= 1
     assert sandboxes.created == 3
+
+
+class ReferenceTimingFails(Counting):
+    """Timed runs fail in the sandbox holding the fast ``slow.py``: the reference, when the
+    candidate is the empty patch."""
+
+    async def exec(
+        self,
+        sandbox_id: str,
+        command: str,
+        *,
+        cwd: str = "",
+        timeout: float | None = None,
+        env: dict[str, str] | None = None,
+    ) -> ExecResult:
+        if "AGENTFLEET_TIME" in command:
+            code = await self.inner.read_file(sandbox_id, "slow.py")
+            if code.decode() == FAST_PY:
+                return ExecResult(output="reference blew up", returncode=1)
+        return await super().exec(sandbox_id, command, cwd=cwd, timeout=timeout, env=env)
+
+
+async def test_reference_timing_failure_drops_only_the_reference(
+    dataset: dict[str, str], tmp_path: Path
+) -> None:
+    sbx = ReferenceTimingFails(LocalDirSandboxes(tmp_path / "sb"))
+    config = FAST_CONFIG.model_copy(
+        update={"reference": True, "reward": RewardConfig(kind="relative")}
+    )
+    res = await Evaluator(sbx, config).evaluate(_req(dataset, result=""))
+    info = res.info
+    assert info["status"] == "ok", info
+    assert info["reference_error"].startswith("reference timing failed:"), info
+    assert "reference blew up" in info["reference_error"]
+    assert "reference_speedup" not in info and "reference_s" not in info["timing"]
+    assert len(info["timing"]["baseline_s"]) == len(info["timing"]["candidate_s"]) == 3
+    assert all("reference" not in r for r in info["timing"]["order"])
+    assert 0.5 < res.speedup < 2.0  # measured all the same (relative falls back to log)
+    assert sbx.created == 3 and sbx.live == 0
 
 
 class FailingSandboxes(Counting):
@@ -698,19 +781,21 @@ def test_summarize() -> None:
         EvalResult(reward=1.0, speedup=4.0, info={"status": "ok"}),
         EvalResult(reward=0.0, speedup=1.0, info={"status": "ok"}),
         EvalResult(reward=0.0, speedup=0.0, info={"status": "tests_failed"}),
+        EvalResult(reward=0.0, speedup=1.6, info={"status": "ok", "within_noise": True}),
     ]
-    s = summarize([*results[:2], results[2].as_tuple()])
-    assert s["n"] == 3 and s["n_correct"] == 2
-    assert s["mean_reward"] == pytest.approx(1 / 3)
-    assert s["geomean_speedup"] == pytest.approx(2.0)
-    assert s["geomean_speedup_all"] == pytest.approx(4 ** (1 / 3))
+    s = summarize([*results[:2], results[2].as_tuple(), results[3]])
+    assert s["n"] == 4 and s["n_correct"] == 3
+    assert s["mean_reward"] == pytest.approx(1 / 4)
+    assert s["geomean_speedup"] == pytest.approx((4 * 1.6) ** (1 / 3))
+    assert s["geomean_speedup_all"] == pytest.approx((4 * 1.6) ** (1 / 4))
+    # fast_p: correct, faster than p, and not within noise (the 1.6x does not count)
     assert s["fast_p"] == {
-        "1.0": pytest.approx(1 / 3),
-        "1.5": pytest.approx(1 / 3),
-        "2.0": pytest.approx(1 / 3),
+        "1.0": pytest.approx(1 / 4),
+        "1.5": pytest.approx(1 / 4),
+        "2.0": pytest.approx(1 / 4),
     }
-    assert s["fast_1.5"] == pytest.approx(1 / 3)
-    assert s["status_counts"] == {"ok": 2, "tests_failed": 1}
+    assert s["fast_1.5"] == pytest.approx(1 / 4)
+    assert s["status_counts"] == {"ok": 3, "tests_failed": 1}
     empty = summarize([])
     assert empty["n"] == 0 and empty["geomean_speedup"] is None and empty["mean_reward"] == 0.0
 

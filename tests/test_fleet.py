@@ -218,3 +218,48 @@ async def test_fleet_over_mock_llm_with_injected_errors(tmp_path: Path) -> None:
     assert sum(t["api_calls"] for t in trajs) == stats["completions"]
     assert sum(t["prompt_tokens"] for t in trajs) == stats["prompt_tokens"]
     assert sum(t["completion_tokens"] for t in trajs) == stats["completion_tokens"]
+
+
+async def test_agent_cancelled_during_create_deletes_its_sandbox(tmp_path: Path) -> None:
+    """Ctrl-C while ``sandboxes.create`` is in flight: the runner chose the id, so its
+    ``finally`` deletes the sandbox even though create never answered (here the server side
+    goes on creating, as a remote server that missed the disconnect would)."""
+    from typing import Any
+
+    from test_sandbox import SlowCreate
+
+    from agentfleet.fleet.runner import ResultsWriter, run_one
+    from agentfleet.sandbox import CreateSandbox, SandboxInfo, SandboxService
+    from agentfleet.tasks import load_dataset
+
+    class Detached:
+        """The service, with creations that go on when their caller is cancelled."""
+
+        def __init__(self, svc: SandboxService) -> None:
+            self.svc = svc
+            self.pending: list[asyncio.Future[SandboxInfo]] = []
+
+        async def create(self, req: CreateSandbox) -> SandboxInfo:
+            self.pending.append(asyncio.ensure_future(self.svc.create(req)))
+            return await asyncio.shield(self.pending[-1])
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.svc, name)
+
+    backend = SlowCreate(tmp_path / "sandboxes")
+    async with SandboxService(backend, reap_period_s=0) as svc:
+        sandboxes = Detached(svc)
+        cfg = config(tmp_path, ModelSpec("oracle"), ["dedupe-pairs"])
+        task = await asyncio.to_thread(lambda: load_dataset(cfg.dataset).task("dedupe-pairs"))
+        agent = asyncio.create_task(
+            run_one(task, cfg, sandboxes, "http://127.0.0.1:9", ResultsWriter(cfg.run_dir))
+        )
+        await asyncio.wait_for(backend.entered.wait(), 30)
+        agent.cancel()
+        await asyncio.sleep(0.2)  # the runner's finally is waiting on the delete now
+        backend.go.set()  # the creation completes, and is undone
+        with pytest.raises(asyncio.CancelledError):
+            await agent
+        await asyncio.gather(*sandboxes.pending, return_exceptions=True)
+        assert svc.list() == [] and leftovers(tmp_path / "sandboxes") == []
+        assert svc.stats.created_total == 0 and svc.stats.deleted_total == 1

@@ -50,8 +50,9 @@ from agentfleet.http import (
     render_prometheus,
     resolve_limits,
 )
-from agentfleet.http.metrics import METRIC_NAMES
+from agentfleet.http.metrics import METRIC_NAMES, live_pools
 from agentfleet.http.retry import wait_retry_after_or_backoff
+from agentfleet.sandbox.base import DEFAULT_EXEC_TIMEOUT
 
 FAST = RetryPolicy(attempts=5, wait_min=0.01, wait_max=0.1, budget_s=10.0)
 
@@ -200,9 +201,23 @@ def test_presets_and_fleet_advice() -> None:
         HttpPool("huge")
 
 
+def test_explicit_limits() -> None:
+    assert resolve_limits("300/150") == PoolLimits(300, 150)
+    assert resolve_limits(" Large ") == PRESETS["large"]
+    assert HttpPool("20/10").limits == PoolLimits(20, 10)
+    for bad in ("300/", "a/b", "300/0", "100/200", "0/0", "-5/1"):
+        with pytest.raises(ValueError, match="pool"):
+            resolve_limits(bad)
+    with pytest.raises(ValueError, match="per-host"):
+        resolve_limits(PoolLimits(10, 20))
+    with pytest.raises(ValueError):
+        HttpPool.configure_default("nope")
+
+
 def test_timeouts_per_kind_of_call() -> None:
     assert (EVAL_TIMEOUTS.total, EVAL_TIMEOUTS.connect, EVAL_TIMEOUTS.sock_read) == (3600, 60, 300)
     assert LLM_TIMEOUTS.total is None and LLM_TIMEOUTS.sock_read
+    assert exec_timeouts(None, margin=5).total == DEFAULT_EXEC_TIMEOUT + 5
     ex = exec_timeouts(120, margin=30)
     assert ex.total == 150
     ct = ex.client_timeout()
@@ -401,6 +416,86 @@ def test_for_loop_pool_closed_at_end_of_asyncio_run(
     assert "Unclosed" not in caplog.text
 
 
+def test_no_loop_or_pool_survives_asyncio_run(server: CountingServer) -> None:
+    """for_loop() pools and their loops are freed once asyncio.run returns; closed pools
+    drop out of the default Prometheus output."""
+    import weakref
+
+    from agentfleet.http import pool as pool_module
+
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+    pools: list[weakref.ref[HttpPool]] = []
+    names: list[str] = []
+
+    async def main() -> None:
+        pool = HttpPool.for_loop()
+        await asyncio.gather(*(pool.request("GET", f"{server.url}/fast") for _ in range(5)))
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        pools.append(weakref.ref(pool))
+        names.append(pool.name)
+
+    for _ in range(5):
+        asyncio.run(main())
+    gc.collect()
+    assert [r() for r in loops] == [None] * 5
+    assert [r() for r in pools] == [None] * 5
+    assert len(pool_module._loop_pools) == 0
+    assert not {p.name for p in live_pools(include_closed=True)} & set(names)
+
+    async def closed_but_referenced() -> HttpPool:
+        pool = HttpPool.for_loop()
+        await pool.request("GET", f"{server.url}/fast")
+        await pool.aclose()
+        return pool
+
+    kept = asyncio.run(closed_but_referenced())
+    assert kept.closed and kept.loop is None  # its loop is gone, the pool only knew it weakly
+    text = render_prometheus()
+    assert f'pool="{kept.name}"' not in text
+    assert not any(f'pool="{n}"' in text for n in names)
+    assert f'pool="{kept.name}"' in render_prometheus(kept)  # asked for by name: still there
+
+
+async def test_closed_pool_leaves_default_metrics(server: CountingServer) -> None:
+    pool = HttpPool(name="short-lived")
+    await pool.request("GET", f"{server.url}/fast")
+    registry = CollectorRegistry()
+    register_pool_metrics(registry)  # every open pool
+    assert 'pool="short-lived"' in generate_latest(registry).decode()
+    assert 'pool="short-lived"' in render_prometheus()
+    await pool.aclose()
+    assert 'pool="short-lived"' not in generate_latest(registry).decode()
+    assert 'pool="short-lived"' not in render_prometheus()
+
+
+async def test_response_headers_are_case_insensitive(server: CountingServer) -> None:
+    async with HttpPool() as pool:
+        resp = await pool.request("GET", f"{server.url}/fast")
+    assert resp.headers["content-type"] == resp.headers["Content-Type"]
+    assert resp.headers.get("CONTENT-TYPE", "").startswith("application/json")
+
+
+async def test_long_polls_leave_slots_for_short_calls(server: CountingServer) -> None:
+    """Long polls may hold all but a reserve of a host's slots: a short call does not
+    wait for them, and the host never sees more than its per-host limit."""
+    async with HttpPool(PoolLimits(20, 4)) as pool:
+        assert pool.long_poll_slots() == 3
+        polls = [
+            asyncio.create_task(
+                pool.request("GET", f"{server.url}/sleep", params={"s": "1"}, long_poll=True)
+            )
+            for _ in range(8)
+        ]
+        await asyncio.sleep(0.2)
+        t0 = time.monotonic()
+        short = await pool.request("GET", f"{server.url}/fast")
+        short_s = time.monotonic() - t0
+        assert short.ok and short_s < 0.5, short_s
+        assert all(r.ok for r in await asyncio.gather(*polls))
+    assert server.peak <= 4
+    assert server.connections <= 4
+
+
 def test_unclosed_explicit_pool_closed_at_end_of_asyncio_run(server: CountingServer) -> None:
     pool = HttpPool(PoolLimits(10, 5))
 
@@ -461,8 +556,9 @@ async def test_retry_429_then_200(server: CountingServer) -> None:
         resp = await pool.request(
             "GET", f"{server.url}/flaky/k429", params={"fail": "1", "status": "429"}
         )
-    assert resp.status == 200
+    assert resp.status == 200 and resp.json() == {"done": 1}
     assert server.attempts["k429"] == 2
+    assert server.work["k429"] == 1  # the work was done exactly once
 
 
 async def test_retry_after_capped_by_wait_max(server: CountingServer) -> None:

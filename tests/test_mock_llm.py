@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import queue
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import openai
 import pytest
+from typer.testing import CliRunner
 
+from agentfleet.agent import AgentConfig
+from agentfleet.cli import app as cli_app
+from agentfleet.fleet.runner import FleetConfig, run_fleet
+from agentfleet.http import HttpPool, PoolLimits, RetryPolicy
+from agentfleet.http import pool as pool_module
+from agentfleet.models import ModelSpec
 from agentfleet.models.mock_server import (
     SUBMIT_SENTINEL,
     UNKNOWN_TASK_REPLY,
@@ -241,3 +253,134 @@ def test_unknown_dataset_is_a_clear_error() -> None:
     with pytest.raises(TaskNotFound, match="unknown dataset"):
         TaskIndex.load("/nonexistent/dataset-xyz")
     assert TaskIndex.load(None).tasks == []
+
+
+# -- cost limits over a real fleet ----------------------------------------------------
+
+QUICK = RetryPolicy(attempts=5, wait_min=0.01, wait_max=0.05, budget_s=30)
+
+
+@pytest.mark.slow
+async def test_run_cost_limit_stops_every_agent_and_results_are_written(tmp_path: Path) -> None:
+    """One RunBudget for the run: once the mock's reported cost reaches the tiny limit,
+    every agent ends with RunCostLimitExceeded (a clean end) and is still evaluated."""
+    ids = ["rr-scheduler", "sku-diff", "dedupe-pairs"]
+    async with serve_in_loop(create_mock_llm_app(cost_per_call=0.01)) as mock:
+        spec = ModelSpec("openai/mock-oracle", url=f"{mock.url}/v1", options={"retry": QUICK})
+        cfg = FleetConfig(
+            model=spec,
+            run_dir=tmp_path / "run",
+            task_ids=ids,
+            workers=2,
+            agent=AgentConfig(step_limit=6, run_cost_limit=0.001),
+            sandbox_root=tmp_path / "sandboxes",
+            eval_repeats=1,
+        )
+        outcomes = await run_fleet(cfg)
+        stats = (await HttpPool.for_loop().request("GET", f"{mock.url}/stats")).json()
+    assert sorted(o.instance_id for o in outcomes) == sorted(ids)
+    for o in outcomes:
+        assert o.exit_status == "RunCostLimitExceeded", o
+        # scored by the evaluation server (as not submitted), not a failure
+        assert o.error == "" and "error" not in o.info and o.info.get("status"), o
+    # Only the first calls of the two agents running at once got through.
+    assert 1 <= stats["completions"] <= 2
+    assert cfg.budget is not None and cfg.budget.spent == pytest.approx(0.01 * stats["completions"])
+    assert sum(o.cost for o in outcomes) == pytest.approx(cfg.budget.spent)
+    lines = (cfg.run_dir / "results.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert sorted(r["instance_id"] for r in records) == sorted(ids)
+    assert {r["exit_status"] for r in records} == {"RunCostLimitExceeded"}
+    assert {r["state"] for r in records} == {"done"}
+    config = json.loads((cfg.run_dir / "config.json").read_text())
+    assert config["run_cost_limit"] == 0.001 and config["cost_limit"] is None
+
+
+@contextmanager
+def mock_llm_thread(**options: Any) -> Iterator[str]:
+    """The mock LLM in its own thread and loop (the CLI runs asyncio.run itself)."""
+    started: queue.Queue[tuple[str, asyncio.AbstractEventLoop, asyncio.Event]] = queue.Queue()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        async with serve_in_loop(create_mock_llm_app(**options)) as server:
+            started.put((server.url, asyncio.get_running_loop(), stop))
+            await stop.wait()
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    thread.start()
+    url, loop, stop = started.get(timeout=60)
+    try:
+        yield url
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(60)
+
+
+def invoke(*args: str) -> Any:
+    return CliRunner().invoke(cli_app, list(args), env={"COLUMNS": "200"})
+
+
+@pytest.mark.slow
+def test_cli_cost_limit_flag_overrides_yaml(tmp_path: Path) -> None:
+    """--cost-limit beats the YAML's cost_limit; the agent ends with CostLimitExceeded
+    after the calls that reached it; --pool LIMIT/PER_HOST sets the loop pools' limits."""
+    agent_yaml = tmp_path / "agent.yaml"
+    agent_yaml.write_text("cost_limit: 5.0\nstep_limit: 6\n")
+    run_dir = tmp_path / "run"
+    with mock_llm_thread(cost_per_call=0.01) as url:
+        result = invoke(
+            "run",
+            "--model",
+            "openai/mock-oracle",
+            "--model-url",
+            f"{url}/v1",
+            "--task",
+            "rr-scheduler",
+            "--agent-config",
+            str(agent_yaml),
+            "--cost-limit",
+            "0.015",
+            "--pool",
+            "20/10",
+            "--eval-repeats",
+            "1",
+            "--sandbox-root",
+            str(tmp_path / "sandboxes"),
+            "--run-dir",
+            str(run_dir),
+            "--progress",
+            "none",
+        )
+        assert pool_module._defaults.limits == PoolLimits(20, 10)
+    assert result.exit_code == 0, result.output
+    (record,) = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    assert record["exit_status"] == "CostLimitExceeded" and record["state"] == "done"
+    assert record["steps"] == 2 and record["cost"] == pytest.approx(0.02)
+    assert (run_dir / "summary.json").exists()
+    assert json.loads((run_dir / "config.json").read_text())["cost_limit"] == 0.015
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--pool", "huge"], "unknown pool preset 'huge'"),
+        (["--pool", "100/200"], "per-host limit <= total limit"),
+        (["--cost-limit", "-1"], "cost-limit"),
+    ],
+)
+def test_cli_rejects_bad_pool_and_limits(tmp_path: Path, args: list[str], needle: str) -> None:
+    result = invoke("run", "--run-dir", str(tmp_path / "run"), "--progress", "none", *args)
+    assert result.exit_code == 2, result.output
+    assert needle in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_rejects_unknown_agent_config_key(tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text("step_limit: 5\ncost_limt: 1\n")
+    result = invoke("run", "--agent-config", str(path), "--progress", "none")
+    assert result.exit_code == 2, result.output
+    assert "unknown agent setting(s) cost_limt" in result.output
+    assert "Traceback" not in result.output

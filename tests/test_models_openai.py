@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from agentfleet.http import HttpPool, RetryPolicy
+from agentfleet.http import HttpPool, PoolLimits, RetryPolicy
 from agentfleet.http.retry import backoff_delay, retry_after_from_headers
 from agentfleet.models import Model, ModelError
 from agentfleet.models.mock_server import create_mock_llm_app
@@ -128,8 +128,8 @@ async def test_survives_30_percent_injected_errors(mini_dataset: str) -> None:
     assert stats["errors_total"] > 0
     assert all(stats["errors"][kind] > 0 for kind in ("429", "500", "drop"))
     assert stats["calls"] == 30 + stats["errors_total"]
-    # Each failure is retried by the pool (429, connection drops) or by the model (500).
-    assert 0 < model.retries <= stats["errors_total"]
+    # One retry layer (the model's): exactly one retry per injected failure.
+    assert model.retries == stats["errors_total"]
 
 
 async def test_retries_exhausted_is_model_unavailable(mini_dataset: str) -> None:
@@ -141,8 +141,38 @@ async def test_retries_exhausted_is_model_unavailable(mini_dataset: str) -> None
         stats = await mock_stats(server.url)
     assert info.value.exit_status == "ModelUnavailable"
     assert "3 attempt" in str(info.value)
-    assert stats["calls"] >= 3
+    assert stats["calls"] == 3  # not 3 x the pool's own attempts
     assert model.stats.calls == 0
+
+
+@pytest.mark.parametrize("kind", ["429", "drop"])
+async def test_pool_does_not_retry_under_the_model(mini_dataset: str, kind: str) -> None:
+    """429 and dropped connections, which the pool would retry, are retried once per
+    model attempt: the server sees exactly ``attempts`` calls."""
+    app = create_mock_llm_app(
+        dataset=mini_dataset, error_rate=1.0, error_kinds=(kind,), retry_after=0.01
+    )
+    async with serve_in_loop(app) as server:
+        model = model_for(server.url, retry=RetryPolicy(attempts=3, wait_min=0.001, wait_max=0.002))
+        with pytest.raises(ModelError) as info:
+            await model.query(conversation())
+        stats = await mock_stats(server.url)
+        pool_retries = HttpPool.for_loop().stats()["totals"]["retries"]
+    assert info.value.exit_status == "ModelUnavailable"
+    assert stats["calls"] == 3 and model.retries == 2
+    assert pool_retries == 0
+
+
+async def test_retry_after_above_the_cap_is_model_unavailable(mini_dataset: str) -> None:
+    app = create_mock_llm_app(
+        dataset=mini_dataset, error_rate=1.0, error_kinds=("429",), retry_after=121
+    )
+    async with serve_in_loop(app) as server:
+        model = model_for(server.url)
+        with pytest.raises(ModelError, match="over 120 s") as info:
+            await model.query(conversation())
+        stats = await mock_stats(server.url)
+    assert info.value.exit_status == "ModelUnavailable" and stats["calls"] == 1
 
 
 async def test_retry_after_is_honoured(mini_dataset: str) -> None:
@@ -270,6 +300,9 @@ def test_openrouter_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_fifty_concurrent_models_share_one_pool(mini_dataset: str) -> None:
+    """50 agents on one loop's pool with limits that bind (20 total, 10 per host): the
+    mock sees at most 10 connections, all of them reused."""
+    HttpPool.configure_default(PoolLimits(20, 10))  # reset after the test (conftest)
     app = create_mock_llm_app(dataset=mini_dataset, latency=0.05)
     async with serve_in_loop(app) as server:
         pool = HttpPool.for_loop()
@@ -281,11 +314,12 @@ async def test_fifty_concurrent_models_share_one_pool(mini_dataset: str) -> None
                 turns.append((await model.query(conversation(*turns))).content)
 
         await asyncio.gather(*(run(m) for m in models))
-        stats = await mock_stats(server.url)
+        stats = await mock_stats(server.url)  # through the same pool
     assert all(m.pool is pool for m in models)
+    assert pool.limits == PoolLimits(20, 10)
     assert stats["completions"] == 250
-    assert 1 < stats["client_connections"] <= pool.limits.limit_per_host
-    assert stats["peak_in_flight"] <= pool.limits.limit_per_host
+    assert 1 < stats["client_connections"] <= 10
+    assert stats["peak_in_flight"] <= 10
 
 
 def test_price_table(tmp_path: Path) -> None:

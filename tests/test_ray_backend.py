@@ -6,23 +6,28 @@ The tests are sync on purpose: Ray's blocking APIs are called outside any event 
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+from typer.testing import CliRunner
 
 from agentfleet.agent import AgentConfig
-from agentfleet.fleet.runner import FleetConfig, TaskOutcome
+from agentfleet.fleet.runner import FleetConfig, TaskOutcome, run_fleet
 from agentfleet.models import SUBMIT_SENTINEL, ModelSpec
 from agentfleet.models.offline import bash_reply
 
@@ -132,6 +137,10 @@ def test_oracle_fleet_on_two_shards(
 
     ids = ["dedupe-pairs", "rr-scheduler", "sku-diff"]
     cfg = config(tmp_path, ModelSpec("oracle"), ids)
+    local_cfg = dataclasses.replace(
+        cfg, run_dir=tmp_path / "local", sandbox_root=tmp_path / "local-sandboxes"
+    )
+    local = asyncio.run(run_fleet(local_cfg))  # the oracle: what the ray backend must match
     events: list[tuple[str, str]] = []
     names: list[str] = []
     outcomes = run_fleet_ray(
@@ -140,13 +149,20 @@ def test_oracle_fleet_on_two_shards(
         listener=lambda event, task, _: events.append((event, task.id)),
         actor_hook=lambda name, _: names.append(name),
     )
-    assert [o.instance_id for o in outcomes] == ids
-    for o in outcomes:
-        assert o.exit_status == "Submitted", o
-        assert o.info["status"] == "ok", o.info
-        assert o.reward > 0 and o.speedup >= 1.5, o
-    assert result_ids(cfg) == sorted(ids)  # every task exactly once
+    assert [o.instance_id for o in outcomes] == [o.instance_id for o in local] == ids
+    for o, lo in zip(outcomes, local, strict=True):  # the same results as the local backend
+        assert (o.exit_status, o.info["status"]) == (lo.exit_status, lo.info["status"]), (o, lo)
+        assert o.exit_status == "Submitted" and o.info["status"] == "ok", o
+        assert o.reward > 0 and lo.reward > 0, (o, lo)
+        assert o.speedup >= 1.5, o
+    assert result_ids(cfg) == result_ids(local_cfg) == sorted(ids)  # every task exactly once
     assert sorted(e for e in events if e[0] == "done") == sorted(("done", i) for i in ids)
+    saved, local_saved = (
+        json.loads((c.run_dir / "config.json").read_text()) for c in (cfg, local_cfg)
+    )
+    for key in ("model", "model_delay", "step_limit", "time_limit", "eval_repeats", "tasks"):
+        assert saved[key] == local_saved[key], key  # the local backend's full config.json
+    assert [i["tasks"] for i in saved["invocations"]] == [ids]
     traj = json.loads((cfg.run_dir / "trajectories" / "dedupe-pairs.traj.json").read_text())
     assert traj["info"]["exit_status"] == "Submitted"
     assert "diff --git" in traj["info"]["submission"]
@@ -275,3 +291,125 @@ def test_ctrl_c_on_a_driver_that_started_ray(tmp_path: Path) -> None:
     assert "interrupted" in err
     assert leftovers(tmp_path / "sandboxes") == []
     assert not marked(marker)
+
+
+# the CLI -------------------------------------------------------------------------------
+AGENTFLEET = str(Path(sys.executable).with_name("agentfleet"))
+
+
+def test_cli_ray_options_need_backend_ray(tmp_path: Path) -> None:
+    from agentfleet.cli import app
+
+    for extra in (["--shards", "2"], ["--ray-address", "auto"]):
+        res = CliRunner().invoke(
+            app, ["run", "--task", "sku-diff", "--run-dir", str(tmp_path / "r"), *extra]
+        )
+        assert res.exit_code == 2, res.output
+        assert "need --backend ray" in res.output
+    assert not (tmp_path / "r").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def two_sandbox_servers(tmp_path: Path) -> Iterator[list[tuple[str, Path]]]:
+    """Two `agentfleet serve-sandbox` processes on 127.0.0.1: (url, root) each."""
+    servers: list[tuple[str, Path]] = []
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for i in range(2):
+            port, root = _free_port(), tmp_path / f"sb{i}"
+            procs.append(
+                subprocess.Popen(
+                    [AGENTFLEET, "serve-sandbox", "--port", str(port), "--root", str(root)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+            servers.append((f"http://127.0.0.1:{port}", root))
+        deadline = time.monotonic() + 60
+        for (url, _), proc in zip(servers, procs, strict=True):
+            while True:
+                assert proc.poll() is None, "serve-sandbox exited"
+                try:
+                    with urllib.request.urlopen(f"{url}/healthz", timeout=2):
+                        break
+                except OSError:
+                    assert time.monotonic() < deadline, f"{url} never became healthy"
+                    time.sleep(0.1)
+        yield servers
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.mark.slow
+def test_cli_ray_with_sandbox_urls_then_resume(
+    ray_session: None,
+    two_sandbox_servers: list[tuple[str, Path]],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from agentfleet.cli import app
+    from agentfleet.fleet.ray_backend import run_fleet_ray
+
+    caplog.set_level(logging.INFO, logger="agentfleet.fleet.ray")
+    (u1, root1), (u2, root2) = two_sandbox_servers
+    ids = ["dedupe-pairs", "sku-diff"]
+    run_dir = tmp_path / "run"
+    cli = CliRunner()
+    args = ["run", "--backend", "ray", "--shards", "2", "--workers", "2", "--eval-repeats", "1"]
+    args += ["--task", ids[0], "--task", ids[1], "--sandbox-url", u1, "--sandbox-url", u2]
+    args += ["--pool", "medium", "--progress", "none", "--run-dir", str(run_dir)]
+    res = cli.invoke(app, args, env={"COLUMNS": "120"})
+    assert res.exit_code == 0, res.output
+    records = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["instance_id"] for r in records) == ids  # every task once
+    for r in records:
+        assert r["exit_status"] == "Submitted" and r["reward"] > 0, r
+    started = [m for m in (r.getMessage() for r in caplog.records) if m.startswith("shard ")]
+    assert len(started) == 2, started
+    assert any(f"sandboxes {u1}," in m for m in started), started  # actor i: URL i mod 2
+    assert any(f"sandboxes {u2}," in m for m in started), started
+    assert all("pool 200/100" in m for m in started), started  # --pool reaches the actors
+    assert leftovers(root1) == leftovers(root2) == []  # the servers' sandboxes are deleted
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["tasks"] == ids and saved["backend"] == "ray" and saved["shards"] == 2
+    assert saved["eval_repeats"] == 1 and saved["step_limit"] == 30
+
+    # --resume: nothing left to run, config.json keeps the whole task list
+    res = cli.invoke(
+        app, ["run", "--resume", str(run_dir), "--backend", "ray", "--progress", "none"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "0 to run" in res.output
+    assert len((run_dir / "results.jsonl").read_text().splitlines()) == 2
+    assert json.loads((run_dir / "config.json").read_text())["tasks"] == ids
+
+    # run_fleet_ray applies resume itself: only the task without a result runs
+    kept = [line for line in (run_dir / "results.jsonl").read_text().splitlines() if ids[0] in line]
+    (run_dir / "results.jsonl").write_text("\n".join(kept) + "\n")
+    cfg = config(tmp_path, ModelSpec("oracle"), ids, eval_repeats=1, resume=True)
+    names: list[str] = []
+    outcomes = run_fleet_ray(
+        cfg, shards=2, sandbox_urls=[u1], actor_hook=lambda name, _: names.append(name)
+    )
+    assert [o.instance_id for o in outcomes] == [ids[1]]
+    assert result_ids(cfg) == ids
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["tasks"] == ids
+    assert [i["tasks"] for i in saved["invocations"]] == [ids, [ids[1]]]
+    assert len(names) == 2 and actors_gone(names)
+    names.clear()
+    assert run_fleet_ray(cfg, shards=2, actor_hook=lambda name, _: names.append(name)) == []
+    assert names == []  # nothing to do: no actor started

@@ -7,8 +7,13 @@ real subprocesses. The ``backend`` fixture lists the backends the conformance se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -19,6 +24,8 @@ from typing import Any
 
 import psutil
 import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from test_sandbox_docker import skip_without_docker
 
 from agentfleet.http.pool import HttpPool, Timeouts
@@ -38,7 +45,7 @@ from agentfleet.sandbox import (
     gc_all,
 )
 from agentfleet.sandbox.docker import DockerBackend
-from agentfleet.sandbox.process import MARKER
+from agentfleet.sandbox.process import MARKER, SANDBOX_ENV
 from agentfleet.serving import serve_in_loop
 
 # --------------------------------------------------------------------------- fixtures
@@ -431,8 +438,9 @@ async def test_remote_environment_from_sync_code(server: Served) -> None:
         return out
 
     results = await asyncio.to_thread(agent_thread)
-    assert results[0] == {"output": "hello\n", "returncode": 0}
-    assert results[1] == {"output": "", "returncode": 7}
+    ok = {"timed_out": False, "truncated": False}
+    assert results[0] == {"output": "hello\n", "returncode": 0, **ok}
+    assert results[1] == {"output": "", "returncode": 7, **ok}
     assert results[2]["output"].strip().endswith("/pkg")
     assert results[3] == {"read": b"hi"}
     sid = results[4]["sandbox_id"]
@@ -442,7 +450,17 @@ async def test_remote_environment_from_sync_code(server: Served) -> None:
 async def test_remote_environment_async_and_in_loop_guard(server: Served) -> None:
     sid = await server.create()
     env = RemoteDockerEnvironment(sid, server.url, cwd="pkg", env={"X": "1"})
-    assert await env.aexecute("echo $X; ls") == {"output": "1\nutil.py\n", "returncode": 0}
+    out = await env.aexecute("echo $X; ls")
+    assert out == {
+        "output": "1\nutil.py\n",
+        "returncode": 0,
+        "timed_out": False,
+        "truncated": False,
+    }
+    slow = await env.aexecute("echo start; sleep 5", timeout=0.5)  # LightAgent reads timed_out
+    assert slow["timed_out"] and slow["returncode"] == 124 and not slow["truncated"]
+    big = await env.aexecute("head -c 300000 /dev/zero | tr '\\0' x")
+    assert big["truncated"] and not big["timed_out"] and big["returncode"] == 0
     with pytest.raises(RuntimeError, match="aexecute"):
         env.execute("ls")
     await env.aclose()  # not the owner: the sandbox stays
@@ -474,7 +492,7 @@ def test_remote_environment_with_server_in_another_thread(tmp_path: Path, datase
         assert ready.wait(20)
         env = RemoteDockerEnvironment.create_for_task("t1", dataset, base_url=box["url"])
         try:
-            assert env.execute("echo one") == {"output": "one\n", "returncode": 0}
+            assert env.execute("echo one")["output"] == "one\n"
             assert env.execute("echo two")["output"] == "two\n"
             sandbox_dir = tmp_path / "sb" / env.sandbox_id
             assert sandbox_dir.is_dir()
@@ -586,3 +604,337 @@ async def _wait_for(pred: Callable[[], bool], within: float = 10.0) -> bool:
             return True
         await asyncio.sleep(0.05)
     return False
+
+
+# --------------------------------------------------------------------------- client-chosen ids
+
+
+async def test_client_chosen_sandbox_id(server: Served) -> None:
+    sid = f"run7-{uuid.uuid4().hex[:8]}"
+    info = await server.client.create(CreateSandbox(sandbox_id=sid))
+    assert info.sandbox_id == sid
+    assert (await server.client.exec(sid, "echo ok")).output == "ok\n"
+    with pytest.raises(SandboxError) as e:
+        await server.client.create(CreateSandbox(sandbox_id=sid))
+    assert e.value.status == 409
+    for bad in ("../x", "a", "x" * 65, "sb 1", ".hidden"):
+        resp = await server.raw("POST", "/sandboxes", json={"sandbox_id": bad})
+        assert resp.status == 422, bad
+    await server.client.delete(sid)
+    assert await server.client.list() == []
+
+
+class SlowCreate(ProcessBackend):
+    """A process backend whose creations wait for ``go`` (to act while one is in flight)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.entered = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def create(self, sandbox_id: str, source_dir: Path | None, req: CreateSandbox) -> str:
+        self.entered.set()
+        await self.go.wait()
+        return await super().create(sandbox_id, source_dir, req)
+
+
+async def test_delete_while_being_created_leaves_nothing(tmp_path: Path) -> None:
+    backend = SlowCreate(tmp_path / "sb")
+    async with SandboxService(backend, reap_period_s=0) as svc:
+        creating = asyncio.create_task(svc.create(CreateSandbox(sandbox_id="sb-early")))
+        await asyncio.wait_for(backend.entered.wait(), 10)
+        deleting = asyncio.create_task(svc.delete("sb-early"))
+        await asyncio.sleep(0.1)
+        assert not deleting.done()  # it waits for the creation to end
+        backend.go.set()
+        await asyncio.wait_for(deleting, 10)
+        with pytest.raises(SandboxError) as e:
+            await creating
+        assert e.value.status == 409 and "deleted while being created" in str(e.value)
+        assert svc.list() == [] and not (backend.root / "sb-early").exists()
+
+
+async def test_cancelled_create_over_http_leaves_nothing(tmp_path: Path) -> None:
+    """The runner's Ctrl-C path: its create request is cancelled, then it deletes the id."""
+    backend = SlowCreate(tmp_path / "sb")
+    svc = SandboxService(backend, reap_period_s=0)
+    async with serve_in_loop(create_app(svc)) as running:
+        client = SandboxClient(running.url)
+        creating = asyncio.create_task(client.create(CreateSandbox(sandbox_id="sb-cancelled")))
+        await asyncio.wait_for(backend.entered.wait(), 10)
+        creating.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await creating
+        # 404 if the server saw the disconnect first, else it waits for the creation to end
+        with contextlib.suppress(SandboxNotFound):
+            await client.delete("sb-cancelled")
+        backend.go.set()  # had the creation gone on, it would make the folder now
+        await asyncio.sleep(0.3)
+        assert await client.list() == [] and not (backend.root / "sb-cancelled").exists()
+        assert svc.stats.created_total == 0
+
+
+# --------------------------------------------------------------------------- idempotent exec
+
+
+async def test_exec_with_the_same_idempotency_key_runs_once(server: Served) -> None:
+    sid = await server.create()
+    cmd = "echo run >> runs.log; sleep 0.5; wc -l < runs.log"
+    first, second = await asyncio.gather(
+        server.client.exec(sid, cmd, idempotency_key="k-1"),
+        server.client.exec(sid, cmd, idempotency_key="k-1"),
+    )
+    assert first == second and first.output == "1\n"
+    again = await server.client.exec(sid, cmd, idempotency_key="k-1")  # done: stored result
+    assert again == first
+    assert await server.client.read_file(sid, "runs.log") == b"run\n"
+    with pytest.raises(SandboxError) as e:
+        await server.client.exec(sid, "echo other", idempotency_key="k-1")
+    assert e.value.status == 422
+    # new key (the client's default: a new one per call): runs again
+    assert (await server.client.exec(sid, cmd)).output == "2\n"
+    resp = await server.raw(
+        "POST", f"/sandboxes/{sid}/exec", json={"command": "true"}, headers={"Idempotency-Key": ""}
+    )
+    assert resp.status == 400
+
+
+async def test_keyed_exec_survives_its_client_then_is_killed_when_abandoned(
+    start_server: ServerFactory,
+) -> None:
+    served: Served = await start_server(detach_grace_s=1.5)
+    sid = await served.create()
+    url = f"{served.url}/sandboxes/{sid}/exec"
+
+    async def send(key: str, command: str, wait: float) -> Any:
+        return await HttpPool.for_loop().request(
+            "POST",
+            url,
+            json={"command": command, "timeout": 60},
+            headers={"Idempotency-Key": key},
+            timeout=Timeouts(total=wait),
+        )
+
+    with pytest.raises(asyncio.TimeoutError):  # the client gives up (a dropped connection)
+        await send("retried", "echo x >> n.log; sleep 1; echo done", 0.3)
+    resp = await send("retried", "echo x >> n.log; sleep 1; echo done", 30)  # the retry
+    assert resp.status == 200 and resp.json()["output"] == "done\n"
+    assert await served.client.read_file(sid, "n.log") == b"x\n"
+
+    secs = _unique_seconds()
+    with pytest.raises(asyncio.TimeoutError):
+        await send("abandoned", f"sleep {secs}", 0.3)
+    await asyncio.sleep(0.5)
+    assert await asyncio.to_thread(_procs_with_arg, secs)  # still running: within the grace
+    assert await _wait_gone(secs, 10) == []  # nobody came back: killed
+    late = await send("abandoned", f"sleep {secs}", 10)
+    assert late.status == 409 and "killed" in late.json()["error"]
+
+
+async def test_client_exec_is_retried_with_one_key(tmp_path: Path) -> None:
+    """SandboxClient.exec carries an Idempotency-Key, so the pool retries it (same key)."""
+    seen: list[str | None] = []
+    app = FastAPI()
+
+    @app.post("/sandboxes/{sid}/exec")
+    async def flaky(sid: str, request: Request) -> JSONResponse:
+        seen.append(request.headers.get("idempotency-key"))
+        if len(seen) == 1:
+            return JSONResponse({"error": "busy"}, 503, headers={"Retry-After": "0"})
+        return JSONResponse({"output": "ok\n", "returncode": 0})
+
+    async with serve_in_loop(app) as running:
+        r = await SandboxClient(running.url).exec("sb-x", "true")
+    assert r.output == "ok\n"
+    assert len(seen) == 2 and seen[0] and seen[0] == seen[1]
+
+
+# --------------------------------------------------------------------------- orphans after SIGKILL
+
+
+async def _serve_process(root: Path, port: int, confine: bool) -> asyncio.subprocess.Process:
+    code = (
+        "from agentfleet.sandbox.server import run_server; "
+        f"run_server(port={port}, backend='process', root={str(root)!r}, "
+        f"backend_kw={{'confine': {confine!r}}}, reap_period_s=0.5)"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        code,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    await _until_healthy(proc, port)
+    return proc
+
+
+async def _until_healthy(proc: asyncio.subprocess.Process, port: int) -> None:
+    client = SandboxClient(f"http://127.0.0.1:{port}")
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            await client.healthz()
+            return
+        except SandboxError:
+            if proc.returncode is not None or time.monotonic() > deadline:
+                if proc.returncode is None:
+                    proc.kill()
+                await proc.wait()
+                raise RuntimeError("sandbox server did not start") from None
+            await asyncio.sleep(0.2)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("confine", "reclaim"), [(False, "restart"), (False, "gc"), (True, "restart")]
+)
+async def test_sigkilled_server_leaves_no_process(
+    tmp_path: Path, confine: bool, reclaim: str
+) -> None:
+    root = tmp_path / "sb"
+    port = _free_port()
+    first = await _serve_process(root, port, confine)
+    client = SandboxClient(f"http://127.0.0.1:{port}")
+    secs = _unique_seconds()
+    try:
+        sid = (await client.create(CreateSandbox())).sandbox_id
+        # a background child, one that left the group, and the main process
+        cmd = f"sleep {secs} & setsid sleep {secs} & sleep {secs}"
+        running = asyncio.ensure_future(client.exec(sid, cmd, timeout=1000))
+        assert await _wait_for(lambda: len(_procs_with_arg(secs)) == 3)
+        first.send_signal(signal.SIGKILL)
+        await first.wait()
+        with pytest.raises(SandboxError):
+            await running
+        if not confine:  # what a parent-death signal cannot reach is left for the reaper
+            await asyncio.sleep(0.5)
+            assert await asyncio.to_thread(_procs_with_arg, secs)
+        assert (root / sid).is_dir()
+    finally:
+        if first.returncode is None:
+            first.kill()
+            await first.wait()
+    if reclaim == "gc":
+        gc = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).with_name("agentfleet")),
+            *("sandbox", "gc", "--yes", "--no-docker", "--root", str(root)),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await gc.communicate()
+        assert gc.returncode == 0 and sid in out.decode()
+    else:
+        second = await _serve_process(root, port, confine)
+        second.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(second.wait(), 30)
+    assert await _wait_gone(secs) == []
+    assert not (root / sid).exists()
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_sandbox_gc_cli(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from agentfleet.cli import app
+
+    root = tmp_path / "sb"
+    kept = root / "not-a-sandbox"
+    kept.mkdir(parents=True)
+    folders = []
+    for name in ("sb-000000000001", "sb-000000000002"):
+        folder = root / name
+        (folder / "work").mkdir(parents=True)
+        (folder / MARKER).write_text(json.dumps({"instance": "x", "pid": 1}))
+        folders.append(folder)
+    secs = _unique_seconds()
+    # a command left running in a sandbox: found by its environment
+    leftover = subprocess.Popen(
+        ["sleep", secs], env={**os.environ, SANDBOX_ENV: str(folders[0].resolve())}
+    )
+    runner = CliRunner()
+    try:
+        refused = runner.invoke(app, ["sandbox", "gc", "--root", str(root), "--no-docker"])
+        assert refused.exit_code == 2 and "--yes" in refused.output
+        assert all(f.exists() for f in folders)
+        result = runner.invoke(app, ["sandbox", "gc", "--root", str(root), "--yes", "--no-docker"])
+        assert result.exit_code == 0, result.output
+        assert all(f.name in result.output for f in folders)
+        assert not any(f.exists() for f in folders) and kept.is_dir()
+        assert leftover.wait(5) == -signal.SIGKILL
+        again = runner.invoke(app, ["sandbox", "gc", "--root", str(root), "--yes", "--no-docker"])
+        assert again.exit_code == 0 and "nothing to remove" in again.output
+    finally:
+        if leftover.poll() is None:
+            leftover.kill()
+            leftover.wait()
+
+
+def test_images_build_without_docker_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from agentfleet.cli import app
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no docker, no debootstrap
+    result = CliRunner().invoke(app, ["images", "build", "--name", "agentfleet-test:none"])
+    assert result.exit_code == 1
+    assert "`docker` not found" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--backend", "docker", "--memory", "lots"], "--memory 'lots'"),
+        (["--memory", "2g"], "only for --backend docker"),
+        (["--backend", "vm"], "--backend 'vm'"),
+        (["--ttl", "0"], "--ttl 0"),
+        (["--max-sandboxes", "0"], "--max-sandboxes 0"),
+        (["--reap-interval", "-1"], "--reap-interval -1"),
+        (["--backend", "docker", "--cpus", "0"], "--cpus 0"),
+        (["--port", "70000"], "65535"),
+    ],
+)
+def test_serve_sandbox_rejects_bad_options(args: list[str], message: str) -> None:
+    from typer.testing import CliRunner
+
+    from agentfleet.cli import app
+
+    result = CliRunner().invoke(app, ["serve-sandbox", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+async def test_serve_sandbox_options_reach_the_service(tmp_path: Path) -> None:
+    port = _free_port()
+    root = tmp_path / "sb"
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("agentfleet")),
+        *("serve-sandbox", "--port", str(port), "--root", str(root)),
+        *("--max-sandboxes", "1", "--ttl", "1.5", "--reap-interval", "0.2"),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await _until_healthy(proc, port)
+        client = SandboxClient(f"http://127.0.0.1:{port}")
+        info = await client.create(CreateSandbox())
+        assert info.expires_at - info.created_at == pytest.approx(1.5, abs=0.1)
+        with pytest.raises(SandboxError) as e:
+            await client.create(CreateSandbox())
+        assert e.value.status == 429
+        assert await _wait_for(lambda: not (root / info.sandbox_id).exists(), 10)  # reaped
+        assert (await client.healthz())["sandboxes"] == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 30)

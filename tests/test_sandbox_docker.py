@@ -280,3 +280,89 @@ async def test_sigkilled_server_orphans_are_reaped_at_restart(
         await asyncio.wait_for(second.wait(), 30)
     assert await _owned_by(second.pid) == []  # a clean shutdown deletes what it owned
     assert json.dumps(os.listdir(root)) == "[]"
+
+
+# --------------------------------------------------------------------------- a fleet, Ctrl-C
+
+AGENTFLEET = str(Path(sys.executable).with_name("agentfleet"))
+
+
+async def _containers_of_run(run: str) -> list[dict[str, Any]]:
+    client, connector = await connect()
+    try:
+        found = await list_containers(client)
+    finally:
+        await close_client(client, connector)
+    return [c for c in found if (c.get("Labels") or {}).get("agentfleet.run") == run]
+
+
+@pytest.mark.slow
+async def test_sigint_of_a_docker_fleet_leaves_no_container_and_no_folder(
+    docker_ok: None, tmp_path: Path
+) -> None:
+    """``agentfleet run`` against ``serve-sandbox --backend docker``, SIGINT while the agents'
+    commands run (some sandboxes may still be being created): nothing of the run is left."""
+    from agentfleet.models.offline import bash_reply
+
+    root = tmp_path / "sb"
+    port = _free_port()
+    run = f"sigint-docker-{uuid.uuid4().hex[:8]}"
+    secs = _secs()
+    (tmp_path / "r.json").write_text(json.dumps([bash_reply("wait", f"sleep {secs}")]))
+    server = await asyncio.create_subprocess_exec(
+        AGENTFLEET,
+        *("serve-sandbox", "--backend", "docker", "--port", str(port), "--root", str(root)),
+        *("--memory", "1g", "--cpus", "0.5", "--pids-limit", "256"),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    fleet: asyncio.subprocess.Process | None = None
+    try:
+        client = SandboxClient(f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                await client.healthz()
+                break
+            except Exception:
+                assert server.returncode is None and time.monotonic() < deadline, "no server"
+                await asyncio.sleep(0.2)
+        tasks = ("dedupe-pairs", "sku-diff", "byte-stats", "rr-scheduler")
+        fleet = await asyncio.create_subprocess_exec(
+            AGENTFLEET,
+            *("run", "--model", f"scripted:{tmp_path / 'r.json'}", "--workers", "4"),
+            *(arg for t in tasks for arg in ("--task", t)),
+            *("--sandbox-url", client.base_url, "--run-dir", str(tmp_path / run)),
+            *("--progress", "none"),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=tmp_path,
+        )
+        # Ctrl-C as soon as one agent's command runs in its container
+        assert await _until(lambda: bool(_host_procs(secs)), 90), "no agent command ran"
+        containers = await _containers_of_run(run)
+        assert containers
+        c, conn = await connect()  # the serve-sandbox options reached the containers
+        try:
+            host = (await c.containers.get(containers[0]["Id"]))["HostConfig"]
+        finally:
+            await close_client(c, conn)
+        assert host["Memory"] == 1024**3 and host["NanoCpus"] == 500_000_000
+        assert host["PidsLimit"] == 256 and host["NetworkMode"] == "none"
+        fleet.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(fleet.communicate(), 90)
+        assert fleet.returncode == 130, err.decode()[-2000:]
+        # the server stays up: what is gone was deleted by the runner, not by a shutdown
+        assert (await client.healthz())["sandboxes"] == 0
+        assert await _containers_of_run(run) == []
+        assert os.listdir(root) == []
+        assert await _until(lambda: not _host_procs(secs), 5)
+    finally:
+        if fleet is not None and fleet.returncode is None:
+            fleet.kill()
+            await fleet.wait()
+        server.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(server.wait(), 60)
+    assert await _containers_of_run(run) == []

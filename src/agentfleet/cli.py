@@ -124,8 +124,11 @@ def run(
         ),
     ] = None,
     shards: Annotated[
-        int, typer.Option(min=1, help="with --backend ray: actors the tasks are split over")
-    ] = 2,
+        int | None,
+        typer.Option(
+            min=1, help="with --backend ray: actors the tasks are split over [default: 2]"
+        ),
+    ] = None,
     eval_url: Annotated[
         str | None, typer.Option(help="evaluation server (default: embedded)")
     ] = None,
@@ -136,7 +139,24 @@ def run(
         float | None, typer.Option(help="seconds per agent [default: 900]")
     ] = None,
     agent_config: Annotated[
-        Path | None, typer.Option(help="YAML with limits and templates")
+        Path | None,
+        typer.Option(
+            help="YAML with limits (step_limit, time_limit_s, cost_limit, run_cost_limit...) "
+            "and templates; flags override it"
+        ),
+    ] = None,
+    cost_limit: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0, help="USD per agent; reaching it ends the agent with CostLimitExceeded"
+        ),
+    ] = None,
+    run_cost_limit: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="USD for the whole run; reaching it ends the agents with RunCostLimitExceeded",
+        ),
     ] = None,
     eval_repeats: Annotated[
         int | None,
@@ -147,7 +167,10 @@ def run(
     ] = None,
     pool: Annotated[
         str | None,
-        typer.Option(help="HTTP pool preset small|medium|large (default: by fleet size)"),
+        typer.Option(
+            help="HTTP pool: small|medium|large, or LIMIT/PER_HOST such as 300/150 "
+            "(default: by fleet size)"
+        ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -157,7 +180,7 @@ def run(
     from agentfleet.fleet.report import outcome_of, print_results, summary
     from agentfleet.fleet.results import latest_results, plan_resume, read_config
     from agentfleet.fleet.runner import FleetConfig, FleetMonitor, run_fleet
-    from agentfleet.http import HttpPool, preset_for_fleet
+    from agentfleet.http import HttpPool, preset_for_fleet, resolve_limits
     from agentfleet.models import ModelSpec
 
     try:
@@ -186,6 +209,8 @@ def run(
         _fail(f"unknown backend {backend!r}: local or ray")
     if sandbox_url and len(sandbox_url) > 1 and backend != "ray":
         _fail("several --sandbox-url need --backend ray (one sandbox server per actor)")
+    if backend != "ray" and (ray_address is not None or shards is not None):
+        _fail("--ray-address and --shards need --backend ray")
     dataset = pick(dataset, "dataset", "perf-lite")
     split = pick(split, "split", "test")
     model = pick(model, "model", "oracle")
@@ -193,8 +218,11 @@ def run(
     model_delay = pick(model_delay, "model_delay", 0.0)
     workers = pick(workers, "workers", 8)
     eval_repeats = pick(eval_repeats, "eval_repeats", 5)
-    step_limit = pick(step_limit, "step_limit", 30)
-    time_limit = pick(time_limit, "time_limit", 900.0)
+    # None: the --agent-config file's value, else AgentConfig's default
+    step_limit = pick(step_limit, "step_limit", None)
+    time_limit = pick(time_limit, "time_limit", None)
+    cost_limit = pick(cost_limit, "cost_limit", None)
+    run_cost_limit = pick(run_cost_limit, "run_cost_limit", None)
     task = task or (list(saved["tasks"]) if saved.get("tasks") else None)
     assert dataset is not None and split is not None and model is not None
     spec = ModelSpec(model, url=model_url, delay_s=float(model_delay))
@@ -202,8 +230,13 @@ def run(
         spec.prepare()
         tasks = load_dataset(dataset).task_ids(split)
         agent_cfg = AgentConfig.from_yaml(
-            agent_config, step_limit=int(step_limit), time_limit_s=float(time_limit)
+            agent_config,
+            step_limit=step_limit,
+            time_limit_s=time_limit,
+            cost_limit=cost_limit,
+            run_cost_limit=run_cost_limit,
         )
+        limits = resolve_limits(pool) if pool is not None else preset_for_fleet(int(workers))
     except (ValueError, TaskNotFound, OSError) as exc:
         _fail(str(exc))
     name = (
@@ -224,8 +257,9 @@ def run(
         sandbox_root=sandbox_root,
         resume=resume is not None,
         rerun_failed=rerun_failed,
+        pool=pool,  # the Ray actors' pools (the local one is configured below)
     )
-    HttpPool.configure_default(pool or preset_for_fleet(int(workers)))
+    HttpPool.configure_default(limits)
     n = len(task or tasks)
     if resume is not None:
         plan = plan_resume(cfg.run_dir, list(task or tasks), rerun_failed=rerun_failed)
@@ -257,7 +291,9 @@ def run(
         else:
             with ctx if ctx is not None else nullcontext():
                 if backend == "ray":
-                    outcomes = _run_on_ray(cfg, shards, ray_address, sandbox_url, listener, monitor)
+                    outcomes = _run_on_ray(
+                        cfg, shards or 2, ray_address, sandbox_url, listener, monitor
+                    )
                 else:
                     outcomes = asyncio.run(run_fleet(cfg, listener, monitor=monitor))
     except KeyboardInterrupt:
@@ -311,24 +347,14 @@ def _run_on_ray(
         from agentfleet.fleet.ray_backend import run_fleet_ray
     except ImportError as exc:
         _fail(f"the ray backend needs Ray: pip install 'agentfleet[ray]' ({exc})")
-    if cfg.resume:  # Ray runs what it is given: only the tasks resume left to do
-        from agentfleet.fleet.results import plan_resume
-
-        ids = cfg.task_ids or load_dataset(cfg.dataset).task_ids(cfg.split)
-        cfg.task_ids = plan_resume(cfg.run_dir, list(ids), rerun_failed=cfg.rerun_failed).todo
-    ids = cfg.task_ids or load_dataset(cfg.dataset).task_ids(cfg.split)
-    monitor.total = len(ids)
-
-    def feed(event: str, task: Any, outcome: Any) -> None:  # the monitor, as run_fleet does
-        if event == "start":
-            monitor.running[task.id] = time.monotonic()
-        elif outcome is not None:
-            monitor.record(outcome)
-        if listener is not None:
-            listener(event, task, outcome)
-
+    # run_fleet_ray applies cfg.resume itself and keeps the monitor, as run_fleet does
     return run_fleet_ray(
-        cfg, shards=shards, address=address, sandbox_urls=sandbox_urls, listener=feed
+        cfg,
+        shards=shards,
+        address=address,
+        sandbox_urls=sandbox_urls,
+        listener=listener,
+        monitor=monitor,
     )
 
 
@@ -400,17 +426,70 @@ def report_cmd(
 # servers -----------------------------------------------------------------------------
 @app.command("serve-sandbox")
 def serve_sandbox(
-    host: str = "127.0.0.1",
-    port: int = 9527,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="port (0: any free one)")] = 9527,
     backend: Annotated[str, typer.Option(help="process | docker")] = "process",
-    root: Annotated[Path | None, typer.Option(help="folder for process sandboxes")] = None,
+    root: Annotated[
+        Path | None,
+        typer.Option(help="host folder of the sandboxes (default $TMPDIR/agentfleet-sandboxes)"),
+    ] = None,
+    image: Annotated[
+        str | None, typer.Option(help="docker: image (default agentfleet-base:bookworm)")
+    ] = None,
+    memory: Annotated[
+        str | None, typer.Option(help="docker: memory per container, e.g. 512m, 2g (default 2g)")
+    ] = None,
+    cpus: Annotated[
+        float | None, typer.Option(help="docker: CPUs per container (default 1.0)")
+    ] = None,
+    pids_limit: Annotated[
+        int | None, typer.Option(help="docker: processes per container (default 512)")
+    ] = None,
+    max_sandboxes: Annotated[
+        int, typer.Option(help="sandboxes alive at once; more answer 429")
+    ] = 512,
+    ttl: Annotated[
+        float, typer.Option(help="seconds a sandbox lives when its create request names no ttl")
+    ] = 3600.0,
+    reap_interval: Annotated[
+        float, typer.Option(help="seconds between deletions of expired sandboxes (0: never)")
+    ] = 30.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Serve sandboxes over HTTP (default port 9527)."""
+    """Serve sandboxes over HTTP (default port 9527); backend process or docker."""
+    from agentfleet.sandbox.cli import serve_settings
     from agentfleet.sandbox.server import run_server
 
+    try:
+        backend_kw, service_kw = serve_settings(
+            backend,
+            image=image,
+            memory=memory,
+            cpus=cpus,
+            pids_limit=pids_limit,
+            max_sandboxes=max_sandboxes,
+            ttl=ttl,
+            reap_interval=reap_interval,
+        )
+    except ValueError as e:
+        _fail(str(e))
+        return
     _setup_logging(verbose)
-    run_server(host=host, port=port, backend=backend, root=root)
+    run_server(
+        host=host, port=port, backend=backend, root=root, backend_kw=backend_kw, **service_kw
+    )
+
+
+def _reward_kind(value: str) -> str:
+    """``--reward-kind`` must be one of reward.py's kinds."""
+    from typing import get_args
+
+    from agentfleet.evaluation.reward import RewardKind
+
+    kinds = get_args(RewardKind)
+    if value not in kinds:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(kinds)}")
+    return value
 
 
 @app.command("serve-eval")
@@ -420,7 +499,32 @@ def serve_eval(
     db: Annotated[
         Path | None, typer.Option(help="SQLite file of jobs (default: in memory, lost at exit)")
     ] = None,
-    workers: Annotated[int | None, typer.Option(help="evaluations at once")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="evaluations at once (default: CPUs / 2)")
+    ] = None,
+    queue_limit: Annotated[
+        int, typer.Option(min=1, help="jobs waiting for a worker before submits get 429")
+    ] = 1000,
+    max_body: Annotated[
+        int, typer.Option(min=1024, help="largest request body in bytes (larger: 413)")
+    ] = 10 * 1024 * 1024,
+    repeats: Annotated[
+        int, typer.Option(min=1, max=100, help="timed rounds of each side (median compared)")
+    ] = 5,
+    reward_kind: Annotated[
+        str,
+        typer.Option(
+            callback=_reward_kind,
+            help="speedup -> reward: log_speedup | linear | binary | relative",
+        ),
+    ] = "log_speedup",
+    reference: Annotated[
+        bool,
+        typer.Option(
+            "--reference/--no-reference",
+            help="also time the task's reference solution (info.reference_speedup)",
+        ),
+    ] = False,
     sandbox_url: Annotated[
         str | None, typer.Option(help="sandbox server (default: in-process)")
     ] = None,
@@ -429,23 +533,43 @@ def serve_eval(
         typer.Option(envvar="AGENTFLEET_EVAL_TOKEN", help="bearer token required from clients"),
     ] = None,
     test_latency: Annotated[
-        float | None, typer.Option(help="test mode: every evaluation sleeps this long, reward 1")
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="test mode: every evaluation sleeps this long, reward 1 "
+            "(--repeats, --reward-kind, --reference unused)",
+        ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Serve evaluations over HTTP (default port 9528)."""
+    """Serve evaluations over HTTP (default port 9528). See docs/evaluation.md."""
+    from pydantic import ValidationError
+
+    from agentfleet.evaluation.evaluator import EvalConfig
     from agentfleet.evaluation.server import run_server
 
+    try:
+        config = EvalConfig.model_validate(
+            {"repeats": repeats, "reference": reference, "reward": {"kind": reward_kind}}
+        )
+    except ValidationError as exc:
+        _fail(f"invalid evaluation settings: {exc.errors()[0].get('msg')}")
     _setup_logging(verbose)
-    run_server(
-        host=host,
-        port=port,
-        db_path=db,
-        workers=workers,
-        token=token,
-        test_latency=test_latency,
-        sandbox_url=sandbox_url,
-    )
+    try:
+        run_server(
+            host=host,
+            port=port,
+            db_path=db,
+            workers=workers,
+            queue_limit=queue_limit,
+            token=token,
+            test_latency=test_latency,
+            sandbox_url=sandbox_url,
+            max_body=max_body,
+            eval_config=config,
+        )
+    except ValueError as exc:  # e.g. a public host without a token
+        _fail(str(exc))
 
 
 @app.command("mock-llm")
@@ -602,6 +726,12 @@ def eval_submit(
     url: EvalUrl = "http://127.0.0.1:9528",
     wait: Annotated[bool, typer.Option(help="wait for the result")] = False,
     key: Annotated[str | None, typer.Option(help="idempotency key")] = None,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            min=1.0, help="give up after this many seconds (queue full, or waiting with --wait)"
+        ),
+    ] = 3600.0,
 ) -> None:
     """Submit a patch for evaluation; prints the job id (or the result with --wait)."""
     from agentfleet.evaluation.client import EvalClient
@@ -619,8 +749,8 @@ def eval_submit(
     async def go() -> Any:
         client = EvalClient(url)
         if wait:
-            return (await client.evaluate(req)).model_dump()
-        return {"job_id": await client.submit(req)}
+            return (await client.evaluate(req, timeout=timeout)).model_dump()
+        return {"job_id": await client.submit(req, timeout=timeout)}
 
     _print_json(_call(go))
 

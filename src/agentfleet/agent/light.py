@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import yaml
 from jinja2 import Environment, StrictUndefined, Template
 
-from agentfleet.models.base import Message, Model, ModelError
+from agentfleet.models.base import LimitReached, Message, Model, ModelError
 from agentfleet.models.offline import SUBMIT_SENTINEL
 from agentfleet.tasks import Task
 
@@ -41,20 +41,55 @@ class AgentConfig:
     time_limit_s: float = 900.0
     command_timeout_s: float = 60.0
     observation_max_chars: int = 10_000
+    cost_limit: float | None = None  # USD per agent (its model); None: no limit
+    run_cost_limit: float | None = None  # USD for the whole run, shared by its agents
     templates: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TEMPLATES))
 
     @classmethod
     def from_yaml(cls, path: str | Path | None = None, **overrides: Any) -> AgentConfig:
-        """Defaults, then the YAML file (sync: read it outside the event loop), then overrides."""
+        """Defaults, then the YAML file (sync: read it outside the event loop), then the
+        overrides that are not None. Unknown keys or bad values raise ValueError."""
         templates = dict(DEFAULT_TEMPLATES)
         data: dict[str, Any] = {}
         if path is not None:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            try:
+                loaded = yaml.safe_load(Path(path).read_text())
+            except yaml.YAMLError as exc:
+                raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+            if loaded is None:
+                loaded = {}
+            if not isinstance(loaded, dict):
+                raise ValueError(f"{path}: expected a mapping of settings")
+            data = dict(loaded)
             for key in list(data):
-                if key.endswith("_template"):
-                    templates[key] = data.pop(key)
+                if isinstance(key, str) and key.endswith("_template"):
+                    templates[key] = str(data.pop(key))
         data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(templates=templates, **data)
+        return cls(templates=templates, **_checked_settings(data, path))
+
+
+def _checked_settings(data: dict[str, Any], path: str | Path | None) -> dict[str, Any]:
+    """``data`` with known keys only, numbers converted; ValueError naming the bad ones."""
+    where = f"{path}: " if path is not None else ""
+    types = {f.name: f.type for f in fields(AgentConfig) if f.name != "templates"}
+    unknown = sorted(str(k) for k in data if k not in types)
+    if unknown:
+        known = ", ".join([*types, "*_template"])
+        raise ValueError(f"{where}unknown agent setting(s) {', '.join(unknown)} (known: {known})")
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        kind = int if types[key] == "int" else float
+        if value is None and "None" in str(types[key]):
+            out[key] = None
+            continue
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}{key} must be a number, got {value!r}") from None
+        if number < 0 or isinstance(value, bool):
+            raise ValueError(f"{where}{key} must be a non-negative number, got {value!r}")
+        out[key] = number
+    return out
 
 
 @dataclass
@@ -95,17 +130,20 @@ class LightAgent:
         start = time.monotonic()
         self._add("system", self._render("system_template", sentinel=SUBMIT_SENTINEL))
         self._add("user", self._render("instance_template", task=self.task))
-        steps, status, error = 0, "", ""
+        steps, status, error, note = 0, "", "", ""
         try:
             async with asyncio.timeout(self.config.time_limit_s):
                 status = await self._loop()
         except TimeoutError:
             status = "TimeLimitExceeded"
+        except LimitReached as exc:  # a clean end, like the step limit: not an error
+            status, note = exc.exit_status, str(exc)
         except ModelError as exc:
             status, error = exc.exit_status, str(exc)
+            note = error
         steps = sum(1 for m in self.messages if m["role"] == "assistant")
-        if error:
-            self._add("user", f"[agentfleet] agent ended: {status}: {error}")
+        if note:
+            self._add("user", f"[agentfleet] agent ended: {status}: {note}")
         return AgentResult(status, self.messages, steps, time.monotonic() - start, error)
 
     async def _loop(self) -> str:

@@ -3,7 +3,8 @@
 - ``http``: evaluation client patterns (the origin's blocking / per-call session / threads,
   and agentfleet's shared pool) against an evaluation server in test mode.
 - ``sandbox``: concurrent and sequential execs on the sandbox server vs a bare subprocess.
-- ``fleet``: a whole fleet of agents with a fixed-latency model vs a thread-per-agent runner.
+- ``fleet``: a whole fleet of agents with a fixed-latency model vs a thread-per-agent runner;
+  with ``--backend ray``, the Ray backend's overhead against the local one (``ray_bench``).
 
 See ``docs/benchmarks.md`` for measured results.
 """

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from agentfleet.bench.common import machine_info, make_run_dir, write_results
+from agentfleet.bench.common import MissingExtra, machine_info, make_run_dir, write_results
 
 bench_app = typer.Typer(
     name="bench",
@@ -22,6 +22,11 @@ bench_app = typer.Typer(
 def _log(msg: str) -> None:
     sys.stderr.write(f"[bench] {msg}\n")
     sys.stderr.flush()
+
+
+def _missing(exc: MissingExtra) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(2)
 
 
 def _ints(text: str) -> list[int]:
@@ -89,6 +94,8 @@ def http_cmd(
     started = time.time()
     try:
         rows = run_http_bench(cases, pats, log=_log)
+    except MissingExtra as exc:
+        raise _missing(exc) from None
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     md = table(rows)
@@ -175,6 +182,8 @@ def sandbox_cmd(
             docker_n=docker_n,
             log=_log,
         )
+    except MissingExtra as exc:
+        raise _missing(exc) from None
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     md = table(rows)
@@ -203,7 +212,12 @@ def sandbox_cmd(
 
 @bench_app.command("fleet")
 def fleet_cmd(
-    n: Annotated[int, typer.Option("--n", min=1, help="Agents.")] = 200,
+    n: Annotated[
+        int | None,
+        typer.Option(
+            "--n", min=1, help="Agents (default 200; ray: all perf-lite test tasks, at most 8)."
+        ),
+    ] = None,
     steps: Annotated[
         int, typer.Option(min=1, help="Steps per agent (S-1 `true`, then submit).")
     ] = 10,
@@ -240,11 +254,29 @@ def fleet_cmd(
             "servers' default), uvloop, or auto (uvloop when installed)."
         ),
     ] = "asyncio",
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="local: agentfleet vs thread runners; ray: the Ray backend's overhead "
+            "against the local one (perf-lite tasks, S replies of `true`, no submit)."
+        ),
+    ] = "local",
+    shards: Annotated[int, typer.Option(min=1, help="ray: actors.")] = 2,
+    rounds: Annotated[
+        int, typer.Option(min=1, help="ray: runs of each backend (interleaved).")
+    ] = 2,
     out: Out = None,
 ) -> None:
-    """A whole fleet with a fixed-latency model vs a thread-per-agent runner."""
+    """A whole fleet with a fixed-latency model vs a thread-per-agent runner (or, with
+    --backend ray, the Ray backend vs the local one)."""
+    if backend == "ray":
+        _fleet_ray(n, steps, delay, shards, rounds, out)
+        return
+    if backend != "local":
+        raise typer.BadParameter("choose from local, ray", param_hint="--backend")
     from agentfleet.bench.fleet_bench import run_fleet_bench, table
 
+    n = 200 if n is None else n
     ws = [n if w.strip() == "n" else int(w) for w in workers.split(",") if w.strip()]
     rs = [r.strip() for r in runners.split(",") if r.strip()]
     started = time.time()
@@ -261,6 +293,8 @@ def fleet_cmd(
             server_loop=server_loop,
             log=_log,
         )
+    except MissingExtra as exc:
+        raise _missing(exc) from None
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     md = table(rows)
@@ -285,3 +319,42 @@ def fleet_cmd(
         **info,
     }
     _finish("fleet", out, payload, md)
+
+
+def _fleet_ray(
+    n: int | None, steps: int, delay: float, shards: int, rounds: int, out: Path | None
+) -> None:
+    """``bench fleet --backend ray`` (imports Ray, through ray_bench, only here)."""
+    from agentfleet.bench.ray_bench import run_ray_bench, table
+
+    started = time.time()
+    try:
+        rows, info = run_ray_bench(
+            n=n, steps=steps, delay=delay, shards=shards, rounds=rounds, log=_log
+        )
+    except MissingExtra as exc:
+        raise _missing(exc) from None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    payload = {
+        "kind": "fleet",
+        "backend": "ray",
+        "command": " ".join(sys.argv),
+        "config": {
+            "n": n,
+            "steps": steps,
+            "delay_s": delay,
+            "shards": shards,
+            "rounds": rounds,
+            "mode": "agent",
+        },
+        "machine": machine_info(),
+        "started": started,
+        "duration_s": time.time() - started,
+        "rows": rows,
+        **info,
+    }
+    _finish("fleet-ray", out, payload, table(rows))
+    for r in rows:
+        if r["unexpected"]:
+            typer.echo(f"note: {r['backend']}: unexpected exit statuses {r['statuses']}")

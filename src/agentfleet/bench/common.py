@@ -9,6 +9,7 @@ its own, and a pattern that blocks (deliberately, like the origin's ``requests.p
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -47,7 +48,13 @@ def cpu_seconds() -> float:
 
 
 def peak_rss_mib() -> float:
-    """Peak resident set size of this process (Linux reports ``ru_maxrss`` in KiB)."""
+    """Peak resident set size of this process: ``VmHWM`` of /proc/self/status. Not
+    ``ru_maxrss``, which Linux carries over from the parent at exec (the fallback)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)  # kB
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(kib / 1024, 1)
 
@@ -68,6 +75,16 @@ def median(values: Sequence[float]) -> float:
 # children -----------------------------------------------------------------------------
 class ChildError(RuntimeError):
     pass
+
+
+class MissingExtra(RuntimeError):
+    """A package the bench needs is not installed (the message says how to install it)."""
+
+
+def require(module: str, why: str, extra: str = "bench") -> None:
+    """Fail up front, with the install hint, when ``module`` is not importable."""
+    if importlib.util.find_spec(module) is None:
+        raise MissingExtra(f"{why} needs {module}: pip install 'agentfleet[{extra}]'")
 
 
 def run_child(module: str, config: dict[str, Any], *, timeout: float = 3600) -> dict[str, Any]:
@@ -179,11 +196,12 @@ class ServerProcess:
 def sandbox_server(
     confine: str = "auto",
     max_sandboxes: int = 4096,
-    loop: str = "auto",
+    loop: str = "asyncio",
     backend: str = "process",
 ) -> Iterator[ServerProcess]:
     """The real sandbox server (``backend``: process or docker) in its own process, sandboxes
-    in a temp folder removed afterwards. ``loop``: uvicorn's event loop (``auto``: uvloop)."""
+    in a temp folder removed afterwards. ``loop``: uvicorn's event loop (asyncio, like
+    agentfleet's servers; ``auto``: uvloop when installed)."""
     import shutil
     import tempfile
 
@@ -198,7 +216,8 @@ def sandbox_server(
 
 
 def bind_free_socket(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP (not 0) so asyncio sets TCP_NODELAY on accepted sockets (as serving.py).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(4096)
@@ -211,7 +230,7 @@ def serve_app_announcing_port(
     port: int,
     log_level: str = "warning",
     extra: str = "",
-    loop: str = "auto",
+    loop: str = "asyncio",
 ) -> None:
     """Serve ``app`` with uvicorn on ``host:port`` (0: free), printing ``PORT <n>`` first
     (followed by ``extra``, ``key=value`` words the parent reads as :attr:`ServerProcess.info`)."""
@@ -225,7 +244,7 @@ def serve_app_announcing_port(
     sys.stdout.flush()
     config = uvicorn_config(app, host, sock.getsockname()[1], log_level=log_level)
     config.timeout_graceful_shutdown = 3
-    config.loop = loop  # "auto": uvloop when installed (uvicorn's default)
+    config.loop = loop  # "asyncio" as agentfleet's servers; "auto": uvloop when installed
     uvicorn.Server(config).run(sockets=[sock])
 
 

@@ -18,13 +18,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--latency", type=float, default=1.0)
     p.add_argument("--queue-limit", type=int, default=1_000_000)
+    p.add_argument(
+        "--loop", choices=["asyncio", "uvloop", "auto"], default="asyncio", help="uvicorn's loop"
+    )
     p.add_argument("--log-level", default="warning")
     args = p.parse_args(argv)
 
     from agentfleet.evaluation.server import create_app
 
     app = create_app(test_latency=args.latency, queue_limit=args.queue_limit)
-    serve_app_announcing_port(app, args.host, args.port, args.log_level)
+    serve_app_announcing_port(app, args.host, args.port, args.log_level, loop=args.loop)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,13 @@ import contextlib
 import math
 from typing import Any
 
-from agentfleet.bench.common import ServerProcess, markdown_table, run_child, sandbox_server
+from agentfleet.bench.common import (
+    ServerProcess,
+    markdown_table,
+    require,
+    run_child,
+    sandbox_server,
+)
 
 RUNNERS = ("agentfleet", "threads")
 SANDBOXES = ("process", "null")
@@ -45,7 +51,7 @@ def run_fleet_bench(
     max_seconds: float,
     confine: str = "auto",
     sandbox: str = "process",
-    server_loop: str = "auto",
+    server_loop: str = "asyncio",
     log: Any = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     for r in runners:
@@ -59,6 +65,8 @@ def run_fleet_bench(
             raise ValueError(f"unknown sandbox server {s!r} (choose from {', '.join(SANDBOXES)})")
     if server_loop not in ("auto", "asyncio", "uvloop"):
         raise ValueError("--server-loop: choose from auto, asyncio, uvloop")
+    if "threads" in runners:
+        require("requests", "the threads runner")
     ideal = steps * delay
     rows: list[dict[str, Any]] = []
     info: dict[str, Any] = {}
@@ -73,7 +81,7 @@ def run_fleet_bench(
         if sb == "process":
             server = sandbox_server(confine, n + 64, server_loop)
         else:
-            server = ServerProcess("agentfleet.bench.nullsandbox")
+            server = ServerProcess("agentfleet.bench.nullsandbox", ["--loop", server_loop])
         with server as srv:
             confined = srv.info.get("confined") == "1"
             info[f"sandbox_{sb}_confined"] = confined
@@ -110,7 +118,7 @@ def run_fleet_bench(
                     lim = res["pool_limits"]
                     notes.append(f"pool {lim['limit']}/{lim['per_host']}")
                 sb_label = "null" if sb == "null" else ("process+bwrap" if confined else "process")
-                if sb == "process" and server_loop != "asyncio":
+                if server_loop != "asyncio":
                     sb_label += f" [{server_loop} loop]"
                 rows.append(
                     {

@@ -16,6 +16,7 @@ from agentfleet.bench.common import (
     ServerProcess,
     http_json,
     markdown_table,
+    require,
     run_child,
 )
 from agentfleet.bench.http_client import PATTERNS
@@ -28,6 +29,7 @@ SCENARIOS: dict[str, tuple[int, int]] = {
 }
 DEFAULT_PATTERNS = ("blocking", "per-call", "threads", "agentfleet", "agentfleet-blocking")
 SWEEP_NS = (10, 50, 200, 1000)
+REQUESTS_PATTERNS = ("blocking", "threads")  # made with requests (the bench extra)
 
 
 @dataclass
@@ -125,6 +127,9 @@ def run_http_bench(
     for p in patterns:
         if p not in PATTERNS:
             raise ValueError(f"unknown pattern {p!r} (choose from {', '.join(PATTERNS)})")
+    needs = [p for p in patterns if p in REQUESTS_PATTERNS]
+    if needs:
+        require("requests", f"the {', '.join(needs)} pattern{'s' if len(needs) > 1 else ''}")
     latencies = {c.latency for c in cases}
     rows: list[dict[str, Any]] = []
     for latency in sorted(latencies):

@@ -6,7 +6,7 @@ Same routes and shapes as the real server (``POST /sandboxes``, ``POST .../exec`
 process spawning out of the measurement, leaving the runner's own plumbing (HTTP, agent
 loop, model waits).
 
-``python -m agentfleet.bench.nullsandbox --port 0`` prints ``PORT <n>`` and serves.
+``python -m agentfleet.bench.nullsandbox --port 0 [--loop asyncio]`` prints ``PORT <n>`` and serves.
 """
 
 from __future__ import annotations
@@ -70,9 +70,14 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m agentfleet.bench.nullsandbox")
     p.add_argument("--host", default=HOST)
     p.add_argument("--port", type=int, default=0)
+    p.add_argument(
+        "--loop", choices=["asyncio", "uvloop", "auto"], default="asyncio", help="uvicorn's loop"
+    )
     p.add_argument("--log-level", default="warning")
     args = p.parse_args(argv)
-    serve_app_announcing_port(create_app(), args.host, args.port, args.log_level, "confined=0")
+    serve_app_announcing_port(
+        create_app(), args.host, args.port, args.log_level, "confined=0", loop=args.loop
+    )
 
 
 if __name__ == "__main__":

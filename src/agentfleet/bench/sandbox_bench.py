@@ -63,9 +63,32 @@ def docker_problem() -> str | None:
 
 @contextlib.contextmanager
 def bench_container(image: str = DOCKER_IMAGE) -> Iterator[str]:
-    """One throw-away container (no network) for the bare exec rows, removed by id."""
+    """One throw-away container (no network) for the bare exec rows, removed by id.
+
+    Labelled like the docker backend's, so if the bench dies the next sandbox server start
+    (owner pid gone) or ``agentfleet sandbox gc`` removes it.
+    """
+    import socket
+    import time
+    import uuid
+
+    import psutil
+
+    from agentfleet.sandbox import docker as d
+
+    life_s = 600
+    labels = {
+        d.LABEL_OWNER: f"bench-{uuid.uuid4().hex}",
+        d.LABEL_SANDBOX: "bench",
+        d.LABEL_RUN: "bench-sandbox",
+        d.LABEL_EXPIRES: f"{time.time() + life_s:.3f}",
+        d.LABEL_HOST: socket.gethostname(),
+        d.LABEL_PID: str(os.getpid()),
+        d.LABEL_PID_STARTED: f"{psutil.Process().create_time():.3f}",
+    }
+    label_args = [arg for k, v in labels.items() for arg in ("--label", f"{k}={v}")]
     proc = subprocess.run(
-        ["docker", "run", "-d", "--network", "none", image, "sleep", "600"],
+        ["docker", "run", "-d", "--network", "none", *label_args, image, "sleep", str(life_s)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -150,7 +173,7 @@ def run_sandbox_bench(
     backend: str = "process",
     confine: str = "auto",
     null: bool = True,
-    server_loop: str = "auto",
+    server_loop: str = "asyncio",
     docker_n: int | None = None,
     aiodocker: bool = True,
     log: Any = None,
@@ -241,7 +264,7 @@ def run_sandbox_bench(
     n_main = n_proc if "process" in backends else n_docker
     if null:
         # the same client against a server whose execs spawn nothing: the HTTP hop alone
-        with ServerProcess("agentfleet.bench.nullsandbox") as srv:
+        with ServerProcess("agentfleet.bench.nullsandbox", ["--loop", server_loop]) as srv:
             if log is not None:
                 log(f"sandbox: null sandbox server (no spawn) n={n_main} seq={seq}")
             cpu0 = srv.cpu_seconds()
@@ -249,7 +272,12 @@ def run_sandbox_bench(
             server_cpu = srv.cpu_seconds() - cpu0
         rows.append(
             _http_row(
-                "null sandbox server over HTTP (no spawn)", "null", False, n_main, res, server_cpu
+                "null sandbox server over HTTP (no spawn)" + _loop_suffix(server_loop),
+                "null",
+                False,
+                n_main,
+                res,
+                server_cpu,
             )
         )
     if log is not None:

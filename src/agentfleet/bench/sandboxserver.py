@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--confine", choices=["auto", "yes", "no"], default="auto")
     p.add_argument("--max-sandboxes", type=int, default=4096)
     p.add_argument("--root", default=None, help="sandboxes folder (default: a temp dir)")
-    p.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto")
+    p.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="asyncio")
     p.add_argument("--log-level", default="warning")
     args = p.parse_args(argv)
 

@@ -30,6 +30,7 @@ TOKEN_ENV = "AGENTFLEET_EVAL_TOKEN"
 MAX_POLL_WAIT = 60.0  # the server's cap on ``wait``
 TERMINAL = frozenset({"done", "failed"})
 _MAX_RESUBMITS = 3  # a job unknown to a restarted (in-memory) server is submitted again
+SUBMIT_TIMEOUT = 3600.0  # default limit on waiting out a full queue (evaluate_info's timeout)
 
 
 class EvalClientError(HttpError):
@@ -113,6 +114,7 @@ class EvalClient:
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         timeouts: Timeouts,
+        long_poll: bool = False,
     ) -> Response:
         url = f"{self.base_url}{path}"
         try:
@@ -124,6 +126,7 @@ class EvalClient:
                 headers=self._headers(headers),
                 timeout=timeouts,
                 idempotent=True,  # GETs, and POSTs that carry an Idempotency-Key
+                long_poll=long_poll,  # held open by the server: never all of a host's slots
             )
         except EvalClientError:
             raise
@@ -153,14 +156,21 @@ class EvalClient:
         )
 
     # API -----------------------------------------------------------------------------
-    async def submit(self, req: EvalRequest, *, idempotency_key: str | None = None) -> str:
+    async def submit(
+        self,
+        req: EvalRequest,
+        *,
+        idempotency_key: str | None = None,
+        timeout: float | None = SUBMIT_TIMEOUT,
+    ) -> str:
         """Submit ``req`` as a job and return its id. The key (given, the request's, or a
         new uuid4) is sent on every attempt. A 429 still standing after the pool's own
-        retries is waited out (``Retry-After``) and resubmitted until the caller's
-        timeout."""
+        retries is waited out (``Retry-After``) and resubmitted for up to ``timeout``
+        seconds (None: no limit); then :class:`EvalTimeout`."""
         key = idempotency_key or req.idempotency_key or uuid.uuid4().hex
         body = req.model_dump(mode="json")
         body["idempotency_key"] = key
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             resp = await self._request(
                 "POST",
@@ -176,6 +186,15 @@ class EvalClient:
                 return job_id
             if resp.status == 429:
                 delay = min(60.0, max(0.05, _retry_after(resp)))
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise EvalTimeout(
+                            f"evaluation queue of {self.base_url} still full after {timeout:g}s "
+                            f"of retries ({_error_message(resp)})",
+                            status_code=429,
+                        )
+                    delay = min(delay, left)
                 logger.debug("evaluation queue full, resubmitting in %.2fs", delay)
                 await asyncio.sleep(delay)
                 continue
@@ -186,7 +205,11 @@ class EvalClient:
         wait = min(MAX_POLL_WAIT, max(0.0, wait))
         timeouts = Timeouts(total=wait + 120, connect=60, sock_connect=30, sock_read=wait + 60)
         resp = await self._request(
-            "GET", f"/evaluations/{job_id}", params={"wait": f"{wait:g}"}, timeouts=timeouts
+            "GET",
+            f"/evaluations/{job_id}",
+            params={"wait": f"{wait:g}"},
+            timeouts=timeouts,
+            long_poll=wait > 0,
         )
         if resp.status != 200:
             raise self._fail(resp, "status")
@@ -218,17 +241,21 @@ class EvalClient:
         key = idempotency_key or req.idempotency_key or uuid.uuid4().hex
         try:
             async with asyncio.timeout(timeout):
-                data = await self._submit_and_wait(req, key)
+                data = await self._submit_and_wait(req, key, timeout)
         except TimeoutError as exc:
             raise EvalTimeout(
                 f"evaluation of {req.instance_id} timed out after {timeout}s"
             ) from exc
         return _to_result(data)
 
-    async def _submit_and_wait(self, req: EvalRequest, key: str) -> dict[str, Any]:
+    async def _submit_and_wait(
+        self, req: EvalRequest, key: str, timeout: float | None
+    ) -> dict[str, Any]:
         resubmits = 0
         while True:
-            job_id = await self.submit(req, idempotency_key=key)
+            job_id = await self.submit(
+                req, idempotency_key=key, timeout=SUBMIT_TIMEOUT if timeout is None else timeout
+            )
             try:
                 return await self.wait(job_id)
             except EvalRejected as exc:

@@ -64,14 +64,18 @@ async def _check_patch_applies(task: Task, patch: str) -> None:
     )
     outputs: list[bytes] = []
     for argv in attempts:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=task.repo_dir,
-            env=env,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                cwd=task.repo_dir,
+                env=env,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+        except FileNotFoundError:  # no such program here: this attempt does not take it
+            outputs.append(f"{argv[0]}: command not found".encode())
+            continue
         output, _ = await proc.communicate(patch.encode())
         if proc.returncode == 0:
             return
@@ -155,8 +159,17 @@ def _tail(text: str, n: int = OUTPUT_TAIL) -> str:
     return text if len(text) <= n else "..." + text[-n:]
 
 
-def _resolve_task(dataset: str, instance_id: str) -> Task:
-    return load_dataset(dataset).task(instance_id)
+def _resolve_task(dataset: str, instance_id: str, split: str) -> Task:
+    """The task, which must belong to ``split``; :class:`TaskNotFound` otherwise."""
+    ds = load_dataset(dataset)
+    task = ds.task(instance_id)
+    if instance_id not in ds.task_ids(split):  # an unknown split raises TaskNotFound too
+        in_splits = [name for name, ids in ds.splits.items() if instance_id in ids]
+        raise TaskNotFound(
+            f"task {instance_id!r} is not in split {split!r} of dataset {ds.name!r} "
+            f"(it is in: {', '.join(in_splits) or 'none'})"
+        )
+    return task
 
 
 def _read_solution(task: Task) -> str:
@@ -216,7 +229,7 @@ class Evaluator:
         A request that was not submitted is always accepted."""
         if req.exit_status != SUBMITTED:
             return
-        task = await asyncio.to_thread(_resolve_task, req.dataset_name, req.instance_id)
+        task = await asyncio.to_thread(_resolve_task, req.dataset_name, req.instance_id, req.split)
         if req.result is not None:
             if req.result.strip():
                 await _check_patch_applies(task, req.result)
@@ -243,7 +256,7 @@ class Evaluator:
             log.info("eval %s: not submitted (%s)", req.instance_id, req.exit_status)
             return EvalResult(reward=0.0, speedup=0.0, info=info)
 
-        task = await asyncio.to_thread(_resolve_task, req.dataset_name, req.instance_id)
+        task = await asyncio.to_thread(_resolve_task, req.dataset_name, req.instance_id, req.split)
         durations: dict[str, float] = {}
         info["durations"] = durations
         patch, source = await self._get_patch(req, durations)
@@ -380,12 +393,18 @@ class Evaluator:
         baseline = await baseline_t
         arms = {"baseline": baseline, "candidate": candidate}
         if reference_t is not None:
-            reference = await reference_t
-            ok, _, output = await self._apply(reference, reference_patch)
-            if ok:
-                arms["reference"] = reference
+            try:  # trouble with the reference drops it, never the evaluation
+                reference = await reference_t
+                ok, _, output = await self._apply(reference, reference_patch)
+            except SandboxError as exc:
+                info["reference_error"] = f"reference sandbox failed: {exc}"
             else:
-                info["reference_error"] = "reference patch did not apply: " + _tail(output, 1000)
+                if ok:
+                    arms["reference"] = reference
+                else:
+                    info["reference_error"] = "reference patch did not apply: " + _tail(
+                        output, 1000
+                    )
         run_timeout = cfg.workload_timeout or task.timeout_s
         t = time.monotonic()
         checks = dict(
@@ -422,6 +441,8 @@ class Evaluator:
                 raise _Outcome("workload_failed", workload_error=exc.detail) from None
             raise
         durations["timing"] = round(time.monotonic() - t, 4)
+        if "reference" in samples.dropped:
+            info["reference_error"] = "reference timing failed: " + samples.dropped["reference"]
 
         clock = samples.cpu_s if cfg.clock == "cpu" else samples.wall_s
         stats = speedup_stats(
@@ -528,4 +549,5 @@ class Evaluator:
             order=cfg.order,
             seed=cfg.seed,
             python=cfg.python,
+            optional=("reference",),
         )

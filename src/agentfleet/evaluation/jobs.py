@@ -193,15 +193,44 @@ class EvalMetrics:
         )
 
 
+class PeerCounter:
+    """Distinct (host, port) pairs seen, in bounded memory: one 8 KiB bitmap of ports per
+    host, for at most ``max_hosts`` hosts (2 MiB at the default 256). Exact while within
+    that; pairs from further hosts are not counted and ``saturated`` turns true."""
+
+    def __init__(self, max_hosts: int = 256) -> None:
+        self.max_hosts = max_hosts
+        self._ports: dict[str, bytearray] = {}
+        self.count = 0
+        self.saturated = False
+
+    def add(self, host: str, port: int) -> None:
+        bits = self._ports.get(host)
+        if bits is None:
+            if len(self._ports) >= self.max_hosts:
+                self.saturated = True
+                return
+            bits = self._ports[host] = bytearray(8192)
+        port &= 0xFFFF
+        byte, mask = port >> 3, 1 << (port & 7)
+        if not bits[byte] & mask:
+            bits[byte] |= mask
+            self.count += 1
+
+    def clear(self) -> None:
+        self._ports.clear()
+        self.count = 0
+        self.saturated = False
+
+
 @dataclass
 class _Counters:
     in_flight: int = 0
     peak_in_flight: int = 0
     completed: int = 0
-    clients: set[tuple[str, int]] = field(default_factory=set)
+    clients: PeerCounter = field(default_factory=PeerCounter)
 
 
-_MAX_TRACKED_CLIENTS = 1_000_000
 _RECENT_JOBS = 10_000  # finished jobs kept in memory for polls
 
 
@@ -309,18 +338,19 @@ class JobManager:
         or a :class:`SubmitError` from the evaluator's ``check`` (unknown task...).
         """
         digest = body_hash(req)
-        full = self._queue.qsize() + self._reserved >= self.queue_limit
-        if idem_key is not None and (full or self._has_check):
+        if idem_key is not None and (self._full() or self._has_check):
             existing = await self.store.get_by_key(idem_key)
             if existing is not None:  # a known key is answered by its job, unchecked
                 return self._same_job(existing, digest), False
-        if full:
+        # Checked again after the await above, and the slot taken with no await in between:
+        # concurrent submits cannot all pass a check made before any of them reserved.
+        if self._full():
             self.metrics.rejected.labels("queue_full").inc()
             raise QueueFull(
                 f"evaluation queue is full ({self.queue_limit} jobs waiting); retry later",
                 self.retry_after(),
             )
-        self._reserved += 1
+        self._reserved += 1  # released below whatever happens; the queue entry replaces it
         try:
             if self._has_check:
                 await self._check(req)
@@ -336,6 +366,9 @@ class JobManager:
         self.metrics.submitted.inc()
         self._update_gauges()
         return job, True
+
+    def _full(self) -> bool:
+        return self._queue.qsize() + self._reserved >= self.queue_limit
 
     @property
     def _has_check(self) -> bool:
@@ -390,13 +423,14 @@ class JobManager:
     # stats ---------------------------------------------------------------------------
     def note_client(self, client: tuple[str, int] | None) -> None:
         """Record the (host, port) of a request: distinct pairs ~ TCP connections seen."""
-        if client is not None and len(self._counters.clients) < _MAX_TRACKED_CLIENTS:
-            self._counters.clients.add((client[0], client[1]))
+        if client is not None:
+            self._counters.clients.add(client[0], client[1])
 
     def stats(self) -> dict[str, Any]:
         c = self._counters
         return {
-            "connections_seen": len(c.clients),
+            "connections_seen": c.clients.count,
+            "connections_seen_saturated": c.clients.saturated,
             "in_flight": c.in_flight,
             "peak_in_flight": c.peak_in_flight,
             "completed": c.completed,

@@ -137,15 +137,17 @@ def summarize(
     * ``geomean_speedup``: geometric mean over the *correct* results (``None`` if none)
     * ``geomean_speedup_all``: geometric mean over all results, an incorrect result
       counting as 1.0 (as if the change had not been shipped)
-    * ``fast_p``: for each ``p``, the share of all results that are correct *and* have
-      ``speedup > p`` (``fast_1.0``, ``fast_1.5``, ``fast_2.0`` also as flat keys)
+    * ``fast_p``: for each ``p``, the share of all results that are correct, have
+      ``speedup > p`` *and* are not ``within_noise`` (a speedup indistinguishable from 1.0
+      is not counted as faster); ``fast_1.0``, ``fast_1.5``, ``fast_2.0`` also as flat keys
     """
     rs = [_as_result(r) for r in results]
     n = len(rs)
     correct = [r for r in rs if is_correct(r)]
+    measured = [r for r in correct if not r.info.get("within_noise")]
     fast_p = {
         f"{p:g}" if "." in f"{p:g}" else f"{p:.1f}": (
-            sum(1 for r in correct if r.speedup > p) / n if n else 0.0
+            sum(1 for r in measured if r.speedup > p) / n if n else 0.0
         )
         for p in thresholds
     }

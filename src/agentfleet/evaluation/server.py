@@ -6,7 +6,7 @@ Endpoints (JSON; every error is ``{"error": "..."}`` with a fitting status):
   ``Idempotency-Key`` header or the ``idempotency_key`` field) -> 202
   ``{"job_id", "status"}`` for a new job; the same key and body -> 200 with the same job
   (never a second evaluation); the same key with another body -> 422; queue full -> 429
-  with ``Retry-After``; unknown instance (when the evaluator has ``check``) -> 404.
+  with ``Retry-After``; unknown instance or split (when the evaluator has ``check``) -> 404.
 - ``GET /evaluations/{job_id}?wait=SECONDS`` (0..60) long-polls until the job is done or
   failed -> ``{"job_id", "status", "reward", "speedup", "info", "error"}``.
 - ``POST /evaluate`` the blocking form for old clients -> ``{"reward", "speedup", "info"}``.
@@ -30,7 +30,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -48,6 +48,9 @@ from agentfleet.evaluation.jobs import (
 )
 from agentfleet.evaluation.schema import EvalRequest, EvalResult
 from agentfleet.evaluation.store import FAILED, JobRecord, JobStore
+
+if TYPE_CHECKING:
+    from agentfleet.evaluation.evaluator import EvalConfig
 
 logger = logging.getLogger("agentfleet.evaluation")
 
@@ -441,29 +444,31 @@ def _is_loopback(host: str) -> bool:
 
 
 @asynccontextmanager
-async def real_evaluator(sandbox_url: str | None = None) -> AsyncIterator[EvaluatorLike]:
-    """The real :class:`~agentfleet.evaluation.evaluator.Evaluator`: on the sandbox server
-    at ``sandbox_url`` when given, else on an in-process sandbox service (process
-    backend), closed on exit."""
+async def real_evaluator(
+    sandbox_url: str | None = None, config: EvalConfig | None = None
+) -> AsyncIterator[EvaluatorLike]:
+    """The real :class:`~agentfleet.evaluation.evaluator.Evaluator` (with ``config``, default
+    ``EvalConfig()``): on the sandbox server at ``sandbox_url`` when given, else on an
+    in-process sandbox service (process backend), closed on exit."""
     from agentfleet.evaluation.evaluator import Evaluator
 
     if sandbox_url is not None:
         from agentfleet.sandbox.client import SandboxClient
 
-        yield Evaluator(SandboxClient(sandbox_url))
+        yield Evaluator(SandboxClient(sandbox_url), config)
         return
     from agentfleet.sandbox.process import ProcessBackend
     from agentfleet.sandbox.service import SandboxService
 
     async with SandboxService(ProcessBackend()) as service:
-        yield Evaluator(service)
+        yield Evaluator(service, config)
 
 
 def default_evaluator_factory(
-    sandbox_url: str | None = None,
+    sandbox_url: str | None = None, config: EvalConfig | None = None
 ) -> Callable[[], AbstractAsyncContextManager[EvaluatorLike]]:
     """A factory for :func:`create_app` that builds the real evaluator at start-up."""
-    return lambda: real_evaluator(sandbox_url)
+    return lambda: real_evaluator(sandbox_url, config)
 
 
 def run_server(
@@ -479,12 +484,13 @@ def run_server(
     evaluator_factory: EvaluatorFactory | None = None,
     max_body: int = DEFAULT_MAX_BODY,
     log_level: str = "info",
+    eval_config: EvalConfig | None = None,
 ) -> None:
     """Serve until interrupted (the ``agentfleet serve-eval`` command).
 
     Binding a non-loopback ``host`` needs a ``token`` (or ``AGENTFLEET_EVAL_TOKEN``).
     Without ``test_latency`` or ``evaluator_factory``, the real evaluator is built at
-    start-up by :func:`default_evaluator_factory`.
+    start-up by :func:`default_evaluator_factory` with ``eval_config``.
     """
     import uvicorn
 
@@ -497,7 +503,7 @@ def run_server(
             "(pass token= / --token or set AGENTFLEET_EVAL_TOKEN)"
         )
     if test_latency is None and evaluator_factory is None:
-        evaluator_factory = default_evaluator_factory(sandbox_url)
+        evaluator_factory = default_evaluator_factory(sandbox_url, eval_config)
     app = create_app(
         None,
         db_path=db_path,

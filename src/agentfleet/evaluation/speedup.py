@@ -12,7 +12,7 @@ import json
 import math
 import random
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -245,6 +245,7 @@ class Samples:
     wall_s: dict[str, list[float]] = field(default_factory=dict)
     cpu_s: dict[str, list[float]] = field(default_factory=dict)
     order: list[list[str]] = field(default_factory=list)
+    dropped: dict[str, str] = field(default_factory=dict)  # optional arm -> why it failed
 
 
 async def measure(
@@ -258,13 +259,16 @@ async def measure(
     order: Order = "alternate",
     seed: int = 0,
     python: str = "python3",
+    optional: Collection[str] = (),
 ) -> Samples:
     """Time ``workload_cmd`` in each arm (name -> sandbox id), one run at a time.
 
     ``warmup`` untimed rounds first, then ``repeats`` rounds; in each round every arm runs
     once as a fresh process. ``alternate`` reverses the arm order every other round
     (A B, B A, A B, ...); ``shuffle`` draws each round's order from a seeded generator.
-    Raises :class:`TimingError` when a run fails or times out.
+    Raises :class:`TimingError` when a run fails or times out, except in an ``optional``
+    arm: that arm is dropped (its samples removed, the reason in ``Samples.dropped``) and
+    the others go on.
     """
     names = list(arms)
     rng = random.Random(seed)
@@ -283,18 +287,33 @@ async def measure(
             raise TimingError(name, f"workload exited with {run.returncode}")
         return run
 
+    async def run_or_drop(name: str) -> TimedRun | None:
+        try:
+            return await one(name)
+        except TimingError as exc:
+            if name not in optional:
+                raise
+            out.dropped[name] = exc.detail
+            names.remove(name)
+            del out.wall_s[name], out.cpu_s[name]
+            return None
+
     for _ in range(max(warmup, 0)):
-        for name in names:
-            await one(name)
+        for name in names[:]:
+            await run_or_drop(name)
     for r in range(repeats):
         if order == "shuffle":
             round_order = names[:]
             rng.shuffle(round_order)
         else:
-            round_order = names if r % 2 == 0 else names[::-1]
-        out.order.append(list(round_order))
+            round_order = names[:] if r % 2 == 0 else names[::-1]
+        ran: list[str] = []
         for name in round_order:
-            run = await one(name)
+            run = await run_or_drop(name)
+            if run is None:
+                continue
+            ran.append(name)
             out.wall_s[name].append(run.wall_s)
             out.cpu_s[name].append(run.cpu_s)
+        out.order.append(ran)
     return out

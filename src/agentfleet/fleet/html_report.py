@@ -528,10 +528,26 @@ def build_report(
         '<h2>Tasks</h2><table class="tasks" id="tasks"><thead><tr>'
         + "".join(f"<th>{esc(c)}</th>" for c in head_cols)
         + f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
-        "<p class=note>Speedup: baseline over candidate wall time (median of timed runs); "
-        "reward 0 for incorrect solutions. fast_p: share of all tasks that are correct and "
-        "faster than p.</p></body></html>\n"
+        f"<p class=note>Speedup: baseline over candidate {esc(_clock_note(records))} "
+        "(median of timed runs); reward 0 for incorrect solutions. fast_p: share of all "
+        "tasks that are correct and faster than p, results within noise not counted."
+        "</p></body></html>\n"
     )
+
+
+_CLOCK_NAMES = {"cpu": "CPU time (user+sys)", "wall": "wall time"}
+
+
+def _clock_note(records: list[dict[str, Any]]) -> str:
+    """The clock(s) the evaluations timed with (``info.timing.clock``)."""
+    clocks: dict[str, None] = {}
+    for r in records:
+        timing = (r.get("info") or {}).get("timing")
+        if isinstance(timing, dict) and timing.get("clock"):
+            clocks[str(timing["clock"])] = None
+    if not clocks:
+        return "time (no timed evaluation)"
+    return " / ".join(_CLOCK_NAMES.get(c, f"{c} time") for c in clocks)
 
 
 def write_report(run_dir: Path, out_path: Path | None = None) -> Path:

@@ -9,9 +9,10 @@ sandboxes live next to the agents that use them, unless sandbox URLs are given.
 
 The driver is the only writer of the run folder: an actor returns ``(outcome, trajectory)``
 per task and the driver appends it to ``results.jsonl`` / ``trajectories/`` as it arrives,
-so resume and report work as for a local run. The driver keeps a work queue and gives each
-actor at most its share of ``cfg.workers`` tasks at once, so a slow shard never holds tasks
-another one could run.
+so resume and report work as for a local run (``cfg.resume`` is applied here, as in
+``run_fleet``; ``config.json`` is the local backend's, plus ``backend`` and ``shards``).
+The driver keeps a work queue and gives each actor at most its share of ``cfg.workers``
+tasks at once, so a slow shard never holds tasks another one could run.
 
 Failures: a task whose actor dies (``RayActorError``) is queued again and runs on another
 actor (a replacement actor is started, up to ``max_actor_restarts`` times). On Ctrl-C, or
@@ -39,17 +40,20 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
+from agentfleet.fleet.results import RESULTS, plan_resume, repair_tail
 from agentfleet.fleet.runner import (
     FleetConfig,
+    FleetMonitor,
     Listener,
     ResultsWriter,
     TaskOutcome,
     embedded_servers,
+    run_config,
     run_one,
     select_tasks,
     trajectory,
 )
-from agentfleet.http.pool import HttpPool, preset_for_fleet
+from agentfleet.http.pool import HttpPool, preset_for_fleet, resolve_limits
 from agentfleet.sandbox.base import CreateSandbox, SandboxInfo
 from agentfleet.sandbox.client import SandboxClient
 from agentfleet.sandbox.process import _rmtree, default_root
@@ -126,8 +130,13 @@ class FleetShard:
             if self._closed:
                 raise RuntimeError(f"shard {self.index} is shut down")
             if self._stack is None:
-                # This actor's own pool (created on its loop at first use), sized for its share.
-                HttpPool.configure_default(preset_for_fleet(self.cfg.workers))
+                # This actor's own pool (created on its loop at first use): the run's limits
+                # (--pool), else sized for its share.
+                pool = self.cfg.pool
+                limits = resolve_limits(
+                    pool if pool is not None else preset_for_fleet(self.cfg.workers)
+                )
+                HttpPool.configure_default(limits)
                 stack = AsyncExitStack()
                 try:
                     self._tasks = {t.id: t for t in await asyncio.to_thread(select_tasks, self.cfg)}
@@ -147,6 +156,7 @@ class FleetShard:
                     "sandbox_url": sandbox_url,
                     "eval_url": eval_url,
                     "loop": type(asyncio.get_running_loop()).__module__,
+                    "pool": f"{limits.limit}/{limits.limit_per_host}",
                 }
         return self._info
 
@@ -228,6 +238,7 @@ def _future(ref: Any) -> asyncio.Future[Any]:
 async def _drive(
     cfg: FleetConfig,
     tasks: list[Task],
+    config: dict[str, Any],
     *,
     shards: int,
     sandbox_urls: list[str] | None,
@@ -239,17 +250,7 @@ async def _drive(
     shutdown_timeout_s: float,
 ) -> list[TaskOutcome]:
     writer = ResultsWriter(cfg.run_dir)
-    await writer.prepare(
-        {
-            "dataset": cfg.dataset,
-            "split": cfg.split,
-            "model": cfg.model.spec,
-            "workers": cfg.workers,
-            "tasks": [t.id for t in tasks],
-            "backend": "ray",
-            "shards": shards,
-        }
-    )
+    await writer.prepare(config)
     notify = listener or (lambda *_: None)
     by_id = {t.id: t for t in tasks}
     capacities = shard_capacities(cfg.workers, shards)
@@ -341,11 +342,13 @@ async def _drive(
                     else:
                         shard.started = True
                         log.info(
-                            "shard %s on %s (pid %s, %s loop), sandboxes %s, evaluation %s",
+                            "shard %s on %s (pid %s, %s loop, pool %s), sandboxes %s, "
+                            "evaluation %s",
                             shard.name,
                             info["host"],
                             info["pid"],
                             info["loop"],
+                            info["pool"],
                             info["sandbox_url"],
                             info["eval_url"],
                         )
@@ -409,6 +412,7 @@ def run_fleet_ray(
     address: str | None = None,
     sandbox_urls: list[str] | None = None,
     listener: Listener | None = None,
+    monitor: FleetMonitor | None = None,
     actor_hook: ActorHook | None = None,
     actor_options: dict[str, Any] | None = None,
     max_actor_restarts: int | None = None,
@@ -417,6 +421,10 @@ def run_fleet_ray(
     init_kwargs: dict[str, Any] | None = None,
 ) -> list[TaskOutcome]:
     """Run the fleet on ``shards`` Ray actors; results land in ``cfg.run_dir`` as they finish.
+
+    With ``cfg.resume``, runs only the tasks of ``cfg.run_dir`` without a result (and failed
+    ones with ``cfg.rerun_failed``), like :func:`~agentfleet.fleet.runner.run_fleet`; with
+    nothing left to do it records the invocation and starts no Ray.
 
     Call from sync code (not inside a running event loop). Connects to Ray with
     ``ray.init(address=address)`` unless Ray is initialised already (``None``: start a local
@@ -430,6 +438,7 @@ def run_fleet_ray(
             ``cfg.eval_url``: a shared evaluation server; ``None``: one embedded per actor.
         listener: ``listener(event, task, outcome)`` with ``"start"`` / ``"done"``, as for
             the local backend (called on the driver).
+        monitor: live state for a dashboard (totals, running, results), as ``run_fleet``.
         actor_hook: called with ``(name, handle)`` for every actor started (tests).
         actor_options: extra ``.options(...)`` for the actors (``num_cpus``, ``resources``,
             ``scheduling_strategy``...; defaults: ``num_cpus=0``, ``"SPREAD"``).
@@ -447,6 +456,21 @@ def run_fleet_ray(
         raise ValueError("sandbox_urls is empty")
     tasks = select_tasks(cfg)
     cfg.model.prepare()
+    all_ids = [t.id for t in tasks]
+    skipped = 0
+    if cfg.resume:
+        repair_tail(cfg.run_dir / RESULTS)
+        plan = plan_resume(cfg.run_dir, all_ids, rerun_failed=cfg.rerun_failed)
+        todo = set(plan.todo)
+        tasks = [t for t in tasks if t.id in todo]
+        skipped = len(plan.skipped)
+    config = {**run_config(cfg, all_ids, [t.id for t in tasks]), "backend": "ray"}
+    config["shards"] = shards
+    if monitor is not None:
+        monitor.total, monitor.skipped, monitor.started_at = len(tasks), skipped, time.monotonic()
+    listener = _monitored(listener, monitor)
+    if not tasks:  # nothing to run: record the invocation, leave Ray alone
+        return asyncio.run(_record_only(cfg, config))
     started_ray = False
     if not ray.is_initialized():
         kwargs: dict[str, Any] = dict(init_kwargs or {})
@@ -460,6 +484,7 @@ def run_fleet_ray(
             _drive(
                 cfg,
                 tasks,
+                config,
                 shards=shards,
                 sandbox_urls=sandbox_urls,
                 listener=listener,
@@ -473,3 +498,24 @@ def run_fleet_ray(
     finally:
         if started_ray:
             ray.shutdown()
+
+
+def _monitored(listener: Listener | None, monitor: FleetMonitor | None) -> Listener | None:
+    """``listener`` that also keeps ``monitor`` up to date, as run_fleet does."""
+    if monitor is None:
+        return listener
+
+    def feed(event: str, task: Task, outcome: TaskOutcome | None) -> None:
+        if event == "start":
+            monitor.running[task.id] = time.monotonic()
+        elif outcome is not None:
+            monitor.record(outcome)
+        if listener is not None:
+            listener(event, task, outcome)
+
+    return feed
+
+
+async def _record_only(cfg: FleetConfig, config: dict[str, Any]) -> list[TaskOutcome]:
+    await ResultsWriter(cfg.run_dir).prepare(config)
+    return []

@@ -24,9 +24,10 @@ from agentfleet.fleet.results import (
     repair_tail,
     result_state,
 )
-from agentfleet.http import HttpPool, Timeouts
+from agentfleet.http import HttpPool, PoolLimits, Timeouts
 from agentfleet.models import ModelSpec
-from agentfleet.sandbox.base import CreateSandbox, Sandboxes
+from agentfleet.models.pricing import RunBudget
+from agentfleet.sandbox.base import CreateSandbox, Sandboxes, SandboxNotFound, new_sandbox_id
 from agentfleet.sandbox.client import SandboxClient
 from agentfleet.sandbox.env import RemoteDockerEnvironment
 from agentfleet.sandbox.server import create_app as sandbox_app
@@ -54,6 +55,16 @@ class FleetConfig:
     resume: bool = False  # skip tasks of run_dir that already have a result
     rerun_failed: bool = False  # with resume: run failed tasks again
     sample_every_s: float = 1.0  # pool / evaluation-queue snapshots (0: off)
+    pool: PoolLimits | str | None = None  # HTTP pool limits (None: by fleet size); Ray actors
+    # The run's cost budget (agent.run_cost_limit), made by run_budget(); one per process.
+    budget: RunBudget | None = field(default=None, repr=False, compare=False)
+
+
+def run_budget(cfg: FleetConfig) -> RunBudget | None:
+    """The one RunBudget shared by every model of the run (None without a run cost limit)."""
+    if cfg.budget is None and cfg.agent.run_cost_limit is not None:
+        cfg.budget = RunBudget(cfg.agent.run_cost_limit)
+    return cfg.budget
 
 
 @dataclass
@@ -248,15 +259,24 @@ async def run_one(
     messages: list[Any] = []
     patch = ""
     model: Any = None
-    sandbox_id: str | None = None
+    # chosen here, so the finally deletes it even if create never answered (Ctrl-C)
+    sandbox_id = new_sandbox_id()
+    create_sent = False
     try:
         stage[task.id] = "sandbox"
-        model = await asyncio.to_thread(cfg.model.build, task)  # may read files
+        model = await asyncio.to_thread(  # may read files
+            cfg.model.build, task, cost_limit=cfg.agent.cost_limit, budget=run_budget(cfg)
+        )
         if monitor is not None:
             monitor.models[task.id] = model
+        create_sent = True
         info = await sandboxes.create(
             CreateSandbox(
-                task_id=task.id, dataset=cfg.dataset, ttl_s=cfg.sandbox_ttl_s, run=cfg.run_dir.name
+                sandbox_id=sandbox_id,
+                task_id=task.id,
+                dataset=cfg.dataset,
+                ttl_s=cfg.sandbox_ttl_s,
+                run=cfg.run_dir.name,
             )
         )
         sandbox_id = info.sandbox_id
@@ -290,9 +310,11 @@ async def run_one(
         log.exception("task %s failed", task.id)
         outcome.error = f"{type(exc).__name__}: {exc}"
     finally:
-        if sandbox_id is not None:
+        if create_sent:
             try:
                 await asyncio.shield(sandboxes.delete(sandbox_id))
+            except SandboxNotFound:
+                pass  # never made (create failed or was cancelled early)
             except Exception as exc:
                 log.warning("could not delete sandbox %s: %s", sandbox_id, exc)
     outcome.duration_s = time.monotonic() - start
@@ -357,6 +379,32 @@ async def _sampler(monitor: FleetMonitor, eval_url: str, path: Path, every: floa
         await asyncio.sleep(every)
 
 
+def run_config(cfg: FleetConfig, all_ids: list[str], todo: list[str]) -> dict[str, Any]:
+    """config.json of a run: ``all_ids`` the whole run's tasks, ``todo`` this invocation's."""
+    return {
+        "dataset": cfg.dataset,
+        "split": cfg.split,
+        "model": cfg.model.spec,
+        "model_url": cfg.model.url,
+        "model_delay": cfg.model.delay_s,
+        "workers": cfg.workers,
+        "eval_repeats": cfg.eval_repeats,
+        "step_limit": cfg.agent.step_limit,
+        "time_limit": cfg.agent.time_limit_s,
+        "cost_limit": cfg.agent.cost_limit,
+        "run_cost_limit": cfg.agent.run_cost_limit,
+        "tasks": all_ids,
+        "invocations": [
+            {
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "model": cfg.model.spec,
+                "resume": cfg.resume,
+                "tasks": todo,
+            }
+        ],
+    }
+
+
 async def run_fleet(
     cfg: FleetConfig,
     listener: Listener | None = None,
@@ -380,28 +428,7 @@ async def run_fleet(
     else:
         skipped = 0
     writer = ResultsWriter(cfg.run_dir)
-    await writer.prepare(
-        {
-            "dataset": cfg.dataset,
-            "split": cfg.split,
-            "model": cfg.model.spec,
-            "model_url": cfg.model.url,
-            "model_delay": cfg.model.delay_s,
-            "workers": cfg.workers,
-            "eval_repeats": cfg.eval_repeats,
-            "step_limit": cfg.agent.step_limit,
-            "time_limit": cfg.agent.time_limit_s,
-            "tasks": all_ids,
-            "invocations": [
-                {
-                    "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "model": cfg.model.spec,
-                    "resume": cfg.resume,
-                    "tasks": [t.id for t in tasks],
-                }
-            ],
-        }
-    )
+    await writer.prepare(run_config(cfg, all_ids, [t.id for t in tasks]))
     mon = monitor if monitor is not None else FleetMonitor()
     mon.total, mon.skipped, mon.started_at = len(tasks), skipped, time.monotonic()
     notify = listener or (lambda *_: None)

@@ -266,29 +266,27 @@ METRIC_NAMES = (
     f"{PREFIX}_pool_limit",
 )
 
-_live_pools: dict[int, weakref.ref[HttpPool]] = {}
+# Every pool of the process, weakly, by creation number (so in creation order).
+_all_pools: weakref.WeakValueDictionary[int, HttpPool] = weakref.WeakValueDictionary()
 _pool_ids = itertools.count(1)
 
 
 def track_pool(pool: HttpPool) -> str:
     """Remember ``pool`` (weakly) for the all-pools collector; returns a unique default name."""
     n = next(_pool_ids)
-    key = id(pool)
-
-    def forget(_ref: weakref.ref[HttpPool], k: int = key) -> None:
-        _live_pools.pop(k, None)
-
-    _live_pools[key] = weakref.ref(pool, forget)
+    _all_pools[n] = pool
     return f"pool-{n}"
 
 
-def live_pools() -> list[HttpPool]:
-    return [p for r in list(_live_pools.values()) if (p := r()) is not None]
+def live_pools(*, include_closed: bool = False) -> list[HttpPool]:
+    """Pools not yet garbage collected and (unless ``include_closed``) not closed."""
+    pools = [p for _, p in sorted(_all_pools.items())]
+    return pools if include_closed else [p for p in pools if not p.closed]
 
 
 class PoolCollector:
-    """prometheus_client collector for the given pools (weakly held), or for every live
-    pool in the process when constructed without pools."""
+    """prometheus_client collector for the given pools (weakly held), or for every open
+    pool in the process when constructed without pools (closed ones drop out)."""
 
     def __init__(self, *pools: HttpPool) -> None:
         self._all = not pools
@@ -364,12 +362,12 @@ _registered: weakref.WeakKeyDictionary[CollectorRegistry, PoolCollector] = (
 
 
 def pool_metrics_collector(*pools: HttpPool) -> PoolCollector:
-    """A collector for ``pools`` (all live pools if none given). Register it yourself."""
+    """A collector for ``pools`` (all open pools if none given). Register it yourself."""
     return PoolCollector(*pools)
 
 
 def register_pool_metrics(registry: CollectorRegistry, *pools: HttpPool) -> PoolCollector:
-    """Expose ``pools`` (or, with none, every live pool) in ``registry``.
+    """Expose ``pools`` (or, with none, every open pool) in ``registry``.
 
     Idempotent per registry: later calls add their pools to the collector already
     registered there, so several pools never produce "Duplicated timeseries".
@@ -388,7 +386,7 @@ def register_pool_metrics(registry: CollectorRegistry, *pools: HttpPool) -> Pool
 
 
 def render_prometheus(*pools: HttpPool) -> str:
-    """Prometheus text exposition for ``pools`` (all live pools if none given)."""
+    """Prometheus text exposition for ``pools`` (all open pools if none given)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PoolCollector(*pools))
     return generate_latest(registry).decode("utf-8")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
 from tenacity import RetryCallState
 from yarl import URL
 
@@ -76,13 +77,35 @@ def preset_for_fleet(n_agents: int) -> PoolLimits:
 
 
 def resolve_limits(limits: PoolLimits | str | None) -> PoolLimits:
+    """A preset name, ``"LIMIT/PER_HOST"`` (e.g. ``"300/150"``), or PoolLimits as is."""
     if limits is None:
         return PRESETS["small"]
     if isinstance(limits, PoolLimits):
-        return limits
-    if limits in PRESETS:
-        return PRESETS[limits]
-    raise ValueError(f"unknown pool preset {limits!r} (choose from {', '.join(PRESETS)})")
+        return _checked(limits)
+    name = limits.strip().lower()
+    if name in PRESETS:
+        return PRESETS[name]
+    if "/" in name:
+        total, _, per_host = name.partition("/")
+        try:
+            parsed = PoolLimits(int(total), int(per_host))
+        except ValueError:
+            pass
+        else:
+            return _checked(parsed)
+    raise ValueError(
+        f"unknown pool preset {limits!r}: choose {', '.join(PRESETS)} "
+        "or give LIMIT/PER_HOST (e.g. 300/150)"
+    )
+
+
+def _checked(limits: PoolLimits) -> PoolLimits:
+    if not 1 <= limits.limit_per_host <= limits.limit:
+        raise ValueError(
+            f"pool limits {limits.limit}/{limits.limit_per_host}: need "
+            "1 <= per-host limit <= total limit"
+        )
+    return limits
 
 
 @dataclass(frozen=True)
@@ -109,17 +132,24 @@ DEFAULT_TIMEOUTS = Timeouts(total=300, connect=60, sock_read=300)
 
 
 def exec_timeouts(command_timeout: float | None, margin: float = 30.0) -> Timeouts:
-    """Sandbox exec: the command's own timeout plus a margin."""
-    budget = (command_timeout or 60.0) + margin
+    """Sandbox exec: the command's own timeout (default the sandbox's) plus a margin."""
+    # Imported here: agentfleet.sandbox imports this module.
+    from agentfleet.sandbox.base import DEFAULT_EXEC_TIMEOUT
+
+    budget = (command_timeout or DEFAULT_EXEC_TIMEOUT) + margin
     return Timeouts(total=budget, connect=60, sock_read=budget)
 
 
 @dataclass
 class Response:
     status: int
-    headers: Mapping[str, str]
+    headers: CIMultiDictProxy[str]  # case-insensitive, like aiohttp's
     body: bytes
     url: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.headers, CIMultiDictProxy):
+            self.headers = CIMultiDictProxy(CIMultiDict(self.headers))
 
     @property
     def ok(self) -> bool:
@@ -168,9 +198,12 @@ class _Defaults:
 
 
 _defaults = _Defaults()
+# The pool holds its loop only weakly (else this entry would keep both alive forever);
+# aclose() drops the entry.
 _loop_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, HttpPool] = (
     weakref.WeakKeyDictionary()
 )
+LONG_POLL_RESERVE = 0.25  # share of each host's slots long polls may never take
 
 
 class HttpPool:
@@ -181,7 +214,10 @@ class HttpPool:
 
     Requests wait for a slot on our own semaphores (one of ``limit_per_host`` per
     ``scheme://host:port`` and one of ``limit`` overall) *before* aiohttp sees them, so
-    time queued for a connection is never charged to the request's timeout.
+    time queued for a connection is never charged to the request's timeout. Requests
+    marked ``long_poll=True`` may hold at most ``limit_per_host`` minus a reserve
+    (:data:`LONG_POLL_RESERVE`) of a host's slots, so short calls never queue behind
+    long polls alone.
     """
 
     def __init__(
@@ -199,10 +235,11 @@ class HttpPool:
         self.name = name or default_name
         self.metrics = PoolMetrics()
         self._session: aiohttp.ClientSession | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_ref: weakref.ref[asyncio.AbstractEventLoop] | None = None
         self._closed = False
         self._global_slots: asyncio.Semaphore | None = None
         self._host_slots: dict[str, asyncio.Semaphore] = {}
+        self._long_slots: dict[str, asyncio.Semaphore] = {}
         self._shutdown_agen: AsyncGenerator[None, None] | None = None
 
     def __repr__(self) -> str:
@@ -223,6 +260,12 @@ class HttpPool:
         _defaults.limits = limits
         if retry is not None:
             _defaults.retry = retry
+
+    @classmethod
+    def reset_default(cls) -> None:
+        """Back to the built-in defaults (small preset, default retry policy)."""
+        _defaults.limits = None
+        _defaults.retry = RetryPolicy()
 
     @classmethod
     def for_loop(cls) -> HttpPool:
@@ -247,6 +290,13 @@ class HttpPool:
         if self._session is not None:
             self._check_loop(asyncio.get_running_loop())
         self._closed = True
+        loop = self.loop
+        if loop is not None and _loop_pools.get(loop) is self:
+            del _loop_pools[loop]
+        # Semaphores remember their loop once waited on: drop them with the session.
+        self._global_slots = None
+        self._host_slots.clear()
+        self._long_slots.clear()
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
@@ -264,20 +314,21 @@ class HttpPool:
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
-        """The event loop this pool is bound to (None until first used)."""
-        return self._loop
+        """The event loop this pool is bound to (None until first used, or once gone)."""
+        return self._loop_ref() if self._loop_ref is not None else None
 
     def _check_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._loop is not None and self._loop is not loop:
+        bound = self.loop
+        if self._loop_ref is not None and bound is not loop:
             raise RuntimeError(
-                f"{self!r} is bound to another event loop ({self._loop!r}); an HttpPool "
+                f"{self!r} is bound to another event loop ({bound!r}); an HttpPool "
                 "must only be used on the loop (and thread) that first used it. Use "
                 "HttpPool.for_loop() to get the current loop's pool."
             )
 
     def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._loop is None:
-            self._loop = loop
+        if self._loop_ref is None:
+            self._loop_ref = weakref.ref(loop)
         else:
             self._check_loop(loop)
 
@@ -308,6 +359,17 @@ class HttpPool:
             host = self._host_slots[origin] = asyncio.Semaphore(self.limits.limit_per_host)
         return host, self._global_slots
 
+    def long_poll_slots(self) -> int:
+        """How many of a host's slots long polls may hold at once."""
+        per_host = self.limits.limit_per_host
+        return max(1, per_host - max(1, round(per_host * LONG_POLL_RESERVE)))
+
+    def _long_slot(self, origin: str) -> asyncio.Semaphore:
+        sem = self._long_slots.get(origin)
+        if sem is None:
+            sem = self._long_slots[origin] = asyncio.Semaphore(self.long_poll_slots())
+        return sem
+
     # requests ------------------------------------------------------------------------
     async def request(
         self,
@@ -322,6 +384,7 @@ class HttpPool:
         idempotent: bool | None = None,
         retry: RetryPolicy | None = None,
         target: str | None = None,
+        long_poll: bool = False,
     ) -> Response:
         """Send a request and read the whole body.
 
@@ -330,7 +393,8 @@ class HttpPool:
         others get one attempt. A final error status is *returned* (use
         ``raise_for_status()``); a connection failure raises :class:`HttpConnectionError`,
         a timeout :class:`HttpTimeoutError`. ``target`` labels the metrics (default
-        ``host:port``).
+        ``host:port``). ``long_poll=True`` marks a request the server may hold open
+        (e.g. ``?wait=30``): it also takes one of the host's long-poll slots.
         """
         session = self._get_session()
         method = method.upper()
@@ -359,6 +423,7 @@ class HttpPool:
                 params=params,
                 headers=headers,
                 timeout=client_timeout,
+                long_poll=long_poll,
             )
 
         def on_retry(state: RetryCallState) -> None:
@@ -395,19 +460,29 @@ class HttpPool:
         url: str,
         origin: str,
         tm: TargetMetrics,
+        *,
+        long_poll: bool = False,
         **kw: Any,
     ) -> Response:
         host_slots, global_slots = self._slots(origin)
+        long_slot = self._long_slot(origin) if long_poll else None
         waited_from = time.monotonic()
         tm.waiting += 1
         try:
-            # Per-host first, then global: a request never holds a global slot while
-            # waiting on a busy host, and the fixed order cannot deadlock.
-            await host_slots.acquire()
+            # Long-poll slot, then per-host, then global: a request never holds a wider
+            # slot while waiting on a narrower one, and the fixed order cannot deadlock.
+            if long_slot is not None:
+                await long_slot.acquire()
             try:
-                await global_slots.acquire()
+                await host_slots.acquire()
+                try:
+                    await global_slots.acquire()
+                except BaseException:
+                    host_slots.release()
+                    raise
             except BaseException:
-                host_slots.release()
+                if long_slot is not None:
+                    long_slot.release()
                 raise
         finally:
             tm.waiting -= 1
@@ -417,7 +492,8 @@ class HttpPool:
         try:
             async with session.request(method, url, trace_request_ctx=trace, **kw) as resp:
                 body = await resp.read()
-                response = Response(resp.status, dict(resp.headers), body, str(resp.url))
+                headers = CIMultiDictProxy(CIMultiDict(resp.headers))
+                response = Response(resp.status, headers, body, str(resp.url))
         except asyncio.CancelledError:
             tm.cancelled += 1
             raise
@@ -428,6 +504,8 @@ class HttpPool:
         finally:
             global_slots.release()
             host_slots.release()
+            if long_slot is not None:
+                long_slot.release()
         self.metrics.observe_latency(tm, time.monotonic() - started)
         if response.status >= 400:
             tm.errors[f"http_{response.status}"] += 1

@@ -16,6 +16,11 @@ class ModelError(Exception):
         self.exit_status = exit_status
 
 
+class LimitReached(ModelError):
+    """A cost limit (the agent's or the run's) is reached: the agent ends cleanly with
+    ``exit_status`` (``CostLimitExceeded`` / ``RunCostLimitExceeded``), not as a failure."""
+
+
 @dataclass
 class ModelReply:
     content: str

@@ -7,6 +7,7 @@ from typing import Any
 
 from agentfleet.models.base import Model
 from agentfleet.models.offline import OracleModel, ScriptedModel
+from agentfleet.models.pricing import RunBudget
 from agentfleet.tasks import Task
 
 MODEL_SPECS = "oracle | scripted:FILE.yaml | openai/NAME (with --model-url) | openrouter/NAME"
@@ -38,7 +39,11 @@ class ModelSpec:
         if kind == "scripted" and ":" not in self.spec:
             raise ValueError("--model scripted:FILE.yaml needs the file of replies")
 
-    def build(self, task: Task) -> Model:
+    def build(
+        self, task: Task, *, cost_limit: float | None = None, budget: RunBudget | None = None
+    ) -> Model:
+        """A model for ``task``. ``cost_limit`` (USD, this model) and ``budget`` (the run's,
+        shared) apply to models that cost money; ``options`` given to the spec win."""
         self.validate()
         if self.spec == "oracle":
             return OracleModel(task, delay_s=self.delay_s)
@@ -49,12 +54,13 @@ class ModelSpec:
                 )
             return ScriptedModel(self._replies, delay_s=self.delay_s, name=self.spec)
         provider, name = self.spec.split("/", 1)
+        options: dict[str, Any] = {"cost_limit": cost_limit, "budget": budget, **self.options}
         if provider == "openrouter":
             from agentfleet.models.openai_chat import OpenRouterModel
 
             kw = {"base_url": self.url} if self.url else {}
-            return OpenRouterModel(name, **kw, **self.options)
+            return OpenRouterModel(name, **kw, **options)
         from agentfleet.models.openai_chat import OpenAIChatModel
 
         assert self.url is not None
-        return OpenAIChatModel(name, self.url, **self.options)
+        return OpenAIChatModel(name, self.url, **options)

@@ -4,7 +4,6 @@ vLLM, the mock LLM server...), called through the event loop's shared :class:`Ht
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import random
@@ -14,16 +13,25 @@ from typing import Any
 
 import aiohttp
 
-from agentfleet.http import LLM_TIMEOUTS, HttpError, HttpPool, HttpStatusError, Response
+from agentfleet.http import (
+    LLM_TIMEOUTS,
+    NO_RETRY,
+    HttpError,
+    HttpPool,
+    HttpStatusError,
+    Response,
+)
 from agentfleet.http import RetryPolicy as RetryPolicy
 from agentfleet.http.retry import backoff_delay, retry_after_from_headers
-from agentfleet.models.base import Message, ModelError, ModelReply, ModelStats
+from agentfleet.models.base import LimitReached, Message, ModelError, ModelReply, ModelStats
 from agentfleet.models.pricing import PriceTable, RunBudget
 
 log = logging.getLogger(__name__)
 
-# Attempts, then exponential backoff with jitter between wait_min and wait_max seconds;
-# budget_s bounds the whole query (all attempts and waits).
+# The model is the only retry layer (the pool gets NO_RETRY): at most ``attempts`` HTTP
+# requests per query; between them Retry-After (up to MAX_RETRY_AFTER_S) or exponential
+# backoff with jitter in [wait_min, wait_max]; no wait that would end past ``budget_s``
+# after the query started.
 DEFAULT_LLM_RETRY = RetryPolicy(attempts=5, wait_min=1.0, wait_max=30.0, budget_s=900.0)
 MAX_RETRY_AFTER_S = 120.0  # a server asking to wait longer than this is treated as down
 
@@ -151,13 +159,13 @@ class OpenAIChatModel:
 
     def _check_limits(self) -> None:
         if self.cost_limit is not None and self.stats.cost >= self.cost_limit:
-            raise ModelError(
+            raise LimitReached(
                 f"model {self.name!r} spent ${self.stats.cost:.4f}, "
                 f"reaching its cost limit ${self.cost_limit:.4f}",
                 "CostLimitExceeded",
             )
         if self.budget is not None and self.budget.exceeded:
-            raise ModelError(
+            raise LimitReached(
                 f"the run spent ${self.budget.spent:.4f}, "
                 f"reaching its total cost limit ${self.budget.total_cost_limit}",
                 "RunCostLimitExceeded",
@@ -170,7 +178,7 @@ class OpenAIChatModel:
         last = "no attempt made"
         for attempt in range(1, attempts + 1):
             try:
-                return await self._attempt(body, deadline)
+                return await self._attempt(body)
             except _Retryable as exc:
                 last = str(exc)
                 if attempt == attempts:
@@ -178,7 +186,10 @@ class OpenAIChatModel:
                 wait = (
                     exc.wait if exc.wait is not None else backoff_delay(policy, attempt, self._rng)
                 )
-                if wait > MAX_RETRY_AFTER_S or time.monotonic() + wait > deadline:
+                if wait > MAX_RETRY_AFTER_S:
+                    last += f" (asked to wait {wait:.1f} s, over {MAX_RETRY_AFTER_S:g} s)"
+                    break
+                if time.monotonic() + wait > deadline:
                     last += f" (next retry in {wait:.1f} s would exceed the retry budget)"
                     break
                 log.info(
@@ -196,10 +207,7 @@ class OpenAIChatModel:
             "ModelUnavailable",
         )
 
-    async def _attempt(self, body: dict[str, Any], deadline: float) -> Any:
-        # The pool retries too (429/502/503/504, connection errors); it gets what is left
-        # of this query's time budget so the two layers together stay within budget_s.
-        pool_retry = dataclasses.replace(self.retry, budget_s=max(0.0, deadline - time.monotonic()))
+    async def _attempt(self, body: dict[str, Any]) -> Any:
         try:
             response = await self.pool.request(
                 "POST",
@@ -208,7 +216,7 @@ class OpenAIChatModel:
                 headers=self.headers(),
                 timeout=LLM_TIMEOUTS,
                 idempotent=True,  # a chat completion is safe to repeat
-                retry=pool_retry,
+                retry=NO_RETRY,  # the only retry layer is _post_with_retries
             )
         except HttpStatusError as exc:
             response = exc.response

@@ -149,6 +149,13 @@ class RunBudget:
         self.calls = 0
         self._lock = threading.Lock()  # charge() may come from several loops/threads
 
+    def __getstate__(self) -> dict[str, Any]:  # picklable (Ray ships configs): no lock
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def charge(self, cost: float) -> None:
         with self._lock:
             self.spent += cost

@@ -12,6 +12,7 @@ from agentfleet.sandbox.base import (
     Sandboxes,
     SandboxInfo,
     SandboxNotFound,
+    new_sandbox_id,
 )
 from agentfleet.sandbox.client import SandboxClient
 from agentfleet.sandbox.docker import DockerBackend, gc_containers
@@ -43,5 +44,6 @@ __all__ = [
     "gc_all",
     "gc_containers",
     "make_backend",
+    "new_sandbox_id",
     "run_server",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -9,6 +10,15 @@ from pydantic import BaseModel, Field
 
 DEFAULT_OUTPUT_LIMIT = 100_000  # characters kept from a command's output (head + tail)
 DEFAULT_EXEC_TIMEOUT = 60.0
+DEFAULT_TTL_S = 3600.0
+MAX_TTL_S = 7 * 24 * 3600.0
+# client-chosen sandbox ids: also a folder name and part of a container name
+SANDBOX_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{2,63}$"
+
+
+def new_sandbox_id() -> str:
+    """A fresh sandbox id (``sb-`` + 12 hex digits); clients may pick theirs this way."""
+    return f"sb-{secrets.token_hex(6)}"
 
 
 class SandboxError(Exception):
@@ -31,12 +41,17 @@ class PathOutsideSandbox(SandboxError):
 
 
 class CreateSandbox(BaseModel):
-    """Request to create a sandbox: from a task's repository, or an empty one."""
+    """Request to create a sandbox: from a task's repository, or an empty one.
 
+    ``sandbox_id``: chosen by the client (so it can delete the sandbox even if the create
+    call never returned); taken already: 409. ``ttl_s`` left unset: the server's default.
+    """
+
+    sandbox_id: str | None = Field(default=None, pattern=SANDBOX_ID_PATTERN)
     task_id: str | None = None
     dataset: str = "perf-lite"
     image: str | None = None
-    ttl_s: float = Field(default=3600.0, gt=0, le=7 * 24 * 3600)
+    ttl_s: float = Field(default=DEFAULT_TTL_S, gt=0, le=MAX_TTL_S)
     cpus: float | None = Field(default=None, gt=0)
     memory_mb: int | None = Field(default=None, gt=0)
     run: str = ""  # label: the fleet run that owns it

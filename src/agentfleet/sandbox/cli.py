@@ -9,10 +9,11 @@ Mounted by the main command::
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -26,6 +27,73 @@ sandbox_app = typer.Typer(help="Manage sandboxes left on this machine.", no_args
 
 def _err(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
+
+
+# --------------------------------------------------------------------------- serve-sandbox
+_UNITS = {"k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024}
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:([kmgt])(?:i?b)?)?\s*", re.IGNORECASE)
+
+
+def parse_memory_mb(text: str) -> int:
+    """A memory size like docker's ``--memory``: ``2g``, ``512m``, ``1.5GiB``; a bare number
+    is MiB. Returns MiB (at least 6, docker's minimum)."""
+    m = _SIZE_RE.fullmatch(text)
+    if m is None:
+        raise ValueError(f"--memory {text!r}: expected a size like 512m or 2g")
+    mb = float(m.group(1)) * _UNITS[(m.group(2) or "m").lower()]
+    if mb < 6:
+        raise ValueError(f"--memory {text!r}: at least 6m (docker's minimum)")
+    return int(mb)
+
+
+def serve_settings(
+    backend: str,
+    *,
+    image: str | None = None,
+    memory: str | None = None,
+    cpus: float | None = None,
+    pids_limit: int | None = None,
+    max_sandboxes: int = 512,
+    ttl: float = 3600.0,
+    reap_interval: float = 30.0,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(backend kwargs, service kwargs) for ``run_server`` from ``serve-sandbox`` options;
+    ``ValueError`` with a message naming the option when one is wrong."""
+    from agentfleet.sandbox.base import MAX_TTL_S
+    from agentfleet.sandbox.server import BACKENDS
+
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    docker_kw: dict[str, Any] = {}
+    if image is not None:
+        if not image.strip():
+            raise ValueError("--image: empty image name")
+        docker_kw["image"] = image
+    if memory is not None:
+        docker_kw["memory_mb"] = parse_memory_mb(memory)
+    if cpus is not None:
+        if not 0 < cpus <= 1024:
+            raise ValueError(f"--cpus {cpus:g}: expected a number of CPUs > 0")
+        docker_kw["cpus"] = cpus
+    if pids_limit is not None:
+        if pids_limit < 1:
+            raise ValueError(f"--pids-limit {pids_limit}: expected at least 1")
+        docker_kw["pids_limit"] = pids_limit
+    if docker_kw and backend != "docker":
+        given = ", ".join("--" + k.replace("_mb", "").replace("_", "-") for k in docker_kw)
+        raise ValueError(f"{given}: only for --backend docker")
+    if max_sandboxes < 1:
+        raise ValueError(f"--max-sandboxes {max_sandboxes}: expected at least 1")
+    if not 0 < ttl <= MAX_TTL_S:
+        raise ValueError(f"--ttl {ttl:g}: expected seconds in (0, {MAX_TTL_S:g}]")
+    if reap_interval < 0:
+        raise ValueError(f"--reap-interval {reap_interval:g}: expected seconds >= 0 (0: off)")
+    service_kw = {
+        "max_sandboxes": max_sandboxes,
+        "default_ttl_s": ttl,
+        "reap_period_s": reap_interval,
+    }
+    return docker_kw, service_kw
 
 
 @images_app.command("build")
@@ -60,6 +128,24 @@ def images_build(
     except ImageBuildError as e:
         _err(str(e))
         raise typer.Exit(1) from None
+    except OSError as e:  # a missing docker / debootstrap / tar, an unwritable cache
+        _err(_os_error_message(e))
+        raise typer.Exit(1) from None
+
+
+_INSTALL_HINTS = {
+    "docker": "install the Docker client (apt-get install docker.io)",
+    "debootstrap": "install debootstrap (apt-get install debootstrap)",
+    "tar": "install tar",
+}
+
+
+def _os_error_message(e: OSError) -> str:
+    name = Path(str(e.filename)).name if e.filename else ""
+    if isinstance(e, FileNotFoundError) and name in _INSTALL_HINTS:
+        return f"`{name}` not found: {_INSTALL_HINTS[name]}"
+    where = f": {e.filename}" if e.filename else ""
+    return f"cannot build the image: {e.strerror or e}{where}"
 
 
 @images_app.command("list")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -105,10 +106,12 @@ class SandboxClient:
 
     # Sandboxes protocol ----------------------------------------------------------------
     async def create(self, req: CreateSandbox) -> SandboxInfo:
+        """Create a sandbox (not retried: pick ``req.sandbox_id`` to delete it whatever
+        happens); fields left unset take the server's defaults (``ttl_s``)."""
         resp = await self._request(
             "POST",
             "/sandboxes",
-            json=req.model_dump(mode="json"),
+            json=req.model_dump(mode="json", exclude_unset=True),
             timeout=CREATE_TIMEOUTS,
             idempotent=False,
             expect=201,
@@ -123,14 +126,18 @@ class SandboxClient:
         cwd: str = "",
         timeout: float | None = None,
         env: dict[str, str] | None = None,
+        idempotency_key: str | None = None,
     ) -> ExecResult:
+        """Run a command. Sent with an ``Idempotency-Key`` (new per call unless given, the
+        same on every retry), so the pool retries it safely: the server runs it once."""
         req = ExecRequest(command=command, cwd=cwd, timeout=timeout, env=env or {})
         resp = await self._request(
             "POST",
             f"/sandboxes/{sandbox_id}/exec",
             json=req.model_dump(mode="json"),
+            headers={"Idempotency-Key": idempotency_key or uuid.uuid4().hex},
             timeout=exec_timeouts(timeout),
-            idempotent=False,
+            idempotent=True,
         )
         return ExecResult.model_validate(resp.json())
 

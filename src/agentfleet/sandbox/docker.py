@@ -447,7 +447,14 @@ class DockerBackend:
                     "`agentfleet images build`",
                     500,
                 ) from e
+            if e.status == 409:  # the name is taken: a sandbox of that id exists already
+                raise SandboxError(f"sandbox {sandbox_id} exists already: {e.message}", 409) from e
             raise SandboxError(f"cannot create container: {e.message}", 500) from e
+        except BaseException:
+            # cancelled: the engine may have made it all the same
+            with contextlib.suppress(aiodocker.DockerError, aiohttp.ClientError, OSError):
+                await asyncio.shield(_remove_container(self.client, name))
+            raise
         try:
             await container.start()
         except BaseException as e:

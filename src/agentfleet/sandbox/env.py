@@ -2,8 +2,9 @@
 
 The name is kept from the origin system, whose agents ran their commands in a Docker
 container behind an HTTP server. It follows mini-swe-agent's ``Environment`` protocol
-(``execute(command, cwd="", timeout=None) -> {"output", "returncode"}``) for sync code and
-adds :meth:`aexecute` for async code.
+(``execute(command, cwd="", timeout=None) -> {"output", "returncode", ...}``) for sync code
+and adds :meth:`aexecute` for async code. Besides mini-swe-agent's ``output`` and
+``returncode``, the result has ``timed_out`` and ``truncated`` (output capped).
 
 From sync code, calls run on a private ``asyncio.Runner`` owned by the environment (created
 on first use and kept until :meth:`close`), so its HTTP connection pool lives across calls.
@@ -39,7 +40,7 @@ class RemoteDockerEnvironment:
     Args:
         sandbox_id: the sandbox to use (see :meth:`acreate` / :meth:`create_for_task`
             to make one).
-        base_url: the sandbox server, e.g. ``http://127.0.0.1:8080``.
+        base_url: the sandbox server, e.g. ``http://127.0.0.1:9527``.
         sandboxes: a ``Sandboxes`` object instead of ``base_url`` (in-process service,
             a client with its own pool).
         cwd: default working directory, relative to the sandbox workdir.
@@ -84,15 +85,17 @@ class RemoteDockerEnvironment:
         *,
         base_url: str | None = None,
         sandboxes: Sandboxes | None = None,
-        ttl_s: float = 3600.0,
+        ttl_s: float | None = None,
         run: str = "",
         **kwargs: Any,
     ) -> RemoteDockerEnvironment:
-        """Create a sandbox for a task and an environment that owns (and deletes) it."""
+        """Create a sandbox for a task and an environment that owns (and deletes) it
+        (``ttl_s`` None: the server's default)."""
         sbx = _make_sandboxes(base_url, sandboxes)
-        info = await sbx.create(
-            CreateSandbox(task_id=task_id, dataset=dataset, ttl_s=ttl_s, run=run)
-        )
+        fields: dict[str, Any] = {"task_id": task_id, "dataset": dataset, "run": run}
+        if ttl_s is not None:
+            fields["ttl_s"] = ttl_s
+        info = await sbx.create(CreateSandbox(**fields))
         env = cls(info.sandbox_id, base_url, sandboxes=sbx, owns_sandbox=True, **kwargs)
         env.workdir = info.workdir
         return env
@@ -105,7 +108,7 @@ class RemoteDockerEnvironment:
         *,
         base_url: str | None = None,
         sandboxes: Sandboxes | None = None,
-        ttl_s: float = 3600.0,
+        ttl_s: float | None = None,
         run: str = "",
         **kwargs: Any,
     ) -> RemoteDockerEnvironment:
@@ -145,7 +148,12 @@ class RemoteDockerEnvironment:
             env=self.env or None,
         )
         self.last_result = result
-        return {"output": result.output, "returncode": result.returncode}
+        return {
+            "output": result.output,
+            "returncode": result.returncode,
+            "timed_out": result.timed_out,
+            "truncated": result.truncated,
+        }
 
     def execute(
         self, command: str, cwd: str = "", *, timeout: float | None = None

@@ -5,8 +5,10 @@ Layout, one folder per sandbox under ``root`` (default ``$TMPDIR/agentfleet-sand
     <root>/<sandbox_id>/.agentfleet-sandbox.json   marker + metadata (owner instance, pid, ttl)
     <root>/<sandbox_id>/work/                      the workdir (a git repo, base commit "base")
     <root>/<sandbox_id>/tmp/                       the sandbox's /tmp (TMPDIR), kept across execs
+    <root>/<sandbox_id>/pgids/<pgid>               one empty file per running command's group
 
-The marker sits outside the workdir, so commands can neither read nor forge it.
+The marker and the group records sit outside the workdir, so commands can neither read nor
+forge them.
 
 Every command runs as ``bash -c COMMAND`` in its own session / process group. When the command
 finishes (or times out, or the request is cancelled) the whole group gets SIGKILL: background
@@ -15,6 +17,12 @@ calls ``setsid`` itself leaves the group; under bubblewrap it still dies with th
 namespace.) With bubblewrap available (``confine=None`` means "if it works here") commands see
 a read-only root file system, only their own workdir and /tmp writable, no network and their
 own PID namespace; other sandboxes under ``root`` are hidden.
+
+A SIGKILLed server cannot kill anything: bubblewrap's ``--die-with-parent`` (confined) or
+``setpriv --pdeathsig KILL`` (unconfined, for the command's main process) take its commands
+down with it, and whatever is left (background children of unconfined commands) is killed by
+the next server's orphan reaping or ``agentfleet sandbox gc``: the process groups recorded under
+``pgids/`` and every process whose environment names the sandbox (``AGENTFLEET_SANDBOX``).
 """
 
 from __future__ import annotations
@@ -31,9 +39,10 @@ import stat
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 
@@ -48,8 +57,12 @@ from agentfleet.sandbox.base import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MARKER = ".agentfleet-sandbox.json"
+PGIDS_DIR = "pgids"
+SANDBOX_ENV = "AGENTFLEET_SANDBOX"  # in every command's environment: the sandbox's folder
+_PID_REUSE_SLACK_S = 2.0  # process start times are only this precise (boot time in seconds)
 MAX_FILE_BYTES = 50 * 1024 * 1024
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -202,8 +215,31 @@ class _Fd:
 
 
 def _killpg(pgid: int) -> None:
+    if pgid <= 1:
+        return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
+
+
+async def _thread_to_end(fn: Callable[..., T], *args: Any) -> T:
+    """``to_thread`` that, if cancelled, still waits for the thread before re-raising (so
+    cleanup never races with the work it undoes)."""
+    fut = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        await asyncio.wait({fut})
+        raise
+
+
+def _touch(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):  # the sandbox is being deleted
+        path.touch()
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- sandboxes
@@ -261,28 +297,87 @@ def _rmtree(path: Path) -> None:
         log.warning("could not remove sandbox folder %s completely", path)
 
 
+def _marked_processes() -> dict[str, list[psutil.Process]]:
+    """Processes by the sandbox folder their environment names (``AGENTFLEET_SANDBOX``)."""
+    found: dict[str, list[psutil.Process]] = {}
+    me = os.getpid()
+    for p in psutil.process_iter():
+        if p.pid == me:
+            continue
+        try:
+            value = p.environ().get(SANDBOX_ENV)
+        except (psutil.Error, OSError):
+            continue
+        if value:
+            found.setdefault(value, []).append(p)
+    return found
+
+
+def kill_leftovers(folder: Path, marked: dict[str, list[psutil.Process]] | None = None) -> int:
+    """SIGKILL what commands of the sandbox in ``folder`` left running; return how many
+    groups / processes were signalled. For sandboxes no live server owns."""
+    if marked is None:
+        marked = _marked_processes()
+    hit = 0
+    own_group = os.getpgrp()
+    with contextlib.suppress(OSError):
+        for record in (folder / PGIDS_DIR).iterdir():
+            try:
+                pgid = int(record.name)
+                recorded = record.stat().st_mtime
+            except (ValueError, OSError):
+                continue
+            started = _process_start_time(pgid)
+            if pgid == own_group or (
+                started is not None and started > recorded + _PID_REUSE_SLACK_S
+            ):
+                continue  # the pid names a newer process now: not ours
+            _killpg(pgid)
+            hit += 1
+    for proc in marked.get(str(folder), []):
+        with contextlib.suppress(psutil.Error):
+            proc.kill()  # psutil checks the pid still names the process it saw
+            hit += 1
+    return hit
+
+
+def _reap_folders(folders: list[Path]) -> None:
+    """Kill the leftovers of these sandbox folders, then remove them."""
+    if not folders:
+        return
+    marked = _marked_processes()
+    for folder in folders:
+        kill_leftovers(folder, marked)
+    for folder in folders:
+        _rmtree(folder)
+
+
 def gc_all(root: Path | str | None = None) -> list[str]:
     """Remove every agentfleet sandbox folder under ``root`` (any owner); return their ids.
 
-    For ``agentfleet sandbox gc``: only folders holding the marker file are touched.
-    Processes still running in them are not killed here (a live server's execs will fail).
+    For ``agentfleet sandbox gc``: only folders holding the marker file are touched; the
+    commands still running in them are killed first (live servers' sandboxes go too).
     """
     base = Path(root) if root is not None else default_root()
-    removed: list[str] = []
     if not base.is_dir():
-        return removed
-    for child in sorted(base.iterdir()):
-        if child.is_dir() and not child.is_symlink() and (child / MARKER).is_file():
-            _rmtree(child)
-            removed.append(child.name)
-    return removed
+        return []
+    base = base.resolve()
+    folders = [
+        child
+        for child in sorted(base.iterdir())
+        if child.is_dir() and not child.is_symlink() and (child / MARKER).is_file()
+    ]
+    _reap_folders(folders)
+    return [f.name for f in folders]
 
 
 def reap_orphans(root: Path, instance_id: str) -> list[str]:
-    """Remove sandbox folders whose owner server (another instance) is no longer running."""
-    removed: list[str] = []
+    """Remove sandbox folders whose owner server (another instance) is no longer running,
+    killing what their commands left running."""
     if not root.is_dir():
-        return removed
+        return []
+    root = root.resolve()
+    orphans: list[Path] = []
     for child in sorted(root.iterdir()):
         if not child.is_dir() or child.is_symlink() or not (child / MARKER).is_file():
             continue
@@ -291,14 +386,17 @@ def reap_orphans(root: Path, instance_id: str) -> list[str]:
             # a marker being written right now by a live server, or garbage: judge by age
             with contextlib.suppress(OSError):
                 if time.time() - (child / MARKER).stat().st_mtime > 60:
-                    _rmtree(child)
-                    removed.append(child.name)
+                    orphans.append(child)
             continue
         if meta.get("instance") == instance_id or _owner_alive(meta):
             continue
-        _rmtree(child)
-        removed.append(child.name)
-    return removed
+        orphans.append(child)
+    _reap_folders(orphans)
+    return [f.name for f in orphans]
+
+
+class _FolderTaken(SandboxError):
+    status = 409
 
 
 class ProcessBackend:
@@ -335,6 +433,7 @@ class ProcessBackend:
         self.instance_id = uuid.uuid4().hex
         self.confined = False
         self.bwrap: str | None = None
+        self.setpriv: str | None = None  # unconfined: gives commands a parent-death signal
         self._sandboxes: dict[str, _Sandbox] = {}
         self._started = False
         self._pid_started: float | None = None
@@ -353,6 +452,8 @@ class ProcessBackend:
                 raise SandboxError("confine=True but bubblewrap (bwrap) does not work here")
             if not self.confined:
                 log.warning("bubblewrap unavailable: sandbox commands run unconfined")
+        if not self.confined:
+            self.setpriv = await self._setpriv_works()
         removed = await asyncio.to_thread(reap_orphans, self.root, self.instance_id)
         if removed:
             log.info("removed %d orphaned sandbox folders under %s", len(removed), self.root)
@@ -379,6 +480,25 @@ class ProcessBackend:
             return await asyncio.wait_for(proc.wait(), 10) == 0
         except (OSError, TimeoutError):
             return False
+
+    async def _setpriv_works(self) -> str | None:
+        setpriv = await asyncio.to_thread(shutil.which, "setpriv")
+        if setpriv is None:
+            return None
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                setpriv,
+                "--pdeathsig",
+                "KILL",
+                "true",
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+            ok = await asyncio.wait_for(proc.wait(), 10) == 0
+        except (OSError, TimeoutError):
+            ok = False
+        return setpriv if ok else None
 
     async def aclose(self) -> None:
         """Delete every sandbox this backend made (killing their running commands)."""
@@ -417,23 +537,28 @@ class ProcessBackend:
         }
         self._sandboxes[sandbox_id] = sb
         try:
-            await asyncio.to_thread(self._make_folder, sb, source_dir, meta)
+            await _thread_to_end(self._make_folder, sb, source_dir, meta)
             await self._git(sb.work, "init", "-q")
             await self._git(sb.work, "add", "-A")
             await self._git(sb.work, "commit", "-q", "--allow-empty", "--no-verify", "-m", "base")
             # after the base commit: keep caches the commands leave (HOME is the workdir)
             # out of `git status` / `git add -A`
             await asyncio.to_thread(self._exclude_caches, sb.work)
-        except BaseException:
+        except BaseException as e:
             self._sandboxes.pop(sandbox_id, None)
-            await asyncio.shield(asyncio.to_thread(_rmtree, folder))
+            if not isinstance(e, _FolderTaken):  # never remove another server's sandbox
+                await asyncio.shield(asyncio.to_thread(_rmtree, folder))
             raise
         return str(sb.work)
 
     def _make_folder(self, sb: _Sandbox, source_dir: Path | None, meta: dict[str, Any]) -> None:
-        sb.dir.mkdir(parents=False, exist_ok=False)
+        try:
+            sb.dir.mkdir(parents=False, exist_ok=False)
+        except FileExistsError:
+            raise _FolderTaken(f"sandbox {sb.sandbox_id} exists already ({sb.dir})") from None
         (sb.dir / MARKER).write_text(json.dumps(meta, indent=1))
         sb.tmp.mkdir()
+        (sb.dir / PGIDS_DIR).mkdir()
         if source_dir is None:
             sb.work.mkdir()
         else:
@@ -598,10 +723,14 @@ class ProcessBackend:
     # exec ------------------------------------------------------------------------------
     def _env(self, sb: _Sandbox, extra: dict[str, str]) -> dict[str, str]:
         tmp = "/tmp" if self.confined else str(sb.tmp)
-        return command_env(self.path, str(sb.work), tmp, extra)
+        env = command_env(self.path, str(sb.work), tmp, extra)
+        env[SANDBOX_ENV] = str(sb.dir)  # how orphan reaping finds what escaped the group
+        return env
 
     def _argv(self, sb: _Sandbox, cwd: Path, command: str) -> list[str]:
         if not self.confined:
+            if self.setpriv is not None:  # dies with this server even if SIGKILLed
+                return [self.setpriv, "--pdeathsig", "KILL", "bash", "-c", command]
             return ["bash", "-c", command]
         assert self.bwrap is not None
         argv = [
@@ -658,6 +787,7 @@ class ProcessBackend:
         if sb.deleting:
             _killpg(pgid)
         sb.pgids.add(pgid)
+        record = sb.dir / PGIDS_DIR / str(pgid)
 
         done: asyncio.Future[None] = loop.create_future()
         os.set_blocking(r, False)
@@ -668,6 +798,15 @@ class ProcessBackend:
             pipe.close()
             _killpg(pgid)
             sb.pgids.discard(pgid)
+            raise
+        try:
+            # for the next server's reaper, should this one be SIGKILLed
+            await _thread_to_end(_touch, record)
+        except BaseException:
+            transport.close()
+            _killpg(pgid)
+            sb.pgids.discard(pgid)
+            await asyncio.to_thread(_unlink, record)
             raise
 
         timed_out = False
@@ -691,6 +830,7 @@ class ProcessBackend:
                 pass
             finally:
                 transport.close()
+                await asyncio.shield(asyncio.to_thread(_unlink, record))
 
         output, truncated = capture.result()
         returncode = proc.returncode if proc.returncode is not None else -9

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
@@ -33,6 +34,10 @@ from agentfleet.sandbox.service import SandboxService
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 60 * 1024 * 1024
+DEFAULT_PORT = 9527
+IDEMPOTENCY_HEADER = "idempotency-key"
+_KEY_RE = re.compile(r"[\x21-\x7e]{1,200}")
+T = TypeVar("T")
 GRACEFUL_SHUTDOWN_S = 10.0
 
 Scope = MutableMapping[str, Any]
@@ -120,6 +125,24 @@ async def _client_gone(request: Request) -> None:
             return
 
 
+async def _unless_disconnected(request: Request, work: Awaitable[T], what: str) -> T:
+    """Await ``work``, cancelled if the client disconnects first (uvicorn does not cancel
+    a handler whose client went away)."""
+    run = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait({run, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not run.done():
+            run.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await run
+    if run.cancelled():
+        raise SandboxError(what, 499)
+    return run.result()
+
+
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
 
@@ -203,8 +226,9 @@ def create_app(
         return Response(data, media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/sandboxes", status_code=201)
-    async def create_sandbox(req: CreateSandbox) -> SandboxInfo:
-        return await svc.create(req)
+    async def create_sandbox(req: CreateSandbox, request: Request) -> SandboxInfo:
+        # a client gone mid-create (cancelled runner) leaves nothing behind
+        return await _unless_disconnected(request, svc.create(req), "sandbox not created")
 
     @app.get("/sandboxes")
     async def list_sandboxes() -> list[SandboxInfo]:
@@ -217,22 +241,15 @@ def create_app(
     @app.post("/sandboxes/{sandbox_id}/exec")
     async def exec_command(sandbox_id: str, req: ExecRequest, request: Request) -> ExecResult:
         started = time.monotonic()
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        if key is not None and not _KEY_RE.fullmatch(key):
+            raise SandboxError("Idempotency-Key: 1 to 200 visible ASCII characters", 400)
         svc.get(sandbox_id)
-        # Uvicorn does not cancel a handler whose client went away: watch for the
-        # disconnect ourselves, so an abandoned command's process group gets killed.
-        run = asyncio.ensure_future(svc.exec_request(sandbox_id, req))
-        gone = asyncio.ensure_future(_client_gone(request))
-        try:
-            await asyncio.wait({run, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-            if not run.done():
-                run.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await run
-        if run.cancelled():
-            raise SandboxError("client disconnected; command killed", 499)
-        result = run.result()
+        # Without a key, a client that goes away gets its command killed. With one, the
+        # command belongs to the service: a retry with the same key picks up its result.
+        result = await _unless_disconnected(
+            request, svc.exec_request(sandbox_id, req, key), "client disconnected; command killed"
+        )
         exec_seconds.observe(time.monotonic() - started)
         return result
 
@@ -275,7 +292,7 @@ def make_backend(name: str, *, root: Path | str | None = None, **kw: Any) -> Bac
 
 def run_server(
     host: str = "127.0.0.1",
-    port: int = 8080,
+    port: int = DEFAULT_PORT,
     backend: str = "process",
     root: Path | str | None = None,
     backend_kw: dict[str, Any] | None = None,

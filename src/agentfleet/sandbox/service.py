@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import hashlib
 import logging
-import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 from agentfleet.sandbox.base import (
     DEFAULT_EXEC_TIMEOUT,
     DEFAULT_OUTPUT_LIMIT,
+    DEFAULT_TTL_S,
+    MAX_TTL_S,
     Backend,
     CreateSandbox,
     ExecRequest,
@@ -21,14 +24,26 @@ from agentfleet.sandbox.base import (
     SandboxError,
     SandboxInfo,
     SandboxNotFound,
+    new_sandbox_id,
 )
 from agentfleet.tasks.task import TaskNotFound, load_dataset
 
 log = logging.getLogger(__name__)
 
+__all__ = ["SandboxService", "ServiceStats", "new_sandbox_id"]
 
-def new_sandbox_id() -> str:
-    return f"sb-{secrets.token_hex(6)}"
+MAX_KEYS_PER_SANDBOX = 64  # finished keyed execs remembered per sandbox
+DETACH_GRACE_S = 120.0  # a keyed exec nobody waits for is killed after this
+
+
+@dataclass
+class _KeyedExec:
+    """One exec sent with an Idempotency-Key: owned by the service, not by a request."""
+
+    fingerprint: str
+    task: asyncio.Task[ExecResult]
+    waiters: int = 0
+    abandon: asyncio.TimerHandle | None = None
 
 
 @dataclass
@@ -48,12 +63,19 @@ class SandboxService:
     """Sandboxes for tasks, served in-process (the HTTP server wraps one of these).
 
     Args:
-        backend: where the sandboxes live (``ProcessBackend``, later a docker one).
+        backend: where the sandboxes live (``ProcessBackend``, ``DockerBackend``).
         output_limit: characters of output kept per exec (head + tail).
         max_sandboxes: sandboxes alive at once; creating one more answers 429.
         max_creating: sandboxes being created at once (copy + git); others wait their turn.
-        reap_period_s: how often expired sandboxes (``ttl_s`` elapsed) are deleted.
+        reap_period_s: how often expired sandboxes (``ttl_s`` elapsed) are deleted (0: never).
         default_timeout: exec timeout when a request names none.
+        default_ttl_s: ttl of sandboxes whose create request names none.
+        detach_grace_s: an exec sent with an Idempotency-Key outlives its client's
+            disconnect this long (for a retry to pick up its result), then it is killed.
+
+    Execs with an idempotency key run once: the same key while it runs waits for the same
+    result, afterwards returns the stored result (the last ``MAX_KEYS_PER_SANDBOX`` per
+    sandbox); the same key with another request body is refused (422).
     """
 
     def __init__(
@@ -65,15 +87,29 @@ class SandboxService:
         max_creating: int = 16,
         reap_period_s: float = 30.0,
         default_timeout: float = DEFAULT_EXEC_TIMEOUT,
+        default_ttl_s: float = DEFAULT_TTL_S,
+        detach_grace_s: float = DETACH_GRACE_S,
     ) -> None:
+        if not 0 < default_ttl_s <= MAX_TTL_S:
+            raise ValueError(f"default_ttl_s must be in (0, {MAX_TTL_S:g}] seconds")
+        if max_sandboxes < 1 or max_creating < 1:
+            raise ValueError("max_sandboxes and max_creating must be at least 1")
+        if reap_period_s < 0:
+            raise ValueError("reap_period_s must be >= 0 (0: no periodic reaping)")
         self.backend = backend
         self.output_limit = output_limit
         self.max_sandboxes = max_sandboxes
         self.max_creating = max_creating
         self.reap_period_s = reap_period_s
         self.default_timeout = default_timeout
+        self.default_ttl_s = default_ttl_s
+        self.detach_grace_s = detach_grace_s
         self.stats = ServiceStats()
         self._infos: dict[str, SandboxInfo] = {}
+        self._creating: dict[str, asyncio.Event] = {}  # id -> set when its creation ended
+        self._doomed: set[str] = set()  # deleted while being created
+        self._keyed: dict[str, OrderedDict[str, _KeyedExec]] = {}
+        self._keyed_tasks: set[asyncio.Task[ExecResult]] = set()
         self._reserved = 0
         self._create_sem: asyncio.Semaphore | None = None
         self._reaper: asyncio.Task[None] | None = None
@@ -103,6 +139,13 @@ class SandboxService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
             self._reaper = None
+        tasks = list(self._keyed_tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for keys in self._keyed.values():
+            self._cancel_timers(keys)
+        self._keyed.clear()
         self._infos.clear()
         await self.backend.aclose()
 
@@ -144,18 +187,30 @@ class SandboxService:
             raise SandboxError(
                 f"too many sandboxes: {self.max_sandboxes} alive at most; delete some first", 429
             )
+        sandbox_id = req.sandbox_id or new_sandbox_id()
+        if sandbox_id in self._infos or sandbox_id in self._creating:
+            raise SandboxError(f"sandbox {sandbox_id!r} exists already", 409)
+        if "ttl_s" not in req.model_fields_set:
+            req = req.model_copy(update={"ttl_s": self.default_ttl_s})
+        ended = asyncio.Event()
+        self._creating[sandbox_id] = ended
         self._reserved += 1
         try:
             source = await self._source_dir(req)
             if self._create_sem is None:
                 self._create_sem = asyncio.Semaphore(self.max_creating)
-            sandbox_id = new_sandbox_id()
             async with self._create_sem:
+                if sandbox_id in self._doomed:
+                    raise SandboxError(f"sandbox {sandbox_id!r} was deleted while queued", 409)
                 try:
                     workdir = await self.backend.create(sandbox_id, source, req)
                 except BaseException:
                     self.stats.create_failures += 1
                     raise
+            if sandbox_id in self._doomed:  # a delete came while the backend worked
+                await asyncio.shield(self.backend.delete(sandbox_id))
+                self.stats.deleted_total += 1
+                raise SandboxError(f"sandbox {sandbox_id!r} was deleted while being created", 409)
             now = time.time()
             info = SandboxInfo(
                 sandbox_id=sandbox_id,
@@ -170,7 +225,11 @@ class SandboxService:
             self.stats.created_total += 1
             return info
         finally:
+            # no await from the doomed check to here: a delete sees either state, never between
             self._reserved -= 1
+            self._creating.pop(sandbox_id, None)
+            self._doomed.discard(sandbox_id)
+            ended.set()
 
     async def _source_dir(self, req: CreateSandbox) -> Path | None:
         if req.task_id is None:
@@ -202,12 +261,75 @@ class SandboxService:
         cwd: str = "",
         timeout: float | None = None,
         env: dict[str, str] | None = None,
+        idempotency_key: str | None = None,
     ) -> ExecResult:
         req = ExecRequest(command=command, cwd=cwd, timeout=timeout, env=env or {})
-        return await self.exec_request(sandbox_id, req)
+        return await self.exec_request(sandbox_id, req, idempotency_key)
 
-    async def exec_request(self, sandbox_id: str, req: ExecRequest) -> ExecResult:
+    async def exec_request(
+        self, sandbox_id: str, req: ExecRequest, idempotency_key: str | None = None
+    ) -> ExecResult:
+        """Run one command; with ``idempotency_key``, at most once per key (see the class)."""
         self.get(sandbox_id)
+        if idempotency_key is None:
+            return await self._exec(sandbox_id, req)
+        fingerprint = hashlib.sha256(req.model_dump_json().encode()).hexdigest()
+        keys = self._keyed.setdefault(sandbox_id, OrderedDict())
+        entry = keys.get(idempotency_key)
+        if entry is None:
+            task = asyncio.create_task(self._exec(sandbox_id, req), name=f"exec-{sandbox_id}")
+            entry = _KeyedExec(fingerprint, task)
+            keys[idempotency_key] = entry
+            self._keyed_tasks.add(task)
+            task.add_done_callback(lambda t: self._keyed_done(sandbox_id, t))
+        elif entry.fingerprint != fingerprint:
+            raise SandboxError(
+                "Idempotency-Key already used for a different request in this sandbox", 422
+            )
+        return await self._attach(entry)
+
+    async def _attach(self, entry: _KeyedExec) -> ExecResult:
+        """Wait for a keyed exec; the last waiter leaving starts its abandon timer."""
+        entry.waiters += 1
+        if entry.abandon is not None:
+            entry.abandon.cancel()
+            entry.abandon = None
+        try:
+            return await asyncio.shield(entry.task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if entry.task.cancelled() and (current is None or not current.cancelling()):
+                raise SandboxError(
+                    "the command of this Idempotency-Key was killed (its client went away "
+                    "or the server is stopping)",
+                    409,
+                ) from None
+            raise
+        finally:
+            entry.waiters -= 1
+            if entry.waiters == 0 and not entry.task.done():
+                loop = asyncio.get_running_loop()
+                entry.abandon = loop.call_later(self.detach_grace_s, entry.task.cancel)
+
+    def _keyed_done(self, sandbox_id: str, task: asyncio.Task[ExecResult]) -> None:
+        self._keyed_tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: waiters (if any) get it themselves
+        keys = self._keyed.get(sandbox_id)
+        if keys is None:
+            return
+        done = [k for k, e in keys.items() if e.task.done()]
+        for key in done[: max(0, len(done) - MAX_KEYS_PER_SANDBOX)]:
+            del keys[key]
+
+    @staticmethod
+    def _cancel_timers(keys: OrderedDict[str, _KeyedExec]) -> None:
+        for entry in keys.values():
+            if entry.abandon is not None:
+                entry.abandon.cancel()
+                entry.abandon = None
+
+    async def _exec(self, sandbox_id: str, req: ExecRequest) -> ExecResult:
         if req.timeout is None:
             req = req.model_copy(update={"timeout": self.default_timeout})
         self.execs_running += 1
@@ -232,8 +354,18 @@ class SandboxService:
         await self.backend.write_file(sandbox_id, path, data)
 
     async def delete(self, sandbox_id: str) -> None:
+        """Delete a sandbox (killing its commands). One still being created is deleted as
+        soon as its creation ends; this returns then."""
+        ended = self._creating.get(sandbox_id)
+        if ended is not None:
+            self._doomed.add(sandbox_id)
+            await ended.wait()
+            return
         self.get(sandbox_id)
         self._infos.pop(sandbox_id, None)
+        keys = self._keyed.pop(sandbox_id, None)
+        if keys is not None:
+            self._cancel_timers(keys)  # its running execs end with the sandbox
         try:
             await self.backend.delete(sandbox_id)
         finally:
