@@ -54,12 +54,14 @@ def leftovers(root: Path) -> list[str]:
 @pytest.mark.slow
 async def test_oracle_fleet_end_to_end(tmp_path: Path) -> None:
     cfg = config(tmp_path, ModelSpec("oracle"), ["dedupe-pairs", "rr-scheduler"])
+    cfg.eval_reference = True  # the oracle's patch is the reference: both are timed
     outcomes = await run_fleet(cfg)
     assert [o.instance_id for o in outcomes] == ["dedupe-pairs", "rr-scheduler"]
     for o in outcomes:
         assert o.exit_status == "Submitted", o
         assert o.info["status"] == "ok", o.info
         assert o.reward > 0 and o.speedup >= 1.5, o
+        assert o.info["reference_speedup"] >= 1.5, o.info
     lines = (cfg.run_dir / "results.jsonl").read_text().splitlines()
     assert sorted(json.loads(line)["instance_id"] for line in lines) == [
         "dedupe-pairs",
@@ -69,8 +71,11 @@ async def test_oracle_fleet_end_to_end(tmp_path: Path) -> None:
     assert traj["info"]["exit_status"] == "Submitted"
     assert "diff --git" in traj["info"]["submission"]
     assert traj["messages"][0]["role"] == "system"
-    assert (cfg.run_dir / "config.json").exists()
-    assert leftovers(cfg.sandbox_root) == []  # type: ignore[arg-type]
+    assert traj["trajectory_format"] == "mini-swe-agent-1"  # mini-swe-agent's tools read it
+    assert traj["info"]["model_stats"]["api_calls"] >= 1
+    assert traj["info"]["model_stats"]["instance_cost"] == 0.0  # the oracle is free
+    assert json.loads((cfg.run_dir / "config.json").read_text())["eval_reference"] is True
+    assert cfg.sandbox_root is not None and leftovers(cfg.sandbox_root) == []
 
 
 @pytest.mark.slow
@@ -95,10 +100,17 @@ def test_breaking_change_scores_zero(tmp_path: Path) -> None:
         ),
         ["sku-diff"],
     )
+    cfg.pool = "20/10"  # a local run takes its pool limits from the config
     (outcome,) = asyncio.run(run_fleet(cfg))
     assert outcome.exit_status == "Submitted"
     assert outcome.reward == 0.0
     assert outcome.info["status"] == "tests_failed", outcome.info
+    samples = [
+        json.loads(line) for line in (cfg.run_dir / "pool_stats.jsonl").read_text().splitlines()
+    ]
+    assert samples and all(s["limits"] == {"limit": 20, "per_host": 10} for s in samples), samples[
+        :1
+    ]
 
 
 async def test_unknown_task_id_is_a_clear_error(tmp_path: Path) -> None:

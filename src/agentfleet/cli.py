@@ -162,6 +162,14 @@ def run(
         int | None,
         typer.Option(min=1, help="timed runs per side in embedded evaluations [default: 5]"),
     ] = None,
+    eval_reference: Annotated[
+        bool | None,
+        typer.Option(
+            "--eval-reference/--no-eval-reference",
+            help="embedded evaluations also time each task's reference solution "
+            "(info.reference_speedup, plotted by `report`) [default: no]",
+        ),
+    ] = None,
     sandbox_root: Annotated[
         Path | None, typer.Option(help="folder of the embedded process sandboxes")
     ] = None,
@@ -218,6 +226,7 @@ def run(
     model_delay = pick(model_delay, "model_delay", 0.0)
     workers = pick(workers, "workers", 8)
     eval_repeats = pick(eval_repeats, "eval_repeats", 5)
+    eval_reference = pick(eval_reference, "eval_reference", False)
     # None: the --agent-config file's value, else AgentConfig's default
     step_limit = pick(step_limit, "step_limit", None)
     time_limit = pick(time_limit, "time_limit", None)
@@ -254,6 +263,7 @@ def run(
         sandbox_url=sandbox_url[0] if sandbox_url else None,
         eval_url=eval_url,
         eval_repeats=int(eval_repeats),
+        eval_reference=bool(eval_reference),
         sandbox_root=sandbox_root,
         resume=resume is not None,
         rerun_failed=rerun_failed,

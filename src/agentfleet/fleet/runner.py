@@ -52,10 +52,11 @@ class FleetConfig:
     sandbox_root: Path | None = None  # embedded process backend's folder
     eval_workers: int | None = None
     eval_repeats: int = 5
+    eval_reference: bool = False  # embedded evaluations also time the reference solution
     resume: bool = False  # skip tasks of run_dir that already have a result
     rerun_failed: bool = False  # with resume: run failed tasks again
     sample_every_s: float = 1.0  # pool / evaluation-queue snapshots (0: off)
-    pool: PoolLimits | str | None = None  # HTTP pool limits (None: by fleet size); Ray actors
+    pool: PoolLimits | str | None = None  # HTTP pool limits (None: as configured / by size)
     # The run's cost budget (agent.run_cost_limit), made by run_budget(); one per process.
     budget: RunBudget | None = field(default=None, repr=False, compare=False)
 
@@ -164,7 +165,10 @@ async def embedded_servers(cfg: FleetConfig) -> AsyncIterator[tuple[str, str]]:
             sandbox_url = server.url
         eval_url = cfg.eval_url
         if eval_url is None:
-            evaluator = Evaluator(SandboxClient(sandbox_url), EvalConfig(repeats=cfg.eval_repeats))
+            evaluator = Evaluator(
+                SandboxClient(sandbox_url),
+                EvalConfig(repeats=cfg.eval_repeats, reference=cfg.eval_reference),
+            )
             app = eval_app(evaluator, workers=cfg.eval_workers)
             eval_url = (await stack.enter_async_context(serve_in_loop(app))).url
         yield sandbox_url, eval_url
@@ -344,7 +348,8 @@ async def sample(monitor: FleetMonitor, eval_url: str | None, path: Path | None)
                 monitor.eval_queue = dict(resp.json())
         except Exception as exc:  # a dashboard must never stop the fleet
             monitor.eval_queue = {"error": f"{type(exc).__name__}"}
-    totals = pool.stats()["totals"]
+    stats = pool.stats()
+    totals = stats["totals"]
     snap = {
         "open": pool.open_connections(),
         "created": totals["connections_created"],
@@ -362,6 +367,7 @@ async def sample(monitor: FleetMonitor, eval_url: str | None, path: Path | None)
             "t": round(time.time(), 3),
             "elapsed_s": round(time.monotonic() - monitor.started_at, 3),
             **snap,
+            "limits": stats["limits"],
             "running_agents": len(monitor.running),
             "finished": monitor.finished,
             "eval_queued": monitor.eval_queue.get("queued"),
@@ -389,6 +395,7 @@ def run_config(cfg: FleetConfig, all_ids: list[str], todo: list[str]) -> dict[st
         "model_delay": cfg.model.delay_s,
         "workers": cfg.workers,
         "eval_repeats": cfg.eval_repeats,
+        "eval_reference": cfg.eval_reference,
         "step_limit": cfg.agent.step_limit,
         "time_limit": cfg.agent.time_limit_s,
         "cost_limit": cfg.agent.cost_limit,
@@ -414,6 +421,8 @@ async def run_fleet(
     """Run the config's tasks (with ``cfg.resume``: only those of ``cfg.run_dir`` without a
     result, plus failed ones with ``cfg.rerun_failed``); returns this invocation's outcomes
     in task order. Listener events: ``"start"`` and ``"done"`` (with the outcome)."""
+    if cfg.pool is not None:  # limits of the pools made from now on (this loop's included)
+        HttpPool.configure_default(cfg.pool)
     tasks = await asyncio.to_thread(select_tasks, cfg)
     await asyncio.to_thread(cfg.model.prepare)
     all_ids = [t.id for t in tasks]

@@ -29,6 +29,8 @@ from agentfleet.http.retry import (
     RetryPolicy,
     build_retrying,
     is_idempotent,
+    is_retryable_exception,
+    is_retryable_response,
 )
 
 log = logging.getLogger("agentfleet.http")
@@ -448,7 +450,29 @@ class HttpPool:
         try:
             if policy.attempts <= 1:
                 return await attempt()
-            result: Response = await build_retrying(policy, on_retry)(attempt)
+            # The first attempt runs bare: most succeed, and tenacity's machinery (built per
+            # call) costs more than the request path itself. Only a retryable outcome enters
+            # the retry loop, which replays it as its attempt 1.
+            try:
+                first = await attempt()
+            except Exception as exc:
+                if not is_retryable_exception(exc):
+                    raise
+                replay: list[Response | Exception] = [exc]
+            else:
+                if not is_retryable_response(first):
+                    return first
+                replay = [first]
+
+            async def replay_then_attempt() -> Response:
+                if replay:
+                    outcome = replay.pop()
+                    if isinstance(outcome, Exception):
+                        raise outcome
+                    return outcome
+                return await attempt()
+
+            result: Response = await build_retrying(policy, on_retry)(replay_then_attempt)
             return result
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _wrap_error(exc, method, url, attempts) from exc
