@@ -44,6 +44,7 @@ from agentfleet.sandbox import (
     create_app,
     gc_all,
 )
+from agentfleet.sandbox.base import new_sandbox_id
 from agentfleet.sandbox.docker import DockerBackend
 from agentfleet.sandbox.process import MARKER, SANDBOX_ENV
 from agentfleet.serving import serve_in_loop
@@ -938,3 +939,42 @@ async def test_serve_sandbox_options_reach_the_service(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), 30)
+
+
+def _slow_git(bin_dir: Path, started: Path) -> str:
+    """A ``git`` that says it started, sleeps, then runs the real one; returns the PATH.
+    Like git, it has resolved its folder when it starts and writes by absolute path (git
+    recreates leading folders), so one that outlives its folder brings it back."""
+    real = subprocess.run(["which", "git"], capture_output=True, text=True, check=True)
+    bin_dir.mkdir()
+    fake = bin_dir / "git"
+    fake.write_text(
+        f'#!/bin/sh\nhere="$(pwd)"\ntouch {started}\nsleep 0.6\nmkdir -p "$here/.git"\n'
+        f'exec {real.stdout.strip()} "$@"\n'
+    )
+    fake.chmod(0o755)
+    return f"{bin_dir}:{os.environ['PATH']}"
+
+
+async def test_create_cancelled_during_git_leaves_no_folder(tmp_path: Path) -> None:
+    # Ctrl-C while the backend runs `git init`: a git left running would write into the
+    # folder after its removal and leave one without a marker, which no reaper claims.
+    started = tmp_path / "git-started"
+    path = await asyncio.to_thread(_slow_git, tmp_path / "bin", started)
+    backend = ProcessBackend(root=tmp_path / "root", confine=False, path=path)
+    await backend.start()
+    try:
+        sandbox_id = new_sandbox_id()
+        create = asyncio.create_task(backend.create(sandbox_id, None, CreateSandbox()))
+        for _ in range(200):  # until the first (slowed) git runs
+            if await asyncio.to_thread(started.exists):
+                break
+            await asyncio.sleep(0.02)
+        assert not create.done()
+        create.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await create
+        await asyncio.sleep(1.0)  # what a surviving git would have written by now
+        assert not await asyncio.to_thread((tmp_path / "root" / sandbox_id).exists)
+    finally:
+        await backend.aclose()

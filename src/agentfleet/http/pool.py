@@ -257,9 +257,8 @@ class HttpPool:
         cls, limits: PoolLimits | str | None = None, retry: RetryPolicy | None = None
     ) -> None:
         """Settings for pools that :meth:`for_loop` creates from now on."""
-        if limits is not None:
-            resolve_limits(limits)  # fail fast on an unknown preset
-        _defaults.limits = limits
+        # resolved now: an unknown preset fails here, not at the first request
+        _defaults.limits = resolve_limits(limits) if limits is not None else None
         if retry is not None:
             _defaults.retry = retry
 

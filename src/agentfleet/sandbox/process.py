@@ -214,6 +214,25 @@ class _Fd:
             os.close(fd)
 
 
+async def _runs_ok(*argv: str, timeout: float = 10.0) -> bool:
+    """Does ``argv`` start and exit 0 within ``timeout``? (a probe, killed if it hangs)"""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+    except OSError:
+        return False
+    try:
+        return await asyncio.wait_for(proc.wait(), timeout) == 0
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return False
+
+
 def _killpg(pgid: int) -> None:
     if pgid <= 1:
         return
@@ -464,41 +483,15 @@ class ProcessBackend:
 
     async def _bwrap_works(self) -> bool:
         assert self.bwrap is not None
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                self.bwrap,
-                "--ro-bind",
-                "/",
-                "/",
-                "--unshare-pid",
-                "--die-with-parent",
-                "true",
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
-            )
-            return await asyncio.wait_for(proc.wait(), 10) == 0
-        except (OSError, TimeoutError):
-            return False
+        return await _runs_ok(
+            self.bwrap, "--ro-bind", "/", "/", "--unshare-pid", "--die-with-parent", "true"
+        )
 
     async def _setpriv_works(self) -> str | None:
         setpriv = await asyncio.to_thread(shutil.which, "setpriv")
         if setpriv is None:
             return None
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                setpriv,
-                "--pdeathsig",
-                "KILL",
-                "true",
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
-            )
-            ok = await asyncio.wait_for(proc.wait(), 10) == 0
-        except (OSError, TimeoutError):
-            ok = False
-        return setpriv if ok else None
+        return setpriv if await _runs_ok(setpriv, "--pdeathsig", "KILL", "true") else None
 
     async def aclose(self) -> None:
         """Delete every sandbox this backend made (killing their running commands)."""
@@ -590,7 +583,16 @@ class ProcessBackend:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
-        out, _ = await proc.communicate()
+        try:
+            out, _ = await proc.communicate()
+        except BaseException:
+            # cancelled (Ctrl-C during create): the folder is removed next, and a git left
+            # running would write into it again after that, leaving a folder with no marker
+            # that no reaper claims
+            if proc.returncode is None:
+                proc.kill()
+            await asyncio.shield(proc.wait())
+            raise
         if proc.returncode != 0:
             raise SandboxError(
                 f"git {' '.join(args)} failed ({proc.returncode}): {out.decode(errors='replace')}"
