@@ -8,7 +8,7 @@ import logging
 import time
 import weakref
 from collections.abc import AsyncGenerator, Coroutine, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import aiohttp
@@ -452,6 +452,7 @@ class HttpPool:
             # The first attempt runs bare: most succeed, and tenacity's machinery (built per
             # call) costs more than the request path itself. Only a retryable outcome enters
             # the retry loop, which replays it as its attempt 1.
+            began = time.monotonic()
             try:
                 first = await attempt()
             except Exception as exc:
@@ -471,7 +472,9 @@ class HttpPool:
                     return outcome
                 return await attempt()
 
-            result: Response = await build_retrying(policy, on_retry)(replay_then_attempt)
+            # the time budget covers the bare first attempt too
+            left = replace(policy, budget_s=max(0.0, policy.budget_s - (time.monotonic() - began)))
+            result: Response = await build_retrying(left, on_retry)(replay_then_attempt)
             return result
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _wrap_error(exc, method, url, attempts) from exc

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["SandboxService", "ServiceStats", "new_sandbox_id"]
 
-MAX_KEYS_PER_SANDBOX = 64  # finished keyed execs remembered per sandbox
+MAX_KEYS_PER_SANDBOX = 8  # finished keyed execs kept per sandbox (up to 8 x the output cap)
 DETACH_GRACE_S = 120.0  # a keyed exec nobody waits for is killed after this
 
 
