@@ -115,7 +115,11 @@ done
 
 
 # how the engine / the runtime say that a container has stopped under an exec
-_NOT_RUNNING = re.compile(r"is not running|cannot exec in a \w+ state|OCI runtime exec failed")
+# the engine's words for "the container stopped under this exec" (containerd says `ttrpc:
+# closed` when the task died mid-exec); acted on only once the container is seen stopped
+_NOT_RUNNING = re.compile(
+    r"is not running|cannot exec in a \w+ state|OCI runtime exec failed|ttrpc: closed"
+)
 
 
 def docker_url() -> str | None:
