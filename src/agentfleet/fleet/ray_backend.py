@@ -40,7 +40,6 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from agentfleet.fleet.results import RESULTS, plan_resume, repair_tail
 from agentfleet.fleet.runner import (
     FleetConfig,
     FleetMonitor,
@@ -48,6 +47,7 @@ from agentfleet.fleet.runner import (
     ResultsWriter,
     TaskOutcome,
     embedded_servers,
+    plan_run,
     run_config,
     run_one,
     select_tasks,
@@ -454,20 +454,13 @@ def run_fleet_ray(
         raise ValueError("shards must be at least 1")
     if sandbox_urls is not None and not sandbox_urls:
         raise ValueError("sandbox_urls is empty")
-    tasks = select_tasks(cfg)
-    cfg.model.prepare()
-    all_ids = [t.id for t in tasks]
-    skipped = 0
-    if cfg.resume:
-        repair_tail(cfg.run_dir / RESULTS)
-        plan = plan_resume(cfg.run_dir, all_ids, rerun_failed=cfg.rerun_failed)
-        todo = set(plan.todo)
-        tasks = [t for t in tasks if t.id in todo]
-        skipped = len(plan.skipped)
-    config = {**run_config(cfg, all_ids, [t.id for t in tasks]), "backend": "ray"}
+    run = plan_run(cfg)
+    tasks = run.tasks
+    config = {**run_config(cfg, run.all_ids, [t.id for t in tasks]), "backend": "ray"}
     config["shards"] = shards
     if monitor is not None:
-        monitor.total, monitor.skipped, monitor.started_at = len(tasks), skipped, time.monotonic()
+        monitor.total, monitor.skipped = len(tasks), run.skipped
+        monitor.started_at = time.monotonic()
     listener = _monitored(listener, monitor)
     if not tasks:  # nothing to run: record the invocation, leave Ray alone
         return asyncio.run(_record_only(cfg, config))

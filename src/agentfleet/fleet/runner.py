@@ -385,6 +385,29 @@ async def _sampler(monitor: FleetMonitor, eval_url: str, path: Path, every: floa
         await asyncio.sleep(every)
 
 
+@dataclass
+class RunPlan:
+    """What one invocation of a run does."""
+
+    tasks: list[Task]  # to run now
+    all_ids: list[str]  # the whole run's tasks
+    skipped: int  # left out by resume (done, or failed without rerun_failed)
+
+
+def plan_run(cfg: FleetConfig) -> RunPlan:
+    """The config's tasks (model prepared), minus what ``cfg.resume`` finds done in
+    ``cfg.run_dir``. Sync: it reads files (call it off the event loop)."""
+    tasks = select_tasks(cfg)
+    cfg.model.prepare()
+    all_ids = [t.id for t in tasks]
+    if not cfg.resume:
+        return RunPlan(tasks, all_ids, 0)
+    repair_tail(cfg.run_dir / RESULTS)
+    plan = plan_resume(cfg.run_dir, all_ids, rerun_failed=cfg.rerun_failed)
+    todo = set(plan.todo)
+    return RunPlan([t for t in tasks if t.id in todo], all_ids, len(plan.skipped))
+
+
 def run_config(cfg: FleetConfig, all_ids: list[str], todo: list[str]) -> dict[str, Any]:
     """config.json of a run: ``all_ids`` the whole run's tasks, ``todo`` this invocation's."""
     return {
@@ -423,23 +446,12 @@ async def run_fleet(
     in task order. Listener events: ``"start"`` and ``"done"`` (with the outcome)."""
     if cfg.pool is not None:  # limits of the pools made from now on (this loop's included)
         HttpPool.configure_default(cfg.pool)
-    tasks = await asyncio.to_thread(select_tasks, cfg)
-    await asyncio.to_thread(cfg.model.prepare)
-    all_ids = [t.id for t in tasks]
-    if cfg.resume:
-        await asyncio.to_thread(repair_tail, cfg.run_dir / RESULTS)
-        plan = await asyncio.to_thread(
-            plan_resume, cfg.run_dir, all_ids, rerun_failed=cfg.rerun_failed
-        )
-        todo = set(plan.todo)
-        tasks = [t for t in tasks if t.id in todo]
-        skipped = len(plan.skipped)
-    else:
-        skipped = 0
+    run = await asyncio.to_thread(plan_run, cfg)
+    tasks = run.tasks
     writer = ResultsWriter(cfg.run_dir)
-    await writer.prepare(run_config(cfg, all_ids, [t.id for t in tasks]))
+    await writer.prepare(run_config(cfg, run.all_ids, [t.id for t in tasks]))
     mon = monitor if monitor is not None else FleetMonitor()
-    mon.total, mon.skipped, mon.started_at = len(tasks), skipped, time.monotonic()
+    mon.total, mon.skipped, mon.started_at = len(tasks), run.skipped, time.monotonic()
     notify = listener or (lambda *_: None)
     gate = asyncio.Semaphore(cfg.workers)
     outcomes: list[TaskOutcome] = []

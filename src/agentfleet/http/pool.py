@@ -490,26 +490,20 @@ class HttpPool:
         long_poll: bool = False,
         **kw: Any,
     ) -> Response:
-        host_slots, global_slots = self._slots(origin)
-        long_slot = self._long_slot(origin) if long_poll else None
+        # Long-poll slot, then per-host, then global: a request never holds a wider slot
+        # while waiting on a narrower one, and the fixed order cannot deadlock.
+        gates = [*([self._long_slot(origin)] if long_poll else []), *self._slots(origin)]
+        taken = 0
         waited_from = time.monotonic()
         tm.waiting += 1
         try:
-            # Long-poll slot, then per-host, then global: a request never holds a wider
-            # slot while waiting on a narrower one, and the fixed order cannot deadlock.
-            if long_slot is not None:
-                await long_slot.acquire()
-            try:
-                await host_slots.acquire()
-                try:
-                    await global_slots.acquire()
-                except BaseException:
-                    host_slots.release()
-                    raise
-            except BaseException:
-                if long_slot is not None:
-                    long_slot.release()
-                raise
+            for gate in gates:
+                await gate.acquire()
+                taken += 1
+        except BaseException:
+            for gate in gates[:taken]:
+                gate.release()
+            raise
         finally:
             tm.waiting -= 1
         started = time.monotonic()
@@ -518,8 +512,8 @@ class HttpPool:
         try:
             async with session.request(method, url, trace_request_ctx=trace, **kw) as resp:
                 body = await resp.read()
-                headers = CIMultiDictProxy(CIMultiDict(resp.headers))
-                response = Response(resp.status, headers, body, str(resp.url))
+                # aiohttp's headers are an immutable CIMultiDictProxy already: kept as is
+                response = Response(resp.status, resp.headers, body, str(resp.url))
         except asyncio.CancelledError:
             tm.cancelled += 1
             raise
@@ -528,10 +522,8 @@ class HttpPool:
                 tm.errors[error_kind(exc)] += 1
             raise
         finally:
-            global_slots.release()
-            host_slots.release()
-            if long_slot is not None:
-                long_slot.release()
+            for gate in gates:
+                gate.release()
         self.metrics.observe_latency(tm, time.monotonic() - started)
         if response.status >= 400:
             tm.errors[f"http_{response.status}"] += 1

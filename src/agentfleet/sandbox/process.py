@@ -801,18 +801,10 @@ class ProcessBackend:
             _killpg(pgid)
             sb.pgids.discard(pgid)
             raise
+        timed_out = False
         try:
             # for the next server's reaper, should this one be SIGKILLed
             await _thread_to_end(_touch, record)
-        except BaseException:
-            transport.close()
-            _killpg(pgid)
-            sb.pgids.discard(pgid)
-            await asyncio.to_thread(_unlink, record)
-            raise
-
-        timed_out = False
-        try:
             try:
                 await asyncio.wait_for(proc.wait(), timeout)
             except TimeoutError:
