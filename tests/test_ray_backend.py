@@ -12,18 +12,17 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+from test_cli_servers import free_port, wait_healthy
 from typer.testing import CliRunner
 
 from agentfleet.agent import AgentConfig
@@ -309,12 +308,6 @@ def test_cli_ray_options_need_backend_ray(tmp_path: Path) -> None:
     assert not (tmp_path / "r").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def two_sandbox_servers(tmp_path: Path) -> Iterator[list[tuple[str, Path]]]:
     """Two `agentfleet serve-sandbox` processes on 127.0.0.1: (url, root) each."""
@@ -322,7 +315,7 @@ def two_sandbox_servers(tmp_path: Path) -> Iterator[list[tuple[str, Path]]]:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for i in range(2):
-            port, root = _free_port(), tmp_path / f"sb{i}"
+            port, root = free_port(), tmp_path / f"sb{i}"
             procs.append(
                 subprocess.Popen(
                     [AGENTFLEET, "serve-sandbox", "--port", str(port), "--root", str(root)],
@@ -331,16 +324,8 @@ def two_sandbox_servers(tmp_path: Path) -> Iterator[list[tuple[str, Path]]]:
                 )
             )
             servers.append((f"http://127.0.0.1:{port}", root))
-        deadline = time.monotonic() + 60
         for (url, _), proc in zip(servers, procs, strict=True):
-            while True:
-                assert proc.poll() is None, "serve-sandbox exited"
-                try:
-                    with urllib.request.urlopen(f"{url}/healthz", timeout=2):
-                        break
-                except OSError:
-                    assert time.monotonic() < deadline, f"{url} never became healthy"
-                    time.sleep(0.1)
+            wait_healthy(url, proc)
         yield servers
     finally:
         for proc in procs:

@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,7 +25,7 @@ import psutil
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from test_sandbox_docker import skip_without_docker
+from test_sandbox_docker import _free_port, _serve, _until_healthy, skip_without_docker
 
 from agentfleet.http.pool import HttpPool, Timeouts
 from agentfleet.sandbox import (
@@ -753,46 +752,6 @@ async def test_client_exec_is_retried_with_one_key(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- orphans after SIGKILL
 
 
-async def _serve_process(root: Path, port: int, confine: bool) -> asyncio.subprocess.Process:
-    code = (
-        "from agentfleet.sandbox.server import run_server; "
-        f"run_server(port={port}, backend='process', root={str(root)!r}, "
-        f"backend_kw={{'confine': {confine!r}}}, reap_period_s=0.5)"
-    )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        code,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    await _until_healthy(proc, port)
-    return proc
-
-
-async def _until_healthy(proc: asyncio.subprocess.Process, port: int) -> None:
-    client = SandboxClient(f"http://127.0.0.1:{port}")
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            await client.healthz()
-            return
-        except SandboxError:
-            if proc.returncode is not None or time.monotonic() > deadline:
-                if proc.returncode is None:
-                    proc.kill()
-                await proc.wait()
-                raise RuntimeError("sandbox server did not start") from None
-            await asyncio.sleep(0.2)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("confine", "reclaim"), [(False, "restart"), (False, "gc"), (True, "restart")]
@@ -802,7 +761,7 @@ async def test_sigkilled_server_leaves_no_process(
 ) -> None:
     root = tmp_path / "sb"
     port = _free_port()
-    first = await _serve_process(root, port, confine)
+    first = await _serve(root, port, "process", {"confine": confine})
     client = SandboxClient(f"http://127.0.0.1:{port}")
     secs = _unique_seconds()
     try:
@@ -832,7 +791,7 @@ async def test_sigkilled_server_leaves_no_process(
         out, _ = await gc.communicate()
         assert gc.returncode == 0 and sid in out.decode()
     else:
-        second = await _serve_process(root, port, confine)
+        second = await _serve(root, port, "process", {"confine": confine})
         second.send_signal(signal.SIGTERM)
         await asyncio.wait_for(second.wait(), 30)
     assert await _wait_gone(secs) == []

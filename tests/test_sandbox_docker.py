@@ -203,10 +203,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _serve(root: Path, port: int) -> asyncio.subprocess.Process:
+async def _serve(
+    root: Path, port: int, backend: str = "docker", backend_kw: dict[str, Any] | None = None
+) -> asyncio.subprocess.Process:
+    """A sandbox server in a subprocess on ``port`` (reaping every 0.5 s), once healthy."""
     code = (
         "from agentfleet.sandbox.server import run_server; "
-        f"run_server(port={port}, backend='docker', root={str(root)!r}, reap_period_s=0.5)"
+        f"run_server(port={port}, backend={backend!r}, root={str(root)!r}, "
+        f"backend_kw={backend_kw or {}!r}, reap_period_s=0.5)"
     )
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -216,15 +220,21 @@ async def _serve(root: Path, port: int) -> asyncio.subprocess.Process:
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
+    await _until_healthy(proc, port)
+    return proc
+
+
+async def _until_healthy(proc: asyncio.subprocess.Process, port: int) -> None:
     client = SandboxClient(f"http://127.0.0.1:{port}")
     deadline = time.monotonic() + 30
     while True:
         try:
             await client.healthz()
-            return proc
+            return
         except Exception:
             if proc.returncode is not None or time.monotonic() > deadline:
-                proc.kill()
+                if proc.returncode is None:
+                    proc.kill()
                 await proc.wait()
                 raise RuntimeError("sandbox server did not start") from None
             await asyncio.sleep(0.2)
