@@ -1,11 +1,14 @@
-"""Suite-wide fixtures: blockbuster on for the whole session, pool defaults reset, Docker."""
+"""Suite-wide fixtures: blockbuster on for the whole session, pool defaults reset; helpers
+for optional tools (bwrap, Docker, Chromium) and for finding sandboxed processes."""
 
 from __future__ import annotations
 
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
+import psutil
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 
@@ -38,3 +41,80 @@ def docker_available() -> bool:
 
 def require_docker() -> bool:
     return os.environ.get("AGENTFLEET_REQUIRE_DOCKER") == "1"
+
+
+# How to get each optional tool; `.ci/run` installs them all.
+HOW_TO_GET = {
+    "bwrap": "apt-get install bubblewrap",
+    "docker": "apt-get install docker.io and a running dockerd",
+    "chromium": "apt-get install chromium",
+}
+
+
+def tool_required(name: str) -> bool:
+    """Whether a missing ``name`` fails tests instead of skipping them: ``CI=true``, or
+    ``AGENTFLEET_REQUIRE_<NAME>=1`` (e.g. ``AGENTFLEET_REQUIRE_DOCKER=1``, set by .ci/run)."""
+    return (
+        os.environ.get("CI") == "true"
+        or os.environ.get(f"AGENTFLEET_REQUIRE_{name.upper()}") == "1"
+    )
+
+
+def require_tool(
+    name: str, why: str, *, available: bool | None = None, problem: str | None = None
+) -> None:
+    """Skip the calling test when tool ``name`` cannot be used; fail instead when it is
+    required (:func:`tool_required`). ``why``: what the test needs it for. ``available``:
+    whether it can be used (default: ``name`` is on PATH); ``problem``: what is wrong, when
+    more precise than "not available" (implies unavailable)."""
+    if problem is None:
+        if available is None:
+            available = shutil.which(name) is not None
+        if available:
+            return
+        problem = f"{name} is not available"
+    how = HOW_TO_GET.get(name, f"install {name}")
+    message = f"{problem} ({how}; .ci/run installs it): {why}"
+    if tool_required(name):
+        why_required = f"CI=true or AGENTFLEET_REQUIRE_{name.upper()}=1"
+        pytest.fail(f"{name} is required here ({why_required}): {message}")
+    pytest.skip(f"{message}; required when CI=true")
+
+
+SANDBOX_ENV = "AGENTFLEET_SANDBOX"  # in every sandbox command's environment: its folder
+
+
+def sandbox_processes(root: Path) -> dict[str, list[psutil.Process]]:
+    """Live processes of sandboxes under ``root``, by sandbox folder.
+
+    Found by the ``AGENTFLEET_SANDBOX`` variable of their environment, which every sandbox
+    command has whatever the backend or confinement (a marker in the command line is not
+    enough: unconfined, ``bash -c "sleep 300 # marker"`` execs ``sleep`` and the marker
+    is gone). Zombies do not count.
+    """
+    prefixes = {str(root), str(root.resolve())}
+    found: dict[str, list[psutil.Process]] = {}
+    for p in psutil.process_iter():
+        try:
+            folder = p.environ().get(SANDBOX_ENV, "")
+            if p.status() == psutil.STATUS_ZOMBIE:
+                continue
+        except (psutil.Error, OSError):
+            continue
+        if any(folder == pre or folder.startswith(pre + os.sep) for pre in prefixes):
+            found.setdefault(folder, []).append(p)
+    return found
+
+
+def sandboxes_running(root: Path, name: str) -> int:
+    """How many sandboxes under ``root`` have a live process called ``name`` (e.g. sleep)."""
+    count = 0
+    for procs in sandbox_processes(root).values():
+        for p in procs:
+            try:
+                if p.name() == name:
+                    count += 1
+                    break
+            except psutil.Error:
+                continue
+    return count

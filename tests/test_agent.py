@@ -1,11 +1,10 @@
-"""LightAgent against a real shell in a temporary folder."""
+"""LightAgent against a real shell in a temporary folder, and against a sandbox service."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from blockbuster import BlockingError
@@ -14,6 +13,8 @@ from agentfleet.agent import AgentConfig, LightAgent, parse_action
 from agentfleet.models import SUBMIT_SENTINEL, LimitReached, ModelError, ModelReply, ScriptedModel
 from agentfleet.models.base import ModelStats
 from agentfleet.models.offline import bash_reply
+from agentfleet.sandbox import ProcessBackend, RemoteDockerEnvironment, SandboxService
+from agentfleet.sandbox.base import DEFAULT_EXEC_TIMEOUT, ExecResult
 from agentfleet.tasks import Task
 
 
@@ -26,7 +27,7 @@ class ShellEnv:
 
     async def aexecute(
         self, command: str, cwd: str = "", timeout: float | None = None
-    ) -> dict[str, Any]:
+    ) -> ExecResult:
         self.commands.append(command)
         proc = await asyncio.create_subprocess_exec(
             "bash",
@@ -37,7 +38,8 @@ class ShellEnv:
             stderr=asyncio.subprocess.STDOUT,
         )
         out, _ = await proc.communicate()
-        return {"output": out.decode(), "returncode": proc.returncode}
+        assert proc.returncode is not None
+        return ExecResult(output=out.decode(), returncode=proc.returncode)
 
 
 def make_task(tmp_path: Path) -> Task:
@@ -175,6 +177,64 @@ async def test_cost_limit_ends_the_agent_cleanly(tmp_path: Path) -> None:
     assert "CostLimitExceeded" in result.messages[-1]["content"]
 
 
+# -- the sandbox environment: typed results for the agent, mini-swe-agent's dict for sync --
+
+BIG_OUTPUT = "head -c 5000 /dev/zero | tr '\\0' x"  # 5000 characters, over the cap below
+
+
+def small_service(root: Path) -> SandboxService:
+    """A real in-process sandbox service (unconfined: needs no bubblewrap), output cap 1000."""
+    return SandboxService(ProcessBackend(root, confine=False), output_limit=1000, reap_period_s=0)
+
+
+def test_command_timeout_default_is_the_sandboxes() -> None:
+    assert AgentConfig().command_timeout_s == DEFAULT_EXEC_TIMEOUT
+
+
+async def test_agent_is_told_of_timeouts_and_truncation(tmp_path: Path) -> None:
+    model = ScriptedModel(
+        [
+            bash_reply("slow", "echo start; sleep 5"),
+            bash_reply("big", BIG_OUTPUT),
+            bash_reply("done", f"echo {SUBMIT_SENTINEL}"),
+        ]
+    )
+    cfg = AgentConfig(command_timeout_s=0.5)
+    async with small_service(tmp_path / "sb") as service:
+        async with await RemoteDockerEnvironment.acreate(sandboxes=service) as env:
+            result = await LightAgent(model, env, make_task(tmp_path), cfg).run()
+            typed = await env.aexecute("echo typed", timeout=5)
+    assert result.exit_status == "Submitted"
+    slow, big = result.messages[3]["content"], result.messages[5]["content"]
+    assert "timed out" in slow and "too long" not in slow and "start" in slow
+    assert "too long" in big and "timed out" not in big
+    assert "<returncode>0</returncode>" in big and "xxxx" in big
+    assert isinstance(typed, ExecResult)
+    assert (typed.output, typed.returncode, typed.timed_out, typed.truncated) == (
+        "typed\n",
+        0,
+        False,
+        False,
+    )
+    assert typed.duration_s > 0 and env.last_result == typed
+
+
+def test_sync_execute_returns_minisweagent_v1_dict(tmp_path: Path) -> None:
+    """mini-swe-agent 1.x's ``execute(command, cwd="", *, timeout=None) -> dict``, no loop."""
+    service = small_service(tmp_path / "sb")
+    with RemoteDockerEnvironment.create_for_task(sandboxes=service, timeout=30) as env:
+        env.write_file("sub/f.txt", "hi")
+        ran = env.execute("cat f.txt; exit 3", "sub")
+        slow = env.execute("sleep 5", timeout=0.5)
+        big = env.execute(BIG_OUTPUT)
+        typed = env.last_result
+    assert ran == {"output": "hi", "returncode": 3, "timed_out": False, "truncated": False}
+    assert set(slow) == set(ran) and slow["timed_out"] and not slow["truncated"]
+    assert big["truncated"] and not big["timed_out"] and big["returncode"] == 0
+    assert isinstance(typed, ExecResult) and typed.output == big["output"]
+    assert service.list() == []  # the environment owned its sandbox: deleted
+
+
 # -- blockbuster canaries: the guard really is on ------------------------------------
 
 
@@ -183,9 +243,9 @@ class BlockingEnv:
 
     async def aexecute(
         self, command: str, cwd: str = "", timeout: float | None = None
-    ) -> dict[str, Any]:
+    ) -> ExecResult:
         time.sleep(0.01)  # noqa: ASYNC251 - on purpose: the canary
-        return {"output": "", "returncode": 0}
+        return ExecResult(output="", returncode=0)
 
 
 async def _blocked_run(tmp_path: Path) -> str:

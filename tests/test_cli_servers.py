@@ -7,12 +7,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import requests
+from conftest import sandbox_processes, sandboxes_running
 
 from agentfleet.tasks import get_task
 
@@ -37,8 +39,9 @@ def wait_healthy(url: str, proc: subprocess.Popen[str], timeout: float = 30) -> 
     pytest.fail(f"{url} never became healthy")
 
 
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[tuple[str, str]]:
+def start_servers(tmp_path: Path) -> tuple[list[subprocess.Popen[str]], str, str]:
+    """`serve-sandbox` (root tmp_path/sb) and `serve-eval` using it, both healthy:
+    (processes, sandbox URL, evaluation URL)."""
     sp, ep = free_port(), free_port()
     sandbox_url, eval_url = f"http://127.0.0.1:{sp}", f"http://127.0.0.1:{ep}"
     procs = [
@@ -65,16 +68,76 @@ def servers(tmp_path: Path) -> Iterator[tuple[str, str]]:
     try:
         wait_healthy(sandbox_url, procs[0])
         wait_healthy(eval_url, procs[1])
+    except BaseException:
+        stop(procs, signal.SIGKILL)
+        raise
+    return procs, sandbox_url, eval_url
+
+
+def stop(procs: list[subprocess.Popen[str]], signum: int) -> list[str]:
+    """Send ``signum`` to every process and wait for them (killed after 30 s); stderrs."""
+    for p in procs:
+        p.send_signal(signum)
+    errs = []
+    for p in procs:
+        try:
+            errs.append(p.communicate(timeout=30)[1])
+        except subprocess.TimeoutExpired:
+            p.kill()
+            errs.append(p.communicate()[1])
+    return errs
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    procs, sandbox_url, eval_url = start_servers(tmp_path)
+    try:
         yield sandbox_url, eval_url
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGINT)
-        for p in procs:
-            try:
-                p.communicate(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.communicate()
+        stop(procs, signal.SIGINT)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_servers_stop_gracefully_on_a_signal(tmp_path: Path, signum: int) -> None:
+    """SIGTERM (systemd, Kubernetes...) stops both servers as Ctrl-C does: the lifespan
+    cleanup runs (a sandbox with a command still running is deleted, its processes
+    killed) and the exit code is 128 + the signal."""
+    procs, sandbox_url, _ = start_servers(tmp_path)
+    root = tmp_path / "sb"
+    try:
+        sid = requests.post(f"{sandbox_url}/sandboxes", json={}, timeout=30).json()["sandbox_id"]
+        body = {"command": "sleep 300", "timeout": 600}
+        command = threading.Thread(
+            target=lambda: _ignore_errors(
+                requests.post, f"{sandbox_url}/sandboxes/{sid}/exec", json=body, timeout=120
+            ),
+            daemon=True,
+        )
+        command.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not sandboxes_running(root, "sleep"):
+            time.sleep(0.1)
+        assert sandboxes_running(root, "sleep") == 1, "the command never started"
+        errs = stop(procs, signum)
+    finally:
+        stop([p for p in procs if p.poll() is None], signal.SIGKILL)
+    assert [p.returncode for p in procs] == [128 + signum] * 2, errs
+    assert all("Application shutdown complete" in e for e in errs), errs  # lifespan ran
+    assert leftovers(root) == []
+    assert sandbox_processes(root) == {}
+    command.join(timeout=30)
+
+
+def _ignore_errors(fn: Callable[..., object], *args: object, **kw: object) -> None:
+    try:
+        fn(*args, **kw)
+    except requests.RequestException:
+        pass
+
+
+def leftovers(root: Path) -> list[str]:
+    return [p.name for p in root.iterdir()] if root.exists() else []
 
 
 @pytest.mark.slow

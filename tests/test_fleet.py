@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import sandbox_processes, sandboxes_running
 
 from agentfleet.agent import AgentConfig
 from agentfleet.fleet.runner import FleetConfig, run_fleet
@@ -45,6 +45,13 @@ def scripted(tmp_path: Path, *commands: str) -> ModelSpec:
     spec = ModelSpec(f"scripted:{path}")
     spec.prepare()
     return spec
+
+
+def zombie(p: psutil.Process) -> bool:
+    try:
+        return p.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def leftovers(root: Path) -> list[str]:
@@ -148,61 +155,73 @@ def test_cli_tasks_list_and_show() -> None:
     assert "python3 workload.py" in out
 
 
-@pytest.mark.slow
-def test_sigint_leaves_no_sandbox_or_process(tmp_path: Path) -> None:
-    marker = f"agentfleet-sigint-{os.getpid()}"
-    root = tmp_path / "sandboxes"
-    replies = [bash_reply("wait", f"sleep 300 # {marker}")]
+FINISHES = "sku-diff"  # the one task of a stopped run that has finished: its repo has inventory.py
+SLEEPERS = ["dedupe-pairs", "byte-stats", "rr-scheduler"]
+
+
+def start_sleeping_run(tmp_path: Path) -> tuple[subprocess.Popen[str], Path, Path]:
+    """``agentfleet run`` (embedded servers, process backend, scripted model) where
+    FINISHES submits and gets its result while the three SLEEPERS sit in ``sleep 300``.
+    Returns once that is the case: (process, sandbox root, run folder)."""
+    root, run_dir = tmp_path / "sandboxes", tmp_path / "run"
+    replies = [
+        bash_reply("wait", "[ -e inventory.py ] || sleep 300"),
+        bash_reply("done", f"echo {SUBMIT_SENTINEL}"),
+    ]
     (tmp_path / "r.json").write_text(json.dumps(replies))
+    args = [AGENTFLEET, "run", "--model", f"scripted:{tmp_path / 'r.json'}", "--workers", "4"]
+    args += ["--sandbox-root", str(root), "--run-dir", str(run_dir), "--eval-repeats", "1"]
+    for task in [FINISHES, *SLEEPERS]:
+        args += ["--task", task]
     proc = subprocess.Popen(
-        [
-            AGENTFLEET,
-            "run",
-            "--model",
-            f"scripted:{tmp_path / 'r.json'}",
-            "--workers",
-            "3",
-            "--task",
-            "dedupe-pairs",
-            "--task",
-            "sku-diff",
-            "--task",
-            "byte-stats",
-            "--sandbox-root",
-            str(root),
-            "--run-dir",
-            str(tmp_path / "run"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
     )
+    results = run_dir / "results.jsonl"
+    deadline = time.monotonic() + 120
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            running = [
-                p
-                for p in psutil.process_iter(["cmdline"])
-                if marker in " ".join(p.info["cmdline"] or [])
-            ]
-            if len(running) >= 3:
-                break
+        while time.monotonic() < deadline and proc.poll() is None:
+            finished = results.exists() and FINISHES in results.read_text()
+            if finished and sandboxes_running(root, "sleep") == len(SLEEPERS):
+                return proc, root, run_dir
             time.sleep(0.2)
-        else:
-            pytest.fail("the agents' commands never started")
-        assert len(leftovers(root)) == 3
-        proc.send_signal(signal.SIGINT)
+    except BaseException:
+        proc.kill()
+        raise
+    proc.kill()
+    _, err = proc.communicate()
+    pytest.fail(f"the run never got to one result and three sleeping agents: {err[-3000:]}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("signum", "code", "note"),
+    [(signal.SIGINT, 130, "interrupted:"), (signal.SIGTERM, 143, "interrupted by SIGTERM:")],
+    ids=["SIGINT", "SIGTERM"],
+)
+def test_stop_signal_deletes_sandboxes_and_keeps_results(
+    tmp_path: Path, signum: int, code: int, note: str
+) -> None:
+    """Ctrl-C, and SIGTERM (timeout, systemd, Kubernetes, Slurm): a graceful stop."""
+    proc, root, run_dir = start_sleeping_run(tmp_path)
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(leftovers(root)) == len(SLEEPERS)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, err
-    assert "interrupted" in err
-    assert leftovers(root) == []
-    assert not [
-        p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])
-    ]
+            proc.communicate()
+    assert proc.returncode == code, err[-3000:]
+    assert note in err and f"--resume {run_dir}" in err
+    assert leftovers(root) == []  # every sandbox deleted
+    assert sandbox_processes(root) == {}  # and every command in it
+    _, alive = psutil.wait_procs(children, timeout=5)
+    assert [p for p in alive if not zombie(p)] == [], alive  # nothing of the run is left
+    records = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    assert [r["instance_id"] for r in records] == [FINISHES]  # the finished task is kept
+    assert records[0]["exit_status"] == "Submitted"
+    assert not (run_dir / "summary.json").exists()  # written only by a run that completes
 
 
 @pytest.mark.slow

@@ -52,7 +52,6 @@ from agentfleet.http import (
 )
 from agentfleet.http.metrics import METRIC_NAMES, live_pools
 from agentfleet.http.retry import wait_retry_after_or_backoff
-from agentfleet.sandbox.base import DEFAULT_EXEC_TIMEOUT
 
 FAST = RetryPolicy(attempts=5, wait_min=0.01, wait_max=0.1, budget_s=10.0)
 
@@ -217,7 +216,7 @@ def test_explicit_limits() -> None:
 def test_timeouts_per_kind_of_call() -> None:
     assert (EVAL_TIMEOUTS.total, EVAL_TIMEOUTS.connect, EVAL_TIMEOUTS.sock_read) == (3600, 60, 300)
     assert LLM_TIMEOUTS.total is None and LLM_TIMEOUTS.sock_read
-    assert exec_timeouts(None, margin=5).total == DEFAULT_EXEC_TIMEOUT + 5
+    assert exec_timeouts(60, margin=5).total == 65  # the caller resolves the default
     ex = exec_timeouts(120, margin=30)
     assert ex.total == 150
     ct = ex.client_timeout()

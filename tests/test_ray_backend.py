@@ -20,8 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
+from conftest import sandbox_processes, sandboxes_running
 from test_cli_servers import free_port, wait_healthy
 from typer.testing import CliRunner
 
@@ -110,12 +110,6 @@ def leftovers(root: Path) -> list[str]:
     return [p.name for p in root.iterdir()] if root.exists() else []
 
 
-def marked(marker: str) -> list[psutil.Process]:
-    return [
-        p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])
-    ]
-
-
 def actors_gone(names: list[str]) -> bool:
     for name in names:
         try:
@@ -178,15 +172,15 @@ def test_oracle_fleet_on_two_shards(
 def test_killed_actor_tasks_rerun_elsewhere(ray_session: None, tmp_path: Path) -> None:
     from agentfleet.fleet.ray_backend import run_fleet_ray
 
-    marker = f"agentfleet-raykill-{os.getpid()}"
     ids = ["dedupe-pairs", "rr-scheduler", "sku-diff", "byte-stats"]
-    cfg = config(tmp_path, scripted(tmp_path, f"sleep 4 # {marker}"), ids, eval_repeats=1)
+    cfg = config(tmp_path, scripted(tmp_path, "sleep 4"), ids, eval_repeats=1)
+    root = tmp_path / "sandboxes"
     handles: list[tuple[str, Any]] = []
     killed: list[str] = []
 
     def killer() -> None:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not marked(marker):
+        while time.monotonic() < deadline and not sandboxes_running(root, "sleep"):
             time.sleep(0.1)
         if handles:
             name, handle = handles[0]
@@ -213,14 +207,14 @@ def test_killed_actor_tasks_rerun_elsewhere(ray_session: None, tmp_path: Path) -
 def test_interrupt_stops_actors_and_sandboxes(ray_session: None, tmp_path: Path) -> None:
     from agentfleet.fleet.ray_backend import run_fleet_ray
 
-    marker = f"agentfleet-rayint-{os.getpid()}"
     ids = ["dedupe-pairs", "sku-diff", "byte-stats"]
-    cfg = config(tmp_path, scripted(tmp_path, f"sleep 300 # {marker}"), ids)
+    cfg = config(tmp_path, scripted(tmp_path, "sleep 300"), ids)
+    root = tmp_path / "sandboxes"
     names: list[str] = []
 
     def interrupt() -> None:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and len(marked(marker)) < 3:
+        while time.monotonic() < deadline and sandboxes_running(root, "sleep") < 3:
             time.sleep(0.1)
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: the main thread runs the driver
 
@@ -231,8 +225,8 @@ def test_interrupt_stops_actors_and_sandboxes(ray_session: None, tmp_path: Path)
         run_fleet_ray(cfg, shards=2, actor_hook=lambda name, _: names.append(name))
     thread.join(timeout=10)
     assert time.monotonic() - start < 120
-    assert leftovers(tmp_path / "sandboxes") == []
-    assert not marked(marker)
+    assert leftovers(root) == []
+    assert sandbox_processes(root) == {}
     assert actors_gone(names)
     assert not (cfg.run_dir / "results.jsonl").exists()
 
@@ -246,8 +240,8 @@ from agentfleet.fleet.runner import FleetConfig
 from agentfleet.models import ModelSpec
 from agentfleet.models.offline import bash_reply
 
-tmp, marker = Path(sys.argv[1]), sys.argv[2]
-(tmp / "r.json").write_text(json.dumps([bash_reply("wait", f"sleep 300 # {marker}")]))
+tmp = Path(sys.argv[1])
+(tmp / "r.json").write_text(json.dumps([bash_reply("wait", "sleep 300")]))
 cfg = FleetConfig(
     model=ModelSpec(f"scripted:{tmp / 'r.json'}"), run_dir=tmp / "run",
     task_ids=["dedupe-pairs", "sku-diff", "byte-stats"], workers=3,
@@ -265,9 +259,9 @@ except KeyboardInterrupt:
 @pytest.mark.slow
 def test_ctrl_c_on_a_driver_that_started_ray(tmp_path: Path) -> None:
     """Ctrl-C in a terminal: SIGINT to the driver's whole process group (Ray's own too)."""
-    marker = f"agentfleet-rayctrlc-{os.getpid()}"
+    root = tmp_path / "sandboxes"
     proc = subprocess.Popen(
-        [sys.executable, "-c", DRIVER, str(tmp_path), marker],
+        [sys.executable, "-c", DRIVER, str(tmp_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -275,11 +269,9 @@ def test_ctrl_c_on_a_driver_that_started_ray(tmp_path: Path) -> None:
     )
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and len(leftovers(tmp_path / "sandboxes")) < 3:
+        while time.monotonic() < deadline and sandboxes_running(root, "sleep") < 3:
             time.sleep(0.2)
-        assert len(leftovers(tmp_path / "sandboxes")) == 3, "the agents never started"
-        while time.monotonic() < deadline and len(marked(marker)) < 3:
-            time.sleep(0.2)
+        assert len(leftovers(root)) == 3, "the agents never started"
         os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=90)
     finally:
@@ -288,8 +280,8 @@ def test_ctrl_c_on_a_driver_that_started_ray(tmp_path: Path) -> None:
             proc.wait()
     assert proc.returncode == 130, err[-3000:]
     assert "interrupted" in err
-    assert leftovers(tmp_path / "sandboxes") == []
-    assert not marked(marker)
+    assert leftovers(root) == []
+    assert sandbox_processes(root) == {}
 
 
 # the CLI -------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import require_tool
 from rich.console import Console
 from typer.testing import CliRunner, Result
 
@@ -32,6 +33,8 @@ from agentfleet.fleet.results import (
     repair_tail,
     result_state,
 )
+from agentfleet.fleet.run import run
+from agentfleet.fleet.rundir import RunDir
 from agentfleet.fleet.runner import FleetConfig, FleetMonitor, TaskOutcome, run_fleet
 from agentfleet.fleet.show import print_trajectory, results_table
 from agentfleet.models import SUBMIT_SENTINEL, ModelSpec
@@ -174,6 +177,55 @@ async def test_run_fleet_resume(tmp_path: Path, fake_agents: list[str]) -> None:
     assert [inv["resume"] for inv in config["invocations"]] == [False, True, True, True]
     pool = await asyncio.to_thread(read_records, tmp_path / "run" / "pool_stats.jsonl")
     assert pool and {"open", "created", "reused", "in_flight", "elapsed_s"} <= set(pool[0])
+
+
+def test_run_writes_the_summary_of_the_whole_run(tmp_path: Path, fake_agents: list[str]) -> None:
+    """run(): the summary covers every task of a resumed run and adds up the wall time."""
+    ids = ["byte-stats", "rr-scheduler", "sku-diff"]
+    first = run(fake_config(tmp_path, ids[:2]))
+    files = RunDir(tmp_path / "run")
+    assert json.loads(files.summary.read_text()) == first.summary
+    assert first.summary["tasks"] == 2 and first.summary["wall_s"] > 0
+    assert first.monitor.done == 2
+    second = run(fake_config(tmp_path, ids, resume=True))
+    assert fake_agents[2:] == [ids[2]]  # only the task without a result ran
+    assert sorted(o.instance_id for o in second.outcomes) == sorted(ids)  # the whole run
+    assert second.summary["tasks"] == 3 and second.monitor.done == 1
+    assert second.summary["wall_s"] > first.summary["wall_s"]  # both invocations
+    assert json.loads(files.summary.read_text()) == second.summary
+    third = run(fake_config(tmp_path, ids, resume=True))  # nothing left: sums up only
+    assert len(fake_agents) == 3 and third.summary["tasks"] == 3
+    assert len(files.read_config()["invocations"]) == 2  # a resume with nothing to run
+
+
+def test_run_dir_merges_config_and_writes_atomically(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = RunDir(tmp_path / "run")
+    assert not files.is_run() and files.read_summary() == {} and files.wall_s() == 0.0
+    with pytest.raises(FileNotFoundError, match="not a run folder"):
+        files.read_config()
+    files.merge_config({"model": "a", "tasks": ["x"], "invocations": [{"n": 1}]})
+    files.merge_config({"model": "b", "invocations": [{"n": 2}]})  # a resume
+    saved = files.read_config()
+    assert saved["model"] == "b" and saved["tasks"] == ["x"]
+    assert [i["n"] for i in saved["invocations"]] == [1, 2]
+    assert files.is_run() and files.trajectories.is_dir() and files.trajectory_ids() == []
+    files.write_summary({"wall_s": 2.5})
+    assert files.wall_s() == 2.5
+
+    def full(*_: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(OSError, match="disk full"):
+        files.write_summary({"wall_s": 9.0})
+    assert files.wall_s() == 2.5  # the old file, whole, and no temporary file left over
+    assert sorted(p.name for p in files.path.iterdir()) == [
+        "config.json",
+        "summary.json",
+        "trajectories",
+    ]
 
 
 # -- progress ------------------------------------------------------------------------------
@@ -400,10 +452,8 @@ def png_size(path: Path) -> tuple[int, int]:
 
 @pytest.mark.slow
 def test_report_renders_in_headless_chromium(real_run: Path, tmp_path: Path) -> None:
-    if CHROMIUM is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("Chromium is required in CI (apt-get install chromium; see .ci/run)")
-        pytest.skip("Chromium is not installed (apt-get install chromium); required when CI=true")
+    require_tool("chromium", "renders the HTML report headless", available=CHROMIUM is not None)
+    assert CHROMIUM is not None
     shot = tmp_path / "report.png"
     proc = subprocess.run(
         [

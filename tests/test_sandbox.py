@@ -11,18 +11,20 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+from conftest import require_tool
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from test_sandbox_docker import _free_port, _serve, _until_healthy, skip_without_docker
@@ -44,8 +46,15 @@ from agentfleet.sandbox import (
     gc_all,
 )
 from agentfleet.sandbox.base import new_sandbox_id
+from agentfleet.sandbox.containers import (
+    LABEL_HOST,
+    LABEL_OWNER,
+    LABEL_PID,
+    LABEL_PID_STARTED,
+    is_orphan,
+)
 from agentfleet.sandbox.docker import DockerBackend
-from agentfleet.sandbox.process import MARKER, SANDBOX_ENV
+from agentfleet.sandbox.folders import MARKER, SANDBOX_ENV, owner_alive
 from agentfleet.serving import serve_in_loop
 
 # --------------------------------------------------------------------------- fixtures
@@ -450,24 +459,24 @@ async def test_remote_environment_from_sync_code(server: Served) -> None:
 async def test_remote_environment_async_and_in_loop_guard(server: Served) -> None:
     sid = await server.create()
     env = RemoteDockerEnvironment(sid, server.url, cwd="pkg", env={"X": "1"})
-    out = await env.aexecute("echo $X; ls")
-    assert out == {
-        "output": "1\nutil.py\n",
-        "returncode": 0,
-        "timed_out": False,
-        "truncated": False,
-    }
+    out = await env.aexecute("echo $X; ls")  # the typed ExecResult
+    assert (out.output, out.returncode, out.timed_out, out.truncated) == (
+        "1\nutil.py\n",
+        0,
+        False,
+        False,
+    )
     slow = await env.aexecute("echo start; sleep 5", timeout=0.5)  # LightAgent reads timed_out
-    assert slow["timed_out"] and slow["returncode"] == 124 and not slow["truncated"]
+    assert slow.timed_out and slow.returncode == 124 and not slow.truncated
     big = await env.aexecute("head -c 300000 /dev/zero | tr '\\0' x")
-    assert big["truncated"] and not big["timed_out"] and big["returncode"] == 0
+    assert big.truncated and not big.timed_out and big.returncode == 0
     with pytest.raises(RuntimeError, match="aexecute"):
         env.execute("ls")
     await env.aclose()  # not the owner: the sandbox stays
     assert (await server.client.get(sid)).sandbox_id == sid
     owned = await RemoteDockerEnvironment.acreate("t1", server.dataset, sandboxes=server.client)
     async with owned:
-        assert (await owned.aexecute("cat main.py"))["output"] == "print('hello')\n"
+        assert (await owned.aexecute("cat main.py")).output == "print('hello')\n"
     assert owned.sandbox_id not in [i.sandbox_id for i in await server.client.list()]
 
 
@@ -531,8 +540,7 @@ async def test_process_layout_delete_and_shutdown(tmp_path: Path, dataset: str) 
 async def test_confined_commands_cannot_write_outside(tmp_path: Path, dataset: str) -> None:
     backend = ProcessBackend(tmp_path / "root")
     async with SandboxService(backend) as service:
-        if not backend.confined:
-            pytest.skip("bubblewrap not available here")
+        require_tool("bwrap", "commands confined by bubblewrap", available=backend.confined)
         sid = (await service.create(CreateSandbox(task_id="t1", dataset=dataset))).sandbox_id
         outside = tmp_path / "outside.txt"
         await service.exec(sid, f"echo hi > {outside}")
@@ -574,6 +582,57 @@ async def test_orphans_of_dead_servers_are_reaped_at_start(tmp_path: Path) -> No
         await backend.aclose()
     assert await asyncio.to_thread(gc_all, root) == ["sb-live00000000"]
     assert stranger.exists() and not live.exists()
+
+
+@dataclass
+class Zombie:
+    pid: int
+    started: float
+
+
+@pytest.fixture
+def zombie() -> Iterator[Zombie]:
+    """A child process that has exited and that nobody has waited for yet (waited at the end)."""
+    child = subprocess.Popen(["true"])
+    try:
+        proc = psutil.Process(child.pid)
+        deadline = time.monotonic() + 10
+        while proc.status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "the child did not exit"
+            time.sleep(0.01)
+        yield Zombie(child.pid, proc.create_time())
+    finally:
+        child.wait()
+
+
+def test_a_zombie_owner_is_not_alive(zombie: Zombie) -> None:
+    me = psutil.Process()
+    assert owner_alive(me.pid, me.create_time()) and owner_alive(me.pid)
+    assert not owner_alive(zombie.pid, zombie.started) and not owner_alive(zombie.pid)
+    # the docker backend's test of a container's owner (same host) uses the same function
+    host = socket.gethostname()
+    labels = {LABEL_OWNER: "gone", LABEL_HOST: host}
+    alive = {LABEL_PID: str(me.pid), LABEL_PID_STARTED: f"{me.create_time():.3f}"}
+    dead = {LABEL_PID: str(zombie.pid), LABEL_PID_STARTED: f"{zombie.started:.3f}"}
+    check = {"instance_id": "me", "host": host, "now": time.time()}
+    assert not is_orphan({**labels, **alive}, **check)
+    assert is_orphan({**labels, **dead}, **check)
+
+
+async def test_sandboxes_of_a_zombie_owner_are_reaped_at_start(
+    zombie: Zombie, tmp_path: Path
+) -> None:
+    root = tmp_path / "root"
+    folder = root / "sb-zombie000000"
+    (folder / "work").mkdir(parents=True)
+    meta = {"instance": "gone", "pid": zombie.pid, "pid_started": zombie.started}
+    (folder / MARKER).write_text(json.dumps(meta))
+    backend = ProcessBackend(root, confine=False)
+    await backend.start()
+    try:
+        assert not folder.exists()
+    finally:
+        await backend.aclose()
 
 
 def test_output_capture_unit() -> None:
@@ -759,6 +818,8 @@ async def test_client_exec_is_retried_with_one_key(tmp_path: Path) -> None:
 async def test_sigkilled_server_leaves_no_process(
     tmp_path: Path, confine: bool, reclaim: str
 ) -> None:
+    if confine:
+        require_tool("bwrap", "the confined SIGKILL case runs commands under bubblewrap")
     root = tmp_path / "sb"
     port = _free_port()
     first = await _serve(root, port, "process", {"confine": confine})

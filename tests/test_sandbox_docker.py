@@ -26,17 +26,17 @@ import pytest
 from conftest import docker_available, require_docker
 
 from agentfleet.sandbox import CreateSandbox, SandboxClient, SandboxService
-from agentfleet.sandbox.docker import (
+from agentfleet.sandbox.containers import (
     DEFAULT_IMAGE,
     LABEL_OWNER,
-    DockerBackend,
     close_client,
     connect,
     gc_containers,
     list_containers,
 )
+from agentfleet.sandbox.docker import DockerBackend
+from agentfleet.sandbox.folders import MARKER
 from agentfleet.sandbox.images import list_images
-from agentfleet.sandbox.process import MARKER
 from agentfleet.sandbox.server import make_backend
 
 pytestmark = pytest.mark.docker

@@ -6,16 +6,15 @@ import asyncio
 import json
 import logging
 import sys
-import time
 from contextlib import nullcontext
-from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from agentfleet.sandbox.base import DEFAULT_TTL_S
 from agentfleet.tasks import TaskNotFound, load_dataset
 
 app = typer.Typer(
@@ -48,7 +47,7 @@ DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="bundled name o
 SplitOpt = Annotated[str, typer.Option("--split", "-s", help="split of the dataset")]
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     err.print(f"[red]error:[/red] {message}")
     raise typer.Exit(code)
 
@@ -183,156 +182,77 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a fleet of agents on a dataset split and print their scores."""
-    from agentfleet.agent import AgentConfig
+    from agentfleet.fleet import run as fleet_run
     from agentfleet.fleet.dashboard import choose_mode, make_progress
-    from agentfleet.fleet.report import outcome_of, print_results, summary
-    from agentfleet.fleet.results import latest_results, plan_resume, read_config
-    from agentfleet.fleet.runner import FleetConfig, FleetMonitor, run_fleet
-    from agentfleet.http import HttpPool, preset_for_fleet, resolve_limits
-    from agentfleet.models import ModelSpec
+    from agentfleet.fleet.report import print_results
+    from agentfleet.fleet.rundir import RunDir
+    from agentfleet.fleet.runner import FleetMonitor, plan_run
+    from agentfleet.serving import exit_code
 
     try:
         mode = choose_mode(progress)
-    except ValueError as exc:
-        _fail(str(exc))
-    _setup_run_logging(verbose, rich=mode == "rich")
-    saved: dict[str, Any] = {}
-    if resume is not None:
-        if run_dir is not None and run_dir.resolve() != resume.resolve():
-            _fail("give either --resume RUN_DIR or --run-dir, not two different folders")
-        try:
-            saved = read_config(resume)
-        except (OSError, ValueError) as exc:
-            _fail(f"cannot resume: {exc}")
-        run_dir = resume
-    elif rerun_failed:
-        _fail("--rerun-failed needs --resume RUN_DIR")
-
-    def pick(value: Any, key: str, default: Any) -> Any:
-        if value is not None:
-            return value
-        return saved.get(key, default) if saved.get(key) is not None else default
-
-    if backend not in ("local", "ray"):
-        _fail(f"unknown backend {backend!r}: local or ray")
-    if sandbox_url and len(sandbox_url) > 1 and backend != "ray":
-        _fail("several --sandbox-url need --backend ray (one sandbox server per actor)")
-    if backend != "ray" and (ray_address is not None or shards is not None):
-        _fail("--ray-address and --shards need --backend ray")
-    dataset = pick(dataset, "dataset", "perf-lite")
-    split = pick(split, "split", "test")
-    model = pick(model, "model", "oracle")
-    model_url = pick(model_url, "model_url", None)
-    model_delay = pick(model_delay, "model_delay", 0.0)
-    workers = pick(workers, "workers", 8)
-    eval_repeats = pick(eval_repeats, "eval_repeats", 5)
-    eval_reference = pick(eval_reference, "eval_reference", False)
-    # None: the --agent-config file's value, else AgentConfig's default
-    step_limit = pick(step_limit, "step_limit", None)
-    time_limit = pick(time_limit, "time_limit", None)
-    cost_limit = pick(cost_limit, "cost_limit", None)
-    run_cost_limit = pick(run_cost_limit, "run_cost_limit", None)
-    task = task or (list(saved["tasks"]) if saved.get("tasks") else None)
-    assert dataset is not None and split is not None and model is not None
-    spec = ModelSpec(model, url=model_url, delay_s=float(model_delay))
-    try:
-        spec.prepare()
-        tasks = load_dataset(dataset).task_ids(split)
-        agent_cfg = AgentConfig.from_yaml(
-            agent_config,
+        _setup_run_logging(verbose, rich=mode == "rich")
+        request = fleet_run.RunRequest(
+            dataset=dataset,
+            split=split,
+            model=model,
+            model_url=model_url,
+            model_delay=model_delay,
+            workers=workers,
+            tasks=task,
+            eval_repeats=eval_repeats,
+            eval_reference=eval_reference,
             step_limit=step_limit,
-            time_limit_s=time_limit,
+            time_limit=time_limit,
             cost_limit=cost_limit,
             run_cost_limit=run_cost_limit,
+            agent_config=agent_config,
+            run_dir=run_dir,
+            resume=resume,
+            rerun_failed=rerun_failed,
+            sandbox_urls=sandbox_url or [],
+            eval_url=eval_url,
+            sandbox_root=sandbox_root,
+            pool=pool,
+            backend=backend,
+            ray_address=ray_address,
+            shards=shards,
         )
-        limits = resolve_limits(pool) if pool is not None else preset_for_fleet(int(workers))
-    except (ValueError, TaskNotFound, OSError) as exc:
+        cfg, ray = fleet_run.build_config(request)
+        plan = plan_run(cfg)
+    except (ValueError, LookupError, OSError) as exc:
         _fail(str(exc))
-    name = (
-        f"{Path(dataset).name}-{split}-{model.replace('/', '_').replace(':', '_')}-"
-        f"{datetime.now():%Y%m%d-%H%M%S}"
-    )
-    cfg = FleetConfig(
-        model=spec,
-        run_dir=run_dir or Path("runs") / name,
-        dataset=dataset,
-        split=split,
-        task_ids=task,
-        workers=int(workers),
-        agent=agent_cfg,
-        sandbox_url=sandbox_url[0] if sandbox_url else None,
-        eval_url=eval_url,
-        eval_repeats=int(eval_repeats),
-        eval_reference=bool(eval_reference),
-        sandbox_root=sandbox_root,
-        resume=resume is not None,
-        rerun_failed=rerun_failed,
-        pool=pool,  # the Ray actors' pools (the local one is configured below)
-    )
-    HttpPool.configure_default(limits)
-    n = len(task or tasks)
-    if resume is not None:
-        plan = plan_resume(cfg.run_dir, list(task or tasks), rerun_failed=rerun_failed)
-        failed_note = (
-            f"{len(plan.failed)} failed (run again)"
-            if rerun_failed
-            else f"{len(plan.failed)} failed (kept; --rerun-failed runs them again)"
+    if plan.resumed is not None:
+        again = "run again" if rerun_failed else "kept; --rerun-failed runs them again"
+        _note(
+            f"resuming {cfg.run_dir}: {len(plan.resumed.done)} done, "
+            f"{len(plan.resumed.failed)} failed ({again}), {len(plan.tasks)} to run"
         )
-        err.print(
-            f"resuming {cfg.run_dir}: {len(plan.done)} done, {failed_note}, "
-            f"{len(plan.todo)} to run",
-            highlight=False,
-            soft_wrap=True,
-        )
-        n = len(plan.todo)
-    err.print(
-        f"running {n} tasks of {dataset}/{split} with {model}, {workers} at once -> {cfg.run_dir}",
-        highlight=False,
-        soft_wrap=True,
+    _note(
+        f"running {len(plan.tasks)} tasks of {cfg.dataset}/{cfg.split} with {cfg.model.spec}, "
+        f"{cfg.workers} at once -> {cfg.run_dir}"
     )
     monitor = FleetMonitor()
-    ctx, listener = make_progress(
-        mode, monitor, err, title=f"agentfleet run {cfg.run_dir.name} ({model})"
-    )
-    start = time.monotonic()
+    title = f"agentfleet run {cfg.run_dir.name} ({cfg.model.spec})"
+    ctx, listener = make_progress(mode, monitor, err, title=title)
     try:
-        if n == 0 and resume is not None:
-            outcomes = []  # nothing left to run: just the whole run's table below
-        else:
-            with ctx if ctx is not None else nullcontext():
-                if backend == "ray":
-                    outcomes = _run_on_ray(
-                        cfg, shards or 2, ray_address, sandbox_url, listener, monitor
-                    )
-                else:
-                    outcomes = asyncio.run(run_fleet(cfg, listener, monitor=monitor))
-    except KeyboardInterrupt:
+        with ctx if ctx is not None else nullcontext():
+            result = fleet_run.run(cfg, ray=ray, plan=plan, listener=listener, monitor=monitor)
+    except KeyboardInterrupt as exc:  # SIGINT (exit 130) or SIGTERM (exit 143)
+        code = exit_code(exc)
         err.print(
-            "[yellow]interrupted: sandboxes deleted, partial results in "
-            f"{cfg.run_dir}/results.jsonl (continue with: agentfleet run --resume "
-            f"{cfg.run_dir})[/yellow]",
+            f"[yellow]interrupted{' by SIGTERM' if code == 143 else ''}: sandboxes deleted, "
+            f"partial results in {RunDir(cfg.run_dir).results} (continue with: agentfleet "
+            f"run --resume {cfg.run_dir})[/yellow]",
             soft_wrap=True,
         )
-        raise typer.Exit(130) from None
-    except LookupError as exc:
-        _fail(str(exc))
-    wall = time.monotonic() - start
-    if resume is not None:  # the table and summary cover the whole run, not just this part
-        latest = latest_results(cfg.run_dir)
-        outcomes = [outcome_of(latest[i]) for i in (task or tasks) if i in latest]
-        try:  # wall time of all invocations
-            wall += float(json.loads((cfg.run_dir / "summary.json").read_text())["wall_s"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-    s = summary(outcomes, wall)
-    (cfg.run_dir / "summary.json").write_text(json.dumps(s, indent=2))
-    print_results(outcomes, s, console)
+        raise typer.Exit(code) from None
+    print_results(result.outcomes, result.summary, console)
     console.print(f"run folder: {cfg.run_dir}")
-    failed = monitor.failed
-    if failed:
+    if monitor.failed:
         err.print(
-            f"[red]{failed} task(s) failed[/red]: agentfleet run --resume {cfg.run_dir} "
-            "--rerun-failed runs them again",
+            f"[red]{monitor.failed} task(s) failed[/red]: agentfleet run --resume "
+            f"{cfg.run_dir} --rerun-failed runs them again",
             highlight=False,
             soft_wrap=True,
         )
@@ -344,28 +264,8 @@ def run(
     )
 
 
-def _run_on_ray(
-    cfg: Any,
-    shards: int,
-    address: str | None,
-    sandbox_urls: list[str] | None,
-    listener: Any,
-    monitor: Any,
-) -> Any:
-    """The Ray backend, imported only when asked for (the local path never imports ray)."""
-    try:
-        from agentfleet.fleet.ray_backend import run_fleet_ray
-    except ImportError as exc:
-        _fail(f"the ray backend needs Ray: pip install 'agentfleet[ray]' ({exc})")
-    # run_fleet_ray applies cfg.resume itself and keeps the monitor, as run_fleet does
-    return run_fleet_ray(
-        cfg,
-        shards=shards,
-        address=address,
-        sandbox_urls=sandbox_urls,
-        listener=listener,
-        monitor=monitor,
-    )
+def _note(message: str) -> None:
+    err.print(message, highlight=False, soft_wrap=True)
 
 
 def _setup_run_logging(verbose: bool, *, rich: bool) -> None:
@@ -397,19 +297,20 @@ def show(
     full: Annotated[bool, typer.Option(help="do not clip long messages")] = False,
 ) -> None:
     """A run's results table, or with a task id its trajectory, readably in the terminal."""
-    from agentfleet.fleet.results import RESULTS, read_trajectory
+    from agentfleet.fleet.results import read_trajectory
+    from agentfleet.fleet.rundir import RunDir
     from agentfleet.fleet.show import print_trajectory, results_table
 
-    if not (run_dir / RESULTS).exists() and not (run_dir / "config.json").exists():
-        _fail(f"{run_dir} is not a run folder (no results.jsonl or config.json)")
+    files = RunDir(run_dir)
+    if not files.is_run():
+        _fail(f"{run_dir} is not a run folder (no {files.results.name} or {files.config.name})")
     if instance is None:
         console.print(results_table(run_dir))
         return
     try:
         traj = read_trajectory(run_dir, instance)
     except FileNotFoundError as exc:
-        have = sorted(p.name.removesuffix(".traj.json") for p in run_dir.glob("trajectories/*"))
-        _fail(f"{exc} (have: {', '.join(have) or 'none'})")
+        _fail(f"{exc} (have: {', '.join(files.trajectory_ids()) or 'none'})")
     except ValueError as exc:
         _fail(str(exc))
     print_trajectory(traj, console, full=full)
@@ -425,10 +326,11 @@ def report_cmd(
 ) -> None:
     """Write one self-contained HTML report of a run: summary, plots, tasks, trajectories."""
     from agentfleet.fleet.html_report import write_report
-    from agentfleet.fleet.results import RESULTS
+    from agentfleet.fleet.rundir import RunDir
 
-    if not (run_dir / RESULTS).exists():
-        _fail(f"{run_dir} has no results.jsonl: nothing to report")
+    results = RunDir(run_dir).results
+    if not results.exists():
+        _fail(f"{run_dir} has no {results.name}: nothing to report")
     path = write_report(run_dir, output)
     console.print(f"report: {path}", highlight=False)
 
@@ -460,7 +362,7 @@ def serve_sandbox(
     ] = 512,
     ttl: Annotated[
         float, typer.Option(help="seconds a sandbox lives when its create request names no ttl")
-    ] = 3600.0,
+    ] = DEFAULT_TTL_S,
     reap_interval: Annotated[
         float, typer.Option(help="seconds between deletions of expired sandboxes (0: never)")
     ] = 30.0,
@@ -485,9 +387,10 @@ def serve_sandbox(
         _fail(str(e))
         return
     _setup_logging(verbose)
-    run_server(
+    stopped_by = run_server(
         host=host, port=port, backend=backend, root=root, backend_kw=backend_kw, **service_kw
     )
+    _exit_stopped(stopped_by)
 
 
 def _reward_kind(value: str) -> str:
@@ -566,7 +469,7 @@ def serve_eval(
         _fail(f"invalid evaluation settings: {exc.errors()[0].get('msg')}")
     _setup_logging(verbose)
     try:
-        run_server(
+        stopped_by = run_server(
             host=host,
             port=port,
             db_path=db,
@@ -580,6 +483,13 @@ def serve_eval(
         )
     except ValueError as exc:  # e.g. a public host without a token
         _fail(str(exc))
+    _exit_stopped(stopped_by)
+
+
+def _exit_stopped(signum: int | None) -> None:
+    """After a server's graceful stop: exit 128 + the signal (SIGINT 130, SIGTERM 143)."""
+    if signum is not None:
+        raise typer.Exit(128 + signum)
 
 
 @app.command("mock-llm")

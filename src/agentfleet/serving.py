@@ -1,16 +1,30 @@
-"""Run a FastAPI/ASGI app with uvicorn inside the current event loop, on a chosen port."""
+"""Serving and stopping: a FastAPI/ASGI app with uvicorn, inside the current event loop or
+as the whole program, and the one rule for SIGINT / SIGTERM.
+
+Stopping: SIGTERM (what ``timeout``, systemd, Kubernetes and Slurm send) is a graceful stop
+exactly like SIGINT (Ctrl-C). ``agentfleet run`` runs its loops with :func:`run_async`
+(the main task is cancelled, so every ``finally`` runs and every sandbox is deleted, then
+:class:`Stopped` is raised) inside :func:`graceful_stop`; the servers let uvicorn shut down
+(lifespan cleanup included) and report the signal (:func:`serve_until_signal`). Every
+command then exits with ``128 + signal``: 130 after SIGINT, 143 after SIGTERM.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
-from collections.abc import AsyncIterator, Iterator
+import threading
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from types import FrameType
+from typing import Any, TypeVar
 
 import uvicorn
+
+T = TypeVar("T")
 
 # Longer than the client pool's idle keep-alive (aiohttp: 15 s): no reuse race.
 SERVER_KEEPALIVE_S = 75
@@ -77,3 +91,114 @@ async def serve_in_loop(
             await task
         finally:
             sock.close()
+
+
+class Stopped(KeyboardInterrupt):
+    """A graceful stop asked for by ``signum`` (SIGINT or SIGTERM); exit with ``exit_code``."""
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def exit_code(exc: KeyboardInterrupt) -> int:
+    """The exit status for an interrupt: 128 + its signal (130 for a plain Ctrl-C)."""
+    return exc.exit_code if isinstance(exc, Stopped) else 128 + signal.SIGINT
+
+
+def run_async(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)``, where SIGTERM is a graceful stop as SIGINT (Ctrl-C) is.
+
+    The first SIGTERM, or SIGINT unless the process ignores it, cancels ``main``; once its
+    ``finally`` blocks and ``async with`` exits have run, :class:`Stopped` is raised with
+    that signal. A second signal raises :class:`Stopped` at once (as a second Ctrl-C does
+    in ``asyncio.run``). Outside the main thread signals are left alone.
+    """
+    with asyncio.Runner() as runner:
+        loop = runner.get_loop()
+        task = loop.create_task(main)
+        stops: list[int] = []
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            stops.append(signum)
+            if len(stops) == 1 and not task.done():
+                task.cancel()
+                loop.call_soon_threadsafe(lambda: None)  # wake the selector
+                return
+            raise Stopped(signum)
+
+        previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, on_signal)
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                previous[signal.SIGINT] = signal.signal(signal.SIGINT, on_signal)
+        try:
+            return loop.run_until_complete(task)
+        except asyncio.CancelledError:
+            if stops:
+                raise Stopped(stops[0]) from None
+            raise
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def graceful_stop() -> Iterator[None]:
+    """Inside the block, SIGTERM interrupts like SIGINT, and any interrupt leaves the block
+    as :class:`Stopped` naming its signal. For the sync parts of a program whose event loops
+    run with :func:`run_async` (which stops them gracefully). Main thread only; elsewhere
+    the block runs with the handlers as they are."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        raise Stopped(signum)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    except Stopped:
+        raise
+    except KeyboardInterrupt as exc:  # Ctrl-C outside run_async
+        raise Stopped(signal.SIGINT) from exc
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _SignalledServer(uvicorn.Server):
+    """uvicorn's server, which on SIGINT / SIGTERM shuts down gracefully (lifespan included)
+    and then reports the signal instead of raising it again."""
+
+    stopped_by: int | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.stopped_by is None:
+            self.stopped_by = sig
+        super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handled = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def serve_until_signal(config: uvicorn.Config) -> int | None:
+    """Serve ``config`` until SIGINT or SIGTERM (blocking); return that signal's number
+    after the graceful shutdown (``None`` if the server stopped by itself)."""
+    server = _SignalledServer(config)
+    server.run()
+    return server.stopped_by

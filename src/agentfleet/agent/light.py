@@ -15,6 +15,7 @@ from jinja2 import Environment, StrictUndefined, Template
 
 from agentfleet.models.base import LimitReached, Message, Model, ModelError
 from agentfleet.models.offline import SUBMIT_SENTINEL
+from agentfleet.sandbox.base import DEFAULT_EXEC_TIMEOUT, ExecResult
 from agentfleet.tasks import Task
 
 _BASH_BLOCK = re.compile(r"```bash\s*\n(.*?)\n```", re.DOTALL)
@@ -30,16 +31,19 @@ def _compile(source: str) -> Template:
 
 
 class AsyncEnvironment(Protocol):
+    """Where the agent's commands run (``RemoteDockerEnvironment``, or any object with this
+    method): the typed result, whose ``timed_out`` and ``truncated`` the model is told."""
+
     async def aexecute(
         self, command: str, cwd: str = "", timeout: float | None = None
-    ) -> dict[str, Any]: ...
+    ) -> ExecResult: ...
 
 
 @dataclass
 class AgentConfig:
     step_limit: int = 30
     time_limit_s: float = 900.0
-    command_timeout_s: float = 60.0
+    command_timeout_s: float = DEFAULT_EXEC_TIMEOUT
     observation_max_chars: int = 10_000
     cost_limit: float | None = None  # USD per agent (its model); None: no limit
     run_cost_limit: float | None = None  # USD for the whole run, shared by its agents
@@ -154,17 +158,17 @@ class LightAgent:
             if len(actions) != 1:
                 self._add("user", self._render("format_error_template", n_blocks=len(actions)))
                 continue
-            out = await self.env.aexecute(actions[0], timeout=self.config.command_timeout_s)
-            output = str(out.get("output", ""))
-            if output.lstrip().splitlines()[:1] == [SUBMIT_SENTINEL]:
+            result = await self.env.aexecute(actions[0], timeout=self.config.command_timeout_s)
+            if result.output.lstrip().splitlines()[:1] == [SUBMIT_SENTINEL]:
                 return "Submitted"
             self._add(
                 "user",
                 self._render(
                     "observation_template",
-                    returncode=out.get("returncode"),
-                    timed_out=bool(out.get("timed_out")),
-                    output=clip_middle(output, self.config.observation_max_chars),
+                    returncode=result.returncode,
+                    timed_out=result.timed_out,
+                    truncated=result.truncated,
+                    output=clip_middle(result.output, self.config.observation_max_chars),
                 ),
             )
         return "LimitsExceeded"

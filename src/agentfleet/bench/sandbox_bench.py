@@ -29,7 +29,7 @@ CONFINE_CHOICES = ("auto", "yes", "no")
 BACKEND_CHOICES = ("process", "docker")
 DEFAULT_N = 100
 DEFAULT_DOCKER_N = 20  # containers start in ~0.5 s each; the server bounds creations
-DOCKER_IMAGE = "agentfleet-base:bookworm"  # agentfleet.sandbox.docker.DEFAULT_IMAGE
+DOCKER_IMAGE = "agentfleet-base:bookworm"  # agentfleet.sandbox.containers.DEFAULT_IMAGE
 
 
 def docker_backend_available() -> bool:
@@ -74,7 +74,7 @@ def bench_container(image: str = DOCKER_IMAGE) -> Iterator[str]:
 
     import psutil
 
-    from agentfleet.sandbox import docker as d
+    from agentfleet.sandbox import containers as d
 
     life_s = 600
     labels = {

@@ -153,7 +153,7 @@ async def _docker_cli(config: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _aiodocker(config: dict[str, Any]) -> dict[str, Any]:
-    from agentfleet.sandbox.docker import close_client, connect
+    from agentfleet.sandbox.containers import close_client, connect
 
     n, seq, sleep_s = int(config["n"]), int(config["seq"]), float(config["sleep_s"])
     client, connector = await connect()

@@ -1,17 +1,33 @@
 """Evaluation: the client (``evaluate_info``, :class:`EvalClient`), the server
-(:func:`create_app`, :func:`run_server`) and the evaluator (:class:`Evaluator`)."""
+(:func:`create_app`, :func:`run_server`) and the evaluator (:class:`Evaluator`).
 
-from agentfleet.evaluation.client import (
-    EvalClient,
-    EvalClientError,
-    EvalRejected,
-    EvalTimeout,
-    evaluate_info,
-    evaluate_info_sync,
-)
-from agentfleet.evaluation.jobs import EvaluatorLike, TestModeEvaluator
-from agentfleet.evaluation.schema import EvalRequest, EvalResult
-from agentfleet.evaluation.server import create_app, run_server
+Names are imported on first use (PEP 562): ``from agentfleet.evaluation import
+evaluate_info`` loads the client only, never the server, its job store or the evaluator.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from agentfleet._lazy import lazy_exports
+
+_CLIENT = "agentfleet.evaluation.client"
+_EXPORTS: dict[str, str] = {
+    "EvalClient": _CLIENT,
+    "EvalClientError": _CLIENT,
+    "EvalRejected": _CLIENT,
+    "EvalTimeout": _CLIENT,
+    "evaluate_info": _CLIENT,
+    "evaluate_info_sync": _CLIENT,
+    "EvalRequest": "agentfleet.evaluation.schema",
+    "EvalResult": "agentfleet.evaluation.schema",
+    "EvaluatorLike": "agentfleet.evaluation.jobs",
+    "TestModeEvaluator": "agentfleet.evaluation.jobs",
+    "create_app": "agentfleet.evaluation.server",
+    "run_server": "agentfleet.evaluation.server",
+    "EvalConfig": "agentfleet.evaluation.evaluator",
+    "Evaluator": "agentfleet.evaluation.evaluator",
+}
 
 __all__ = [
     "EvalClient",
@@ -29,8 +45,18 @@ __all__ = [
     "evaluate_info_sync",
     "run_server",
 ]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
-try:
+if TYPE_CHECKING:
+    from agentfleet.evaluation.client import (
+        EvalClient,
+        EvalClientError,
+        EvalRejected,
+        EvalTimeout,
+        evaluate_info,
+        evaluate_info_sync,
+    )
     from agentfleet.evaluation.evaluator import EvalConfig, Evaluator
-except ImportError:  # pragma: no cover - the evaluator module is optional at import time
-    __all__ = [n for n in __all__ if n not in ("EvalConfig", "Evaluator")]
+    from agentfleet.evaluation.jobs import EvaluatorLike, TestModeEvaluator
+    from agentfleet.evaluation.schema import EvalRequest, EvalResult
+    from agentfleet.evaluation.server import create_app, run_server

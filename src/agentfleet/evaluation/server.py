@@ -485,16 +485,15 @@ def run_server(
     max_body: int = DEFAULT_MAX_BODY,
     log_level: str = "info",
     eval_config: EvalConfig | None = None,
-) -> None:
-    """Serve until interrupted (the ``agentfleet serve-eval`` command).
+) -> int | None:
+    """Serve until SIGINT or SIGTERM (the ``agentfleet serve-eval`` command); return that
+    signal's number after the graceful shutdown (running jobs cancelled, store closed).
 
     Binding a non-loopback ``host`` needs a ``token`` (or ``AGENTFLEET_EVAL_TOKEN``).
     Without ``test_latency`` or ``evaluator_factory``, the real evaluator is built at
     start-up by :func:`default_evaluator_factory` with ``eval_config``.
     """
-    import uvicorn
-
-    from agentfleet.serving import uvicorn_config
+    from agentfleet.serving import serve_until_signal, uvicorn_config
 
     token = token or os.environ.get("AGENTFLEET_EVAL_TOKEN") or None
     if not _is_loopback(host) and not token:
@@ -515,7 +514,7 @@ def run_server(
         evaluator_factory=evaluator_factory,
     )
     config = uvicorn_config(app, host, port, log_level=log_level, timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run()
+    return serve_until_signal(config)
 
 
 __all__ = [

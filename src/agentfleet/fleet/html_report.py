@@ -17,14 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from agentfleet.fleet.report import outcome_of, summary
-from agentfleet.fleet.results import (
-    FAILED,
-    POOL_STATS,
-    TRAJECTORIES,
-    latest_results,
-    read_config,
-    read_records,
-)
+from agentfleet.fleet.results import FAILED, latest_results, read_records
+from agentfleet.fleet.rundir import RunDir
 
 MSG_CLIP = 6000  # characters of one message shown inline (the .traj.json has everything)
 PALETTE = {
@@ -345,10 +339,11 @@ def build_report(
 
     ``task_refs``: reference speedups known from elsewhere (e.g. ``tasks check``), used for
     tasks whose evaluation did not time the reference."""
-    out_dir = (out_path or run_dir / "report.html").resolve().parent
+    files = RunDir(run_dir)
+    out_dir = (out_path or files.report).resolve().parent
     task_refs = task_refs or {}
     try:
-        config = read_config(run_dir)
+        config = files.read_config()
     except (OSError, ValueError):
         config = {}
     latest = latest_results(run_dir)
@@ -357,13 +352,7 @@ def build_report(
     records = [latest[i] for i in order if i in latest]
     pending = [i for i in order if i not in latest]
     outcomes = [outcome_of(r) for r in records]
-    wall = 0.0
-    summary_path = run_dir / "summary.json"
-    if summary_path.is_file():
-        try:
-            wall = float(json.loads(summary_path.read_text()).get("wall_s", 0.0))
-        except (ValueError, AttributeError):
-            wall = 0.0
+    wall = files.wall_s()
     s = summary(outcomes, wall)
     failed = sum(r.get("state") == FAILED for r in records)
 
@@ -386,7 +375,7 @@ def build_report(
     for rec in records:
         iid = str(rec.get("instance_id"))
         info = rec.get("info") or {}
-        traj_path = run_dir / TRAJECTORIES / f"{iid}.traj.json"
+        traj_path = files.trajectory(iid)
         link = os.path.relpath(traj_path.resolve(), out_dir).replace(os.sep, "/")
         inline = '<span class="note">no trajectory</span>'
         if traj_path.is_file():
@@ -441,7 +430,7 @@ def build_report(
             total = durations.get("total", r.get("duration_s", 0.0))
             parts = {"total": float(total or 0.0)}
         lat_rows.append((str(r.get("instance_id")), parts))
-    pool = read_records(run_dir / POOL_STATS)
+    pool = read_records(files.pool_stats)
 
     pool = [p for p in pool if isinstance(p.get("t"), int | float)]
     t0 = min((float(p["t"]) for p in pool), default=0.0)
@@ -551,7 +540,7 @@ def _clock_note(records: list[dict[str, Any]]) -> str:
 
 
 def write_report(run_dir: Path, out_path: Path | None = None) -> Path:
-    out = out_path or run_dir / "report.html"
+    out = out_path or RunDir(run_dir).report
     text = build_report(run_dir, out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")

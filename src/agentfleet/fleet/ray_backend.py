@@ -15,8 +15,9 @@ The driver keeps a work queue and gives each actor at most its share of ``cfg.wo
 tasks at once, so a slow shard never holds tasks another one could run.
 
 Failures: a task whose actor dies (``RayActorError``) is queued again and runs on another
-actor (a replacement actor is started, up to ``max_actor_restarts`` times). On Ctrl-C, or
-any other exit, every actor is asked to ``shutdown`` (its running agents are cancelled, so
+actor (a replacement actor is started, up to ``max_actor_restarts`` times). On Ctrl-C or
+SIGTERM (the driver's loop runs under :func:`~agentfleet.serving.run_async`), or any other
+exit, every actor is asked to ``shutdown`` (its running agents are cancelled, so
 their sandboxes are deleted, then its embedded servers stop) with a bounded wait, then
 killed.
 
@@ -29,11 +30,13 @@ import asyncio
 import dataclasses
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from contextlib import AsyncExitStack
+from collections.abc import Callable, Iterator
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +48,9 @@ from agentfleet.fleet.runner import (
     FleetMonitor,
     Listener,
     ResultsWriter,
+    RunPlan,
     TaskOutcome,
+    configure_pool,
     embedded_servers,
     plan_run,
     run_config,
@@ -53,10 +58,11 @@ from agentfleet.fleet.runner import (
     select_tasks,
     trajectory,
 )
-from agentfleet.http.pool import HttpPool, preset_for_fleet, resolve_limits
+from agentfleet.http.pool import HttpPool
 from agentfleet.sandbox.base import CreateSandbox, SandboxInfo
 from agentfleet.sandbox.client import SandboxClient
-from agentfleet.sandbox.process import _rmtree, default_root
+from agentfleet.sandbox.folders import default_root, rmtree
+from agentfleet.serving import run_async
 from agentfleet.tasks import Task
 
 log = logging.getLogger("agentfleet.fleet.ray")
@@ -131,12 +137,8 @@ class FleetShard:
                 raise RuntimeError(f"shard {self.index} is shut down")
             if self._stack is None:
                 # This actor's own pool (created on its loop at first use): the run's limits
-                # (--pool), else sized for its share.
-                pool = self.cfg.pool
-                limits = resolve_limits(
-                    pool if pool is not None else preset_for_fleet(self.cfg.workers)
-                )
-                HttpPool.configure_default(limits)
+                # (--pool), else sized for its share (cfg.workers is the shard's capacity).
+                limits = configure_pool(self.cfg)
                 stack = AsyncExitStack()
                 try:
                     self._tasks = {t.id: t for t in await asyncio.to_thread(select_tasks, self.cfg)}
@@ -206,7 +208,7 @@ class FleetShard:
         if left:
             log.warning("removing %d sandbox folders left behind: %s", len(left), left)
             for path in left:
-                await asyncio.to_thread(_rmtree, path)
+                await asyncio.to_thread(rmtree, path)
 
 
 def shard_capacities(workers: int, shards: int) -> list[int]:
@@ -419,6 +421,7 @@ def run_fleet_ray(
     max_task_attempts: int = 3,
     shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
     init_kwargs: dict[str, Any] | None = None,
+    plan: RunPlan | None = None,
 ) -> list[TaskOutcome]:
     """Run the fleet on ``shards`` Ray actors; results land in ``cfg.run_dir`` as they finish.
 
@@ -446,15 +449,21 @@ def run_fleet_ray(
         max_task_attempts: runs of one task whose actor keeps dying before it is an Error.
         shutdown_timeout_s: bound on the actors' graceful shutdown, before ``ray.kill``.
         init_kwargs: extra ``ray.init`` arguments when this function starts Ray.
+        plan: :func:`~agentfleet.fleet.runner.plan_run`'s, if the caller made it already.
+
+    The Ray backend of :func:`agentfleet.fleet.run.run`, which also writes the summary.
+    ``ray.init`` replaces the SIGTERM handler; a handler the caller installed (such as
+    ``run``'s graceful stop) is put back.
 
     Raises:
-        KeyboardInterrupt: on Ctrl-C, after the actors and their sandboxes are gone.
+        Stopped: (a ``KeyboardInterrupt``) on SIGINT or SIGTERM, after the actors and their
+            sandboxes are gone.
     """
     if shards < 1:
         raise ValueError("shards must be at least 1")
     if sandbox_urls is not None and not sandbox_urls:
         raise ValueError("sandbox_urls is empty")
-    run = plan_run(cfg)
+    run = plan if plan is not None else plan_run(cfg)
     tasks = run.tasks
     config = {**run_config(cfg, run.all_ids, [t.id for t in tasks]), "backend": "ray"}
     config["shards"] = shards
@@ -463,17 +472,18 @@ def run_fleet_ray(
         monitor.started_at = time.monotonic()
     listener = _monitored(listener, monitor)
     if not tasks:  # nothing to run: record the invocation, leave Ray alone
-        return asyncio.run(_record_only(cfg, config))
+        return run_async(_record_only(cfg, config))
     started_ray = False
     if not ray.is_initialized():
         kwargs: dict[str, Any] = dict(init_kwargs or {})
         if address is None and not os.environ.get("RAY_ADDRESS"):  # a new local Ray
             kwargs.setdefault("include_dashboard", False)
             kwargs.setdefault("_node_ip_address", "127.0.0.1")
-        ray.init(address=address, **kwargs)
+        with _keep_sigterm_handler():
+            ray.init(address=address, **kwargs)
         started_ray = True
     try:
-        return asyncio.run(
+        return run_async(
             _drive(
                 cfg,
                 tasks,
@@ -491,6 +501,20 @@ def run_fleet_ray(
     finally:
         if started_ray:
             ray.shutdown()
+
+
+@contextmanager
+def _keep_sigterm_handler() -> Iterator[None]:
+    """Undo ``ray.init``'s SIGTERM handler (``sys.exit``) when the caller had set its own."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if previous not in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _monitored(listener: Listener | None, monitor: FleetMonitor | None) -> Listener | None:

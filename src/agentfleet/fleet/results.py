@@ -1,5 +1,6 @@
 """A run folder's results: reading ``results.jsonl`` (tolerating a crash's half line),
-the done / failed state of a result, and what a resumed run still has to do.
+the done / failed state of a result, and what a resumed run still has to do. Where the
+files are: :class:`~agentfleet.fleet.rundir.RunDir`.
 
 All functions here are synchronous file I/O: call them from a thread
 (``asyncio.to_thread``) when an event loop is running.
@@ -14,12 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("agentfleet.fleet")
+from agentfleet.fleet.rundir import RunDir
 
-RESULTS = "results.jsonl"
-CONFIG = "config.json"
-POOL_STATS = "pool_stats.jsonl"
-TRAJECTORIES = "trajectories"
+log = logging.getLogger("agentfleet.fleet")
 
 DONE = "done"
 FAILED = "failed"
@@ -62,7 +60,7 @@ def latest_results(run_dir: Path) -> dict[str, dict[str, Any]]:
     """The last result line of each task (a rerun appends; the newest line wins), with
     ``state`` filled in for lines written before the field existed."""
     latest: dict[str, dict[str, Any]] = {}
-    for rec in read_records(run_dir / RESULTS):
+    for rec in read_records(RunDir(run_dir).results):
         iid = rec.get("instance_id")
         if not isinstance(iid, str):
             continue
@@ -99,17 +97,6 @@ def repair_tail(path: Path) -> bool:
     return True
 
 
-def read_config(run_dir: Path) -> dict[str, Any]:
-    """``RUN_DIR/config.json``; ``FileNotFoundError`` / ``ValueError`` when missing or bad."""
-    path = run_dir / CONFIG
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run folder (no {CONFIG})")
-    data = json.loads(path.read_text())
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return data
-
-
 @dataclass
 class ResumePlan:
     """Which of a run's tasks a resumed run does again."""
@@ -140,7 +127,7 @@ def plan_resume(run_dir: Path, task_ids: list[str], *, rerun_failed: bool = Fals
 
 
 def read_trajectory(run_dir: Path, instance_id: str) -> dict[str, Any]:
-    path = run_dir / TRAJECTORIES / f"{instance_id}.traj.json"
+    path = RunDir(run_dir).trajectory(instance_id)
     if not path.is_file():
         raise FileNotFoundError(f"no trajectory for {instance_id!r} in {run_dir}")
     data = json.loads(path.read_text())

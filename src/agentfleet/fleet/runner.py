@@ -17,14 +17,9 @@ from agentfleet.agent import AgentConfig, LightAgent
 from agentfleet.evaluation.client import evaluate_info
 from agentfleet.evaluation.evaluator import BadSubmission, EvalConfig, Evaluator, sandbox_diff
 from agentfleet.evaluation.server import create_app as eval_app
-from agentfleet.fleet.results import (
-    POOL_STATS,
-    RESULTS,
-    plan_resume,
-    repair_tail,
-    result_state,
-)
-from agentfleet.http import HttpPool, PoolLimits, Timeouts
+from agentfleet.fleet.results import ResumePlan, plan_resume, repair_tail, result_state
+from agentfleet.fleet.rundir import RunDir
+from agentfleet.http import HttpPool, PoolLimits, Timeouts, preset_for_fleet, resolve_limits
 from agentfleet.models import ModelSpec
 from agentfleet.models.pricing import RunBudget
 from agentfleet.sandbox.base import CreateSandbox, Sandboxes, SandboxNotFound, new_sandbox_id
@@ -56,9 +51,26 @@ class FleetConfig:
     resume: bool = False  # skip tasks of run_dir that already have a result
     rerun_failed: bool = False  # with resume: run failed tasks again
     sample_every_s: float = 1.0  # pool / evaluation-queue snapshots (0: off)
-    pool: PoolLimits | str | None = None  # HTTP pool limits (None: as configured / by size)
+    pool: PoolLimits | str | None = None  # HTTP pool limits (None: by fleet size, pool_limits)
     # The run's cost budget (agent.run_cost_limit), made by run_budget(); one per process.
     budget: RunBudget | None = field(default=None, repr=False, compare=False)
+
+
+def pool_limits(cfg: FleetConfig) -> PoolLimits:
+    """The HTTP pool limits of a loop running ``cfg.workers`` agents: ``cfg.pool``, else the
+    preset for that many agents (:func:`~agentfleet.http.preset_for_fleet`)."""
+    return resolve_limits(cfg.pool) if cfg.pool is not None else preset_for_fleet(cfg.workers)
+
+
+def configure_pool(cfg: FleetConfig) -> PoolLimits:
+    """Set :func:`pool_limits` as the default of the pools made from now on in this process.
+
+    The one place a run's pool is configured: called by whoever owns the event loop the
+    agents run on (:func:`run_fleet` locally, each Ray actor for its share of the agents).
+    """
+    limits = pool_limits(cfg)
+    HttpPool.configure_default(limits)
+    return limits
 
 
 def run_budget(cfg: FleetConfig) -> RunBudget | None:
@@ -179,8 +191,8 @@ class ResultsWriter:
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
-        self.results = run_dir / RESULTS
-        self.traj_dir = run_dir / "trajectories"
+        self.files = RunDir(run_dir)
+        self.results = self.files.results
 
     def _append(self, line: str) -> None:
         # One write of a whole line, flushed: a crash loses at most the line being written.
@@ -189,23 +201,11 @@ class ResultsWriter:
             f.flush()
 
     async def prepare(self, config: dict[str, Any]) -> None:
+        """Write ``config.json`` (merged on resume); end ``results.jsonl`` with a whole line."""
+
         def mk() -> None:
-            self.traj_dir.mkdir(parents=True, exist_ok=True)
+            self.files.merge_config(config)
             repair_tail(self.results)  # a crashed run's half line must not swallow ours
-            path = self.run_dir / "config.json"
-            merged = dict(config)
-            if path.exists():  # resume: keep the history of invocations
-                try:
-                    old = json.loads(path.read_text())
-                except ValueError:
-                    old = {}
-                if isinstance(old, dict):
-                    merged = {**old, **config}
-                    merged["invocations"] = [
-                        *old.get("invocations", []),
-                        *config.get("invocations", []),
-                    ]
-            path.write_text(json.dumps(merged, indent=2, default=str))
 
         await asyncio.to_thread(mk)
 
@@ -213,7 +213,7 @@ class ResultsWriter:
         record = asdict(outcome)
         record["state"] = result_state(record)
         line = json.dumps(record, default=str)
-        path = self.traj_dir / f"{outcome.instance_id}.traj.json"
+        path = self.files.trajectory(outcome.instance_id)
         text = json.dumps(trajectory, indent=1, default=str)
         await asyncio.to_thread(path.write_text, text)
         await asyncio.to_thread(self._append, line)
@@ -392,6 +392,7 @@ class RunPlan:
     tasks: list[Task]  # to run now
     all_ids: list[str]  # the whole run's tasks
     skipped: int  # left out by resume (done, or failed without rerun_failed)
+    resumed: ResumePlan | None = None  # with cfg.resume: done / failed / todo task ids
 
 
 def plan_run(cfg: FleetConfig) -> RunPlan:
@@ -402,10 +403,10 @@ def plan_run(cfg: FleetConfig) -> RunPlan:
     all_ids = [t.id for t in tasks]
     if not cfg.resume:
         return RunPlan(tasks, all_ids, 0)
-    repair_tail(cfg.run_dir / RESULTS)
+    repair_tail(RunDir(cfg.run_dir).results)
     plan = plan_resume(cfg.run_dir, all_ids, rerun_failed=cfg.rerun_failed)
     todo = set(plan.todo)
-    return RunPlan([t for t in tasks if t.id in todo], all_ids, len(plan.skipped))
+    return RunPlan([t for t in tasks if t.id in todo], all_ids, len(plan.skipped), plan)
 
 
 def run_config(cfg: FleetConfig, all_ids: list[str], todo: list[str]) -> dict[str, Any]:
@@ -440,13 +441,17 @@ async def run_fleet(
     listener: Listener | None = None,
     *,
     monitor: FleetMonitor | None = None,
+    plan: RunPlan | None = None,
 ) -> list[TaskOutcome]:
-    """Run the config's tasks (with ``cfg.resume``: only those of ``cfg.run_dir`` without a
-    result, plus failed ones with ``cfg.rerun_failed``); returns this invocation's outcomes
-    in task order. Listener events: ``"start"`` and ``"done"`` (with the outcome)."""
-    if cfg.pool is not None:  # limits of the pools made from now on (this loop's included)
-        HttpPool.configure_default(cfg.pool)
-    run = await asyncio.to_thread(plan_run, cfg)
+    """Run the config's tasks on this loop (with ``cfg.resume``: only those of
+    ``cfg.run_dir`` without a result, plus failed ones with ``cfg.rerun_failed``); returns
+    this invocation's outcomes in task order. Listener events: ``"start"`` and ``"done"``
+    (with the outcome). ``plan``: :func:`plan_run`'s, if the caller made it already.
+
+    The local backend of :func:`agentfleet.fleet.run.run`, which also writes the summary.
+    """
+    configure_pool(cfg)  # this loop's pool is made after this (by the first request)
+    run = plan if plan is not None else await asyncio.to_thread(plan_run, cfg)
     tasks = run.tasks
     writer = ResultsWriter(cfg.run_dir)
     await writer.prepare(run_config(cfg, run.all_ids, [t.id for t in tasks]))
@@ -455,6 +460,7 @@ async def run_fleet(
     notify = listener or (lambda *_: None)
     gate = asyncio.Semaphore(cfg.workers)
     outcomes: list[TaskOutcome] = []
+    pool_stats = writer.files.pool_stats
 
     async with embedded_servers(cfg) as (sandbox_url, eval_url):
         sandboxes = SandboxClient(sandbox_url)
@@ -471,7 +477,7 @@ async def run_fleet(
         sampler = None
         if cfg.sample_every_s > 0:
             sampler = asyncio.create_task(
-                _sampler(mon, eval_url, cfg.run_dir / POOL_STATS, cfg.sample_every_s),
+                _sampler(mon, eval_url, pool_stats, cfg.sample_every_s),
                 name="fleet:sampler",
             )
         try:
@@ -487,7 +493,7 @@ async def run_fleet(
                     pass
         if sampler is not None:  # a last snapshot with the final counters
             try:
-                await sample(mon, eval_url, cfg.run_dir / POOL_STATS)
+                await sample(mon, eval_url, pool_stats)
             except Exception as exc:
                 log.debug("sampler: %s", exc)
     order = {t.id: i for i, t in enumerate(tasks)}

@@ -12,7 +12,8 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
-from agentfleet.fleet.results import FAILED, latest_results, read_config
+from agentfleet.fleet.results import FAILED, latest_results
+from agentfleet.fleet.rundir import RunDir
 
 ROLE_STYLES = {
     "system": "magenta",
@@ -31,7 +32,7 @@ def results_table(run_dir: Path) -> Table:
     """One row per task of the run (latest result), tasks without a result as pending."""
     latest = latest_results(run_dir)
     try:
-        ids: list[str] = list(read_config(run_dir).get("tasks") or [])
+        ids: list[str] = list(RunDir(run_dir).read_config().get("tasks") or [])
     except (OSError, ValueError):
         ids = []
     ids += [i for i in latest if i not in set(ids)]

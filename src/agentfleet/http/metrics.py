@@ -16,20 +16,12 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
-from prometheus_client.core import (
-    CollectorRegistry,
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.exposition import generate_latest
 
-if TYPE_CHECKING:
-    from agentfleet.http.pool import HttpPool
+if TYPE_CHECKING:  # prometheus_client is imported when metrics are exported, not before
+    from prometheus_client.core import CollectorRegistry, Metric
 
 RESERVOIR_SIZE = 2048
 # Seconds; spans sub-ms local calls up to hour-long evaluations.
@@ -168,6 +160,31 @@ class PoolMetrics:
         return {"totals": totals, "targets": per_target}
 
 
+class LimitsLike(Protocol):
+    @property
+    def limit(self) -> int: ...
+
+    @property
+    def limit_per_host(self) -> int: ...
+
+
+class MeteredPool(Protocol):
+    """What the collectors read of a pool (:class:`~agentfleet.http.pool.HttpPool` is one);
+    a protocol, so that this module never imports the pool's."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def limits(self) -> LimitsLike: ...
+
+    @property
+    def metrics(self) -> PoolMetrics: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+
 # -- aiohttp tracing --------------------------------------------------------------------
 
 
@@ -267,18 +284,18 @@ METRIC_NAMES = (
 )
 
 # Every pool of the process, weakly, by creation number (so in creation order).
-_all_pools: weakref.WeakValueDictionary[int, HttpPool] = weakref.WeakValueDictionary()
+_all_pools: weakref.WeakValueDictionary[int, MeteredPool] = weakref.WeakValueDictionary()
 _pool_ids = itertools.count(1)
 
 
-def track_pool(pool: HttpPool) -> str:
+def track_pool(pool: MeteredPool) -> str:
     """Remember ``pool`` (weakly) for the all-pools collector; returns a unique default name."""
     n = next(_pool_ids)
     _all_pools[n] = pool
     return f"pool-{n}"
 
 
-def live_pools(*, include_closed: bool = False) -> list[HttpPool]:
+def live_pools(*, include_closed: bool = False) -> list[MeteredPool]:
     """Pools not yet garbage collected and (unless ``include_closed``) not closed."""
     pools = [p for _, p in sorted(_all_pools.items())]
     return pools if include_closed else [p for p in pools if not p.closed]
@@ -288,17 +305,17 @@ class PoolCollector:
     """prometheus_client collector for the given pools (weakly held), or for every open
     pool in the process when constructed without pools (closed ones drop out)."""
 
-    def __init__(self, *pools: HttpPool) -> None:
+    def __init__(self, *pools: MeteredPool) -> None:
         self._all = not pools
-        self._pools: dict[int, weakref.ref[HttpPool]] = {}
+        self._pools: dict[int, weakref.ref[MeteredPool]] = {}
         for p in pools:
             self.add(p)
 
-    def add(self, pool: HttpPool) -> None:
+    def add(self, pool: MeteredPool) -> None:
         if not self._all:
             self._pools[id(pool)] = weakref.ref(pool)
 
-    def pools(self) -> list[HttpPool]:
+    def pools(self) -> list[MeteredPool]:
         if self._all:
             return live_pools()
         return [p for r in list(self._pools.values()) if (p := r()) is not None]
@@ -307,6 +324,12 @@ class PoolCollector:
         return []  # names are fixed; skip the registry's collect() at register time
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
         labels = ["pool", "target"]
 
         def counter(name: str, doc: str) -> CounterMetricFamily:
@@ -361,12 +384,12 @@ _registered: weakref.WeakKeyDictionary[CollectorRegistry, PoolCollector] = (
 )
 
 
-def pool_metrics_collector(*pools: HttpPool) -> PoolCollector:
+def pool_metrics_collector(*pools: MeteredPool) -> PoolCollector:
     """A collector for ``pools`` (all open pools if none given). Register it yourself."""
     return PoolCollector(*pools)
 
 
-def register_pool_metrics(registry: CollectorRegistry, *pools: HttpPool) -> PoolCollector:
+def register_pool_metrics(registry: CollectorRegistry, *pools: MeteredPool) -> PoolCollector:
     """Expose ``pools`` (or, with none, every open pool) in ``registry``.
 
     Idempotent per registry: later calls add their pools to the collector already
@@ -385,8 +408,11 @@ def register_pool_metrics(registry: CollectorRegistry, *pools: HttpPool) -> Pool
     return collector
 
 
-def render_prometheus(*pools: HttpPool) -> str:
+def render_prometheus(*pools: MeteredPool) -> str:
     """Prometheus text exposition for ``pools`` (all open pools if none given)."""
+    from prometheus_client.core import CollectorRegistry
+    from prometheus_client.exposition import generate_latest
+
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PoolCollector(*pools))
     return generate_latest(registry).decode("utf-8")

@@ -9,11 +9,10 @@ import time
 import weakref
 from collections.abc import AsyncGenerator, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
-from tenacity import RetryCallState
 from yarl import URL
 
 from agentfleet.http.metrics import (
@@ -32,6 +31,9 @@ from agentfleet.http.retry import (
     is_retryable_exception,
     is_retryable_response,
 )
+
+if TYPE_CHECKING:  # tenacity is imported when a retry happens, not before
+    from tenacity import RetryCallState
 
 log = logging.getLogger("agentfleet.http")
 
@@ -133,12 +135,10 @@ LLM_TIMEOUTS = Timeouts(total=None, connect=60, sock_read=600)
 DEFAULT_TIMEOUTS = Timeouts(total=300, connect=60, sock_read=300)
 
 
-def exec_timeouts(command_timeout: float | None, margin: float = 30.0) -> Timeouts:
-    """Sandbox exec: the command's own timeout (default the sandbox's) plus a margin."""
-    # Imported here: agentfleet.sandbox imports this module.
-    from agentfleet.sandbox.base import DEFAULT_EXEC_TIMEOUT
-
-    budget = (command_timeout or DEFAULT_EXEC_TIMEOUT) + margin
+def exec_timeouts(command_timeout: float, margin: float = 30.0) -> Timeouts:
+    """A sandbox exec: the command's own timeout (the caller resolves its default) plus a
+    margin for the round trip."""
+    budget = command_timeout + margin
     return Timeouts(total=budget, connect=60, sock_read=budget)
 
 

@@ -15,17 +15,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    retry_if_result,
-    stop_after_attempt,
-    stop_before_delay,
-)
+
+if TYPE_CHECKING:  # tenacity is imported by build_retrying(), when a retry happens
+    from tenacity import AsyncRetrying, RetryCallState
 
 
 @dataclass(frozen=True)
@@ -144,6 +139,14 @@ def build_retrying(
 ) -> AsyncRetrying:
     """An AsyncRetrying for ``policy``; when exhausted it returns the last response
     (status outcomes) or raises the last exception (connection outcomes)."""
+    from tenacity import (
+        AsyncRetrying,
+        retry_if_exception,
+        retry_if_result,
+        stop_after_attempt,
+        stop_before_delay,
+    )
+
     return AsyncRetrying(
         stop=stop_after_attempt(max(1, policy.attempts)) | stop_before_delay(policy.budget_s),
         wait=wait_retry_after_or_backoff(policy),

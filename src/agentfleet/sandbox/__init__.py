@@ -1,25 +1,42 @@
-"""Sandboxes: where agents' commands run (server, backends, HTTP client, agent environment)."""
+"""Sandboxes: where agents' commands run (server, backends, HTTP client, agent environment).
 
-from agentfleet.sandbox.base import (
-    DEFAULT_EXEC_TIMEOUT,
-    DEFAULT_OUTPUT_LIMIT,
-    Backend,
-    CreateSandbox,
-    ExecRequest,
-    ExecResult,
-    PathOutsideSandbox,
-    SandboxError,
-    Sandboxes,
-    SandboxInfo,
-    SandboxNotFound,
-    new_sandbox_id,
-)
-from agentfleet.sandbox.client import SandboxClient
-from agentfleet.sandbox.docker import DockerBackend, gc_containers
-from agentfleet.sandbox.env import RemoteDockerEnvironment
-from agentfleet.sandbox.process import OutputCapture, ProcessBackend, default_root, gc_all
-from agentfleet.sandbox.server import create_app, make_backend, run_server
-from agentfleet.sandbox.service import SandboxService
+Names are imported lazily (PEP 562), so ``import agentfleet.sandbox.base`` or
+``agentfleet.sandbox.client`` loads no server (FastAPI), docker (aiodocker) or psutil code.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from agentfleet._lazy import lazy_exports
+
+_EXPORTS: dict[str, str] = {
+    "DEFAULT_EXEC_TIMEOUT": "agentfleet.sandbox.base",
+    "DEFAULT_OUTPUT_LIMIT": "agentfleet.sandbox.base",
+    "Backend": "agentfleet.sandbox.base",
+    "CreateSandbox": "agentfleet.sandbox.base",
+    "ExecRequest": "agentfleet.sandbox.base",
+    "ExecResult": "agentfleet.sandbox.base",
+    "PathOutsideSandbox": "agentfleet.sandbox.base",
+    "SandboxError": "agentfleet.sandbox.base",
+    "Sandboxes": "agentfleet.sandbox.base",
+    "SandboxInfo": "agentfleet.sandbox.base",
+    "SandboxNotFound": "agentfleet.sandbox.base",
+    "new_sandbox_id": "agentfleet.sandbox.base",
+    "OutputCapture": "agentfleet.sandbox.capture",
+    "SandboxClient": "agentfleet.sandbox.client",
+    "gc_containers": "agentfleet.sandbox.containers",
+    "DockerBackend": "agentfleet.sandbox.docker",
+    "RemoteDockerEnvironment": "agentfleet.sandbox.env",
+    "SandboxFolders": "agentfleet.sandbox.folders",
+    "default_root": "agentfleet.sandbox.folders",
+    "gc_all": "agentfleet.sandbox.folders",
+    "ProcessBackend": "agentfleet.sandbox.process",
+    "create_app": "agentfleet.sandbox.server",
+    "make_backend": "agentfleet.sandbox.server",
+    "run_server": "agentfleet.sandbox.server",
+    "SandboxService": "agentfleet.sandbox.service",
+}
 
 __all__ = [
     "DEFAULT_EXEC_TIMEOUT",
@@ -35,6 +52,7 @@ __all__ = [
     "RemoteDockerEnvironment",
     "SandboxClient",
     "SandboxError",
+    "SandboxFolders",
     "SandboxInfo",
     "SandboxNotFound",
     "SandboxService",
@@ -47,3 +65,29 @@ __all__ = [
     "new_sandbox_id",
     "run_server",
 ]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+if TYPE_CHECKING:
+    from agentfleet.sandbox.base import (
+        DEFAULT_EXEC_TIMEOUT,
+        DEFAULT_OUTPUT_LIMIT,
+        Backend,
+        CreateSandbox,
+        ExecRequest,
+        ExecResult,
+        PathOutsideSandbox,
+        SandboxError,
+        Sandboxes,
+        SandboxInfo,
+        SandboxNotFound,
+        new_sandbox_id,
+    )
+    from agentfleet.sandbox.capture import OutputCapture
+    from agentfleet.sandbox.client import SandboxClient
+    from agentfleet.sandbox.containers import gc_containers
+    from agentfleet.sandbox.docker import DockerBackend
+    from agentfleet.sandbox.env import RemoteDockerEnvironment
+    from agentfleet.sandbox.folders import SandboxFolders, default_root, gc_all
+    from agentfleet.sandbox.process import ProcessBackend
+    from agentfleet.sandbox.server import create_app, make_backend, run_server
+    from agentfleet.sandbox.service import SandboxService

@@ -17,7 +17,8 @@ from typing import Annotated, Any
 
 import typer
 
-from agentfleet.sandbox.docker import DEFAULT_IMAGE
+from agentfleet.sandbox.base import DEFAULT_TTL_S
+from agentfleet.sandbox.containers import DEFAULT_IMAGE
 
 images_app = typer.Typer(
     help="Build and list sandbox images (docker backend).", no_args_is_help=True
@@ -54,7 +55,7 @@ def serve_settings(
     cpus: float | None = None,
     pids_limit: int | None = None,
     max_sandboxes: int = 512,
-    ttl: float = 3600.0,
+    ttl: float = DEFAULT_TTL_S,
     reap_interval: float = 30.0,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(backend kwargs, service kwargs) for ``run_server`` from ``serve-sandbox`` options;
@@ -151,7 +152,7 @@ def _os_error_message(e: OSError) -> str:
 @images_app.command("list")
 def images_list() -> None:
     """List the images agentfleet built."""
-    from agentfleet.sandbox.docker import SandboxError
+    from agentfleet.sandbox.base import SandboxError
     from agentfleet.sandbox.images import list_images
 
     try:
@@ -181,8 +182,8 @@ def sandbox_gc(
 
     Live servers' sandboxes go too: run it when no sandbox server is running.
     """
-    from agentfleet.sandbox.docker import docker_url, gc_containers
-    from agentfleet.sandbox.process import default_root, gc_all
+    from agentfleet.sandbox.containers import docker_url, gc_containers
+    from agentfleet.sandbox.folders import default_root, gc_all
 
     folder = root or default_root()
     if not yes:

@@ -12,6 +12,7 @@ import aiohttp
 
 from agentfleet.http.pool import DEFAULT_TIMEOUTS, HttpPool, Response, Timeouts, exec_timeouts
 from agentfleet.sandbox.base import (
+    DEFAULT_EXEC_TIMEOUT,
     CreateSandbox,
     ExecRequest,
     ExecResult,
@@ -27,8 +28,9 @@ _ERROR_TYPES: dict[str, type[SandboxError]] = {
 }
 
 # Creation copies a repository and commits it: give it time under a start storm.
-CREATE_TIMEOUTS = Timeouts(total=600, connect=60, sock_read=600)
-FILE_TIMEOUTS = Timeouts(total=600, connect=60, sock_read=300)
+# (connect: the Timeouts default.)
+CREATE_TIMEOUTS = Timeouts(total=600, sock_read=600)
+FILE_TIMEOUTS = Timeouts(total=600, sock_read=300)
 
 
 def error_from_response(resp: Response) -> SandboxError:
@@ -128,15 +130,18 @@ class SandboxClient:
         env: dict[str, str] | None = None,
         idempotency_key: str | None = None,
     ) -> ExecResult:
-        """Run a command. Sent with an ``Idempotency-Key`` (new per call unless given, the
-        same on every retry), so the pool retries it safely: the server runs it once."""
+        """Run a command (``timeout`` None: the server's default, which the client's own
+        wait assumes is ``DEFAULT_EXEC_TIMEOUT``). Sent with an ``Idempotency-Key`` (new per
+        call unless given, the same on every retry), so the pool retries it safely: the
+        server runs it once."""
         req = ExecRequest(command=command, cwd=cwd, timeout=timeout, env=env or {})
+        expected = timeout if timeout is not None else DEFAULT_EXEC_TIMEOUT
         resp = await self._request(
             "POST",
             f"/sandboxes/{sandbox_id}/exec",
             json=req.model_dump(mode="json"),
             headers={"Idempotency-Key": idempotency_key or uuid.uuid4().hex},
-            timeout=exec_timeouts(timeout),
+            timeout=exec_timeouts(expected),
             idempotent=True,
         )
         return ExecResult.model_validate(resp.json())

@@ -1,6 +1,7 @@
 """DockerBackend: one container per sandbox, commands as ``docker exec``, over aiodocker.
 
-Layout: the sandbox's folder is made on the host exactly as the process backend makes it
+Layout: the sandbox's folder is made on the host by the same
+:class:`~agentfleet.sandbox.folders.SandboxFolders` as the process backend's
 (``<root>/<sandbox_id>/work`` holding the task's repo as a git repo, the marker file beside it),
 and ``work`` is bind-mounted read-write into the container *at the same path*. So the workdir
 reported to clients, the paths commands see and the paths ``read_file``/``write_file`` check are
@@ -10,12 +11,9 @@ run on this machine (a local socket), which is what ``.ci/run`` sets up.
 
 Containers run ``sleep <ttl + 10 min>`` under ``docker-init`` with no network, memory / CPU /
 pids limits, ``no-new-privileges`` and the server's own uid:gid (so the server can always delete
-what commands leave in the workdir), and carry labels:
-
-    agentfleet.owner    the backend instance that made it      agentfleet.sandbox  its id
-    agentfleet.run      the fleet run (CreateSandbox.run)        agentfleet.expires  epoch seconds
-    agentfleet.host / agentfleet.pid / agentfleet.pid_started    who the owner is, to tell if alive
-    agentfleet.dir      the host folder (removed with the container)
+what commands leave in the workdir), and carry agentfleet's labels (owner, sandbox, run, expiry,
+owner's host / pid, host folder: :mod:`agentfleet.sandbox.containers`, which also finds and
+removes the containers of dead servers).
 
 Each command runs as ``bash -c WRAPPER`` in the container: the wrapper starts
 ``timeout -k 1 T bash -c COMMAND`` in a process group of its own, waits for it, then SIGKILLs
@@ -31,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import os
@@ -54,30 +51,31 @@ from agentfleet.sandbox.base import (
     SandboxError,
     SandboxNotFound,
 )
-from agentfleet.sandbox.process import (
-    DEFAULT_PATH,
-    MARKER,
+from agentfleet.sandbox.capture import OutputCapture, exec_result
+from agentfleet.sandbox.command_env import DEFAULT_PATH, command_env
+from agentfleet.sandbox.containers import (
+    DEFAULT_IMAGE,
+    LABEL_DIR,
+    LABEL_EXPIRES,
+    LABEL_HOST,
+    LABEL_OWNER,
+    LABEL_PID,
+    LABEL_PID_STARTED,
+    LABEL_RUN,
+    LABEL_SANDBOX,
+    close_client,
+    connect,
+    reap_containers,
+    remove_container,
+)
+from agentfleet.sandbox.folders import (
     MAX_FILE_BYTES,
-    OutputCapture,
-    ProcessBackend,
-    _owner_alive,
-    _process_start_time,
-    _rmtree,
-    command_env,
-    default_root,
+    SandboxFolder,
+    SandboxFolders,
 )
 
 log = logging.getLogger(__name__)
 
-DEFAULT_IMAGE = "agentfleet-base:bookworm"
-LABEL_OWNER = "agentfleet.owner"
-LABEL_SANDBOX = "agentfleet.sandbox"
-LABEL_RUN = "agentfleet.run"
-LABEL_EXPIRES = "agentfleet.expires"
-LABEL_HOST = "agentfleet.host"
-LABEL_PID = "agentfleet.pid"
-LABEL_PID_STARTED = "agentfleet.pid_started"
-LABEL_DIR = "agentfleet.dir"
 TOKEN_VAR = "AGENTFLEET_EXEC"
 KILL_AFTER_S = 1  # `timeout -k`: SIGTERM at the limit, SIGKILL this much later
 HOST_GRACE_S = 5.0  # host-side deadline: limit + KILL_AFTER_S + this, then kill by token
@@ -114,7 +112,6 @@ done
 """.replace("TOKEN_VAR", TOKEN_VAR)
 
 
-# how the engine / the runtime say that a container has stopped under an exec
 # the engine's words for "the container stopped under this exec" (containerd says `ttrpc:
 # closed` when the task died mid-exec); acted on only once the container is seen stopped
 _NOT_RUNNING = re.compile(
@@ -122,93 +119,12 @@ _NOT_RUNNING = re.compile(
 )
 
 
-def docker_url() -> str | None:
-    """The engine's address: ``DOCKER_HOST``, else the usual local socket (None: no engine)."""
-    host = os.environ.get("DOCKER_HOST")
-    if host:
-        return host
-    for path in ("/var/run/docker.sock", "/run/docker.sock"):
-        if os.path.exists(path):
-            return f"unix://{path}"
-    return None
-
-
-async def connect(url: str | None = None) -> tuple[aiodocker.Docker, aiohttp.BaseConnector | None]:
-    """An aiodocker client (no connection limit for local sockets) and the connector we own."""
-    if url is None:
-        url = await asyncio.to_thread(docker_url)
-    if url is None:
-        raise SandboxError("no Docker engine: no DOCKER_HOST and no /var/run/docker.sock", 503)
-    if url.startswith("unix://"):
-        # aiohttp's default pool holds 100 connections; every running exec holds one
-        connector: aiohttp.BaseConnector | None = aiohttp.UnixConnector(
-            url[len("unix://") :], limit=0
-        )
-        # the URL only names the host in request URLs once we bring our own connector
-        return aiodocker.Docker(url="unix://localhost", connector=connector), connector
-    return aiodocker.Docker(url=url), None
-
-
-async def close_client(client: aiodocker.Docker, connector: aiohttp.BaseConnector | None) -> None:
-    await client.close()
-    if connector is not None:
-        await connector.close()
-
-
 @dataclass
 class _Box:
     sandbox_id: str
     container: Any  # aiodocker DockerContainer
-    work: Path
-    dir: Path
+    folder: SandboxFolder  # on the host; its workdir is bind-mounted at the same path
     deleting: bool = False
-
-
-async def _remove_container(client: aiodocker.Docker, container_id: str) -> bool:
-    try:
-        await client.containers.container(container_id).delete(force=True, v=True)
-        return True
-    except aiodocker.DockerError as e:
-        if e.status in (404, 409):  # gone already / removal in progress
-            return False
-        raise
-
-
-def _remove_dir(folder: str | None) -> None:
-    """Remove a sandbox folder named by a label: only if it holds the agentfleet marker."""
-    if not folder:
-        return
-    path = Path(folder)
-    if path.is_dir() and not path.is_symlink() and (path / MARKER).is_file():
-        _rmtree(path)
-
-
-async def list_containers(client: aiodocker.Docker) -> list[dict[str, Any]]:
-    """Every container agentfleet made (running or not), as the engine lists them."""
-    filters = json.dumps({"label": [LABEL_OWNER]})
-    found = await client.containers.list(all=True, filters=filters)
-    return [c._container for c in found]
-
-
-async def gc_containers(url: str | None = None, *, owner: str | None = None) -> list[str]:
-    """Remove every container agentfleet left (any owner) and their host folders.
-
-    For ``agentfleet sandbox gc``; returns the sandbox ids (or container ids) removed.
-    ``owner``: only those of this backend instance.
-    """
-    client, connector = await connect(url)
-    removed: list[str] = []
-    try:
-        for c in await list_containers(client):
-            labels = c.get("Labels") or {}
-            if owner is not None and labels.get(LABEL_OWNER) != owner:
-                continue
-            await _remove_container(client, c["Id"])
-            await asyncio.to_thread(_remove_dir, labels.get(LABEL_DIR))
-            removed.append(labels.get(LABEL_SANDBOX) or c["Id"][:12])
-    finally:
-        await close_client(client, connector)
-    return removed
 
 
 class DockerBackend:
@@ -222,11 +138,13 @@ class DockerBackend:
         network: docker network mode; ``"none"`` (the default) means no network at all.
         user: ``uid:gid`` commands run as (default: this server's own, so files they make
             stay deletable by the server).
-        default_timeout: command timeout when a request names none.
         max_file_bytes: size cap of ``read_file`` / ``write_file`` (413 beyond).
         orphan_sweep_s: how often containers of dead servers (and expired ones) are removed,
             besides once at start (0: only at start).
         url: the engine (default ``DOCKER_HOST`` or ``/var/run/docker.sock``).
+
+    A request that names no timeout gets ``DEFAULT_EXEC_TIMEOUT`` (the service fills in its
+    own default before it calls the backend).
     """
 
     name = "docker"
@@ -241,31 +159,32 @@ class DockerBackend:
         pids_limit: int = 512,
         network: str = "none",
         user: str | None = None,
-        default_timeout: float = DEFAULT_EXEC_TIMEOUT,
         max_file_bytes: int = MAX_FILE_BYTES,
         orphan_sweep_s: float = 300.0,
         url: str | None = None,
     ) -> None:
         self.image = image
-        self.root = Path(root) if root is not None else default_root()
+        # the host folders (copy, git, marker, file access, reaping of dead servers' folders)
+        self.folders = SandboxFolders(root, max_file_bytes=max_file_bytes)
         self.memory_mb = memory_mb
         self.cpus = cpus
         self.pids_limit = pids_limit
         self.network = network
         self.user = user if user is not None else f"{os.getuid()}:{os.getgid()}"
-        self.default_timeout = default_timeout
         self.orphan_sweep_s = orphan_sweep_s
         self.url = url
-        # the host folders (copy, git, marker, file access) are the process backend's job
-        self.files = ProcessBackend(self.root, confine=False, max_file_bytes=max_file_bytes)
-        self.instance_id = self.files.instance_id
+        self.instance_id = self.folders.instance_id
         self.host = ""
-        self._pid_started: float | None = None
         self._client: aiodocker.Docker | None = None
         self._connector: aiohttp.BaseConnector | None = None
         self._boxes: dict[str, _Box] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._started = False
+
+    @property
+    def root(self) -> Path:
+        """The host folder of the sandboxes' folders (resolved once started)."""
+        return self.folders.root
 
     # lifecycle -------------------------------------------------------------------------
     @property
@@ -279,7 +198,6 @@ class DockerBackend:
             return
         self._started = True
         self.host = await asyncio.to_thread(socket.gethostname)
-        self._pid_started = await asyncio.to_thread(_process_start_time, os.getpid())
         self._client, self._connector = await connect(self.url)
         try:
             try:
@@ -294,8 +212,7 @@ class DockerBackend:
                     "`agentfleet images build`",
                     503,
                 ) from e
-            await self.files.start()  # makes root, reaps folders of dead servers
-            self.root = self.files.root
+            await self.folders.start()  # makes root, reaps folders of dead servers
             removed = await self.reap_orphans()
             if removed:
                 log.info("removed %d orphaned sandbox containers", len(removed))
@@ -314,39 +231,9 @@ class DockerBackend:
             except Exception:
                 log.exception("docker orphan sweep failed")
 
-    def _is_orphan(self, labels: dict[str, str], now: float) -> bool:
-        if labels.get(LABEL_OWNER) == self.instance_id:
-            return False
-        try:
-            if float(labels.get(LABEL_EXPIRES, "inf")) <= now:
-                return True
-        except ValueError:
-            pass
-        if labels.get(LABEL_HOST) != self.host:
-            return False  # another machine's server: we cannot tell whether it is alive
-        try:
-            pid = int(labels.get(LABEL_PID, ""))
-        except ValueError:
-            return True
-        started: float | None
-        try:
-            started = float(labels[LABEL_PID_STARTED])
-        except (KeyError, ValueError):
-            started = None
-        return not _owner_alive({"pid": pid, "pid_started": started})
-
     async def reap_orphans(self) -> list[str]:
         """Remove containers (and folders) of dead server instances and expired ones."""
-        now = time.time()
-        removed: list[str] = []
-        for c in await list_containers(self.client):
-            labels = c.get("Labels") or {}
-            if not await asyncio.to_thread(self._is_orphan, labels, now):
-                continue
-            await _remove_container(self.client, c["Id"])
-            await asyncio.to_thread(_remove_dir, labels.get(LABEL_DIR))
-            removed.append(labels.get(LABEL_SANDBOX) or c["Id"][:12])
-        return removed
+        return await reap_containers(self.client, instance_id=self.instance_id, host=self.host)
 
     async def aclose(self) -> None:
         """Delete every sandbox this backend made, then close the engine client."""
@@ -362,7 +249,7 @@ class DockerBackend:
 
         try:
             await asyncio.gather(*(delete(s) for s in list(self._boxes)))
-            await self.files.aclose()
+            await self.folders.aclose()
         finally:
             await self._close_client()
 
@@ -379,7 +266,7 @@ class DockerBackend:
         return str(self._get(sandbox_id).container.id)
 
     def sandbox_dir(self, sandbox_id: str) -> Path:
-        return self._get(sandbox_id).dir
+        return self._get(sandbox_id).folder.dir
 
     def _get(self, sandbox_id: str) -> _Box:
         box = self._boxes.get(sandbox_id)
@@ -393,16 +280,14 @@ class DockerBackend:
             await self.start()
         if sandbox_id in self._boxes:
             raise SandboxError(f"sandbox {sandbox_id} already exists", 409)
-        workdir = await self.files.create(sandbox_id, source_dir, req)
-        folder = self.files.sandbox_dir(sandbox_id)
-        work = Path(workdir)
+        folder = await self.folders.create(sandbox_id, source_dir, req)
         try:
-            container = await self._start_container(sandbox_id, work, folder, req)
+            container = await self._start_container(sandbox_id, folder.work, folder.dir, req)
         except BaseException:
-            await asyncio.shield(self.files.delete(sandbox_id))
+            await asyncio.shield(self.folders.delete(sandbox_id))
             raise
-        self._boxes[sandbox_id] = _Box(sandbox_id, container, work, folder)
-        return workdir
+        self._boxes[sandbox_id] = _Box(sandbox_id, container, folder)
+        return str(folder.work)
 
     def _config(self, sandbox_id: str, work: Path, folder: Path, req: CreateSandbox) -> Any:
         expires = time.time() + req.ttl_s
@@ -416,8 +301,8 @@ class DockerBackend:
             LABEL_PID: str(os.getpid()),
             LABEL_DIR: str(folder),
         }
-        if self._pid_started is not None:
-            labels[LABEL_PID_STARTED] = f"{self._pid_started:.3f}"
+        if self.folders.pid_started is not None:  # started: the folder was just made
+            labels[LABEL_PID_STARTED] = f"{self.folders.pid_started:.3f}"
         return {
             "Image": req.image or self.image,
             "Cmd": ["sleep", str(math.ceil(req.ttl_s) + CONTAINER_LINGER_S)],
@@ -457,12 +342,12 @@ class DockerBackend:
         except BaseException:
             # cancelled: the engine may have made it all the same
             with contextlib.suppress(aiodocker.DockerError, aiohttp.ClientError, OSError):
-                await asyncio.shield(_remove_container(self.client, name))
+                await asyncio.shield(remove_container(self.client, name))
             raise
         try:
             await container.start()
         except BaseException as e:
-            await asyncio.shield(_remove_container(self.client, container.id))
+            await asyncio.shield(remove_container(self.client, container.id))
             if isinstance(e, aiodocker.DockerError):
                 raise SandboxError(f"cannot start container: {e.message}", 500) from e
             raise
@@ -475,26 +360,26 @@ class DockerBackend:
 
         async def remove() -> None:
             try:
-                await _remove_container(self.client, box.container.id)
+                await remove_container(self.client, box.container.id)
             finally:
                 with contextlib.suppress(SandboxNotFound):
-                    await self.files.delete(sandbox_id)
+                    await self.folders.delete(sandbox_id)
 
         await asyncio.shield(remove())
 
     # files -----------------------------------------------------------------------------
     async def read_file(self, sandbox_id: str, path: str) -> bytes:
         self._get(sandbox_id)
-        return await self.files.read_file(sandbox_id, path)
+        return await self.folders.read_file(sandbox_id, path)
 
     async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
         self._get(sandbox_id)
-        await self.files.write_file(sandbox_id, path, data)
+        await self.folders.write_file(sandbox_id, path, data)
 
     # exec ------------------------------------------------------------------------------
     @staticmethod
     def _env(box: _Box, extra: dict[str, str], token: str) -> dict[str, str]:
-        env = command_env(DEFAULT_PATH, str(box.work), "/tmp", extra)
+        env = command_env(DEFAULT_PATH, str(box.folder.work), "/tmp", extra)
         env[TOKEN_VAR] = token
         return env
 
@@ -594,9 +479,8 @@ class DockerBackend:
 
     async def exec(self, sandbox_id: str, req: ExecRequest, output_limit: int) -> ExecResult:
         box = self._get(sandbox_id)
-        fsb = self.files._get(sandbox_id)
-        cwd = await asyncio.to_thread(self.files._resolve_cwd, fsb, req.cwd)
-        timeout = req.timeout or self.default_timeout
+        cwd = await self.folders.resolve_cwd(box.folder, req.cwd)
+        timeout = req.timeout or DEFAULT_EXEC_TIMEOUT
         token = uuid.uuid4().hex
         env = self._env(box, req.env, token)
         limit = f"{max(timeout, 0.001):.3f}"  # `timeout 0` would mean no limit at all
@@ -623,19 +507,9 @@ class DockerBackend:
                 with contextlib.suppress(Exception):  # not CancelledError: the kill goes on
                     await asyncio.wait_for(asyncio.shield(kill), 15)
         elapsed = time.monotonic() - started
-        output, truncated = captures[-1].result()
         if box.deleting:
             returncode = -9 if returncode in (None, 0) else returncode
-        if returncode is None:
-            returncode = -9
         timed_out = host_timeout or (returncode in (124, 137) and elapsed >= timeout)
-        if timed_out:
-            returncode = 124
-            output += f"\n[agentfleet: command timed out after {timeout:g} s and was killed]\n"
-        return ExecResult(
-            output=output,
-            returncode=returncode,
-            truncated=truncated,
-            timed_out=timed_out,
-            duration_s=round(elapsed, 4),
+        return exec_result(
+            captures[-1], returncode, timed_out=timed_out, timeout=timeout, elapsed=elapsed
         )

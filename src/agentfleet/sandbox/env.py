@@ -1,10 +1,12 @@
 """RemoteDockerEnvironment: an agent's execution environment backed by a sandbox server.
 
 The name is kept from the origin system, whose agents ran their commands in a Docker
-container behind an HTTP server. It follows mini-swe-agent's ``Environment`` protocol
-(``execute(command, cwd="", timeout=None) -> {"output", "returncode", ...}``) for sync code
-and adds :meth:`aexecute` for async code. Besides mini-swe-agent's ``output`` and
-``returncode``, the result has ``timed_out`` and ``truncated`` (output capped).
+container behind an HTTP server. Async code (``LightAgent``) calls :meth:`aexecute`, which
+returns the typed :class:`~agentfleet.sandbox.base.ExecResult` (``output``, ``returncode``,
+``timed_out``, ``truncated``, ``duration_s``). Sync code gets mini-swe-agent 1.x's
+``Environment`` protocol: ``execute(command, cwd="", *, timeout=None)`` returns the dict
+``{"output", "returncode", "timed_out", "truncated"}`` (mini-swe-agent's two keys plus the
+two flags; see :func:`minisweagent_v1_output`).
 
 From sync code, calls run on a private ``asyncio.Runner`` owned by the environment (created
 on first use and kept until :meth:`close`), so its HTTP connection pool lives across calls.
@@ -81,7 +83,7 @@ class RemoteDockerEnvironment:
     async def acreate(
         cls,
         task_id: str | None = None,
-        dataset: str = "perf-lite",
+        dataset: str | None = None,
         *,
         base_url: str | None = None,
         sandboxes: Sandboxes | None = None,
@@ -90,10 +92,12 @@ class RemoteDockerEnvironment:
         **kwargs: Any,
     ) -> RemoteDockerEnvironment:
         """Create a sandbox for a task and an environment that owns (and deletes) it
-        (``ttl_s`` None: the server's default)."""
+        (``dataset`` / ``ttl_s`` None: the server's defaults)."""
         sbx = _make_sandboxes(base_url, sandboxes)
-        fields: dict[str, Any] = {"task_id": task_id, "dataset": dataset, "run": run}
-        if ttl_s is not None:
+        fields: dict[str, Any] = {"task_id": task_id, "run": run}
+        if dataset is not None:  # unset: CreateSandbox's default
+            fields["dataset"] = dataset
+        if ttl_s is not None:  # unset: the server's default
             fields["ttl_s"] = ttl_s
         info = await sbx.create(CreateSandbox(**fields))
         env = cls(info.sandbox_id, base_url, sandboxes=sbx, owns_sandbox=True, **kwargs)
@@ -104,7 +108,7 @@ class RemoteDockerEnvironment:
     def create_for_task(
         cls,
         task_id: str | None = None,
-        dataset: str = "perf-lite",
+        dataset: str | None = None,
         *,
         base_url: str | None = None,
         sandboxes: Sandboxes | None = None,
@@ -133,13 +137,15 @@ class RemoteDockerEnvironment:
         env._runner = runner
         return env
 
-    # mini-swe-agent Environment protocol -------------------------------------------------
+    # commands ----------------------------------------------------------------------------
     async def aexecute(
         self,
         command: str,
         cwd: str = "",
         timeout: float | None = None,
-    ) -> dict[str, Any]:
+    ) -> ExecResult:
+        """Run ``command`` in the sandbox (``cwd`` and ``timeout`` unset: this environment's,
+        then the server's defaults); the server's typed result."""
         result = await self.sandboxes.exec(
             self.sandbox_id,
             command,
@@ -148,18 +154,16 @@ class RemoteDockerEnvironment:
             env=self.env or None,
         )
         self.last_result = result
-        return {
-            "output": result.output,
-            "returncode": result.returncode,
-            "timed_out": result.timed_out,
-            "truncated": result.truncated,
-        }
+        return result
 
     def execute(
         self, command: str, cwd: str = "", *, timeout: float | None = None
     ) -> dict[str, Any]:
-        """Run ``command`` from sync code (not inside an event loop: use :meth:`aexecute`)."""
-        return self._run_sync(self.aexecute(command, cwd, timeout), "execute", "aexecute")
+        """mini-swe-agent 1.x's ``execute``: run ``command`` from sync code (not inside an
+        event loop: use :meth:`aexecute`) and return :func:`minisweagent_v1_output`'s dict.
+        The typed result stays in :attr:`last_result`."""
+        result = self._run_sync(self.aexecute(command, cwd, timeout), "execute", "aexecute")
+        return minisweagent_v1_output(result)
 
     def get_template_vars(self) -> dict[str, Any]:
         return {
@@ -231,6 +235,17 @@ class RemoteDockerEnvironment:
             if self._runner is None:
                 self._runner = asyncio.Runner()
             return self._runner.run(coro)
+
+
+def minisweagent_v1_output(result: ExecResult) -> dict[str, Any]:
+    """``result`` as mini-swe-agent 1.x's ``execute`` returns it: ``output`` and
+    ``returncode``, plus agentfleet's ``timed_out`` and ``truncated`` flags."""
+    return {
+        "output": result.output,
+        "returncode": result.returncode,
+        "timed_out": result.timed_out,
+        "truncated": result.truncated,
+    }
 
 
 def _no_running_loop(what: str, async_name: str) -> None:

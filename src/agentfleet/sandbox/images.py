@@ -21,8 +21,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from agentfleet.sandbox.docker import DEFAULT_IMAGE, close_client, connect
-from agentfleet.sandbox.process import DEFAULT_PATH
+from agentfleet.sandbox.command_env import DEFAULT_PATH
+from agentfleet.sandbox.containers import DEFAULT_IMAGE, close_client, connect
 
 DEFAULT_SUITE = "bookworm"
 BASE_PACKAGES = ("python3", "git")

@@ -297,15 +297,14 @@ def run_server(
     root: Path | str | None = None,
     backend_kw: dict[str, Any] | None = None,
     **service_kwargs: Any,
-) -> None:
-    """Serve the sandbox API until interrupted (blocking; used by ``agentfleet serve-sandbox``).
+) -> int | None:
+    """Serve the sandbox API until SIGINT or SIGTERM (blocking; used by ``agentfleet
+    serve-sandbox``); return that signal's number once every sandbox is deleted.
 
     ``backend_kw`` goes to the backend (see :func:`make_backend`), ``service_kwargs`` to the
     :class:`SandboxService` (``reap_period_s``, ``max_sandboxes``, ...).
     """
-    import uvicorn
-
-    from agentfleet.serving import uvicorn_config
+    from agentfleet.serving import serve_until_signal, uvicorn_config
 
     app = create_app(make_backend(backend, root=root, **(backend_kw or {})), **service_kwargs)
     # At shutdown, running commands get GRACEFUL_SHUTDOWN_S to finish; then their requests
@@ -313,4 +312,4 @@ def run_server(
     config = uvicorn_config(
         app, host, port, log_level="info", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S
     )
-    uvicorn.Server(config).run()
+    return serve_until_signal(config)

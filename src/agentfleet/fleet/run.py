@@ -1,0 +1,235 @@
+"""One run, start to end: from what was asked (:class:`RunRequest`, the ``agentfleet run``
+flags) to a :class:`~agentfleet.fleet.runner.FleetConfig` (:func:`build_config`), and
+:func:`run`, which plans the resume, runs the tasks locally or on Ray, and writes the
+summary. The CLI parses options, calls these two and prints.
+
+Who owns what:
+
+- the run folder's files: :class:`~agentfleet.fleet.rundir.RunDir`;
+- the resume plan: :func:`~agentfleet.fleet.runner.plan_run` (made once, here or by the
+  caller, and handed to the backend);
+- the HTTP pool limits: :func:`~agentfleet.fleet.runner.configure_pool`, applied by the
+  owner of the agents' event loop (the local backend, or each Ray actor for its share);
+- SIGINT / SIGTERM: :func:`run` stops gracefully on either (every sandbox deleted, the
+  results of finished tasks kept) and raises :class:`~agentfleet.serving.Stopped`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentfleet.agent import AgentConfig
+from agentfleet.fleet.report import outcome_of, summary
+from agentfleet.fleet.results import latest_results
+from agentfleet.fleet.rundir import RunDir, run_name
+from agentfleet.fleet.runner import (
+    FleetConfig,
+    FleetMonitor,
+    Listener,
+    RunPlan,
+    TaskOutcome,
+    plan_run,
+    run_fleet,
+)
+from agentfleet.http import resolve_limits
+from agentfleet.models import ModelSpec
+from agentfleet.serving import graceful_stop, run_async
+from agentfleet.tasks import load_dataset
+
+__all__ = ["RayOptions", "RunRequest", "RunResult", "build_config", "run"]
+
+# Settings a resumed run takes from its config.json when not given again, and their
+# defaults for a new run (None: the --agent-config file's value, else AgentConfig's).
+RESUMABLE: dict[str, Any] = {
+    "dataset": "perf-lite",
+    "split": "test",
+    "model": "oracle",
+    "model_url": None,
+    "model_delay": 0.0,
+    "workers": 8,
+    "tasks": None,
+    "eval_repeats": 5,
+    "eval_reference": False,
+    "step_limit": None,
+    "time_limit": None,
+    "cost_limit": None,
+    "run_cost_limit": None,
+}
+
+
+@dataclass
+class RayOptions:
+    """The Ray backend: ``shards`` actors; actor ``i`` uses ``sandbox_urls[i % n]``."""
+
+    shards: int = 2
+    address: str | None = None
+    sandbox_urls: list[str] | None = None
+
+
+@dataclass
+class RunRequest:
+    """What ``agentfleet run`` was asked. ``None`` (and an empty ``tasks``): on resume the
+    value saved in the run's ``config.json``, else the default of :data:`RESUMABLE`."""
+
+    dataset: str | None = None
+    split: str | None = None
+    model: str | None = None
+    model_url: str | None = None
+    model_delay: float | None = None
+    workers: int | None = None
+    tasks: list[str] | None = None
+    eval_repeats: int | None = None
+    eval_reference: bool | None = None
+    step_limit: int | None = None
+    time_limit: float | None = None
+    cost_limit: float | None = None
+    run_cost_limit: float | None = None
+    agent_config: Path | None = None
+    run_dir: Path | None = None
+    resume: Path | None = None
+    rerun_failed: bool = False
+    sandbox_urls: list[str] = field(default_factory=list)
+    eval_url: str | None = None
+    sandbox_root: Path | None = None
+    pool: str | None = None
+    backend: str = "local"
+    ray_address: str | None = None
+    shards: int | None = None
+
+    def settings(self, saved: dict[str, Any]) -> dict[str, Any]:
+        """Each :data:`RESUMABLE` setting: as given, else as ``saved``, else the default."""
+        out = {}
+        for key, default in RESUMABLE.items():
+            value = getattr(self, key)
+            if key == "tasks" and not value:
+                value = None
+            if value is None:
+                value = saved.get(key) if saved.get(key) is not None else default
+            out[key] = value
+        return out
+
+
+def build_config(req: RunRequest) -> tuple[FleetConfig, RayOptions | None]:
+    """The run's config (and Ray options with ``backend="ray"``); names a new run
+    ``runs/<dataset>-<split>-<model>-<time>``. ``ValueError`` / ``LookupError`` / ``OSError``
+    with a message for the user on bad input. Sync: it reads files."""
+    saved: dict[str, Any] = {}
+    run_dir = req.run_dir
+    if req.resume is not None:
+        if run_dir is not None and run_dir.resolve() != req.resume.resolve():
+            raise ValueError("give either --resume RUN_DIR or --run-dir, not two different folders")
+        try:
+            saved = RunDir(req.resume).read_config()
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot resume: {exc}") from exc
+        run_dir = req.resume
+    elif req.rerun_failed:
+        raise ValueError("--rerun-failed needs --resume RUN_DIR")
+    ray = _ray_options(req)
+    s = req.settings(saved)
+    spec = ModelSpec(s["model"], url=s["model_url"], delay_s=float(s["model_delay"]))
+    spec.prepare()
+    load_dataset(s["dataset"]).task_ids(s["split"])  # the dataset and split exist
+    agent = AgentConfig.from_yaml(
+        req.agent_config,
+        step_limit=s["step_limit"],
+        time_limit_s=s["time_limit"],
+        cost_limit=s["cost_limit"],
+        run_cost_limit=s["run_cost_limit"],
+    )
+    cfg = FleetConfig(
+        model=spec,
+        run_dir=run_dir or Path("runs") / run_name(s["dataset"], s["split"], s["model"]),
+        dataset=s["dataset"],
+        split=s["split"],
+        task_ids=list(s["tasks"]) if s["tasks"] else None,
+        workers=int(s["workers"]),
+        agent=agent,
+        sandbox_url=req.sandbox_urls[0] if req.sandbox_urls else None,
+        eval_url=req.eval_url,
+        eval_repeats=int(s["eval_repeats"]),
+        eval_reference=bool(s["eval_reference"]),
+        sandbox_root=req.sandbox_root,
+        resume=req.resume is not None,
+        rerun_failed=req.rerun_failed,
+        pool=resolve_limits(req.pool) if req.pool is not None else None,
+    )
+    return cfg, ray
+
+
+def _ray_options(req: RunRequest) -> RayOptions | None:
+    if req.backend not in ("local", "ray"):
+        raise ValueError(f"unknown backend {req.backend!r}: local or ray")
+    if req.backend == "local":
+        if len(req.sandbox_urls) > 1:
+            raise ValueError(
+                "several --sandbox-url need --backend ray (one sandbox server per actor)"
+            )
+        if req.ray_address is not None or req.shards is not None:
+            raise ValueError("--ray-address and --shards need --backend ray")
+        return None
+    if importlib.util.find_spec("ray") is None:
+        raise ValueError("the ray backend needs Ray: pip install 'agentfleet[ray]'")
+    return RayOptions(req.shards or 2, req.ray_address, list(req.sandbox_urls) or None)
+
+
+@dataclass
+class RunResult:
+    outcomes: list[TaskOutcome]  # in task order; on resume the whole run's, earlier ones too
+    summary: dict[str, Any]  # as written to summary.json
+    monitor: FleetMonitor  # this invocation's counters (done, failed, skipped...)
+
+
+def run(
+    cfg: FleetConfig,
+    *,
+    ray: RayOptions | None = None,
+    plan: RunPlan | None = None,
+    listener: Listener | None = None,
+    monitor: FleetMonitor | None = None,
+) -> RunResult:
+    """Run ``cfg`` to the end, locally (``ray=None``) or on Ray, and write ``summary.json``.
+
+    ``plan``: :func:`~agentfleet.fleet.runner.plan_run`'s, when the caller made it to show
+    it first. A resume with nothing left to run runs nothing and only sums up the run.
+    The summary covers the whole run (on resume: every task with a result) and its wall
+    time adds up every invocation. Call from sync code, in the main thread for signals.
+
+    Raises:
+        Stopped: on SIGINT or SIGTERM, once every sandbox is deleted; the results of the
+            tasks that finished are in ``results.jsonl``, no summary is written.
+        LookupError: a task id not in the dataset split.
+    """
+    monitor = monitor if monitor is not None else FleetMonitor()
+    start = time.monotonic()
+    with graceful_stop():
+        plan = plan if plan is not None else plan_run(cfg)
+        if cfg.resume and not plan.tasks:
+            outcomes: list[TaskOutcome] = []
+        elif ray is None:
+            outcomes = run_async(run_fleet(cfg, listener, monitor=monitor, plan=plan))
+        else:
+            from agentfleet.fleet.ray_backend import run_fleet_ray  # imports ray
+
+            outcomes = run_fleet_ray(
+                cfg,
+                shards=ray.shards,
+                address=ray.address,
+                sandbox_urls=ray.sandbox_urls,
+                listener=listener,
+                monitor=monitor,
+                plan=plan,
+            )
+    wall_s = time.monotonic() - start
+    files = RunDir(cfg.run_dir)
+    if cfg.resume:  # the whole run, not just this part; wall time of every invocation
+        latest = latest_results(cfg.run_dir)
+        outcomes = [outcome_of(latest[i]) for i in plan.all_ids if i in latest]
+        wall_s += files.wall_s()
+    figures = summary(outcomes, wall_s)
+    files.write_summary(figures)
+    return RunResult(outcomes, figures, monitor)

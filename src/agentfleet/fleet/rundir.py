@@ -1,0 +1,157 @@
+"""A run folder: where each file of a run lives, and how the whole-file ones are written.
+
+```
+RUN_DIR/
+  config.json          the run's settings and its invocations (merged on resume)
+  results.jsonl        one line per finished task, appended (see results.py)
+  trajectories/ID.traj.json
+  pool_stats.jsonl     connection / queue snapshots, appended
+  summary.json         the run's figures; wall_s sums every invocation
+  report.html          written by `agentfleet report`
+```
+
+``config.json`` and ``summary.json`` are replaced whole: written to a temporary file in the
+same folder, then renamed over the old one (``os.replace``), so a reader or a crash never
+sees half a file. All methods are synchronous file I/O: call them from a thread
+(``asyncio.to_thread``) when an event loop is running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RunDir", "run_name", "write_atomic"]
+
+_TRAJ_SUFFIX = ".traj.json"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` in one step: a temporary file beside it, then a rename."""
+    # a unique name opened with "x" (not mkstemp): the file gets the umask's mode, not 0600
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        with tmp.open("x", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    write_atomic(path, json.dumps(data, indent=2, default=str))
+
+
+def run_name(dataset: str, split: str, model: str, now: datetime | None = None) -> str:
+    """The default name of a new run: ``<dataset>-<split>-<model>-<YYYYmmdd-HHMMSS>``."""
+    model_part = model.replace("/", "_").replace(":", "_")
+    return f"{Path(dataset).name}-{split}-{model_part}-{now or datetime.now():%Y%m%d-%H%M%S}"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The files of one run folder (nothing is created until something is written)."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def results(self) -> Path:
+        return self.path / "results.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def pool_stats(self) -> Path:
+        return self.path / "pool_stats.jsonl"
+
+    @property
+    def trajectories(self) -> Path:
+        return self.path / "trajectories"
+
+    @property
+    def report(self) -> Path:
+        return self.path / "report.html"
+
+    def trajectory(self, instance_id: str) -> Path:
+        return self.trajectories / f"{instance_id}{_TRAJ_SUFFIX}"
+
+    def trajectory_ids(self) -> list[str]:
+        """Task ids that have a trajectory file, sorted."""
+        if not self.trajectories.is_dir():
+            return []
+        return sorted(
+            p.name.removesuffix(_TRAJ_SUFFIX)
+            for p in self.trajectories.iterdir()
+            if p.name.endswith(_TRAJ_SUFFIX)
+        )
+
+    def is_run(self) -> bool:
+        """Whether this looks like a run folder (a config or some results)."""
+        return self.results.exists() or self.config.exists()
+
+    # config.json ----------------------------------------------------------------------
+    def read_config(self) -> dict[str, Any]:
+        """``config.json``; ``FileNotFoundError`` / ``ValueError`` when missing or bad."""
+        if not self.config.is_file():
+            raise FileNotFoundError(f"{self.path} is not a run folder (no {self.config.name})")
+        data = json.loads(self.config.read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"{self.config}: expected a JSON object")
+        return data
+
+    def merge_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Write ``config`` as the run's config, over what a resumed run saved before: new
+        keys win, ``invocations`` are appended (the history of every run / resume).
+        Creates the folder and ``trajectories/``; returns what was written."""
+        self.trajectories.mkdir(parents=True, exist_ok=True)
+        merged = dict(config)
+        try:
+            old: Any = self.read_config()
+        except (OSError, ValueError):  # none yet, or unreadable: start over
+            old = None
+        if isinstance(old, dict):
+            merged = {**old, **config}
+            merged["invocations"] = [*old.get("invocations", []), *config.get("invocations", [])]
+        _write_json(self.config, merged)
+        return merged
+
+    # summary.json ---------------------------------------------------------------------
+    def read_summary(self) -> dict[str, Any]:
+        """``summary.json``, or ``{}`` when there is none (or it does not parse)."""
+        try:
+            data = json.loads(self.summary.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def wall_s(self) -> float:
+        """Wall time of the invocations that wrote ``summary.json`` so far (0 without one)."""
+        try:
+            return float(self.read_summary().get("wall_s", 0.0))
+        except (TypeError, ValueError):
+            return 0.0
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        _write_json(self.summary, summary)
