@@ -131,7 +131,11 @@ def test_bench_sandbox_docker_tiny(tmp_path: Path) -> None:
 
     from agentfleet.bench.sandbox_bench import docker_problem
 
-    problem = docker_problem() if docker_available() else "no Docker engine here"
+    problem = (
+        docker_problem()
+        if docker_available()
+        else "no Docker engine here (.ci/run installs and starts one)"
+    )
     if problem is not None:
         if require_docker():
             pytest.fail(f"AGENTFLEET_REQUIRE_DOCKER=1 but {problem}")

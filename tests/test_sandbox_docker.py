@@ -46,7 +46,10 @@ pytestmark = pytest.mark.docker
 def _docker_problem() -> str | None:
     """Why docker tests cannot run here (None: they can)."""
     if not docker_available():
-        return "no Docker engine here (docker CLI or /var/run/docker.sock missing)"
+        return (
+            "no Docker engine here (docker CLI or /var/run/docker.sock missing; "
+            ".ci/run installs and starts one)"
+        )
     try:
         proc = subprocess.run(
             ["docker", "image", "inspect", "--format", "{{.Id}}", DEFAULT_IMAGE],
