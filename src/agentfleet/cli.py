@@ -1,63 +1,45 @@
-"""The ``agentfleet`` command."""
+"""The ``agentfleet`` command: ``run``, ``show``, ``report`` and the servers here; the
+sub-apps beside their packages (``tasks``, ``eval``, ``bench``, ``images``, ``sandbox``)."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
-import sys
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from agentfleet.sandbox.base import DEFAULT_TTL_S
-from agentfleet.tasks import TaskNotFound, load_dataset
+# Underscored aliases: the names the commands below were written with.
+from agentfleet._cli import DatasetOpt, console, err
+from agentfleet._cli import fail as _fail
+from agentfleet._cli import setup_logging as _setup_logging
+from agentfleet.fleet.runs_cli import report_cmd, show
+from agentfleet.sandbox.base import DEFAULT_MAX_SANDBOXES, DEFAULT_REAP_INTERVAL_S, DEFAULT_TTL_S
+from agentfleet.tasks import DEFAULT_DATASET, TaskNotFound
 
 app = typer.Typer(
     help="Run fleets of coding agents on performance tasks and score them.",
     no_args_is_help=True,
     add_completion=False,
 )
-tasks_app = typer.Typer(help="List, show and check tasks of a dataset.", no_args_is_help=True)
-eval_app = typer.Typer(help="Submit to and query an evaluation server.", no_args_is_help=True)
-app.add_typer(tasks_app, name="tasks")
-app.add_typer(eval_app, name="eval")
 
 
 def _mount_subcommands() -> None:
     """Sub-apps that live beside their packages."""
     from agentfleet.bench.cli import bench_app
+    from agentfleet.evaluation.cli import eval_app
+    from agentfleet.fleet.tasks_cli import tasks_app
     from agentfleet.sandbox.cli import images_app, sandbox_app
 
+    app.add_typer(tasks_app, name="tasks")
+    app.add_typer(eval_app, name="eval")
     app.add_typer(bench_app, name="bench")
     app.add_typer(images_app, name="images")
     app.add_typer(sandbox_app, name="sandbox")
 
 
 _mount_subcommands()
-
-console = Console()
-err = Console(stderr=True)
-
-DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="bundled name or folder path")]
-SplitOpt = Annotated[str, typer.Option("--split", "-s", help="split of the dataset")]
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}")
-    raise typer.Exit(code)
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 # run ---------------------------------------------------------------------------------
@@ -284,55 +266,9 @@ def _setup_run_logging(verbose: bool, *, rich: bool) -> None:
     )
 
 
-# show / report -----------------------------------------------------------------------
-RunDirArg = Annotated[
-    Path, typer.Argument(help="run folder (runs/<name>)", exists=True, file_okay=False)
-]
-
-
-@app.command()
-def show(
-    run_dir: RunDirArg,
-    instance: Annotated[str | None, typer.Argument(help="task id: print its trajectory")] = None,
-    full: Annotated[bool, typer.Option(help="do not clip long messages")] = False,
-) -> None:
-    """A run's results table, or with a task id its trajectory, readably in the terminal."""
-    from agentfleet.fleet.results import read_trajectory
-    from agentfleet.fleet.rundir import RunDir
-    from agentfleet.fleet.show import print_trajectory, results_table
-
-    files = RunDir(run_dir)
-    if not files.is_run():
-        _fail(f"{run_dir} is not a run folder (no {files.results.name} or {files.config.name})")
-    if instance is None:
-        console.print(results_table(run_dir))
-        return
-    try:
-        traj = read_trajectory(run_dir, instance)
-    except FileNotFoundError as exc:
-        _fail(f"{exc} (have: {', '.join(files.trajectory_ids()) or 'none'})")
-    except ValueError as exc:
-        _fail(str(exc))
-    print_trajectory(traj, console, full=full)
-
-
-@app.command("report")
-def report_cmd(
-    run_dir: RunDirArg,
-    output: Annotated[
-        Path | None,
-        typer.Option("--output", "-o", help="HTML file (default RUN_DIR/report.html)"),
-    ] = None,
-) -> None:
-    """Write one self-contained HTML report of a run: summary, plots, tasks, trajectories."""
-    from agentfleet.fleet.html_report import write_report
-    from agentfleet.fleet.rundir import RunDir
-
-    results = RunDir(run_dir).results
-    if not results.exists():
-        _fail(f"{run_dir} has no {results.name}: nothing to report")
-    path = write_report(run_dir, output)
-    console.print(f"report: {path}", highlight=False)
+# show / report: commands that read a run folder back (fleet/runs_cli.py) -------------
+app.command()(show)
+app.command("report")(report_cmd)
 
 
 # servers -----------------------------------------------------------------------------
@@ -359,13 +295,13 @@ def serve_sandbox(
     ] = None,
     max_sandboxes: Annotated[
         int, typer.Option(help="sandboxes alive at once; more answer 429")
-    ] = 512,
+    ] = DEFAULT_MAX_SANDBOXES,
     ttl: Annotated[
         float, typer.Option(help="seconds a sandbox lives when its create request names no ttl")
     ] = DEFAULT_TTL_S,
     reap_interval: Annotated[
         float, typer.Option(help="seconds between deletions of expired sandboxes (0: never)")
-    ] = 30.0,
+    ] = DEFAULT_REAP_INTERVAL_S,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve sandboxes over HTTP (default port 9527); backend process or docker."""
@@ -496,7 +432,7 @@ def _exit_stopped(signum: int | None) -> None:
 def mock_llm(
     host: str = "127.0.0.1",
     port: int = 8000,
-    dataset: DatasetOpt = "perf-lite",
+    dataset: DatasetOpt = DEFAULT_DATASET,
     latency: Annotated[float, typer.Option(help="seconds per reply (or the low end)")] = 0.0,
     latency_max: Annotated[
         float | None, typer.Option(help="high end: latency drawn in [latency, latency-max]")
@@ -533,174 +469,6 @@ def mock_llm(
         )
     except (ValueError, TaskNotFound) as exc:
         _fail(str(exc))
-
-
-# tasks -------------------------------------------------------------------------------
-@tasks_app.command("list")
-def tasks_list(
-    dataset: DatasetOpt = "perf-lite",
-    split: Annotated[str | None, typer.Option("--split", "-s")] = None,
-) -> None:
-    """List the tasks of a dataset (a bundled name such as perf-lite, or a folder)."""
-    try:
-        ds = load_dataset(dataset)
-        ids = ds.task_ids(split)
-    except TaskNotFound as exc:
-        _fail(str(exc))
-    table = Table(title=f"{ds.name} ({', '.join(f'{k}: {len(v)}' for k, v in ds.splits.items())})")
-    for col in ("id", "split", "kind", "title"):
-        table.add_column(col)
-    for tid in ids:
-        t = ds.task(tid)
-        splits = ",".join(s for s, v in ds.splits.items() if tid in v)
-        table.add_row(t.id, splits, t.kind, t.title)
-    console.print(table)
-
-
-@tasks_app.command("show")
-def tasks_show(task_id: str, dataset: DatasetOpt = "perf-lite") -> None:
-    """Show one task: prompt, commands, files, reference patch size."""
-    try:
-        t = load_dataset(dataset).task(task_id)
-    except TaskNotFound as exc:
-        _fail(str(exc))
-    console.print(f"[bold]{t.id}[/bold] ({t.kind}) {t.title}")
-    console.print(
-        f"tests:    {t.test_cmd}\nworkload: {t.workload_cmd}\n"
-        f"protected: {', '.join(t.test_files) or '-'}\nfolder:   {t.task_dir}"
-    )
-    console.print(f"reference patch: {len(t.solution_patch.splitlines())} lines\n")
-    console.print(t.prompt, markup=False)
-
-
-@tasks_app.command("check")
-def tasks_check(
-    dataset: DatasetOpt = "perf-lite",
-    split: Annotated[str | None, typer.Option("--split", "-s")] = None,
-    task: Annotated[list[str] | None, typer.Option("--task", "-t")] = None,
-    repeats: Annotated[int, typer.Option(min=1, help="timed runs of each side")] = 5,
-    min_speedup: Annotated[
-        float, typer.Option(min=1.0, help="least speedup a reference solution must give")
-    ] = 2.0,
-    baseline_range: Annotated[
-        str, typer.Option(help="MIN,MAX seconds the original workload must take")
-    ] = "0.3,2.0",
-) -> None:
-    """Run each task's tests on the original code and with its reference solution, and
-    measure the reference speedup the way the evaluation server does. Exit 1 when a task
-    fails a check (tests, reference, speedup, baseline time)."""
-    from agentfleet.fleet.check import check_tasks
-
-    try:
-        lo, hi = (float(x) for x in baseline_range.split(","))
-    except ValueError:
-        _fail(f"--baseline-range wants MIN,MAX seconds, got {baseline_range!r}")
-    try:
-        ds = load_dataset(dataset)
-        ids = task or ds.task_ids(split)
-        tasks = [ds.task(i) for i in ids]
-    except TaskNotFound as exc:
-        _fail(str(exc))
-    split_of = {tid: s for s, members in ds.splits.items() for tid in members}
-    rows = asyncio.run(
-        check_tasks(
-            tasks,
-            repeats=repeats,
-            split_of=split_of,
-            min_speedup=min_speedup,
-            baseline_range=(lo, hi),
-            progress=lambda m: err.print(m),
-        )
-    )
-    table = Table(title=f"check of {ds.name}")
-    for col in ("task", "original tests", "reference", "baseline s", "speedup", "ok"):
-        table.add_column(col)
-    bad = 0
-    for r in rows:
-        bad += not r["ok"]
-        table.add_row(
-            r["task"],
-            r["original_tests"],
-            r["reference"],
-            f"{r['baseline_s']:.3f} ({r['clock']})" if r["clock"] else f"{r['baseline_s']:.3f}",
-            f"{r['speedup']:.2f}x",
-            "yes" if r["ok"] else f"[red]NO[/red]: {'; '.join(r['problems'])}",
-        )
-    console.print(table)
-    if bad:
-        raise typer.Exit(1)
-
-
-# eval client -------------------------------------------------------------------------
-EvalUrl = Annotated[
-    str, typer.Option("--url", envvar="AGENTFLEET_EVAL_URL", help="evaluation server")
-]
-
-
-@eval_app.command("submit")
-def eval_submit(
-    instance: Annotated[str, typer.Option("--instance", "-i", help="task id")],
-    patch: Annotated[Path, typer.Option(help="patch file (git diff)", exists=True, dir_okay=False)],
-    dataset: DatasetOpt = "perf-lite",
-    split: SplitOpt = "test",
-    url: EvalUrl = "http://127.0.0.1:9528",
-    wait: Annotated[bool, typer.Option(help="wait for the result")] = False,
-    key: Annotated[str | None, typer.Option(help="idempotency key")] = None,
-    timeout: Annotated[
-        float,
-        typer.Option(
-            min=1.0, help="give up after this many seconds (queue full, or waiting with --wait)"
-        ),
-    ] = 3600.0,
-) -> None:
-    """Submit a patch for evaluation; prints the job id (or the result with --wait)."""
-    from agentfleet.evaluation.client import EvalClient
-    from agentfleet.evaluation.schema import EvalRequest
-
-    req = EvalRequest(
-        exit_status="Submitted",
-        result=patch.read_text(),
-        instance_id=instance,
-        dataset_name=dataset,
-        split=split,
-        idempotency_key=key,
-    )
-
-    async def go() -> Any:
-        client = EvalClient(url)
-        if wait:
-            return (await client.evaluate(req, timeout=timeout)).model_dump()
-        return {"job_id": await client.submit(req, timeout=timeout)}
-
-    _print_json(_call(go))
-
-
-@eval_app.command("status")
-def eval_status(
-    job_id: str,
-    url: EvalUrl = "http://127.0.0.1:9528",
-    wait: Annotated[float, typer.Option(help="long-poll up to this many seconds")] = 0.0,
-) -> None:
-    """Show an evaluation job's status and result."""
-    from agentfleet.evaluation.client import EvalClient
-
-    async def go() -> Any:
-        return await EvalClient(url).status(job_id, wait=wait)
-
-    _print_json(_call(go))
-
-
-def _call(fn: Any) -> Any:
-    from agentfleet.http import HttpError
-
-    try:
-        return asyncio.run(fn())
-    except HttpError as exc:
-        _fail(str(exc), 1)
-
-
-def _print_json(data: Any) -> None:
-    console.print_json(json.dumps(data, default=str))
 
 
 def main() -> None:  # pragma: no cover

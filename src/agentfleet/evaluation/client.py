@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from agentfleet.evaluation.schema import EvalRequest, EvalResult
 from agentfleet.http import EVAL_TIMEOUTS, HttpError, HttpPool, Response, Timeouts
 from agentfleet.http.retry import retry_after_from_headers
+from agentfleet.tasks import DEFAULT_DATASET, DEFAULT_SPLIT
 
 logger = logging.getLogger("agentfleet.evaluation")
 
@@ -320,8 +321,8 @@ async def evaluate_info(
                 result=result,
                 container_id=container_id,
                 instance_id=instance_id,
-                dataset_name=dataset_name if dataset_name is not None else "perf-lite",
-                split=split if split is not None else "test",
+                dataset_name=dataset_name if dataset_name is not None else DEFAULT_DATASET,
+                split=split if split is not None else DEFAULT_SPLIT,
                 idempotency_key=idempotency_key,
             )
         except ValidationError as exc:

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from agentfleet.tasks import DEFAULT_DATASET, DEFAULT_SPLIT
+
 MAX_PATCH_CHARS = 5_000_000
 
 
@@ -17,8 +19,8 @@ class EvalRequest(BaseModel):
     result: str | None = Field(default=None, max_length=MAX_PATCH_CHARS)
     container_id: str | None = Field(default=None, max_length=200)
     instance_id: str = Field(min_length=1, max_length=200)
-    dataset_name: str = Field(default="perf-lite", max_length=500)
-    split: str = Field(default="test", max_length=100)
+    dataset_name: str = Field(default=DEFAULT_DATASET, max_length=500)
+    split: str = Field(default=DEFAULT_SPLIT, max_length=100)
     idempotency_key: str | None = Field(default=None, max_length=200)
 
 

@@ -11,10 +11,8 @@ from agentfleet.evaluation.schema import EvalRequest
 from agentfleet.sandbox.base import CreateSandbox
 from agentfleet.sandbox.process import ProcessBackend
 from agentfleet.sandbox.service import SandboxService
-from agentfleet.tasks import Task
-
-MIN_REFERENCE_SPEEDUP = 2.0  # the task format asks for a reference of at least 2x
-BASELINE_RANGE_S = (0.3, 2.0)  # a task's workload, timed on the original code
+from agentfleet.tasks import DEFAULT_SPLIT, Task
+from agentfleet.tasks.defaults import BASELINE_RANGE_S, MIN_REFERENCE_SPEEDUP
 
 
 def problems(
@@ -68,7 +66,7 @@ async def check_tasks(
                     result=patch,
                     instance_id=task.id,
                     dataset_name=str(task.task_dir.parent),
-                    split=(split_of or {}).get(task.id, "test"),
+                    split=(split_of or {}).get(task.id, DEFAULT_SPLIT),
                 )
             )
             timing = result.info.get("timing", {})

@@ -38,15 +38,15 @@ from agentfleet.fleet.runner import (
 from agentfleet.http import resolve_limits
 from agentfleet.models import ModelSpec
 from agentfleet.serving import graceful_stop, run_async
-from agentfleet.tasks import load_dataset
+from agentfleet.tasks import DEFAULT_DATASET, DEFAULT_SPLIT, load_dataset
 
 __all__ = ["RayOptions", "RunRequest", "RunResult", "build_config", "run"]
 
 # Settings a resumed run takes from its config.json when not given again, and their
 # defaults for a new run (None: the --agent-config file's value, else AgentConfig's).
 RESUMABLE: dict[str, Any] = {
-    "dataset": "perf-lite",
-    "split": "test",
+    "dataset": DEFAULT_DATASET,
+    "split": DEFAULT_SPLIT,
     "model": "oracle",
     "model_url": None,
     "model_delay": 0.0,

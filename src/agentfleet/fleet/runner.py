@@ -27,7 +27,7 @@ from agentfleet.sandbox.client import SandboxClient
 from agentfleet.sandbox.env import RemoteDockerEnvironment
 from agentfleet.sandbox.server import create_app as sandbox_app
 from agentfleet.serving import serve_in_loop
-from agentfleet.tasks import Task, load_dataset
+from agentfleet.tasks import DEFAULT_DATASET, DEFAULT_SPLIT, Task, load_dataset
 
 log = logging.getLogger("agentfleet.fleet")
 
@@ -36,8 +36,8 @@ log = logging.getLogger("agentfleet.fleet")
 class FleetConfig:
     model: ModelSpec
     run_dir: Path
-    dataset: str = "perf-lite"
-    split: str = "test"
+    dataset: str = DEFAULT_DATASET
+    split: str = DEFAULT_SPLIT
     task_ids: list[str] | None = None
     workers: int = 8
     agent: AgentConfig = field(default_factory=AgentConfig)

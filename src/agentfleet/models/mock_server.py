@@ -31,6 +31,7 @@ from starlette.types import Receive, Scope, Send
 
 from agentfleet.models.base import ModelError
 from agentfleet.models.offline import SUBMIT_SENTINEL, bash_reply, oracle_replies
+from agentfleet.tasks import DEFAULT_DATASET
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ class MockStats:
 
 @dataclass
 class MockConfig:
-    dataset: str | None = "perf-lite"
+    dataset: str | None = DEFAULT_DATASET
     latency: float | tuple[float, float] = 0.0
     latency_dist: LatencyDist | None = None
     error_rate: float = 0.0
@@ -333,7 +334,7 @@ class _MockApp(FastAPI):
 # the app -------------------------------------------------------------------------------
 def create_mock_llm_app(
     *,
-    dataset: str | None = "perf-lite",
+    dataset: str | None = DEFAULT_DATASET,
     latency: float | tuple[float, float] = 0.0,
     latency_dist: LatencyDist | None = None,
     error_rate: float = 0.0,

@@ -8,10 +8,14 @@ from typing import Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
 
+from agentfleet.tasks import DEFAULT_DATASET
+
 DEFAULT_OUTPUT_LIMIT = 100_000  # characters kept from a command's output (head + tail)
 DEFAULT_EXEC_TIMEOUT = 60.0
 DEFAULT_TTL_S = 3600.0
 MAX_TTL_S = 7 * 24 * 3600.0
+DEFAULT_MAX_SANDBOXES = 512  # alive at once per server; one more answers 429
+DEFAULT_REAP_INTERVAL_S = 30.0  # seconds between deletions of expired sandboxes
 # client-chosen sandbox ids: also a folder name and part of a container name
 SANDBOX_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{2,63}$"
 
@@ -49,7 +53,7 @@ class CreateSandbox(BaseModel):
 
     sandbox_id: str | None = Field(default=None, pattern=SANDBOX_ID_PATTERN)
     task_id: str | None = None
-    dataset: str = "perf-lite"
+    dataset: str = DEFAULT_DATASET
     image: str | None = None
     ttl_s: float = Field(default=DEFAULT_TTL_S, gt=0, le=MAX_TTL_S)
     cpus: float | None = Field(default=None, gt=0)

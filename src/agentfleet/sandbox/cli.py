@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from agentfleet.sandbox.base import DEFAULT_TTL_S
+from agentfleet.sandbox.base import DEFAULT_MAX_SANDBOXES, DEFAULT_REAP_INTERVAL_S, DEFAULT_TTL_S
 from agentfleet.sandbox.containers import DEFAULT_IMAGE
 
 images_app = typer.Typer(
@@ -54,9 +54,9 @@ def serve_settings(
     memory: str | None = None,
     cpus: float | None = None,
     pids_limit: int | None = None,
-    max_sandboxes: int = 512,
+    max_sandboxes: int = DEFAULT_MAX_SANDBOXES,
     ttl: float = DEFAULT_TTL_S,
-    reap_interval: float = 30.0,
+    reap_interval: float = DEFAULT_REAP_INTERVAL_S,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(backend kwargs, service kwargs) for ``run_server`` from ``serve-sandbox`` options;
     ``ValueError`` with a message naming the option when one is wrong."""

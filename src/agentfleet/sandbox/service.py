@@ -14,7 +14,9 @@ from pathlib import Path
 
 from agentfleet.sandbox.base import (
     DEFAULT_EXEC_TIMEOUT,
+    DEFAULT_MAX_SANDBOXES,
     DEFAULT_OUTPUT_LIMIT,
+    DEFAULT_REAP_INTERVAL_S,
     DEFAULT_TTL_S,
     MAX_TTL_S,
     Backend,
@@ -83,9 +85,9 @@ class SandboxService:
         backend: Backend,
         *,
         output_limit: int = DEFAULT_OUTPUT_LIMIT,
-        max_sandboxes: int = 512,
+        max_sandboxes: int = DEFAULT_MAX_SANDBOXES,
         max_creating: int = 16,
-        reap_period_s: float = 30.0,
+        reap_period_s: float = DEFAULT_REAP_INTERVAL_S,
         default_timeout: float = DEFAULT_EXEC_TIMEOUT,
         default_ttl_s: float = DEFAULT_TTL_S,
         detach_grace_s: float = DETACH_GRACE_S,

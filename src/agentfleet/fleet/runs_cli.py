@@ -1,0 +1,58 @@
+"""``agentfleet show`` and ``agentfleet report``: a run folder read back, in the terminal
+or as one HTML file. Top-level commands: the main command registers these functions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from agentfleet._cli import console, fail
+
+RunDirArg = Annotated[
+    Path, typer.Argument(help="run folder (runs/<name>)", exists=True, file_okay=False)
+]
+
+
+def show(
+    run_dir: RunDirArg,
+    instance: Annotated[str | None, typer.Argument(help="task id: print its trajectory")] = None,
+    full: Annotated[bool, typer.Option(help="do not clip long messages")] = False,
+) -> None:
+    """A run's results table, or with a task id its trajectory, readably in the terminal."""
+    from agentfleet.fleet.results import read_trajectory
+    from agentfleet.fleet.rundir import RunDir
+    from agentfleet.fleet.show import print_trajectory, results_table
+
+    files = RunDir(run_dir)
+    if not files.is_run():
+        fail(f"{run_dir} is not a run folder (no {files.results.name} or {files.config.name})")
+    if instance is None:
+        console.print(results_table(run_dir))
+        return
+    try:
+        traj = read_trajectory(run_dir, instance)
+    except FileNotFoundError as exc:
+        fail(f"{exc} (have: {', '.join(files.trajectory_ids()) or 'none'})")
+    except ValueError as exc:
+        fail(str(exc))
+    print_trajectory(traj, console, full=full)
+
+
+def report_cmd(
+    run_dir: RunDirArg,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="HTML file (default RUN_DIR/report.html)"),
+    ] = None,
+) -> None:
+    """Write one self-contained HTML report of a run: summary, plots, tasks, trajectories."""
+    from agentfleet.fleet.html_report import write_report
+    from agentfleet.fleet.rundir import RunDir
+
+    results = RunDir(run_dir).results
+    if not results.exists():
+        fail(f"{run_dir} has no {results.name}: nothing to report")
+    path = write_report(run_dir, output)
+    console.print(f"report: {path}", highlight=False)
