@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -40,6 +41,43 @@ def _finish(kind: str, out: Path | None, payload: dict[str, Any], table_md: str)
     typer.echo(table_md)
     typer.echo(f"\nresults: {path}")
     return run_dir
+
+
+Rows = list[dict[str, Any]]
+
+
+def _run(
+    kind: str,
+    config: dict[str, Any],
+    measure: Callable[[], tuple[Rows, dict[str, Any]]],
+    table: Callable[[Rows], str],
+    out: Path | None,
+    *,
+    tags: dict[str, Any] | None = None,
+    folder: str | None = None,
+) -> tuple[Rows, Path]:
+    """Run ``measure`` (rows, extra results), then write its run folder: results.json with
+    the command, ``config``, the machine and timings, and table.md. A missing extra exits 2;
+    a bad option value is a usage error."""
+    started = time.time()
+    try:
+        rows, extra = measure()
+    except MissingExtra as exc:
+        raise _missing(exc) from None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    payload = {
+        "kind": kind,
+        **(tags or {}),
+        "command": " ".join(sys.argv),
+        "config": config,
+        "machine": machine_info(),
+        "started": started,
+        "duration_s": time.time() - started,
+        "rows": rows,
+        **extra,
+    }
+    return rows, _finish(folder or kind, out, payload, table(rows))
 
 
 Out = Annotated[
@@ -91,32 +129,18 @@ def http_cmd(
     ns = _ints(sweep_ns) if sweep else [n]
     cases = [HttpCase(x, rounds, latency, max_seconds) for x in ns]
     pats = [p.strip() for p in patterns.split(",") if p.strip()]
-    started = time.time()
-    try:
-        rows = run_http_bench(cases, pats, log=_log)
-    except MissingExtra as exc:
-        raise _missing(exc) from None
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    md = table(rows)
-    payload = {
-        "kind": "http",
-        "command": " ".join(sys.argv),
-        "config": {
-            "scenario": scenario,
-            "ns": ns,
-            "rounds": rounds,
-            "latency_s": latency,
-            "patterns": pats,
-            "max_seconds": max_seconds,
-            "sweep": sweep,
-        },
-        "machine": machine_info(),
-        "started": started,
-        "duration_s": time.time() - started,
-        "rows": rows,
+    config = {
+        "scenario": scenario,
+        "ns": ns,
+        "rounds": rounds,
+        "latency_s": latency,
+        "patterns": pats,
+        "max_seconds": max_seconds,
+        "sweep": sweep,
     }
-    run_dir = _finish("http", out, payload, md)
+    rows, run_dir = _run(
+        "http", config, lambda: (run_http_bench(cases, pats, log=_log), {}), table, out
+    )
     if sweep:
         msg = plot_sweep(rows, run_dir / "plot.png")
         typer.echo(msg if msg else f"plot: {run_dir / 'plot.png'}")
@@ -169,9 +193,10 @@ def sandbox_cmd(
     """N concurrent execs and the round trip of `true` over HTTP vs a bare subprocess."""
     from agentfleet.bench.sandbox_bench import run_sandbox_bench, table
 
-    started = time.time()
-    try:
-        rows, notes = run_sandbox_bench(
+    notes: list[str] = []
+
+    def measure() -> tuple[Rows, dict[str, Any]]:
+        rows, found = run_sandbox_bench(
             n=n,
             seq=seq,
             sleep_s=sleep,
@@ -182,30 +207,19 @@ def sandbox_cmd(
             docker_n=docker_n,
             log=_log,
         )
-    except MissingExtra as exc:
-        raise _missing(exc) from None
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    md = table(rows)
-    payload = {
-        "kind": "sandbox",
-        "command": " ".join(sys.argv),
-        "config": {
-            "n": n,
-            "docker_n": docker_n,
-            "seq": seq,
-            "sleep_s": sleep,
-            "backend": backend,
-            "confine": confine,
-            "server_loop": server_loop,
-        },
-        "machine": machine_info(),
-        "started": started,
-        "duration_s": time.time() - started,
-        "rows": rows,
-        "notes": notes,
+        notes.extend(found)
+        return rows, {"notes": found}
+
+    config = {
+        "n": n,
+        "docker_n": docker_n,
+        "seq": seq,
+        "sleep_s": sleep,
+        "backend": backend,
+        "confine": confine,
+        "server_loop": server_loop,
     }
-    _finish("sandbox", out, payload, md)
+    _run("sandbox", config, measure, table, out)
     for note in notes:
         typer.echo(note)
 
@@ -279,9 +293,20 @@ def fleet_cmd(
     n = 200 if n is None else n
     ws = [n if w.strip() == "n" else int(w) for w in workers.split(",") if w.strip()]
     rs = [r.strip() for r in runners.split(",") if r.strip()]
-    started = time.time()
-    try:
-        rows, info = run_fleet_bench(
+    config = {
+        "n": n,
+        "steps": steps,
+        "delay_s": delay,
+        "runners": rs,
+        "workers": ws,
+        "max_seconds": max_seconds,
+        "confine": confine,
+        "sandbox": sandbox,
+        "server_loop": server_loop,
+    }
+
+    def measure() -> tuple[Rows, dict[str, Any]]:
+        return run_fleet_bench(
             n=n,
             steps=steps,
             delay=delay,
@@ -293,32 +318,8 @@ def fleet_cmd(
             server_loop=server_loop,
             log=_log,
         )
-    except MissingExtra as exc:
-        raise _missing(exc) from None
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    md = table(rows)
-    payload = {
-        "kind": "fleet",
-        "command": " ".join(sys.argv),
-        "config": {
-            "n": n,
-            "steps": steps,
-            "delay_s": delay,
-            "runners": rs,
-            "workers": ws,
-            "max_seconds": max_seconds,
-            "confine": confine,
-            "sandbox": sandbox,
-            "server_loop": server_loop,
-        },
-        "machine": machine_info(),
-        "started": started,
-        "duration_s": time.time() - started,
-        "rows": rows,
-        **info,
-    }
-    _finish("fleet", out, payload, md)
+
+    _run("fleet", config, measure, table, out)
 
 
 def _fleet_ray(
@@ -327,34 +328,25 @@ def _fleet_ray(
     """``bench fleet --backend ray`` (imports Ray, through ray_bench, only here)."""
     from agentfleet.bench.ray_bench import run_ray_bench, table
 
-    started = time.time()
-    try:
-        rows, info = run_ray_bench(
-            n=n, steps=steps, delay=delay, shards=shards, rounds=rounds, log=_log
-        )
-    except MissingExtra as exc:
-        raise _missing(exc) from None
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    payload = {
-        "kind": "fleet",
-        "backend": "ray",
-        "command": " ".join(sys.argv),
-        "config": {
-            "n": n,
-            "steps": steps,
-            "delay_s": delay,
-            "shards": shards,
-            "rounds": rounds,
-            "mode": "agent",
-        },
-        "machine": machine_info(),
-        "started": started,
-        "duration_s": time.time() - started,
-        "rows": rows,
-        **info,
+    config = {
+        "n": n,
+        "steps": steps,
+        "delay_s": delay,
+        "shards": shards,
+        "rounds": rounds,
+        "mode": "agent",
     }
-    _finish("fleet-ray", out, payload, table(rows))
+    rows, _ = _run(
+        "fleet",
+        config,
+        lambda: run_ray_bench(
+            n=n, steps=steps, delay=delay, shards=shards, rounds=rounds, log=_log
+        ),
+        table,
+        out,
+        tags={"backend": "ray"},
+        folder="fleet-ray",
+    )
     for r in rows:
         if r["unexpected"]:
             typer.echo(f"note: {r['backend']}: unexpected exit statuses {r['statuses']}")

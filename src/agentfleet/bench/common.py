@@ -21,7 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -269,6 +269,18 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     for row in cells[1:]:
         lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
     return "\n".join(lines)
+
+
+Column = tuple[str, str | Callable[[dict[str, Any]], Any]]  # (header, key or function of a row)
+
+
+def columns_table(columns: Sequence[Column], rows: Iterable[dict[str, Any]]) -> str:
+    """A markdown table of result rows: a column per ``(header, key)``, where the key is a
+    field of the row or a function of it."""
+    return markdown_table(
+        [header for header, _ in columns],
+        [[key(r) if callable(key) else r[key] for _, key in columns] for r in rows],
+    )
 
 
 def make_run_dir(kind: str, out: Path | None) -> Path:

@@ -14,8 +14,9 @@ import math
 from typing import Any
 
 from agentfleet.bench.common import (
+    Column,
     ServerProcess,
-    markdown_table,
+    columns_table,
     require,
     run_child,
     sandbox_server,
@@ -149,42 +150,22 @@ def run_fleet_bench(
     return rows, info
 
 
-HEADERS = [
-    "runner",
-    "sandbox server",
-    "N",
-    "S",
-    "delay s",
-    "wall s",
-    "wall/ideal",
-    "submitted",
-    "runner CPU s",
-    "runner RSS MiB",
-    "server CPU s",
-    "setup s",
-    "note",
+COLUMNS: list[Column] = [
+    ("runner", "runner"),
+    ("sandbox server", "sandbox"),
+    ("N", "n"),
+    ("S", "steps"),
+    ("delay s", "delay_s"),
+    ("wall s", "wall_s"),
+    ("wall/ideal", "wall_over_ideal"),
+    ("submitted", lambda r: f"{r['submitted']}/{r['agents_run']}"),
+    ("runner CPU s", "runner_cpu_s"),
+    ("runner RSS MiB", "runner_peak_rss_mib"),
+    ("server CPU s", "server_cpu_s"),
+    ("setup s", "setup_s"),
+    ("note", "note"),
 ]
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    return markdown_table(
-        HEADERS,
-        [
-            [
-                r["runner"],
-                r["sandbox"],
-                r["n"],
-                r["steps"],
-                r["delay_s"],
-                r["wall_s"],
-                r["wall_over_ideal"],
-                f"{r['submitted']}/{r['agents_run']}",
-                r["runner_cpu_s"],
-                r["runner_peak_rss_mib"],
-                r["server_cpu_s"],
-                r["setup_s"],
-                r["note"],
-            ]
-            for r in rows
-        ],
-    )
+    return columns_table(COLUMNS, rows)

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentfleet.bench.common import (
+    Column,
     ServerProcess,
+    columns_table,
     http_json,
-    markdown_table,
     require,
     run_child,
 )
@@ -146,45 +147,25 @@ def run_http_bench(
     return rows
 
 
-HEADERS = [
-    "pattern",
-    "N",
-    "R",
-    "wall s",
-    "wall/ideal",
-    "evals/s",
-    "conns (server)",
-    "peak in flight",
-    "errors",
-    "client CPU s",
-    "client RSS MiB",
-    "server CPU s",
-    "note",
+COLUMNS: list[Column] = [
+    ("pattern", "pattern"),
+    ("N", "n"),
+    ("R", "rounds"),
+    ("wall s", "wall_s"),
+    ("wall/ideal", "wall_over_ideal"),
+    ("evals/s", "evals_per_s"),
+    ("conns (server)", "connections"),
+    ("peak in flight", "peak_in_flight"),
+    ("errors", "errors"),
+    ("client CPU s", "client_cpu_s"),
+    ("client RSS MiB", "client_peak_rss_mib"),
+    ("server CPU s", "server_cpu_s"),
+    ("note", "note"),
 ]
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    return markdown_table(
-        HEADERS,
-        [
-            [
-                r["pattern"],
-                r["n"],
-                r["rounds"],
-                r["wall_s"],
-                r["wall_over_ideal"],
-                r["evals_per_s"],
-                r["connections"],
-                r["peak_in_flight"],
-                r["errors"],
-                r["client_cpu_s"],
-                r["client_peak_rss_mib"],
-                r["server_cpu_s"],
-                r["note"],
-            ]
-            for r in rows
-        ],
-    )
+    return columns_table(COLUMNS, rows)
 
 
 def plot_sweep(rows: list[dict[str, Any]], path: Any) -> str | None:

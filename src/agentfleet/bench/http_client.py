@@ -69,6 +69,19 @@ def _check_answer(data: Any) -> None:
         raise ValueError(f"unexpected answer {str(data)[:200]}")
 
 
+async def _agents(
+    n: int, rounds: int, tally: Tally, call: Callable[[int, int], Awaitable[Any]]
+) -> None:
+    """``n`` agents at once, each making ``rounds`` calls ``call(agent, round)`` one after
+    the other; each call tallied."""
+
+    async def agent(i: int) -> None:
+        for r in range(rounds):
+            await tally.arecord(lambda i=i, r=r: call(i, r))  # type: ignore[misc]
+
+    await asyncio.gather(*(agent(i) for i in range(n)))
+
+
 # patterns --------------------------------------------------------------------------------
 def run_blocking(url: str, n: int, rounds: int, tally: Tally) -> dict[str, Any]:
     import requests
@@ -81,14 +94,7 @@ def run_blocking(url: str, n: int, rounds: int, tally: Tally) -> dict[str, Any]:
     async def evaluate_info(agent: int, rnd: int) -> None:
         post(agent, rnd)  # the origin's bug: a blocking call inside ``async def``
 
-    async def agent(i: int) -> None:
-        for r in range(rounds):
-            await tally.arecord(lambda i=i, r=r: evaluate_info(i, r))  # type: ignore[misc]
-
-    async def main() -> None:
-        await asyncio.gather(*(agent(i) for i in range(n)))
-
-    asyncio.run(main())
+    asyncio.run(_agents(n, rounds, tally, evaluate_info))
     return {}
 
 
@@ -105,14 +111,7 @@ def run_per_call(url: str, n: int, rounds: int, tally: Tally) -> dict[str, Any]:
             resp.raise_for_status()
             _check_answer(await resp.json())
 
-    async def agent(i: int) -> None:
-        for r in range(rounds):
-            await tally.arecord(lambda i=i, r=r: evaluate_info(i, r))  # type: ignore[misc]
-
-    async def main() -> None:
-        await asyncio.gather(*(agent(i) for i in range(n)))
-
-    asyncio.run(main())
+    asyncio.run(_agents(n, rounds, tally, evaluate_info))
     return {}
 
 
@@ -164,12 +163,8 @@ def run_agentfleet(
         if reward != 1.0:
             raise ValueError(f"reward {reward}")
 
-    async def agent(i: int) -> None:
-        for r in range(rounds):
-            await tally.arecord(lambda i=i, r=r: one(i, r))  # type: ignore[misc]
-
     async def main() -> None:
-        await asyncio.gather(*(agent(i) for i in range(n)))
+        await _agents(n, rounds, tally, one)
         totals = HttpPool.for_loop().stats()["totals"]
         stats.update(
             {

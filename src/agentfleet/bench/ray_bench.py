@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from agentfleet.bench.common import MissingExtra, markdown_table
+from agentfleet.bench.common import Column, MissingExtra, columns_table
 
 MODES = ("agent", "eval")
 DATASET = "perf-lite"
@@ -194,36 +194,19 @@ def run_ray_bench(
     return rows, info
 
 
-HEADERS = [
-    "backend",
-    "tasks",
-    "steps",
-    "delay s",
-    "wall median s",
-    "walls s",
-    "overhead s",
-    "overhead %",
-    "ray.init s",
-    "actor start-up s",
+COLUMNS: list[Column] = [
+    ("backend", "backend"),
+    ("tasks", "tasks"),
+    ("steps", "steps"),
+    ("delay s", "delay_s"),
+    ("wall median s", "wall_median_s"),
+    ("walls s", lambda r: ", ".join(f"{x:.2f}" for x in r["walls_s"])),
+    ("overhead s", "overhead_s"),
+    ("overhead %", lambda r: None if r["overhead_pct"] is None else f"{r['overhead_pct']:+.1f}"),
+    ("ray.init s", "ray_init_s"),
+    ("actor start-up s", "actor_startup_s"),
 ]
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    return markdown_table(
-        HEADERS,
-        [
-            [
-                r["backend"],
-                r["tasks"],
-                r["steps"],
-                r["delay_s"],
-                r["wall_median_s"],
-                ", ".join(f"{x:.2f}" for x in r["walls_s"]),
-                r["overhead_s"],
-                None if r["overhead_pct"] is None else f"{r['overhead_pct']:+.1f}",
-                r["ray_init_s"],
-                r["actor_startup_s"],
-            ]
-            for r in rows
-        ],
-    )
+    return columns_table(COLUMNS, rows)

@@ -19,8 +19,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from agentfleet.bench.common import (
+    Column,
     ServerProcess,
-    markdown_table,
+    columns_table,
     run_child,
     sandbox_server,
 )
@@ -245,21 +246,15 @@ def run_sandbox_bench(
             rows.append(row)
             with bench_container() as cid:
                 cfg = {"container": cid, "n": n_docker, "seq": seq, "sleep_s": sleep_s}
-                if log is not None:
-                    log(f"sandbox: bare docker exec (CLI) n={n_docker} seq={seq}")
-                res = run_child("agentfleet.bench.sandbox_client", {"mode": "docker-cli", **cfg})
-                res["container"] = cid
-                rows.append(
-                    _bare_row("bare docker exec (CLI)", "docker-cli", n_docker, res, "true")
-                )
+                clients = [("bare docker exec (CLI)", "docker-cli")]
                 if aiodocker:
+                    clients.append(("bare aiodocker exec", "aiodocker"))
+                for what, mode in clients:
                     if log is not None:
-                        log(f"sandbox: bare aiodocker exec n={n_docker} seq={seq}")
-                    res = run_child("agentfleet.bench.sandbox_client", {"mode": "aiodocker", **cfg})
+                        log(f"sandbox: {what} n={n_docker} seq={seq}")
+                    res = run_child("agentfleet.bench.sandbox_client", {"mode": mode, **cfg})
                     res["container"] = cid
-                    rows.append(
-                        _bare_row("bare aiodocker exec", "aiodocker", n_docker, res, "true")
-                    )
+                    rows.append(_bare_row(what, mode, n_docker, res, "true"))
 
     n_main = n_proc if "process" in backends else n_docker
     if null:
@@ -307,38 +302,20 @@ def run_sandbox_bench(
     return rows, notes
 
 
-HEADERS = [
-    "what",
-    "N",
-    "N x sleep wall s",
-    "errors",
-    "true median ms",
-    "true p95 ms",
-    "server-side exec median ms",
-    "create N s",
-    "client CPU s",
-    "client RSS MiB",
-    "server CPU s",
+COLUMNS: list[Column] = [
+    ("what", "what"),
+    ("N", "n"),
+    ("N x sleep wall s", "concurrent_wall_s"),
+    ("errors", "concurrent_errors"),
+    ("true median ms", "rtt_median_ms"),
+    ("true p95 ms", "rtt_p95_ms"),
+    ("server-side exec median ms", "server_exec_median_ms"),
+    ("create N s", "create_s"),
+    ("client CPU s", "client_cpu_s"),
+    ("client RSS MiB", "client_peak_rss_mib"),
+    ("server CPU s", "server_cpu_s"),
 ]
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    return markdown_table(
-        HEADERS,
-        [
-            [
-                r["what"],
-                r["n"],
-                r["concurrent_wall_s"],
-                r["concurrent_errors"],
-                r["rtt_median_ms"],
-                r["rtt_p95_ms"],
-                r["server_exec_median_ms"],
-                r["create_s"],
-                r["client_cpu_s"],
-                r["client_peak_rss_mib"],
-                r["server_cpu_s"],
-            ]
-            for r in rows
-        ],
-    )
+    return columns_table(COLUMNS, rows)
