@@ -10,17 +10,12 @@ from typing import TYPE_CHECKING
 
 from agentfleet._lazy import lazy_exports
 
-_TASK = "agentfleet.tasks.task"
-_DEFAULTS = "agentfleet.tasks.defaults"
 _EXPORTS: dict[str, str] = {
-    "DEFAULT_DATASET": _DEFAULTS,
-    "DEFAULT_SPLIT": _DEFAULTS,
-    "Dataset": _TASK,
-    "Task": _TASK,
-    "TaskNotFound": _TASK,
-    "bundled_datasets": _TASK,
-    "get_task": _TASK,
-    "load_dataset": _TASK,
+    **dict.fromkeys(("DEFAULT_DATASET", "DEFAULT_SPLIT"), "agentfleet.tasks.defaults"),
+    **dict.fromkeys(
+        ("Dataset", "Task", "TaskNotFound", "bundled_datasets", "get_task", "load_dataset"),
+        "agentfleet.tasks.task",
+    ),
 }
 
 __all__ = [
