@@ -27,6 +27,7 @@ from agentfleet.sandbox.base import CreateSandbox, Sandboxes, SandboxNotFound, n
 from agentfleet.sandbox.client import SandboxClient
 from agentfleet.sandbox.env import RemoteDockerEnvironment
 from agentfleet.sandbox.server import create_app as sandbox_app
+from agentfleet.sandbox.service import MAX_EXECS
 from agentfleet.serving import serve_in_loop
 from agentfleet.tasks import Task, load_dataset
 
@@ -182,7 +183,9 @@ async def embedded_servers(cfg: FleetConfig) -> AsyncIterator[Servers]:
         sandbox_url, token = cfg.sandbox_url, cfg.sandbox_token
         if sandbox_url is None:
             token = secrets.token_urlsafe(32)
-            app = sandbox_app(root=cfg.sandbox_root, token=token)
+            # our own agents only: the exec cap never throttles them (one command each)
+            max_execs = max(MAX_EXECS, 4 * cfg.workers)
+            app = sandbox_app(root=cfg.sandbox_root, token=token, max_execs=max_execs)
             server = await stack.enter_async_context(serve_in_loop(app))
             sandbox_url = server.url
         eval_url = cfg.eval_url
