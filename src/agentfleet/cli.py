@@ -15,7 +15,13 @@ from agentfleet._cli import DatasetOpt, console, err
 from agentfleet._cli import fail as _fail
 from agentfleet._cli import setup_logging as _setup_logging
 from agentfleet.fleet.runs_cli import report_cmd, show
-from agentfleet.sandbox.base import DEFAULT_MAX_SANDBOXES, DEFAULT_REAP_INTERVAL_S, DEFAULT_TTL_S
+from agentfleet.sandbox.base import (
+    DEFAULT_MAX_EXECS,
+    DEFAULT_MAX_EXECS_PER_SANDBOX,
+    DEFAULT_MAX_SANDBOXES,
+    DEFAULT_REAP_INTERVAL_S,
+    DEFAULT_TTL_S,
+)
 from agentfleet.tasks import DEFAULT_DATASET, TaskNotFound
 
 app = typer.Typer(
@@ -95,6 +101,13 @@ def run(
         typer.Option(
             help="sandbox server (default: embedded); with --backend ray, repeat it: "
             "actor i uses URL i mod n"
+        ),
+    ] = None,
+    sandbox_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="AGENTFLEET_SANDBOX_TOKEN",
+            help="bearer token of the --sandbox-url servers (embedded ones make their own)",
         ),
     ] = None,
     backend: Annotated[str, typer.Option(help="local | ray")] = "local",
@@ -193,6 +206,7 @@ def run(
             resume=resume,
             rerun_failed=rerun_failed,
             sandbox_urls=sandbox_url or [],
+            sandbox_token=sandbox_token,
             eval_url=eval_url,
             sandbox_root=sandbox_root,
             pool=pool,
@@ -293,9 +307,26 @@ def serve_sandbox(
     pids_limit: Annotated[
         int | None, typer.Option(help="docker: processes per container (default 512)")
     ] = None,
+    allow_image: Annotated[
+        list[str] | None,
+        typer.Option(help="docker: an image create requests may name besides --image (repeat)"),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="AGENTFLEET_SANDBOX_TOKEN",
+            help="bearer token required from clients (needed beyond loopback)",
+        ),
+    ] = None,
     max_sandboxes: Annotated[
         int, typer.Option(help="sandboxes alive at once; more answer 429")
     ] = DEFAULT_MAX_SANDBOXES,
+    max_execs: Annotated[
+        int, typer.Option(help="commands running at once, in all; more answer 429")
+    ] = DEFAULT_MAX_EXECS,
+    max_execs_per_sandbox: Annotated[
+        int, typer.Option(help="commands running at once in one sandbox; more answer 429")
+    ] = DEFAULT_MAX_EXECS_PER_SANDBOX,
     ttl: Annotated[
         float, typer.Option(help="seconds a sandbox lives when its create request names no ttl")
     ] = DEFAULT_TTL_S,
@@ -315,7 +346,10 @@ def serve_sandbox(
             memory=memory,
             cpus=cpus,
             pids_limit=pids_limit,
+            allow_images=allow_image or [],
             max_sandboxes=max_sandboxes,
+            max_execs=max_execs,
+            max_execs_per_sandbox=max_execs_per_sandbox,
             ttl=ttl,
             reap_interval=reap_interval,
         )
@@ -323,9 +357,18 @@ def serve_sandbox(
         _fail(str(e))
         return
     _setup_logging(verbose)
-    stopped_by = run_server(
-        host=host, port=port, backend=backend, root=root, backend_kw=backend_kw, **service_kw
-    )
+    try:
+        stopped_by = run_server(
+            host=host,
+            port=port,
+            backend=backend,
+            root=root,
+            backend_kw=backend_kw,
+            token=token,
+            **service_kw,
+        )
+    except ValueError as exc:  # e.g. a public host without a token
+        _fail(str(exc))
     _exit_stopped(stopped_by)
 
 
@@ -377,6 +420,10 @@ def serve_eval(
     sandbox_url: Annotated[
         str | None, typer.Option(help="sandbox server (default: in-process)")
     ] = None,
+    sandbox_token: Annotated[
+        str | None,
+        typer.Option(envvar="AGENTFLEET_SANDBOX_TOKEN", help="bearer token of --sandbox-url"),
+    ] = None,
     token: Annotated[
         str | None,
         typer.Option(envvar="AGENTFLEET_EVAL_TOKEN", help="bearer token required from clients"),
@@ -414,6 +461,7 @@ def serve_eval(
             token=token,
             test_latency=test_latency,
             sandbox_url=sandbox_url,
+            sandbox_token=sandbox_token,
             max_body=max_body,
             eval_config=config,
         )

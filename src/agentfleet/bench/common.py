@@ -128,6 +128,8 @@ class ServerProcess:
     proc: subprocess.Popen[str] | None = None
     port: int = 0
     info: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # added to this process's environment
+    token: str | None = None  # the bearer token its clients send (None: it wants none)
 
     @property
     def url(self) -> str:
@@ -141,7 +143,11 @@ class ServerProcess:
     def start(self, ready_path: str = "/healthz", timeout: float = 60) -> ServerProcess:
         cmd = [sys.executable, "-m", self.module, "--host", HOST, "--port", "0", *self.args]
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, **self.env} if self.env else None,
         )
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
@@ -201,15 +207,22 @@ def sandbox_server(
 ) -> Iterator[ServerProcess]:
     """The real sandbox server (``backend``: process or docker) in its own process, sandboxes
     in a temp folder removed afterwards. ``loop``: uvicorn's event loop (asyncio, like
-    agentfleet's servers; ``auto``: uvloop when installed)."""
+    agentfleet's servers; ``auto``: uvloop when installed). It requires a fresh token (in its
+    environment, not its argv), which clients find in ``srv.token``."""
+    import secrets
     import shutil
     import tempfile
+
+    from agentfleet.sandbox.base import TOKEN_ENV
 
     root = tempfile.mkdtemp(prefix="agentfleet-bench-sb-")
     try:
         args = ["--confine", confine, "--max-sandboxes", str(max_sandboxes), "--root", root]
         args += ["--loop", loop, "--backend", backend]
-        with ServerProcess("agentfleet.bench.sandboxserver", args) as srv:
+        token = secrets.token_urlsafe(24)
+        server = ServerProcess("agentfleet.bench.sandboxserver", args, env={TOKEN_ENV: token})
+        server.token = token
+        with server as srv:
             yield srv
     finally:
         shutil.rmtree(root, ignore_errors=True)

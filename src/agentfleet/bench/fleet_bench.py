@@ -100,6 +100,7 @@ def run_fleet_bench(
                     {
                         "runner": runner,
                         "url": srv.url,
+                        "token": srv.token,
                         "n": k,
                         "steps": steps,
                         "delay": delay,

@@ -33,19 +33,19 @@ def scripted_replies(steps: int) -> list[str]:
     ]
 
 
-async def _create(url: str, n: int) -> list[str]:
+async def _create(url: str, n: int, token: str | None) -> list[str]:
     from agentfleet.sandbox.base import CreateSandbox
     from agentfleet.sandbox.client import SandboxClient
 
-    client = SandboxClient(url)
+    client = SandboxClient(url, token=token)
     infos = await asyncio.gather(*(client.create(CreateSandbox(run="bench")) for _ in range(n)))
     return [i.sandbox_id for i in infos]
 
 
-async def _delete(url: str, ids: list[str]) -> None:
+async def _delete(url: str, ids: list[str], token: str | None) -> None:
     from agentfleet.sandbox.client import SandboxClient
 
-    client = SandboxClient(url)
+    client = SandboxClient(url, token=token)
     await asyncio.gather(*(client.delete(sid) for sid in ids), return_exceptions=True)
 
 
@@ -58,6 +58,7 @@ def _agentfleet(config: dict[str, Any]) -> dict[str, Any]:
     from agentfleet.tasks import Task
 
     url, n, steps, delay = config["url"], int(config["n"]), int(config["steps"]), config["delay"]
+    token = config.get("token")
     limits = preset_for_fleet(n)
     HttpPool.configure_default(limits)
     task = Task(
@@ -74,9 +75,9 @@ def _agentfleet(config: dict[str, Any]) -> dict[str, Any]:
 
     async def main() -> None:
         t0 = time.perf_counter()
-        ids = await _create(url, n)
+        ids = await _create(url, n, token)
         out["setup_s"] = time.perf_counter() - t0
-        client = SandboxClient(url)
+        client = SandboxClient(url, token=token)
         statuses: dict[str, int] = {}
 
         async def agent(sid: str) -> None:
@@ -96,7 +97,7 @@ def _agentfleet(config: dict[str, Any]) -> dict[str, Any]:
         out["runner_cpu_s"] = cpu_seconds() - cpu0
         out["statuses"] = statuses
         t0 = time.perf_counter()
-        await _delete(url, ids)
+        await _delete(url, ids, token)
         out["teardown_s"] = time.perf_counter() - t0
         totals = HttpPool.for_loop().stats()["totals"]
         out["pool_limits"] = {"limit": limits.limit, "per_host": limits.limit_per_host}
@@ -114,13 +115,16 @@ def _threads(config: dict[str, Any]) -> dict[str, Any]:
 
     url, n, steps, delay = config["url"], int(config["n"]), int(config["steps"]), config["delay"]
     workers = int(config["workers"])
+    token = config.get("token")
     out: dict[str, Any] = {}
     t0 = time.perf_counter()
-    ids = asyncio.run(_create(url, n))
+    ids = asyncio.run(_create(url, n, token))
     out["setup_s"] = time.perf_counter() - t0
 
     def agent(sid: str) -> str:
         session = requests.Session()
+        if token:
+            session.headers["Authorization"] = f"Bearer {token}"
         try:
             for step in range(steps):
                 time.sleep(delay)  # the model call
@@ -148,7 +152,7 @@ def _threads(config: dict[str, Any]) -> dict[str, Any]:
         statuses[r] = statuses.get(r, 0) + 1
     out["statuses"] = statuses
     t0 = time.perf_counter()
-    asyncio.run(_delete(url, ids))
+    asyncio.run(_delete(url, ids, token))
     out["teardown_s"] = time.perf_counter() - t0
     return out
 

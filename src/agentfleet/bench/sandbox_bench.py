@@ -193,10 +193,11 @@ def run_sandbox_bench(
     notes: list[str] = []
     rows: list[dict[str, Any]] = []
 
-    def http_child(url: str, k: int) -> dict[str, Any]:
+    def http_child(srv: ServerProcess, k: int) -> dict[str, Any]:
         return run_child(
             "agentfleet.bench.sandbox_client",
-            {"mode": "http", "url": url, "n": k, "seq": seq, "sleep_s": sleep_s},
+            {"mode": "http", "url": srv.url, "token": srv.token, "n": k, "seq": seq}
+            | {"sleep_s": sleep_s},
         )
 
     if "process" in backends:
@@ -206,7 +207,7 @@ def run_sandbox_bench(
                 if log is not None:
                     log(f"sandbox: process backend (confined={confined}) n={n_proc} seq={seq}")
                 cpu0 = srv.cpu_seconds()
-                res = http_child(srv.url, n_proc)
+                res = http_child(srv, n_proc)
                 server_cpu = srv.cpu_seconds() - cpu0
             label = "process backend over HTTP" + (" (bwrap)" if confined else " (unconfined)")
             row = _http_row(
@@ -232,7 +233,7 @@ def run_sandbox_bench(
                 if log is not None:
                     log(f"sandbox: docker backend n={n_docker} seq={seq}")
                 cpu0 = srv.cpu_seconds()
-                res = http_child(srv.url, n_docker)
+                res = http_child(srv, n_docker)
                 server_cpu = srv.cpu_seconds() - cpu0
             row = _http_row(
                 "docker backend over HTTP" + _loop_suffix(server_loop),
@@ -263,7 +264,7 @@ def run_sandbox_bench(
             if log is not None:
                 log(f"sandbox: null sandbox server (no spawn) n={n_main} seq={seq}")
             cpu0 = srv.cpu_seconds()
-            res = http_child(srv.url, n_main)
+            res = http_child(srv, n_main)
             server_cpu = srv.cpu_seconds() - cpu0
         rows.append(
             _http_row(

@@ -41,7 +41,7 @@ async def _http(config: dict[str, Any]) -> dict[str, Any]:
     n, seq, sleep_s = int(config["n"]), int(config["seq"]), float(config["sleep_s"])
     limits = preset_for_fleet(n)
     HttpPool.configure_default(limits)
-    client = SandboxClient(config["url"])
+    client = SandboxClient(config["url"], token=config.get("token"))
     cpu0 = cpu_seconds()
 
     t0 = time.perf_counter()

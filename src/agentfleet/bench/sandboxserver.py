@@ -2,6 +2,8 @@
 
 ``python -m agentfleet.bench.sandboxserver --port 0 [--backend process|docker]
 [--confine auto|yes|no]`` prints ``PORT <n>`` once bound, then serves until terminated.
+Clients need the token of ``$AGENTFLEET_SANDBOX_TOKEN`` (none if unset; then only a
+loopback ``--host`` is served). Exec caps are high enough never to throttle a bench.
 The docker backend (``make_backend("docker")``) is started by the app's lifespan, which
 also deletes every sandbox (container) at shutdown.
 """
@@ -27,19 +29,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--log-level", default="warning")
     args = p.parse_args(argv)
 
+    from agentfleet.http.auth import server_token
+    from agentfleet.sandbox.base import DEFAULT_MAX_EXECS, TOKEN_ENV
     from agentfleet.sandbox.process import ProcessBackend
     from agentfleet.sandbox.server import create_app, make_backend
     from agentfleet.sandbox.service import SandboxService
 
+    token = server_token(None, TOKEN_ENV, args.host)
+    caps = {
+        "max_sandboxes": args.max_sandboxes,
+        "max_execs": max(DEFAULT_MAX_EXECS, args.max_sandboxes),
+    }
     if args.backend == "docker":
         # started by the app's lifespan (on the server's loop: aiodocker's session is bound
         # to it), which deletes every container at shutdown
         root = args.root or tempfile.mkdtemp(prefix="agentfleet-bench-sb-")
-        service = SandboxService(
-            make_backend("docker", root=root), max_sandboxes=args.max_sandboxes
-        )
+        service = SandboxService(make_backend("docker", root=root), **caps)
         serve_app_announcing_port(
-            create_app(service),
+            create_app(service, token=token),
             args.host,
             args.port,
             args.log_level,
@@ -54,8 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     root = args.root or tempfile.mkdtemp(prefix="agentfleet-bench-sb-")
     backend = ProcessBackend(root, confine=confine)
     asyncio.run(backend.start())  # decide confinement now, to announce it
-    service = SandboxService(backend, max_sandboxes=args.max_sandboxes)
-    app = create_app(service)
+    service = SandboxService(backend, **caps)
+    app = create_app(service, token=token)
     serve_app_announcing_port(
         app,
         args.host,

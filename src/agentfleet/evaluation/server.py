@@ -21,10 +21,7 @@ concurrency); an explicit ``workers`` is respected in test mode too.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import inspect
-import ipaddress
-import json
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -48,6 +45,7 @@ from agentfleet.evaluation.jobs import (
 )
 from agentfleet.evaluation.schema import EvalRequest, EvalResult
 from agentfleet.evaluation.store import FAILED, JobRecord, JobStore
+from agentfleet.http.auth import OPEN_PATHS, authorized, refuse, send_json, server_token
 
 if TYPE_CHECKING:
     from agentfleet.evaluation.evaluator import EvalConfig
@@ -57,7 +55,7 @@ logger = logging.getLogger("agentfleet.evaluation")
 DEFAULT_PORT = 9528
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
 MAX_WAIT_S = 60.0
-UNAUTHENTICATED_PATHS = frozenset({"/healthz"})
+UNAUTHENTICATED_PATHS = OPEN_PATHS
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -71,16 +69,6 @@ def default_workers() -> int:
 
 
 # ASGI guard: size limit, bearer token, connection counting ---------------------------
-async def _send_json(
-    send: Send, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
-) -> None:
-    body = json.dumps(payload).encode()
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
-
-
 class GuardMiddleware:
     """Outermost ASGI layer: request body limit (413), bearer token (401), and
     distinct client (host, port) pairs for ``/stats``."""
@@ -107,22 +95,15 @@ class GuardMiddleware:
             self.on_client((str(client[0]), int(client[1])) if client else None)
         headers = {k.lower(): v for k, v in scope.get("headers", [])}
         if self.token is not None and scope.get("path") not in UNAUTHENTICATED_PATHS:
-            given = headers.get(b"authorization", b"").decode("latin-1")
-            expected = f"Bearer {self.token}"
-            if not hmac.compare_digest(given.encode(), expected.encode()):
-                await _send_json(
-                    send,
-                    401,
-                    {"error": "missing or wrong bearer token"},
-                    {"www-authenticate": "Bearer"},
-                )
+            if not authorized(scope, self.token):
+                await refuse(scope, send)
                 return
         length = headers.get(b"content-length")
         if length is not None:
             try:
                 declared = int(length)
             except ValueError:
-                await _send_json(send, 400, {"error": "invalid Content-Length header"})
+                await send_json(send, 400, {"error": "invalid Content-Length header"})
                 return
             if declared > self.max_body:
                 await self._refuse_large(receive, send)
@@ -143,7 +124,7 @@ class GuardMiddleware:
                 if message.get("more_body", False):
                     await self._refuse_large(receive, send)
                 else:
-                    await _send_json(send, 413, _too_large(self.max_body))
+                    await send_json(send, 413, _too_large(self.max_body))
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -172,7 +153,7 @@ class GuardMiddleware:
             drained += len(message.get("body", b""))
             if not message.get("more_body", False):
                 break
-        await _send_json(send, 413, _too_large(self.max_body))
+        await send_json(send, 413, _too_large(self.max_body))
 
 
 def _too_large(limit: int) -> dict[str, Any]:
@@ -434,28 +415,22 @@ def create_app(
 
 
 # entry point ------------------------------------------------------------------------
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 @asynccontextmanager
 async def real_evaluator(
-    sandbox_url: str | None = None, config: EvalConfig | None = None
+    sandbox_url: str | None = None,
+    config: EvalConfig | None = None,
+    sandbox_token: str | None = None,
 ) -> AsyncIterator[EvaluatorLike]:
     """The real :class:`~agentfleet.evaluation.evaluator.Evaluator` (with ``config``, default
-    ``EvalConfig()``): on the sandbox server at ``sandbox_url`` when given, else on an
-    in-process sandbox service (process backend), closed on exit."""
+    ``EvalConfig()``): on the sandbox server at ``sandbox_url`` when given (with
+    ``sandbox_token``, default ``$AGENTFLEET_SANDBOX_TOKEN``), else on an in-process sandbox
+    service (process backend), closed on exit."""
     from agentfleet.evaluation.evaluator import Evaluator
 
     if sandbox_url is not None:
         from agentfleet.sandbox.client import SandboxClient
 
-        yield Evaluator(SandboxClient(sandbox_url), config)
+        yield Evaluator(SandboxClient(sandbox_url, token=sandbox_token), config)
         return
     from agentfleet.sandbox.process import ProcessBackend
     from agentfleet.sandbox.service import SandboxService
@@ -465,10 +440,12 @@ async def real_evaluator(
 
 
 def default_evaluator_factory(
-    sandbox_url: str | None = None, config: EvalConfig | None = None
+    sandbox_url: str | None = None,
+    config: EvalConfig | None = None,
+    sandbox_token: str | None = None,
 ) -> Callable[[], AbstractAsyncContextManager[EvaluatorLike]]:
     """A factory for :func:`create_app` that builds the real evaluator at start-up."""
-    return lambda: real_evaluator(sandbox_url, config)
+    return lambda: real_evaluator(sandbox_url, config, sandbox_token)
 
 
 def run_server(
@@ -481,6 +458,7 @@ def run_server(
     token: str | None = None,
     test_latency: float | None = None,
     sandbox_url: str | None = None,
+    sandbox_token: str | None = None,
     evaluator_factory: EvaluatorFactory | None = None,
     max_body: int = DEFAULT_MAX_BODY,
     log_level: str = "info",
@@ -490,19 +468,16 @@ def run_server(
     signal's number after the graceful shutdown (running jobs cancelled, store closed).
 
     Binding a non-loopback ``host`` needs a ``token`` (or ``AGENTFLEET_EVAL_TOKEN``).
+    ``sandbox_token``: sent to the sandbox server at ``sandbox_url`` (default
+    ``$AGENTFLEET_SANDBOX_TOKEN``).
     Without ``test_latency`` or ``evaluator_factory``, the real evaluator is built at
     start-up by :func:`default_evaluator_factory` with ``eval_config``.
     """
     from agentfleet.serving import serve_until_signal, uvicorn_config
 
-    token = token or os.environ.get("AGENTFLEET_EVAL_TOKEN") or None
-    if not _is_loopback(host) and not token:
-        raise ValueError(
-            f"refusing to serve on non-loopback host {host!r} without a token "
-            "(pass token= / --token or set AGENTFLEET_EVAL_TOKEN)"
-        )
+    token = server_token(token, "AGENTFLEET_EVAL_TOKEN", host)
     if test_latency is None and evaluator_factory is None:
-        evaluator_factory = default_evaluator_factory(sandbox_url, eval_config)
+        evaluator_factory = default_evaluator_factory(sandbox_url, eval_config, sandbox_token)
     app = create_app(
         None,
         db_path=db_path,

@@ -95,8 +95,8 @@ class _CapturingWriter(ResultsWriter):
 class _TrackedSandboxes(SandboxClient):
     """A SandboxClient that remembers the sandboxes it created and has not deleted yet."""
 
-    def __init__(self, base_url: str) -> None:
-        super().__init__(base_url)
+    def __init__(self, base_url: str, token: str | None = None) -> None:
+        super().__init__(base_url, token=token)
         self.live: set[str] = set()
 
     async def create(self, req: CreateSandbox) -> SandboxInfo:
@@ -142,14 +142,14 @@ class FleetShard:
                 stack = AsyncExitStack()
                 try:
                     self._tasks = {t.id: t for t in await asyncio.to_thread(select_tasks, self.cfg)}
-                    sandbox_url, eval_url = await stack.enter_async_context(
+                    sandbox_url, eval_url, token = await stack.enter_async_context(
                         embedded_servers(self.cfg)
                     )
                 except BaseException:
                     await stack.aclose()
                     raise
                 self._stack = stack
-                self._sandboxes = _TrackedSandboxes(sandbox_url)
+                self._sandboxes = _TrackedSandboxes(sandbox_url, token=token)
                 self._eval_url = eval_url
                 self._info = {
                     "index": self.index,

@@ -93,6 +93,7 @@ class RunRequest:
     resume: Path | None = None
     rerun_failed: bool = False
     sandbox_urls: list[str] = field(default_factory=list)
+    sandbox_token: str | None = field(default=None, repr=False)  # of the --sandbox-url servers
     eval_url: str | None = None
     sandbox_root: Path | None = None
     pool: str | None = None
@@ -150,6 +151,7 @@ def build_config(req: RunRequest) -> tuple[FleetConfig, RayOptions | None]:
         workers=int(s["workers"]),
         agent=agent,
         sandbox_url=req.sandbox_urls[0] if req.sandbox_urls else None,
+        sandbox_token=req.sandbox_token,
         eval_url=req.eval_url,
         eval_repeats=int(s["eval_repeats"]),
         eval_reference=bool(s["eval_reference"]),

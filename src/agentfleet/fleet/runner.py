@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from agentfleet.agent import AgentConfig, LightAgent
 from agentfleet.evaluation.client import evaluate_info
@@ -22,7 +23,13 @@ from agentfleet.fleet.rundir import RunDir
 from agentfleet.http import HttpPool, PoolLimits, Timeouts, preset_for_fleet, resolve_limits
 from agentfleet.models import ModelSpec
 from agentfleet.models.pricing import RunBudget
-from agentfleet.sandbox.base import CreateSandbox, Sandboxes, SandboxNotFound, new_sandbox_id
+from agentfleet.sandbox.base import (
+    DEFAULT_MAX_EXECS,
+    CreateSandbox,
+    Sandboxes,
+    SandboxNotFound,
+    new_sandbox_id,
+)
 from agentfleet.sandbox.client import SandboxClient
 from agentfleet.sandbox.env import RemoteDockerEnvironment
 from agentfleet.sandbox.server import create_app as sandbox_app
@@ -42,6 +49,7 @@ class FleetConfig:
     workers: int = 8
     agent: AgentConfig = field(default_factory=AgentConfig)
     sandbox_url: str | None = None
+    sandbox_token: str | None = field(default=None, repr=False)  # None: $AGENTFLEET_SANDBOX_TOKEN
     eval_url: str | None = None
     sandbox_ttl_s: float = 3600.0
     sandbox_root: Path | None = None  # embedded process backend's folder
@@ -166,24 +174,34 @@ def select_tasks(cfg: FleetConfig) -> list[Task]:
     return tasks
 
 
+class Servers(NamedTuple):
+    sandbox_url: str
+    eval_url: str
+    sandbox_token: str | None  # the sandbox server's (None: $AGENTFLEET_SANDBOX_TOKEN)
+
+
 @asynccontextmanager
-async def embedded_servers(cfg: FleetConfig) -> AsyncIterator[tuple[str, str]]:
-    """The sandbox and evaluation servers the config does not point at, on free loopback ports."""
+async def embedded_servers(cfg: FleetConfig) -> AsyncIterator[Servers]:
+    """The sandbox and evaluation servers the config does not point at, on free loopback ports;
+    an embedded sandbox server requires a token of its own, made here."""
     async with AsyncExitStack() as stack:
-        sandbox_url = cfg.sandbox_url
+        sandbox_url, token = cfg.sandbox_url, cfg.sandbox_token
         if sandbox_url is None:
-            app = sandbox_app(root=cfg.sandbox_root)
+            token = secrets.token_urlsafe(32)
+            # our own agents only: the exec cap never throttles them (one command each)
+            max_execs = max(DEFAULT_MAX_EXECS, 4 * cfg.workers)
+            app = sandbox_app(root=cfg.sandbox_root, token=token, max_execs=max_execs)
             server = await stack.enter_async_context(serve_in_loop(app))
             sandbox_url = server.url
         eval_url = cfg.eval_url
         if eval_url is None:
             evaluator = Evaluator(
-                SandboxClient(sandbox_url),
+                SandboxClient(sandbox_url, token=token),
                 EvalConfig(repeats=cfg.eval_repeats, reference=cfg.eval_reference),
             )
             app = eval_app(evaluator, workers=cfg.eval_workers)
             eval_url = (await stack.enter_async_context(serve_in_loop(app))).url
-        yield sandbox_url, eval_url
+        yield Servers(sandbox_url, eval_url, token)
 
 
 class ResultsWriter:
@@ -462,8 +480,8 @@ async def run_fleet(
     outcomes: list[TaskOutcome] = []
     pool_stats = writer.files.pool_stats
 
-    async with embedded_servers(cfg) as (sandbox_url, eval_url):
-        sandboxes = SandboxClient(sandbox_url)
+    async with embedded_servers(cfg) as (sandbox_url, eval_url, token):
+        sandboxes = SandboxClient(sandbox_url, token=token)
 
         async def agent(task: Task) -> None:
             async with gate:

@@ -13,8 +13,11 @@ from agentfleet.tasks import DEFAULT_DATASET
 DEFAULT_OUTPUT_LIMIT = 100_000  # characters kept from a command's output (head + tail)
 DEFAULT_EXEC_TIMEOUT = 60.0
 DEFAULT_TTL_S = 3600.0
+TOKEN_ENV = "AGENTFLEET_SANDBOX_TOKEN"  # the sandbox server's bearer token, both sides
 MAX_TTL_S = 7 * 24 * 3600.0
 DEFAULT_MAX_SANDBOXES = 512  # alive at once per server; one more answers 429
+DEFAULT_MAX_EXECS = 256  # commands running at once per server; one more answers 429
+DEFAULT_MAX_EXECS_PER_SANDBOX = 8  # commands running at once in one sandbox
 DEFAULT_REAP_INTERVAL_S = 30.0  # seconds between deletions of expired sandboxes
 # client-chosen sandbox ids: also a folder name and part of a container name
 SANDBOX_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{2,63}$"
@@ -44,6 +47,23 @@ class PathOutsideSandbox(SandboxError):
     status = 400
 
 
+class SandboxBusy(SandboxError):
+    """The server is at a limit (sandboxes alive, execs running): 429, try again after
+    ``retry_after`` seconds."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class SandboxUnauthorized(SandboxError):
+    """The sandbox server wants a bearer token this client did not send (or another one)."""
+
+    status = 401
+
+
 class CreateSandbox(BaseModel):
     """Request to create a sandbox: from a task's repository, or an empty one.
 
@@ -56,8 +76,10 @@ class CreateSandbox(BaseModel):
     dataset: str = DEFAULT_DATASET
     image: str | None = None
     ttl_s: float = Field(default=DEFAULT_TTL_S, gt=0, le=MAX_TTL_S)
+    # docker: limits and image of this sandbox; unset: the server's, above them: 422
     cpus: float | None = Field(default=None, gt=0)
     memory_mb: int | None = Field(default=None, gt=0)
+    pids_limit: int | None = Field(default=None, gt=0)
     run: str = ""  # label: the fleet run that owns it
 
 

@@ -17,7 +17,13 @@ from typing import Annotated, Any
 
 import typer
 
-from agentfleet.sandbox.base import DEFAULT_MAX_SANDBOXES, DEFAULT_REAP_INTERVAL_S, DEFAULT_TTL_S
+from agentfleet.sandbox.base import (
+    DEFAULT_MAX_EXECS,
+    DEFAULT_MAX_EXECS_PER_SANDBOX,
+    DEFAULT_MAX_SANDBOXES,
+    DEFAULT_REAP_INTERVAL_S,
+    DEFAULT_TTL_S,
+)
 from agentfleet.sandbox.containers import DEFAULT_IMAGE
 
 images_app = typer.Typer(
@@ -54,7 +60,10 @@ def serve_settings(
     memory: str | None = None,
     cpus: float | None = None,
     pids_limit: int | None = None,
+    allow_images: list[str] | None = None,
     max_sandboxes: int = DEFAULT_MAX_SANDBOXES,
+    max_execs: int = DEFAULT_MAX_EXECS,
+    max_execs_per_sandbox: int = DEFAULT_MAX_EXECS_PER_SANDBOX,
     ttl: float = DEFAULT_TTL_S,
     reap_interval: float = DEFAULT_REAP_INTERVAL_S,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -80,17 +89,29 @@ def serve_settings(
         if pids_limit < 1:
             raise ValueError(f"--pids-limit {pids_limit}: expected at least 1")
         docker_kw["pids_limit"] = pids_limit
+    if allow_images:
+        if any(not i.strip() for i in allow_images):
+            raise ValueError("--allow-image: empty image name")
+        docker_kw["allow_images"] = list(allow_images)
     if docker_kw and backend != "docker":
-        given = ", ".join("--" + k.replace("_mb", "").replace("_", "-") for k in docker_kw)
+        flag = {"memory_mb": "memory", "allow_images": "allow-image"}
+        given = ", ".join("--" + flag.get(k, k.replace("_", "-")) for k in docker_kw)
         raise ValueError(f"{given}: only for --backend docker")
-    if max_sandboxes < 1:
-        raise ValueError(f"--max-sandboxes {max_sandboxes}: expected at least 1")
+    for name, value in (
+        ("--max-sandboxes", max_sandboxes),
+        ("--max-execs", max_execs),
+        ("--max-execs-per-sandbox", max_execs_per_sandbox),
+    ):
+        if value < 1:
+            raise ValueError(f"{name} {value}: expected at least 1")
     if not 0 < ttl <= MAX_TTL_S:
         raise ValueError(f"--ttl {ttl:g}: expected seconds in (0, {MAX_TTL_S:g}]")
     if reap_interval < 0:
         raise ValueError(f"--reap-interval {reap_interval:g}: expected seconds >= 0 (0: off)")
     service_kw = {
         "max_sandboxes": max_sandboxes,
+        "max_execs": max_execs,
+        "max_execs_per_sandbox": max_execs_per_sandbox,
         "default_ttl_s": ttl,
         "reap_period_s": reap_interval,
     }

@@ -10,16 +10,21 @@ from typing import Any
 
 import aiohttp
 
+from agentfleet.http.auth import bearer_headers, client_token
 from agentfleet.http.pool import DEFAULT_TIMEOUTS, HttpPool, Response, Timeouts, exec_timeouts
+from agentfleet.http.retry import retry_after_from_headers
 from agentfleet.sandbox.base import (
     DEFAULT_EXEC_TIMEOUT,
+    TOKEN_ENV,
     CreateSandbox,
     ExecRequest,
     ExecResult,
     PathOutsideSandbox,
+    SandboxBusy,
     SandboxError,
     SandboxInfo,
     SandboxNotFound,
+    SandboxUnauthorized,
 )
 
 _ERROR_TYPES: dict[str, type[SandboxError]] = {
@@ -46,6 +51,14 @@ def error_from_response(resp: Response) -> SandboxError:
         kind = str(body.get("type", ""))
         if "detail" in body:
             message += f": {json.dumps(body['detail'])[:2000]}"
+    if resp.status == 401:
+        return SandboxUnauthorized(
+            f"sandbox server: {message} (give the server's token: SandboxClient(token=...), "
+            f"--sandbox-token or {TOKEN_ENV})"
+        )
+    if resp.status == 429:
+        wait = retry_after_from_headers(resp.headers)
+        return SandboxBusy(f"sandbox server busy: {message}", 1.0 if wait is None else wait)
     cls = _ERROR_TYPES.get(kind)
     if cls is None:
         return SandboxError(f"sandbox server: {message}", resp.status)
@@ -59,12 +72,18 @@ class SandboxClient:
 
     Without a ``pool`` every call uses the running loop's shared :class:`HttpPool`
     (``HttpPool.for_loop()``), so one client works from any loop or thread.
-    Connection failures and client-side timeouts raise ``SandboxError`` (503 / 504).
+    Connection failures and client-side timeouts raise ``SandboxError`` (503 / 504); a
+    missing or wrong token :class:`SandboxUnauthorized` (401); a server at its limits, once
+    the pool's retries are spent, :class:`SandboxBusy` (429, with ``retry_after``).
+    ``token``: the server's bearer token (default ``$AGENTFLEET_SANDBOX_TOKEN``).
     """
 
-    def __init__(self, base_url: str, pool: HttpPool | None = None) -> None:
+    def __init__(
+        self, base_url: str, pool: HttpPool | None = None, *, token: str | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self._pool = pool
+        self._auth = bearer_headers(client_token(token, TOKEN_ENV))
 
     def __repr__(self) -> str:
         return f"SandboxClient({self.base_url!r})"
@@ -87,6 +106,8 @@ class SandboxClient:
         expect: int = 200,
     ) -> Response:
         url = self.base_url + path
+        if self._auth:
+            headers = {**self._auth, **(headers or {})}
         try:
             resp = await self.pool.request(
                 method,

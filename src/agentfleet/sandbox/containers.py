@@ -19,13 +19,14 @@ import json
 import os
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiodocker
 import aiohttp
 
-from agentfleet.sandbox.base import SandboxError
+from agentfleet.sandbox.base import CreateSandbox, SandboxError
 from agentfleet.sandbox.folders import MARKER, owner_alive, rmtree
 
 __all__ = [
@@ -38,14 +39,19 @@ __all__ = [
     "LABEL_PID_STARTED",
     "LABEL_RUN",
     "LABEL_SANDBOX",
+    "Limits",
+    "Resources",
     "close_client",
     "connect",
     "docker_url",
     "gc_containers",
+    "host_config",
+    "image_ref",
     "is_orphan",
     "list_containers",
     "reap_containers",
     "remove_container",
+    "sandbox_labels",
 ]
 
 DEFAULT_IMAGE = "agentfleet-base:bookworm"
@@ -57,6 +63,105 @@ LABEL_HOST = "agentfleet.host"
 LABEL_PID = "agentfleet.pid"
 LABEL_PID_STARTED = "agentfleet.pid_started"
 LABEL_DIR = "agentfleet.dir"
+
+
+def image_ref(name: str) -> str:
+    """``name`` with docker's implied ``:latest`` when it has no tag or digest."""
+    if "@" in name or ":" in name.rsplit("/", 1)[-1]:
+        return name
+    return f"{name}:latest"
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one sandbox's container gets."""
+
+    image: str
+    memory_mb: int
+    cpus: float
+    pids_limit: int
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The operator's image and limits: the defaults of a create request, and its maxima.
+
+    A request may name ``image`` or one of ``allow_images``, and ask for less memory, CPUs
+    or processes, never more: :meth:`resolve` answers 422 then, naming the limit.
+    """
+
+    image: str
+    memory_mb: int
+    cpus: float
+    pids_limit: int
+    allow_images: frozenset[str] = frozenset()
+
+    @property
+    def allowed_images(self) -> frozenset[str]:
+        return frozenset(image_ref(i) for i in (self.image, *self.allow_images))
+
+    def resolve(self, req: CreateSandbox) -> Resources:
+        problems = []
+        image = req.image or self.image
+        if image_ref(image) not in self.allowed_images:
+            allowed = ", ".join(sorted(self.allowed_images))
+            problems.append(f"image {image!r} is not allowed here (allowed: {allowed})")
+        for name, asked, limit in (
+            ("memory_mb", req.memory_mb, self.memory_mb),
+            ("cpus", req.cpus, self.cpus),
+            ("pids_limit", req.pids_limit, self.pids_limit),
+        ):
+            if asked is not None and asked > limit:
+                problems.append(f"{name} {asked:g} is over this server's limit of {limit:g}")
+        if problems:
+            raise SandboxError("; ".join(problems), 422)
+        return Resources(
+            image=image,
+            memory_mb=req.memory_mb or self.memory_mb,
+            cpus=req.cpus or self.cpus,
+            pids_limit=req.pids_limit or self.pids_limit,
+        )
+
+
+def sandbox_labels(
+    *,
+    owner: str,
+    sandbox_id: str,
+    run: str,
+    expires: float,
+    host: str,
+    folder: Path,
+    pid_started: float | None,
+) -> dict[str, str]:
+    """The labels of a sandbox's container (this process is its owner's pid)."""
+    labels = {
+        LABEL_OWNER: owner,
+        LABEL_SANDBOX: sandbox_id,
+        LABEL_RUN: run,
+        LABEL_EXPIRES: f"{expires:.3f}",
+        LABEL_HOST: host,
+        LABEL_PID: str(os.getpid()),
+        LABEL_DIR: str(folder),
+    }
+    if pid_started is not None:
+        labels[LABEL_PID_STARTED] = f"{pid_started:.3f}"
+    return labels
+
+
+def host_config(res: Resources, work: Path, network: str) -> dict[str, Any]:
+    """The engine's ``HostConfig``: limits (no swap beyond memory), the workdir bind-mounted at
+    its own path, docker-init, no new privileges."""
+    memory = res.memory_mb * 1024 * 1024
+    return {
+        "NetworkMode": network,
+        "Memory": memory,
+        "MemorySwap": memory,
+        "NanoCpus": int(res.cpus * 1e9),
+        "PidsLimit": res.pids_limit,
+        "Binds": [f"{work}:{work}:rw"],
+        "Init": True,
+        "SecurityOpt": ["no-new-privileges"],
+    }
 
 
 def docker_url() -> str | None:

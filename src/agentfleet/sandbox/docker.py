@@ -36,6 +36,7 @@ import re
 import socket
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,18 +56,14 @@ from agentfleet.sandbox.capture import OutputCapture, exec_result
 from agentfleet.sandbox.command_env import DEFAULT_PATH, command_env
 from agentfleet.sandbox.containers import (
     DEFAULT_IMAGE,
-    LABEL_DIR,
-    LABEL_EXPIRES,
-    LABEL_HOST,
-    LABEL_OWNER,
-    LABEL_PID,
-    LABEL_PID_STARTED,
-    LABEL_RUN,
-    LABEL_SANDBOX,
+    Limits,
+    Resources,
     close_client,
     connect,
+    host_config,
     reap_containers,
     remove_container,
+    sandbox_labels,
 )
 from agentfleet.sandbox.folders import (
     MAX_FILE_BYTES,
@@ -131,10 +128,13 @@ class DockerBackend:
     """Sandboxes as containers of a local Docker engine (see the module's docstring).
 
     Args:
-        image: image of the containers (``CreateSandbox.image`` overrides it per sandbox).
+        image: image of the containers (``CreateSandbox.image`` may name another one, if it
+            is ``image`` or one of ``allow_images``; any other: 422).
         root: host folder of the work folders (default ``$TMPDIR/agentfleet-sandboxes``).
-        memory_mb, cpus, pids_limit: container limits (``CreateSandbox`` may override the
-            first two). Swap is not allowed beyond ``memory_mb``.
+        memory_mb, cpus, pids_limit: container limits, and the maxima of a request's own
+            (``CreateSandbox.memory_mb`` / ``cpus`` / ``pids_limit`` may ask for less; more
+            is 422). Swap is not allowed beyond the memory limit.
+        allow_images: images a create request may name besides ``image``.
         network: docker network mode; ``"none"`` (the default) means no network at all.
         user: ``uid:gid`` commands run as (default: this server's own, so files they make
             stay deletable by the server).
@@ -162,8 +162,10 @@ class DockerBackend:
         max_file_bytes: int = MAX_FILE_BYTES,
         orphan_sweep_s: float = 300.0,
         url: str | None = None,
+        allow_images: Iterable[str] = (),
     ) -> None:
         self.image = image
+        self.limits = Limits(image, memory_mb, cpus, pids_limit, frozenset(allow_images))
         # the host folders (copy, git, marker, file access, reaping of dead servers' folders)
         self.folders = SandboxFolders(root, max_file_bytes=max_file_bytes)
         self.memory_mb = memory_mb
@@ -275,57 +277,51 @@ class DockerBackend:
         return box
 
     # create / delete -------------------------------------------------------------------
+    def resources(self, req: CreateSandbox) -> Resources:
+        """The image and limits of ``req``'s container (422 beyond ours: :class:`Limits`)."""
+        return self.limits.resolve(req)
+
     async def create(self, sandbox_id: str, source_dir: Path | None, req: CreateSandbox) -> str:
+        res = self.resources(req)  # before anything is made
         if not self._started:
             await self.start()
         if sandbox_id in self._boxes:
             raise SandboxError(f"sandbox {sandbox_id} already exists", 409)
         folder = await self.folders.create(sandbox_id, source_dir, req)
         try:
-            container = await self._start_container(sandbox_id, folder.work, folder.dir, req)
+            container = await self._start_container(sandbox_id, folder.work, folder.dir, req, res)
         except BaseException:
             await asyncio.shield(self.folders.delete(sandbox_id))
             raise
         self._boxes[sandbox_id] = _Box(sandbox_id, container, folder)
         return str(folder.work)
 
-    def _config(self, sandbox_id: str, work: Path, folder: Path, req: CreateSandbox) -> Any:
-        expires = time.time() + req.ttl_s
-        memory = (req.memory_mb or self.memory_mb) * 1024 * 1024
-        labels = {
-            LABEL_OWNER: self.instance_id,
-            LABEL_SANDBOX: sandbox_id,
-            LABEL_RUN: req.run,
-            LABEL_EXPIRES: f"{expires:.3f}",
-            LABEL_HOST: self.host,
-            LABEL_PID: str(os.getpid()),
-            LABEL_DIR: str(folder),
-        }
-        if self.folders.pid_started is not None:  # started: the folder was just made
-            labels[LABEL_PID_STARTED] = f"{self.folders.pid_started:.3f}"
+    def _config(
+        self, sandbox_id: str, work: Path, folder: Path, req: CreateSandbox, res: Resources
+    ) -> Any:
+        labels = sandbox_labels(
+            owner=self.instance_id,
+            sandbox_id=sandbox_id,
+            run=req.run,
+            expires=time.time() + req.ttl_s,
+            host=self.host,
+            folder=folder,
+            pid_started=self.folders.pid_started,  # set once started: the folder was just made
+        )
         return {
-            "Image": req.image or self.image,
+            "Image": res.image,
             "Cmd": ["sleep", str(math.ceil(req.ttl_s) + CONTAINER_LINGER_S)],
             "Labels": labels,
             "User": self.user,
             "WorkingDir": str(work),
             "Env": [f"PATH={DEFAULT_PATH}", f"HOME={work}", "LANG=C.UTF-8"],
-            "HostConfig": {
-                "NetworkMode": self.network,
-                "Memory": memory,
-                "MemorySwap": memory,
-                "NanoCpus": int((req.cpus or self.cpus) * 1e9),
-                "PidsLimit": self.pids_limit,
-                "Binds": [f"{work}:{work}:rw"],
-                "Init": True,
-                "SecurityOpt": ["no-new-privileges"],
-            },
+            "HostConfig": host_config(res, work, self.network),
         }
 
     async def _start_container(
-        self, sandbox_id: str, work: Path, folder: Path, req: CreateSandbox
+        self, sandbox_id: str, work: Path, folder: Path, req: CreateSandbox, res: Resources
     ) -> Any:
-        config = self._config(sandbox_id, work, folder, req)
+        config = self._config(sandbox_id, work, folder, req, res)
         name = f"agentfleet-{sandbox_id}"
         try:
             container = await self.client.containers.create(config, name=name)

@@ -26,14 +26,16 @@ from agentfleet.sandbox.base import CreateSandbox, ExecResult, Sandboxes
 T = TypeVar("T")
 
 
-def _make_sandboxes(base_url: str | None, sandboxes: Sandboxes | None) -> Sandboxes:
+def _make_sandboxes(
+    base_url: str | None, sandboxes: Sandboxes | None, token: str | None = None
+) -> Sandboxes:
     if sandboxes is not None:
         return sandboxes
     if not base_url:
         raise ValueError("give base_url (a sandbox server) or sandboxes (a Sandboxes object)")
     from agentfleet.sandbox.client import SandboxClient
 
-    return SandboxClient(base_url)
+    return SandboxClient(base_url, token=token)
 
 
 class RemoteDockerEnvironment:
@@ -49,6 +51,8 @@ class RemoteDockerEnvironment:
         timeout: default command timeout in seconds (None: the server's default).
         env: extra environment variables for every command.
         owns_sandbox: delete the sandbox at :meth:`cleanup` / :meth:`acleanup`.
+        token: the sandbox server's bearer token, with ``base_url`` (default
+            ``$AGENTFLEET_SANDBOX_TOKEN``).
     """
 
     def __init__(
@@ -61,10 +65,11 @@ class RemoteDockerEnvironment:
         timeout: float | None = None,
         env: dict[str, str] | None = None,
         owns_sandbox: bool = False,
+        token: str | None = None,
     ) -> None:
         self.sandbox_id = sandbox_id
         self.base_url = base_url
-        self.sandboxes = _make_sandboxes(base_url, sandboxes)
+        self.sandboxes = _make_sandboxes(base_url, sandboxes, token)
         self.cwd = cwd
         self.timeout = timeout
         self.env = dict(env or {})
@@ -89,11 +94,12 @@ class RemoteDockerEnvironment:
         sandboxes: Sandboxes | None = None,
         ttl_s: float | None = None,
         run: str = "",
+        token: str | None = None,
         **kwargs: Any,
     ) -> RemoteDockerEnvironment:
         """Create a sandbox for a task and an environment that owns (and deletes) it
         (``dataset`` / ``ttl_s`` None: the server's defaults)."""
-        sbx = _make_sandboxes(base_url, sandboxes)
+        sbx = _make_sandboxes(base_url, sandboxes, token)
         fields: dict[str, Any] = {"task_id": task_id, "run": run}
         if dataset is not None:  # unset: CreateSandbox's default
             fields["dataset"] = dataset

@@ -21,11 +21,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from agentfleet.http.auth import BearerAuth, server_token
 from agentfleet.sandbox.base import (
+    TOKEN_ENV,
     Backend,
     CreateSandbox,
     ExecRequest,
     ExecResult,
+    SandboxBusy,
     SandboxError,
     SandboxInfo,
 )
@@ -111,6 +114,7 @@ class _ServiceCollector(Collector):
             ("sandbox_execs", "Commands run", s.execs_total),
             ("sandbox_exec_timeouts", "Commands killed at their timeout", s.exec_timeouts),
             ("sandbox_exec_truncations", "Commands whose output was cut", s.exec_truncations),
+            ("sandbox_exec_rejected", "Commands refused (max_execs*)", s.execs_rejected),
         ):
             c = CounterMetricFamily(f"agentfleet_{name}", doc)
             c.add_metric([], value)
@@ -143,8 +147,10 @@ async def _unless_disconnected(request: Request, work: Awaitable[T], what: str) 
     return run.result()
 
 
-def _error(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status)
+def _error(
+    status: int, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
 def create_app(
@@ -152,9 +158,13 @@ def create_app(
     *,
     root: Path | str | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
+    token: str | None = None,
     **service_kwargs: Any,
 ) -> FastAPI:
     """The sandbox HTTP API.
+
+    With a ``token``, every request but ``GET /healthz`` needs ``Authorization: Bearer
+    <token>`` (401 otherwise): the outermost ASGI layer, so no route can do without it.
 
     ``service`` may be a ready :class:`SandboxService`, a bare backend (wrapped in a service
     built with ``service_kwargs``), or ``None`` for a :class:`ProcessBackend` under ``root``.
@@ -190,10 +200,16 @@ def create_app(
     app = FastAPI(title="agentfleet sandbox server", lifespan=lifespan)
     app.state.service = svc
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    app.add_middleware(BearerAuth, token=token)  # added last: the outermost layer
 
     # errors: always JSON {"error": ...} ------------------------------------------------
     @app.exception_handler(SandboxError)
     async def sandbox_error(request: Request, exc: SandboxError) -> JSONResponse:
+        if isinstance(exc, SandboxBusy):
+            wait = max(1, round(exc.retry_after))
+            return _error(
+                429, str(exc), {"Retry-After": str(wait)}, type="SandboxBusy", retry_after=wait
+            )
         return _error(exc.status, str(exc), type=type(exc).__name__)
 
     @app.exception_handler(RequestValidationError)
@@ -296,17 +312,22 @@ def run_server(
     backend: str = "process",
     root: Path | str | None = None,
     backend_kw: dict[str, Any] | None = None,
+    token: str | None = None,
     **service_kwargs: Any,
 ) -> int | None:
     """Serve the sandbox API until SIGINT or SIGTERM (blocking; used by ``agentfleet
     serve-sandbox``); return that signal's number once every sandbox is deleted.
 
     ``backend_kw`` goes to the backend (see :func:`make_backend`), ``service_kwargs`` to the
-    :class:`SandboxService` (``reap_period_s``, ``max_sandboxes``, ...).
+    :class:`SandboxService` (``reap_period_s``, ``max_sandboxes``, ``max_execs``, ...).
+    ``token`` (default ``$AGENTFLEET_SANDBOX_TOKEN``): required from clients; binding a
+    non-loopback ``host`` without one is refused (``ValueError``) before anything starts.
     """
     from agentfleet.serving import serve_until_signal, uvicorn_config
 
-    app = create_app(make_backend(backend, root=root, **(backend_kw or {})), **service_kwargs)
+    token = server_token(token, TOKEN_ENV, host)
+    backend_obj = make_backend(backend, root=root, **(backend_kw or {}))
+    app = create_app(backend_obj, token=token, **service_kwargs)
     # At shutdown, running commands get GRACEFUL_SHUTDOWN_S to finish; then their requests
     # are cancelled, which kills their process groups, and the lifespan deletes the sandboxes.
     config = uvicorn_config(

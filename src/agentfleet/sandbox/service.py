@@ -14,6 +14,8 @@ from pathlib import Path
 
 from agentfleet.sandbox.base import (
     DEFAULT_EXEC_TIMEOUT,
+    DEFAULT_MAX_EXECS,
+    DEFAULT_MAX_EXECS_PER_SANDBOX,
     DEFAULT_MAX_SANDBOXES,
     DEFAULT_OUTPUT_LIMIT,
     DEFAULT_REAP_INTERVAL_S,
@@ -23,6 +25,7 @@ from agentfleet.sandbox.base import (
     CreateSandbox,
     ExecRequest,
     ExecResult,
+    SandboxBusy,
     SandboxError,
     SandboxInfo,
     SandboxNotFound,
@@ -36,6 +39,7 @@ __all__ = ["SandboxService", "ServiceStats", "new_sandbox_id"]
 
 MAX_KEYS_PER_SANDBOX = 8  # finished keyed execs kept per sandbox (up to 8 x the output cap)
 DETACH_GRACE_S = 120.0  # a keyed exec nobody waits for is killed after this
+BUSY_RETRY_AFTER_S = 1.0  # Retry-After of a 429
 
 
 @dataclass
@@ -55,6 +59,7 @@ class ServiceStats:
     reaped_total: int = 0
     create_failures: int = 0
     rejected_total: int = 0  # over max_sandboxes
+    execs_rejected: int = 0  # over max_execs / max_execs_per_sandbox
     execs_total: int = 0
     exec_timeouts: int = 0
     exec_truncations: int = 0
@@ -74,6 +79,9 @@ class SandboxService:
         default_ttl_s: ttl of sandboxes whose create request names none.
         detach_grace_s: an exec sent with an Idempotency-Key outlives its client's
             disconnect this long (for a retry to pick up its result), then it is killed.
+        max_execs, max_execs_per_sandbox: commands running at once, in all and in one
+            sandbox; one more answers 429 (:class:`SandboxBusy`, ``Retry-After``). A keyed
+            exec counts until it ends, whether its client waits or not.
 
     Execs with an idempotency key run once: the same key while it runs waits for the same
     result, afterwards returns the stored result (the last ``MAX_KEYS_PER_SANDBOX`` per
@@ -91,11 +99,16 @@ class SandboxService:
         default_timeout: float = DEFAULT_EXEC_TIMEOUT,
         default_ttl_s: float = DEFAULT_TTL_S,
         detach_grace_s: float = DETACH_GRACE_S,
+        max_execs: int = DEFAULT_MAX_EXECS,
+        max_execs_per_sandbox: int = DEFAULT_MAX_EXECS_PER_SANDBOX,
     ) -> None:
         if not 0 < default_ttl_s <= MAX_TTL_S:
             raise ValueError(f"default_ttl_s must be in (0, {MAX_TTL_S:g}] seconds")
-        if max_sandboxes < 1 or max_creating < 1:
-            raise ValueError("max_sandboxes and max_creating must be at least 1")
+        if min(max_sandboxes, max_creating, max_execs, max_execs_per_sandbox) < 1:
+            raise ValueError(
+                "max_sandboxes, max_creating, max_execs and max_execs_per_sandbox must be "
+                "at least 1"
+            )
         if reap_period_s < 0:
             raise ValueError("reap_period_s must be >= 0 (0: no periodic reaping)")
         self.backend = backend
@@ -106,6 +119,8 @@ class SandboxService:
         self.default_timeout = default_timeout
         self.default_ttl_s = default_ttl_s
         self.detach_grace_s = detach_grace_s
+        self.max_execs = max_execs
+        self.max_execs_per_sandbox = max_execs_per_sandbox
         self.stats = ServiceStats()
         self._infos: dict[str, SandboxInfo] = {}
         self._creating: dict[str, asyncio.Event] = {}  # id -> set when its creation ended
@@ -118,6 +133,8 @@ class SandboxService:
         self._started = False
         self._closed = False
         self.execs_running = 0
+        self._admitted: dict[str, int] = {}  # sandbox id -> execs admitted, not ended
+        self._admitted_total = 0
 
     @property
     def backend_name(self) -> str:
@@ -186,8 +203,9 @@ class SandboxService:
             await self.start()
         if len(self._infos) + self._reserved >= self.max_sandboxes:
             self.stats.rejected_total += 1
-            raise SandboxError(
-                f"too many sandboxes: {self.max_sandboxes} alive at most; delete some first", 429
+            raise SandboxBusy(
+                f"too many sandboxes: {self.max_sandboxes} alive at most; delete some first",
+                BUSY_RETRY_AFTER_S,
             )
         sandbox_id = req.sandbox_id or new_sandbox_id()
         if sandbox_id in self._infos or sandbox_id in self._creating:
@@ -274,15 +292,22 @@ class SandboxService:
         """Run one command; with ``idempotency_key``, at most once per key (see the class)."""
         self.get(sandbox_id)
         if idempotency_key is None:
-            return await self._exec(sandbox_id, req)
+            self._admit(sandbox_id)
+            try:
+                return await self._exec(sandbox_id, req)
+            finally:
+                self._release(sandbox_id)
         fingerprint = hashlib.sha256(req.model_dump_json().encode()).hexdigest()
         keys = self._keyed.setdefault(sandbox_id, OrderedDict())
         entry = keys.get(idempotency_key)
         if entry is None:
+            self._admit(sandbox_id)  # a retry of a known key is not a new command
             task = asyncio.create_task(self._exec(sandbox_id, req), name=f"exec-{sandbox_id}")
             entry = _KeyedExec(fingerprint, task)
             keys[idempotency_key] = entry
             self._keyed_tasks.add(task)
+            # released when the task ends, even if cancelled before it ever ran
+            task.add_done_callback(lambda t: self._release(sandbox_id))
             task.add_done_callback(lambda t: self._keyed_done(sandbox_id, t))
         elif entry.fingerprint != fingerprint:
             raise SandboxError(
@@ -312,6 +337,33 @@ class SandboxService:
             if entry.waiters == 0 and not entry.task.done():
                 loop = asyncio.get_running_loop()
                 entry.abandon = loop.call_later(self.detach_grace_s, entry.task.cancel)
+
+    def _admit(self, sandbox_id: str) -> None:
+        """Count one more running exec, or raise :class:`SandboxBusy` at a limit."""
+        here = self._admitted.get(sandbox_id, 0)
+        if here >= self.max_execs_per_sandbox:
+            self.stats.execs_rejected += 1
+            raise SandboxBusy(
+                f"too many commands running in sandbox {sandbox_id!r}: "
+                f"{self.max_execs_per_sandbox} at most (max_execs_per_sandbox)",
+                BUSY_RETRY_AFTER_S,
+            )
+        if self._admitted_total >= self.max_execs:
+            self.stats.execs_rejected += 1
+            raise SandboxBusy(
+                f"too many commands running on this server: {self.max_execs} at most (max_execs)",
+                BUSY_RETRY_AFTER_S,
+            )
+        self._admitted[sandbox_id] = here + 1
+        self._admitted_total += 1
+
+    def _release(self, sandbox_id: str) -> None:
+        left = self._admitted.get(sandbox_id, 0) - 1
+        if left > 0:
+            self._admitted[sandbox_id] = left
+        else:
+            self._admitted.pop(sandbox_id, None)
+        self._admitted_total -= 1
 
     def _keyed_done(self, sandbox_id: str, task: asyncio.Task[ExecResult]) -> None:
         self._keyed_tasks.discard(task)
