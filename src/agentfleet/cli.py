@@ -336,6 +336,21 @@ def report_cmd(
 
 
 # servers -----------------------------------------------------------------------------
+DatasetRootOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--dataset-root",
+        help="folder of datasets requests may name (repeatable; bundled ones always load)",
+    ),
+]
+
+
+def _dataset_roots(folders: list[Path] | None) -> tuple[Path, ...]:
+    from agentfleet.tasks import dataset_roots
+
+    return dataset_roots(folders or ())
+
+
 @app.command("serve-sandbox")
 def serve_sandbox(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
@@ -366,6 +381,7 @@ def serve_sandbox(
     reap_interval: Annotated[
         float, typer.Option(help="seconds between deletions of expired sandboxes (0: never)")
     ] = 30.0,
+    dataset_root: DatasetRootOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve sandboxes over HTTP (default port 9527); backend process or docker."""
@@ -383,6 +399,7 @@ def serve_sandbox(
             ttl=ttl,
             reap_interval=reap_interval,
         )
+        service_kw["dataset_roots"] = _dataset_roots(dataset_root)
     except ValueError as e:
         _fail(str(e))
         return
@@ -453,6 +470,7 @@ def serve_eval(
             "(--repeats, --reward-kind, --reference unused)",
         ),
     ] = None,
+    dataset_root: DatasetRootOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve evaluations over HTTP (default port 9528). See docs/evaluation.md."""
@@ -465,8 +483,11 @@ def serve_eval(
         config = EvalConfig.model_validate(
             {"repeats": repeats, "reference": reference, "reward": {"kind": reward_kind}}
         )
+        roots = _dataset_roots(dataset_root)
     except ValidationError as exc:
         _fail(f"invalid evaluation settings: {exc.errors()[0].get('msg')}")
+    except ValueError as exc:
+        _fail(str(exc))
     _setup_logging(verbose)
     try:
         stopped_by = run_server(
@@ -480,6 +501,7 @@ def serve_eval(
             sandbox_url=sandbox_url,
             max_body=max_body,
             eval_config=config,
+            dataset_roots=roots,
         )
     except ValueError as exc:  # e.g. a public host without a token
         _fail(str(exc))

@@ -169,10 +169,12 @@ def select_tasks(cfg: FleetConfig) -> list[Task]:
 @asynccontextmanager
 async def embedded_servers(cfg: FleetConfig) -> AsyncIterator[tuple[str, str]]:
     """The sandbox and evaluation servers the config does not point at, on free loopback ports."""
+    # the servers load the bundled datasets and the one this run names, nothing else
+    roots = [(await asyncio.to_thread(load_dataset, cfg.dataset)).path]
     async with AsyncExitStack() as stack:
         sandbox_url = cfg.sandbox_url
         if sandbox_url is None:
-            app = sandbox_app(root=cfg.sandbox_root)
+            app = sandbox_app(root=cfg.sandbox_root, dataset_roots=roots)
             server = await stack.enter_async_context(serve_in_loop(app))
             sandbox_url = server.url
         eval_url = cfg.eval_url
@@ -180,6 +182,7 @@ async def embedded_servers(cfg: FleetConfig) -> AsyncIterator[tuple[str, str]]:
             evaluator = Evaluator(
                 SandboxClient(sandbox_url),
                 EvalConfig(repeats=cfg.eval_repeats, reference=cfg.eval_reference),
+                dataset_roots=roots,
             )
             app = eval_app(evaluator, workers=cfg.eval_workers)
             eval_url = (await stack.enter_async_context(serve_in_loop(app))).url

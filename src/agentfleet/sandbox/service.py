@@ -9,6 +9,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +73,8 @@ class SandboxService:
         default_ttl_s: ttl of sandboxes whose create request names none.
         detach_grace_s: an exec sent with an Idempotency-Key outlives its client's
             disconnect this long (for a retry to pick up its result), then it is killed.
+        dataset_roots: a create request's ``dataset`` loads only when it is bundled or a folder
+            under one of these (else 404, see :func:`agentfleet.tasks.load_dataset`).
 
     Execs with an idempotency key run once: the same key while it runs waits for the same
     result, afterwards returns the stored result (the last ``MAX_KEYS_PER_SANDBOX`` per
@@ -89,6 +92,7 @@ class SandboxService:
         default_timeout: float = DEFAULT_EXEC_TIMEOUT,
         default_ttl_s: float = DEFAULT_TTL_S,
         detach_grace_s: float = DETACH_GRACE_S,
+        dataset_roots: Iterable[str | Path] = (),
     ) -> None:
         if not 0 < default_ttl_s <= MAX_TTL_S:
             raise ValueError(f"default_ttl_s must be in (0, {MAX_TTL_S:g}] seconds")
@@ -104,6 +108,7 @@ class SandboxService:
         self.default_timeout = default_timeout
         self.default_ttl_s = default_ttl_s
         self.detach_grace_s = detach_grace_s
+        self.dataset_roots = tuple(Path(r) for r in dataset_roots)
         self.stats = ServiceStats()
         self._infos: dict[str, SandboxInfo] = {}
         self._creating: dict[str, asyncio.Event] = {}  # id -> set when its creation ended
@@ -236,7 +241,9 @@ class SandboxService:
             return None
         task_id = req.task_id
         try:
-            task = await asyncio.to_thread(lambda: load_dataset(req.dataset).task(task_id))
+            task = await asyncio.to_thread(
+                lambda: load_dataset(req.dataset, self.dataset_roots).task(task_id)
+            )
         except TaskNotFound as e:
             raise SandboxError(f"unknown task: {e}", 404) from e
         return task.repo_dir

@@ -5,8 +5,17 @@ from agentfleet.tasks.task import (
     Task,
     TaskNotFound,
     bundled_datasets,
+    dataset_roots,
     get_task,
     load_dataset,
 )
 
-__all__ = ["Dataset", "Task", "TaskNotFound", "bundled_datasets", "get_task", "load_dataset"]
+__all__ = [
+    "Dataset",
+    "Task",
+    "TaskNotFound",
+    "bundled_datasets",
+    "dataset_roots",
+    "get_task",
+    "load_dataset",
+]
