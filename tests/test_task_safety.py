@@ -22,11 +22,14 @@ import pytest
 from test_sandbox_docker import skip_without_docker
 from typer.testing import CliRunner
 
+from agentfleet.agent import AgentConfig
 from agentfleet.cli import app as cli_app
 from agentfleet.evaluation.evaluator import BadSubmission, EvalConfig, Evaluator
 from agentfleet.evaluation.schema import EvalRequest
 from agentfleet.evaluation.server import create_app as eval_app
+from agentfleet.fleet.runner import FleetConfig, run_fleet
 from agentfleet.http import HttpPool
+from agentfleet.models import ModelSpec
 from agentfleet.sandbox import CreateSandbox, SandboxClient, SandboxError, SandboxService
 from agentfleet.sandbox.command_env import GIT_ENV
 from agentfleet.sandbox.docker import DockerBackend
@@ -356,3 +359,27 @@ async def test_fifo_and_socket_are_refused_at_once(sandbox_server: str) -> None:
         assert r.output == "same\n"
     finally:
         await client.delete(sid)
+
+
+# --------------------------------------------------------------------------- the runner
+
+
+@pytest.mark.slow
+async def test_runner_serves_its_own_folder_dataset(tmp_path: Path) -> None:
+    """The embedded servers are given the run's dataset folder as their dataset root."""
+    task = await asyncio.to_thread(lambda: load_dataset("perf-lite").task(PERF_LITE_TASK))
+    ds = tmp_path / "my-tasks"
+    ds.mkdir()
+    (ds / "dataset.yaml").write_text(f"splits:\n  test: [{task.id}]\n")
+    await asyncio.to_thread(shutil.copytree, task.task_dir, ds / task.id)
+    cfg = FleetConfig(
+        model=ModelSpec("oracle"),
+        dataset=str(ds),
+        run_dir=tmp_path / "run",
+        agent=AgentConfig(step_limit=6),
+        sandbox_root=tmp_path / "sandboxes",
+        eval_repeats=1,
+    )
+    (outcome,) = await run_fleet(cfg)
+    assert outcome.exit_status == "Submitted", outcome
+    assert outcome.info["status"] == "ok", outcome.info
