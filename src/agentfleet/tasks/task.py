@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from functools import cache
+from functools import lru_cache
 from pathlib import Path
 
 import yaml
@@ -156,7 +156,7 @@ def load_dataset(name_or_path: str, roots: Iterable[str | Path] | None = None) -
     return _load_dataset(name_or_path, tuple(Path(os.path.realpath(r)) for r in roots))
 
 
-@cache
+@lru_cache(maxsize=256)  # bounded: a name has many spellings
 def _load_dataset(name_or_path: str, roots: tuple[Path, ...] | None) -> Dataset:
     path = _find_dataset(name_or_path, roots)
     if path is None:
