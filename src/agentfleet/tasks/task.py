@@ -72,7 +72,7 @@ class Dataset(BaseModel):
             raise TaskNotFound(f"dataset {self.name!r} has no task {task_id!r}")
         task_dir = self.path / task_id
         # a task folder (or a listed id with ``..``) leading out of the dataset is refused
-        if not _inside(Path(os.path.realpath(task_dir)), Path(os.path.realpath(self.path))):
+        if not Path(os.path.realpath(task_dir)).is_relative_to(os.path.realpath(self.path)):
             raise TaskNotFound(f"task {task_id!r} of dataset {self.name!r} is outside its folder")
         repo = task_dir / "repo"
         if repo.is_symlink():
@@ -96,10 +96,6 @@ def _load_task(task_dir: Path, dataset: str) -> Task:
 
 def bundled_datasets() -> list[str]:
     return sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / "dataset.yaml").is_file())
-
-
-def _inside(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
 
 
 def dataset_roots(folders: Iterable[str | Path]) -> tuple[Path, ...]:
@@ -135,7 +131,7 @@ def _find_dataset(name: str, roots: tuple[Path, ...] | None) -> Path | None:
     for candidate in _candidates(name, roots):
         try:
             real = Path(os.path.realpath(candidate))
-            if allowed is not None and not any(_inside(real, r) for r in allowed):
+            if allowed is not None and not any(real.is_relative_to(r) for r in allowed):
                 continue  # never read what lies outside the roots
             if (real / "dataset.yaml").is_file():
                 return real
@@ -147,9 +143,9 @@ def _find_dataset(name: str, roots: tuple[Path, ...] | None) -> Path | None:
 def load_dataset(name_or_path: str, roots: Iterable[str | Path] | None = None) -> Dataset:
     """Load a bundled dataset by name (``perf-lite``) or a dataset folder by path.
 
-    ``roots`` (folders, symlinks read here): only bundled datasets and
-    folders under these load (a name is also looked up as ``<root>/<name>``); anything else
-    is :class:`TaskNotFound`, with no word on whether the folder exists. None: any folder.
+    ``roots`` (folders; symlinks read here): only bundled datasets and folders under these
+    load (a name is also looked up as ``<root>/<name>``); anything else is
+    :class:`TaskNotFound`, with no word on whether the folder exists. None: any folder.
     """
     if roots is None:
         return _load_dataset(name_or_path, None)
@@ -160,14 +156,13 @@ def load_dataset(name_or_path: str, roots: Iterable[str | Path] | None = None) -
 def _load_dataset(name_or_path: str, roots: tuple[Path, ...] | None) -> Dataset:
     path = _find_dataset(name_or_path, roots)
     if path is None:
-        where = (
-            "nor a folder with dataset.yaml"
-            if roots is None
-            else ("nor a dataset folder under this server's dataset roots (--dataset-root)")
-        )
+        if roots is None:
+            where = "a folder with dataset.yaml"
+        else:
+            where = "a dataset folder under this server's dataset roots (--dataset-root)"
         raise TaskNotFound(
             f"unknown dataset {name_or_path[:200]!r}: not a bundled one "
-            f"({', '.join(bundled_datasets())}), {where}"
+            f"({', '.join(bundled_datasets())}), nor {where}"
         )
     meta = yaml.safe_load((path / "dataset.yaml").read_text()) or {}
     meta.setdefault("name", path.name)
