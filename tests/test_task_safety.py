@@ -310,7 +310,7 @@ async def test_evaluator_check_never_reads_the_tasks_git(
 
 
 async def test_symlinks_out_of_the_task_are_refused(
-    sandbox_server: str, roots: dict[str, Path]
+    sandbox_server: str, roots: dict[str, Path], tmp_path: Path
 ) -> None:
     url = sandbox_server
     for task_id in ("link-abs", "link-up"):
@@ -320,6 +320,7 @@ async def test_symlinks_out_of_the_task_are_refused(
         assert str(roots["secret"]) not in body["error"]
     status, body = await create(url, str(roots["good"]), "repo-link")
     assert status == 404 and "symlink" in body["error"], body
+    assert await asyncio.to_thread(os.listdir, tmp_path / "sandboxes") == []  # nothing left
     # links that stay inside are copied as links
     status, body = await create(url, str(roots["good"]), "link-in")
     assert status == 201, body
