@@ -87,6 +87,10 @@ def make_evil_task(task_dir: Path, marks: Path) -> None:
             hook.write_text(f"#!/bin/sh\ntouch {marks}/hook-{name}\n")
             hook.chmod(0o755)
     (repo / ".gitattributes").write_text("* filter=x diff=x\n")
+    # a nested repository by a `gitdir:` file pointing at the task's own .git
+    (repo / "vendored").mkdir()
+    (repo / "vendored" / ".git").write_text(f"gitdir: {repo / '.git'}\n")
+    (repo / "vendored" / "lib.txt").write_text("lib\n")
 
 
 @pytest.fixture
@@ -277,6 +281,8 @@ async def test_malicious_task_runs_nothing_on_the_host(
         assert ".gitattributes" in r.output.split()  # the task's content is all there
         assert "hooks" not in r.output.split()  # no template hooks either
         assert await client.read_file(sid, "data.txt") == b"fine\n"
+        r = await client.exec(sid, "ls -A vendored; git ls-files")
+        assert r.output.split()[:1] == ["lib.txt"] and "vendored/lib.txt" in r.output, r.output
     finally:
         await client.delete(sid)
     assert sorted(os.listdir(marks)) == []
