@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_sandbox_docker import skip_without_docker
+from conftest import require_tool
+from test_sandbox_docker import _docker_problem
 from typer.testing import CliRunner
 
 from agentfleet.agent import AgentConfig
@@ -141,7 +142,7 @@ def roots(tmp_path: Path, marks: Path) -> dict[str, Path]:
 
 def make_backend(name: str, root: Path) -> Any:
     if name == "docker":
-        skip_without_docker()
+        require_tool("docker", "the docker backend's sandboxes", problem=_docker_problem())
         return DockerBackend(root=root)
     return ProcessBackend(root)
 
