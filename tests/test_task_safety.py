@@ -31,7 +31,7 @@ from agentfleet.evaluation.server import create_app as eval_app
 from agentfleet.fleet.runner import FleetConfig, run_fleet
 from agentfleet.http import HttpPool
 from agentfleet.models import ModelSpec
-from agentfleet.sandbox import CreateSandbox, SandboxClient, SandboxError, SandboxService
+from agentfleet.sandbox import CreateSandbox, SandboxClient, SandboxError, SandboxService, confined
 from agentfleet.sandbox.command_env import GIT_ENV
 from agentfleet.sandbox.docker import DockerBackend
 from agentfleet.sandbox.process import ProcessBackend
@@ -391,3 +391,17 @@ async def test_runner_serves_its_own_folder_dataset(tmp_path: Path) -> None:
     (outcome,) = await run_fleet(cfg)
     assert outcome.exit_status == "Submitted", outcome
     assert outcome.info["status"] == "ok", outcome.info
+
+
+def test_fifo_with_a_reader_is_refused_before_any_write(tmp_path: Path) -> None:
+    """With a reader on the FIFO, the open succeeds: the fstat check refuses it, and
+    nothing is written into the pipe."""
+    os.mkfifo(tmp_path / "fifo")
+    reader = os.open(tmp_path / "fifo", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        with pytest.raises(SandboxError, match="not a regular file") as err:
+            confined.write_file(tmp_path, "fifo", b"data")
+        assert err.value.status == 400
+        assert os.read(reader, 10) == b""  # end of file: no byte came, no writer left open
+    finally:
+        os.close(reader)
