@@ -38,7 +38,7 @@ from agentfleet.evaluation.speedup import (
 )
 from agentfleet.sandbox.base import CreateSandbox, SandboxError, Sandboxes, SandboxNotFound
 from agentfleet.sandbox.command_env import DEFAULT_PATH
-from agentfleet.sandbox.host_git import detached_git_dir, host_git_env, run_captured
+from agentfleet.sandbox.host_git import patch_applies
 from agentfleet.tasks.task import Task, TaskNotFound, load_dataset
 
 __all__ = [
@@ -58,34 +58,13 @@ OUTPUT_TAIL = 4000
 
 
 async def _check_patch_applies(task: Task, patch: str) -> None:
-    """``git apply --check`` (then ``patch --dry-run``, as :meth:`Evaluator._apply` falls back
-    to) against the task's pristine repository, read-only; BadSubmission if neither takes it.
-
-    Host git never opens the task's own ``.git`` (an empty repository stands in for it) nor
-    reads any config but its fixed one: a task's filter, hook or config runs nothing here."""
+    """BadSubmission unless ``patch`` applies to the task's pristine repository, as
+    :meth:`Evaluator._apply` would apply it (read-only, on the host, with no git config,
+    hook or filter of the task's: :func:`~agentfleet.sandbox.host_git.patch_applies`)."""
     path = os.environ.get("PATH") or DEFAULT_PATH
-    data = patch.encode()
-    outputs: list[bytes] = []
-    async with detached_git_dir(task.repo_dir) as git_dirs:
-        attempts = (
-            (["git", "apply", "--check", "--whitespace=nowarn", "-"], host_git_env(path, git_dirs)),
-            # a fixed environment: PATCH_GET=0, never a checkout from version control
-            (
-                ["patch", "--dry-run", "--batch", "--fuzz=5", "-p1", "--silent"],
-                {"PATH": path, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PATCH_GET": "0"},
-            ),
-        )
-        for argv, env in attempts:
-            try:
-                returncode, output = await run_captured(argv, task.repo_dir, env, data)
-            except FileNotFoundError:  # no such program here: this attempt does not take it
-                outputs.append(f"{argv[0]}: command not found".encode())
-                continue
-            if returncode == 0:
-                return
-            outputs.append(output)
-    git_says = outputs[0].decode(errors="replace").strip()[-1000:]  # the clearer message
-    raise BadSubmission(f"patch does not apply: {git_says}")
+    problem = await patch_applies(task.repo_dir, patch, path=path)
+    if problem is not None:
+        raise BadSubmission(f"patch does not apply: {problem}")
 
 
 async def sandbox_diff(sandboxes: Sandboxes, sandbox_id: str) -> str:

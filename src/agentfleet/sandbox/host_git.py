@@ -27,6 +27,7 @@ __all__ = [
     "HOST_GIT_CONFIG",
     "detached_git_dir",
     "host_git_env",
+    "patch_applies",
     "run_captured",
     "run_host_git",
 ]
@@ -129,3 +130,30 @@ async def detached_git_dir(work_tree: Path) -> AsyncIterator[dict[str, str]]:
         yield {"GIT_DIR": folder, "GIT_WORK_TREE": str(work_tree)}
     finally:
         await asyncio.shield(asyncio.to_thread(shutil.rmtree, folder, True))
+
+
+async def patch_applies(repo: Path, patch: str, *, path: str) -> str | None:
+    """None if ``patch`` applies to the folder ``repo`` by ``git apply --check``, or else by
+    ``patch --dry-run --fuzz=5``; otherwise git's message (the clearer one). Read-only; git
+    runs on :func:`detached_git_dir`, ``patch`` with a fixed environment (``PATCH_GET=0``:
+    never a checkout from version control)."""
+    data = patch.encode("utf-8", "surrogateescape")
+    outputs: list[bytes] = []
+    async with detached_git_dir(repo) as git_dirs:
+        attempts = (
+            (["git", "apply", "--check", "--whitespace=nowarn", "-"], host_git_env(path, git_dirs)),
+            (
+                ["patch", "--dry-run", "--batch", "--fuzz=5", "-p1", "--silent"],
+                {"PATH": path, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PATCH_GET": "0"},
+            ),
+        )
+        for argv, env in attempts:
+            try:
+                returncode, output = await run_captured(argv, repo, env, data)
+            except FileNotFoundError:  # no such program here: this attempt does not take it
+                outputs.append(f"{argv[0]}: command not found".encode())
+                continue
+            if returncode == 0:
+                return None
+            outputs.append(output)
+    return outputs[0].decode(errors="replace").strip()[-1000:]
