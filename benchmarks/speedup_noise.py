@@ -72,8 +72,10 @@ async def main(n: int, repeats: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         patch = build_dataset(Path(tmp))
         dataset = str(Path(tmp) / "noise")
-        async with SandboxService(ProcessBackend(root=Path(tmp) / "sb")) as sandboxes:
-            evaluator = Evaluator(sandboxes, EvalConfig(repeats=repeats))
+        roots = [dataset]  # the one dataset this benchmark builds
+        backend = ProcessBackend(root=Path(tmp) / "sb")
+        async with SandboxService(backend, dataset_roots=roots) as sandboxes:
+            evaluator = Evaluator(sandboxes, EvalConfig(repeats=repeats), dataset_roots=roots)
             for label, change in (("unchanged", ""), ("1.3x change", patch)):
                 by_clock: dict[str, list[dict[str, object]]] = {"wall": [], "cpu": []}
                 start = time.monotonic()

@@ -385,7 +385,10 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 @pytest.fixture
 async def service(tmp_path: Path) -> AsyncIterator[SandboxService]:
-    async with SandboxService(ProcessBackend(root=tmp_path / "sandboxes")) as svc:
+    roots = [tmp_path.parent]  # the module's dataset and the tests' own (tmp_path's siblings)
+    async with SandboxService(
+        ProcessBackend(root=tmp_path / "sandboxes"), dataset_roots=roots
+    ) as svc:
         yield svc
         assert len(svc) == 0, "a sandbox was left behind"
 
@@ -413,7 +416,7 @@ async def _evaluate(
     req: EvalRequest,
     config: EvalConfig = FAST_CONFIG,
 ) -> EvalResult:
-    result = await Evaluator(sandboxes, config).evaluate(req)
+    result = await Evaluator(sandboxes, config, dataset_roots=[req.dataset_name]).evaluate(req)
     assert sandboxes.live == 0, "every sandbox the evaluator created is deleted"
     return result
 
@@ -515,7 +518,7 @@ async def test_patch_from_an_agents_sandbox(dataset: dict[str, str], sandboxes: 
     await sandboxes.exec(agent, "python3 -B -c 'import slow'")
     await sandboxes.write_file(agent, "__pycache__/slow.cpython-311.pyc", b"junk")
 
-    result = await Evaluator(sandboxes, FAST_CONFIG).evaluate(
+    result = await Evaluator(sandboxes, FAST_CONFIG, dataset_roots=[dataset["path"]]).evaluate(
         _req(dataset, result=None, container_id=agent)
     )
     assert result.info["status"] == "ok", result.info
@@ -524,13 +527,13 @@ async def test_patch_from_an_agents_sandbox(dataset: dict[str, str], sandboxes: 
     assert sandboxes.live == 1  # the agent's sandbox is not the evaluator's to delete
     status = await sandboxes.exec(agent, "git status --porcelain")
     assert "A " not in status.output  # index restored
-    patch = await Evaluator(sandboxes).diff_sandbox(agent)
+    patch = await Evaluator(sandboxes, dataset_roots=[dataset["path"]]).diff_sandbox(agent)
     assert "NOTES.md" in patch and "slow.py" in patch and "__pycache__" not in patch
     await sandboxes.delete(agent)
 
 
 async def test_bad_requests_raise(dataset: dict[str, str], sandboxes: Counting) -> None:
-    ev = Evaluator(sandboxes, FAST_CONFIG)
+    ev = Evaluator(sandboxes, FAST_CONFIG, dataset_roots=[dataset["path"]])
     for step in (ev.check, ev.evaluate):  # check: the same verdict, at submit time
         with pytest.raises(BadSubmission):
             await step(_req(dataset))
@@ -551,7 +554,7 @@ async def test_bad_requests_raise(dataset: dict[str, str], sandboxes: Counting) 
 async def test_task_outside_the_requested_split_is_refused(
     dataset: dict[str, str], sandboxes: Counting
 ) -> None:
-    ev = Evaluator(sandboxes, FAST_CONFIG)
+    ev = Evaluator(sandboxes, FAST_CONFIG, dataset_roots=[dataset["path"]])
     for step in (ev.check, ev.evaluate):
         with pytest.raises(TaskNotFound, match=r"not in split 'train'.*in: test"):
             await step(_req(dataset, result="", split="train"))
@@ -581,7 +584,7 @@ def git_only_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_check_without_the_patch_program_means_does_not_apply(
     dataset: dict[str, str], sandboxes: Counting, git_only_path: None
 ) -> None:
-    ev = Evaluator(sandboxes, FAST_CONFIG)
+    ev = Evaluator(sandboxes, FAST_CONFIG, dataset_roots=[dataset["path"]])
     with pytest.raises(BadSubmission, match="does not apply"):
         await ev.check(_req(dataset, result=dataset["bad"]))
     await ev.check(_req(dataset, result=dataset["fast"]))  # git alone takes a good patch
@@ -633,7 +636,9 @@ async def test_reference_timing_failure_drops_only_the_reference(
     config = FAST_CONFIG.model_copy(
         update={"reference": True, "reward": RewardConfig(kind="relative")}
     )
-    res = await Evaluator(sbx, config).evaluate(_req(dataset, result=""))
+    res = await Evaluator(sbx, config, dataset_roots=[dataset["path"]]).evaluate(
+        _req(dataset, result="")
+    )
     info = res.info
     assert info["status"] == "ok", info
     assert info["reference_error"].startswith("reference timing failed:"), info
@@ -666,7 +671,9 @@ async def test_sandbox_errors_are_reported_not_raised(
     dataset: dict[str, str], tmp_path: Path
 ) -> None:
     sbx = FailingSandboxes(LocalDirSandboxes(tmp_path / "sb"))
-    res = await Evaluator(sbx, FAST_CONFIG).evaluate(_req(dataset, result=dataset["fast"]))
+    res = await Evaluator(sbx, FAST_CONFIG, dataset_roots=[dataset["path"]]).evaluate(
+        _req(dataset, result=dataset["fast"])
+    )
     assert res.info["status"] == "error"
     assert "backend went away" in res.info["error"]
     assert res.reward == 0.0
@@ -677,7 +684,9 @@ async def test_cancelled_evaluation_deletes_its_sandboxes(
     dataset: dict[str, str], sandboxes: Counting
 ) -> None:
     task = asyncio.create_task(
-        Evaluator(sandboxes, FAST_CONFIG).evaluate(_req(dataset, result=dataset["fast"]))
+        Evaluator(sandboxes, FAST_CONFIG, dataset_roots=[dataset["path"]]).evaluate(
+            _req(dataset, result=dataset["fast"])
+        )
     )
     for _ in range(200):
         await asyncio.sleep(0.02)
@@ -803,7 +812,7 @@ def test_summarize() -> None:
 async def test_server_answers_422_to_a_patch_that_does_not_apply(
     dataset: dict[str, str], sandboxes: Counting
 ) -> None:
-    app = create_app(Evaluator(sandboxes, FAST_CONFIG))
+    app = create_app(Evaluator(sandboxes, FAST_CONFIG, dataset_roots=[dataset["path"]]))
     async with serve_in_loop(app) as srv, HttpPool() as pool:
         body = _req(dataset, result=dataset["bad"]).model_dump(mode="json")
         resp = await pool.request("POST", f"{srv.url}/evaluations", json=body)

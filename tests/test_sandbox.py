@@ -126,6 +126,7 @@ async def start_server(backend: str, tmp_path: Path, dataset: str) -> AsyncItera
         backend_kw: dict[str, Any] | None = None, app_kw: dict[str, Any] | None = None, **kw: Any
     ) -> Served:
         be = make_backend(backend, tmp_path / f"sandboxes{len(stack)}", **(backend_kw or {}))
+        kw.setdefault("dataset_roots", [dataset])
         service = SandboxService(be, **kw)
         app = create_app(service, **(app_kw or {}))
         cm = serve_in_loop(app)
@@ -488,7 +489,8 @@ def test_remote_environment_with_server_in_another_thread(tmp_path: Path, datase
 
     def serve() -> None:
         async def main() -> None:
-            async with serve_in_loop(create_app(ProcessBackend(tmp_path / "sb"))) as running:
+            app = create_app(ProcessBackend(tmp_path / "sb"), dataset_roots=[dataset])
+            async with serve_in_loop(app) as running:
                 box["url"] = running.url
                 ready.set()
                 await asyncio.to_thread(stop.wait)
@@ -519,7 +521,7 @@ def test_remote_environment_with_server_in_another_thread(tmp_path: Path, datase
 async def test_process_layout_delete_and_shutdown(tmp_path: Path, dataset: str) -> None:
     root = tmp_path / "root"
     backend = ProcessBackend(root)
-    app = create_app(backend)
+    app = create_app(backend, dataset_roots=[dataset])
     async with serve_in_loop(app) as running:
         client = SandboxClient(running.url)
         a = (await client.create(CreateSandbox(task_id="t1", dataset=dataset))).sandbox_id
@@ -539,7 +541,7 @@ async def test_process_layout_delete_and_shutdown(tmp_path: Path, dataset: str) 
 
 async def test_confined_commands_cannot_write_outside(tmp_path: Path, dataset: str) -> None:
     backend = ProcessBackend(tmp_path / "root")
-    async with SandboxService(backend) as service:
+    async with SandboxService(backend, dataset_roots=[dataset]) as service:
         require_tool("bwrap", "commands confined by bubblewrap", available=backend.confined)
         sid = (await service.create(CreateSandbox(task_id="t1", dataset=dataset))).sandbox_id
         outside = tmp_path / "outside.txt"

@@ -286,6 +286,21 @@ app.command("report")(report_cmd)
 
 
 # servers -----------------------------------------------------------------------------
+DatasetRootOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--dataset-root",
+        help="folder of datasets requests may name (repeatable; bundled ones always load)",
+    ),
+]
+
+
+def _dataset_roots(folders: list[Path] | None) -> tuple[Path, ...]:
+    from agentfleet.tasks import dataset_roots
+
+    return dataset_roots(folders or ())
+
+
 @app.command("serve-sandbox")
 def serve_sandbox(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
@@ -333,6 +348,7 @@ def serve_sandbox(
     reap_interval: Annotated[
         float, typer.Option(help="seconds between deletions of expired sandboxes (0: never)")
     ] = DEFAULT_REAP_INTERVAL_S,
+    dataset_root: DatasetRootOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve sandboxes over HTTP (default port 9527); backend process or docker."""
@@ -353,6 +369,7 @@ def serve_sandbox(
             ttl=ttl,
             reap_interval=reap_interval,
         )
+        service_kw["dataset_roots"] = _dataset_roots(dataset_root)
     except ValueError as e:
         _fail(str(e))
         return
@@ -436,6 +453,7 @@ def serve_eval(
             "(--repeats, --reward-kind, --reference unused)",
         ),
     ] = None,
+    dataset_root: DatasetRootOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve evaluations over HTTP (default port 9528). See docs/evaluation.md."""
@@ -448,8 +466,11 @@ def serve_eval(
         config = EvalConfig.model_validate(
             {"repeats": repeats, "reference": reference, "reward": {"kind": reward_kind}}
         )
+        roots = _dataset_roots(dataset_root)
     except ValidationError as exc:
         _fail(f"invalid evaluation settings: {exc.errors()[0].get('msg')}")
+    except ValueError as exc:
+        _fail(str(exc))
     _setup_logging(verbose)
     try:
         stopped_by = run_server(
@@ -464,6 +485,7 @@ def serve_eval(
             sandbox_token=sandbox_token,
             max_body=max_body,
             eval_config=config,
+            dataset_roots=roots,
         )
     except ValueError as exc:  # e.g. a public host without a token
         _fail(str(exc))

@@ -19,6 +19,8 @@ import logging
 import os
 import shlex
 import time
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,6 +37,8 @@ from agentfleet.evaluation.speedup import (
     speedup_stats,
 )
 from agentfleet.sandbox.base import CreateSandbox, SandboxError, Sandboxes, SandboxNotFound
+from agentfleet.sandbox.command_env import DEFAULT_PATH
+from agentfleet.sandbox.host_git import patch_applies
 from agentfleet.tasks.task import Task, TaskNotFound, load_dataset
 
 __all__ = [
@@ -54,34 +58,13 @@ OUTPUT_TAIL = 4000
 
 
 async def _check_patch_applies(task: Task, patch: str) -> None:
-    """``git apply --check`` (then ``patch --dry-run``, as :meth:`Evaluator._apply` falls back
-    to) against the task's pristine repository, read-only; BadSubmission if neither takes it."""
-    # Do not let git find a repository enclosing the task folder (an installed checkout).
-    env = {**os.environ, "GIT_CEILING_DIRECTORIES": str(task.repo_dir.parent)}
-    attempts = (
-        ["git", "apply", "--check", "--whitespace=nowarn", "-"],
-        ["patch", "--dry-run", "--batch", "--fuzz=5", "-p1", "--silent"],
-    )
-    outputs: list[bytes] = []
-    for argv in attempts:
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                cwd=task.repo_dir,
-                env=env,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-        except FileNotFoundError:  # no such program here: this attempt does not take it
-            outputs.append(f"{argv[0]}: command not found".encode())
-            continue
-        output, _ = await proc.communicate(patch.encode())
-        if proc.returncode == 0:
-            return
-        outputs.append(output)
-    git_says = outputs[0].decode(errors="replace").strip()[-1000:]  # the clearer message
-    raise BadSubmission(f"patch does not apply: {git_says}")
+    """BadSubmission unless ``patch`` applies to the task's pristine repository, as
+    :meth:`Evaluator._apply` would apply it (read-only, on the host, with no git config,
+    hook or filter of the task's: :func:`~agentfleet.sandbox.host_git.patch_applies`)."""
+    path = os.environ.get("PATH") or DEFAULT_PATH
+    problem = await patch_applies(task.repo_dir, patch, path=path)
+    if problem is not None:
+        raise BadSubmission(f"patch does not apply: {problem}")
 
 
 async def sandbox_diff(sandboxes: Sandboxes, sandbox_id: str) -> str:
@@ -159,9 +142,10 @@ def _tail(text: str, n: int = OUTPUT_TAIL) -> str:
     return text if len(text) <= n else "..." + text[-n:]
 
 
-def _resolve_task(dataset: str, instance_id: str, split: str) -> Task:
-    """The task, which must belong to ``split``; :class:`TaskNotFound` otherwise."""
-    ds = load_dataset(dataset)
+def _resolve_task(dataset: str, instance_id: str, split: str, roots: tuple[Path, ...] = ()) -> Task:
+    """The task, which must belong to ``split``; :class:`TaskNotFound` otherwise (also for a
+    dataset that is neither bundled nor under ``roots``)."""
+    ds = load_dataset(dataset, roots)
     task = ds.task(instance_id)
     if instance_id not in ds.task_ids(split):  # an unknown split raises TaskNotFound too
         in_splits = [name for name, ids in ds.splits.items() if instance_id in ids]
@@ -209,11 +193,23 @@ class _Pool:
 
 class Evaluator:
     """Evaluates submissions against tasks using any :class:`Sandboxes` (in-process
-    service or HTTP client)."""
+    service or HTTP client).
 
-    def __init__(self, sandboxes: Sandboxes, config: EvalConfig | None = None) -> None:
+    ``dataset_roots``: a request's ``dataset_name`` loads only when it is a bundled dataset
+    or a folder under one of these (else :class:`TaskNotFound`, 404 on the server); the
+    sandboxes it creates name the same dataset, so their server needs the same roots.
+    """
+
+    def __init__(
+        self,
+        sandboxes: Sandboxes,
+        config: EvalConfig | None = None,
+        *,
+        dataset_roots: Iterable[str | Path] = (),
+    ) -> None:
         self.sandboxes = sandboxes
         self.config = config or EvalConfig()
+        self.dataset_roots = tuple(Path(r) for r in dataset_roots)
         self._timing_slots: asyncio.Semaphore | None = (
             asyncio.Semaphore(self.config.timing_concurrency)
             if self.config.timing_concurrency
@@ -229,7 +225,9 @@ class Evaluator:
         A request that was not submitted is always accepted."""
         if req.exit_status != SUBMITTED:
             return
-        task = await asyncio.to_thread(_resolve_task, req.dataset_name, req.instance_id, req.split)
+        task = await asyncio.to_thread(
+            _resolve_task, req.dataset_name, req.instance_id, req.split, self.dataset_roots
+        )
         if req.result is not None:
             if req.result.strip():
                 await _check_patch_applies(task, req.result)
@@ -256,7 +254,9 @@ class Evaluator:
             log.info("eval %s: not submitted (%s)", req.instance_id, req.exit_status)
             return EvalResult(reward=0.0, speedup=0.0, info=info)
 
-        task = await asyncio.to_thread(_resolve_task, req.dataset_name, req.instance_id, req.split)
+        task = await asyncio.to_thread(
+            _resolve_task, req.dataset_name, req.instance_id, req.split, self.dataset_roots
+        )
         durations: dict[str, float] = {}
         info["durations"] = durations
         patch, source = await self._get_patch(req, durations)

@@ -24,7 +24,7 @@ import asyncio
 import inspect
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -420,32 +420,37 @@ async def real_evaluator(
     sandbox_url: str | None = None,
     config: EvalConfig | None = None,
     sandbox_token: str | None = None,
+    dataset_roots: Sequence[str | Path] = (),
 ) -> AsyncIterator[EvaluatorLike]:
     """The real :class:`~agentfleet.evaluation.evaluator.Evaluator` (with ``config``, default
     ``EvalConfig()``): on the sandbox server at ``sandbox_url`` when given (with
     ``sandbox_token``, default ``$AGENTFLEET_SANDBOX_TOKEN``), else on an in-process sandbox
-    service (process backend), closed on exit."""
+    service (process backend), closed on exit. Datasets load from the bundled ones and
+    ``dataset_roots`` only (the in-process sandboxes' too)."""
     from agentfleet.evaluation.evaluator import Evaluator
 
     if sandbox_url is not None:
         from agentfleet.sandbox.client import SandboxClient
 
-        yield Evaluator(SandboxClient(sandbox_url, token=sandbox_token), config)
+        yield Evaluator(
+            SandboxClient(sandbox_url, token=sandbox_token), config, dataset_roots=dataset_roots
+        )
         return
     from agentfleet.sandbox.process import ProcessBackend
     from agentfleet.sandbox.service import SandboxService
 
-    async with SandboxService(ProcessBackend()) as service:
-        yield Evaluator(service, config)
+    async with SandboxService(ProcessBackend(), dataset_roots=dataset_roots) as service:
+        yield Evaluator(service, config, dataset_roots=dataset_roots)
 
 
 def default_evaluator_factory(
     sandbox_url: str | None = None,
     config: EvalConfig | None = None,
     sandbox_token: str | None = None,
+    dataset_roots: Sequence[str | Path] = (),
 ) -> Callable[[], AbstractAsyncContextManager[EvaluatorLike]]:
     """A factory for :func:`create_app` that builds the real evaluator at start-up."""
-    return lambda: real_evaluator(sandbox_url, config, sandbox_token)
+    return lambda: real_evaluator(sandbox_url, config, sandbox_token, dataset_roots)
 
 
 def run_server(
@@ -463,6 +468,7 @@ def run_server(
     max_body: int = DEFAULT_MAX_BODY,
     log_level: str = "info",
     eval_config: EvalConfig | None = None,
+    dataset_roots: Sequence[str | Path] = (),
 ) -> int | None:
     """Serve until SIGINT or SIGTERM (the ``agentfleet serve-eval`` command); return that
     signal's number after the graceful shutdown (running jobs cancelled, store closed).
@@ -471,13 +477,16 @@ def run_server(
     ``sandbox_token``: sent to the sandbox server at ``sandbox_url`` (default
     ``$AGENTFLEET_SANDBOX_TOKEN``).
     Without ``test_latency`` or ``evaluator_factory``, the real evaluator is built at
-    start-up by :func:`default_evaluator_factory` with ``eval_config``.
+    start-up by :func:`default_evaluator_factory` with ``eval_config`` and ``dataset_roots``
+    (requests' datasets: the bundled ones and those under these folders, else 404).
     """
     from agentfleet.serving import serve_until_signal, uvicorn_config
 
     token = server_token(token, "AGENTFLEET_EVAL_TOKEN", host)
     if test_latency is None and evaluator_factory is None:
-        evaluator_factory = default_evaluator_factory(sandbox_url, eval_config, sandbox_token)
+        evaluator_factory = default_evaluator_factory(
+            sandbox_url, eval_config, sandbox_token, dataset_roots
+        )
     app = create_app(
         None,
         db_path=db_path,

@@ -51,10 +51,12 @@ async def check_tasks(
     """Check tasks one at a time (timings must not fight for the cores), with the
     evaluation server's own measurement. ``split_of``: task id -> split (default test)."""
     rows = []
-    async with SandboxService(ProcessBackend()) as sandboxes:
-        evaluator = Evaluator(sandboxes, EvalConfig(repeats=repeats))
+    roots = sorted({task.task_dir.parent for task in tasks})  # the datasets' folders
+    async with SandboxService(ProcessBackend(), dataset_roots=roots) as sandboxes:
+        evaluator = Evaluator(sandboxes, EvalConfig(repeats=repeats), dataset_roots=roots)
         for task in tasks:
-            info = await sandboxes.create(CreateSandbox(task_id=task.id, dataset=task.dataset))
+            dataset = str(task.task_dir.parent)
+            info = await sandboxes.create(CreateSandbox(task_id=task.id, dataset=dataset))
             try:
                 res = await sandboxes.exec(info.sandbox_id, task.test_cmd, timeout=task.timeout_s)
             finally:
@@ -65,7 +67,7 @@ async def check_tasks(
                     exit_status="Submitted",
                     result=patch,
                     instance_id=task.id,
-                    dataset_name=str(task.task_dir.parent),
+                    dataset_name=dataset,
                     split=(split_of or {}).get(task.id, DEFAULT_SPLIT),
                 )
             )

@@ -184,13 +184,17 @@ class Servers(NamedTuple):
 async def embedded_servers(cfg: FleetConfig) -> AsyncIterator[Servers]:
     """The sandbox and evaluation servers the config does not point at, on free loopback ports;
     an embedded sandbox server requires a token of its own, made here."""
+    # the servers load the bundled datasets and the one this run names, nothing else
+    roots = [(await asyncio.to_thread(load_dataset, cfg.dataset)).path]
     async with AsyncExitStack() as stack:
         sandbox_url, token = cfg.sandbox_url, cfg.sandbox_token
         if sandbox_url is None:
             token = secrets.token_urlsafe(32)
             # our own agents only: the exec cap never throttles them (one command each)
             max_execs = max(DEFAULT_MAX_EXECS, 4 * cfg.workers)
-            app = sandbox_app(root=cfg.sandbox_root, token=token, max_execs=max_execs)
+            app = sandbox_app(
+                root=cfg.sandbox_root, token=token, max_execs=max_execs, dataset_roots=roots
+            )
             server = await stack.enter_async_context(serve_in_loop(app))
             sandbox_url = server.url
         eval_url = cfg.eval_url
@@ -198,6 +202,7 @@ async def embedded_servers(cfg: FleetConfig) -> AsyncIterator[Servers]:
             evaluator = Evaluator(
                 SandboxClient(sandbox_url, token=token),
                 EvalConfig(repeats=cfg.eval_repeats, reference=cfg.eval_reference),
+                dataset_roots=roots,
             )
             app = eval_app(evaluator, workers=cfg.eval_workers)
             eval_url = (await stack.enter_async_context(serve_in_loop(app))).url

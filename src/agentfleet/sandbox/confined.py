@@ -3,7 +3,10 @@
 A path (relative to the workdir, or absolute inside it) is resolved with symlinks followed and
 refused (:class:`~agentfleet.sandbox.base.PathOutsideSandbox`) if it leaves the workdir; files
 are then opened component by component with ``O_NOFOLLOW``, so a symlink swapped in meanwhile
-cannot redirect a read or a write. Blocking: call from a thread.
+cannot redirect a read or a write. The last component is opened with ``O_NONBLOCK`` (and
+without ``O_TRUNC``) and checked with ``fstat`` before any byte moves: a FIFO, socket or device
+is refused (400) at once instead of blocking a server thread forever. Blocking: call from a
+thread.
 """
 
 from __future__ import annotations
@@ -67,21 +70,38 @@ def _open(work: Path, path: str, *, write: bool) -> int:
                 raise _os_error(path, e) from None
             os.close(dir_fd)
             dir_fd = nxt
-        flags = os.O_NOFOLLOW | os.O_CLOEXEC
-        flags |= (os.O_WRONLY | os.O_CREAT | os.O_TRUNC) if write else os.O_RDONLY
+        # O_NONBLOCK: opening a FIFO never waits for its other end (nor a device's carrier);
+        # truncation waits for the regular-file check
+        flags = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+        flags |= (os.O_WRONLY | os.O_CREAT) if write else os.O_RDONLY
         try:
-            return os.open(parts[-1], flags, 0o644, dir_fd=dir_fd)
+            fd = os.open(parts[-1], flags, 0o644, dir_fd=dir_fd)
         except FileNotFoundError:
             raise SandboxError(f"no such file in the sandbox: {path!r}", 404) from None
         except OSError as e:
             raise _os_error(path, e) from None
     finally:
         os.close(dir_fd)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise SandboxError(f"path {path!r} is a directory", 400)
+        if not stat.S_ISREG(mode):
+            raise SandboxError(
+                f"path {path!r} is not a regular file (a FIFO, socket or device)", 400
+            )
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _os_error(path: str, e: OSError) -> SandboxError:
     if e.errno == errno.ELOOP:
         return PathOutsideSandbox(f"path {path!r} changed to a symlink")
+    if e.errno in (errno.ENXIO, errno.EOPNOTSUPP):  # a FIFO with no reader, a socket
+        return SandboxError(f"path {path!r} is not a regular file (a FIFO, socket or device)", 400)
     if e.errno in (errno.EISDIR, errno.ENOTDIR):
         return SandboxError(f"path {path!r}: {e.strerror}", 400)
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -91,13 +111,9 @@ def _os_error(path: str, e: OSError) -> SandboxError:
 
 def read_file(work: Path, path: str, max_bytes: int) -> bytes:
     """The bytes of a regular file inside the workdir (413 over ``max_bytes``)."""
-    fd = _open(work, path, write=False)
+    fd = _open(work, path, write=False)  # a regular file
     try:
         st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise SandboxError(f"path {path!r} is a directory", 400)
-        if not stat.S_ISREG(st.st_mode):
-            raise SandboxError(f"path {path!r} is not a regular file", 400)
         if st.st_size > max_bytes:
             raise SandboxError(
                 f"file {path!r} is {st.st_size} bytes, over the {max_bytes} cap", 413
@@ -112,8 +128,9 @@ def read_file(work: Path, path: str, max_bytes: int) -> bytes:
 
 def write_file(work: Path, path: str, data: bytes) -> None:
     """Write ``data`` to a file inside the workdir, making missing folders on the way."""
-    fd = _open(work, path, write=True)
+    fd = _open(work, path, write=True)  # a regular file
     try:
+        os.ftruncate(fd, 0)
         view = memoryview(data)
         while view:
             n = os.write(fd, view)

@@ -11,10 +11,10 @@ The marker and the group records sit outside the workdir, so commands can neithe
 forge them.
 
 :class:`SandboxFolders` owns one backend instance's folders: it makes them (a copy of the
-task's repository, ``git init`` and the baseline commit ``base``, caches git-ignored), reads and
-writes files inside the workdir (confined: :mod:`agentfleet.sandbox.confined`) and deletes them.
-Host git never reads the task's own config or hooks (no system or global config, hooks path
-``/dev/null``).
+task's repository (:mod:`agentfleet.sandbox.repo_copy`: no ``.git``, no symlink out), ``git
+init`` and the baseline commit ``base``, caches git-ignored), reads and writes files inside the
+workdir (confined: :mod:`agentfleet.sandbox.confined`) and deletes them. Host git never reads
+the task's own config, attributes, hooks or filters (:mod:`agentfleet.sandbox.host_git`).
 
 Reaping: a starting :class:`SandboxFolders` removes the folders of servers that are gone (the
 marker's owner pid is not running, names a newer process, or is a zombie), after killing what
@@ -43,7 +43,9 @@ import psutil
 
 from agentfleet.sandbox import confined
 from agentfleet.sandbox.base import CreateSandbox, SandboxError, SandboxNotFound
-from agentfleet.sandbox.command_env import GIT_ENV, default_path
+from agentfleet.sandbox.command_env import default_path
+from agentfleet.sandbox.host_git import run_host_git
+from agentfleet.sandbox.repo_copy import copy_repo
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -395,9 +397,7 @@ class SandboxFolders:
         if source_dir is None:
             sb.work.mkdir()
         else:
-            if not source_dir.is_dir():
-                raise SandboxError(f"task repository {source_dir} is missing", 500)
-            shutil.copytree(source_dir, sb.work, symlinks=True)
+            copy_repo(source_dir, sb.work)
 
     @staticmethod
     def _exclude_caches(work: Path) -> None:
@@ -407,35 +407,10 @@ class SandboxFolders:
             f.write("\n# agentfleet\n" + "\n".join(CACHE_EXCLUDES) + "\n")
 
     async def _git(self, cwd: Path, *args: str) -> None:
-        env = {"PATH": self.path, "HOME": str(cwd), "LANG": "C.UTF-8", **GIT_ENV}
-        proc = await asyncio.create_subprocess_exec(
-            "git",
-            "-c",
-            "commit.gpgsign=false",
-            "-c",
-            "init.defaultBranch=main",
-            "-c",
-            "core.hooksPath=/dev/null",
-            *args,
-            cwd=cwd,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        try:
-            out, _ = await proc.communicate()
-        except BaseException:
-            # cancelled (Ctrl-C during create): the folder is removed next, and a git left
-            # running would write into it again after that, leaving a folder with no marker
-            # that no reaper claims
-            if proc.returncode is None:
-                proc.kill()
-            await asyncio.shield(proc.wait())
-            raise
-        if proc.returncode != 0:
+        returncode, out = await run_host_git(cwd, *args, path=self.path)
+        if returncode != 0:
             raise SandboxError(
-                f"git {' '.join(args)} failed ({proc.returncode}): {out.decode(errors='replace')}"
+                f"git {' '.join(args)} failed ({returncode}): {out.decode(errors='replace')}"
             )
 
     async def delete(self, sandbox_id: str) -> None:

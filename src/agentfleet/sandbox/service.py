@@ -9,6 +9,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +83,8 @@ class SandboxService:
         max_execs, max_execs_per_sandbox: commands running at once, in all and in one
             sandbox; one more answers 429 (:class:`SandboxBusy`, ``Retry-After``). A keyed
             exec counts until it ends, whether its client waits or not.
+        dataset_roots: a create request's ``dataset`` loads only when it is bundled or a folder
+            under one of these (else 404, see :func:`agentfleet.tasks.load_dataset`).
 
     Execs with an idempotency key run once: the same key while it runs waits for the same
     result, afterwards returns the stored result (the last ``MAX_KEYS_PER_SANDBOX`` per
@@ -101,6 +104,7 @@ class SandboxService:
         detach_grace_s: float = DETACH_GRACE_S,
         max_execs: int = DEFAULT_MAX_EXECS,
         max_execs_per_sandbox: int = DEFAULT_MAX_EXECS_PER_SANDBOX,
+        dataset_roots: Iterable[str | Path] = (),
     ) -> None:
         if not 0 < default_ttl_s <= MAX_TTL_S:
             raise ValueError(f"default_ttl_s must be in (0, {MAX_TTL_S:g}] seconds")
@@ -121,6 +125,7 @@ class SandboxService:
         self.detach_grace_s = detach_grace_s
         self.max_execs = max_execs
         self.max_execs_per_sandbox = max_execs_per_sandbox
+        self.dataset_roots = tuple(Path(r) for r in dataset_roots)
         self.stats = ServiceStats()
         self._infos: dict[str, SandboxInfo] = {}
         self._creating: dict[str, asyncio.Event] = {}  # id -> set when its creation ended
@@ -256,7 +261,9 @@ class SandboxService:
             return None
         task_id = req.task_id
         try:
-            task = await asyncio.to_thread(lambda: load_dataset(req.dataset).task(task_id))
+            task = await asyncio.to_thread(
+                lambda: load_dataset(req.dataset, self.dataset_roots).task(task_id)
+            )
         except TaskNotFound as e:
             raise SandboxError(f"unknown task: {e}", 404) from e
         return task.repo_dir

@@ -25,6 +25,7 @@ __all__ = [
     "Task",
     "TaskNotFound",
     "bundled_datasets",
+    "dataset_roots",
     "get_task",
     "load_dataset",
 ]
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
         Task,
         TaskNotFound,
         bundled_datasets,
+        dataset_roots,
         get_task,
         load_dataset,
     )

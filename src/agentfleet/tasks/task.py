@@ -1,8 +1,16 @@
-"""Tasks and datasets: folders on disk, documented in docs/tasks.md."""
+"""Tasks and datasets: folders on disk, documented in docs/tasks.md.
+
+Servers load datasets by the name a request gives, but only the bundled ones and those under
+the folders their operator named (``roots``, from ``--dataset-root``): :func:`load_dataset`
+with ``roots`` resolves symlinks and ``..`` first, then checks containment. Without ``roots``
+(the local CLI, the runner) any dataset folder loads.
+"""
 
 from __future__ import annotations
 
-from functools import cache
+import os
+from collections.abc import Iterable
+from functools import lru_cache
 from pathlib import Path
 
 import yaml
@@ -62,7 +70,16 @@ class Dataset(BaseModel):
     def task(self, task_id: str) -> Task:
         if task_id not in self.task_ids():
             raise TaskNotFound(f"dataset {self.name!r} has no task {task_id!r}")
-        return _load_task(self.path / task_id, self.name)
+        task_dir = self.path / task_id
+        # a task folder (or a listed id with ``..``) leading out of the dataset is refused
+        if not Path(os.path.realpath(task_dir)).is_relative_to(os.path.realpath(self.path)):
+            raise TaskNotFound(f"task {task_id!r} of dataset {self.name!r} is outside its folder")
+        repo = task_dir / "repo"
+        if repo.is_symlink():
+            raise TaskNotFound(
+                f"task {task_id!r} of dataset {self.name!r}: its repo is a symlink (refused)"
+            )
+        return _load_task(task_dir, self.name)
 
     def tasks(self, split: str | None = None) -> list[Task]:
         return [self.task(t) for t in self.task_ids(split)]
@@ -81,22 +98,76 @@ def bundled_datasets() -> list[str]:
     return sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / "dataset.yaml").is_file())
 
 
-@cache
-def load_dataset(name_or_path: str) -> Dataset:
-    """Load a bundled dataset by name (``perf-lite``) or any dataset folder by path."""
-    path = Path(name_or_path)
-    if not (path / "dataset.yaml").is_file():
-        path = BUNDLED_DIR / name_or_path
-    meta_path = path / "dataset.yaml"
-    if not meta_path.is_file():
+def dataset_roots(folders: Iterable[str | Path]) -> tuple[Path, ...]:
+    """The operator's dataset roots, resolved (symlinks read); ``ValueError`` names a root
+    that is not a folder. Blocking: call before serving, or from a thread."""
+    roots: dict[Path, None] = {}
+    for folder in folders:
+        real = Path(os.path.realpath(folder))
+        if not real.is_dir():
+            raise ValueError(f"--dataset-root {str(folder)!r} is not a folder")
+        roots[real] = None
+    return tuple(roots)
+
+
+def _candidates(name: str, roots: tuple[Path, ...] | None) -> list[Path]:
+    """Where ``name`` may be: the path as given, a bundled name, a folder under a root."""
+    found = [Path(name)]
+    plain = "/" not in name and name not in ("", ".", "..")
+    if plain:
+        found.append(BUNDLED_DIR / name)
+    for root in roots or ():
+        if plain and root.name == name:
+            found.append(root)  # a root may be a dataset folder itself
+        if not Path(name).is_absolute():
+            found.append(root / name)
+    return found
+
+
+def _find_dataset(name: str, roots: tuple[Path, ...] | None) -> Path | None:
+    if "\x00" in name:
+        return None
+    allowed = None if roots is None else (Path(os.path.realpath(BUNDLED_DIR)), *roots)
+    for candidate in _candidates(name, roots):
+        try:
+            real = Path(os.path.realpath(candidate))
+            if allowed is not None and not any(real.is_relative_to(r) for r in allowed):
+                continue  # never read what lies outside the roots
+            if (real / "dataset.yaml").is_file():
+                return real
+        except (OSError, ValueError):  # a name too long, a loop: not a dataset
+            continue
+    return None
+
+
+def load_dataset(name_or_path: str, roots: Iterable[str | Path] | None = None) -> Dataset:
+    """Load a bundled dataset by name (``perf-lite``) or a dataset folder by path.
+
+    ``roots`` (folders; symlinks read here): only bundled datasets and folders under these
+    load (a name is also looked up as ``<root>/<name>``); anything else is
+    :class:`TaskNotFound`, with no word on whether the folder exists. None: any folder.
+    """
+    if roots is None:
+        return _load_dataset(name_or_path, None)
+    return _load_dataset(name_or_path, tuple(Path(os.path.realpath(r)) for r in roots))
+
+
+@lru_cache(maxsize=256)  # bounded: a name has many spellings
+def _load_dataset(name_or_path: str, roots: tuple[Path, ...] | None) -> Dataset:
+    path = _find_dataset(name_or_path, roots)
+    if path is None:
+        if roots is None:
+            where = "a folder with dataset.yaml"
+        else:
+            where = "a dataset folder under this server's dataset roots (--dataset-root)"
         raise TaskNotFound(
-            f"unknown dataset {name_or_path!r}: not a folder with dataset.yaml, "
-            f"nor a bundled one ({', '.join(bundled_datasets())})"
+            f"unknown dataset {name_or_path[:200]!r}: not a bundled one "
+            f"({', '.join(bundled_datasets())}), nor {where}"
         )
-    meta = yaml.safe_load(meta_path.read_text()) or {}
+    meta = yaml.safe_load((path / "dataset.yaml").read_text()) or {}
     meta.setdefault("name", path.name)
-    return Dataset(path=path.resolve(), **meta)
+    return Dataset(path=path, **meta)
 
 
-def get_task(dataset: str, task_id: str) -> Task:
-    return load_dataset(dataset).task(task_id)
+def get_task(dataset: str, task_id: str, roots: Iterable[str | Path] | None = None) -> Task:
+    return load_dataset(dataset, roots).task(task_id)
