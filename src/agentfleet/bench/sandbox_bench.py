@@ -128,6 +128,7 @@ def _http_row(
         "rtt_median_ms": res["rtt"]["median_ms"],
         "rtt_p95_ms": res["rtt"]["p95_ms"],
         "server_exec_median_ms": res["server_exec"]["median_ms"],
+        "server_cpu_ms_per_true": res.get("server_cpu_ms_per_exec"),
         "create_s": res["create_s"],
         "delete_s": res["delete_s"],
         "client_cpu_s": res["client_cpu_s"],
@@ -150,6 +151,7 @@ def _bare_row(what: str, backend: str, n: int, res: dict[str, Any], key: str) ->
         "rtt_median_ms": res[key]["median_ms"],
         "rtt_p95_ms": res[key]["p95_ms"],
         "server_exec_median_ms": None,
+        "server_cpu_ms_per_true": None,
         "create_s": None,
         "delete_s": None,
         "client_cpu_s": res["client_cpu_s"],
@@ -192,10 +194,17 @@ def run_sandbox_bench(
     notes: list[str] = []
     rows: list[dict[str, Any]] = []
 
-    def http_child(url: str, k: int) -> dict[str, Any]:
+    def http_child(srv: ServerProcess, k: int) -> dict[str, Any]:
         return run_child(
             "agentfleet.bench.sandbox_client",
-            {"mode": "http", "url": url, "n": k, "seq": seq, "sleep_s": sleep_s},
+            {
+                "mode": "http",
+                "url": srv.url,
+                "server_pid": srv.pid,
+                "n": k,
+                "seq": seq,
+                "sleep_s": sleep_s,
+            },
         )
 
     if "process" in backends:
@@ -205,7 +214,7 @@ def run_sandbox_bench(
                 if log is not None:
                     log(f"sandbox: process backend (confined={confined}) n={n_proc} seq={seq}")
                 cpu0 = srv.cpu_seconds()
-                res = http_child(srv.url, n_proc)
+                res = http_child(srv, n_proc)
                 server_cpu = srv.cpu_seconds() - cpu0
             label = "process backend over HTTP" + (" (bwrap)" if confined else " (unconfined)")
             row = _http_row(
@@ -231,7 +240,7 @@ def run_sandbox_bench(
                 if log is not None:
                     log(f"sandbox: docker backend n={n_docker} seq={seq}")
                 cpu0 = srv.cpu_seconds()
-                res = http_child(srv.url, n_docker)
+                res = http_child(srv, n_docker)
                 server_cpu = srv.cpu_seconds() - cpu0
             row = _http_row(
                 "docker backend over HTTP" + _loop_suffix(server_loop),
@@ -268,7 +277,7 @@ def run_sandbox_bench(
             if log is not None:
                 log(f"sandbox: null sandbox server (no spawn) n={n_main} seq={seq}")
             cpu0 = srv.cpu_seconds()
-            res = http_child(srv.url, n_main)
+            res = http_child(srv, n_main)
             server_cpu = srv.cpu_seconds() - cpu0
         rows.append(
             _http_row(
@@ -293,6 +302,8 @@ def run_sandbox_bench(
     notes.append(
         f"concurrent: N execs of `sleep {sleep_s:g}` at once, one per sandbox; "
         f"round trip: median/p95 of {seq} sequential `true` execs after 10 warm-ups; "
+        "server CPU ms per true: the server's CPU time over those execs / their number "
+        "(`process_cpu_seconds_total` of its /metrics, else its /proc stat); "
         "the process backend runs commands as `bash -c <command>` (under bwrap when confined); "
         "the null sandbox server answers execs without spawning anything (the HTTP hop alone)."
     )
@@ -315,6 +326,7 @@ HEADERS = [
     "true median ms",
     "true p95 ms",
     "server-side exec median ms",
+    "server CPU ms per true",
     "create N s",
     "client CPU s",
     "client RSS MiB",
@@ -334,6 +346,7 @@ def table(rows: list[dict[str, Any]]) -> str:
                 r["rtt_median_ms"],
                 r["rtt_p95_ms"],
                 r["server_exec_median_ms"],
+                r["server_cpu_ms_per_true"],
                 r["create_s"],
                 r["client_cpu_s"],
                 r["client_peak_rss_mib"],

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--log-level", default="warning")
     args = p.parse_args(argv)
 
-    from agentfleet.sandbox.process import ProcessBackend
+    from agentfleet.sandbox.process import Confine, ProcessBackend
     from agentfleet.sandbox.server import create_app, make_backend
     from agentfleet.sandbox.service import SandboxService
 
@@ -48,12 +48,14 @@ def main(argv: list[str] | None = None) -> None:
         )
         return
 
-    confine = {"auto": None, "yes": True, "no": False}[args.confine]
+    modes: dict[str, Confine] = {"auto": "auto", "yes": "required", "no": "off"}
+    confine = modes[args.confine]
     # uvicorn re-raises SIGTERM after its shutdown: pass --root for a folder the parent
     # removes; a temp dir made here may be left behind (empty: sandboxes are deleted).
     root = args.root or tempfile.mkdtemp(prefix="agentfleet-bench-sb-")
     backend = ProcessBackend(root, confine=confine)
-    asyncio.run(backend.start())  # decide confinement now, to announce it
+    # decide confinement now, to announce it (the app's lifespan starts the backend)
+    asyncio.run(backend.probe_confinement())
     service = SandboxService(backend, max_sandboxes=args.max_sandboxes)
     app = create_app(service)
     serve_app_announcing_port(
