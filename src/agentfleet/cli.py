@@ -366,6 +366,13 @@ def serve_sandbox(
     reap_interval: Annotated[
         float, typer.Option(help="seconds between deletions of expired sandboxes (0: never)")
     ] = 30.0,
+    confine: Annotated[
+        str | None,
+        typer.Option(
+            help="process backend: required | auto | off (bubblewrap); "
+            "default required beyond loopback, else auto"
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve sandboxes over HTTP (default port 9527); backend process or docker."""
@@ -382,6 +389,8 @@ def serve_sandbox(
             max_sandboxes=max_sandboxes,
             ttl=ttl,
             reap_interval=reap_interval,
+            confine=confine,
+            host=host,
         )
     except ValueError as e:
         _fail(str(e))
@@ -453,6 +462,13 @@ def serve_eval(
             "(--repeats, --reward-kind, --reference unused)",
         ),
     ] = None,
+    confine: Annotated[
+        str | None,
+        typer.Option(
+            help="process backend: required | auto | off (bubblewrap); "
+            "default required beyond loopback, else auto"
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve evaluations over HTTP (default port 9528). See docs/evaluation.md."""
@@ -460,7 +476,12 @@ def serve_eval(
 
     from agentfleet.evaluation.evaluator import EvalConfig
     from agentfleet.evaluation.server import run_server
+    from agentfleet.sandbox.cli import confine_setting
 
+    try:
+        confine = confine_setting(confine, host)
+    except ValueError as exc:
+        _fail(str(exc))
     try:
         config = EvalConfig.model_validate(
             {"repeats": repeats, "reference": reference, "reward": {"kind": reward_kind}}
@@ -480,6 +501,7 @@ def serve_eval(
             sandbox_url=sandbox_url,
             max_body=max_body,
             eval_config=config,
+            confine=confine,
         )
     except ValueError as exc:  # e.g. a public host without a token
         _fail(str(exc))

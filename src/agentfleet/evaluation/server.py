@@ -445,11 +445,11 @@ def _is_loopback(host: str) -> bool:
 
 @asynccontextmanager
 async def real_evaluator(
-    sandbox_url: str | None = None, config: EvalConfig | None = None
+    sandbox_url: str | None = None, config: EvalConfig | None = None, confine: str = "auto"
 ) -> AsyncIterator[EvaluatorLike]:
     """The real :class:`~agentfleet.evaluation.evaluator.Evaluator` (with ``config``, default
     ``EvalConfig()``): on the sandbox server at ``sandbox_url`` when given, else on an
-    in-process sandbox service (process backend), closed on exit."""
+    in-process sandbox service (process backend, ``confine``), closed on exit."""
     from agentfleet.evaluation.evaluator import Evaluator
 
     if sandbox_url is not None:
@@ -460,15 +460,15 @@ async def real_evaluator(
     from agentfleet.sandbox.process import ProcessBackend
     from agentfleet.sandbox.service import SandboxService
 
-    async with SandboxService(ProcessBackend()) as service:
+    async with SandboxService(ProcessBackend(confine=confine)) as service:
         yield Evaluator(service, config)
 
 
 def default_evaluator_factory(
-    sandbox_url: str | None = None, config: EvalConfig | None = None
+    sandbox_url: str | None = None, config: EvalConfig | None = None, confine: str = "auto"
 ) -> Callable[[], AbstractAsyncContextManager[EvaluatorLike]]:
     """A factory for :func:`create_app` that builds the real evaluator at start-up."""
-    return lambda: real_evaluator(sandbox_url, config)
+    return lambda: real_evaluator(sandbox_url, config, confine)
 
 
 def run_server(
@@ -485,13 +485,16 @@ def run_server(
     max_body: int = DEFAULT_MAX_BODY,
     log_level: str = "info",
     eval_config: EvalConfig | None = None,
+    confine: str | None = None,
 ) -> int | None:
     """Serve until SIGINT or SIGTERM (the ``agentfleet serve-eval`` command); return that
     signal's number after the graceful shutdown (running jobs cancelled, store closed).
 
     Binding a non-loopback ``host`` needs a ``token`` (or ``AGENTFLEET_EVAL_TOKEN``).
     Without ``test_latency`` or ``evaluator_factory``, the real evaluator is built at
-    start-up by :func:`default_evaluator_factory` with ``eval_config``.
+    start-up by :func:`default_evaluator_factory` with ``eval_config``; its in-process
+    sandboxes are confined as ``confine`` says (default: ``required`` beyond loopback, since
+    the server runs submitted patches, else ``auto``).
     """
     from agentfleet.serving import serve_until_signal, uvicorn_config
 
@@ -502,7 +505,11 @@ def run_server(
             "(pass token= / --token or set AGENTFLEET_EVAL_TOKEN)"
         )
     if test_latency is None and evaluator_factory is None:
-        evaluator_factory = default_evaluator_factory(sandbox_url, eval_config)
+        from agentfleet.sandbox.process import default_confine
+
+        evaluator_factory = default_evaluator_factory(
+            sandbox_url, eval_config, confine or default_confine(host)
+        )
     app = create_app(
         None,
         db_path=db_path,

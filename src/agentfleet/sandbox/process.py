@@ -8,9 +8,10 @@ Every command runs as ``bash -c COMMAND`` in its own session / process group. Wh
 finishes (or times out, or the request is cancelled) the whole group gets SIGKILL: background
 children such as ``sleep 1000 &`` never outlive the exec that started them. (A process that
 calls ``setsid`` itself leaves the group; under bubblewrap it still dies with the sandbox's PID
-namespace.) With bubblewrap available (``confine=None`` means "if it works here") commands see
-a read-only root file system, only their own workdir and /tmp writable, no network and their
-own PID namespace; other sandboxes under ``root`` are hidden.
+namespace.) Under bubblewrap (``confine``: ``required``, ``auto`` = if it works here, or
+``off``) commands see only what they need of the host, read-only (:mod:`agentfleet.sandbox.bwrap`),
+their own workdir and /tmp writable, no network and their own PID namespace; the request's
+``env`` is set inside the sandbox only, never on bwrap itself.
 
 A SIGKILLed server cannot kill anything: its exec guard (:mod:`agentfleet.sandbox.guard`, a
 helper process that sees the server's end of a pipe close) SIGKILLs every command group still
@@ -39,6 +40,7 @@ from agentfleet.sandbox.base import (
     ExecResult,
     SandboxError,
 )
+from agentfleet.sandbox.bwrap import BWRAP_ENV, command_argv, system_binds
 from agentfleet.sandbox.capture import OutputCapture, exec_result
 from agentfleet.sandbox.child import Child
 from agentfleet.sandbox.command_env import command_env
@@ -55,7 +57,14 @@ from agentfleet.sandbox.guard import ExecGuard
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CONFINE_MODES", "Confine", "ProcessBackend", "default_root"]
+__all__ = [
+    "CONFINE_MODES",
+    "Confine",
+    "ProcessBackend",
+    "confine_mode",
+    "default_confine",
+    "default_root",
+]
 
 Confine = Literal["required", "auto", "off"]
 CONFINE_MODES: tuple[Confine, ...] = ("required", "auto", "off")
@@ -63,7 +72,20 @@ CONFINE_MODES: tuple[Confine, ...] = ("required", "auto", "off")
 _DRAIN_AFTER_KILL_S = 5.0
 
 
-def _confine_mode(confine: Confine | bool | None) -> Confine:
+def default_confine(host: str) -> Confine:
+    """The confinement a server bound to ``host`` gets by default: ``auto`` on loopback,
+    ``required`` beyond (a remote code execution service must fail closed)."""
+    import ipaddress
+
+    if host == "localhost":
+        return "auto"
+    try:
+        return "auto" if ipaddress.ip_address(host).is_loopback else "required"
+    except ValueError:  # a host name: may resolve beyond loopback
+        return "required"
+
+
+def confine_mode(confine: str | bool | None) -> Confine:
     """``required`` / ``auto`` / ``off``; ``True`` / ``None`` / ``False`` mean the same."""
     if confine is None or isinstance(confine, bool):
         return "auto" if confine is None else "required" if confine else "off"
@@ -77,6 +99,7 @@ async def _runs_ok(*argv: str, timeout: float = 10.0) -> bool:
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
+            env=BWRAP_ENV,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
@@ -114,16 +137,17 @@ class ProcessBackend:
         self,
         root: Path | str | None = None,
         *,
-        confine: Confine | bool | None = "auto",
+        confine: Confine | str | bool | None = "auto",
         network: bool = False,
         path: str | None = None,
         max_file_bytes: int = MAX_FILE_BYTES,
     ) -> None:
         self.folders = SandboxFolders(root, path=path, max_file_bytes=max_file_bytes)
-        self.confine_option = _confine_mode(confine)
+        self.confine_option = confine_mode(confine)
         self.network = network
         self.confined = False
         self.bwrap: str | None = None
+        self._system: list[str] = []  # bwrap's host part (system_binds), once probed
         self.bash = "bash"  # its full path once started
         self.guard = ExecGuard()
         self._started = False
@@ -162,7 +186,9 @@ class ProcessBackend:
         if self.confine_option == "off":
             return False
         self.bwrap = await asyncio.to_thread(shutil.which, "bwrap")
-        self.confined = self.bwrap is not None and await self._bwrap_works()
+        if self.bwrap is not None:
+            self._system = await asyncio.to_thread(system_binds)
+            self.confined = await self._bwrap_works()
         if not self.confined:
             if self.confine_option == "required":
                 raise SandboxError(
@@ -175,7 +201,7 @@ class ProcessBackend:
     async def _bwrap_works(self) -> bool:
         assert self.bwrap is not None
         return await _runs_ok(
-            self.bwrap, "--ro-bind", "/", "/", "--unshare-pid", "--die-with-parent", "true"
+            self.bwrap, "--clearenv", *self._system, "--unshare-pid", "--die-with-parent", "true"
         )
 
     async def aclose(self) -> None:
@@ -211,35 +237,26 @@ class ProcessBackend:
         env[SANDBOX_ENV] = str(sb.dir)  # how orphan reaping finds what escaped the group
         return env
 
-    def _argv(self, sb: SandboxFolder, cwd: Path, command: str) -> list[str]:
+    def _command(
+        self, sb: SandboxFolder, cwd: Path, req: ExecRequest
+    ) -> tuple[list[str], dict[str, str]]:
+        """The argv and the environment of the process to spawn: unconfined, the command's
+        own; under bwrap, the server's fixed one (the command's is set inside the sandbox)."""
+        env = self._env(sb, req.env)
         if not self.confined:
-            return [self.bash, "-c", command]
+            return [self.bash, "-c", req.command], env
         assert self.bwrap is not None
-        argv = [
+        argv = command_argv(
             self.bwrap,
-            "--ro-bind",
-            "/",
-            "/",
-            "--dev",
-            "/dev",
-            "--proc",
-            "/proc",
-            "--bind",
-            str(sb.tmp),
-            "/tmp",
-            "--tmpfs",
-            str(self.root),  # hides the other sandboxes
-            "--bind",
-            str(sb.work),
-            str(sb.work),
-            "--unshare-pid",
-            "--die-with-parent",
-            "--chdir",
-            str(cwd),
-        ]
-        if not self.network:
-            argv.append("--unshare-net")
-        return [*argv, "bash", "-c", command]
+            self._system,
+            tmp=str(sb.tmp),
+            work=str(sb.work),
+            cwd=str(cwd),
+            env=env,
+            network=self.network,
+            command=req.command,
+        )
+        return argv, BWRAP_ENV
 
     async def exec(self, sandbox_id: str, req: ExecRequest, output_limit: int) -> ExecResult:
         sb = self.folders.get(sandbox_id)
@@ -249,9 +266,8 @@ class ProcessBackend:
         capture = OutputCapture(output_limit)
         started = time.monotonic()
 
-        child = Child.spawn(
-            self._argv(sb, cwd, req.command), cwd=cwd, env=self._env(sb, req.env), capture=capture
-        )
+        argv, env = self._command(sb, cwd, req)
+        child = Child.spawn(argv, cwd=cwd, env=env, capture=capture)
         pgid = child.pid  # start_new_session: the leader's pid is the group id
         timed_out = False
         try:
