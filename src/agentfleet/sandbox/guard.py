@@ -1,8 +1,9 @@
 """The exec guard: one small helper process per process backend that outlives a dying server
 just long enough to SIGKILL every command group still running.
 
-The server tells it about each group over a pipe (``+PGID DIR`` when a command starts,
-``-PGID`` when it ends; ``DIR`` is the sandbox's ``pgids/`` folder). The guard:
+The server tells it about each group over a pipe (``+PGID DIR`` once a command has run
+``GUARD_AFTER_S`` of :mod:`agentfleet.sandbox.process`, ``-PGID`` when it ends; ``DIR`` is the
+sandbox's ``pgids/`` folder). The guard:
 
 - keeps the group records ``DIR/PGID`` on disk for the next server's reaper (should the
   guard die with the server), written in batches every ``BATCH_S``: a command that starts

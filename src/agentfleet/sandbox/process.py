@@ -70,6 +70,9 @@ Confine = Literal["required", "auto", "off"]
 CONFINE_MODES: tuple[Confine, ...] = ("required", "auto", "off")
 
 _DRAIN_AFTER_KILL_S = 5.0
+# A command still running this long is registered with the exec guard (killed with a dying
+# server, recorded for the reaper); shorter ones (most agent commands) cost the guard nothing.
+GUARD_AFTER_S = 0.01
 
 
 def default_confine(host: str) -> Confine:
@@ -175,6 +178,8 @@ class ProcessBackend:
         await self.probe_confinement()
         self._started = True
         await self.folders.start()
+        if "\n" in str(self.root):  # the exec guard's records are lines
+            raise SandboxError(f"sandbox root {str(self.root)!r} contains a newline")
         bash = await asyncio.to_thread(lambda: shutil.which("bash", path=self.path))
         self.bash = bash or "bash"
         await self.guard.start()
@@ -270,9 +275,12 @@ class ProcessBackend:
         child = Child.spawn(argv, cwd=cwd, env=env, capture=capture)
         pgid = child.pid  # start_new_session: the leader's pid is the group id
         timed_out = False
+        guard: asyncio.TimerHandle | None = None
         try:
             sb.pgids.add(pgid)
-            self.guard.add(pgid, sb.dir / PGIDS_DIR)  # killed with this server, reapable
+            guard = asyncio.get_running_loop().call_later(
+                GUARD_AFTER_S, self.guard.add, pgid, sb.dir / PGIDS_DIR
+            )
             if sb.deleting:
                 kill_group(pgid)
             try:
@@ -286,7 +294,9 @@ class ProcessBackend:
             # not reaped yet, so the group id still names this group.
             kill_group(pgid)
             sb.pgids.discard(pgid)
-            self.guard.remove(pgid)
+            if guard is not None:
+                guard.cancel()
+            self.guard.remove(pgid)  # if it was registered
             try:
                 await child.drain(_DRAIN_AFTER_KILL_S)
             finally:
