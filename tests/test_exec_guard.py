@@ -6,31 +6,16 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 import pytest
+from test_sandbox import _unique_seconds, _wait_for
 from test_sandbox_docker import _free_port, _serve
 
 from agentfleet.sandbox import CreateSandbox, ProcessBackend, SandboxClient, SandboxError
 from agentfleet.sandbox.base import ExecRequest
 from agentfleet.sandbox.folders import PGIDS_DIR
-
-
-async def _until(pred: Callable[[], bool], within: float = 20.0) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await asyncio.to_thread(pred):
-            return True
-        await asyncio.sleep(0.05)
-    return False
-
-
-def _unique_seconds() -> str:
-    return f"{900 + uuid.uuid4().int % 99}.{uuid.uuid4().int % 10**6:06d}"
 
 
 def _with_arg(arg: str) -> list[psutil.Process]:
@@ -58,14 +43,14 @@ async def test_group_records_are_written_and_removed(tmp_path: Path) -> None:
         run = asyncio.ensure_future(
             backend.exec("sb-rec000000001", ExecRequest(command="sleep 30"), 1000)
         )
-        assert await _until(lambda: len(list(records.iterdir())) == 1)
+        assert await _wait_for(lambda: len(list(records.iterdir())) == 1)
         (record,) = records.iterdir()
         assert psutil.Process(int(record.name)).name() == "sleep"
         run.cancel()
         with pytest.raises(asyncio.CancelledError):
             await run
-        assert await _until(lambda: not list(records.iterdir()))
-        # a short command starts and ends within one batch: no record ever written
+        assert await _wait_for(lambda: not list(records.iterdir()))
+        # a short command (over within GUARD_AFTER_S) never reaches the guard, nor the disk
         r = await backend.exec("sb-rec000000001", ExecRequest(command="echo hi"), 1000)
         assert r.output == "hi\n" and r.returncode == 0
     finally:
@@ -90,16 +75,16 @@ async def test_sigkilled_server_kills_its_groups_even_after_the_guard_died(
         sid = (await client.create(CreateSandbox())).sandbox_id
         cmd = f"sleep {secs} & setsid sleep {secs} & sleep {secs}"
         running = asyncio.ensure_future(client.exec(sid, cmd, timeout=1000))
-        assert await _until(lambda: len(_with_arg(secs)) == 3)
+        assert await _wait_for(lambda: len(_with_arg(secs)) == 3)
         (guard,) = _guards_of(server.pid)
         os.kill(guard, signal.SIGKILL)
-        assert await _until(lambda: _guards_of(server.pid) not in ([], [guard]))
+        assert await _wait_for(lambda: _guards_of(server.pid) not in ([], [guard]))
         assert len(_with_arg(secs)) == 3  # the guard's death kills nothing
         server.send_signal(signal.SIGKILL)
         await server.wait()
         with pytest.raises(SandboxError):
             await running
-        assert await _until(lambda: len(_with_arg(secs)) == 1)
+        assert await _wait_for(lambda: len(_with_arg(secs)) == 1)
         (left,) = _with_arg(secs)
         assert os.getsid(left.pid) == left.pid  # the one that left the group
     finally:
@@ -109,4 +94,4 @@ async def test_sigkilled_server_kills_its_groups_even_after_the_guard_died(
     second = await _serve(root, port, "process", {"confine": "off"})
     second.send_signal(signal.SIGTERM)
     await asyncio.wait_for(second.wait(), 30)
-    assert await _until(lambda: not _with_arg(secs))
+    assert await _wait_for(lambda: not _with_arg(secs))

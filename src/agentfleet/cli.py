@@ -335,6 +335,15 @@ def report_cmd(
     console.print(f"report: {path}", highlight=False)
 
 
+ConfineOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="process sandboxes: required | auto | off (bubblewrap); "
+        "default required beyond loopback, else auto"
+    ),
+]
+
+
 # servers -----------------------------------------------------------------------------
 @app.command("serve-sandbox")
 def serve_sandbox(
@@ -366,13 +375,7 @@ def serve_sandbox(
     reap_interval: Annotated[
         float, typer.Option(help="seconds between deletions of expired sandboxes (0: never)")
     ] = 30.0,
-    confine: Annotated[
-        str | None,
-        typer.Option(
-            help="process backend: required | auto | off (bubblewrap); "
-            "default required beyond loopback, else auto"
-        ),
-    ] = None,
+    confine: ConfineOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve sandboxes over HTTP (default port 9527); backend process or docker."""
@@ -462,13 +465,7 @@ def serve_eval(
             "(--repeats, --reward-kind, --reference unused)",
         ),
     ] = None,
-    confine: Annotated[
-        str | None,
-        typer.Option(
-            help="process backend: required | auto | off (bubblewrap); "
-            "default required beyond loopback, else auto"
-        ),
-    ] = None,
+    confine: ConfineOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve evaluations over HTTP (default port 9528). See docs/evaluation.md."""
