@@ -2,12 +2,13 @@
 
 A confined command sees, read-only: ``/usr`` and the top-level ``/bin``, ``/sbin``,
 ``/lib*`` (as the symlinks they are on merged-/usr systems), ``/etc`` with its secrets
-masked (:data:`SECRET_FILES` read as empty, :data:`SECRET_DIRS` as empty folders), and the
-Python installation that runs the server when it lives outside ``/usr`` (so ``python3``
-works); read-write: its own workdir (at the same path as on the host) and its own ``/tmp``;
-plus a fresh ``/dev`` and ``/proc``, its own PID namespace and no network (unless asked).
-Nothing else of the host: no home folders, no other sandbox, no job database, no task's
-``solution.patch`` (the bundled datasets are masked even when they sit under a bound path).
+masked (:data:`SECRET_FILES` covered by /dev/null on a nodev mount: unreadable;
+:data:`SECRET_DIRS` as empty folders), and the Python installation that runs the server
+when it lives outside ``/usr`` (so ``python3`` works); read-write: its own workdir (at the
+same path as on the host) and its own ``/tmp``; plus a fresh ``/dev`` and ``/proc``, its own
+PID namespace and no network (unless asked). Nothing else of the host: no home folders, no
+other sandbox, no job database, no task's ``solution.patch`` (the bundled datasets are
+masked even when they sit under a bound path).
 
 bwrap itself runs with the server's fixed environment (:data:`BWRAP_ENV`): the request's
 ``env`` is set inside the sandbox only (``--clearenv`` then ``--setenv``), so a variable such
