@@ -285,6 +285,15 @@ app.command()(show)
 app.command("report")(report_cmd)
 
 
+ConfineOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="process sandboxes: required | auto | off (bubblewrap); "
+        "default required beyond loopback, else auto"
+    ),
+]
+
+
 # servers -----------------------------------------------------------------------------
 DatasetRootOpt = Annotated[
     list[Path] | None,
@@ -349,6 +358,7 @@ def serve_sandbox(
         float, typer.Option(help="seconds between deletions of expired sandboxes (0: never)")
     ] = DEFAULT_REAP_INTERVAL_S,
     dataset_root: DatasetRootOpt = None,
+    confine: ConfineOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve sandboxes over HTTP (default port 9527); backend process or docker."""
@@ -368,6 +378,8 @@ def serve_sandbox(
             max_execs_per_sandbox=max_execs_per_sandbox,
             ttl=ttl,
             reap_interval=reap_interval,
+            confine=confine,
+            host=host,
         )
         service_kw["dataset_roots"] = _dataset_roots(dataset_root)
     except ValueError as e:
@@ -454,6 +466,7 @@ def serve_eval(
         ),
     ] = None,
     dataset_root: DatasetRootOpt = None,
+    confine: ConfineOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve evaluations over HTTP (default port 9528). See docs/evaluation.md."""
@@ -461,7 +474,12 @@ def serve_eval(
 
     from agentfleet.evaluation.evaluator import EvalConfig
     from agentfleet.evaluation.server import run_server
+    from agentfleet.sandbox.cli import confine_setting
 
+    try:
+        confine = confine_setting(confine, host)
+    except ValueError as exc:
+        _fail(str(exc))
     try:
         config = EvalConfig.model_validate(
             {"repeats": repeats, "reference": reference, "reward": {"kind": reward_kind}}
@@ -486,6 +504,7 @@ def serve_eval(
             max_body=max_body,
             eval_config=config,
             dataset_roots=roots,
+            confine=confine,
         )
     except ValueError as exc:  # e.g. a public host without a token
         _fail(str(exc))

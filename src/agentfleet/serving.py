@@ -39,8 +39,8 @@ def uvicorn_config(app: Any, host: str, port: int, **kw: Any) -> uvicorn.Config:
         timeout_keep_alive=SERVER_KEEPALIVE_S,
         lifespan="on",
         backlog=4096,
-        # asyncio, not uvloop: uvloop spawns subprocesses ~2 ms slower each, which is most of
-        # a sandbox exec (docs/benchmarks.md measures both).
+        # asyncio, not uvloop: once 2 ms slower per sandbox exec (libuv's spawn; the process
+        # backend spawns with Popen now); one loop everywhere (docs/benchmarks.md, History).
         loop=kw.pop("loop", "asyncio"),
         **kw,
     )

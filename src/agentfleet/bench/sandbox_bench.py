@@ -129,6 +129,7 @@ def _http_row(
         "rtt_median_ms": res["rtt"]["median_ms"],
         "rtt_p95_ms": res["rtt"]["p95_ms"],
         "server_exec_median_ms": res["server_exec"]["median_ms"],
+        "server_cpu_ms_per_true": res.get("server_cpu_ms_per_exec"),
         "create_s": res["create_s"],
         "delete_s": res["delete_s"],
         "client_cpu_s": res["client_cpu_s"],
@@ -151,6 +152,7 @@ def _bare_row(what: str, backend: str, n: int, res: dict[str, Any], key: str) ->
         "rtt_median_ms": res[key]["median_ms"],
         "rtt_p95_ms": res[key]["p95_ms"],
         "server_exec_median_ms": None,
+        "server_cpu_ms_per_true": None,
         "create_s": None,
         "delete_s": None,
         "client_cpu_s": res["client_cpu_s"],
@@ -197,7 +199,7 @@ def run_sandbox_bench(
         return run_child(
             "agentfleet.bench.sandbox_client",
             {"mode": "http", "url": srv.url, "token": srv.token, "n": k, "seq": seq}
-            | {"sleep_s": sleep_s},
+            | {"server_pid": srv.pid, "sleep_s": sleep_s},
         )
 
     if "process" in backends:
@@ -289,6 +291,8 @@ def run_sandbox_bench(
     notes.append(
         f"concurrent: N execs of `sleep {sleep_s:g}` at once, one per sandbox; "
         f"round trip: median/p95 of {seq} sequential `true` execs after 10 warm-ups; "
+        "server CPU ms per true: the server's CPU time over those execs / their number "
+        "(`process_cpu_seconds_total` of its /metrics, else its /proc stat); "
         "the process backend runs commands as `bash -c <command>` (under bwrap when confined); "
         "the null sandbox server answers execs without spawning anything (the HTTP hop alone)."
     )
@@ -311,6 +315,7 @@ COLUMNS: list[Column] = [
     ("true median ms", "rtt_median_ms"),
     ("true p95 ms", "rtt_p95_ms"),
     ("server-side exec median ms", "server_exec_median_ms"),
+    ("server CPU ms per true", "server_cpu_ms_per_true"),
     ("create N s", "create_s"),
     ("client CPU s", "client_cpu_s"),
     ("client RSS MiB", "client_peak_rss_mib"),

@@ -4,7 +4,9 @@ Modes (``config["mode"]``):
 
 - ``http``: against a sandbox server at ``url`` through ``SandboxClient`` (the loop's shared
   ``HttpPool``): create ``n`` sandboxes, ``seq`` sequential ``true`` execs (round trip),
-  ``n`` concurrent ``sleep`` execs (one per sandbox), delete them.
+  ``n`` concurrent ``sleep`` execs (one per sandbox), delete them. The server's CPU time
+  over the sequential execs comes from its ``/metrics`` (``process_cpu_seconds_total``),
+  else from ``/proc`` of ``server_pid`` (servers without that metric).
 - ``bare``: the same without any server: ``asyncio.create_subprocess_exec``.
 - ``docker-cli``: ``docker exec <container> true`` (the CLI, as a subprocess) against one
   running container; ``n`` concurrent ``docker exec <container> sleep`` in that container.
@@ -33,6 +35,23 @@ def _summary_ms(samples: list[float]) -> dict[str, float]:
     }
 
 
+async def _server_cpu_s(client: Any, pid: int | None) -> float | None:
+    """The server's CPU seconds so far: its Prometheus process metric, else psutil."""
+    try:
+        text = await client.metrics()
+    except Exception:
+        text = ""
+    for line in text.splitlines():
+        if line.startswith("process_cpu_seconds_total "):
+            return float(line.split()[1])
+    if pid is None:
+        return None
+    import psutil
+
+    t = psutil.Process(pid).cpu_times()
+    return float(t.user + t.system)
+
+
 async def _http(config: dict[str, Any]) -> dict[str, Any]:
     from agentfleet.http import HttpPool, preset_for_fleet
     from agentfleet.sandbox.base import CreateSandbox
@@ -53,11 +72,19 @@ async def _http(config: dict[str, Any]) -> dict[str, Any]:
         await client.exec(ids[0], "true")
     rtt: list[float] = []
     server: list[float] = []
+    pid = config.get("server_pid")
+    cpu_before = await _server_cpu_s(client, pid)
     for _ in range(seq):
         t = time.perf_counter()
         res = await client.exec(ids[0], "true")
         rtt.append(time.perf_counter() - t)
         server.append(res.duration_s)
+    cpu_after = await _server_cpu_s(client, pid)
+    server_cpu_ms_per_exec = (
+        (cpu_after - cpu_before) * 1000 / seq
+        if cpu_before is not None and cpu_after is not None
+        else None
+    )
 
     t0 = time.perf_counter()
     results = await asyncio.gather(
@@ -77,6 +104,7 @@ async def _http(config: dict[str, Any]) -> dict[str, Any]:
         "concurrent_errors": errors,
         "rtt": _summary_ms(rtt),
         "server_exec": _summary_ms(server),
+        "server_cpu_ms_per_exec": server_cpu_ms_per_exec,
         "client_cpu_s": cpu_seconds() - cpu0,
         "client_peak_rss_mib": peak_rss_mib(),
         "pool_limits": {"limit": limits.limit, "per_host": limits.limit_per_host},

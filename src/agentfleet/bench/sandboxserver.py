@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from agentfleet.http.auth import server_token
     from agentfleet.sandbox.base import DEFAULT_MAX_EXECS, TOKEN_ENV
-    from agentfleet.sandbox.process import ProcessBackend
+    from agentfleet.sandbox.process import Confine, ProcessBackend
     from agentfleet.sandbox.server import create_app, make_backend
     from agentfleet.sandbox.service import SandboxService
 
@@ -55,12 +55,14 @@ def main(argv: list[str] | None = None) -> None:
         )
         return
 
-    confine = {"auto": None, "yes": True, "no": False}[args.confine]
+    modes: dict[str, Confine] = {"auto": "auto", "yes": "required", "no": "off"}
+    confine = modes[args.confine]
     # uvicorn re-raises SIGTERM after its shutdown: pass --root for a folder the parent
     # removes; a temp dir made here may be left behind (empty: sandboxes are deleted).
     root = args.root or tempfile.mkdtemp(prefix="agentfleet-bench-sb-")
     backend = ProcessBackend(root, confine=confine)
-    asyncio.run(backend.start())  # decide confinement now, to announce it
+    # decide confinement now, to announce it (the app's lifespan starts the backend)
+    asyncio.run(backend.probe_confinement())
     service = SandboxService(backend, **caps)
     app = create_app(service, token=token)
     serve_app_announcing_port(

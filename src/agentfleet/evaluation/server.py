@@ -421,12 +421,13 @@ async def real_evaluator(
     config: EvalConfig | None = None,
     sandbox_token: str | None = None,
     dataset_roots: Sequence[str | Path] = (),
+    confine: str = "auto",
 ) -> AsyncIterator[EvaluatorLike]:
     """The real :class:`~agentfleet.evaluation.evaluator.Evaluator` (with ``config``, default
     ``EvalConfig()``): on the sandbox server at ``sandbox_url`` when given (with
     ``sandbox_token``, default ``$AGENTFLEET_SANDBOX_TOKEN``), else on an in-process sandbox
-    service (process backend), closed on exit. Datasets load from the bundled ones and
-    ``dataset_roots`` only (the in-process sandboxes' too)."""
+    service (process backend, ``confine``), closed on exit. Datasets load from the bundled
+    ones and ``dataset_roots`` only (the in-process sandboxes' too)."""
     from agentfleet.evaluation.evaluator import Evaluator
 
     if sandbox_url is not None:
@@ -439,7 +440,8 @@ async def real_evaluator(
     from agentfleet.sandbox.process import ProcessBackend
     from agentfleet.sandbox.service import SandboxService
 
-    async with SandboxService(ProcessBackend(), dataset_roots=dataset_roots) as service:
+    backend = ProcessBackend(confine=confine)
+    async with SandboxService(backend, dataset_roots=dataset_roots) as service:
         yield Evaluator(service, config, dataset_roots=dataset_roots)
 
 
@@ -448,9 +450,10 @@ def default_evaluator_factory(
     config: EvalConfig | None = None,
     sandbox_token: str | None = None,
     dataset_roots: Sequence[str | Path] = (),
+    confine: str = "auto",
 ) -> Callable[[], AbstractAsyncContextManager[EvaluatorLike]]:
     """A factory for :func:`create_app` that builds the real evaluator at start-up."""
-    return lambda: real_evaluator(sandbox_url, config, sandbox_token, dataset_roots)
+    return lambda: real_evaluator(sandbox_url, config, sandbox_token, dataset_roots, confine)
 
 
 def run_server(
@@ -469,6 +472,7 @@ def run_server(
     log_level: str = "info",
     eval_config: EvalConfig | None = None,
     dataset_roots: Sequence[str | Path] = (),
+    confine: str | None = None,
 ) -> int | None:
     """Serve until SIGINT or SIGTERM (the ``agentfleet serve-eval`` command); return that
     signal's number after the graceful shutdown (running jobs cancelled, store closed).
@@ -478,14 +482,18 @@ def run_server(
     ``$AGENTFLEET_SANDBOX_TOKEN``).
     Without ``test_latency`` or ``evaluator_factory``, the real evaluator is built at
     start-up by :func:`default_evaluator_factory` with ``eval_config`` and ``dataset_roots``
-    (requests' datasets: the bundled ones and those under these folders, else 404).
+    (requests' datasets: the bundled ones and those under these folders, else 404); its
+    in-process sandboxes are confined as ``confine`` says (default: ``required`` beyond
+    loopback, since the server runs submitted patches, else ``auto``).
     """
     from agentfleet.serving import serve_until_signal, uvicorn_config
 
     token = server_token(token, "AGENTFLEET_EVAL_TOKEN", host)
     if test_latency is None and evaluator_factory is None:
+        from agentfleet.sandbox.process import default_confine
+
         evaluator_factory = default_evaluator_factory(
-            sandbox_url, eval_config, sandbox_token, dataset_roots
+            sandbox_url, eval_config, sandbox_token, dataset_roots, confine or default_confine(host)
         )
     app = create_app(
         None,

@@ -76,8 +76,7 @@ SHUTDOWN_TIMEOUT_S = 30.0
 
 # The actors' event loop: asyncio's own, as in the local backend. Ray would pick uvloop
 # (installed by uvicorn[standard]), under which the process sandbox backend's exec pipe
-# (``_Fd``) is closed twice (libuv closes the fd, then the transport calls ``close()``),
-# so that a concurrent open in another thread can lose its fd (EBADF in ``rmtree``).
+# was once closed twice; it is watched with add_reader now: asyncio for the same loop everywhere.
 ACTOR_ENV = {"RAY_USE_UVLOOP": "0"}
 
 

@@ -6,7 +6,7 @@ import secrets
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from agentfleet.tasks import DEFAULT_DATASET
 
@@ -94,10 +94,30 @@ class SandboxInfo(BaseModel):
 
 
 class ExecRequest(BaseModel):
+    """One command. ``env`` is set for the command only (inside the sandbox): names are
+    non-empty, without ``=`` or NUL; no NUL in values, the command or ``cwd`` (422)."""
+
     command: str = Field(min_length=1, max_length=1_000_000)
     cwd: str = ""
     timeout: float | None = Field(default=None, gt=0, le=24 * 3600)
     env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("command", "cwd")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        if "\0" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_entries(cls, env: dict[str, str]) -> dict[str, str]:
+        for name, value in env.items():
+            if not name or "=" in name or "\0" in name:
+                raise ValueError(f"env name {name!r}: non-empty, without '=' or NUL")
+            if "\0" in value:
+                raise ValueError(f"env value of {name!r} contains NUL")
+        return env
 
 
 class ExecResult(BaseModel):

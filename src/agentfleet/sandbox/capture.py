@@ -1,18 +1,15 @@
 """Output capture: a command's output kept head + tail in bounded memory, for every backend.
 
 :class:`OutputCapture` keeps at most ``limit`` characters (half from the start, half from the
-end, a marker between them when something was dropped); :func:`read_pipe` feeds it from a
-pipe on the running event loop; :func:`exec_result` turns it into the exec's answer.
+end, a marker between them when something was dropped); :func:`exec_result` turns it into
+the exec's answer.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
-
 from agentfleet.sandbox.base import ExecResult
 
-__all__ = ["OutputCapture", "exec_result", "read_pipe"]
+__all__ = ["OutputCapture", "exec_result"]
 
 
 class OutputCapture:
@@ -92,67 +89,3 @@ def exec_result(
         timed_out=timed_out,
         duration_s=round(elapsed, 4),
     )
-
-
-class _PipeProtocol(asyncio.Protocol):
-    def __init__(self, capture: OutputCapture, done: asyncio.Future[None]) -> None:
-        self.capture = capture
-        self.done = done
-
-    def data_received(self, data: bytes) -> None:
-        self.capture.feed(data)
-
-    def eof_received(self) -> bool | None:
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.done.done():
-            self.done.set_result(None)
-
-
-class _Fd:
-    """The minimal file object ``connect_read_pipe`` wants: it closes the fd when done.
-
-    Some loops (uvloop) close the fd themselves before calling ``close()``; the number may
-    then already belong to another file, so it is closed only if it is still our pipe.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        st = os.fstat(fd)
-        self._identity = (st.st_dev, st.st_ino)
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def close(self) -> None:
-        if self.fd < 0:
-            return
-        fd, self.fd = self.fd, -1
-        try:
-            st = os.fstat(fd)
-        except OSError:  # already closed by the loop
-            return
-        if (st.st_dev, st.st_ino) == self._identity:
-            os.close(fd)
-
-
-async def read_pipe(
-    fd: int, capture: OutputCapture
-) -> tuple[asyncio.ReadTransport, asyncio.Future[None]]:
-    """Feed what arrives on the read end ``fd`` of a pipe into ``capture``, on the running loop.
-
-    Takes ``fd`` over: it is closed with the returned transport (or here, if reading cannot
-    start). The future is done once the pipe is closed at the other end (every writer gone)
-    or the transport is closed.
-    """
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-    pipe = _Fd(fd)
-    try:
-        os.set_blocking(fd, False)
-        transport, _ = await loop.connect_read_pipe(lambda: _PipeProtocol(capture, done), pipe)
-    except BaseException:
-        pipe.close()
-        raise
-    return transport, done

@@ -66,9 +66,12 @@ def serve_settings(
     max_execs_per_sandbox: int = DEFAULT_MAX_EXECS_PER_SANDBOX,
     ttl: float = DEFAULT_TTL_S,
     reap_interval: float = DEFAULT_REAP_INTERVAL_S,
+    confine: str | None = None,
+    host: str = "127.0.0.1",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(backend kwargs, service kwargs) for ``run_server`` from ``serve-sandbox`` options;
-    ``ValueError`` with a message naming the option when one is wrong."""
+    ``ValueError`` with a message naming the option when one is wrong. ``confine`` (process
+    backend) left unset: ``required`` for a ``host`` beyond loopback, else ``auto``."""
     from agentfleet.sandbox.base import MAX_TTL_S
     from agentfleet.sandbox.server import BACKENDS
 
@@ -97,6 +100,10 @@ def serve_settings(
         flag = {"memory_mb": "memory", "allow_images": "allow-image"}
         given = ", ".join("--" + flag.get(k, k.replace("_", "-")) for k in docker_kw)
         raise ValueError(f"{given}: only for --backend docker")
+    if backend == "process":
+        docker_kw["confine"] = confine_setting(confine, host)
+    elif confine is not None:
+        raise ValueError("--confine: only for --backend process (docker confines anyway)")
     for name, value in (
         ("--max-sandboxes", max_sandboxes),
         ("--max-execs", max_execs),
@@ -116,6 +123,17 @@ def serve_settings(
         "reap_period_s": reap_interval,
     }
     return docker_kw, service_kw
+
+
+def confine_setting(confine: str | None, host: str) -> str:
+    """``--confine`` of the servers: checked, or the default for ``host``."""
+    from agentfleet.sandbox.process import CONFINE_MODES, default_confine
+
+    if confine is None:
+        return default_confine(host)
+    if confine not in CONFINE_MODES:
+        raise ValueError(f"--confine {confine!r}: expected one of {', '.join(CONFINE_MODES)}")
+    return confine
 
 
 @images_app.command("build")

@@ -6,6 +6,7 @@ Layout, one folder per sandbox under ``root`` (default ``$TMPDIR/agentfleet-sand
     <root>/<sandbox_id>/work/                      the workdir (a git repo, base commit "base")
     <root>/<sandbox_id>/tmp/                       the sandbox's /tmp (TMPDIR), kept across execs
     <root>/<sandbox_id>/pgids/<pgid>               one empty file per running command's group
+                                                   (written in batches by the exec guard)
 
 The marker and the group records sit outside the workdir, so commands can neither read nor
 forge them.
@@ -258,16 +259,6 @@ async def _thread_to_end(fn: Callable[..., T], *args: Any) -> T:
         raise
 
 
-def _touch(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):  # the sandbox is being deleted
-        path.touch()
-
-
-def _unlink(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        path.unlink(missing_ok=True)
-
-
 @dataclass
 class SandboxFolder:
     """One sandbox's folder (``dir``), its workdir and /tmp, and its running command groups."""
@@ -421,16 +412,6 @@ class SandboxFolders:
         for pgid in list(sb.pgids):
             kill_group(pgid)
         await asyncio.shield(asyncio.to_thread(rmtree, sb.dir))
-
-    # running command groups ------------------------------------------------------------
-    async def record_group(self, sb: SandboxFolder, pgid: int) -> None:
-        """Write the group's record (``pgids/<pgid>``): should this server be SIGKILLed, the
-        next one's reaper finds the group by it."""
-        await _thread_to_end(_touch, sb.dir / PGIDS_DIR / str(pgid))
-
-    async def forget_group(self, sb: SandboxFolder, pgid: int) -> None:
-        """Remove the group's record (the group is dead); finishes even if cancelled."""
-        await asyncio.shield(asyncio.to_thread(_unlink, sb.dir / PGIDS_DIR / str(pgid)))
 
     # files -----------------------------------------------------------------------------
     async def resolve_cwd(self, sb: SandboxFolder, cwd: str) -> Path:

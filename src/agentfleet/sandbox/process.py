@@ -8,25 +8,30 @@ Every command runs as ``bash -c COMMAND`` in its own session / process group. Wh
 finishes (or times out, or the request is cancelled) the whole group gets SIGKILL: background
 children such as ``sleep 1000 &`` never outlive the exec that started them. (A process that
 calls ``setsid`` itself leaves the group; under bubblewrap it still dies with the sandbox's PID
-namespace.) With bubblewrap available (``confine=None`` means "if it works here") commands see
-a read-only root file system, only their own workdir and /tmp writable, no network and their
-own PID namespace; other sandboxes under ``root`` are hidden.
+namespace.) Under bubblewrap (``confine``: ``required``, ``auto`` = if it works here, or
+``off``) commands see only what they need of the host, read-only (:mod:`agentfleet.sandbox.bwrap`),
+their own workdir and /tmp writable, no network and their own PID namespace; the request's
+``env`` is set inside the sandbox only, never on bwrap itself.
 
-A SIGKILLed server cannot kill anything: bubblewrap's ``--die-with-parent`` (confined) or
-``setpriv --pdeathsig KILL`` (unconfined, for the command's main process) take its commands
-down with it, and whatever is left (background children of unconfined commands) is killed by
-the next server's orphan reaping or ``agentfleet sandbox gc``: the process groups recorded under
+A SIGKILLed server cannot kill anything: its exec guard (:mod:`agentfleet.sandbox.guard`, a
+helper process that sees the server's end of a pipe close) SIGKILLs every command group still
+running, and bubblewrap's ``--die-with-parent`` takes confined commands down too. What escaped
+its group (``setsid``), or everything if the guard died with the server, is killed by the next
+server's orphan reaping or ``agentfleet sandbox gc``: the process groups recorded under
 ``pgids/`` and every process whose environment names the sandbox (``AGENTFLEET_SANDBOX``).
+
+Commands are spawned with :class:`~agentfleet.sandbox.child.Child` (``Popen``, pidfd and
+output pipe watched on the event loop), not asyncio's subprocess transport.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
+from typing import Literal, cast
 
 from agentfleet.sandbox.base import (
     DEFAULT_EXEC_TIMEOUT,
@@ -35,22 +40,61 @@ from agentfleet.sandbox.base import (
     ExecResult,
     SandboxError,
 )
-from agentfleet.sandbox.capture import OutputCapture, exec_result, read_pipe
+from agentfleet.sandbox.bwrap import BWRAP_ENV, command_argv, system_binds
+from agentfleet.sandbox.capture import OutputCapture, exec_result
+from agentfleet.sandbox.child import Child
 from agentfleet.sandbox.command_env import command_env
 from agentfleet.sandbox.folders import (
     MAX_FILE_BYTES,
+    PGIDS_DIR,
     SANDBOX_ENV,
     SandboxFolder,
     SandboxFolders,
     default_root,
     kill_group,
 )
+from agentfleet.sandbox.guard import ExecGuard
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ProcessBackend", "default_root"]
+__all__ = [
+    "CONFINE_MODES",
+    "Confine",
+    "ProcessBackend",
+    "confine_mode",
+    "default_confine",
+    "default_root",
+]
+
+Confine = Literal["required", "auto", "off"]
+CONFINE_MODES: tuple[Confine, ...] = ("required", "auto", "off")
 
 _DRAIN_AFTER_KILL_S = 5.0
+# A command still running this long is registered with the exec guard (killed with a dying
+# server, recorded for the reaper); shorter ones (most agent commands) cost the guard nothing.
+GUARD_AFTER_S = 0.01
+
+
+def default_confine(host: str) -> Confine:
+    """The confinement a server bound to ``host`` gets by default: ``auto`` on loopback,
+    ``required`` beyond (a remote code execution service must fail closed)."""
+    import ipaddress
+
+    if host == "localhost":
+        return "auto"
+    try:
+        return "auto" if ipaddress.ip_address(host).is_loopback else "required"
+    except ValueError:  # a host name: may resolve beyond loopback
+        return "required"
+
+
+def confine_mode(confine: str | bool | None) -> Confine:
+    """``required`` / ``auto`` / ``off``; ``True`` / ``None`` / ``False`` mean the same."""
+    if confine is None or isinstance(confine, bool):
+        return "auto" if confine is None else "required" if confine else "off"
+    if confine in CONFINE_MODES:
+        return cast(Confine, confine)
+    raise ValueError(f"confine={confine!r}: expected one of {', '.join(CONFINE_MODES)}")
 
 
 async def _runs_ok(*argv: str, timeout: float = 10.0) -> bool:
@@ -58,6 +102,7 @@ async def _runs_ok(*argv: str, timeout: float = 10.0) -> bool:
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
+            env=BWRAP_ENV,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
@@ -77,8 +122,10 @@ class ProcessBackend:
 
     Args:
         root: folder holding the sandboxes (default ``$TMPDIR/agentfleet-sandboxes``).
-        confine: ``True`` requires bubblewrap, ``False`` never uses it, ``None`` uses it if
-            ``bwrap`` is installed and works here (checked once in :meth:`start`).
+        confine: ``required`` (or ``True``): commands run under bubblewrap, and :meth:`start`
+            fails if it does not work here; ``auto`` (or ``None``): under bubblewrap if it
+            works here (checked once in :meth:`start`), else unconfined with a warning;
+            ``off`` (or ``False``): never confined.
         network: let confined commands use the network (default: no network).
         path: ``PATH`` given to commands (default: the server's own ``PATH``).
         max_file_bytes: size cap of :meth:`write_file` / :meth:`read_file` (413 beyond).
@@ -93,17 +140,19 @@ class ProcessBackend:
         self,
         root: Path | str | None = None,
         *,
-        confine: bool | None = None,
+        confine: Confine | str | bool | None = "auto",
         network: bool = False,
         path: str | None = None,
         max_file_bytes: int = MAX_FILE_BYTES,
     ) -> None:
         self.folders = SandboxFolders(root, path=path, max_file_bytes=max_file_bytes)
-        self.confine_option = confine
+        self.confine_option = confine_mode(confine)
         self.network = network
         self.confined = False
         self.bwrap: str | None = None
-        self.setpriv: str | None = None  # unconfined: gives commands a parent-death signal
+        self._system: list[str] = []  # bwrap's host part (system_binds), once probed
+        self.bash = "bash"  # its full path once started
+        self.guard = ExecGuard()
         self._started = False
 
     @property
@@ -123,36 +172,47 @@ class ProcessBackend:
 
     # lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        """Decide confinement (bubblewrap, else setpriv), make the root, reap orphans."""
+        """Decide confinement (bubblewrap), make the root, reap orphans, start the guard."""
         if self._started:
             return
+        await self.probe_confinement()
         self._started = True
-        if self.confine_option is not False:
-            self.bwrap = await asyncio.to_thread(shutil.which, "bwrap")
-            self.confined = self.bwrap is not None and await self._bwrap_works()
-            if self.confine_option and not self.confined:
-                raise SandboxError("confine=True but bubblewrap (bwrap) does not work here")
-            if not self.confined:
-                log.warning("bubblewrap unavailable: sandbox commands run unconfined")
-        if not self.confined:
-            self.setpriv = await self._setpriv_works()
         await self.folders.start()
+        if "\n" in str(self.root):  # the exec guard's records are lines
+            raise SandboxError(f"sandbox root {str(self.root)!r} contains a newline")
+        bash = await asyncio.to_thread(lambda: shutil.which("bash", path=self.path))
+        self.bash = bash or "bash"
+        await self.guard.start()
+
+    async def probe_confinement(self) -> bool:
+        """Whether commands will run under bubblewrap (``confined``), as ``confine`` asks:
+        ``required`` raises :class:`SandboxError` when bwrap does not work here."""
+        self.confined = False
+        if self.confine_option == "off":
+            return False
+        self.bwrap = await asyncio.to_thread(shutil.which, "bwrap")
+        if self.bwrap is not None:
+            self._system = await asyncio.to_thread(system_binds)
+            self.confined = await self._bwrap_works()
+        if not self.confined:
+            if self.confine_option == "required":
+                raise SandboxError(
+                    "confinement required but bubblewrap (bwrap) is missing or does not work "
+                    "here (install bubblewrap, or --confine auto|off on a trusted loopback)"
+                )
+            log.warning("bubblewrap unavailable: sandbox commands run unconfined")
+        return self.confined
 
     async def _bwrap_works(self) -> bool:
         assert self.bwrap is not None
         return await _runs_ok(
-            self.bwrap, "--ro-bind", "/", "/", "--unshare-pid", "--die-with-parent", "true"
+            self.bwrap, "--clearenv", *self._system, "--unshare-pid", "--die-with-parent", "true"
         )
-
-    async def _setpriv_works(self) -> str | None:
-        setpriv = await asyncio.to_thread(shutil.which, "setpriv")
-        if setpriv is None:
-            return None
-        return setpriv if await _runs_ok(setpriv, "--pdeathsig", "KILL", "true") else None
 
     async def aclose(self) -> None:
         """Delete every sandbox this backend made (killing their running commands)."""
         await self.folders.aclose()
+        await self.guard.aclose()
 
     def sandbox_ids(self) -> list[str]:
         return self.folders.sandbox_ids()
@@ -182,107 +242,69 @@ class ProcessBackend:
         env[SANDBOX_ENV] = str(sb.dir)  # how orphan reaping finds what escaped the group
         return env
 
-    def _argv(self, sb: SandboxFolder, cwd: Path, command: str) -> list[str]:
-        if not self.confined:
-            if self.setpriv is not None:  # dies with this server even if SIGKILLed
-                return [self.setpriv, "--pdeathsig", "KILL", "bash", "-c", command]
-            return ["bash", "-c", command]
-        assert self.bwrap is not None
-        argv = [
-            self.bwrap,
-            "--ro-bind",
-            "/",
-            "/",
-            "--dev",
-            "/dev",
-            "--proc",
-            "/proc",
-            "--bind",
-            str(sb.tmp),
-            "/tmp",
-            "--tmpfs",
-            str(self.root),  # hides the other sandboxes
-            "--bind",
-            str(sb.work),
-            str(sb.work),
-            "--unshare-pid",
-            "--die-with-parent",
-            "--chdir",
-            str(cwd),
-        ]
-        if not self.network:
-            argv.append("--unshare-net")
-        return [*argv, "bash", "-c", command]
-
-    async def _spawn(
+    def _command(
         self, sb: SandboxFolder, cwd: Path, req: ExecRequest
-    ) -> tuple[asyncio.subprocess.Process, int]:
-        """Start the command as the leader of a new session, stdout and stderr into one pipe;
-        (the process, the pipe's read end)."""
-        r, w = os.pipe()
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *self._argv(sb, cwd, req.command),
-                cwd=cwd,
-                env=self._env(sb, req.env),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=w,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except OSError as e:
-            os.close(r)
-            raise SandboxError(f"cannot start command: {e}") from e
-        finally:
-            os.close(w)
-        return proc, r
+    ) -> tuple[list[str], dict[str, str]]:
+        """The argv and the environment of the process to spawn: unconfined, the command's
+        own; under bwrap, the server's fixed one (the command's is set inside the sandbox)."""
+        env = self._env(sb, req.env)
+        if not self.confined:
+            return [self.bash, "-c", req.command], env
+        assert self.bwrap is not None
+        argv = command_argv(
+            self.bwrap,
+            self._system,
+            tmp=str(sb.tmp),
+            work=str(sb.work),
+            cwd=str(cwd),
+            env=env,
+            network=self.network,
+            command=req.command,
+        )
+        return argv, BWRAP_ENV
 
     async def exec(self, sandbox_id: str, req: ExecRequest, output_limit: int) -> ExecResult:
         sb = self.folders.get(sandbox_id)
-        cwd = await self.folders.resolve_cwd(sb, req.cwd)
+        # "" is the workdir itself: no path to resolve, no thread hop
+        cwd = await self.folders.resolve_cwd(sb, req.cwd) if req.cwd else sb.work
         timeout = req.timeout or DEFAULT_EXEC_TIMEOUT
         capture = OutputCapture(output_limit)
         started = time.monotonic()
 
-        proc, r = await self._spawn(sb, cwd, req)
-        pgid = proc.pid  # start_new_session: the leader's pid is the group id
-        if sb.deleting:
-            kill_group(pgid)
-        sb.pgids.add(pgid)
-        try:
-            transport, done = await read_pipe(r, capture)
-        except BaseException:
-            kill_group(pgid)
-            sb.pgids.discard(pgid)
-            raise
+        argv, env = self._command(sb, cwd, req)
+        child = Child.spawn(argv, cwd=cwd, env=env, capture=capture)
+        pgid = child.pid  # start_new_session: the leader's pid is the group id
         timed_out = False
+        guard: asyncio.TimerHandle | None = None
         try:
-            # for the next server's reaper, should this one be SIGKILLed
-            await self.folders.record_group(sb, pgid)
+            sb.pgids.add(pgid)
+            guard = asyncio.get_running_loop().call_later(
+                GUARD_AFTER_S, self.guard.add, pgid, sb.dir / PGIDS_DIR
+            )
+            if sb.deleting:
+                kill_group(pgid)
             try:
-                await asyncio.wait_for(proc.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(child.exited)
             except TimeoutError:
                 timed_out = True
         finally:
             # The leader has exited, timed out or we were cancelled: nothing of the group
-            # may survive the exec (also kills `cmd &` children left behind).
+            # may survive the exec (also kills `cmd &` children left behind). The leader is
+            # not reaped yet, so the group id still names this group.
             kill_group(pgid)
             sb.pgids.discard(pgid)
+            if guard is not None:
+                guard.cancel()
+            self.guard.remove(pgid)  # if it was registered
             try:
-                if proc.returncode is None:
-                    await asyncio.wait_for(asyncio.shield(proc.wait()), _DRAIN_AFTER_KILL_S)
-                # the pipe closes once every holder is dead; a process that escaped the
-                # group (setsid) may hold it open: stop reading after a grace period
-                await asyncio.wait_for(asyncio.shield(done), _DRAIN_AFTER_KILL_S)
-            except TimeoutError:
-                pass
+                await child.drain(_DRAIN_AFTER_KILL_S)
             finally:
-                transport.close()
-                await self.folders.forget_group(sb, pgid)
+                child.close()
 
         return exec_result(
             capture,
-            proc.returncode,
+            child.reap(),
             timed_out=timed_out,
             timeout=timeout,
             elapsed=time.monotonic() - started,

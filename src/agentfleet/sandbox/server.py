@@ -16,7 +16,13 @@ from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -182,6 +188,7 @@ def create_app(
 
     registry = CollectorRegistry()
     registry.register(_ServiceCollector(svc))
+    ProcessCollector(registry=registry)  # process_cpu_seconds_total: the bench's server CPU
     exec_seconds = Histogram(
         "agentfleet_sandbox_exec_seconds",
         "Command duration",
