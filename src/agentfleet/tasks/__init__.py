@@ -13,7 +13,15 @@ from agentfleet._lazy import lazy_exports
 _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("DEFAULT_DATASET", "DEFAULT_SPLIT"), "agentfleet.tasks.defaults"),
     **dict.fromkeys(
-        ("Dataset", "Task", "TaskNotFound", "bundled_datasets", "get_task", "load_dataset"),
+        (
+            "Dataset",
+            "Task",
+            "TaskNotFound",
+            "bundled_datasets",
+            "dataset_roots",
+            "get_task",
+            "load_dataset",
+        ),
         "agentfleet.tasks.task",
     ),
 }
