@@ -18,10 +18,16 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from agentfleet.agent import AgentConfig
 from agentfleet.bench.faultproxy import FaultProxy
-from agentfleet.evaluation.client import EvalClient, EvalClientError
+from agentfleet.evaluation.client import EvalClient, EvalClientError, EvalRejected, EvalTimeout
+from agentfleet.evaluation.evaluator import EvalConfig, Evaluator
 from agentfleet.evaluation.schema import EvalRequest
+from agentfleet.evaluation.server import create_app as eval_app
+from agentfleet.fleet.attempts import is_transport_failure
+from agentfleet.fleet.runner import FleetConfig, run_fleet
 from agentfleet.http import HttpConnectionError, HttpPool, RetryPolicy
+from agentfleet.models import ModelSpec
 from agentfleet.sandbox.base import CreateSandbox, SandboxError, new_sandbox_id
 from agentfleet.sandbox.client import SandboxClient
 from agentfleet.sandbox.server import create_app as sandbox_app
@@ -179,5 +185,57 @@ async def test_sandbox_create_survives_a_lost_answer(tmp_path: Path, fault: str)
     assert not root.exists() or list(root.iterdir()) == []
 
 
-def _unused(*_: object) -> None:  # keeps json imported for later tests
-    json.dumps(_)
+# item 8: the runner starts a task over after a transport fault ------------------------
+@asynccontextmanager
+async def servers(
+    tmp_path: Path, *, eval_workers: int | None = 2, db: Path | None = None
+) -> AsyncIterator[tuple[str, str]]:
+    """A real sandbox server (process backend) and evaluation server, in this loop."""
+    root = tmp_path / "sandboxes"
+    async with serve_in_loop(sandbox_app(root=root)) as sandbox:
+        evaluator = Evaluator(SandboxClient(sandbox.url), EvalConfig(repeats=2))
+        app = eval_app(evaluator, workers=eval_workers, db_path=db)
+        async with serve_in_loop(app) as evaluation:
+            yield sandbox.url, evaluation.url
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def fleet_config(tmp_path: Path, model: ModelSpec, tasks: list[str] | None) -> FleetConfig:
+    return FleetConfig(
+        model=model,
+        run_dir=tmp_path / "run",
+        task_ids=tasks,
+        workers=4,
+        agent=AgentConfig(step_limit=8),
+        sample_every_s=0,  # no /healthz polls: the proxies' connections are the tasks'
+    )
+
+
+async def test_runner_starts_a_task_over_after_a_transport_fault(tmp_path: Path) -> None:
+    HttpPool.configure_default(retry=RetryPolicy(attempts=2, wait_min=0.01, wait_max=0.02))
+    async with servers(tmp_path) as (sandbox_url, eval_url):
+        # the submit of the first try is reset twice (two connections): the pool gives up
+        script = ["reset_before", "reset_before"]
+        async with FaultProxy(port_of(eval_url), rate=0, script=script) as proxy:
+            cfg = fleet_config(tmp_path, ModelSpec("oracle"), ["dedupe-pairs"])
+            cfg.sandbox_url, cfg.eval_url = sandbox_url, proxy.url
+            (outcome,) = await run_fleet(cfg)
+    assert outcome.attempts == 2 and not outcome.error, outcome
+    assert outcome.exit_status == "Submitted" and outcome.reward > 0, outcome
+    (line,) = (cfg.run_dir / "results.jsonl").read_text().splitlines()
+    assert json.loads(line)["attempts"] == 2
+    assert list((tmp_path / "sandboxes").iterdir()) == []
+
+
+def test_which_failures_start_a_task_over() -> None:
+    assert is_transport_failure(SandboxError("unreachable", 503))
+    assert is_transport_failure(EvalClientError("connection reset"))
+    assert is_transport_failure(EvalClientError("bad gateway", status_code=502))
+    assert is_transport_failure(HttpConnectionError("refused"))
+    assert not is_transport_failure(SandboxError("too many sandboxes", 429))
+    assert not is_transport_failure(EvalRejected("unknown task", status_code=404))
+    assert not is_transport_failure(EvalTimeout("an hour passed"))
+    assert not is_transport_failure(ValueError("a bug"))

@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from agentfleet.evaluation.schema import EvalRequest, EvalResult
 from agentfleet.evaluation.store import DONE, FAILED, RUNNING, JobRecord, JobStore
+from agentfleet.http.retry import is_transport_error
 
 logger = logging.getLogger("agentfleet.evaluation")
 
@@ -554,6 +555,8 @@ def _failed_result(exc: BaseException) -> dict[str, Any]:
     status = submit_status_for(exc) if isinstance(exc, Exception) else None
     if status is not None:  # the request itself was bad (unknown task, no patch)
         info["status_code"] = status
+    if is_transport_error(exc):  # e.g. the sandbox server stayed unreachable: a client
+        info["transient"] = True  # may submit the work again (a new key, a new job)
     return {"reward": 0.0, "speedup": 0.0, "info": info}
 
 

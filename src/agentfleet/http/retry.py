@@ -74,6 +74,18 @@ def is_connect_error(exc: BaseException) -> bool:
     return isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
 
 
+TRANSPORT_STATUSES = frozenset({502, 503, 504})  # bad gateway / unreachable / timed out
+
+
+def is_transport_error(exc: BaseException) -> bool:
+    """A failure of the way to a server, not an answer from it: a connection error or a
+    timeout (aiohttp's, or an ``HttpError`` after retries), or an error whose ``status``
+    is 502/503/504 (e.g. a ``SandboxError`` for an unreachable sandbox server)."""
+    if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
+        return True
+    return getattr(exc, "status", None) in TRANSPORT_STATUSES
+
+
 def is_retryable_response(resp: object) -> bool:
     return getattr(resp, "status", None) in RETRY_STATUSES
 
