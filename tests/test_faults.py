@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -22,8 +23,10 @@ from agentfleet.agent import AgentConfig
 from agentfleet.bench.faultproxy import FaultProxy
 from agentfleet.evaluation.client import EvalClient, EvalClientError, EvalRejected, EvalTimeout
 from agentfleet.evaluation.evaluator import EvalConfig, Evaluator
+from agentfleet.evaluation.jobs import JobManager, TestModeEvaluator
 from agentfleet.evaluation.schema import EvalRequest
 from agentfleet.evaluation.server import create_app as eval_app
+from agentfleet.evaluation.store import JobStore
 from agentfleet.fleet.attempts import is_transport_failure
 from agentfleet.fleet.runner import FleetConfig, run_fleet
 from agentfleet.http import HttpConnectionError, HttpPool, RetryPolicy
@@ -239,3 +242,119 @@ def test_which_failures_start_a_task_over() -> None:
     assert not is_transport_failure(EvalRejected("unknown task", status_code=404))
     assert not is_transport_failure(EvalTimeout("an hour passed"))
     assert not is_transport_failure(ValueError("a bug"))
+
+
+# item 10: what the evaluation server keeps ----------------------------------------------
+class Stuck:
+    """An evaluator whose evaluations never end (as if each crashed the server)."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.entered = asyncio.Event()
+
+    async def evaluate(self, req: EvalRequest) -> Any:
+        self.started += 1
+        self.entered.set()
+        await asyncio.Event().wait()
+
+    async def wait_started(self) -> None:
+        await asyncio.wait_for(self.entered.wait(), 30)
+        self.entered.clear()
+
+
+async def job_status(url: str, job_id: str) -> dict[str, Any]:
+    return await EvalClient(url).status(job_id)
+
+
+async def test_a_job_that_never_finishes_fails_after_max_attempts(tmp_path: Path) -> None:
+    db, stuck = tmp_path / "jobs.sqlite", Stuck()
+
+    def app() -> Any:
+        return eval_app(stuck, db_path=db, workers=1, max_attempts=3)
+
+    async with serve_in_loop(app()) as server:
+        job_id = await EvalClient(server.url).submit(eval_request())
+        await stuck.wait_started()
+    for _ in (2, 3):  # each start runs it again; each stop interrupts it
+        async with serve_in_loop(app()) as server:
+            await stuck.wait_started()
+    async with serve_in_loop(app()) as server:  # the 4th start gives up on it
+        job = await job_status(server.url, job_id)
+        health = await EvalClient(server.url).health()
+    assert stuck.started == 3
+    assert job["status"] == "failed" and job["attempts"] == 3, job
+    assert "started 3 times without finishing" in job["error"]
+    assert health["queued"] == 0 and health["running"] == 0
+
+
+async def aged(db: Path, job_id: str, days: float) -> None:
+    """Make a finished job look ``days`` older, straight in the SQLite file."""
+
+    def age() -> None:
+        with sqlite3.connect(db) as conn:
+            conn.execute(
+                "UPDATE jobs SET finished = finished - ? WHERE id = ?", (days * 86400, job_id)
+            )
+
+    await asyncio.to_thread(age)
+
+
+async def test_old_jobs_are_pruned_at_start_and_periodically(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.sqlite"
+    async with serve_in_loop(eval_app(test_latency=0, db_path=db)) as server:
+        client = EvalClient(server.url, poll_wait=5)
+        old, new = [await client.submit(eval_request(), idempotency_key=k) for k in ("old", "new")]
+        for job_id in (old, new):
+            assert (await client.wait(job_id))["status"] == "done"
+    await aged(db, old, 8)
+    async with serve_in_loop(eval_app(test_latency=0, db_path=db, keep_days=7)) as server:
+        with pytest.raises(EvalRejected) as info:
+            await job_status(server.url, old)
+        assert info.value.status_code == 404
+        assert (await job_status(server.url, new))["status"] == "done"
+    async with JobStore(db) as store:
+        jobs = JobManager(store, TestModeEvaluator(0), workers=1, keep_days=7, prune_every_s=0.05)
+        await jobs.start()
+        try:
+            assert (await jobs.get(new)) is not None
+            await aged(db, new, 7.5)
+            for _ in range(200):
+                if await store.get(new) is None:
+                    break
+                await asyncio.sleep(0.05)
+            assert await store.get(new) is None and await jobs.get(new) is None
+            assert await store.counts() == {}
+        finally:
+            await jobs.stop()
+
+
+async def test_memory_keeps_job_summaries_not_patches(tmp_path: Path) -> None:
+    patch = "diff --git a/x b/x\n" + "+" * 1_000_000 + "\n"
+    async with JobStore(tmp_path / "jobs.sqlite") as store:
+        gate = asyncio.Event()
+
+        class Gated:
+            seen: list[int] = []
+
+            async def evaluate(self, req: EvalRequest) -> Any:
+                await gate.wait()
+                self.seen.append(len(req.result or ""))
+                return (1.0, 1.0, {})
+
+        jobs = JobManager(store, Gated(), workers=1)
+        await jobs.start()
+        try:
+            req = eval_request().model_copy(update={"result": patch})
+            ids = [(await jobs.submit(req, f"k{i}"))[0].id for i in range(3)]
+            held = [jobs._live[i].request for i in ids]  # queued or running
+            gate.set()
+            for job_id in ids:
+                assert (await jobs.wait(job_id, 30)).status == "done"  # type: ignore[union-attr]
+            kept = [jobs._recent[i].request for i in ids]
+        finally:
+            await jobs.stop()
+        stored = await store.get(ids[0])
+    assert Gated.seen == [len(patch)] * 3  # the evaluator got the whole patch
+    assert stored is not None and stored.request["result"] == patch  # the store keeps it
+    for request in held + kept:
+        assert "result" not in request and request["instance_id"] == "task_1"

@@ -453,6 +453,12 @@ def serve_eval(
             "(--repeats, --reward-kind, --reference unused)",
         ),
     ] = None,
+    keep_days: Annotated[
+        float, typer.Option(min=0.001, help="prune finished jobs older than this (days)")
+    ] = 7.0,
+    max_attempts: Annotated[
+        int, typer.Option(min=1, help="starts of a job that never finishes before it fails")
+    ] = 3,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve evaluations over HTTP (default port 9528). See docs/evaluation.md."""
@@ -480,6 +486,8 @@ def serve_eval(
             sandbox_url=sandbox_url,
             max_body=max_body,
             eval_config=config,
+            keep_days=keep_days,
+            max_attempts=max_attempts,
         )
     except ValueError as exc:  # e.g. a public host without a token
         _fail(str(exc))

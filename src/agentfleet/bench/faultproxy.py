@@ -51,8 +51,8 @@ def _close(writer: asyncio.StreamWriter | None) -> None:
 
 class FaultProxy:
     """Forwards ``host:port`` (port 0: any free one) to ``upstream_host:upstream_port``,
-    breaking a seeded ``rate`` of the connections (after the faults of ``script``, one per
-connection, None for none). ``async with``, or ``start`` / ``aclose``."""
+        breaking a seeded ``rate`` of the connections (after the faults of ``script``, one per
+    connection, None for none). ``async with``, or ``start`` / ``aclose``."""
 
     def __init__(
         self,
