@@ -29,8 +29,12 @@ from agentfleet.evaluation.server import create_app as eval_app
 from agentfleet.evaluation.store import JobStore
 from agentfleet.fleet.attempts import is_transport_failure
 from agentfleet.fleet.runner import FleetConfig, run_fleet
-from agentfleet.http import HttpConnectionError, HttpPool, RetryPolicy
+from agentfleet.http import HttpConnectionError, HttpPool, RetryPolicy, Timeouts
 from agentfleet.models import ModelSpec
+from agentfleet.models.base import ModelError
+from agentfleet.models.mock_server import create_mock_llm_app
+from agentfleet.models.openai_chat import OpenAIChatModel
+from agentfleet.models.pricing import PriceTable, RunBudget
 from agentfleet.sandbox.base import CreateSandbox, SandboxError, new_sandbox_id
 from agentfleet.sandbox.client import SandboxClient
 from agentfleet.sandbox.server import create_app as sandbox_app
@@ -358,3 +362,68 @@ async def test_memory_keeps_job_summaries_not_patches(tmp_path: Path) -> None:
     assert stored is not None and stored.request["result"] == patch  # the store keeps it
     for request in held + kept:
         assert "result" not in request and request["instance_id"] == "task_1"
+
+
+# item 11: LLM calls that may have been billed -------------------------------------------
+PRICES = PriceTable({"mock-oracle": (1.0, 2.0)})  # USD per million tokens
+ASK = [{"role": "user", "content": "x" * 400}]  # about 101 prompt tokens by the estimate
+
+
+def llm(url: str, **kw: Any) -> OpenAIChatModel:
+    kw.setdefault("retry", FAST)
+    return OpenAIChatModel("mock-oracle", url + "/v1", api_key="k", prices=PRICES, **kw)
+
+
+async def completions(url: str, at_least: int) -> int:
+    """The mock's completions, once it made ``at_least`` (a stalled one ends late)."""
+    async with HttpPool() as pool:
+        for _ in range(200):
+            made = int((await pool.request("GET", f"{url}/stats")).json()["completions"])
+            if made >= at_least:
+                break
+            await asyncio.sleep(0.05)
+    return made
+
+
+async def test_llm_read_timeout_is_not_retried_and_counted() -> None:
+    app = create_mock_llm_app(dataset=None, stall_calls=1, stall_s=1.5)
+    async with serve_in_loop(app) as server:
+        budget = RunBudget(None)
+        model = llm(
+            server.url,
+            timeouts=Timeouts(total=None, connect=5, sock_read=0.3),
+            sampling={"max_tokens": 1000},
+            budget=budget,
+        )
+        with pytest.raises(ModelError) as info:
+            await model.query(ASK)
+        made = await completions(server.url, 1)
+    assert info.value.exit_status == "ModelTimeout"
+    assert made == 1  # the provider generated it: it may bill it
+    assert model.stats.calls == 0 and model.stats.possibly_billed == 1
+    expected = (101 * 1.0 + 1000 * 2.0) / 1e6  # the prompt, and max_tokens of completion
+    assert model.stats.cost == pytest.approx(expected) and budget.spent == model.stats.cost
+
+
+async def test_llm_read_timeout_is_retried_with_an_idempotency_key() -> None:
+    app = create_mock_llm_app(dataset=None, stall_calls=1, stall_s=1.5)
+    async with serve_in_loop(app) as server:
+        model = llm(
+            server.url,
+            timeouts=Timeouts(total=None, connect=5, sock_read=0.3),
+            idempotency_header="Idempotency-Key",
+        )
+        reply = await model.query(ASK)
+    assert reply.possibly_billed == 0 and model.retries == 1  # the key: billed once
+
+
+async def test_llm_answer_lost_after_the_request_is_counted_as_billed() -> None:
+    app = create_mock_llm_app(dataset=None, cost_per_call=0.01)
+    async with serve_in_loop(app) as server:
+        port = port_of(server.url)
+        async with FaultProxy(port, rate=0, script=["reset_after"]) as proxy:
+            model = llm(proxy.url)
+            reply = await model.query(ASK)
+        made = await completions(server.url, 2)
+    assert made == 2 and reply.possibly_billed == 1 and model.stats.possibly_billed == 1
+    assert model.stats.cost == pytest.approx(0.01 * made)  # what the provider billed

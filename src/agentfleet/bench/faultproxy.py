@@ -129,13 +129,18 @@ class FaultProxy:
 
     # connections ---------------------------------------------------------------------
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
+        # The work runs in its own task, which aclose() cancels: asyncio's stream server
+        # logs an error for a cancelled connection callback, so that one must end normally.
+        task = asyncio.ensure_future(self._serve(reader, writer))
         self._handlers.add(task)
         try:
-            await self._serve(reader, writer)
+            await task
         except (OSError, asyncio.IncompleteReadError) as exc:
             log.debug("%s: connection ended: %r", self.name, exc)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # we are cancelled ourselves, not just our work
         finally:
             self._handlers.discard(task)
             _close(writer)

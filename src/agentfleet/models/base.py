@@ -26,7 +26,8 @@ class ModelReply:
     content: str
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    cost: float = 0.0
+    cost: float = 0.0  # with the estimated cost of the possibly billed attempts
+    possibly_billed: int = 0  # attempts lost after the request left (the provider may bill)
 
 
 @dataclass
@@ -35,12 +36,14 @@ class ModelStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float = 0.0
+    possibly_billed: int = 0  # lost attempts counted in ``cost`` (an estimate each)
 
     def add(self, reply: ModelReply) -> None:
         self.calls += 1
         self.prompt_tokens += reply.prompt_tokens
         self.completion_tokens += reply.completion_tokens
         self.cost += reply.cost
+        self.possibly_billed += reply.possibly_billed
 
 
 @runtime_checkable
