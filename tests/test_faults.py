@@ -12,12 +12,13 @@ import json
 import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
+from conftest import sandbox_processes
 
 from agentfleet.agent import AgentConfig
 from agentfleet.bench.faultproxy import FaultProxy
@@ -427,3 +428,73 @@ async def test_llm_answer_lost_after_the_request_is_counted_as_billed() -> None:
         made = await completions(server.url, 2)
     assert made == 2 and reply.possibly_billed == 1 and model.stats.possibly_billed == 1
     assert model.stats.cost == pytest.approx(0.01 * made)  # what the provider billed
+
+
+# the drill: a fleet through four fault proxies ------------------------------------------
+DRILL_SEED = 14
+
+
+async def job_rows(db: Path) -> list[tuple[str, str, int]]:
+    """(instance_id, status, attempts) of every evaluation job, from the SQLite file."""
+
+    def read() -> list[tuple[str, str, int]]:
+        with sqlite3.connect(db) as conn:
+            rows = conn.execute(
+                "SELECT json_extract(request, '$.instance_id'), status, attempts FROM jobs"
+            ).fetchall()
+        return [(str(i), str(s), int(a)) for i, s, a in rows]
+
+    return await asyncio.to_thread(read)
+
+
+@pytest.mark.slow
+async def test_fleet_survives_faults_on_every_connection_path(tmp_path: Path) -> None:
+    """20% of the connections of each path (runner -> sandbox server, runner -> evaluation
+    server, evaluation server -> sandbox server, runner -> LLM) reset before or after the
+    request, stall, or make the next connects fail: every task is solved, every
+    evaluation job runs once, and nothing is left behind."""
+    HttpPool.configure_default(retry=RetryPolicy(attempts=8, wait_min=0.05, wait_max=0.5))
+    root, db = tmp_path / "sandboxes", tmp_path / "jobs.sqlite"
+
+    def proxy(port: int, name: str, salt: int) -> FaultProxy:
+        return FaultProxy(port, rate=0.2, seed=DRILL_SEED + salt, stall_s=1.0, name=name)
+
+    async with AsyncExitStack() as stack:
+        enter = stack.enter_async_context
+        sandbox = await enter(serve_in_loop(sandbox_app(root=root)))
+        to_sandbox = await enter(proxy(port_of(sandbox.url), "eval->sandbox", 1))
+        evaluator = Evaluator(SandboxClient(to_sandbox.url), EvalConfig(repeats=2))
+        evaluation = await enter(serve_in_loop(eval_app(evaluator, workers=2, db_path=db)))
+        mock = await enter(serve_in_loop(create_mock_llm_app()))
+        proxies = [
+            await enter(proxy(port_of(sandbox.url), "runner->sandbox", 2)),
+            await enter(proxy(port_of(evaluation.url), "runner->eval", 3)),
+            await enter(proxy(port_of(mock.url), "runner->llm", 4)),
+            to_sandbox,
+        ]
+        llm_retry = RetryPolicy(attempts=8, wait_min=0.05, wait_max=0.5)
+        spec = ModelSpec(
+            "openai/mock-oracle", url=f"{proxies[2].url}/v1", options={"retry": llm_retry}
+        )
+        cfg = fleet_config(tmp_path, spec, None)  # the 8 tasks of perf-lite/test
+        cfg.sandbox_url, cfg.eval_url, cfg.sample_every_s = proxies[0].url, proxies[1].url, 0.5
+        outcomes = await run_fleet(cfg)
+        left = await SandboxClient(sandbox.url).list()
+        faults = {p.name: p.snapshot() for p in proxies}
+    print("faults by path:", faults)  # shown with pytest -s
+    print("task attempts:", {o.instance_id: o.attempts for o in outcomes})
+    assert len(outcomes) == 8
+    for o in outcomes:
+        assert o.exit_status == "Submitted" and not o.error, o
+        assert o.info.get("status") == "ok" and o.reward > 0, o
+    kinds = ("reset_before", "reset_after", "stall", "refuse")
+    for name, seen in faults.items():  # every path met faults, and every kind was met
+        assert sum(seen.get(k, 0) for k in kinds) > 0, (name, seen)
+    assert all(sum(seen.get(k, 0) for seen in faults.values()) > 0 for k in kinds), faults
+    jobs = await job_rows(db)
+    print("evaluation jobs:", len(jobs), "attempts:", Counter(a for _, _, a in jobs))
+    assert all(status == "done" and attempts == 1 for _, status, attempts in jobs), jobs
+    per_task = Counter(i for i, _, _ in jobs)
+    assert all(per_task[o.instance_id] <= o.attempts for o in outcomes), (per_task, outcomes)
+    assert left == [] and list(root.iterdir()) == []
+    assert sandbox_processes(root) == {}

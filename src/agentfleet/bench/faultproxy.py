@@ -1,20 +1,27 @@
 """A TCP proxy that injects connection faults, for drills of the fleet's HTTP paths.
 
 Put it between any client and server (``FaultProxy(upstream_port=...)``, then point the
-client at ``proxy.url``). A seeded share of connections (``rate``) gets one fault, drawn
-from ``kinds``:
+client at ``proxy.url``). A seeded share (``rate``) of the requests gets one fault, drawn
+from ``kinds``. A request is what the client sends on a connection before the answer
+starts, so every request of a kept-alive connection has its own draw (drawing once per
+connection would spare most requests, as clients reuse few connections):
 
-- ``reset_before``: the client's first bytes are read, nothing is forwarded, the
-  connection is reset (RST): the server never sees the request.
+- ``reset_before``: the request is not forwarded and the client's connection is reset
+  (RST): the server never sees it.
 - ``reset_after``: the request is forwarded; when the answer starts, the client's
   connection is reset: the server did the work, the client never hears of it.
-- ``stall``: the first answer is held ``stall_s`` seconds, then forwarded.
-- ``refuse``: this connection is forwarded, but the proxy stops listening for
-  ``refuse_s`` seconds: the connects in that window are refused (``ECONNREFUSED``).
+- ``stall``: the answer is held ``stall_s`` seconds, then forwarded.
+- ``refuse``: this request goes through, but the proxy stops listening for ``refuse_s``
+  seconds: the connects in that window are refused (``ECONNREFUSED``).
 
-Faults are drawn in the order connections are accepted, from ``random.Random(seed)``:
-the same seed and the same order of connections give the same faults. ``stats`` counts
-connections and the faults injected, by kind.
+Faults are drawn in the order requests arrive, from ``random.Random(seed)``: the same
+seed and the same order of requests give the same faults. ``script`` lists the faults of
+the first requests (None: none), before any draw. ``stats`` counts connections, requests
+(``exchanges``) and the faults injected, by kind.
+
+It speaks TCP only, so it sees HTTP/1.1 requests as bytes: a request is detected as the
+first bytes the client sends after an answer began (no pipelining, which aiohttp does not
+do).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import socket
 import struct
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger("agentfleet.bench.faultproxy")
@@ -49,10 +57,18 @@ def _close(writer: asyncio.StreamWriter | None) -> None:
         writer.close()
 
 
+@dataclass
+class _Exchange:
+    """The request / answer under way on one connection, and its fault."""
+
+    fault: str | None = None
+    answered: bool = False
+
+
 class FaultProxy:
     """Forwards ``host:port`` (port 0: any free one) to ``upstream_host:upstream_port``,
-        breaking a seeded ``rate`` of the connections (after the faults of ``script``, one per
-    connection, None for none). ``async with``, or ``start`` / ``aclose``."""
+    breaking a seeded ``rate`` of the requests (after the faults of ``script``).
+    ``async with``, or ``start`` / ``aclose``."""
 
     def __init__(
         self,
@@ -120,7 +136,7 @@ class FaultProxy:
         await self.aclose()
 
     def draw(self) -> str | None:
-        """The fault of the next connection (None: none)."""
+        """The fault of the next request (None: none)."""
         if self.script:
             return self.script.pop(0)
         if self.rate > 0 and self.rng.random() < self.rate:
@@ -147,23 +163,18 @@ class FaultProxy:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.stats["connections"] += 1
-        fault = self.draw()
-        if fault is not None:
-            self.stats[fault] += 1
-        if fault == "refuse":
-            self.refuse_for(self.refuse_s)
         first = await reader.read(_CHUNK)
         if not first:
             return
-        if fault == "reset_before":
-            _reset(writer)
+        ex = _Exchange()
+        if not self._begin(ex, writer):
             return
         up_reader, up_writer = await asyncio.open_connection(*self.upstream)
         try:
             up_writer.write(first)
             await up_writer.drain()
-            ahead = asyncio.ensure_future(self._pipe(reader, up_writer))
-            back = asyncio.ensure_future(self._answer(up_reader, writer, fault))
+            ahead = asyncio.ensure_future(self._ahead(reader, up_writer, writer, ex))
+            back = asyncio.ensure_future(self._back(up_reader, writer, ex))
             try:
                 await asyncio.wait({ahead, back}, return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -173,27 +184,47 @@ class FaultProxy:
         finally:
             _close(up_writer)
 
-    @staticmethod
-    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    def _begin(self, ex: _Exchange, client: asyncio.StreamWriter) -> bool:
+        """A new request on the connection: draw its fault; False if it ends here."""
+        ex.fault, ex.answered = self.draw(), False
+        self.stats["exchanges"] += 1
+        if ex.fault is not None:
+            self.stats[ex.fault] += 1
+        if ex.fault == "refuse":
+            self.refuse_for(self.refuse_s)
+        if ex.fault == "reset_before":
+            _reset(client)
+            return False
+        return True
+
+    async def _ahead(
+        self,
+        src: asyncio.StreamReader,
+        dst: asyncio.StreamWriter,
+        client: asyncio.StreamWriter,
+        ex: _Exchange,
+    ) -> None:
+        """The client's bytes to the server; bytes after an answer start a new request."""
         while data := await src.read(_CHUNK):
+            if ex.answered and not self._begin(ex, client):
+                return
             dst.write(data)
             await dst.drain()
 
-    async def _answer(
-        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, fault: str | None
+    async def _back(
+        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, ex: _Exchange
     ) -> None:
-        """The server's bytes back to the client; the fault hits the first answer."""
-        data = await src.read(_CHUNK)
-        if not data:
-            return
-        if fault == "reset_after":
-            _reset(dst)
-            return
-        if fault == "stall":
-            await asyncio.sleep(self.stall_s)
-        dst.write(data)
-        await dst.drain()
-        await self._pipe(src, dst)
+        """The server's bytes back to the client; the fault hits the start of an answer."""
+        while data := await src.read(_CHUNK):
+            if not ex.answered:
+                if ex.fault == "reset_after":
+                    _reset(dst)
+                    return
+                if ex.fault == "stall":
+                    await asyncio.sleep(self.stall_s)
+                ex.answered = True
+            dst.write(data)
+            await dst.drain()
 
     # refusing ------------------------------------------------------------------------
     def refuse_for(self, seconds: float) -> None:

@@ -34,7 +34,13 @@ from agentfleet.evaluation.speedup import (
     run_checked,
     speedup_stats,
 )
-from agentfleet.sandbox.base import CreateSandbox, SandboxError, Sandboxes, SandboxNotFound
+from agentfleet.sandbox.base import (
+    CreateSandbox,
+    SandboxError,
+    Sandboxes,
+    SandboxNotFound,
+    new_sandbox_id,
+)
 from agentfleet.tasks.task import Task, TaskNotFound, load_dataset
 
 __all__ = [
@@ -183,8 +189,13 @@ class _Pool:
     def __init__(self, sandboxes: Sandboxes) -> None:
         self._sandboxes = sandboxes
         self._tasks: list[asyncio.Task[str]] = []
+        self._ids: list[str] = []
 
     def start(self, req: CreateSandbox) -> asyncio.Task[str]:
+        # A chosen id: the create is retry-safe, and deleted even if its answer was lost.
+        req = req.model_copy(update={"sandbox_id": new_sandbox_id()})
+        self._ids.append(str(req.sandbox_id))
+
         async def create() -> str:
             info = await self._sandboxes.create(req)
             return info.sandbox_id
@@ -196,9 +207,7 @@ class _Pool:
     async def close(self) -> None:
         if self._tasks:
             await asyncio.wait(self._tasks)
-        ids = [
-            t.result() for t in self._tasks if not t.cancelled() and t.exception() is None
-        ]  # a failed or cancelled creation left nothing to delete
+        ids = self._ids  # made or not: a creation that never answered may exist
         results = await asyncio.gather(
             *(self._sandboxes.delete(i) for i in ids), return_exceptions=True
         )
