@@ -238,6 +238,23 @@ async def test_runner_starts_a_task_over_after_a_transport_fault(tmp_path: Path)
     assert list((tmp_path / "sandboxes").iterdir()) == []
 
 
+async def test_a_task_whose_model_stays_unavailable_is_tried_twice(tmp_path: Path) -> None:
+    app = create_mock_llm_app(error_rate=1.0, error_kinds=("500",))
+    async with servers(tmp_path) as (sandbox_url, eval_url), serve_in_loop(app) as mock:
+        retry = RetryPolicy(attempts=2, wait_min=0.01, wait_max=0.02)
+        spec = ModelSpec("openai/mock-oracle", url=f"{mock.url}/v1", options={"retry": retry})
+        cfg = fleet_config(tmp_path, spec, ["sku-diff"])
+        cfg.sandbox_url, cfg.eval_url = sandbox_url, eval_url
+        (outcome,) = await run_fleet(cfg)
+        async with HttpPool() as pool:
+            calls = (await pool.request("GET", f"{mock.url}/stats")).json()["calls"]
+    assert outcome.exit_status == "ModelUnavailable" and outcome.attempts == 2
+    assert calls == 4  # two tries of two attempts; the first try was not evaluated
+    assert outcome.info.get("status") == "not_submitted"  # only the last try was evaluated
+    assert "unavailable after 2 attempt(s)" in outcome.error
+    assert list((tmp_path / "sandboxes").iterdir()) == []
+
+
 def test_which_failures_start_a_task_over() -> None:
     assert is_transport_failure(SandboxError("unreachable", 503))
     assert is_transport_failure(EvalClientError("connection reset"))
