@@ -166,9 +166,13 @@ class SandboxClient:
             if not retried or req.sandbox_id is None or time.monotonic() > deadline:
                 raise error_from_response(resp)  # the id was taken before this call
             try:
-                return await self.get(req.sandbox_id)
+                made = await self.get(req.sandbox_id)
             except SandboxNotFound:  # the first attempt's create is still running (or
                 await asyncio.sleep(0.5)  # was cancelled): ask again
+                continue
+            if made.task_id != req.task_id:  # not ours after all
+                raise error_from_response(resp)
+            return made
 
     async def exec(
         self,
