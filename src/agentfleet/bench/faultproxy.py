@@ -53,8 +53,21 @@ def _reset(writer: asyncio.StreamWriter) -> None:
 
 
 def _close(writer: asyncio.StreamWriter | None) -> None:
-    if writer is not None and not writer.is_closing():
-        writer.close()
+    """Close now, dropping unsent bytes."""
+    if writer is not None:
+        writer.transport.abort()
+
+
+async def _shut(writer: asyncio.StreamWriter, within: float = 2.0) -> None:
+    """Close after the bytes still buffered are sent, or at once if the peer does not read
+    them within ``within`` seconds (a graceful close alone may wait forever)."""
+    if writer.transport.is_closing():
+        return
+    writer.close()
+    try:
+        await asyncio.wait_for(writer.wait_closed(), within)
+    except (TimeoutError, OSError):
+        writer.transport.abort()
 
 
 @dataclass
@@ -159,7 +172,7 @@ class FaultProxy:
                 raise  # we are cancelled ourselves, not just our work
         finally:
             self._handlers.discard(task)
-            _close(writer)
+            await _shut(writer)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.stats["connections"] += 1

@@ -207,7 +207,12 @@ class _Pool:
     async def close(self) -> None:
         if self._tasks:
             await asyncio.wait(self._tasks)
-        ids = self._ids  # made or not: a creation that never answered may exist
+        # the id made, or for a creation that failed the chosen one: it may exist all the
+        # same (its answer was lost)
+        ids = [
+            t.result() if not t.cancelled() and t.exception() is None else chosen
+            for t, chosen in zip(self._tasks, self._ids, strict=True)
+        ]
         results = await asyncio.gather(
             *(self._sandboxes.delete(i) for i in ids), return_exceptions=True
         )

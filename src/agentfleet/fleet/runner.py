@@ -244,6 +244,7 @@ def trajectory(
                 "prompt_tokens": getattr(stats, "prompt_tokens", 0),
                 "completion_tokens": getattr(stats, "completion_tokens", 0),
                 "possibly_billed": getattr(stats, "possibly_billed", 0),
+                "possibly_billed_cost": getattr(stats, "possibly_billed_cost", 0.0),
             },
             "model": getattr(model, "name", ""),
             "reward": outcome.reward,

@@ -172,10 +172,10 @@ class OpenAIChatModel:
             self._charge_lost(lost, body)  # what the lost attempts may have cost
             raise
         reply.possibly_billed = lost.count
-        reply.cost += lost.estimate(self.prices, self.model, body, reply)
+        reply.possibly_billed_cost = lost.estimate(self.prices, self.model, body, reply)
         self.stats.add(reply)
-        if self.budget is not None:
-            self.budget.charge(reply.cost)
+        if self.budget is not None:  # conservative: what may have been billed
+            self.budget.charge(reply.cost + reply.possibly_billed_cost)
         return reply
 
     def _charge_lost(self, lost: LostAttempts, body: dict[str, Any]) -> None:
@@ -183,14 +183,14 @@ class OpenAIChatModel:
             return
         cost = lost.estimate(self.prices, self.model, body, None)
         self.stats.possibly_billed += lost.count
-        self.stats.cost += cost
+        self.stats.possibly_billed_cost += cost
         if self.budget is not None:
             self.budget.charge(cost)
 
     def _check_limits(self) -> None:
-        if self.cost_limit is not None and self.stats.cost >= self.cost_limit:
+        if self.cost_limit is not None and self.stats.cost_bound >= self.cost_limit:
             raise LimitReached(
-                f"model {self.name!r} spent ${self.stats.cost:.4f}, "
+                f"model {self.name!r} spent ${self.stats.cost_bound:.4f}, "
                 f"reaching its cost limit ${self.cost_limit:.4f}",
                 "CostLimitExceeded",
             )
