@@ -101,6 +101,12 @@ def run(
     rerun_failed: Annotated[
         bool, typer.Option(help="with --resume: also run again the tasks that failed")
     ] = False,
+    task_attempts: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="tries of a task that meets network faults (fresh sandbox) [default: 2]"
+        ),
+    ] = None,
     progress: Annotated[
         str,
         typer.Option(
@@ -210,6 +216,7 @@ def run(
             run_dir=run_dir,
             resume=resume,
             rerun_failed=rerun_failed,
+            task_attempts=task_attempts,
             sandbox_urls=sandbox_url or [],
             eval_url=eval_url,
             sandbox_root=sandbox_root,
