@@ -108,10 +108,11 @@ class FaultProxy:
         self.stall_s, self.refuse_s = stall_s, refuse_s
         self.host, self.port, self.name = host, port, name
         self.rng = random.Random(seed)
-        self.script = list(script)  # faults of the first connections, before any draw
+        self.script = list(script)  # faults of the first requests, before any draw
         self.stats: Counter[str] = Counter()
         self._server: asyncio.Server | None = None
-        self._handlers: set[asyncio.Task[None]] = set()
+        self._handlers: set[asyncio.Task[None]] = set()  # the work of each connection
+        self._conns: set[asyncio.Task[Any]] = set()  # the server's callback of each
         self._reopen: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -133,14 +134,17 @@ class FaultProxy:
             self._reopen.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reopen
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
         for task in list(self._handlers):
             task.cancel()
         if self._handlers:
             await asyncio.gather(*self._handlers, return_exceptions=True)
+        if self._conns:  # their connections being closed (bounded by _shut)
+            await asyncio.gather(*self._conns, return_exceptions=True)
+        if server is not None:  # (from Python 3.12 it also waits for open connections)
+            await server.wait_closed()
 
     async def __aenter__(self) -> FaultProxy:
         return await self.start()
@@ -162,6 +166,9 @@ class FaultProxy:
         # logs an error for a cancelled connection callback, so that one must end normally.
         task = asyncio.ensure_future(self._serve(reader, writer))
         self._handlers.add(task)
+        conn = asyncio.current_task()
+        if conn is not None:
+            self._conns.add(conn)
         try:
             await task
         except (OSError, asyncio.IncompleteReadError) as exc:
@@ -173,6 +180,7 @@ class FaultProxy:
         finally:
             self._handlers.discard(task)
             await _shut(writer)
+            self._conns.discard(conn)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.stats["connections"] += 1
