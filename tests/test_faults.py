@@ -488,7 +488,7 @@ async def test_fleet_survives_faults_on_every_connection_path(tmp_path: Path) ->
         proxies = [
             await enter(proxy(port_of(sandbox.url), "runner->sandbox", 2)),
             await enter(proxy(port_of(evaluation.url), "runner->eval", 3)),
-            await enter(proxy(port_of(mock.url), "runner->llm", 4)),
+            await enter(proxy(port_of(mock.url), "runner->llm", 9)),  # all kinds early
             to_sandbox,
         ]
         llm_retry = RetryPolicy(attempts=8, wait_min=0.05, wait_max=0.5)
@@ -499,6 +499,8 @@ async def test_fleet_survives_faults_on_every_connection_path(tmp_path: Path) ->
         cfg.sandbox_url, cfg.eval_url, cfg.sample_every_s = proxies[0].url, proxies[1].url, 0.5
         outcomes = await run_fleet(cfg)
         left = await SandboxClient(sandbox.url).list()
+        async with HttpPool() as pool:
+            generated = (await pool.request("GET", f"{mock.url}/stats")).json()["completions"]
         faults = {p.name: p.snapshot() for p in proxies}
     print("faults by path:", faults)  # shown with pytest -s
     print("task attempts:", {o.instance_id: o.attempts for o in outcomes})
@@ -510,6 +512,14 @@ async def test_fleet_survives_faults_on_every_connection_path(tmp_path: Path) ->
     for name, seen in faults.items():  # every path met faults, and every kind was met
         assert sum(seen.get(k, 0) for k in kinds) > 0, (name, seen)
     assert all(sum(seen.get(k, 0) for seen in faults.values()) > 0 for k in kinds), faults
+    stats = [
+        json.loads(p.read_text())["info"]["model_stats"]
+        for p in (cfg.run_dir / "trajectories").glob("*.traj.json")
+    ]
+    received = sum(m["api_calls"] for m in stats)
+    lost = sum(m["possibly_billed"] for m in stats)
+    print("LLM completions:", generated, "received:", received, "possibly billed:", lost)
+    assert received <= generated <= received + lost  # every generation is counted
     jobs = await job_rows(db)
     print("evaluation jobs:", len(jobs), "attempts:", Counter(a for _, _, a in jobs))
     assert all(status == "done" and attempts == 1 for _, status, attempts in jobs), jobs
