@@ -89,6 +89,12 @@ def run(
     rerun_failed: Annotated[
         bool, typer.Option(help="with --resume: also run again the tasks that failed")
     ] = False,
+    task_attempts: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="tries of a task that meets network faults (fresh sandbox) [default: 2]"
+        ),
+    ] = None,
     progress: Annotated[
         str,
         typer.Option(
@@ -205,6 +211,7 @@ def run(
             run_dir=run_dir,
             resume=resume,
             rerun_failed=rerun_failed,
+            task_attempts=task_attempts,
             sandbox_urls=sandbox_url or [],
             sandbox_token=sandbox_token,
             eval_url=eval_url,
@@ -467,6 +474,12 @@ def serve_eval(
     ] = None,
     dataset_root: DatasetRootOpt = None,
     confine: ConfineOpt = None,
+    keep_days: Annotated[
+        float, typer.Option(min=0.001, help="prune finished jobs older than this (days)")
+    ] = 7.0,
+    max_attempts: Annotated[
+        int, typer.Option(min=1, help="starts of a job that never finishes before it fails")
+    ] = 3,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve evaluations over HTTP (default port 9528). See docs/evaluation.md."""
@@ -505,6 +518,8 @@ def serve_eval(
             eval_config=config,
             dataset_roots=roots,
             confine=confine,
+            keep_days=keep_days,
+            max_attempts=max_attempts,
         )
     except ValueError as exc:  # e.g. a public host without a token
         _fail(str(exc))

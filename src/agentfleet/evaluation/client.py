@@ -21,8 +21,8 @@ import aiohttp
 from pydantic import ValidationError
 
 from agentfleet.evaluation.schema import EvalRequest, EvalResult
-from agentfleet.http import EVAL_TIMEOUTS, HttpError, HttpPool, Response, Timeouts
-from agentfleet.http.retry import retry_after_from_headers
+from agentfleet.http import EVAL_TIMEOUTS, HttpError, HttpPool, Response, Timeouts, json_object
+from agentfleet.http.retry import BodyCheck, retry_after_from_headers
 from agentfleet.tasks import DEFAULT_DATASET, DEFAULT_SPLIT
 
 logger = logging.getLogger("agentfleet.evaluation")
@@ -65,6 +65,27 @@ def _error_message(resp: Response) -> str:
         if err is not None:
             return str(err)
     return str(payload)[:500]
+
+
+def _has_job_id(resp: Response) -> bool:
+    body = resp.json()
+    return isinstance(body, dict) and isinstance(body.get("job_id"), str)
+
+
+def _json_object(resp: Response, what: str) -> dict[str, Any]:
+    """The body of a success as a JSON object, else :class:`EvalClientError` (after the
+    pool's retries: a proxy's HTML page, a truncated body...)."""
+    try:
+        data = resp.json()
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise EvalClientError(
+            f"{what}: HTTP {resp.status} with a body that is not the expected JSON object: "
+            f"{resp.text()[:200]!r}",
+            status_code=resp.status,
+        )
+    return data
 
 
 def _retry_after(resp: Response, default: float = 1.0) -> float:
@@ -116,7 +137,10 @@ class EvalClient:
         headers: Mapping[str, str] | None = None,
         timeouts: Timeouts,
         long_poll: bool = False,
+        accept: BodyCheck | None = json_object,
     ) -> Response:
+        """One call through the pool; a success whose body ``accept`` refuses is retried
+        like a 5xx (then returned; the caller raises)."""
         url = f"{self.base_url}{path}"
         try:
             return await self.pool.request(
@@ -128,6 +152,7 @@ class EvalClient:
                 timeout=timeouts,
                 idempotent=True,  # GETs, and POSTs that carry an Idempotency-Key
                 long_poll=long_poll,  # held open by the server: never all of a host's slots
+                accept=accept,
             )
         except EvalClientError:
             raise
@@ -179,9 +204,10 @@ class EvalClient:
                 json=body,
                 headers={"Idempotency-Key": key},
                 timeouts=self.submit_timeouts,
+                accept=_has_job_id,
             )
             if resp.status in (200, 201, 202):
-                job_id = resp.json().get("job_id")
+                job_id = _json_object(resp, "submit").get("job_id")
                 if not isinstance(job_id, str):
                     raise EvalClientError(f"server answered without a job id: {resp.text()[:200]}")
                 return job_id
@@ -214,10 +240,7 @@ class EvalClient:
         )
         if resp.status != 200:
             raise self._fail(resp, "status")
-        data = resp.json()
-        if not isinstance(data, dict):
-            raise EvalClientError(f"unexpected job status payload: {resp.text()[:200]}")
-        return data
+        return _json_object(resp, "status")
 
     async def wait(self, job_id: str, *, poll_wait: float | None = None) -> dict[str, Any]:
         """Long-poll until the job is done or failed."""
@@ -271,8 +294,7 @@ class EvalClient:
         resp = await self._request("GET", "/healthz", timeouts=Timeouts(total=30, sock_read=30))
         if resp.status != 200:
             raise self._fail(resp, "healthz")
-        data = resp.json()
-        return data if isinstance(data, dict) else {"status": data}
+        return _json_object(resp, "healthz")
 
 
 def _to_result(data: dict[str, Any]) -> EvalResult:

@@ -36,7 +36,13 @@ from agentfleet.evaluation.speedup import (
     run_checked,
     speedup_stats,
 )
-from agentfleet.sandbox.base import CreateSandbox, SandboxError, Sandboxes, SandboxNotFound
+from agentfleet.sandbox.base import (
+    CreateSandbox,
+    SandboxError,
+    Sandboxes,
+    SandboxNotFound,
+    new_sandbox_id,
+)
 from agentfleet.sandbox.command_env import DEFAULT_PATH
 from agentfleet.sandbox.host_git import patch_applies
 from agentfleet.tasks.task import Task, TaskNotFound, load_dataset
@@ -167,8 +173,13 @@ class _Pool:
     def __init__(self, sandboxes: Sandboxes) -> None:
         self._sandboxes = sandboxes
         self._tasks: list[asyncio.Task[str]] = []
+        self._ids: list[str] = []
 
     def start(self, req: CreateSandbox) -> asyncio.Task[str]:
+        # A chosen id: the create is retry-safe, and deleted even if its answer was lost.
+        req = req.model_copy(update={"sandbox_id": new_sandbox_id()})
+        self._ids.append(str(req.sandbox_id))
+
         async def create() -> str:
             info = await self._sandboxes.create(req)
             return info.sandbox_id
@@ -180,9 +191,12 @@ class _Pool:
     async def close(self) -> None:
         if self._tasks:
             await asyncio.wait(self._tasks)
+        # the id made, or for a creation that failed the chosen one: it may exist all the
+        # same (its answer was lost)
         ids = [
-            t.result() for t in self._tasks if not t.cancelled() and t.exception() is None
-        ]  # a failed or cancelled creation left nothing to delete
+            t.result() if not t.cancelled() and t.exception() is None else chosen
+            for t, chosen in zip(self._tasks, self._ids, strict=True)
+        ]
         results = await asyncio.gather(
             *(self._sandboxes.delete(i) for i in ids), return_exceptions=True
         )

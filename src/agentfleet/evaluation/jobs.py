@@ -18,11 +18,16 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Protocol, runtime_checkable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
+from agentfleet.evaluation.jobstats import EvalMetrics, JobCounters, PeerCounter
+from agentfleet.evaluation.outcome import (
+    coerce_result,
+    error_text,
+    failed_result,
+    submit_status_for,
+)
 from agentfleet.evaluation.schema import EvalRequest, EvalResult
 from agentfleet.evaluation.store import DONE, FAILED, RUNNING, JobRecord, JobStore
 
@@ -94,144 +99,10 @@ def body_hash(req: EvalRequest) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def _finite(x: Any) -> float:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return 0.0
-    return v if math.isfinite(v) else 0.0
-
-
-def _json_safe(obj: Any) -> Any:
-    """Make ``obj`` strict-JSON encodable (no NaN/inf, no odd types)."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple | set | frozenset):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, bool) or obj is None or isinstance(obj, str | int):
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    return str(obj)
-
-
-def _coerce_result(res: Any) -> dict[str, Any]:
-    reward: Any
-    speedup: Any
-    info: Any
-    if isinstance(res, EvalResult):
-        reward, speedup, info = res.reward, res.speedup, res.info
-    elif isinstance(res, tuple) and len(res) == 3:
-        reward, speedup, info = res
-    elif isinstance(res, dict):
-        reward, speedup, info = res.get("reward"), res.get("speedup"), res.get("info")
-    else:
-        raise TypeError(f"evaluator returned {type(res).__name__}, not an EvalResult")
-    return {
-        "reward": _finite(reward),
-        "speedup": _finite(speedup),
-        "info": _json_safe(info) if isinstance(info, dict) else {},
-    }
-
-
-def _error_text(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def submit_status_for(exc: Exception) -> int | None:
-    """HTTP status for an exception raised by ``evaluator.check`` (None: not a rejection)."""
-    if isinstance(exc, LookupError):  # TaskNotFound
-        return 404
-    if isinstance(exc, ValueError) or type(exc).__name__ in {"BadSubmission", "BadRequest"}:
-        return 422
-    status = getattr(exc, "status", None)
-    if isinstance(status, int) and 400 <= status < 500:
-        return status
-    return None
-
-
-# metrics ----------------------------------------------------------------------------
-class EvalMetrics:
-    """Prometheus metrics in a per-app registry."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.submitted = Counter(
-            "agentfleet_eval_jobs_submitted", "Evaluation jobs accepted", registry=r
-        )
-        self.deduplicated = Counter(
-            "agentfleet_eval_jobs_deduplicated",
-            "Submissions answered with an existing job (same idempotency key)",
-            registry=r,
-        )
-        self.rejected = Counter(
-            "agentfleet_eval_jobs_rejected", "Submissions refused", ["reason"], registry=r
-        )
-        self.completed = Counter(
-            "agentfleet_eval_jobs_completed", "Evaluation jobs finished done", registry=r
-        )
-        self.failed = Counter(
-            "agentfleet_eval_jobs_failed", "Evaluation jobs finished failed", registry=r
-        )
-        self.queue_depth = Gauge(
-            "agentfleet_eval_queue_depth", "Jobs waiting for a worker", registry=r
-        )
-        self.running = Gauge("agentfleet_eval_jobs_running", "Jobs being evaluated", registry=r)
-        self.duration = Histogram(
-            "agentfleet_eval_duration_seconds",
-            "Evaluation duration",
-            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
-            registry=r,
-        )
-        self.speedup = Histogram(
-            "agentfleet_eval_speedup",
-            "Speedup of finished evaluations",
-            buckets=(0, 0.5, 0.8, 0.95, 1.0, 1.05, 1.2, 1.5, 2, 3, 5, 10, 100),
-            registry=r,
-        )
-
-
-class PeerCounter:
-    """Distinct (host, port) pairs seen, in bounded memory: one 8 KiB bitmap of ports per
-    host, for at most ``max_hosts`` hosts (2 MiB at the default 256). Exact while within
-    that; pairs from further hosts are not counted and ``saturated`` turns true."""
-
-    def __init__(self, max_hosts: int = 256) -> None:
-        self.max_hosts = max_hosts
-        self._ports: dict[str, bytearray] = {}
-        self.count = 0
-        self.saturated = False
-
-    def add(self, host: str, port: int) -> None:
-        bits = self._ports.get(host)
-        if bits is None:
-            if len(self._ports) >= self.max_hosts:
-                self.saturated = True
-                return
-            bits = self._ports[host] = bytearray(8192)
-        port &= 0xFFFF
-        byte, mask = port >> 3, 1 << (port & 7)
-        if not bits[byte] & mask:
-            bits[byte] |= mask
-            self.count += 1
-
-    def clear(self) -> None:
-        self._ports.clear()
-        self.count = 0
-        self.saturated = False
-
-
-@dataclass
-class _Counters:
-    in_flight: int = 0
-    peak_in_flight: int = 0
-    completed: int = 0
-    clients: PeerCounter = field(default_factory=PeerCounter)
-
-
-_RECENT_JOBS = 10_000  # finished jobs kept in memory for polls
+_RECENT_JOBS = 10_000  # finished jobs kept in memory for polls (summaries: no patches)
+DEFAULT_KEEP_DAYS = 7.0  # finished jobs older than this are pruned from the store
+DEFAULT_MAX_ATTEMPTS = 3  # starts of a job that never finishes before it is failed
+PRUNE_EVERY_S = 3600.0
 
 
 class JobManager:
@@ -239,6 +110,12 @@ class JobManager:
 
     ``workers=None`` runs every job at once (test mode); otherwise at most ``workers``
     evaluations run concurrently. ``queue_limit`` bounds the jobs waiting for a worker.
+
+    Memory holds job summaries only (no patch: a worker reads it from the store when the
+    job starts). ``keep_days`` (None: forever): finished jobs older than that are deleted
+    from the store at start and every ``prune_every_s``. ``max_attempts`` (None: no cap):
+    a job found unfinished at start after that many starts (each ended by a stop or a
+    crash of the server) is failed with the reason instead of being run again.
     """
 
     def __init__(
@@ -250,16 +127,26 @@ class JobManager:
         queue_limit: int = 1000,
         metrics: EvalMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        keep_days: float | None = DEFAULT_KEEP_DAYS,
+        max_attempts: int | None = DEFAULT_MAX_ATTEMPTS,
+        prune_every_s: float = PRUNE_EVERY_S,
     ) -> None:
         if workers is not None and workers < 1:
             raise ValueError("workers must be >= 1 (or None for no limit)")
+        if keep_days is not None and keep_days <= 0:
+            raise ValueError("keep_days must be > 0 (or None to keep every job)")
+        if max_attempts is not None and max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1 (or None for no cap)")
+        self.keep_days = keep_days
+        self.max_attempts = max_attempts
+        self.prune_every_s = prune_every_s
         self.store = store
         self.evaluator = evaluator
         self.workers = workers
         self.queue_limit = queue_limit
         self.metrics = metrics or EvalMetrics()
         self._clock = clock
-        self._queue: asyncio.Queue[tuple[str, EvalRequest]] = asyncio.Queue()
+        self._queue: asyncio.Queue[str] = asyncio.Queue()  # job ids: requests stay in the store
         self._reserved = 0
         self._running = 0
         self._events: dict[str, asyncio.Event] = {}
@@ -268,32 +155,66 @@ class JobManager:
         self._recent: OrderedDict[str, JobRecord] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self._mean_duration: float | None = None
-        self._counters = _Counters()
+        self._counters = JobCounters()
         self._started = False
         self._stopping = False
 
     # lifecycle -----------------------------------------------------------------------
     async def start(self) -> int:
-        """Re-queue unfinished jobs from the store, then start the workers."""
-        pending = await self.store.unfinished()
-        for job in pending:
-            try:
-                req = EvalRequest.model_validate(job.request)
-            except Exception as exc:  # stored request no longer valid: fail it, keep going
-                await self.store.mark_running(job.id)
-                await self.store.finish(job.id, FAILED, _failed_result(exc), _error_text(exc))
+        """Prune old jobs, re-queue unfinished ones (failing those started ``max_attempts``
+        times already), then start the workers (and the pruner). Returns the re-queued."""
+        await self.prune()
+        requeued = 0
+        for job in await self.store.unfinished(summary=True):
+            if self.max_attempts is not None and job.attempts >= self.max_attempts:
+                await self._give_up(job)
                 continue
             self._live[job.id] = job
-            self._queue.put_nowait((job.id, req))
-        if pending:
-            logger.info("re-queued %d unfinished evaluation job(s)", len(pending))
+            self._queue.put_nowait(job.id)
+            requeued += 1
+        if requeued:
+            logger.info("re-queued %d unfinished evaluation job(s)", requeued)
         self._update_gauges()
         n = self.workers if self.workers is not None else 1
         target = self._worker if self.workers is not None else self._dispatcher
         for i in range(n):
             self._spawn(target(), name=f"eval-worker-{i}")
+        if self.keep_days is not None and self.prune_every_s > 0:
+            self._spawn(self._pruner(), name="eval-pruner")
         self._started = True
-        return len(pending)
+        return requeued
+
+    async def _give_up(self, job: JobRecord) -> None:
+        error = (
+            f"started {job.attempts} times without finishing (the server stopped or crashed "
+            f"during each); not run again (max attempts {self.max_attempts})"
+        )
+        result = {"reward": 0.0, "speedup": 0.0, "info": {"error": error}}
+        await self.store.fail_unfinished(job.id, result, error)
+        self.metrics.failed.inc()
+        logger.warning("job %s failed: %s", job.id, error)
+
+    async def prune(self) -> int:
+        """Delete finished jobs older than ``keep_days`` (store and memory); their count."""
+        if self.keep_days is None:
+            return 0
+        cutoff = time.time() - self.keep_days * 86400.0
+        pruned = await self.store.prune(cutoff)
+        for job_id in [k for k, j in self._recent.items() if (j.finished or 0) < cutoff]:
+            del self._recent[job_id]
+        if pruned:
+            logger.info(
+                "pruned %d evaluation job(s) finished over %g days ago", pruned, self.keep_days
+            )
+        return pruned
+
+    async def _pruner(self) -> None:
+        while True:
+            await asyncio.sleep(self.prune_every_s)
+            try:
+                await self.prune()
+            except Exception:  # a busy or broken store: try again next time
+                logger.exception("pruning evaluation jobs failed")
 
     async def stop(self) -> None:
         """Cancel the workers and any running evaluation, and wait for them.
@@ -361,8 +282,8 @@ class JobManager:
             self._reserved -= 1
         if not created:
             return self._same_job(job, digest), False
-        self._live[job.id] = job
-        self._queue.put_nowait((job.id, req.model_copy(update={"idempotency_key": idem_key})))
+        self._live[job.id] = job.summary()
+        self._queue.put_nowait(job.id)
         self.metrics.submitted.inc()
         self._update_gauges()
         return job, True
@@ -452,25 +373,25 @@ class JobManager:
     # workers -------------------------------------------------------------------------
     async def _worker(self) -> None:
         while True:
-            job_id, req = await self._queue.get()
+            job_id = await self._queue.get()
             self._update_gauges()
-            await self._run(job_id, req)
+            await self._run(job_id)
 
     async def _dispatcher(self) -> None:
         """No worker limit: one task per job, all owned by this manager."""
         while True:
-            job_id, req = await self._queue.get()
+            job_id = await self._queue.get()
             self._update_gauges()
-            self._spawn(self._run(job_id, req), name=f"eval-job-{job_id}")
+            self._spawn(self._run(job_id), name=f"eval-job-{job_id}")
 
-    async def _run(self, job_id: str, req: EvalRequest) -> None:
+    async def _run(self, job_id: str) -> None:
         c = self._counters
         self._running += 1
         c.in_flight += 1
         c.peak_in_flight = max(c.peak_in_flight, c.in_flight)
         self._update_gauges()
         try:
-            await self._run_inner(job_id, req)
+            await self._run_inner(job_id)
         except Exception:  # a store failure: keep the worker alive, the job stays unfinished
             logger.exception("job %s: could not record its state", job_id)
         finally:
@@ -478,7 +399,7 @@ class JobManager:
             c.in_flight -= 1
             self._update_gauges()
 
-    async def _run_inner(self, job_id: str, req: EvalRequest) -> None:
+    async def _run_inner(self, job_id: str) -> None:
         if not await self.store.mark_running(job_id):
             self._live.pop(job_id, None)
             self._wake(job_id)  # already finished (a duplicate queue entry)
@@ -488,18 +409,19 @@ class JobManager:
             self._live[job_id] = replace(
                 job, status=RUNNING, attempts=job.attempts + 1, started=time.time()
             )
-        logger.info("job %s started: instance %s", job_id, req.instance_id)
         t0 = self._clock()
         status, error = DONE, None
         try:
+            req = await self._request_of(job_id)  # the patch, from the store
+            logger.info("job %s started: instance %s", job_id, req.instance_id)
             res = await self.evaluator.evaluate(req)
-            result = _coerce_result(res)
+            result = coerce_result(res)
         except asyncio.CancelledError:
             logger.info("job %s interrupted: it stays queued for the next start", job_id)
             raise
         except Exception as exc:
-            status, error = FAILED, _error_text(exc)
-            result = _failed_result(exc)
+            status, error = FAILED, error_text(exc)
+            result = failed_result(exc)
             logger.warning("job %s failed: %s", job_id, error)
         elapsed = self._clock() - t0
         # The result lands even if we are cancelled from here on (shutdown).
@@ -538,8 +460,15 @@ class JobManager:
             result["speedup"],
         )
 
+    async def _request_of(self, job_id: str) -> EvalRequest:
+        stored = await self.store.get(job_id)
+        if stored is None:
+            raise LookupError(f"job {job_id} is not in the store")
+        # a stored request no longer valid (older server) fails its job, nothing else
+        return EvalRequest.model_validate(stored.request)
+
     def _remember(self, job: JobRecord) -> None:
-        self._recent[job.id] = job
+        self._recent[job.id] = job.summary()
         while len(self._recent) > _RECENT_JOBS:
             self._recent.popitem(last=False)
 
@@ -547,14 +476,6 @@ class JobManager:
         event = self._events.pop(job_id, None)
         if event is not None:
             event.set()
-
-
-def _failed_result(exc: BaseException) -> dict[str, Any]:
-    info: dict[str, Any] = {"error": _error_text(exc), "error_type": type(exc).__name__}
-    status = submit_status_for(exc) if isinstance(exc, Exception) else None
-    if status is not None:  # the request itself was bad (unknown task, no patch)
-        info["status_code"] = status
-    return {"reward": 0.0, "speedup": 0.0, "info": info}
 
 
 async def run_check(evaluator: Any, req: EvalRequest) -> None:
@@ -568,3 +489,20 @@ async def run_check(evaluator: Any, req: EvalRequest) -> None:
     out = await asyncio.to_thread(check, req)
     if inspect.isawaitable(out):
         await out
+
+
+__all__ = [
+    "DEFAULT_KEEP_DAYS",
+    "DEFAULT_MAX_ATTEMPTS",
+    "EvalMetrics",
+    "EvaluatorLike",
+    "IdempotencyConflict",
+    "JobManager",
+    "PeerCounter",
+    "QueueFull",
+    "SubmitError",
+    "TestModeEvaluator",
+    "body_hash",
+    "run_check",
+    "submit_status_for",
+]

@@ -36,6 +36,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agentfleet.evaluation.jobs import (
+    DEFAULT_KEEP_DAYS,
+    DEFAULT_MAX_ATTEMPTS,
     EvalMetrics,
     EvaluatorLike,
     JobManager,
@@ -221,6 +223,8 @@ def create_app(
     test_latency: float | None = None,
     max_body: int = DEFAULT_MAX_BODY,
     evaluator_factory: EvaluatorFactory | None = None,
+    keep_days: float | None = DEFAULT_KEEP_DAYS,
+    max_attempts: int | None = DEFAULT_MAX_ATTEMPTS,
 ) -> FastAPI:
     """The evaluation server app; its ``lifespan`` owns the job store and the workers.
 
@@ -228,7 +232,8 @@ def create_app(
     start-up: it returns an evaluator (closed at shutdown if it has ``aclose``), an
     awaitable of one, or an async context manager yielding one (exited at shutdown); or
     ``test_latency`` for test mode. ``db_path=None`` keeps jobs in memory. ``workers``
-    defaults to ``max(1, cpu_count // 2)``, or no limit in test mode.
+    defaults to ``max(1, cpu_count // 2)``, or no limit in test mode. ``keep_days`` and
+    ``max_attempts``: see :class:`~agentfleet.evaluation.jobs.JobManager`.
     """
     if evaluator is None and evaluator_factory is None and test_latency is None:
         raise ValueError("create_app needs an evaluator, an evaluator_factory or test_latency")
@@ -261,7 +266,13 @@ def create_app(
             store = await JobStore(db_path).open()
             stack.push_async_callback(store.close)
             jobs = JobManager(
-                store, ev, workers=n_workers, queue_limit=queue_limit, metrics=metrics
+                store,
+                ev,
+                workers=n_workers,
+                queue_limit=queue_limit,
+                metrics=metrics,
+                keep_days=keep_days,
+                max_attempts=max_attempts,
             )
             stack.push_async_callback(jobs.stop)
             stack.callback(state.pop, "manager", None)
@@ -473,6 +484,8 @@ def run_server(
     eval_config: EvalConfig | None = None,
     dataset_roots: Sequence[str | Path] = (),
     confine: str | None = None,
+    keep_days: float | None = DEFAULT_KEEP_DAYS,
+    max_attempts: int | None = DEFAULT_MAX_ATTEMPTS,
 ) -> int | None:
     """Serve until SIGINT or SIGTERM (the ``agentfleet serve-eval`` command); return that
     signal's number after the graceful shutdown (running jobs cancelled, store closed).
@@ -504,6 +517,8 @@ def run_server(
         test_latency=test_latency,
         max_body=max_body,
         evaluator_factory=evaluator_factory,
+        keep_days=keep_days,
+        max_attempts=max_attempts,
     )
     config = uvicorn_config(app, host, port, log_level=log_level, timeout_graceful_shutdown=5)
     return serve_until_signal(config)

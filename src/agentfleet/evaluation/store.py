@@ -4,7 +4,12 @@ A job goes ``queued`` -> ``running`` -> ``done`` | ``failed``. It is marked ``ru
 before its evaluation starts and gets its result in one statement afterwards, guarded by
 ``status = 'running'``: a result lands at most once. Jobs found ``queued`` or ``running``
 when a server starts (it was stopped or killed) are run again; a job interrupted mid-run
-never had its result stored, so its re-run is its only completion.
+never had its result stored, so its re-run is its only completion. The manager fails a job
+started too many times (:meth:`JobStore.fail_unfinished`) and prunes old finished jobs
+(:meth:`JobStore.prune`).
+
+The request of a job holds its patch (up to 5 MB): :meth:`JobRecord.summary` and the
+``summary=True`` reads leave it out, for what the server keeps in memory.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import asyncio
 import json
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +45,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished  REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished);
 """
 
 _COLUMNS = (
     "id, idem_key, body_hash, request, status, result, error, attempts, created, started, finished"
 )
+PATCH_FIELD = "result"  # the request field that holds the patch
+# the same columns, the request without its patch
+_SUMMARY_COLUMNS = _COLUMNS.replace("request", f"json_remove(request, '$.{PATCH_FIELD}')", 1)
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,13 @@ class JobRecord:
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    def summary(self) -> JobRecord:
+        """This job without its patch (what the server keeps in memory)."""
+        if PATCH_FIELD not in self.request:
+            return self
+        request = {k: v for k, v in self.request.items() if k != PATCH_FIELD}
+        return replace(self, request=request)
 
     @classmethod
     def from_row(cls, row: Any) -> JobRecord:
@@ -181,6 +197,24 @@ class JobStore:
         )
         return len(list(rows)) == 1
 
+    async def fail_unfinished(self, job_id: str, result: dict[str, Any], error: str) -> bool:
+        """A ``queued`` / ``running`` job -> ``failed`` (it will not run again)."""
+        rows = await self.db.execute_fetchall(
+            "UPDATE jobs SET status = ?, result = ?, error = ?, finished = ? "
+            "WHERE id = ? AND status IN (?, ?) RETURNING id",
+            (FAILED, json.dumps(result), error, time.time(), job_id, QUEUED, RUNNING),
+        )
+        return len(list(rows)) == 1
+
+    async def prune(self, finished_before: float) -> int:
+        """Delete the jobs that finished before ``finished_before`` (epoch s); their count.
+        Unfinished jobs are never pruned."""
+        rows = await self.db.execute_fetchall(
+            "DELETE FROM jobs WHERE status IN (?, ?) AND finished < ? RETURNING id",
+            (DONE, FAILED, finished_before),
+        )
+        return len(list(rows))
+
     # reads ---------------------------------------------------------------------------
     async def get(self, job_id: str) -> JobRecord | None:
         rows = list(
@@ -196,10 +230,11 @@ class JobStore:
         )
         return JobRecord.from_row(rows[0]) if rows else None
 
-    async def unfinished(self) -> list[JobRecord]:
-        """Jobs left ``queued`` or ``running``, oldest first."""
+    async def unfinished(self, *, summary: bool = False) -> list[JobRecord]:
+        """Jobs left ``queued`` or ``running``, oldest first (``summary``: no patches)."""
+        columns = _SUMMARY_COLUMNS if summary else _COLUMNS
         async with self.db.execute(
-            f"SELECT {_COLUMNS} FROM jobs WHERE status IN (?, ?) ORDER BY created, rowid",
+            f"SELECT {columns} FROM jobs WHERE status IN (?, ?) ORDER BY created, rowid",
             (QUEUED, RUNNING),
         ) as cur:
             rows = await cur.fetchall()

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from agentfleet.agent import AgentConfig
+from agentfleet.fleet.attempts import DEFAULT_TASK_ATTEMPTS
 from agentfleet.fleet.report import outcome_of, summary
 from agentfleet.fleet.results import latest_results
 from agentfleet.fleet.rundir import RunDir, run_name
@@ -92,6 +93,7 @@ class RunRequest:
     run_dir: Path | None = None
     resume: Path | None = None
     rerun_failed: bool = False
+    task_attempts: int | None = None  # None: DEFAULT_TASK_ATTEMPTS
     sandbox_urls: list[str] = field(default_factory=list)
     sandbox_token: str | None = field(default=None, repr=False)  # of the --sandbox-url servers
     eval_url: str | None = None
@@ -159,6 +161,7 @@ def build_config(req: RunRequest) -> tuple[FleetConfig, RayOptions | None]:
         resume=req.resume is not None,
         rerun_failed=req.rerun_failed,
         pool=resolve_limits(req.pool) if req.pool is not None else None,
+        task_attempts=req.task_attempts or DEFAULT_TASK_ATTEMPTS,
     )
     return cfg, ray
 

@@ -18,6 +18,12 @@ from agentfleet.agent import AgentConfig, LightAgent
 from agentfleet.evaluation.client import evaluate_info
 from agentfleet.evaluation.evaluator import BadSubmission, EvalConfig, Evaluator, sandbox_diff
 from agentfleet.evaluation.server import create_app as eval_app
+from agentfleet.fleet.attempts import (
+    DEFAULT_TASK_ATTEMPTS,
+    MODEL_UNAVAILABLE,
+    is_transport_failure,
+    transient_evaluation,
+)
 from agentfleet.fleet.results import ResumePlan, plan_resume, repair_tail, result_state
 from agentfleet.fleet.rundir import RunDir
 from agentfleet.http import HttpPool, PoolLimits, Timeouts, preset_for_fleet, resolve_limits
@@ -60,6 +66,7 @@ class FleetConfig:
     rerun_failed: bool = False  # with resume: run failed tasks again
     sample_every_s: float = 1.0  # pool / evaluation-queue snapshots (0: off)
     pool: PoolLimits | str | None = None  # HTTP pool limits (None: by fleet size, pool_limits)
+    task_attempts: int = DEFAULT_TASK_ATTEMPTS  # tries of a task that meets transport faults
     # The run's cost budget (agent.run_cost_limit), made by run_budget(); one per process.
     budget: RunBudget | None = field(default=None, repr=False, compare=False)
 
@@ -99,6 +106,7 @@ class TaskOutcome:
     cost: float = 0.0
     error: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+    attempts: int = 1  # > 1: earlier tries met transport faults (fleet.attempts)
 
 
 Listener = Callable[[str, Task, TaskOutcome | None], None]
@@ -258,10 +266,13 @@ def trajectory(
                 "api_calls": getattr(stats, "calls", 0),
                 "prompt_tokens": getattr(stats, "prompt_tokens", 0),
                 "completion_tokens": getattr(stats, "completion_tokens", 0),
+                "possibly_billed": getattr(stats, "possibly_billed", 0),
+                "possibly_billed_cost": getattr(stats, "possibly_billed_cost", 0.0),
             },
             "model": getattr(model, "name", ""),
             "reward": outcome.reward,
             "speedup": outcome.speedup,
+            "attempts": outcome.attempts,
             "evaluation": outcome.info,
         },
         "messages": messages,
@@ -278,14 +289,51 @@ async def run_one(
 ) -> TaskOutcome:
     """One agent: sandbox, agent loop, evaluation; the sandbox is deleted in ``finally``.
 
-    With a ``monitor``, the agent's model (live token / cost stats) and stage are shown there.
+    A try that meets a transport fault (:mod:`agentfleet.fleet.attempts`) starts over with
+    a fresh sandbox and agent, up to ``cfg.task_attempts`` tries; the outcome records
+    them (``attempts``) and the cost of all. With a ``monitor``, the agent's model (live
+    token / cost stats) and stage are shown there.
     """
-    stage = monitor.stage if monitor is not None else {}
     start = time.monotonic()
+    tries = max(1, cfg.task_attempts)
+    cost = 0.0
+    for n in range(1, tries + 1):
+        tried = await _try_task(task, cfg, sandboxes, eval_url, monitor, last=n == tries)
+        outcome, messages, model, patch, transient = tried
+        cost += float(getattr(getattr(model, "stats", None), "cost", 0.0))
+        if not transient or n == tries:
+            break
+        log.warning(
+            "task %s: try %d of %d met a transport fault (%s); starting over with a fresh sandbox",
+            task.id,
+            n,
+            tries,
+            outcome.error or outcome.info.get("error") or outcome.exit_status,
+        )
+    outcome.attempts = n
+    outcome.duration_s = time.monotonic() - start
+    outcome.cost = cost
+    await writer.write(outcome, trajectory(task, outcome, messages, model, patch))
+    return outcome
+
+
+async def _try_task(
+    task: Task,
+    cfg: FleetConfig,
+    sandboxes: Sandboxes,
+    eval_url: str,
+    monitor: FleetMonitor | None,
+    *,
+    last: bool,
+) -> tuple[TaskOutcome, list[Any], Any, str, bool]:
+    """One try of :func:`run_one`: (outcome, messages, model, patch, met a transport
+    fault). Unless ``last``, an agent whose model stayed unreachable is not evaluated."""
+    stage = monitor.stage if monitor is not None else {}
     outcome = TaskOutcome(task.id, "Error")
     messages: list[Any] = []
     patch = ""
     model: Any = None
+    transient = False
     # chosen here, so the finally deletes it even if create never answered (Ctrl-C)
     sandbox_id = new_sandbox_id()
     create_sent = False
@@ -316,6 +364,8 @@ async def run_one(
             result.steps,
         )
         outcome.error = result.error
+        if result.exit_status == MODEL_UNAVAILABLE and not last:
+            return outcome, messages, model, patch, True
         stage[task.id] = "diff"
         try:
             patch = await sandbox_diff(sandboxes, sandbox_id)
@@ -333,9 +383,11 @@ async def run_one(
             eval_server_url=eval_url,
         )
         outcome.reward, outcome.speedup, outcome.info = reward, speedup, einfo
+        transient = transient_evaluation(einfo)
     except Exception as exc:  # one agent's failure must not stop the fleet
         log.exception("task %s failed", task.id)
         outcome.error = f"{type(exc).__name__}: {exc}"
+        transient = is_transport_failure(exc)
     finally:
         if create_sent:
             try:
@@ -344,10 +396,7 @@ async def run_one(
                 pass  # never made (create failed or was cancelled early)
             except Exception as exc:
                 log.warning("could not delete sandbox %s: %s", sandbox_id, exc)
-    outcome.duration_s = time.monotonic() - start
-    outcome.cost = float(getattr(getattr(model, "stats", None), "cost", 0.0))
-    await writer.write(outcome, trajectory(task, outcome, messages, model, patch))
-    return outcome
+    return outcome, messages, model, patch, transient
 
 
 def _append_line(path: Path, line: str) -> None:

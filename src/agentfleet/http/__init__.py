@@ -22,6 +22,7 @@ from agentfleet.http.pool import (
     RetryPolicy,
     Timeouts,
     exec_timeouts,
+    json_object,
     preset_for_fleet,
     resolve_limits,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "Timeouts",
     "exec_timeouts",
     "is_idempotent",
+    "json_object",
     "parse_retry_after",
     "pool_metrics_collector",
     "preset_for_fleet",

@@ -25,11 +25,15 @@ from agentfleet.http.metrics import (
 )
 from agentfleet.http.retry import (
     NO_RETRY,
+    BodyCheck,
     RetryPolicy,
+    body_refused,
     build_retrying,
+    is_connect_error,
     is_idempotent,
     is_retryable_exception,
     is_retryable_response,
+    json_object,
 )
 
 if TYPE_CHECKING:  # tenacity is imported when a retry happens, not before
@@ -53,6 +57,7 @@ __all__ = [
     "RetryPolicy",
     "Timeouts",
     "exec_timeouts",
+    "json_object",
     "preset_for_fleet",
     "resolve_limits",
 ]
@@ -148,6 +153,7 @@ class Response:
     headers: CIMultiDictProxy[str]  # case-insensitive, like aiohttp's
     body: bytes
     url: str = ""
+    attempts: int = 1  # the attempt of the call that got this answer (2+: retried)
 
     def __post_init__(self) -> None:
         if not isinstance(self.headers, CIMultiDictProxy):
@@ -386,12 +392,16 @@ class HttpPool:
         retry: RetryPolicy | None = None,
         target: str | None = None,
         long_poll: bool = False,
+        accept: BodyCheck | None = None,
     ) -> Response:
         """Send a request and read the whole body.
 
         Idempotent requests (see :func:`agentfleet.http.retry.is_idempotent`) are retried
         per ``retry`` (default: the pool's policy) on connection errors and 429/502/503/504;
-        others get one attempt. A final error status is *returned* (use
+        others only on a connect failure (the request never left). ``accept``: a check of
+        a success's body (e.g. :func:`json_object`); a body it refuses (False or
+        ``ValueError``) is retried like a 502 and, once retries run out, returned as is for
+        the caller to refuse. A final error status is *returned* (use
         ``raise_for_status()``); a connection failure raises :class:`HttpConnectionError`,
         a timeout :class:`HttpTimeoutError`. ``target`` labels the metrics (default
         ``host:port``). ``long_poll=True`` marks a request the server may hold open
@@ -405,15 +415,26 @@ class HttpPool:
         origin = f"{u.scheme}://{u.host}:{u.port}"
         tm = self.metrics.target(target or f"{u.host}:{u.port}")
         policy = retry or self.retry
-        if not is_idempotent(method, headers, idempotent):
-            policy = NO_RETRY
+        # A request that is not idempotent is resent only if it never left.
+        retry_exc = (
+            is_retryable_exception
+            if is_idempotent(method, headers, idempotent)
+            else is_connect_error
+        )
+        retry_idempotent = retry_exc is is_retryable_exception
+
+        def retry_result(resp: Response) -> bool:
+            if not retry_idempotent:
+                return False
+            return body_refused(resp, accept) or is_retryable_response(resp)
+
         client_timeout = (timeout or DEFAULT_TIMEOUTS).client_timeout()
         attempts = 0
 
         async def attempt() -> Response:
             nonlocal attempts
             attempts += 1
-            return await self._attempt(
+            resp = await self._attempt(
                 session,
                 method,
                 url,
@@ -426,6 +447,10 @@ class HttpPool:
                 timeout=client_timeout,
                 long_poll=long_poll,
             )
+            resp.attempts = attempts
+            if body_refused(resp, accept):
+                tm.errors["bad_body"] += 1
+            return resp
 
         def on_retry(state: RetryCallState) -> None:
             tm.retries += 1
@@ -456,11 +481,11 @@ class HttpPool:
             try:
                 first = await attempt()
             except Exception as exc:
-                if not is_retryable_exception(exc):
+                if not retry_exc(exc):
                     raise
                 replay: list[Response | Exception] = [exc]
             else:
-                if not is_retryable_response(first):
+                if not retry_result(first):
                     return first
                 replay = [first]
 
@@ -474,7 +499,10 @@ class HttpPool:
 
             # the time budget covers the bare first attempt too
             left = replace(policy, budget_s=max(0.0, policy.budget_s - (time.monotonic() - began)))
-            result: Response = await build_retrying(left, on_retry)(replay_then_attempt)
+            retrying = build_retrying(
+                left, on_retry, retry_exception=retry_exc, retry_result=retry_result
+            )
+            result: Response = await retrying(replay_then_attempt)
             return result
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _wrap_error(exc, method, url, attempts) from exc

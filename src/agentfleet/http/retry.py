@@ -1,11 +1,14 @@
 """Retry rules for :class:`~agentfleet.http.HttpPool` (tenacity based).
 
-Only idempotent requests are retried: GET/HEAD/PUT/DELETE/OPTIONS (and TRACE), POST/PATCH
-only when the caller sends an ``Idempotency-Key`` header or passes ``idempotent=True``.
+Idempotent requests are retried: GET/HEAD/PUT/DELETE/OPTIONS (and TRACE), POST/PATCH
+when the caller sends an ``Idempotency-Key`` header or passes ``idempotent=True``.
 Retried outcomes: connection errors (refused, reset, server disconnected, connect timeout,
-truncated body) and the statuses 429/502/503/504. ``Retry-After`` (seconds or an HTTP date)
-replaces the backoff when present, capped by ``wait_max``. Stops after ``attempts`` or
-before the next attempt would start past ``budget_s``.
+truncated body), the statuses 429/502/503/504, and a success whose body the caller's
+check refuses (e.g. not JSON). Any other request is retried only after a connect failure
+(:func:`is_connect_error`): the connection was never made, so the server never saw it.
+``Retry-After`` (seconds or an HTTP date) replaces the backoff when present, capped by
+``wait_max``. Stops after ``attempts`` or before the next attempt would start past
+``budget_s``.
 """
 
 from __future__ import annotations
@@ -65,8 +68,54 @@ def is_retryable_exception(exc: BaseException) -> bool:
     return isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError)
 
 
+def is_connect_error(exc: BaseException) -> bool:
+    """The connection was never made (refused, unreachable, connect timeout): the request
+    never left, so resending it is safe whatever its method."""
+    return isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
+
+
+TRANSPORT_STATUSES = frozenset({502, 503, 504})  # bad gateway / unreachable / timed out
+
+
+def is_transport_error(exc: BaseException) -> bool:
+    """A failure of the way to a server, not an answer from it: a connection error or a
+    timeout (aiohttp's, or an ``HttpError`` after retries), or an error whose ``status``
+    is 502/503/504 (e.g. a ``SandboxError`` for an unreachable sandbox server)."""
+    if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
+        return True
+    return getattr(exc, "status", None) in TRANSPORT_STATUSES
+
+
 def is_retryable_response(resp: object) -> bool:
     return getattr(resp, "status", None) in RETRY_STATUSES
+
+
+class _HasBody(Protocol):
+    status: int
+
+    def json(self) -> Any: ...
+
+
+BodyCheck = Callable[[Any], bool]
+"""Says whether a success's body is what the caller expects (False or ValueError: not)."""
+
+
+def json_object(resp: _HasBody) -> bool:
+    """A :data:`BodyCheck`: the body is a JSON object."""
+    try:
+        return isinstance(resp.json(), dict)
+    except ValueError:  # not JSON, or not UTF-8
+        return False
+
+
+def body_refused(resp: _HasBody, accept: BodyCheck | None) -> bool:
+    """A success (< 400) whose body ``accept`` refuses: retried like a 502."""
+    if accept is None or resp.status >= 400:
+        return False
+    try:
+        return not accept(resp)
+    except ValueError:
+        return True
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -135,10 +184,15 @@ def _last_outcome(retry_state: RetryCallState) -> Any:
 
 
 def build_retrying(
-    policy: RetryPolicy, on_retry: Callable[[RetryCallState], None] | None = None
+    policy: RetryPolicy,
+    on_retry: Callable[[RetryCallState], None] | None = None,
+    *,
+    retry_exception: Callable[[BaseException], bool] = is_retryable_exception,
+    retry_result: Callable[[Any], bool] = is_retryable_response,
 ) -> AsyncRetrying:
     """An AsyncRetrying for ``policy``; when exhausted it returns the last response
-    (status outcomes) or raises the last exception (connection outcomes)."""
+    (status outcomes) or raises the last exception (connection outcomes). The predicates
+    say which exceptions and which results are worth another attempt."""
     from tenacity import (
         AsyncRetrying,
         retry_if_exception,
@@ -150,7 +204,7 @@ def build_retrying(
     return AsyncRetrying(
         stop=stop_after_attempt(max(1, policy.attempts)) | stop_before_delay(policy.budget_s),
         wait=wait_retry_after_or_backoff(policy),
-        retry=retry_if_exception(is_retryable_exception) | retry_if_result(is_retryable_response),
+        retry=retry_if_exception(retry_exception) | retry_if_result(retry_result),
         before_sleep=on_retry,
         retry_error_callback=_last_outcome,
         reraise=True,

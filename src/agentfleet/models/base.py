@@ -27,6 +27,8 @@ class ModelReply:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float = 0.0
+    possibly_billed: int = 0  # attempts lost after the request left (the provider may bill)
+    possibly_billed_cost: float = 0.0  # their estimated cost (not in ``cost``)
 
 
 @dataclass
@@ -34,13 +36,23 @@ class ModelStats:
     calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    cost: float = 0.0
+    cost: float = 0.0  # of the replies received
+    possibly_billed: int = 0  # attempts lost after their request left
+    possibly_billed_cost: float = 0.0  # their estimated cost
 
     def add(self, reply: ModelReply) -> None:
         self.calls += 1
         self.prompt_tokens += reply.prompt_tokens
         self.completion_tokens += reply.completion_tokens
         self.cost += reply.cost
+        self.possibly_billed += reply.possibly_billed
+        self.possibly_billed_cost += reply.possibly_billed_cost
+
+    @property
+    def cost_bound(self) -> float:
+        """What may have been billed: ``cost`` plus the lost attempts' estimate (what the
+        cost limits count)."""
+        return self.cost + self.possibly_billed_cost
 
 
 @runtime_checkable

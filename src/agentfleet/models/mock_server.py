@@ -172,6 +172,8 @@ class MockConfig:
     require_key: str | None = None
     context_limit_words: int | None = None
     model_names: tuple[str, ...] = DEFAULT_MODEL_NAMES
+    stall_calls: int = 0  # the first chat calls that stall ``stall_s`` before answering
+    stall_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.error_rate <= 1.0:
@@ -346,6 +348,8 @@ def create_mock_llm_app(
     require_key: str | None = None,
     context_limit_words: int | None = None,
     model_names: Sequence[str] = DEFAULT_MODEL_NAMES,
+    stall_calls: int = 0,
+    stall_s: float = 0.0,
 ) -> FastAPI:
     """The mock LLM as a FastAPI app; the dataset (a bundled name or a folder) loads at startup.
 
@@ -355,7 +359,9 @@ def create_mock_llm_app(
     retry_after``), ``500``, ``drop`` (connection closed without a response).
     ``cost_per_call`` adds OpenRouter-style ``usage.cost``. ``require_key``: answer 401 to
     any other bearer key. A message containing ``TRIGGER_CONTEXT_LENGTH``, or more than
-    ``context_limit_words`` words, gets OpenAI's 400 ``context_length_exceeded``.
+    ``context_limit_words`` words, gets OpenAI's 400 ``context_length_exceeded``. The first
+    ``stall_calls`` chat calls stall ``stall_s`` seconds more, then answer (a client that
+    gave up by then misses a completion the server made: ``completions`` counts it).
     """
     config = MockConfig(
         dataset=dataset,
@@ -370,6 +376,8 @@ def create_mock_llm_app(
         require_key=require_key,
         context_limit_words=context_limit_words,
         model_names=tuple(model_names) or DEFAULT_MODEL_NAMES,
+        stall_calls=stall_calls,
+        stall_s=stall_s,
     )
     mock = MockLLM(config)
 
@@ -470,6 +478,8 @@ def create_mock_llm_app(
                 headers={"Retry-After": f"{config.retry_after:g}"},
             )
         delay = config.sample_latency(mock.rng)
+        if mock.stats.calls <= config.stall_calls:
+            delay += config.stall_s
         if delay > 0:
             await asyncio.sleep(delay)
         if error == "500":

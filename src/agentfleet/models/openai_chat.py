@@ -8,6 +8,7 @@ import logging
 import os
 import random
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,10 +21,12 @@ from agentfleet.http import (
     HttpPool,
     HttpStatusError,
     Response,
+    Timeouts,
 )
 from agentfleet.http import RetryPolicy as RetryPolicy
 from agentfleet.http.retry import backoff_delay, retry_after_from_headers
 from agentfleet.models.base import LimitReached, Message, ModelError, ModelReply, ModelStats
+from agentfleet.models.billing import Loss, LostAttempts, classify
 from agentfleet.models.pricing import PriceTable, RunBudget
 
 log = logging.getLogger(__name__)
@@ -31,7 +34,9 @@ log = logging.getLogger(__name__)
 # The model is the only retry layer (the pool gets NO_RETRY): at most ``attempts`` HTTP
 # requests per query; between them Retry-After (up to MAX_RETRY_AFTER_S) or exponential
 # backoff with jitter in [wait_min, wait_max]; no wait that would end past ``budget_s``
-# after the query started.
+# after the query started. A read timeout is not retried unless the provider honours an
+# idempotency key (``idempotency_header``); attempts lost after the request left are
+# counted as possibly billed (models.billing).
 DEFAULT_LLM_RETRY = RetryPolicy(attempts=5, wait_min=1.0, wait_max=30.0, budget_s=900.0)
 MAX_RETRY_AFTER_S = 120.0  # a server asking to wait longer than this is treated as down
 
@@ -88,6 +93,11 @@ class OpenAIChatModel:
 
     ``base_url`` is the API root that ends in ``/v1`` (``https://api.openai.com/v1``,
     ``http://127.0.0.1:8000/v1``); the model POSTs ``{base_url}/chat/completions``.
+
+    ``idempotency_header``: a header the provider honours as an idempotency key (e.g.
+    ``"Idempotency-Key"``); sent with one key per query, it makes a read timeout safe to
+    retry. Without it (the default) a read timeout ends the query (``ModelTimeout``).
+    ``timeouts``: of each HTTP attempt (default ``LLM_TIMEOUTS``).
     """
 
     default_api_key_env = "OPENAI_API_KEY"
@@ -108,8 +118,12 @@ class OpenAIChatModel:
         extra_headers: Mapping[str, str] | None = None,
         name: str | None = None,
         seed: int | None = None,
+        idempotency_header: str | None = None,
+        timeouts: Timeouts = LLM_TIMEOUTS,
     ) -> None:
         self.model = model
+        self.idempotency_header = idempotency_header
+        self.timeouts = timeouts
         self.name = name or model
         self.base_url = base_url.rstrip("/")
         self.url = f"{self.base_url}/chat/completions"
@@ -150,17 +164,33 @@ class OpenAIChatModel:
     # Model protocol ------------------------------------------------------------------
     async def query(self, messages: list[Message]) -> ModelReply:
         self._check_limits()
-        data = await self._post_with_retries(self.request_body(messages))
-        reply = self._parse(data)
+        body = self.request_body(messages)
+        lost = LostAttempts()
+        try:
+            reply = self._parse(await self._post_with_retries(body, lost))
+        except ModelError:
+            self._charge_lost(lost, body)  # what the lost attempts may have cost
+            raise
+        reply.possibly_billed = lost.count
+        reply.possibly_billed_cost = lost.estimate(self.prices, self.model, body, reply)
         self.stats.add(reply)
-        if self.budget is not None:
-            self.budget.charge(reply.cost)
+        if self.budget is not None:  # conservative: what may have been billed
+            self.budget.charge(reply.cost + reply.possibly_billed_cost)
         return reply
 
+    def _charge_lost(self, lost: LostAttempts, body: dict[str, Any]) -> None:
+        if not lost.count:
+            return
+        cost = lost.estimate(self.prices, self.model, body, None)
+        self.stats.possibly_billed += lost.count
+        self.stats.possibly_billed_cost += cost
+        if self.budget is not None:
+            self.budget.charge(cost)
+
     def _check_limits(self) -> None:
-        if self.cost_limit is not None and self.stats.cost >= self.cost_limit:
+        if self.cost_limit is not None and self.stats.cost_bound >= self.cost_limit:
             raise LimitReached(
-                f"model {self.name!r} spent ${self.stats.cost:.4f}, "
+                f"model {self.name!r} spent ${self.stats.cost_bound:.4f}, "
                 f"reaching its cost limit ${self.cost_limit:.4f}",
                 "CostLimitExceeded",
             )
@@ -171,14 +201,17 @@ class OpenAIChatModel:
                 "RunCostLimitExceeded",
             )
 
-    async def _post_with_retries(self, body: dict[str, Any]) -> Any:
+    async def _post_with_retries(self, body: dict[str, Any], lost: LostAttempts) -> Any:
         policy = self.retry
         attempts = max(1, policy.attempts)
         deadline = time.monotonic() + policy.budget_s
         last = "no attempt made"
+        headers = self.headers()
+        if self.idempotency_header:  # one key for every attempt of this query
+            headers[self.idempotency_header] = uuid.uuid4().hex
         for attempt in range(1, attempts + 1):
             try:
-                return await self._attempt(body)
+                return await self._attempt(body, headers, lost)
             except _Retryable as exc:
                 last = str(exc)
                 if attempt == attempts:
@@ -207,26 +240,46 @@ class OpenAIChatModel:
             "ModelUnavailable",
         )
 
-    async def _attempt(self, body: dict[str, Any]) -> Any:
+    async def _attempt(
+        self, body: dict[str, Any], headers: dict[str, str], lost: LostAttempts
+    ) -> Any:
         try:
             response = await self.pool.request(
                 "POST",
                 self.url,
                 json=body,
-                headers=self.headers(),
-                timeout=LLM_TIMEOUTS,
-                idempotent=True,  # a chat completion is safe to repeat
+                headers=headers,
+                timeout=self.timeouts,
+                idempotent=True,  # repeats are decided below (billing), not by the pool
                 retry=NO_RETRY,  # the only retry layer is _post_with_retries
             )
         except HttpStatusError as exc:
             response = exc.response
         except (HttpError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise _Retryable(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
+            raise self._lost(exc, lost) from exc
         except ValueError as exc:  # e.g. a base URL that is not absolute
             raise ModelError(
                 f"model {self.name!r}: bad request to {self.url!r}: {exc}", "ModelRequestError"
             ) from exc
         return self._check_response(response)
+
+    def _lost(self, exc: BaseException, lost: LostAttempts) -> Exception:
+        """The error for an attempt lost on the way: retryable unless it is a read timeout
+        without an idempotency key; counted when the provider may have billed it."""
+        what = f"{type(exc).__name__}: {exc}".rstrip(": ")
+        loss = classify(exc)
+        keyed = self.idempotency_header is not None
+        if loss is not Loss.NOT_SENT and not keyed:  # a keyed repeat is not billed again
+            lost.count += 1
+        if loss is Loss.READ_TIMEOUT and not keyed:
+            return ModelError(
+                f"model {self.name!r} at {self.url}: no answer in time ({what}); not "
+                "retried: the provider may have generated (and billed) it already, and "
+                "a repeat would be billed again (set idempotency_header if the API "
+                "honours one)",
+                "ModelTimeout",
+            )
+        return _Retryable(what)
 
     def _check_response(self, response: Response) -> Any:
         status = response.status

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import json
+import time
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
+from pydantic import BaseModel, RootModel
 
 from agentfleet.http.auth import bearer_headers, client_token
 from agentfleet.http.pool import DEFAULT_TIMEOUTS, HttpPool, Response, Timeouts, exec_timeouts
-from agentfleet.http.retry import retry_after_from_headers
+from agentfleet.http.retry import BodyCheck, json_object, retry_after_from_headers
 from agentfleet.sandbox.base import (
     DEFAULT_EXEC_TIMEOUT,
     TOKEN_ENV,
@@ -36,6 +39,34 @@ _ERROR_TYPES: dict[str, type[SandboxError]] = {
 # (connect: the Timeouts default.)
 CREATE_TIMEOUTS = Timeouts(total=600, sock_read=600)
 FILE_TIMEOUTS = Timeouts(total=600, sock_read=300)
+
+
+M = TypeVar("M", bound=BaseModel)
+_InfoList = RootModel[list[SandboxInfo]]
+_JsonObject = RootModel[dict[str, Any]]
+CREATE_CONFLICT_WAIT_S = 60.0  # a retried create whose first attempt is still running
+
+
+def _model_check(cls: type[BaseModel]) -> BodyCheck:
+    """A body check for the pool: the body validates as ``cls`` (else retried like a 5xx)."""
+
+    def check(resp: Response) -> bool:
+        cls.model_validate_json(resp.body)  # a ValidationError is a ValueError: refused
+        return True
+
+    return check
+
+
+def _parse(resp: Response, cls: type[M]) -> M:
+    """The body as ``cls``; a body that is not (after the pool's retries): SandboxError 502."""
+    try:
+        return cls.model_validate_json(resp.body)
+    except ValueError as e:
+        raise SandboxError(
+            f"sandbox server answered HTTP {resp.status} with a body that is not a "
+            f"{cls.__name__}: {resp.text()[:200]!r} ({type(e).__name__})",
+            502,
+        ) from e
 
 
 def error_from_response(resp: Response) -> SandboxError:
@@ -103,7 +134,8 @@ class SandboxClient:
         headers: Mapping[str, str] | None = None,
         timeout: Timeouts | None = None,
         idempotent: bool = True,
-        expect: int = 200,
+        expect: int | tuple[int, ...] = 200,
+        accept: BodyCheck | None = None,
     ) -> Response:
         url = self.base_url + path
         if self._auth:
@@ -118,28 +150,49 @@ class SandboxClient:
                 headers=headers,
                 timeout=timeout or DEFAULT_TIMEOUTS,
                 idempotent=idempotent,
+                accept=accept,
             )
         except TimeoutError as e:
             raise SandboxError(f"sandbox server timed out: {method} {url}", 504) from e
         except aiohttp.ClientError as e:
             raise SandboxError(f"sandbox server unreachable: {method} {url}: {e}", 503) from e
-        if resp.status != expect:
+        if resp.status not in (expect if isinstance(expect, tuple) else (expect,)):
             raise error_from_response(resp)
         return resp
 
     # Sandboxes protocol ----------------------------------------------------------------
     async def create(self, req: CreateSandbox) -> SandboxInfo:
-        """Create a sandbox (not retried: pick ``req.sandbox_id`` to delete it whatever
-        happens); fields left unset take the server's defaults (``ttl_s``)."""
-        resp = await self._request(
-            "POST",
-            "/sandboxes",
-            json=req.model_dump(mode="json", exclude_unset=True),
-            timeout=CREATE_TIMEOUTS,
-            idempotent=False,
-            expect=201,
-        )
-        return SandboxInfo.model_validate(resp.json())
+        """Create a sandbox; fields left unset take the server's defaults (``ttl_s``).
+
+        With a client-chosen ``req.sandbox_id`` (delete it whatever happens) the create is
+        retry-safe, so the pool retries it; a retry answered 409 (its first attempt got
+        through) returns the sandbox that attempt made, once it exists."""
+        retry_safe = req.sandbox_id is not None
+        deadline = time.monotonic() + CREATE_CONFLICT_WAIT_S
+        retried = False
+        while True:
+            resp = await self._request(
+                "POST",
+                "/sandboxes",
+                json=req.model_dump(mode="json", exclude_unset=True),
+                timeout=CREATE_TIMEOUTS,
+                idempotent=retry_safe,
+                expect=(201, 409),
+                accept=_model_check(SandboxInfo),
+            )
+            if resp.status == 201:
+                return _parse(resp, SandboxInfo)
+            retried = retried or resp.attempts > 1
+            if not retried or req.sandbox_id is None or time.monotonic() > deadline:
+                raise error_from_response(resp)  # the id was taken before this call
+            try:
+                made = await self.get(req.sandbox_id)
+            except SandboxNotFound:  # the first attempt's create is still running (or
+                await asyncio.sleep(0.5)  # was cancelled): ask again
+                continue
+            if made.task_id != req.task_id:  # not ours after all
+                raise error_from_response(resp)
+            return made
 
     async def exec(
         self,
@@ -164,8 +217,9 @@ class SandboxClient:
             headers={"Idempotency-Key": idempotency_key or uuid.uuid4().hex},
             timeout=exec_timeouts(expected),
             idempotent=True,
+            accept=_model_check(ExecResult),
         )
-        return ExecResult.model_validate(resp.json())
+        return _parse(resp, ExecResult)
 
     async def read_file(self, sandbox_id: str, path: str) -> bytes:
         resp = await self._request(
@@ -189,17 +243,18 @@ class SandboxClient:
 
     # extras ----------------------------------------------------------------------------
     async def get(self, sandbox_id: str) -> SandboxInfo:
-        resp = await self._request("GET", f"/sandboxes/{sandbox_id}")
-        return SandboxInfo.model_validate(resp.json())
+        resp = await self._request(
+            "GET", f"/sandboxes/{sandbox_id}", accept=_model_check(SandboxInfo)
+        )
+        return _parse(resp, SandboxInfo)
 
     async def list(self) -> builtins.list[SandboxInfo]:
-        resp = await self._request("GET", "/sandboxes")
-        return [SandboxInfo.model_validate(x) for x in resp.json()]
+        resp = await self._request("GET", "/sandboxes", accept=_model_check(_InfoList))
+        return _parse(resp, _InfoList).root
 
     async def healthz(self) -> dict[str, Any]:
-        resp = await self._request("GET", "/healthz")
-        result: dict[str, Any] = resp.json()
-        return result
+        resp = await self._request("GET", "/healthz", accept=json_object)
+        return _parse(resp, _JsonObject).root
 
     async def metrics(self) -> str:
         return (await self._request("GET", "/metrics")).text()

@@ -1,0 +1,90 @@
+"""Counters of the evaluation server's jobs: Prometheus metrics (per app registry) and
+in-process stats (in flight, peak, distinct client connections)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class EvalMetrics:
+    """Prometheus metrics in a per-app registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.submitted = Counter(
+            "agentfleet_eval_jobs_submitted", "Evaluation jobs accepted", registry=r
+        )
+        self.deduplicated = Counter(
+            "agentfleet_eval_jobs_deduplicated",
+            "Submissions answered with an existing job (same idempotency key)",
+            registry=r,
+        )
+        self.rejected = Counter(
+            "agentfleet_eval_jobs_rejected", "Submissions refused", ["reason"], registry=r
+        )
+        self.completed = Counter(
+            "agentfleet_eval_jobs_completed", "Evaluation jobs finished done", registry=r
+        )
+        self.failed = Counter(
+            "agentfleet_eval_jobs_failed", "Evaluation jobs finished failed", registry=r
+        )
+        self.queue_depth = Gauge(
+            "agentfleet_eval_queue_depth", "Jobs waiting for a worker", registry=r
+        )
+        self.running = Gauge("agentfleet_eval_jobs_running", "Jobs being evaluated", registry=r)
+        self.duration = Histogram(
+            "agentfleet_eval_duration_seconds",
+            "Evaluation duration",
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+            registry=r,
+        )
+        self.speedup = Histogram(
+            "agentfleet_eval_speedup",
+            "Speedup of finished evaluations",
+            buckets=(0, 0.5, 0.8, 0.95, 1.0, 1.05, 1.2, 1.5, 2, 3, 5, 10, 100),
+            registry=r,
+        )
+
+
+class PeerCounter:
+    """Distinct (host, port) pairs seen, in bounded memory: one 8 KiB bitmap of ports per
+    host, for at most ``max_hosts`` hosts (2 MiB at the default 256). Exact while within
+    that; pairs from further hosts are not counted and ``saturated`` turns true."""
+
+    def __init__(self, max_hosts: int = 256) -> None:
+        self.max_hosts = max_hosts
+        self._ports: dict[str, bytearray] = {}
+        self.count = 0
+        self.saturated = False
+
+    def add(self, host: str, port: int) -> None:
+        bits = self._ports.get(host)
+        if bits is None:
+            if len(self._ports) >= self.max_hosts:
+                self.saturated = True
+                return
+            bits = self._ports[host] = bytearray(8192)
+        port &= 0xFFFF
+        byte, mask = port >> 3, 1 << (port & 7)
+        if not bits[byte] & mask:
+            bits[byte] |= mask
+            self.count += 1
+
+    def clear(self) -> None:
+        self._ports.clear()
+        self.count = 0
+        self.saturated = False
+
+
+@dataclass
+class JobCounters:
+    in_flight: int = 0
+    peak_in_flight: int = 0
+    completed: int = 0
+    clients: PeerCounter = field(default_factory=PeerCounter)
+
+
+__all__ = ["EvalMetrics", "JobCounters", "PeerCounter"]
