@@ -48,6 +48,7 @@ HOW_TO_GET = {
     "bwrap": "apt-get install bubblewrap",
     "docker": "apt-get install docker.io and a running dockerd",
     "chromium": "apt-get install chromium",
+    "minisweagent": "pip install 'agentfleet[mini]'",
 }
 
 
