@@ -506,6 +506,9 @@ def mock_llm(
         float, typer.Option(min=0.0, max=1.0, help="share of failed calls")
     ] = 0.0,
     error_kinds: Annotated[str, typer.Option(help="comma list of 429,500,drop")] = "429,500,drop",
+    malformed_rate: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="tool-call mode: share of malformed calls")
+    ] = 0.0,
     retry_after: Annotated[float, typer.Option(help="Retry-After of injected 429s")] = 0.0,
     cost_per_call: Annotated[
         float | None, typer.Option(help="usage.cost reported per call")
@@ -526,6 +529,7 @@ def mock_llm(
             latency_dist=latency_dist,
             error_rate=error_rate,
             error_kinds=[k for k in error_kinds.split(",") if k],
+            malformed_rate=malformed_rate,
             retry_after=retry_after,
             cost_per_call=cost_per_call,
             require_key=require_key,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-Message = dict[str, str]  # {"role": ..., "content": ...}
+# {"role": ..., "content": ...}; in tool-call mode also "tool_calls" / "tool_call_id"
+Message = dict[str, Any]
 
 
 class ModelError(Exception):
@@ -27,6 +28,7 @@ class ModelReply:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float = 0.0
+    tool_calls: list[dict[str, Any]] | None = None  # OpenAI's shape, as the model sent them
 
 
 @dataclass

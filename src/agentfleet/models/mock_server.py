@@ -2,9 +2,11 @@
 
 It recognises the task in the conversation (by the task's prompt text, else its id), counts
 the assistant messages already there to know the step, and answers
-``oracle_replies(task)[step]`` (then keeps answering the submit reply). Latency, 429/500
-errors and dropped connections can be injected; ``GET /stats`` and ``GET /metrics`` tell
-what the server saw (calls, injected errors, in flight, distinct client connections).
+``oracle_replies(task)[step]`` (then keeps answering the submit reply). A request that
+offers the ``bash`` tool gets the reply as a ``tool_calls`` answer (tool-call mode), else as
+text. Latency, 429/500 errors, dropped connections and malformed tool calls can be
+injected; ``GET /stats`` and ``GET /metrics`` tell what the server saw (calls, injected
+errors, in flight, distinct client connections).
 
 Run it with ``agentfleet mock-llm --port 8000`` or in-process with
 ``serving.serve_in_loop(create_mock_llm_app(...))``.
@@ -30,6 +32,13 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.types import Receive, Scope, Send
 
 from agentfleet.models.base import ModelError
+from agentfleet.models.mock_tools import (
+    as_tool_calls,
+    completion_text,
+    is_malformed_reply,
+    malformed_tool_calls,
+    wants_tool_calls,
+)
 from agentfleet.models.offline import SUBMIT_SENTINEL, bash_reply, oracle_replies
 
 log = logging.getLogger(__name__)
@@ -129,6 +138,8 @@ class MockStats:
     calls: int = 0
     completions: int = 0
     errors: Counter[str] = field(default_factory=Counter)  # injected, by kind
+    malformed: Counter[str] = field(default_factory=Counter)  # injected, by kind
+    tool_call_replies: int = 0  # completions answered in tool-call mode
     rejected: Counter[str] = field(default_factory=Counter)  # auth, bad_request, context_length
     in_flight: int = 0
     peak_in_flight: int = 0
@@ -145,6 +156,9 @@ class MockStats:
             "completions": self.completions,
             "errors": {kind: self.errors.get(kind, 0) for kind in ERROR_KINDS} | dict(self.errors),
             "errors_total": sum(self.errors.values()),
+            "malformed": dict(self.malformed),
+            "malformed_total": sum(self.malformed.values()),
+            "tool_call_replies": self.tool_call_replies,
             "rejected": dict(self.rejected),
             "in_flight": self.in_flight,
             "peak_in_flight": self.peak_in_flight,
@@ -164,6 +178,7 @@ class MockConfig:
     latency_dist: LatencyDist | None = None
     error_rate: float = 0.0
     error_kinds: tuple[str, ...] = ERROR_KINDS
+    malformed_rate: float = 0.0  # tool-call mode: share of replies with a malformed call
     seed: int | None = None
     retry_after: float = 0.0
     cost_per_call: float | None = None
@@ -173,8 +188,9 @@ class MockConfig:
     model_names: tuple[str, ...] = DEFAULT_MODEL_NAMES
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.error_rate <= 1.0:
-            raise ValueError(f"error_rate must be within [0, 1], got {self.error_rate}")
+        for name in ("error_rate", "malformed_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1], got {getattr(self, name)}")
         self.error_kinds = tuple(str(k) for k in self.error_kinds)
         unknown = set(self.error_kinds) - set(ERROR_KINDS)
         if unknown or not self.error_kinds:
@@ -252,7 +268,11 @@ class MockLLM:
         if task is None:
             self.stats.unrecognised += 1
             return UNKNOWN_TASK_REPLY, None
-        step = sum(1 for m in messages if isinstance(m, dict) and m.get("role") == "assistant")
+        step = sum(  # replies whose tool calls were malformed did not make a step
+            1
+            for m in messages
+            if isinstance(m, dict) and m.get("role") == "assistant" and not is_malformed_reply(m)
+        )
         self.stats.recognised[task.id] += 1
         return task.replies[min(step, len(task.replies) - 1)], task.id
 
@@ -338,6 +358,7 @@ def create_mock_llm_app(
     latency_dist: LatencyDist | None = None,
     error_rate: float = 0.0,
     error_kinds: Iterable[str] = ERROR_KINDS,
+    malformed_rate: float = 0.0,
     seed: int | None = None,
     retry_after: float = 0.0,
     cost_per_call: float | None = None,
@@ -351,7 +372,9 @@ def create_mock_llm_app(
     ``latency`` (s): a number or a ``(low, high)`` range, drawn per ``latency_dist``
     (default: fixed for a number, uniform for a range). ``error_rate`` of the chat calls
     fail with a kind drawn from ``error_kinds``: ``429`` (with ``Retry-After:
-    retry_after``), ``500``, ``drop`` (connection closed without a response).
+    retry_after``), ``500``, ``drop`` (connection closed without a response). In tool-call
+    mode (the request offers the ``bash`` tool) ``malformed_rate`` of the replies carry a
+    malformed call instead (arguments that are not JSON, or an unknown tool).
     ``cost_per_call`` adds OpenRouter-style ``usage.cost``. ``require_key``: answer 401 to
     any other bearer key. A message containing ``TRIGGER_CONTEXT_LENGTH``, or more than
     ``context_limit_words`` words, gets OpenAI's 400 ``context_length_exceeded``.
@@ -362,6 +385,7 @@ def create_mock_llm_app(
         latency_dist=latency_dist,
         error_rate=error_rate,
         error_kinds=tuple(error_kinds),
+        malformed_rate=malformed_rate,
         seed=seed,
         retry_after=retry_after,
         cost_per_call=cost_per_call,
@@ -482,7 +506,15 @@ def create_mock_llm_app(
             return _DropResponse()
 
         content, _task_id = mock.answer(messages)
-        completion_tokens = _words(content)
+        tool_calls = None
+        if wants_tool_calls(body):
+            mock.stats.tool_call_replies += 1
+            if config.malformed_rate > 0 and mock.rng.random() < config.malformed_rate:
+                kind, content, tool_calls = malformed_tool_calls(content, mock.rng)
+                mock.stats.malformed[kind] += 1
+            else:
+                content, tool_calls = as_tool_calls(content)
+        completion_tokens = _words(completion_text(content, tool_calls))
         mock.stats.completions += 1
         mock.stats.prompt_tokens += prompt_tokens
         mock.stats.completion_tokens += completion_tokens
@@ -496,7 +528,7 @@ def create_mock_llm_app(
             usage["cost"] = config.cost_per_call
         ident = f"chatcmpl-mock-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
-        if body.get("stream"):
+        if body.get("stream") and tool_calls is None:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return StreamingResponse(
                 _sse(ident, created, model, content, usage if include_usage else None),
@@ -510,8 +542,8 @@ def create_mock_llm_app(
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": content},
-                    "finish_reason": "stop",
+                    "message": _message(content, tool_calls),
+                    "finish_reason": "stop" if tool_calls is None else "tool_calls",
                     "logprobs": None,
                 }
             ],
@@ -521,6 +553,12 @@ def create_mock_llm_app(
         return JSONResponse(reply)
 
     return app
+
+
+def _message(content: str, tool_calls: list[dict[str, Any]] | None) -> dict[str, Any]:
+    if tool_calls is None:
+        return {"role": "assistant", "content": content}
+    return {"role": "assistant", "content": content or None, "tool_calls": tool_calls}
 
 
 async def _sse(

@@ -25,6 +25,7 @@ from agentfleet.http import RetryPolicy as RetryPolicy
 from agentfleet.http.retry import backoff_delay, retry_after_from_headers
 from agentfleet.models.base import LimitReached, Message, ModelError, ModelReply, ModelStats
 from agentfleet.models.pricing import PriceTable, RunBudget
+from agentfleet.models.tool_calls import BASH_TOOL, ActionFormat, check_action_format
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,8 @@ class OpenAIChatModel:
 
     ``base_url`` is the API root that ends in ``/v1`` (``https://api.openai.com/v1``,
     ``http://127.0.0.1:8000/v1``); the model POSTs ``{base_url}/chat/completions``.
+    ``action_format``: ``"text"`` (the command in a fenced block of the reply) or
+    ``"tool_call"`` (requests carry the ``bash`` tool; replies' ``tool_calls`` are kept).
     """
 
     default_api_key_env = "OPENAI_API_KEY"
@@ -108,6 +111,7 @@ class OpenAIChatModel:
         extra_headers: Mapping[str, str] | None = None,
         name: str | None = None,
         seed: int | None = None,
+        action_format: ActionFormat = "text",
     ) -> None:
         self.model = model
         self.name = name or model
@@ -125,6 +129,7 @@ class OpenAIChatModel:
         self.stats = ModelStats()
         self.retries = 0  # attempts beyond the first, over all queries
         self._rng = random.Random(seed)
+        self.action_format = check_action_format(action_format)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.model!r}, {self.base_url!r})"
@@ -143,6 +148,8 @@ class OpenAIChatModel:
 
     def request_body(self, messages: list[Message]) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "messages": [dict(m) for m in messages]}
+        if self.action_format == "tool_call":
+            body["tools"] = [BASH_TOOL]
         body.update(self.sampling)
         body["stream"] = False
         return body
@@ -298,7 +305,9 @@ class OpenAIChatModel:
             cost = float(reported)
         else:
             cost = self.prices.cost(self.model, prompt_tokens, completion_tokens)
-        return ModelReply(content, prompt_tokens, completion_tokens, cost)
+        calls = message.get("tool_calls") if isinstance(message, dict) else None
+        tool_calls = list(calls) if isinstance(calls, list) else None
+        return ModelReply(content, prompt_tokens, completion_tokens, cost, tool_calls)
 
 
 class OpenRouterModel(OpenAIChatModel):
