@@ -6,19 +6,16 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require_tool
+from conftest import require_tool, served_in_thread
 
 from agentfleet.sandbox import ProcessBackend
 from agentfleet.sandbox.client import SandboxClient
 from agentfleet.sandbox.server import create_app
-from agentfleet.serving import serve_in_loop
 
 SENTINEL = "COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT"
 ENV_CLASS = "agentfleet.sandbox.env.RemoteDockerEnvironment"
@@ -48,35 +45,6 @@ def dataset(tmp_path: Path) -> str:
     )
     (repo / "main.py").write_text("print('hello')\n")
     return str(ds)
-
-
-@contextmanager
-def served_in_thread(app: Any) -> Iterator[str]:
-    """``app`` served on 127.0.0.1 (a free port) by its own loop in a thread; its URL."""
-    ready, stop = threading.Event(), threading.Event()
-    box: dict[str, Any] = {}
-
-    def serve() -> None:
-        async def main() -> None:
-            async with serve_in_loop(app) as running:
-                box["url"] = running.url
-                ready.set()
-                await asyncio.to_thread(stop.wait)
-
-        try:
-            asyncio.run(main())
-        except BaseException as exc:
-            box["error"] = exc
-            ready.set()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        assert ready.wait(30) and "url" in box, box.get("error")
-        yield box["url"]
-    finally:
-        stop.set()
-        thread.join(30)
 
 
 @pytest.fixture
