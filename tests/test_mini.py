@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from agentfleet.sandbox.server import create_app
 
 SENTINEL = "COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT"
 ENV_CLASS = "agentfleet.sandbox.env.RemoteDockerEnvironment"
+AGENTFLEET = str(Path(sys.executable).with_name("agentfleet"))
 
 
 @pytest.fixture(autouse=True)
@@ -137,3 +141,91 @@ def test_execute_dict_and_string_forms(sandbox_url: str, dataset: str) -> None:
     listed = asyncio.run(SandboxClient(sandbox_url).list())
     assert sid not in [i.sandbox_id for i in listed]  # owned: deleted on exit
     assert os.environ["MSWEA_SILENT_STARTUP"] == "1"
+
+
+MINI_YAML = """\
+agent:
+  system_template: |
+    You are a performance engineer. Call the bash tool; when done, call it with
+    `echo COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT` alone.
+  instance_template: |
+    {{ task }}
+  step_limit: 20
+model:
+  action_format: tool_call
+  format_error_template: "Tool call error: {{ error }}"
+environment:
+  timeout: 120
+  env:
+    PAGER: cat
+"""
+
+
+@pytest.mark.slow
+def test_cli_run_agent_mini_solves_every_task(tmp_path: Path) -> None:
+    """``agentfleet run --agent mini`` over the oracle-backed mock LLM in tool-call mode
+    (10% malformed calls): all 8 perf-lite test tasks solved; mini-swe-agent's loader reads
+    every trajectory."""
+    from agentfleet.models.mock_server import create_mock_llm_app
+
+    config = tmp_path / "mini.yaml"
+    config.write_text(MINI_YAML)
+    run_dir = tmp_path / "run"
+    app = create_mock_llm_app(malformed_rate=0.1, seed=5, cost_per_call=0.002)
+    with served_in_thread(app) as mock_url:
+        args = [AGENTFLEET, "run", "--agent", "mini", "--agent-config", str(config)]
+        args += ["--model", "openai/mock-oracle", "--model-url", f"{mock_url}/v1"]
+        args += ["--workers", "4", "--eval-repeats", "1", "--run-dir", str(run_dir)]
+        args += ["--sandbox-root", str(tmp_path / "sb")]
+        env = {**os.environ, "MSWEA_SILENT_STARTUP": "1"}
+        proc = subprocess.run(
+            args, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env
+        )
+        stats = asyncio.run(_mock_stats(mock_url))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    assert len(results) == 8
+    for r in results:
+        assert r["exit_status"] == "Submitted" and r["reward"] > 0, r
+    assert stats["tool_call_replies"] == stats["completions"] > 0
+    assert sum(r["cost"] for r in results) == pytest.approx(0.002 * stats["completions"])
+    trajs = sorted((run_dir / "trajectories").glob("*.traj.json"))
+    assert len(trajs) == 8
+    for path in trajs:
+        messages = inspector_messages(path)
+        assert messages[-1]["extra"]["exit_status"] == "Submitted"
+        data = json.loads(path.read_text())
+        assert data["trajectory_format"] == "mini-swe-agent-1.1"
+        assert data["info"]["config"]["agent_type"].endswith("DefaultAgent")
+        assert data["info"]["config"]["environment_type"] == ENV_CLASS
+        assert data["info"]["reward"] > 0 and data["info"]["exit_status"] == "Submitted"
+        assert "diff --git" in data["info"]["submission"]
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["agent"] == "mini" and saved["mini_config"]["model"]["action_format"]
+
+
+async def _mock_stats(url: str) -> dict[str, Any]:
+    from agentfleet.http import HttpPool
+
+    async with HttpPool() as pool:
+        data = (await pool.request("GET", f"{url}/stats")).json()
+        assert isinstance(data, dict)
+        return data
+
+
+def test_cli_run_agent_mini_rejects_bad_config(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("agent:\n  step_limit: 3\n")
+    for args, message in [
+        (["--agent", "mini", "--agent-config", str(bad)], "agent.system_template is missing"),
+        (["--agent", "nope"], "unknown agent"),
+        (["--agent", "mini", "--agent-config", str(tmp_path / "none.yaml")], "Could not find"),
+    ]:
+        proc = subprocess.run(
+            [AGENTFLEET, "run", *args, "--run-dir", str(tmp_path / "r")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "MSWEA_SILENT_STARTUP": "1"},
+        )
+        assert proc.returncode != 0 and message in proc.stderr + proc.stdout, proc.stderr

@@ -137,11 +137,17 @@ def run(
     time_limit: Annotated[
         float | None, typer.Option(help="seconds per agent [default: 900]")
     ] = None,
+    agent: Annotated[
+        str | None,
+        typer.Option(
+            help="light (LightAgent) | mini (mini-swe-agent's DefaultAgent) [default: light]"
+        ),
+    ] = None,
     agent_config: Annotated[
         Path | None,
         typer.Option(
             help="YAML with limits (step_limit, time_limit_s, cost_limit, run_cost_limit...) "
-            "and templates; flags override it"
+            "and templates; flags override it. --agent mini: a mini-swe-agent config"
         ),
     ] = None,
     cost_limit: Annotated[
@@ -206,6 +212,7 @@ def run(
             time_limit=time_limit,
             cost_limit=cost_limit,
             run_cost_limit=run_cost_limit,
+            agent=agent,
             agent_config=agent_config,
             run_dir=run_dir,
             resume=resume,

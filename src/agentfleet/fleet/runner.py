@@ -17,6 +17,7 @@ from agentfleet.agent import AgentConfig, LightAgent
 from agentfleet.evaluation.client import evaluate_info
 from agentfleet.evaluation.evaluator import BadSubmission, EvalConfig, Evaluator, sandbox_diff
 from agentfleet.evaluation.server import create_app as eval_app
+from agentfleet.fleet.mini_agent import mini_trajectory, run_mini
 from agentfleet.fleet.results import ResumePlan, plan_resume, repair_tail, result_state
 from agentfleet.fleet.rundir import RunDir
 from agentfleet.http import HttpPool, PoolLimits, Timeouts, preset_for_fleet, resolve_limits
@@ -52,6 +53,7 @@ class FleetConfig:
     rerun_failed: bool = False  # with resume: run failed tasks again
     sample_every_s: float = 1.0  # pool / evaluation-queue snapshots (0: off)
     pool: PoolLimits | str | None = None  # HTTP pool limits (None: by fleet size, pool_limits)
+    mini: dict[str, Any] | None = None  # --agent mini: mini-swe-agent's config (mini_agent.py)
     # The run's cost budget (agent.run_cost_limit), made by run_budget(); one per process.
     budget: RunBudget | None = field(default=None, repr=False, compare=False)
 
@@ -263,6 +265,7 @@ async def run_one(
     messages: list[Any] = []
     patch = ""
     model: Any = None
+    result: Any = None
     # chosen here, so the finally deletes it even if create never answered (Ctrl-C)
     sandbox_id = new_sandbox_id()
     create_sent = False
@@ -286,7 +289,10 @@ async def run_one(
         sandbox_id = info.sandbox_id
         env = RemoteDockerEnvironment(sandbox_id, sandboxes=sandboxes)
         stage[task.id] = "agent"
-        result = await LightAgent(model, env, task, cfg.agent).run()
+        if cfg.mini is not None:
+            result = await run_mini(cfg.mini, model, sandboxes, sandbox_id, task, cfg.agent)
+        else:
+            result = await LightAgent(model, env, task, cfg.agent).run()
         messages, outcome.exit_status, outcome.steps = (
             result.messages,
             result.exit_status,
@@ -323,7 +329,8 @@ async def run_one(
                 log.warning("could not delete sandbox %s: %s", sandbox_id, exc)
     outcome.duration_s = time.monotonic() - start
     outcome.cost = float(getattr(getattr(model, "stats", None), "cost", 0.0))
-    await writer.write(outcome, trajectory(task, outcome, messages, model, patch))
+    traj = mini_trajectory(result, trajectory(task, outcome, messages, model, patch))
+    await writer.write(outcome, traj)
     return outcome
 
 
@@ -418,6 +425,8 @@ def run_config(cfg: FleetConfig, all_ids: list[str], todo: list[str]) -> dict[st
         "model_url": cfg.model.url,
         "model_delay": cfg.model.delay_s,
         "workers": cfg.workers,
+        "agent": "light" if cfg.mini is None else "mini",
+        "mini_config": cfg.mini,
         "eval_repeats": cfg.eval_repeats,
         "eval_reference": cfg.eval_reference,
         "step_limit": cfg.agent.step_limit,
