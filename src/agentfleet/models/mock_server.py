@@ -18,7 +18,6 @@ import asyncio
 import json
 import logging
 import random
-import re
 import time
 import uuid
 from collections import Counter
@@ -31,7 +30,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from agentfleet.models.base import ModelError
+from agentfleet.models.mock_tasks import UNKNOWN_TASK_REPLY as UNKNOWN_TASK_REPLY
+from agentfleet.models.mock_tasks import TaskIndex as TaskIndex
 from agentfleet.models.mock_tools import (
     as_tool_calls,
     completion_text,
@@ -39,7 +39,7 @@ from agentfleet.models.mock_tools import (
     malformed_tool_calls,
     wants_tool_calls,
 )
-from agentfleet.models.offline import SUBMIT_SENTINEL, bash_reply, oracle_replies
+from agentfleet.models.offline import SUBMIT_SENTINEL as SUBMIT_SENTINEL
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +47,8 @@ ErrorKind = Literal["429", "500", "drop"]
 LatencyDist = Literal["fixed", "uniform", "exponential"]
 ERROR_KINDS: tuple[str, ...] = ("429", "500", "drop")
 TRIGGER_CONTEXT_LENGTH = "TRIGGER_CONTEXT_LENGTH"
-PREFIX_CHARS = 80
 DEFAULT_MODEL_NAMES: tuple[str, ...] = ("mock-oracle",)
-UNKNOWN_TASK_REPLY = bash_reply(
-    "I do not recognise this task, so I submit without changing anything.",
-    f"echo {SUBMIT_SENTINEL}",
-)
 _RAW_SEND = "agentfleet.raw_send"
-
-
-def _normalise(text: str) -> str:
-    return " ".join(text.split())
 
 
 def _words(text: str) -> int:
@@ -74,62 +65,6 @@ def _content_text(content: Any) -> str:
 
 def _error_body(message: str, type_: str, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": None, "code": code}}
-
-
-# task recognition ----------------------------------------------------------------------
-@dataclass
-class _KnownTask:
-    id: str
-    prompt: str  # normalised
-    replies: list[str]
-    id_pattern: re.Pattern[str]
-
-
-@dataclass
-class TaskIndex:
-    """The tasks of a dataset and the oracle's replies for each."""
-
-    dataset: str | None = None
-    tasks: list[_KnownTask] = field(default_factory=list)
-
-    @classmethod
-    def load(cls, dataset: str | None) -> TaskIndex:
-        """Read the dataset and every reference patch (blocking: run in a thread)."""
-        if not dataset:
-            return cls(None, [])
-        from agentfleet.tasks import load_dataset
-
-        ds = load_dataset(dataset)
-        known = []
-        for task in ds.tasks():
-            try:
-                replies = oracle_replies(task)
-            except ModelError as exc:
-                log.warning("mock LLM: %s; it will only be submitted", exc)
-                replies = [UNKNOWN_TASK_REPLY]
-            pattern = re.compile(rf"(?<![\w-]){re.escape(task.id)}(?![\w-])")
-            known.append(_KnownTask(task.id, _normalise(task.prompt), replies, pattern))
-        return cls(ds.name, known)
-
-    def recognise(self, text: str) -> _KnownTask | None:
-        """The task whose prompt (whole, else its first 80 chars), else id, is in ``text``."""
-        text = _normalise(text)
-        best: tuple[int, _KnownTask] | None = None
-        for task in self.tasks:
-            if not task.prompt:
-                continue
-            if task.prompt in text:
-                score = 2 * len(task.prompt)
-            elif task.prompt[:PREFIX_CHARS] in text:
-                score = len(task.prompt[:PREFIX_CHARS])
-            else:
-                continue
-            if best is None or score > best[0]:
-                best = (score, task)
-        if best is not None:
-            return best[1]
-        by_id = [t for t in self.tasks if t.id_pattern.search(text)]
-        return max(by_id, key=lambda t: len(t.id)) if by_id else None
 
 
 # state ---------------------------------------------------------------------------------
