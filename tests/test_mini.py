@@ -229,3 +229,86 @@ def test_cli_run_agent_mini_rejects_bad_config(tmp_path: Path) -> None:
             env={**os.environ, "MSWEA_SILENT_STARTUP": "1"},
         )
         assert proc.returncode != 0 and message in proc.stderr + proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("action_format", ["tool_call", "text"])
+def test_mini_model_from_yaml_against_the_mock(action_format: str) -> None:
+    """MiniModel chosen by a mini-swe-agent config (``model_class``), in both modes: the
+    reply's actions, a malformed reply as mini-swe-agent's FormatError (cost kept)."""
+    from minisweagent.exceptions import FormatError
+    from minisweagent.models import get_model
+
+    from agentfleet.models.mock_server import create_mock_llm_app
+
+    app = create_mock_llm_app(seed=2, cost_per_call=0.5)
+    with served_in_thread(app) as url:
+        config = {
+            "model_class": "agentfleet.models.mini.MiniModel",
+            "model_name": "openai/mock-oracle",
+            "base_url": f"{url}/v1",
+            "action_format": action_format,
+            "action_regex": r"```bash\s*\n(.*?)\n```",
+            "model_kwargs": {"drop_params": True, "temperature": 0.0},
+        }
+        model: Any = get_model(config=config)
+        user = model.format_message(role="user", content="an unknown task")
+        message = model.query([user])
+        assert message["extra"]["actions"][0]["command"] == f"echo {SENTINEL}"
+        assert message["extra"]["cost"] == 0.5
+        assert ("tool_calls" in message) == (action_format == "tool_call")
+        observations = model.format_observation_messages(
+            message, [{"output": "x", "returncode": 0, "exception_info": ""}], {}
+        )
+        assert observations[0]["role"] == ("tool" if action_format == "tool_call" else "user")
+        app.state.mock.config.malformed_rate = 1.0
+        if action_format == "tool_call":
+            with pytest.raises(FormatError) as raised:
+                model.query([user])
+            assert raised.value.messages[0]["extra"]["cost"] == 0.5
+        assert model.serialize()["info"]["config"]["model"]["action_format"] == action_format
+
+
+def test_mini_model_refuses_tool_calls_from_a_text_only_model() -> None:
+    from agentfleet.models.mini import MiniModel
+    from agentfleet.models.offline import ScriptedModel
+
+    with pytest.raises(ValueError, match="action_format: text"):
+        MiniModel(model=ScriptedModel(["x"]))
+    with pytest.raises(ValueError, match="openai/NAME with base_url"):
+        MiniModel(model_name="openai/x")
+    assert MiniModel(model=ScriptedModel(["x"]), action_format="text").config.action_format
+
+
+def test_mini_batch_runner_process_instance(sandbox_url: str, tmp_path: Path) -> None:
+    """mini-swe-agent's own SWE-bench batch runner (``process_instance``) with agentfleet's
+    environment and model from its config: a perf-lite task solved, preds.json written."""
+    from minisweagent.run.benchmarks.swebench import process_instance
+    from minisweagent.run.benchmarks.utils.batch_progress import RunBatchProgressManager
+
+    from agentfleet.models.mock_server import create_mock_llm_app
+    from agentfleet.tasks import load_dataset
+
+    task = load_dataset("perf-lite").tasks("test")[0]
+    with served_in_thread(create_mock_llm_app(seed=4)) as llm_url:
+        config = {
+            "agent": {"system_template": "Use the bash tool.", "instance_template": "{{task}}"},
+            "model": {
+                "model_class": "agentfleet.models.mini.MiniModel",
+                "model_name": "openai/mock-oracle",
+                "base_url": f"{llm_url}/v1",
+            },
+            "environment": {
+                "environment_class": ENV_CLASS,
+                "base_url": sandbox_url,
+                "task_id": task.id,
+                "dataset": "perf-lite",
+            },
+        }
+        instance = {"instance_id": task.id, "problem_statement": task.prompt}
+        out = tmp_path / "batch"
+        process_instance(instance, out, config, RunBatchProgressManager(1))
+    preds = json.loads((out / "preds.json").read_text())
+    assert preds[task.id]["model_name_or_path"] == "openai/mock-oracle"
+    messages = inspector_messages(out / task.id / f"{task.id}.traj.json")
+    assert messages[-1]["extra"]["exit_status"] == "Submitted"
+    assert "git apply" in messages[2]["tool_calls"][0]["function"]["arguments"]
