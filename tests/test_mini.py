@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,15 @@ from typing import Any
 import pytest
 from conftest import require_tool, served_in_thread
 
+from agentfleet.agent import AgentConfig
+from agentfleet.fleet.mini_agent import run_mini
+from agentfleet.models.base import Message, ModelReply
+from agentfleet.models.offline import ScriptedModel, bash_reply
 from agentfleet.sandbox import ProcessBackend
+from agentfleet.sandbox.base import CreateSandbox
 from agentfleet.sandbox.client import SandboxClient
 from agentfleet.sandbox.server import create_app
+from agentfleet.tasks import Task
 
 SENTINEL = "COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT"
 ENV_CLASS = "agentfleet.sandbox.env.RemoteDockerEnvironment"
@@ -312,3 +319,45 @@ def test_mini_batch_runner_process_instance(sandbox_url: str, tmp_path: Path) ->
     messages = inspector_messages(out / task.id / f"{task.id}.traj.json")
     assert messages[-1]["extra"]["exit_status"] == "Submitted"
     assert "git apply" in messages[2]["tool_calls"][0]["function"]["arguments"]
+
+
+async def test_cancelled_mini_agent_stops_before_its_next_step(
+    sandbox_url: str, dataset: str
+) -> None:
+    """Ctrl-C cancels run_mini: its worker thread cannot be interrupted, but the agent ends
+    before its next step instead of playing all its remaining steps."""
+    replies = [bash_reply("wait", "sleep 0.2")] * 50
+    model = SignallingModel(replies)
+    client = SandboxClient(sandbox_url)
+    info = await client.create(CreateSandbox(task_id="t1", dataset=dataset))
+    task = Task(
+        id="t1", dataset="d", prompt="p", test_cmd="true", workload_cmd="true", task_dir=dataset
+    )
+    config = {
+        "agent": {"system_template": "s", "instance_template": "{{ task }}"},
+        "model": {"action_format": "text", "action_regex": r"```bash\s*\n(.*?)\n```"},
+    }
+    agent = asyncio.create_task(
+        run_mini(config, model, client, info.sandbox_id, task, AgentConfig(step_limit=100))
+    )
+    assert await asyncio.to_thread(model.second_call.wait, 60)
+    agent.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await agent
+    await asyncio.get_running_loop().shutdown_default_executor()  # the thread has ended
+    assert model.stats.calls < len(replies)
+    await client.delete(info.sandbox_id)
+
+
+class SignallingModel(ScriptedModel):
+    """A scripted model that tells another thread when its second reply went out."""
+
+    def __init__(self, replies: list[str]) -> None:
+        super().__init__(replies)
+        self.second_call = threading.Event()
+
+    async def query(self, messages: list[Message]) -> ModelReply:
+        reply = await super().query(messages)
+        if self.stats.calls >= 2:
+            self.second_call.set()
+        return reply

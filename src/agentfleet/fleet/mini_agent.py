@@ -16,6 +16,7 @@ templates), ``model`` (MiniModel's: ``action_format``, ``observation_template``,
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,21 @@ def _agent_settings(config: dict[str, Any], limits: AgentConfig) -> dict[str, An
     return settings
 
 
+def _agent_class(stop: threading.Event) -> type:
+    """DefaultAgent that ends (``Interrupted``) before its next step once ``stop`` is set."""
+    from minisweagent.agents.default import DefaultAgent
+    from minisweagent.exceptions import LimitsExceeded
+
+    class FleetAgent(DefaultAgent):
+        def step(self) -> list[dict]:
+            if stop.is_set():
+                extra = {"exit_status": "Interrupted", "submission": ""}
+                raise LimitsExceeded({"role": "exit", "content": "Interrupted", "extra": extra})
+            return super().step()
+
+    return FleetAgent
+
+
 def _run_sync(
     config: dict[str, Any],
     model: Model,
@@ -84,8 +100,8 @@ def _run_sync(
     sandbox_id: str,
     task: Task,
     limits: AgentConfig,
+    stop: threading.Event,
 ) -> MiniResult:
-    from minisweagent.agents.default import DefaultAgent
 
     from agentfleet.models.mini import MiniModel
     from agentfleet.sandbox.env import RemoteDockerEnvironment
@@ -94,9 +110,8 @@ def _run_sync(
     env_cfg = {k: v for k, v in (config.get("environment") or {}).items() if k in ENV_KEYS}
     env = RemoteDockerEnvironment(sandbox_id, sandboxes=sandboxes, **env_cfg)
     model_cfg = {k: v for k, v in (config.get("model") or {}).items() if k != "model_class"}
-    agent = DefaultAgent(
-        MiniModel(model=model, **model_cfg), env, **_agent_settings(config, limits)
-    )
+    mini_model = MiniModel(model=model, **model_cfg)
+    agent = _agent_class(stop)(mini_model, env, **_agent_settings(config, limits))
     error = ""
     try:
         info = agent.run(task.prompt, task_id=task.id)
@@ -124,9 +139,17 @@ async def run_mini(
 ) -> MiniResult:
     """Run mini-swe-agent's DefaultAgent on ``task`` in a worker thread.
 
-    A run cancelled meanwhile (Ctrl-C) cannot stop the thread: the runner deletes the
-    sandbox, so the agent's next command fails and its thread ends."""
-    return await asyncio.to_thread(_run_sync, config, model, sandboxes, sandbox_id, task, limits)
+    Cancelled (Ctrl-C, SIGTERM), the thread cannot be interrupted mid-call: the agent stops
+    before its next step (and the runner deletes the sandbox, so a command still to run
+    fails at once)."""
+    stop = threading.Event()
+    try:
+        return await asyncio.to_thread(
+            _run_sync, config, model, sandboxes, sandbox_id, task, limits, stop
+        )
+    except asyncio.CancelledError:
+        stop.set()
+        raise
 
 
 def mini_trajectory(result: Any, ours: dict[str, Any]) -> dict[str, Any]:
