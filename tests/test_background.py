@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +16,7 @@ from conftest import served_in_thread
 
 from agentfleet.evaluation import create_app, evaluate_info, evaluate_info_sync
 from agentfleet.http import HttpPool
-from agentfleet.http.background import BackgroundLoop, background_loop, run_sync
+from agentfleet.http.background import BackgroundLoop, background_loop, run_sync, shutdown
 
 
 async def _stats(url: str) -> dict[str, Any]:
@@ -117,3 +120,39 @@ async def _run_inside(loop: BackgroundLoop) -> str:
 
 async def _pid() -> int:
     return os.getpid()
+
+
+def test_shutdown_closes_the_pool_and_the_next_call_starts_a_new_loop() -> None:
+    loop = background_loop()
+    pool = loop.pool()
+    shutdown()
+    assert loop.closed and pool.closed
+    assert background_loop() is not loop and run_sync(_pid()) == os.getpid()
+
+
+EXIT_SCRIPT = """
+import http.server, threading
+from agentfleet.http import HttpPool
+from agentfleet.http.background import run_sync
+
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+threading.Thread(target=srv.serve_forever, daemon=True).start()
+url = f"http://127.0.0.1:{srv.server_address[1]}/"
+
+async def get():
+    return (await HttpPool.for_loop().request("GET", url)).status
+
+print(run_sync(get()))
+"""
+
+
+def test_process_exit_closes_the_background_pool_quietly(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-X", "dev", "-W", "error::ResourceWarning", "-c", EXIT_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "200", proc.stderr
+    assert "Unclosed" not in proc.stderr and "Error" not in proc.stderr, proc.stderr
