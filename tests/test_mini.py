@@ -361,3 +361,22 @@ class SignallingModel(ScriptedModel):
         if self.stats.calls >= 2:
             self.second_call.set()
         return reply
+
+
+def test_resume_keeps_the_mini_agent_and_its_config(tmp_path: Path) -> None:
+    from agentfleet.fleet.run import RunRequest, build_config
+
+    (tmp_path / "mini.yaml").write_text(MINI_YAML)
+    cfg, _ = build_config(
+        RunRequest(agent="mini", agent_config=tmp_path / "mini.yaml", run_dir=tmp_path / "r")
+    )
+    assert cfg.mini is not None and cfg.mini["agent"]["step_limit"] == 20
+    saved = {"agent": "mini", "mini_config": cfg.mini, "model": "oracle"}
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.json").write_text(json.dumps(saved))
+    resumed, _ = build_config(RunRequest(resume=tmp_path / "r"))
+    assert resumed.mini == cfg.mini
+    light, _ = build_config(RunRequest(run_dir=tmp_path / "l"))
+    assert light.mini is None
+    default, _ = build_config(RunRequest(agent="mini", run_dir=tmp_path / "d"))
+    assert default.mini is not None and "system_template" in default.mini["agent"]  # mini.yaml
