@@ -16,7 +16,7 @@ import psutil
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 
-from agentfleet.http import HttpPool
+from agentfleet.http import HttpPool, background
 from agentfleet.serving import serve_in_loop
 
 
@@ -35,9 +35,11 @@ def blockbuster() -> Iterator[BlockBuster]:
 
 @pytest.fixture(autouse=True)
 def _reset_pool_defaults() -> Iterator[None]:
-    """In-process CLI runs call HttpPool.configure_default(): undo it after each test."""
+    """In-process CLI runs call HttpPool.configure_default(): undo it after each test; and
+    close the sync callers' background loop (and its pool) a test started."""
     yield
     HttpPool.reset_default()
+    background.shutdown()
 
 
 def docker_available() -> bool:

@@ -203,7 +203,7 @@ def test_cli_run_agent_mini_solves_every_task(tmp_path: Path) -> None:
         assert messages[-1]["extra"]["exit_status"] == "Submitted"
         data = json.loads(path.read_text())
         assert data["trajectory_format"] == "mini-swe-agent-1.1"
-        assert data["info"]["config"]["agent_type"].endswith("DefaultAgent")
+        assert data["info"]["config"]["agent_type"].endswith("mini_agent.FleetAgent")
         assert data["info"]["config"]["environment_type"] == ENV_CLASS
         assert data["info"]["reward"] > 0 and data["info"]["exit_status"] == "Submitted"
         assert "diff --git" in data["info"]["submission"]
