@@ -153,15 +153,12 @@ async def run_mini(
 
 
 def mini_trajectory(result: Any, ours: dict[str, Any]) -> dict[str, Any]:
-    """mini-swe-agent's trajectory of ``result`` with agentfleet's (``ours``) merged in;
-    ``ours`` alone for a LightAgent result."""
+    """mini-swe-agent's trajectory of ``result`` with agentfleet's ``info`` fields (``ours``:
+    exit status, submission, model stats, reward, speedup, evaluation) laid over its
+    ``info``; ``ours`` alone for a LightAgent result."""
     mini = getattr(result, "trajectory", None)
     if not mini:
         return ours
-    from minisweagent.utils.serialize import recursive_merge
-
-    merged: dict[str, Any] = recursive_merge(
-        mini, {k: v for k, v in ours.items() if k != "messages"}
-    )
-    merged["trajectory_format"] = mini.get("trajectory_format", ours.get("trajectory_format"))
+    merged = {**mini, "instance_id": ours.get("instance_id")}
+    merged["info"] = {**mini.get("info", {}), **ours.get("info", {})}
     return merged
