@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[dev,bench,ray]'
+	$(BIN)/python -m pip install -q -e '.[dev,bench,ray,mini]'
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed

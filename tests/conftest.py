@@ -3,16 +3,21 @@ for optional tools (bwrap, Docker, Chromium) and for finding sandboxed processes
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 
-from agentfleet.http import HttpPool
+from agentfleet.http import HttpPool, background
+from agentfleet.serving import serve_in_loop
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -33,9 +38,11 @@ def blockbuster() -> Iterator[BlockBuster]:
 
 @pytest.fixture(autouse=True)
 def _reset_pool_defaults() -> Iterator[None]:
-    """In-process CLI runs call HttpPool.configure_default(): undo it after each test."""
+    """In-process CLI runs call HttpPool.configure_default(): undo it after each test; and
+    close the sync callers' background loop (and its pool) a test started."""
     yield
     HttpPool.reset_default()
+    background.shutdown()
 
 
 def docker_available() -> bool:
@@ -51,6 +58,7 @@ HOW_TO_GET = {
     "bwrap": "apt-get install bubblewrap",
     "docker": "apt-get install docker.io and a running dockerd",
     "chromium": "apt-get install chromium",
+    "minisweagent": "pip install 'agentfleet[mini]'",
 }
 
 
@@ -121,3 +129,32 @@ def sandboxes_running(root: Path, name: str) -> int:
             except psutil.Error:
                 continue
     return count
+
+
+@contextmanager
+def served_in_thread(app: Any) -> Iterator[str]:
+    """``app`` served on 127.0.0.1 (a free port) by its own loop in a thread; its URL."""
+    ready, stop = threading.Event(), threading.Event()
+    box: dict[str, Any] = {}
+
+    def serve() -> None:
+        async def main() -> None:
+            async with serve_in_loop(app) as running:
+                box["url"] = running.url
+                ready.set()
+                await asyncio.to_thread(stop.wait)
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            box["error"] = exc
+            ready.set()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(30) and "url" in box, box.get("error")
+        yield box["url"]
+    finally:
+        stop.set()
+        thread.join(30)

@@ -138,11 +138,17 @@ def run(
     time_limit: Annotated[
         float | None, typer.Option(help="seconds per agent [default: 900]")
     ] = None,
+    agent: Annotated[
+        str | None,
+        typer.Option(
+            help="light (LightAgent) | mini (mini-swe-agent's DefaultAgent) [default: light]"
+        ),
+    ] = None,
     agent_config: Annotated[
         Path | None,
         typer.Option(
             help="YAML with limits (step_limit, time_limit_s, cost_limit, run_cost_limit...) "
-            "and templates; flags override it"
+            "and templates; flags override it. --agent mini: a mini-swe-agent config"
         ),
     ] = None,
     cost_limit: Annotated[
@@ -207,6 +213,7 @@ def run(
             time_limit=time_limit,
             cost_limit=cost_limit,
             run_cost_limit=run_cost_limit,
+            agent=agent,
             agent_config=agent_config,
             run_dir=run_dir,
             resume=resume,
@@ -546,6 +553,9 @@ def mock_llm(
         float, typer.Option(min=0.0, max=1.0, help="share of failed calls")
     ] = 0.0,
     error_kinds: Annotated[str, typer.Option(help="comma list of 429,500,drop")] = "429,500,drop",
+    malformed_rate: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="tool-call mode: share of malformed calls")
+    ] = 0.0,
     retry_after: Annotated[float, typer.Option(help="Retry-After of injected 429s")] = 0.0,
     cost_per_call: Annotated[
         float | None, typer.Option(help="usage.cost reported per call")
@@ -566,6 +576,7 @@ def mock_llm(
             latency_dist=latency_dist,
             error_rate=error_rate,
             error_kinds=[k for k in error_kinds.split(",") if k],
+            malformed_rate=malformed_rate,
             retry_after=retry_after,
             cost_per_call=cost_per_call,
             require_key=require_key,

@@ -1,4 +1,7 @@
-"""LightAgent: the bash-only agent loop (one bash block per reply, output back as a message)."""
+"""LightAgent: the bash-only agent loop. Text mode: one bash block per reply, its output back
+as a user message. Tool-call mode: the model calls the ``bash`` tool (one or more calls per
+reply, run in order), each answered by a ``tool`` message. A reply that breaks the format
+gets a format error back and the run goes on (as in mini-swe-agent)."""
 
 from __future__ import annotations
 
@@ -13,8 +16,9 @@ from typing import Any, Protocol
 import yaml
 from jinja2 import Environment, StrictUndefined, Template
 
-from agentfleet.models.base import LimitReached, Message, Model, ModelError
+from agentfleet.models.base import LimitReached, Message, Model, ModelError, ModelReply
 from agentfleet.models.offline import SUBMIT_SENTINEL
+from agentfleet.models.tool_calls import ToolCallError, check_action_format, parse_tool_calls
 from agentfleet.sandbox.base import DEFAULT_EXEC_TIMEOUT, ExecResult
 from agentfleet.tasks import Task
 
@@ -47,6 +51,7 @@ class AgentConfig:
     observation_max_chars: int = 10_000
     cost_limit: float | None = None  # USD per agent (its model); None: no limit
     run_cost_limit: float | None = None  # USD for the whole run, shared by its agents
+    action_format: str | None = None  # "text" | "tool_call"; None: the model's own
     templates: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TEMPLATES))
 
     @classmethod
@@ -82,6 +87,12 @@ def _checked_settings(data: dict[str, Any], path: str | Path | None) -> dict[str
         raise ValueError(f"{where}unknown agent setting(s) {', '.join(unknown)} (known: {known})")
     out: dict[str, Any] = {}
     for key, value in data.items():
+        if key == "action_format":
+            try:
+                out[key] = None if value is None else check_action_format(str(value))
+            except ValueError as exc:
+                raise ValueError(f"{where}{exc}") from None
+            continue
         kind = int if types[key] == "int" else float
         if value is None and "None" in str(types[key]):
             out[key] = None
@@ -123,6 +134,13 @@ class LightAgent:
     def __init__(self, model: Model, env: AsyncEnvironment, task: Task, config: AgentConfig):
         self.model, self.env, self.task, self.config = model, env, task, config
         self.messages: list[Message] = []
+        self.format_errors = 0
+        if config.action_format is not None:
+            if hasattr(model, "action_format"):
+                setattr(model, "action_format", config.action_format)  # noqa: B010
+            elif config.action_format != "text":
+                raise ValueError(f"model {model.name!r} cannot make tool calls")
+        self.tool_calls = getattr(model, "action_format", "text") == "tool_call"
 
     def _render(self, name: str, **kw: Any) -> str:
         return _compile(self.config.templates[name]).render(**kw)
@@ -132,7 +150,10 @@ class LightAgent:
 
     async def run(self) -> AgentResult:
         start = time.monotonic()
-        self._add("system", self._render("system_template", sentinel=SUBMIT_SENTINEL))
+        self._add(
+            "system",
+            self._render("system_template", sentinel=SUBMIT_SENTINEL, tool_calls=self.tool_calls),
+        )
         self._add("user", self._render("instance_template", task=self.task))
         steps, status, error, note = 0, "", "", ""
         try:
@@ -153,22 +174,59 @@ class LightAgent:
     async def _loop(self) -> str:
         for _ in range(self.config.step_limit):
             reply = await self.model.query(self.messages)
-            self._add("assistant", reply.content)
-            actions = parse_action(reply.content)
-            if len(actions) != 1:
-                self._add("user", self._render("format_error_template", n_blocks=len(actions)))
-                continue
-            result = await self.env.aexecute(actions[0], timeout=self.config.command_timeout_s)
-            if result.output.lstrip().splitlines()[:1] == [SUBMIT_SENTINEL]:
+            step = self._tool_step if self.tool_calls else self._text_step
+            if await step(reply):
                 return "Submitted"
-            self._add(
-                "user",
-                self._render(
-                    "observation_template",
-                    returncode=result.returncode,
-                    timed_out=result.timed_out,
-                    truncated=result.truncated,
-                    output=clip_middle(result.output, self.config.observation_max_chars),
-                ),
-            )
         return "LimitsExceeded"
+
+    async def _text_step(self, reply: ModelReply) -> bool:
+        """One bash block: run it; True once the agent submitted."""
+        self._add("assistant", reply.content)
+        actions = parse_action(reply.content)
+        if len(actions) != 1:
+            self.format_errors += 1
+            self._add("user", self._render("format_error_template", n_blocks=len(actions)))
+            return False
+        observation = await self._run(actions[0])
+        if observation is None:
+            return True
+        self._add("user", observation)
+        return False
+
+    async def _tool_step(self, reply: ModelReply) -> bool:
+        """Every ``bash`` call of the reply, in order, each answered by a ``tool`` message;
+        a malformed reply gets the format error (on each of its calls); True once submitted."""
+        calls = reply.tool_calls or []
+        self.messages.append({"role": "assistant", "content": reply.content, "tool_calls": calls})
+        try:
+            actions = parse_tool_calls(calls)
+        except ToolCallError as exc:
+            self.format_errors += 1
+            error = self._render("tool_format_error_template", error=str(exc))
+            for i, call in enumerate(calls):  # the API wants every call answered
+                self._add_tool(str(call.get("id") or f"call_{i}"), error)
+            if not calls:
+                self._add("user", error)
+            return False
+        for action in actions:
+            observation = await self._run(action.command)
+            if observation is None:
+                return True
+            self._add_tool(action.tool_call_id, observation)
+        return False
+
+    def _add_tool(self, tool_call_id: str, content: str) -> None:
+        self.messages.append({"role": "tool", "tool_call_id": tool_call_id, "content": content})
+
+    async def _run(self, command: str) -> str | None:
+        """Run ``command``; its rendered observation, or None when it is the submission."""
+        result = await self.env.aexecute(command, timeout=self.config.command_timeout_s)
+        if result.output.lstrip().splitlines()[:1] == [SUBMIT_SENTINEL]:
+            return None
+        return self._render(
+            "observation_template",
+            returncode=result.returncode,
+            timed_out=result.timed_out,
+            truncated=result.truncated,
+            output=clip_middle(result.output, self.config.observation_max_chars),
+        )

@@ -103,7 +103,8 @@ def http_cmd(
     patterns: Annotated[
         str,
         typer.Option(
-            help="Comma list of: blocking, per-call, threads, agentfleet, agentfleet-blocking."
+            help="Comma list of: blocking, per-call, threads, agentfleet, agentfleet-blocking, "
+            "sync-threads, run-threads."
         ),
     ] = "blocking,per-call,threads,agentfleet,agentfleet-blocking",
     max_seconds: Annotated[

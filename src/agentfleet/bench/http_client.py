@@ -15,6 +15,10 @@ Patterns:
 - ``agentfleet``: ``evaluate_info`` (submit + long-poll) over the loop's shared ``HttpPool``
   sized by ``preset_for_fleet(n)``.
 - ``agentfleet-blocking``: the shared pool, but the blocking ``POST /evaluate`` form.
+- ``sync-threads``: ``n`` threads calling ``evaluate_info_sync``: every call runs on the
+  process's one background loop and its pool (sized by ``preset_for_fleet(n)``).
+- ``run-threads``: the seed's pattern: ``n`` threads, each call in its own
+  ``asyncio.run(evaluate_info(...))`` (a new loop, pool and connection per call).
 """
 
 from __future__ import annotations
@@ -28,7 +32,15 @@ from typing import Any
 
 from agentfleet.bench.common import child_main, cpu_seconds, peak_rss_mib
 
-PATTERNS = ("blocking", "per-call", "threads", "agentfleet", "agentfleet-blocking")
+PATTERNS = (
+    "blocking",
+    "per-call",
+    "threads",
+    "agentfleet",
+    "agentfleet-blocking",
+    "sync-threads",
+    "run-threads",
+)
 
 
 def _body(agent: int, rnd: int) -> dict[str, Any]:
@@ -181,6 +193,42 @@ def run_agentfleet(
     return stats
 
 
+def run_sync_threads(
+    url: str, n: int, rounds: int, tally: Tally, *, background: bool
+) -> dict[str, Any]:
+    """Thread workers: ``evaluate_info_sync`` (background loop), else ``asyncio.run``."""
+    from agentfleet.evaluation.client import evaluate_info, evaluate_info_sync
+    from agentfleet.http import HttpPool, preset_for_fleet
+    from agentfleet.http.background import background_loop
+
+    limits = preset_for_fleet(n)
+    HttpPool.configure_default(limits)
+
+    def call(i: int, r: int) -> None:
+        b = _body(i, r)
+        args = (b["exit_status"], b["result"], b["container_id"], b["instance_id"])
+        more = (b["dataset_name"], b["split"], url)
+        if background:
+            reward = evaluate_info_sync(*args, *more)[0]
+        else:
+            reward = asyncio.run(evaluate_info(*args, *more))[0]
+        if reward != 1.0:
+            raise ValueError(f"reward {reward}")
+
+    def agent(i: int) -> None:
+        for r in range(rounds):
+            tally.record(lambda i=i, r=r: call(i, r))  # type: ignore[misc]
+
+    with ThreadPoolExecutor(max_workers=n) as ex:
+        list(ex.map(agent, range(n)))
+    out: dict[str, Any] = {"threads": n}
+    if background:
+        totals = background_loop().pool().stats()["totals"]
+        out["pool_limits"] = {"limit": limits.limit, "per_host": limits.limit_per_host}
+        out["client_connections_opened"] = totals.get("connections_created")
+    return out
+
+
 def _preimport(pattern: str) -> None:
     import importlib
 
@@ -190,6 +238,8 @@ def _preimport(pattern: str) -> None:
         "per-call": ["aiohttp"],
         "agentfleet": ["agentfleet.evaluation.client", "agentfleet.http"],
         "agentfleet-blocking": ["agentfleet.evaluation.client", "agentfleet.http"],
+        "sync-threads": ["agentfleet.evaluation.client", "agentfleet.http.background"],
+        "run-threads": ["agentfleet.evaluation.client", "agentfleet.http"],
     }.get(pattern, [])
     for mod in mods:
         importlib.import_module(mod)
@@ -213,6 +263,8 @@ def handle(config: dict[str, Any]) -> dict[str, Any]:
         extra = run_threads(url, n, rounds, tally)
     elif pattern in ("agentfleet", "agentfleet-blocking"):
         extra = run_agentfleet(url, n, rounds, tally, blocking_form=pattern != "agentfleet")
+    elif pattern in ("sync-threads", "run-threads"):
+        extra = run_sync_threads(url, n, rounds, tally, background=pattern == "sync-threads")
     else:
         raise SystemExit(f"unknown pattern {pattern!r} (choose from {', '.join(PATTERNS)})")
     wall = time.perf_counter() - t0

@@ -380,18 +380,12 @@ def evaluate_info_sync(
     eval_server_url: str,
     **kwargs: Any,
 ) -> tuple[float, float, dict[str, Any]]:
-    """``evaluate_info`` for a thread with no running event loop (thread workers): runs it
-    in its own ``asyncio.run`` loop, whose pool closes with the loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        pass
-    else:
-        raise RuntimeError(
-            "evaluate_info_sync() called from a running event loop; "
-            "use 'await evaluate_info(...)' instead"
-        )
-    return asyncio.run(
+    """``evaluate_info`` for sync code (thread workers): runs it on the process's one
+    background loop (:func:`agentfleet.http.background.run_sync`), so every thread shares
+    that loop's pool and its connections. Inside a running loop: ``RuntimeError``."""
+    from agentfleet.http.background import run_sync
+
+    return run_sync(
         evaluate_info(
             exit_status,
             result,
@@ -401,7 +395,8 @@ def evaluate_info_sync(
             split,
             eval_server_url,
             **kwargs,
-        )
+        ),
+        what="evaluate_info_sync() (use 'await evaluate_info(...)')",
     )
 
 

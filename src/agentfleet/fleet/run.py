@@ -51,6 +51,7 @@ RESUMABLE: dict[str, Any] = {
     "model": "oracle",
     "model_url": None,
     "model_delay": 0.0,
+    "agent": "light",
     "workers": 8,
     "tasks": None,
     "eval_repeats": 5,
@@ -81,6 +82,7 @@ class RunRequest:
     model: str | None = None
     model_url: str | None = None
     model_delay: float | None = None
+    agent: str | None = None  # light | mini
     workers: int | None = None
     tasks: list[str] | None = None
     eval_repeats: int | None = None
@@ -137,8 +139,9 @@ def build_config(req: RunRequest) -> tuple[FleetConfig, RayOptions | None]:
     spec = ModelSpec(s["model"], url=s["model_url"], delay_s=float(s["model_delay"]))
     spec.prepare()
     load_dataset(s["dataset"]).task_ids(s["split"])  # the dataset and split exist
+    mini = _mini_config(s["agent"], req.agent_config, saved)
     agent = AgentConfig.from_yaml(
-        req.agent_config,
+        req.agent_config if mini is None else None,
         step_limit=s["step_limit"],
         time_limit_s=s["time_limit"],
         cost_limit=s["cost_limit"],
@@ -162,8 +165,23 @@ def build_config(req: RunRequest) -> tuple[FleetConfig, RayOptions | None]:
         rerun_failed=req.rerun_failed,
         pool=resolve_limits(req.pool) if req.pool is not None else None,
         task_attempts=req.task_attempts or DEFAULT_TASK_ATTEMPTS,
+        mini=mini,
     )
     return cfg, ray
+
+
+def _mini_config(agent: str, path: Path | None, saved: dict[str, Any]) -> dict[str, Any] | None:
+    """``--agent mini``'s mini-swe-agent config: ``path``'s, else a resumed run's, else
+    mini-swe-agent's default; None for LightAgent."""
+    if agent == "light":
+        return None
+    if agent != "mini":
+        raise ValueError(f"unknown agent {agent!r}: light or mini")
+    if path is None and isinstance(saved.get("mini_config"), dict):
+        return dict(saved["mini_config"])
+    from agentfleet.fleet.mini_agent import load_mini_config
+
+    return load_mini_config(path)
 
 
 def _ray_options(req: RunRequest) -> RayOptions | None:

@@ -24,6 +24,7 @@ from agentfleet.fleet.attempts import (
     is_transport_failure,
     transient_evaluation,
 )
+from agentfleet.fleet.mini_agent import mini_trajectory, run_mini
 from agentfleet.fleet.results import ResumePlan, plan_resume, repair_tail, result_state
 from agentfleet.fleet.rundir import RunDir
 from agentfleet.http import HttpPool, PoolLimits, Timeouts, preset_for_fleet, resolve_limits
@@ -67,6 +68,7 @@ class FleetConfig:
     sample_every_s: float = 1.0  # pool / evaluation-queue snapshots (0: off)
     pool: PoolLimits | str | None = None  # HTTP pool limits (None: by fleet size, pool_limits)
     task_attempts: int = DEFAULT_TASK_ATTEMPTS  # tries of a task that meets transport faults
+    mini: dict[str, Any] | None = None  # --agent mini: mini-swe-agent's config (mini_agent.py)
     # The run's cost budget (agent.run_cost_limit), made by run_budget(); one per process.
     budget: RunBudget | None = field(default=None, repr=False, compare=False)
 
@@ -299,9 +301,9 @@ async def run_one(
     cost = 0.0
     for n in range(1, tries + 1):
         tried = await _try_task(task, cfg, sandboxes, eval_url, monitor, last=n == tries)
-        outcome, messages, model, patch, transient = tried
-        cost += float(getattr(getattr(model, "stats", None), "cost", 0.0))
-        if not transient or n == tries:
+        outcome = tried.outcome
+        cost += float(getattr(getattr(tried.model, "stats", None), "cost", 0.0))
+        if not tried.transient or n == tries:
             break
         log.warning(
             "task %s: try %d of %d met a transport fault (%s); starting over with a fresh sandbox",
@@ -313,8 +315,20 @@ async def run_one(
     outcome.attempts = n
     outcome.duration_s = time.monotonic() - start
     outcome.cost = cost
-    await writer.write(outcome, trajectory(task, outcome, messages, model, patch))
+    traj = trajectory(task, outcome, tried.messages, tried.model, tried.patch)
+    await writer.write(outcome, mini_trajectory(tried.result, traj))
     return outcome
+
+
+class _Try(NamedTuple):
+    """One try of :func:`run_one`."""
+
+    outcome: TaskOutcome
+    messages: list[Any]
+    model: Any
+    patch: str
+    transient: bool  # met a transport fault: worth another try
+    result: Any  # the agent's result (mini-swe-agent's, for its trajectory format)
 
 
 async def _try_task(
@@ -325,15 +339,16 @@ async def _try_task(
     monitor: FleetMonitor | None,
     *,
     last: bool,
-) -> tuple[TaskOutcome, list[Any], Any, str, bool]:
-    """One try of :func:`run_one`: (outcome, messages, model, patch, met a transport
-    fault). Unless ``last``, an agent whose model stayed unreachable is not evaluated."""
+) -> _Try:
+    """One try of :func:`run_one`. Unless ``last``, an agent whose model stayed
+    unreachable is not evaluated."""
     stage = monitor.stage if monitor is not None else {}
     outcome = TaskOutcome(task.id, "Error")
     messages: list[Any] = []
     patch = ""
     model: Any = None
     transient = False
+    result: Any = None
     # chosen here, so the finally deletes it even if create never answered (Ctrl-C)
     sandbox_id = new_sandbox_id()
     create_sent = False
@@ -357,7 +372,10 @@ async def _try_task(
         sandbox_id = info.sandbox_id
         env = RemoteDockerEnvironment(sandbox_id, sandboxes=sandboxes)
         stage[task.id] = "agent"
-        result = await LightAgent(model, env, task, cfg.agent).run()
+        if cfg.mini is not None:
+            result = await run_mini(cfg.mini, model, sandboxes, sandbox_id, task, cfg.agent)
+        else:
+            result = await LightAgent(model, env, task, cfg.agent).run()
         messages, outcome.exit_status, outcome.steps = (
             result.messages,
             result.exit_status,
@@ -365,7 +383,7 @@ async def _try_task(
         )
         outcome.error = result.error
         if result.exit_status == MODEL_UNAVAILABLE and not last:
-            return outcome, messages, model, patch, True
+            return _Try(outcome, messages, model, patch, True, result)
         stage[task.id] = "diff"
         try:
             patch = await sandbox_diff(sandboxes, sandbox_id)
@@ -396,7 +414,7 @@ async def _try_task(
                 pass  # never made (create failed or was cancelled early)
             except Exception as exc:
                 log.warning("could not delete sandbox %s: %s", sandbox_id, exc)
-    return outcome, messages, model, patch, transient
+    return _Try(outcome, messages, model, patch, transient, result)
 
 
 def _append_line(path: Path, line: str) -> None:
@@ -490,6 +508,8 @@ def run_config(cfg: FleetConfig, all_ids: list[str], todo: list[str]) -> dict[st
         "model_url": cfg.model.url,
         "model_delay": cfg.model.delay_s,
         "workers": cfg.workers,
+        "agent": "light" if cfg.mini is None else "mini",
+        "mini_config": cfg.mini,
         "eval_repeats": cfg.eval_repeats,
         "eval_reference": cfg.eval_reference,
         "step_limit": cfg.agent.step_limit,

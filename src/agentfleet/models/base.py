@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-Message = dict[str, str]  # {"role": ..., "content": ...}
+# {"role": ..., "content": ...}; in tool-call mode also "tool_calls" / "tool_call_id"
+Message = dict[str, Any]
 
 
 class ModelError(Exception):
@@ -29,6 +30,7 @@ class ModelReply:
     cost: float = 0.0
     possibly_billed: int = 0  # attempts lost after the request left (the provider may bill)
     possibly_billed_cost: float = 0.0  # their estimated cost (not in ``cost``)
+    tool_calls: list[dict[str, Any]] | None = None  # OpenAI's shape, as the model sent them
 
 
 @dataclass

@@ -2,9 +2,11 @@
 
 It recognises the task in the conversation (by the task's prompt text, else its id), counts
 the assistant messages already there to know the step, and answers
-``oracle_replies(task)[step]`` (then keeps answering the submit reply). Latency, 429/500
-errors and dropped connections can be injected; ``GET /stats`` and ``GET /metrics`` tell
-what the server saw (calls, injected errors, in flight, distinct client connections).
+``oracle_replies(task)[step]`` (then keeps answering the submit reply). A request that
+offers the ``bash`` tool gets the reply as a ``tool_calls`` answer (tool-call mode), else as
+text. Latency, 429/500 errors, dropped connections and malformed tool calls can be
+injected; ``GET /stats`` and ``GET /metrics`` tell what the server saw (calls, injected
+errors, in flight, distinct client connections).
 
 Run it with ``agentfleet mock-llm --port 8000`` or in-process with
 ``serving.serve_in_loop(create_mock_llm_app(...))``.
@@ -16,7 +18,6 @@ import asyncio
 import json
 import logging
 import random
-import re
 import time
 import uuid
 from collections import Counter
@@ -29,8 +30,16 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from agentfleet.models.base import ModelError
-from agentfleet.models.offline import SUBMIT_SENTINEL, bash_reply, oracle_replies
+from agentfleet.models.mock_tasks import UNKNOWN_TASK_REPLY as UNKNOWN_TASK_REPLY
+from agentfleet.models.mock_tasks import TaskIndex as TaskIndex
+from agentfleet.models.mock_tools import (
+    as_tool_calls,
+    completion_text,
+    is_malformed_reply,
+    malformed_tool_calls,
+    wants_tool_calls,
+)
+from agentfleet.models.offline import SUBMIT_SENTINEL as SUBMIT_SENTINEL
 from agentfleet.tasks import DEFAULT_DATASET
 
 log = logging.getLogger(__name__)
@@ -39,17 +48,8 @@ ErrorKind = Literal["429", "500", "drop"]
 LatencyDist = Literal["fixed", "uniform", "exponential"]
 ERROR_KINDS: tuple[str, ...] = ("429", "500", "drop")
 TRIGGER_CONTEXT_LENGTH = "TRIGGER_CONTEXT_LENGTH"
-PREFIX_CHARS = 80
 DEFAULT_MODEL_NAMES: tuple[str, ...] = ("mock-oracle",)
-UNKNOWN_TASK_REPLY = bash_reply(
-    "I do not recognise this task, so I submit without changing anything.",
-    f"echo {SUBMIT_SENTINEL}",
-)
 _RAW_SEND = "agentfleet.raw_send"
-
-
-def _normalise(text: str) -> str:
-    return " ".join(text.split())
 
 
 def _words(text: str) -> int:
@@ -68,68 +68,14 @@ def _error_body(message: str, type_: str, code: str | None = None) -> dict[str, 
     return {"error": {"message": message, "type": type_, "param": None, "code": code}}
 
 
-# task recognition ----------------------------------------------------------------------
-@dataclass
-class _KnownTask:
-    id: str
-    prompt: str  # normalised
-    replies: list[str]
-    id_pattern: re.Pattern[str]
-
-
-@dataclass
-class TaskIndex:
-    """The tasks of a dataset and the oracle's replies for each."""
-
-    dataset: str | None = None
-    tasks: list[_KnownTask] = field(default_factory=list)
-
-    @classmethod
-    def load(cls, dataset: str | None) -> TaskIndex:
-        """Read the dataset and every reference patch (blocking: run in a thread)."""
-        if not dataset:
-            return cls(None, [])
-        from agentfleet.tasks import load_dataset
-
-        ds = load_dataset(dataset)
-        known = []
-        for task in ds.tasks():
-            try:
-                replies = oracle_replies(task)
-            except ModelError as exc:
-                log.warning("mock LLM: %s; it will only be submitted", exc)
-                replies = [UNKNOWN_TASK_REPLY]
-            pattern = re.compile(rf"(?<![\w-]){re.escape(task.id)}(?![\w-])")
-            known.append(_KnownTask(task.id, _normalise(task.prompt), replies, pattern))
-        return cls(ds.name, known)
-
-    def recognise(self, text: str) -> _KnownTask | None:
-        """The task whose prompt (whole, else its first 80 chars), else id, is in ``text``."""
-        text = _normalise(text)
-        best: tuple[int, _KnownTask] | None = None
-        for task in self.tasks:
-            if not task.prompt:
-                continue
-            if task.prompt in text:
-                score = 2 * len(task.prompt)
-            elif task.prompt[:PREFIX_CHARS] in text:
-                score = len(task.prompt[:PREFIX_CHARS])
-            else:
-                continue
-            if best is None or score > best[0]:
-                best = (score, task)
-        if best is not None:
-            return best[1]
-        by_id = [t for t in self.tasks if t.id_pattern.search(text)]
-        return max(by_id, key=lambda t: len(t.id)) if by_id else None
-
-
 # state ---------------------------------------------------------------------------------
 @dataclass
 class MockStats:
     calls: int = 0
     completions: int = 0
     errors: Counter[str] = field(default_factory=Counter)  # injected, by kind
+    malformed: Counter[str] = field(default_factory=Counter)  # injected, by kind
+    tool_call_replies: int = 0  # completions answered in tool-call mode
     rejected: Counter[str] = field(default_factory=Counter)  # auth, bad_request, context_length
     in_flight: int = 0
     peak_in_flight: int = 0
@@ -146,6 +92,9 @@ class MockStats:
             "completions": self.completions,
             "errors": {kind: self.errors.get(kind, 0) for kind in ERROR_KINDS} | dict(self.errors),
             "errors_total": sum(self.errors.values()),
+            "malformed": dict(self.malformed),
+            "malformed_total": sum(self.malformed.values()),
+            "tool_call_replies": self.tool_call_replies,
             "rejected": dict(self.rejected),
             "in_flight": self.in_flight,
             "peak_in_flight": self.peak_in_flight,
@@ -165,6 +114,7 @@ class MockConfig:
     latency_dist: LatencyDist | None = None
     error_rate: float = 0.0
     error_kinds: tuple[str, ...] = ERROR_KINDS
+    malformed_rate: float = 0.0  # tool-call mode: share of replies with a malformed call
     seed: int | None = None
     retry_after: float = 0.0
     cost_per_call: float | None = None
@@ -176,8 +126,9 @@ class MockConfig:
     stall_s: float = 0.0
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.error_rate <= 1.0:
-            raise ValueError(f"error_rate must be within [0, 1], got {self.error_rate}")
+        for name in ("error_rate", "malformed_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1], got {getattr(self, name)}")
         self.error_kinds = tuple(str(k) for k in self.error_kinds)
         unknown = set(self.error_kinds) - set(ERROR_KINDS)
         if unknown or not self.error_kinds:
@@ -255,7 +206,11 @@ class MockLLM:
         if task is None:
             self.stats.unrecognised += 1
             return UNKNOWN_TASK_REPLY, None
-        step = sum(1 for m in messages if isinstance(m, dict) and m.get("role") == "assistant")
+        step = sum(  # replies whose tool calls were malformed did not make a step
+            1
+            for m in messages
+            if isinstance(m, dict) and m.get("role") == "assistant" and not is_malformed_reply(m)
+        )
         self.stats.recognised[task.id] += 1
         return task.replies[min(step, len(task.replies) - 1)], task.id
 
@@ -341,6 +296,7 @@ def create_mock_llm_app(
     latency_dist: LatencyDist | None = None,
     error_rate: float = 0.0,
     error_kinds: Iterable[str] = ERROR_KINDS,
+    malformed_rate: float = 0.0,
     seed: int | None = None,
     retry_after: float = 0.0,
     cost_per_call: float | None = None,
@@ -356,7 +312,9 @@ def create_mock_llm_app(
     ``latency`` (s): a number or a ``(low, high)`` range, drawn per ``latency_dist``
     (default: fixed for a number, uniform for a range). ``error_rate`` of the chat calls
     fail with a kind drawn from ``error_kinds``: ``429`` (with ``Retry-After:
-    retry_after``), ``500``, ``drop`` (connection closed without a response).
+    retry_after``), ``500``, ``drop`` (connection closed without a response). In tool-call
+    mode (the request offers the ``bash`` tool) ``malformed_rate`` of the replies carry a
+    malformed call instead (arguments that are not JSON, or an unknown tool).
     ``cost_per_call`` adds OpenRouter-style ``usage.cost``. ``require_key``: answer 401 to
     any other bearer key. A message containing ``TRIGGER_CONTEXT_LENGTH``, or more than
     ``context_limit_words`` words, gets OpenAI's 400 ``context_length_exceeded``. The first
@@ -369,6 +327,7 @@ def create_mock_llm_app(
         latency_dist=latency_dist,
         error_rate=error_rate,
         error_kinds=tuple(error_kinds),
+        malformed_rate=malformed_rate,
         seed=seed,
         retry_after=retry_after,
         cost_per_call=cost_per_call,
@@ -493,7 +452,15 @@ def create_mock_llm_app(
             return _DropResponse()
 
         content, _task_id = mock.answer(messages)
-        completion_tokens = _words(content)
+        tool_calls = None
+        if wants_tool_calls(body):
+            mock.stats.tool_call_replies += 1
+            if config.malformed_rate > 0 and mock.rng.random() < config.malformed_rate:
+                kind, content, tool_calls = malformed_tool_calls(content, mock.rng)
+                mock.stats.malformed[kind] += 1
+            else:
+                content, tool_calls = as_tool_calls(content)
+        completion_tokens = _words(completion_text(content, tool_calls))
         mock.stats.completions += 1
         mock.stats.prompt_tokens += prompt_tokens
         mock.stats.completion_tokens += completion_tokens
@@ -507,7 +474,7 @@ def create_mock_llm_app(
             usage["cost"] = config.cost_per_call
         ident = f"chatcmpl-mock-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
-        if body.get("stream"):
+        if body.get("stream") and tool_calls is None:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return StreamingResponse(
                 _sse(ident, created, model, content, usage if include_usage else None),
@@ -521,8 +488,8 @@ def create_mock_llm_app(
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": content},
-                    "finish_reason": "stop",
+                    "message": _message(content, tool_calls),
+                    "finish_reason": "stop" if tool_calls is None else "tool_calls",
                     "logprobs": None,
                 }
             ],
@@ -532,6 +499,12 @@ def create_mock_llm_app(
         return JSONResponse(reply)
 
     return app
+
+
+def _message(content: str, tool_calls: list[dict[str, Any]] | None) -> dict[str, Any]:
+    if tool_calls is None:
+        return {"role": "assistant", "content": content}
+    return {"role": "assistant", "content": content or None, "tool_calls": tool_calls}
 
 
 async def _sse(

@@ -28,6 +28,7 @@ from agentfleet.http.retry import backoff_delay, retry_after_from_headers
 from agentfleet.models.base import LimitReached, Message, ModelError, ModelReply, ModelStats
 from agentfleet.models.billing import Loss, LostAttempts, classify
 from agentfleet.models.pricing import PriceTable, RunBudget
+from agentfleet.models.tool_calls import BASH_TOOL, ActionFormat, check_action_format
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,8 @@ class OpenAIChatModel:
     ``"Idempotency-Key"``); sent with one key per query, it makes a read timeout safe to
     retry. Without it (the default) a read timeout ends the query (``ModelTimeout``).
     ``timeouts``: of each HTTP attempt (default ``LLM_TIMEOUTS``).
+    ``action_format``: ``"text"`` (the command in a fenced block of the reply) or
+    ``"tool_call"`` (requests carry the ``bash`` tool; replies' ``tool_calls`` are kept).
     """
 
     default_api_key_env = "OPENAI_API_KEY"
@@ -120,6 +123,7 @@ class OpenAIChatModel:
         seed: int | None = None,
         idempotency_header: str | None = None,
         timeouts: Timeouts = LLM_TIMEOUTS,
+        action_format: ActionFormat = "text",
     ) -> None:
         self.model = model
         self.idempotency_header = idempotency_header
@@ -139,6 +143,7 @@ class OpenAIChatModel:
         self.stats = ModelStats()
         self.retries = 0  # attempts beyond the first, over all queries
         self._rng = random.Random(seed)
+        self.action_format = check_action_format(action_format)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.model!r}, {self.base_url!r})"
@@ -157,6 +162,8 @@ class OpenAIChatModel:
 
     def request_body(self, messages: list[Message]) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "messages": [dict(m) for m in messages]}
+        if self.action_format == "tool_call":
+            body["tools"] = [BASH_TOOL]
         body.update(self.sampling)
         body["stream"] = False
         return body
@@ -351,7 +358,9 @@ class OpenAIChatModel:
             cost = float(reported)
         else:
             cost = self.prices.cost(self.model, prompt_tokens, completion_tokens)
-        return ModelReply(content, prompt_tokens, completion_tokens, cost)
+        calls = message.get("tool_calls") if isinstance(message, dict) else None
+        tool_calls = list(calls) if isinstance(calls, list) else None
+        return ModelReply(content, prompt_tokens, completion_tokens, cost, tool_calls=tool_calls)
 
 
 class OpenRouterModel(OpenAIChatModel):

@@ -1,26 +1,34 @@
 """RemoteDockerEnvironment: an agent's execution environment backed by a sandbox server.
 
 The name is kept from the origin system, whose agents ran their commands in a Docker
-container behind an HTTP server. Async code (``LightAgent``) calls :meth:`aexecute`, which
-returns the typed :class:`~agentfleet.sandbox.base.ExecResult` (``output``, ``returncode``,
-``timed_out``, ``truncated``, ``duration_s``). Sync code gets mini-swe-agent 1.x's
-``Environment`` protocol: ``execute(command, cwd="", *, timeout=None)`` returns the dict
-``{"output", "returncode", "timed_out", "truncated"}`` (mini-swe-agent's two keys plus the
-two flags; see :func:`minisweagent_v1_output`).
+container behind an HTTP server. Three ways to use it:
 
-From sync code, calls run on a private ``asyncio.Runner`` owned by the environment (created
-on first use and kept until :meth:`close`), so its HTTP connection pool lives across calls.
-Calling the sync methods from inside a running event loop raises ``RuntimeError``: they would
-block that loop; use ``await env.aexecute(...)`` there.
+- async code (``LightAgent``) calls :meth:`aexecute`, which returns the typed
+  :class:`~agentfleet.sandbox.base.ExecResult`;
+- mini-swe-agent 2.x: ``execute(action: dict, cwd="", *, timeout=None)`` returns
+  :func:`minisweagent_output`'s dict and raises mini-swe-agent's ``Submitted`` when the
+  output starts with the submit sentinel (returncode 0), like its own environments; with
+  ``config``, ``get_template_vars(**kw)`` and ``serialize()``. A mini-swe-agent YAML selects
+  it with ``environment_class: agentfleet.sandbox.env.RemoteDockerEnvironment`` and
+  ``base_url`` plus ``sandbox_id``, or ``task_id`` / ``dataset`` / ``image`` to create one;
+- mini-swe-agent 1.x: ``execute(command: str, ...)`` returns
+  :func:`minisweagent_v1_output`'s dict.
+
+Sync methods run on the process's background loop (:mod:`agentfleet.http.background`),
+so every thread's environment shares one HTTP pool. Called inside a running event loop
+they raise ``RuntimeError``: they would block that loop; ``await env.aexecute(...)`` there.
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
+import platform
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from pydantic import BaseModel
+
+from agentfleet.http.background import run_sync
+from agentfleet.models.offline import SUBMIT_SENTINEL
 from agentfleet.sandbox.base import CreateSandbox, ExecResult, Sandboxes
 
 T = TypeVar("T")
@@ -38,12 +46,27 @@ def _make_sandboxes(
     return SandboxClient(base_url, token=token)
 
 
+class RemoteDockerEnvironmentConfig(BaseModel):
+    """The settings mini-swe-agent reads (``env.config``) and saves in trajectories."""
+
+    sandbox_id: str | None = None
+    base_url: str | None = None
+    cwd: str = ""
+    timeout: float | None = None
+    env: dict[str, str] = {}
+    task_id: str | None = None
+    dataset: str | None = None
+    image: str | None = None
+    ttl_s: float | None = None
+    run: str = ""
+
+
 class RemoteDockerEnvironment:
     """Run an agent's commands in one sandbox.
 
     Args:
-        sandbox_id: the sandbox to use (see :meth:`acreate` / :meth:`create_for_task`
-            to make one).
+        sandbox_id: the sandbox to use; None: create one now (sync, from ``task_id`` /
+            ``dataset`` / ``image``) that this environment owns.
         base_url: the sandbox server, e.g. ``http://127.0.0.1:9527``.
         sandboxes: a ``Sandboxes`` object instead of ``base_url`` (in-process service,
             a client with its own pool).
@@ -53,11 +76,13 @@ class RemoteDockerEnvironment:
         owns_sandbox: delete the sandbox at :meth:`cleanup` / :meth:`acleanup`.
         token: the sandbox server's bearer token, with ``base_url`` (default
             ``$AGENTFLEET_SANDBOX_TOKEN``).
+        task_id, dataset, image, ttl_s, run: the sandbox to create when ``sandbox_id`` is
+            None (None: the server's defaults).
     """
 
     def __init__(
         self,
-        sandbox_id: str,
+        sandbox_id: str | None = None,
         base_url: str | None = None,
         *,
         sandboxes: Sandboxes | None = None,
@@ -66,22 +91,65 @@ class RemoteDockerEnvironment:
         env: dict[str, str] | None = None,
         owns_sandbox: bool = False,
         token: str | None = None,
+        task_id: str | None = None,
+        dataset: str | None = None,
+        image: str | None = None,
+        ttl_s: float | None = None,
+        run: str = "",
     ) -> None:
-        self.sandbox_id = sandbox_id
+        self.config = RemoteDockerEnvironmentConfig(
+            sandbox_id=sandbox_id,
+            base_url=base_url,
+            cwd=cwd,
+            timeout=timeout,
+            env=dict(env or {}),
+            task_id=task_id,
+            dataset=dataset,
+            image=image,
+            ttl_s=ttl_s,
+            run=run,
+        )
         self.base_url = base_url
         self.sandboxes = _make_sandboxes(base_url, sandboxes, token)
-        self.cwd = cwd
-        self.timeout = timeout
-        self.env = dict(env or {})
         self.owns_sandbox = owns_sandbox
         self.workdir: str | None = None
         self.last_result: ExecResult | None = None
-        self._runner: asyncio.Runner | None = None
-        self._lock = threading.Lock()
         self._deleted = False
+        if sandbox_id is None:  # mini-swe-agent's YAML: make the sandbox now
+            self.owns_sandbox = True
+            self._run_sync(self._create(), "__init__", "acreate")
+
+    # settings kept in ``config`` (what mini-swe-agent serializes), read as attributes
+    @property
+    def sandbox_id(self) -> str:
+        assert self.config.sandbox_id is not None
+        return self.config.sandbox_id
+
+    @property
+    def cwd(self) -> str:
+        return self.config.cwd
+
+    @property
+    def timeout(self) -> float | None:
+        return self.config.timeout
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.config.env
 
     def __repr__(self) -> str:
-        return f"RemoteDockerEnvironment({self.sandbox_id!r}, {self.sandboxes!r})"
+        return f"RemoteDockerEnvironment({self.config.sandbox_id!r}, {self.sandboxes!r})"
+
+    async def _create(self) -> None:
+        c = self.config
+        fields: dict[str, Any] = {"task_id": c.task_id, "image": c.image, "run": c.run}
+        if c.dataset is not None:  # unset: CreateSandbox's default
+            fields["dataset"] = c.dataset
+        if c.ttl_s is not None:  # unset: the server's default
+            fields["ttl_s"] = c.ttl_s
+        info = await self.sandboxes.create(CreateSandbox(**fields))
+        self.config.sandbox_id = info.sandbox_id
+        self.workdir = info.workdir
 
     # factories -------------------------------------------------------------------------
     @classmethod
@@ -95,19 +163,25 @@ class RemoteDockerEnvironment:
         ttl_s: float | None = None,
         run: str = "",
         token: str | None = None,
+        image: str | None = None,
         **kwargs: Any,
     ) -> RemoteDockerEnvironment:
         """Create a sandbox for a task and an environment that owns (and deletes) it
         (``dataset`` / ``ttl_s`` None: the server's defaults)."""
-        sbx = _make_sandboxes(base_url, sandboxes, token)
-        fields: dict[str, Any] = {"task_id": task_id, "run": run}
-        if dataset is not None:  # unset: CreateSandbox's default
-            fields["dataset"] = dataset
-        if ttl_s is not None:  # unset: the server's default
-            fields["ttl_s"] = ttl_s
-        info = await sbx.create(CreateSandbox(**fields))
-        env = cls(info.sandbox_id, base_url, sandboxes=sbx, owns_sandbox=True, **kwargs)
-        env.workdir = info.workdir
+        env = cls(
+            "",
+            base_url,
+            sandboxes=sandboxes,
+            token=token,
+            owns_sandbox=True,
+            task_id=task_id,
+            dataset=dataset,
+            image=image,
+            ttl_s=ttl_s,
+            run=run,
+            **kwargs,
+        )
+        await env._create()
         return env
 
     @classmethod
@@ -122,26 +196,19 @@ class RemoteDockerEnvironment:
         run: str = "",
         **kwargs: Any,
     ) -> RemoteDockerEnvironment:
-        """Sync :meth:`acreate`; the environment keeps the runner it was created on."""
-        _no_running_loop("RemoteDockerEnvironment.create_for_task", "acreate")
-        runner = asyncio.Runner()
-        try:
-            env = runner.run(
-                cls.acreate(
-                    task_id,
-                    dataset,
-                    base_url=base_url,
-                    sandboxes=sandboxes,
-                    ttl_s=ttl_s,
-                    run=run,
-                    **kwargs,
-                )
-            )
-        except BaseException:
-            runner.close()
-            raise
-        env._runner = runner
-        return env
+        """Sync :meth:`acreate` (on the background loop)."""
+        return run_sync(
+            cls.acreate(
+                task_id,
+                dataset,
+                base_url=base_url,
+                sandboxes=sandboxes,
+                ttl_s=ttl_s,
+                run=run,
+                **kwargs,
+            ),
+            what="RemoteDockerEnvironment.create_for_task() (use acreate)",
+        )
 
     # commands ----------------------------------------------------------------------------
     async def aexecute(
@@ -163,20 +230,46 @@ class RemoteDockerEnvironment:
         return result
 
     def execute(
-        self, command: str, cwd: str = "", *, timeout: float | None = None
+        self, action: dict[str, Any] | str, cwd: str = "", *, timeout: float | None = None
     ) -> dict[str, Any]:
-        """mini-swe-agent 1.x's ``execute``: run ``command`` from sync code (not inside an
-        event loop: use :meth:`aexecute`) and return :func:`minisweagent_v1_output`'s dict.
-        The typed result stays in :attr:`last_result`."""
-        result = self._run_sync(self.aexecute(command, cwd, timeout), "execute", "aexecute")
-        return minisweagent_v1_output(result)
+        """Run a command from sync code (not inside an event loop: use :meth:`aexecute`).
 
-    def get_template_vars(self) -> dict[str, Any]:
+        mini-swe-agent 2.x passes ``action`` as a dict (``{"command": ...}``): the answer is
+        :func:`minisweagent_output`'s dict, and ``Submitted`` is raised when the output's
+        first line is the submit sentinel and the command succeeded. mini-swe-agent 1.x
+        passes the command string: :func:`minisweagent_v1_output`'s dict. The typed result
+        stays in :attr:`last_result`."""
+        command = action.get("command", "") if isinstance(action, dict) else action
+        if not isinstance(command, str) or not command:
+            raise ValueError(f"execute() needs a command string, got {action!r}")
+        result = self._run_sync(self.aexecute(command, cwd, timeout), "execute", "aexecute")
+        if not isinstance(action, dict):
+            return minisweagent_v1_output(result)
+        output = minisweagent_output(result)
+        _check_submitted(output)
+        return output
+
+    def get_template_vars(self, **kwargs: Any) -> dict[str, Any]:
+        """Jinja variables for mini-swe-agent's templates: the config, the sandbox, and
+        ``platform.uname()``'s fields (its own templates use ``system``, ``release``...)."""
         return {
-            "sandbox_id": self.sandbox_id,
-            "cwd": self.cwd,
+            **platform.uname()._asdict(),
+            **self.config.model_dump(),
+            "sandbox_id": self.config.sandbox_id,
             "workdir": self.workdir,
-            "timeout": self.timeout,
+            **kwargs,
+        }
+
+    def serialize(self) -> dict[str, Any]:
+        """mini-swe-agent's trajectory entry for the environment."""
+        cls = type(self)
+        return {
+            "info": {
+                "config": {
+                    "environment": self.config.model_dump(mode="json"),
+                    "environment_type": f"{cls.__module__}.{cls.__name__}",
+                }
+            }
         }
 
     # files -------------------------------------------------------------------------------
@@ -196,7 +289,7 @@ class RemoteDockerEnvironment:
     # teardown ----------------------------------------------------------------------------
     async def acleanup(self) -> None:
         """Delete the sandbox if this environment created it."""
-        if self.owns_sandbox and not self._deleted:
+        if self.owns_sandbox and not self._deleted and self.config.sandbox_id:
             self._deleted = True
             await self.sandboxes.delete(self.sandbox_id)
 
@@ -204,19 +297,12 @@ class RemoteDockerEnvironment:
         await self.acleanup()
 
     def cleanup(self) -> None:
-        """Delete the sandbox if this environment created it, then close the runner."""
-        try:
-            if self.owns_sandbox and not self._deleted:
-                self._run_sync(self.acleanup(), "cleanup", "acleanup")
-        finally:
-            self.close()
+        """Delete the sandbox if this environment created it."""
+        if self.owns_sandbox and not self._deleted:
+            self._run_sync(self.acleanup(), "cleanup", "acleanup")
 
     def close(self) -> None:
-        """Close the private runner (and with it its HTTP pool); the sandbox is kept."""
-        with self._lock:
-            runner, self._runner = self._runner, None
-        if runner is not None:
-            runner.close()
+        """Nothing to close: the HTTP pool is the background loop's (kept for 1.x code)."""
 
     def __enter__(self) -> RemoteDockerEnvironment:
         return self
@@ -232,15 +318,8 @@ class RemoteDockerEnvironment:
 
     # sync plumbing -----------------------------------------------------------------------
     def _run_sync(self, coro: Coroutine[Any, Any, T], name: str, async_name: str) -> T:
-        try:
-            _no_running_loop(f"RemoteDockerEnvironment.{name}", async_name)
-        except RuntimeError:
-            coro.close()
-            raise
-        with self._lock:
-            if self._runner is None:
-                self._runner = asyncio.Runner()
-            return self._runner.run(coro)
+        what = f"RemoteDockerEnvironment.{name}() (use `await env.{async_name}(...)`)"
+        return run_sync(coro, what=what)
 
 
 def minisweagent_v1_output(result: ExecResult) -> dict[str, Any]:
@@ -254,12 +333,36 @@ def minisweagent_v1_output(result: ExecResult) -> dict[str, Any]:
     }
 
 
-def _no_running_loop(what: str, async_name: str) -> None:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return
-    raise RuntimeError(
-        f"{what}() was called inside a running event loop, which it would block; "
-        f"use `await env.{async_name}(...)` there"
-    )
+def minisweagent_output(result: ExecResult) -> dict[str, Any]:
+    """``result`` as mini-swe-agent 2.x's environments return it (``output``, ``returncode``,
+    ``exception_info``: why the command was cut short, else empty), plus agentfleet's
+    ``timed_out`` / ``truncated`` flags, also under ``extra`` (copied into the observation
+    message's ``extra`` by mini-swe-agent)."""
+    notes = []
+    if result.timed_out:
+        notes.append("the command timed out and was killed")
+    if result.truncated:
+        notes.append("the output was too long: its middle was cut")
+    flags = {"timed_out": result.timed_out, "truncated": result.truncated}
+    return {
+        **minisweagent_v1_output(result),
+        "exception_info": "; ".join(notes),
+        "extra": {**flags, "duration_s": result.duration_s},
+    }
+
+
+def _check_submitted(output: dict[str, Any]) -> None:
+    """Raise mini-swe-agent's ``Submitted`` as its own environments do: output's first line
+    is the sentinel and the command succeeded; the submission is the rest of the output."""
+    lines = str(output.get("output", "")).lstrip().splitlines(keepends=True)
+    if lines and lines[0].strip() == SUBMIT_SENTINEL and output.get("returncode") == 0:
+        from minisweagent.exceptions import Submitted  # a 2.x caller has it installed
+
+        submission = "".join(lines[1:])
+        raise Submitted(
+            {
+                "role": "exit",
+                "content": submission,
+                "extra": {"exit_status": "Submitted", "submission": submission},
+            }
+        )

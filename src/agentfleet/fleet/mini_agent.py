@@ -1,0 +1,164 @@
+"""``agentfleet run --agent mini``: mini-swe-agent 2.x's ``DefaultAgent`` as the fleet's agent.
+
+Each agent runs in a worker thread (mini-swe-agent is sync) over agentfleet's sandbox
+(:class:`~agentfleet.sandbox.env.RemoteDockerEnvironment`) and model
+(:class:`~agentfleet.models.mini.MiniModel` around the run's ``--model``); their HTTP calls
+go through the process's background loop and its one pool. The runner does the rest as for
+LightAgent: sandbox, ``git diff``, evaluation, results, resume, report. The trajectory is
+mini-swe-agent's own (``agent.serialize()``), with agentfleet's figures merged into ``info``.
+
+The YAML (``--agent-config``, a path or a mini-swe-agent built-in name; default its
+``mini.yaml``) has mini-swe-agent's sections: ``agent`` (DefaultAgent's settings and
+templates), ``model`` (MiniModel's: ``action_format``, ``observation_template``,
+``format_error_template``...), ``environment`` (``cwd``, ``timeout``, ``env``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentfleet.agent import AgentConfig
+from agentfleet.models.base import Message, Model
+from agentfleet.sandbox.base import Sandboxes
+from agentfleet.tasks import Task
+
+DEFAULT_MINI_CONFIG = "mini.yaml"  # mini-swe-agent's built-in default
+SECTIONS = ("agent", "model", "environment", "run")
+ENV_KEYS = ("cwd", "timeout", "env")
+
+
+def load_mini_config(spec: str | Path | None) -> dict[str, Any]:
+    """The mini-swe-agent YAML ``spec`` (a path, or a built-in name such as ``mini.yaml``):
+    ValueError with a message when mini-swe-agent is missing or the file is not usable."""
+    try:
+        from minisweagent.config import get_config_from_spec
+    except ImportError as exc:
+        raise ValueError(
+            "--agent mini needs mini-swe-agent: pip install 'agentfleet[mini]'"
+        ) from exc
+    try:
+        data = get_config_from_spec(str(spec) if spec is not None else DEFAULT_MINI_CONFIG)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--agent-config: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("agent"), dict):
+        raise ValueError(f"{spec}: a mini-swe-agent config needs an 'agent' section")
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"{spec}: unknown section(s) {', '.join(unknown)} (known: {SECTIONS})")
+    for key in ("system_template", "instance_template"):
+        if not isinstance(data["agent"].get(key), str):
+            raise ValueError(f"{spec}: agent.{key} is missing")
+    return data
+
+
+@dataclass
+class MiniResult:
+    """What the runner reads of a finished agent (as of LightAgent's ``AgentResult``)."""
+
+    exit_status: str
+    messages: list[Message]
+    steps: int
+    duration_s: float
+    error: str = ""
+    trajectory: dict[str, Any] = field(default_factory=dict)  # mini-swe-agent's serialize()
+
+
+def _agent_settings(config: dict[str, Any], limits: AgentConfig) -> dict[str, Any]:
+    """DefaultAgent's settings: the YAML's, with the run's limits where the YAML has none."""
+    settings = dict(config["agent"])
+    settings.setdefault("step_limit", limits.step_limit)
+    settings.setdefault("wall_time_limit_seconds", int(limits.time_limit_s))
+    if limits.cost_limit is not None:
+        settings.setdefault("cost_limit", limits.cost_limit)
+    return settings
+
+
+def _agent_class(stop: threading.Event) -> type:
+    """DefaultAgent that ends (``Interrupted``) before its next step once ``stop`` is set."""
+    from minisweagent.agents.default import DefaultAgent
+    from minisweagent.exceptions import LimitsExceeded
+
+    class FleetAgent(DefaultAgent):
+        def step(self) -> list[dict]:
+            if stop.is_set():
+                extra = {"exit_status": "Interrupted", "submission": ""}
+                raise LimitsExceeded({"role": "exit", "content": "Interrupted", "extra": extra})
+            return super().step()
+
+    return FleetAgent
+
+
+def _run_sync(
+    config: dict[str, Any],
+    model: Model,
+    sandboxes: Sandboxes,
+    sandbox_id: str,
+    task: Task,
+    limits: AgentConfig,
+    stop: threading.Event,
+) -> MiniResult:
+
+    from agentfleet.models.mini import MiniModel
+    from agentfleet.sandbox.env import RemoteDockerEnvironment
+
+    start = time.monotonic()
+    env_cfg = {k: v for k, v in (config.get("environment") or {}).items() if k in ENV_KEYS}
+    env = RemoteDockerEnvironment(sandbox_id, sandboxes=sandboxes, **env_cfg)
+    model_cfg = {k: v for k, v in (config.get("model") or {}).items() if k != "model_class"}
+    mini_model = MiniModel(model=model, **model_cfg)
+    agent = _agent_class(stop)(mini_model, env, **_agent_settings(config, limits))
+    error = ""
+    try:
+        info = agent.run(task.prompt, task_id=task.id)
+        status = str(info.get("exit_status") or "Error")
+    except Exception as exc:  # DefaultAgent logged it as the exit message already
+        status, error = type(exc).__name__, f"{type(exc).__name__}: {exc}"
+        status = getattr(exc, "exit_status", status)
+    return MiniResult(
+        status,
+        list(agent.messages),
+        agent.n_calls,
+        time.monotonic() - start,
+        error,
+        agent.serialize(),
+    )
+
+
+async def run_mini(
+    config: dict[str, Any],
+    model: Model,
+    sandboxes: Sandboxes,
+    sandbox_id: str,
+    task: Task,
+    limits: AgentConfig,
+) -> MiniResult:
+    """Run mini-swe-agent's DefaultAgent on ``task`` in a worker thread.
+
+    Cancelled (Ctrl-C, SIGTERM), the thread cannot be interrupted mid-call: the agent stops
+    before its next step (and the runner deletes the sandbox, so a command still to run
+    fails at once)."""
+    stop = threading.Event()
+    try:
+        return await asyncio.to_thread(
+            _run_sync, config, model, sandboxes, sandbox_id, task, limits, stop
+        )
+    except asyncio.CancelledError:
+        stop.set()
+        raise
+
+
+def mini_trajectory(result: Any, ours: dict[str, Any]) -> dict[str, Any]:
+    """mini-swe-agent's trajectory of ``result`` with agentfleet's ``info`` fields (``ours``:
+    exit status, submission, model stats, reward, speedup, evaluation) laid over its
+    ``info``; ``ours`` alone for a LightAgent result."""
+    mini = getattr(result, "trajectory", None)
+    if not mini:
+        return ours
+    merged = {**mini, "instance_id": ours.get("instance_id")}
+    merged["info"] = {**mini.get("info", {}), **ours.get("info", {})}
+    return merged
