@@ -60,7 +60,9 @@ def dataset(tmp_path: Path) -> str:
 
 @pytest.fixture
 def sandbox_url(tmp_path: Path) -> Iterator[str]:
-    with served_in_thread(create_app(ProcessBackend(tmp_path / "sb"))) as url:
+    # the dataset fixture's folder (tmp_path/ds) is under this server's dataset root
+    app = create_app(ProcessBackend(tmp_path / "sb"), dataset_roots=[tmp_path])
+    with served_in_thread(app) as url:
         yield url
 
 
