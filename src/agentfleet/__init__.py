@@ -22,9 +22,9 @@ _EXPORTS: dict[str, str] = {
     "EvalConfig": "agentfleet.evaluation.evaluator",
     "RewardConfig": "agentfleet.evaluation.reward",
     "HttpPool": "agentfleet.http.pool",
-    "PoolLimits": "agentfleet.http.pool",
+    "PoolLimits": "agentfleet.http.limits",
     "RetryPolicy": "agentfleet.http.retry",
-    "Timeouts": "agentfleet.http.pool",
+    "Timeouts": "agentfleet.http.limits",
     "SandboxClient": "agentfleet.sandbox.client",
     "RemoteDockerEnvironment": "agentfleet.sandbox.env",
     "LightAgent": "agentfleet.agent.light",
@@ -55,7 +55,8 @@ if TYPE_CHECKING:
     from agentfleet.evaluation.reward import RewardConfig
     from agentfleet.evaluation.schema import EvalRequest, EvalResult
     from agentfleet.fleet.runner import FleetConfig, run_fleet
-    from agentfleet.http.pool import HttpPool, PoolLimits, Timeouts
+    from agentfleet.http.limits import PoolLimits, Timeouts
+    from agentfleet.http.pool import HttpPool
     from agentfleet.http.retry import RetryPolicy
     from agentfleet.models.base import Model
     from agentfleet.models.offline import OracleModel, ScriptedModel

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json as jsonlib
 import logging
 import time
 import weakref
@@ -12,9 +11,27 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
-from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from agentfleet.http.errors import (  # noqa: F401 (re-exported)
+    HttpConnectionError,
+    HttpError,
+    HttpStatusError,
+    HttpTimeoutError,
+    Response,
+    wrap_error,
+)
+from agentfleet.http.limits import (  # noqa: F401 (re-exported)
+    DEFAULT_TIMEOUTS,
+    EVAL_TIMEOUTS,
+    LLM_TIMEOUTS,
+    PRESETS,
+    PoolLimits,
+    Timeouts,
+    exec_timeouts,
+    preset_for_fleet,
+    resolve_limits,
+)
 from agentfleet.http.metrics import (
     AttemptTrace,
     PoolMetrics,
@@ -23,7 +40,7 @@ from agentfleet.http.metrics import (
     make_trace_config,
     track_pool,
 )
-from agentfleet.http.retry import (
+from agentfleet.http.retry import (  # noqa: F401 (re-exported)
     NO_RETRY,
     BodyCheck,
     RetryPolicy,
@@ -41,162 +58,7 @@ if TYPE_CHECKING:  # tenacity is imported when a retry happens, not before
 
 log = logging.getLogger("agentfleet.http")
 
-__all__ = [
-    "DEFAULT_TIMEOUTS",
-    "EVAL_TIMEOUTS",
-    "LLM_TIMEOUTS",
-    "NO_RETRY",
-    "PRESETS",
-    "HttpConnectionError",
-    "HttpError",
-    "HttpPool",
-    "HttpStatusError",
-    "HttpTimeoutError",
-    "PoolLimits",
-    "Response",
-    "RetryPolicy",
-    "Timeouts",
-    "exec_timeouts",
-    "json_object",
-    "preset_for_fleet",
-    "resolve_limits",
-]
-
-
-@dataclass(frozen=True)
-class PoolLimits:
-    limit: int
-    limit_per_host: int
-
-
-PRESETS: dict[str, PoolLimits] = {
-    "small": PoolLimits(100, 50),
-    "medium": PoolLimits(200, 100),
-    "large": PoolLimits(500, 200),
-}
-
-
-def preset_for_fleet(n_agents: int) -> PoolLimits:
-    """The origin's advice: 100/50 up to 10 agents, 200/100 up to 50, 500/200 above."""
-    if n_agents <= 10:
-        return PRESETS["small"]
-    if n_agents <= 50:
-        return PRESETS["medium"]
-    return PRESETS["large"]
-
-
-def resolve_limits(limits: PoolLimits | str | None) -> PoolLimits:
-    """A preset name, ``"LIMIT/PER_HOST"`` (e.g. ``"300/150"``), or PoolLimits as is."""
-    if limits is None:
-        return PRESETS["small"]
-    if isinstance(limits, PoolLimits):
-        return _checked(limits)
-    name = limits.strip().lower()
-    if name in PRESETS:
-        return PRESETS[name]
-    if "/" in name:
-        total, _, per_host = name.partition("/")
-        try:
-            parsed = PoolLimits(int(total), int(per_host))
-        except ValueError:
-            pass
-        else:
-            return _checked(parsed)
-    raise ValueError(
-        f"unknown pool preset {limits!r}: choose {', '.join(PRESETS)} "
-        "or give LIMIT/PER_HOST (e.g. 300/150)"
-    )
-
-
-def _checked(limits: PoolLimits) -> PoolLimits:
-    if not 1 <= limits.limit_per_host <= limits.limit:
-        raise ValueError(
-            f"pool limits {limits.limit}/{limits.limit_per_host}: need "
-            "1 <= per-host limit <= total limit"
-        )
-    return limits
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    """Per-call timeouts. ``total=None`` means bounded by ``sock_read`` only."""
-
-    total: float | None = None
-    connect: float | None = 60.0
-    sock_connect: float | None = 30.0
-    sock_read: float | None = 300.0
-
-    def client_timeout(self) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(
-            total=self.total,
-            connect=self.connect,
-            sock_connect=self.sock_connect,
-            sock_read=self.sock_read,
-        )
-
-
-EVAL_TIMEOUTS = Timeouts(total=3600, connect=60, sock_read=300)
-LLM_TIMEOUTS = Timeouts(total=None, connect=60, sock_read=600)
-DEFAULT_TIMEOUTS = Timeouts(total=300, connect=60, sock_read=300)
-
-
-def exec_timeouts(command_timeout: float, margin: float = 30.0) -> Timeouts:
-    """A sandbox exec: the command's own timeout (the caller resolves its default) plus a
-    margin for the round trip."""
-    budget = command_timeout + margin
-    return Timeouts(total=budget, connect=60, sock_read=budget)
-
-
-@dataclass
-class Response:
-    status: int
-    headers: CIMultiDictProxy[str]  # case-insensitive, like aiohttp's
-    body: bytes
-    url: str = ""
-    attempts: int = 1  # the attempt of the call that got this answer (2+: retried)
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.headers, CIMultiDictProxy):
-            self.headers = CIMultiDictProxy(CIMultiDict(self.headers))
-
-    @property
-    def ok(self) -> bool:
-        return self.status < 400
-
-    def json(self) -> Any:
-        return jsonlib.loads(self.body)
-
-    def text(self) -> str:
-        return self.body.decode("utf-8", "replace")
-
-    def raise_for_status(self) -> Response:
-        if not self.ok:
-            raise HttpStatusError(self)
-        return self
-
-
-class HttpError(Exception):
-    """A request failed for good (after any retries)."""
-
-
-class HttpConnectionError(HttpError, aiohttp.ClientConnectionError):
-    """Could not reach the server / the connection broke (after any retries).
-
-    Also an ``aiohttp.ClientConnectionError`` so existing ``except aiohttp.ClientError``
-    handlers keep working; the original exception is ``__cause__``.
-    """
-
-
-class HttpTimeoutError(HttpError, aiohttp.ServerTimeoutError):
-    """A timeout fired (connect, sock_read or total). Also a ``TimeoutError``."""
-
-
-class HttpStatusError(HttpError):
-    def __init__(self, response: Response) -> None:
-        self.response = response
-        self.status = response.status
-        detail = response.text()[:500]
-        super().__init__(f"HTTP {response.status} from {response.url}: {detail}")
+__all__ = ["HttpPool"]  # and, for older imports, the names re-exported above
 
 
 @dataclass
@@ -505,7 +367,7 @@ class HttpPool:
             result: Response = await retrying(replay_then_attempt)
             return result
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _wrap_error(exc, method, url, attempts) from exc
+            raise wrap_error(exc, method, url, attempts) from exc
 
     async def _attempt(
         self,
@@ -578,16 +440,6 @@ class HttpPool:
             "totals": snap["totals"],
             "targets": snap["targets"],
         }
-
-
-def _wrap_error(exc: BaseException, method: str, url: str, attempts: int) -> HttpError:
-    tries = f"after {attempts} attempt{'s' if attempts != 1 else ''}"
-    what = f"{method} {url} failed {tries}: {type(exc).__name__}: {exc}"
-    if isinstance(exc, TimeoutError):
-        return HttpTimeoutError(f"{method} {url} timed out {tries} ({type(exc).__name__})")
-    if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
-        return HttpConnectionError(what)
-    return HttpError(what)
 
 
 def _close_at_shutdown(pool: HttpPool) -> None:
