@@ -36,7 +36,7 @@ _EXPORTS: dict[str, str] = {
     "OpenRouterModel": "agentfleet.models.openai_chat",
     "Task": "agentfleet.tasks.task",
     "load_dataset": "agentfleet.tasks.task",
-    "FleetConfig": "agentfleet.fleet.runner",
+    "FleetConfig": "agentfleet.fleet.config",
     "run_fleet": "agentfleet.fleet.runner",
 }
 
@@ -54,7 +54,8 @@ if TYPE_CHECKING:
     from agentfleet.evaluation.evaluator import EvalConfig, Evaluator
     from agentfleet.evaluation.reward import RewardConfig
     from agentfleet.evaluation.schema import EvalRequest, EvalResult
-    from agentfleet.fleet.runner import FleetConfig, run_fleet
+    from agentfleet.fleet.config import FleetConfig
+    from agentfleet.fleet.runner import run_fleet
     from agentfleet.http.limits import PoolLimits, Timeouts
     from agentfleet.http.pool import HttpPool
     from agentfleet.http.retry import RetryPolicy

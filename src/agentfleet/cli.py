@@ -191,9 +191,10 @@ def run(
     """Run a fleet of agents on a dataset split and print their scores."""
     from agentfleet.fleet import run as fleet_run
     from agentfleet.fleet.dashboard import choose_mode, make_progress
+    from agentfleet.fleet.monitor import FleetMonitor
     from agentfleet.fleet.report import print_results
     from agentfleet.fleet.rundir import RunDir
-    from agentfleet.fleet.runner import FleetMonitor, plan_run
+    from agentfleet.fleet.runner import plan_run
     from agentfleet.serving import exit_code
 
     try:

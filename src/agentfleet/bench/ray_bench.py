@@ -93,8 +93,9 @@ def run_ray_bench(
     ray = _import_ray()
 
     from agentfleet.agent import AgentConfig
+    from agentfleet.fleet.config import FleetConfig
     from agentfleet.fleet.ray_backend import run_fleet_ray
-    from agentfleet.fleet.runner import FleetConfig, run_fleet
+    from agentfleet.fleet.runner import run_fleet
 
     submit = mode == "eval"
     w = workers or len(tasks)

@@ -1,6 +1,6 @@
 """Progress of a running fleet: a live rich dashboard, or one plain line per event.
 
-Both read a :class:`~agentfleet.fleet.runner.FleetMonitor` that the runner keeps up to
+Both read a :class:`~agentfleet.fleet.monitor.FleetMonitor` that the runner keeps up to
 date. The rich dashboard is redrawn by rich's own refresh thread (``Live`` with
 ``auto_refresh``), so the event loop never waits for the terminal.
 """
@@ -20,8 +20,9 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from agentfleet.fleet.monitor import FleetMonitor
+from agentfleet.fleet.outcome import TaskOutcome
 from agentfleet.fleet.results import FAILED, result_state
-from agentfleet.fleet.runner import FleetMonitor, TaskOutcome
 from agentfleet.tasks import Task
 
 ProgressMode = Literal["rich", "plain", "none"]

@@ -3,8 +3,8 @@
 The driver (:func:`run_fleet_ray`, a plain sync function) splits the tasks over ``shards``
 Ray actors. Each actor is an *async actor*: its methods run on the actor's own event loop,
 which owns its own :class:`~agentfleet.http.pool.HttpPool` (closed when the actor shuts
-down), and runs each task with the local backend's :func:`~agentfleet.fleet.runner.run_one`.
-On start an actor enters :func:`~agentfleet.fleet.runner.embedded_servers` on its node, so
+down), and runs each task with the local backend's :func:`~agentfleet.fleet.agent_run.run_one`.
+On start an actor enters :func:`~agentfleet.fleet.servers.embedded_servers` on its node, so
 sandboxes live next to the agents that use them, unless sandbox URLs are given.
 
 The driver is the only writer of the run folder: an actor returns ``(outcome, trajectory)``
@@ -43,21 +43,13 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from agentfleet.fleet.runner import (
-    FleetConfig,
-    FleetMonitor,
-    Listener,
-    ResultsWriter,
-    RunPlan,
-    TaskOutcome,
-    configure_pool,
-    embedded_servers,
-    plan_run,
-    run_config,
-    run_one,
-    select_tasks,
-    trajectory,
-)
+from agentfleet.fleet.agent_run import run_one
+from agentfleet.fleet.config import FleetConfig, configure_pool, run_config, select_tasks
+from agentfleet.fleet.monitor import FleetMonitor
+from agentfleet.fleet.outcome import Listener, TaskOutcome
+from agentfleet.fleet.runner import RunPlan, plan_run
+from agentfleet.fleet.servers import embedded_servers
+from agentfleet.fleet.writer import ResultsWriter, trajectory
 from agentfleet.http.pool import HttpPool
 from agentfleet.sandbox.base import CreateSandbox, SandboxInfo
 from agentfleet.sandbox.client import SandboxClient

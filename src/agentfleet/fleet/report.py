@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agentfleet.evaluation.reward import summarize
-from agentfleet.fleet.runner import TaskOutcome
+from agentfleet.fleet.outcome import TaskOutcome
 
 
 def outcome_of(record: dict[str, Any]) -> TaskOutcome:

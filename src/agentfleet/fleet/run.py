@@ -1,5 +1,5 @@
 """One run, start to end: from what was asked (:class:`RunRequest`, the ``agentfleet run``
-flags) to a :class:`~agentfleet.fleet.runner.FleetConfig` (:func:`build_config`), and
+flags) to a :class:`~agentfleet.fleet.config.FleetConfig` (:func:`build_config`), and
 :func:`run`, which plans the resume, runs the tasks locally or on Ray, and writes the
 summary. The CLI parses options, calls these two and prints.
 
@@ -8,7 +8,7 @@ Who owns what:
 - the run folder's files: :class:`~agentfleet.fleet.rundir.RunDir`;
 - the resume plan: :func:`~agentfleet.fleet.runner.plan_run` (made once, here or by the
   caller, and handed to the backend);
-- the HTTP pool limits: :func:`~agentfleet.fleet.runner.configure_pool`, applied by the
+- the HTTP pool limits: :func:`~agentfleet.fleet.config.configure_pool`, applied by the
   owner of the agents' event loop (the local backend, or each Ray actor for its share);
 - SIGINT / SIGTERM: :func:`run` stops gracefully on either (every sandbox deleted, the
   results of finished tasks kept) and raises :class:`~agentfleet.serving.Stopped`.
@@ -24,18 +24,13 @@ from typing import Any
 
 from agentfleet.agent import AgentConfig
 from agentfleet.fleet.attempts import DEFAULT_TASK_ATTEMPTS
+from agentfleet.fleet.config import FleetConfig
+from agentfleet.fleet.monitor import FleetMonitor
+from agentfleet.fleet.outcome import Listener, TaskOutcome
 from agentfleet.fleet.report import outcome_of, summary
 from agentfleet.fleet.results import latest_results
 from agentfleet.fleet.rundir import RunDir, run_name
-from agentfleet.fleet.runner import (
-    FleetConfig,
-    FleetMonitor,
-    Listener,
-    RunPlan,
-    TaskOutcome,
-    plan_run,
-    run_fleet,
-)
+from agentfleet.fleet.runner import RunPlan, plan_run, run_fleet
 from agentfleet.http import resolve_limits
 from agentfleet.models import ModelSpec
 from agentfleet.serving import graceful_stop, run_async

@@ -1,0 +1,169 @@
+"""One agent on one task: sandbox, agent loop, evaluation, and fresh tries after transport
+faults; the sandbox is deleted whatever happens."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, NamedTuple
+
+from agentfleet.agent import LightAgent
+from agentfleet.evaluation.client import evaluate_info
+from agentfleet.evaluation.evaluator import BadSubmission, sandbox_diff
+from agentfleet.fleet.attempts import (
+    MODEL_UNAVAILABLE,
+    is_transport_failure,
+    transient_evaluation,
+)
+from agentfleet.fleet.config import FleetConfig, run_budget
+from agentfleet.fleet.mini_agent import mini_trajectory, run_mini
+from agentfleet.fleet.monitor import FleetMonitor
+from agentfleet.fleet.outcome import TaskOutcome
+from agentfleet.fleet.writer import ResultsWriter, trajectory
+from agentfleet.sandbox.base import (
+    CreateSandbox,
+    Sandboxes,
+    SandboxNotFound,
+    new_sandbox_id,
+)
+from agentfleet.sandbox.env import RemoteDockerEnvironment
+from agentfleet.tasks import Task
+
+log = logging.getLogger("agentfleet.fleet")
+
+
+async def run_one(
+    task: Task,
+    cfg: FleetConfig,
+    sandboxes: Sandboxes,
+    eval_url: str,
+    writer: ResultsWriter,
+    monitor: FleetMonitor | None = None,
+) -> TaskOutcome:
+    """One agent: sandbox, agent loop, evaluation; the sandbox is deleted in ``finally``.
+
+    A try that meets a transport fault (:mod:`agentfleet.fleet.attempts`) starts over with
+    a fresh sandbox and agent, up to ``cfg.task_attempts`` tries; the outcome records
+    them (``attempts``) and the cost of all. With a ``monitor``, the agent's model (live
+    token / cost stats) and stage are shown there.
+    """
+    start = time.monotonic()
+    tries = max(1, cfg.task_attempts)
+    cost = 0.0
+    for n in range(1, tries + 1):
+        tried = await _try_task(task, cfg, sandboxes, eval_url, monitor, last=n == tries)
+        outcome = tried.outcome
+        cost += float(getattr(getattr(tried.model, "stats", None), "cost", 0.0))
+        if not tried.transient or n == tries:
+            break
+        log.warning(
+            "task %s: try %d of %d met a transport fault (%s); starting over with a fresh sandbox",
+            task.id,
+            n,
+            tries,
+            outcome.error or outcome.info.get("error") or outcome.exit_status,
+        )
+    outcome.attempts = n
+    outcome.duration_s = time.monotonic() - start
+    outcome.cost = cost
+    traj = trajectory(task, outcome, tried.messages, tried.model, tried.patch)
+    await writer.write(outcome, mini_trajectory(tried.result, traj))
+    return outcome
+
+
+class _Try(NamedTuple):
+    """One try of :func:`run_one`."""
+
+    outcome: TaskOutcome
+    messages: list[Any]
+    model: Any
+    patch: str
+    transient: bool  # met a transport fault: worth another try
+    result: Any  # the agent's result (mini-swe-agent's, for its trajectory format)
+
+
+async def _try_task(
+    task: Task,
+    cfg: FleetConfig,
+    sandboxes: Sandboxes,
+    eval_url: str,
+    monitor: FleetMonitor | None,
+    *,
+    last: bool,
+) -> _Try:
+    """One try of :func:`run_one`. Unless ``last``, an agent whose model stayed
+    unreachable is not evaluated."""
+    stage = monitor.stage if monitor is not None else {}
+    outcome = TaskOutcome(task.id, "Error")
+    messages: list[Any] = []
+    patch = ""
+    model: Any = None
+    transient = False
+    result: Any = None
+    # chosen here, so the finally deletes it even if create never answered (Ctrl-C)
+    sandbox_id = new_sandbox_id()
+    create_sent = False
+    try:
+        stage[task.id] = "sandbox"
+        model = await asyncio.to_thread(  # may read files
+            cfg.model.build, task, cost_limit=cfg.agent.cost_limit, budget=run_budget(cfg)
+        )
+        if monitor is not None:
+            monitor.models[task.id] = model
+        create_sent = True
+        info = await sandboxes.create(
+            CreateSandbox(
+                sandbox_id=sandbox_id,
+                task_id=task.id,
+                dataset=cfg.dataset,
+                ttl_s=cfg.sandbox_ttl_s,
+                run=cfg.run_dir.name,
+            )
+        )
+        sandbox_id = info.sandbox_id
+        env = RemoteDockerEnvironment(sandbox_id, sandboxes=sandboxes)
+        stage[task.id] = "agent"
+        if cfg.mini is not None:
+            result = await run_mini(cfg.mini, model, sandboxes, sandbox_id, task, cfg.agent)
+        else:
+            result = await LightAgent(model, env, task, cfg.agent).run()
+        messages, outcome.exit_status, outcome.steps = (
+            result.messages,
+            result.exit_status,
+            result.steps,
+        )
+        outcome.error = result.error
+        if result.exit_status == MODEL_UNAVAILABLE and not last:
+            return _Try(outcome, messages, model, patch, True, result)
+        stage[task.id] = "diff"
+        try:
+            patch = await sandbox_diff(sandboxes, sandbox_id)
+        except BadSubmission as exc:  # evaluated as an empty change; the reason is kept
+            log.warning("task %s: %s", task.id, exc)
+            outcome.error = outcome.error or str(exc)
+        stage[task.id] = "eval"
+        reward, speedup, einfo = await evaluate_info(
+            exit_status=outcome.exit_status,
+            result=patch,
+            container_id=sandbox_id,
+            instance_id=task.id,
+            dataset_name=cfg.dataset,
+            split=cfg.split,
+            eval_server_url=eval_url,
+        )
+        outcome.reward, outcome.speedup, outcome.info = reward, speedup, einfo
+        transient = transient_evaluation(einfo)
+    except Exception as exc:  # one agent's failure must not stop the fleet
+        log.exception("task %s failed", task.id)
+        outcome.error = f"{type(exc).__name__}: {exc}"
+        transient = is_transport_failure(exc)
+    finally:
+        if create_sent:
+            try:
+                await asyncio.shield(sandboxes.delete(sandbox_id))
+            except SandboxNotFound:
+                pass  # never made (create failed or was cancelled early)
+            except Exception as exc:
+                log.warning("could not delete sandbox %s: %s", sandbox_id, exc)
+    return _Try(outcome, messages, model, patch, transient, result)

@@ -1,0 +1,53 @@
+"""The sandbox and evaluation servers a run embeds when its config names none."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import NamedTuple
+
+from agentfleet.evaluation.evaluator import EvalConfig, Evaluator
+from agentfleet.evaluation.server import create_app as eval_app
+from agentfleet.fleet.config import FleetConfig
+from agentfleet.sandbox.base import DEFAULT_MAX_EXECS
+from agentfleet.sandbox.client import SandboxClient
+from agentfleet.sandbox.server import create_app as sandbox_app
+from agentfleet.serving import serve_in_loop
+from agentfleet.tasks import load_dataset
+
+
+class Servers(NamedTuple):
+    sandbox_url: str
+    eval_url: str
+    sandbox_token: str | None  # the sandbox server's (None: $AGENTFLEET_SANDBOX_TOKEN)
+
+
+@asynccontextmanager
+async def embedded_servers(cfg: FleetConfig) -> AsyncIterator[Servers]:
+    """The sandbox and evaluation servers the config does not point at, on free loopback ports;
+    an embedded sandbox server requires a token of its own, made here."""
+    # the servers load the bundled datasets and the one this run names, nothing else
+    roots = [(await asyncio.to_thread(load_dataset, cfg.dataset)).path]
+    async with AsyncExitStack() as stack:
+        sandbox_url, token = cfg.sandbox_url, cfg.sandbox_token
+        if sandbox_url is None:
+            token = secrets.token_urlsafe(32)
+            # our own agents only: the exec cap never throttles them (one command each)
+            max_execs = max(DEFAULT_MAX_EXECS, 4 * cfg.workers)
+            app = sandbox_app(
+                root=cfg.sandbox_root, token=token, max_execs=max_execs, dataset_roots=roots
+            )
+            server = await stack.enter_async_context(serve_in_loop(app))
+            sandbox_url = server.url
+        eval_url = cfg.eval_url
+        if eval_url is None:
+            evaluator = Evaluator(
+                SandboxClient(sandbox_url, token=token),
+                EvalConfig(repeats=cfg.eval_repeats, reference=cfg.eval_reference),
+                dataset_roots=roots,
+            )
+            app = eval_app(evaluator, workers=cfg.eval_workers)
+            eval_url = (await stack.enter_async_context(serve_in_loop(app))).url
+        yield Servers(sandbox_url, eval_url, token)
