@@ -19,8 +19,10 @@ PROBE = textwrap.dedent(
     import agentfleet.tasks.defaults as td
     td.DEFAULT_DATASET, td.DEFAULT_SPLIT = "ds-x", "split-x"
     td.MIN_REFERENCE_SPEEDUP, td.BASELINE_RANGE_S = 7.5, (0.25, 9.0)
+    td.DEFAULT_EVAL_REPEATS, td.DEFAULT_EVAL_PORT = 13, 19528
     import agentfleet.sandbox.base as sb
     sb.DEFAULT_MAX_SANDBOXES, sb.DEFAULT_REAP_INTERVAL_S = 77, 11.0
+    sb.DEFAULT_TTL_S = 1234.0
 
     import typer
     from agentfleet.cli import app
@@ -39,11 +41,17 @@ PROBE = textwrap.dedent(
     fields = {f.name: f.default for f in dataclasses.fields(FleetConfig)}
     root = typer.main.get_command(app)
 
-    def option(path, name):
+    def param(path, name):
         cmd = root
         for part in path.split():
             cmd = cmd.commands[part]
-        return next(p.default for p in cmd.params if p.name == name)
+        return next(p for p in cmd.params if p.name == name)
+
+    def option(path, name):
+        return param(path, name).default
+
+    def help_default(path, name):  # the value of the option help's [default: ...]
+        return param(path, name).help.rpartition("[default: ")[2].rstrip("]")
 
     out = {
         "dataset": {
@@ -58,12 +66,29 @@ PROBE = textwrap.dedent(
             "tasks check": option("tasks check", "dataset"),
             "eval submit": option("eval submit", "dataset"),
             "mock-llm": option("mock-llm", "dataset"),
+            "run --help": help_default("run", "dataset"),
         },
         "split": {
             "EvalRequest": EvalRequest.model_fields["split"].default,
             "FleetConfig": fields["split"],
             "RESUMABLE": RESUMABLE["split"],
             "eval submit": option("eval submit", "split"),
+            "run --help": help_default("run", "split"),
+        },
+        "eval_repeats": {
+            "FleetConfig": fields["eval_repeats"],
+            "RESUMABLE": RESUMABLE["eval_repeats"],
+            "check_tasks": arg(check.check_tasks, "repeats"),
+            "tasks check": option("tasks check", "repeats"),
+            "serve-eval": option("serve-eval", "repeats"),
+            "run --help": int(help_default("run", "eval_repeats")),
+        },
+        "eval_port": {
+            "serve-eval": option("serve-eval", "port"),
+        },
+        "sandbox_ttl": {
+            "FleetConfig": fields["sandbox_ttl_s"],
+            "serve-sandbox": option("serve-sandbox", "ttl"),
         },
         "min_speedup": {
             "problems": arg(check.problems, "min_speedup"),
@@ -97,6 +122,9 @@ EXPECTED = {
     "baseline_range": [0.25, 9.0],
     "max_sandboxes": 77,
     "reap_interval": 11.0,
+    "eval_repeats": 13,
+    "eval_port": 19528,
+    "sandbox_ttl": 1234.0,
 }
 
 

@@ -530,3 +530,12 @@ def test_interrupted_run_resumes_to_every_task_done_once(tmp_path: Path) -> None
     started = [line for line in resumed.stderr.splitlines() if " start " in line]
     assert len(started) == 3 - len(first)
     assert not (tmp_path / "sandboxes").exists() or not list((tmp_path / "sandboxes").iterdir())
+
+
+def test_run_help_shows_the_defaults() -> None:
+    """rich reads ``[default: ...]`` in a help text as markup and dropped it: escaped, the
+    defaults of ``agentfleet run``'s options show."""
+    out = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
+    assert out.exit_code == 0, out.output
+    for shown in ("[default: perf-lite]", "[default: test]", "[default: 5]", "[default: 30]"):
+        assert shown in out.output, shown

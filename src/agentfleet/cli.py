@@ -22,6 +22,7 @@ from agentfleet.sandbox.base import (
     DEFAULT_TTL_S,
 )
 from agentfleet.tasks import DEFAULT_DATASET, TaskNotFound
+from agentfleet.tasks.defaults import DEFAULT_EVAL_PORT, DEFAULT_EVAL_REPEATS
 
 app = typer.Typer(
     help="Run fleets of coding agents on performance tasks and score them.",
@@ -187,7 +188,7 @@ def _reward_kind(value: str) -> str:
 @app.command("serve-eval")
 def serve_eval(
     host: str = "127.0.0.1",
-    port: int = 9528,
+    port: int = DEFAULT_EVAL_PORT,
     db: Annotated[
         Path | None, typer.Option(help="SQLite file of jobs (default: in memory, lost at exit)")
     ] = None,
@@ -202,7 +203,7 @@ def serve_eval(
     ] = 10 * 1024 * 1024,
     repeats: Annotated[
         int, typer.Option(min=1, max=100, help="timed rounds of each side (median compared)")
-    ] = 5,
+    ] = DEFAULT_EVAL_REPEATS,
     reward_kind: Annotated[
         str,
         typer.Option(

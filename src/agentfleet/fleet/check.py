@@ -12,7 +12,11 @@ from agentfleet.sandbox.base import CreateSandbox
 from agentfleet.sandbox.process import ProcessBackend
 from agentfleet.sandbox.service import SandboxService
 from agentfleet.tasks import DEFAULT_SPLIT, Task
-from agentfleet.tasks.defaults import BASELINE_RANGE_S, MIN_REFERENCE_SPEEDUP
+from agentfleet.tasks.defaults import (
+    BASELINE_RANGE_S,
+    DEFAULT_EVAL_REPEATS,
+    MIN_REFERENCE_SPEEDUP,
+)
 
 
 def problems(
@@ -42,7 +46,7 @@ def _read_patch(task: Task) -> str:
 async def check_tasks(
     tasks: Sequence[Task],
     *,
-    repeats: int = 5,
+    repeats: int = DEFAULT_EVAL_REPEATS,
     split_of: Mapping[str, str] | None = None,
     min_speedup: float = MIN_REFERENCE_SPEEDUP,
     baseline_range: tuple[float, float] = BASELINE_RANGE_S,

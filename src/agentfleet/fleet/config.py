@@ -13,7 +13,9 @@ from agentfleet.fleet.attempts import DEFAULT_TASK_ATTEMPTS
 from agentfleet.http import HttpPool, PoolLimits, preset_for_fleet, resolve_limits
 from agentfleet.models import ModelSpec
 from agentfleet.models.pricing import RunBudget
+from agentfleet.sandbox.base import DEFAULT_TTL_S
 from agentfleet.tasks import DEFAULT_DATASET, DEFAULT_SPLIT, Task, load_dataset
+from agentfleet.tasks.defaults import DEFAULT_EVAL_REPEATS
 
 
 @dataclass
@@ -28,10 +30,10 @@ class FleetConfig:
     sandbox_url: str | None = None
     sandbox_token: str | None = field(default=None, repr=False)  # None: $AGENTFLEET_SANDBOX_TOKEN
     eval_url: str | None = None
-    sandbox_ttl_s: float = 3600.0
+    sandbox_ttl_s: float = DEFAULT_TTL_S
     sandbox_root: Path | None = None  # embedded process backend's folder
     eval_workers: int | None = None
-    eval_repeats: int = 5
+    eval_repeats: int = DEFAULT_EVAL_REPEATS
     eval_reference: bool = False  # embedded evaluations also time the reference solution
     resume: bool = False  # skip tasks of run_dir that already have a result
     rerun_failed: bool = False  # with resume: run failed tasks again

@@ -35,8 +35,11 @@ from agentfleet.http import resolve_limits
 from agentfleet.models import ModelSpec
 from agentfleet.serving import graceful_stop, run_async
 from agentfleet.tasks import DEFAULT_DATASET, DEFAULT_SPLIT, load_dataset
+from agentfleet.tasks.defaults import DEFAULT_EVAL_REPEATS
 
-__all__ = ["RayOptions", "RunRequest", "RunResult", "build_config", "run"]
+__all__ = ["DEFAULT_SHARDS", "RayOptions", "RunRequest", "RunResult", "build_config", "run"]
+
+DEFAULT_SHARDS = 2  # Ray actors of a run
 
 # Settings a resumed run takes from its config.json when not given again, and their
 # defaults for a new run (None: the --agent-config file's value, else AgentConfig's).
@@ -49,7 +52,7 @@ RESUMABLE: dict[str, Any] = {
     "agent": "light",
     "workers": 8,
     "tasks": None,
-    "eval_repeats": 5,
+    "eval_repeats": DEFAULT_EVAL_REPEATS,
     "eval_reference": False,
     "step_limit": None,
     "time_limit": None,
@@ -62,7 +65,7 @@ RESUMABLE: dict[str, Any] = {
 class RayOptions:
     """The Ray backend: ``shards`` actors; actor ``i`` uses ``sandbox_urls[i % n]``."""
 
-    shards: int = 2
+    shards: int = DEFAULT_SHARDS
     address: str | None = None
     sandbox_urls: list[str] | None = None
 
@@ -192,7 +195,7 @@ def _ray_options(req: RunRequest) -> RayOptions | None:
         return None
     if importlib.util.find_spec("ray") is None:
         raise ValueError("the ray backend needs Ray: pip install 'agentfleet[ray]'")
-    return RayOptions(req.shards or 2, req.ray_address, list(req.sandbox_urls) or None)
+    return RayOptions(req.shards or DEFAULT_SHARDS, req.ray_address, list(req.sandbox_urls) or None)
 
 
 @dataclass

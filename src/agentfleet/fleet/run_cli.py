@@ -11,34 +11,44 @@ from typing import Annotated
 import typer
 
 from agentfleet._cli import console, err, fail, setup_logging
+from agentfleet.tasks.defaults import DEFAULT_DATASET, DEFAULT_EVAL_REPEATS, DEFAULT_SPLIT
 
 __all__ = ["run"]
+
+
+def _default(value: object) -> str:
+    """`` [default: VALUE]`` for a help text, its bracket escaped: rich (typer's help) reads
+    an unescaped ``[...]`` as markup and drops it."""
+    return f" \\[default: {value}]"
 
 
 def run(
     dataset: Annotated[
         str | None,
-        typer.Option("--dataset", "-d", help="bundled name or folder path [default: perf-lite]"),
+        typer.Option(
+            "--dataset", "-d", help="bundled name or folder path" + _default(DEFAULT_DATASET)
+        ),
     ] = None,
     split: Annotated[
-        str | None, typer.Option("--split", "-s", help="split of the dataset [default: test]")
+        str | None,
+        typer.Option("--split", "-s", help="split of the dataset" + _default(DEFAULT_SPLIT)),
     ] = None,
     model: Annotated[
         str | None,
         typer.Option(
             "--model",
             "-m",
-            help="oracle | scripted:FILE | openai/NAME | openrouter/NAME [default: oracle]",
+            help="oracle | scripted:FILE | openai/NAME | openrouter/NAME \\[default: oracle]",
         ),
     ] = None,
     model_url: Annotated[
         str | None, typer.Option(help="base URL of an OpenAI-compatible API")
     ] = None,
     model_delay: Annotated[
-        float | None, typer.Option(help="seconds added per offline model reply [default: 0]")
+        float | None, typer.Option(help="seconds added per offline model reply \\[default: 0]")
     ] = None,
     workers: Annotated[
-        int | None, typer.Option("--workers", "-w", min=1, help="agents at once [default: 8]")
+        int | None, typer.Option("--workers", "-w", min=1, help="agents at once \\[default: 8]")
     ] = None,
     task: Annotated[
         list[str] | None, typer.Option("--task", "-t", help="only these task ids")
@@ -57,7 +67,7 @@ def run(
     task_attempts: Annotated[
         int | None,
         typer.Option(
-            min=1, help="tries of a task that meets network faults (fresh sandbox) [default: 2]"
+            min=1, help="tries of a task that meets network faults (fresh sandbox) \\[default: 2]"
         ),
     ] = None,
     progress: Annotated[
@@ -91,22 +101,22 @@ def run(
     shards: Annotated[
         int | None,
         typer.Option(
-            min=1, help="with --backend ray: actors the tasks are split over [default: 2]"
+            min=1, help="with --backend ray: actors the tasks are split over \\[default: 2]"
         ),
     ] = None,
     eval_url: Annotated[
         str | None, typer.Option(help="evaluation server (default: embedded)")
     ] = None,
     step_limit: Annotated[
-        int | None, typer.Option(min=1, help="model calls per agent [default: 30]")
+        int | None, typer.Option(min=1, help="model calls per agent \\[default: 30]")
     ] = None,
     time_limit: Annotated[
-        float | None, typer.Option(help="seconds per agent [default: 900]")
+        float | None, typer.Option(help="seconds per agent \\[default: 900]")
     ] = None,
     agent: Annotated[
         str | None,
         typer.Option(
-            help="light (LightAgent) | mini (mini-swe-agent's DefaultAgent) [default: light]"
+            help="light (LightAgent) | mini (mini-swe-agent's DefaultAgent) \\[default: light]"
         ),
     ] = None,
     agent_config: Annotated[
@@ -131,14 +141,17 @@ def run(
     ] = None,
     eval_repeats: Annotated[
         int | None,
-        typer.Option(min=1, help="timed runs per side in embedded evaluations [default: 5]"),
+        typer.Option(
+            min=1,
+            help="timed runs per side in embedded evaluations" + _default(DEFAULT_EVAL_REPEATS),
+        ),
     ] = None,
     eval_reference: Annotated[
         bool | None,
         typer.Option(
             "--eval-reference/--no-eval-reference",
             help="embedded evaluations also time each task's reference solution "
-            "(info.reference_speedup, plotted by `report`) [default: no]",
+            "(info.reference_speedup, plotted by `report`) \\[default: no]",
         ),
     ] = None,
     sandbox_root: Annotated[

@@ -17,7 +17,11 @@ from rich.table import Table
 
 from agentfleet._cli import DatasetOpt, console, err, fail
 from agentfleet.tasks import DEFAULT_DATASET, TaskNotFound, load_dataset
-from agentfleet.tasks.defaults import BASELINE_RANGE_S, MIN_REFERENCE_SPEEDUP
+from agentfleet.tasks.defaults import (
+    BASELINE_RANGE_S,
+    DEFAULT_EVAL_REPEATS,
+    MIN_REFERENCE_SPEEDUP,
+)
 
 tasks_app = typer.Typer(help="List, show and check tasks of a dataset.", no_args_is_help=True)
 
@@ -63,7 +67,9 @@ def tasks_check(
     dataset: DatasetOpt = DEFAULT_DATASET,
     split: SplitFilter = None,
     task: Annotated[list[str] | None, typer.Option("--task", "-t")] = None,
-    repeats: Annotated[int, typer.Option(min=1, help="timed runs of each side")] = 5,
+    repeats: Annotated[
+        int, typer.Option(min=1, help="timed runs of each side")
+    ] = DEFAULT_EVAL_REPEATS,
     min_speedup: Annotated[
         float, typer.Option(min=1.0, help="least speedup a reference solution must give")
     ] = MIN_REFERENCE_SPEEDUP,

@@ -1,4 +1,5 @@
-"""Defaults of the task format, each written in this one place (docs/architecture.md)."""
+"""Defaults of the task format and of its evaluation, each written in this one place
+(docs/architecture.md)."""
 
 DEFAULT_DATASET = "perf-lite"  # bundled with the package, under tasks/data/
 DEFAULT_SPLIT = "test"
@@ -7,4 +8,18 @@ DEFAULT_SPLIT = "test"
 MIN_REFERENCE_SPEEDUP = 2.0  # the reference solution gives at least 2x
 BASELINE_RANGE_S = (0.3, 2.0)  # seconds of the workload, timed on the original code
 
-__all__ = ["BASELINE_RANGE_S", "DEFAULT_DATASET", "DEFAULT_SPLIT", "MIN_REFERENCE_SPEEDUP"]
+# Timed runs of each side when a task is evaluated (``agentfleet run``, ``serve-eval``,
+# ``tasks check``). A low module, so that the fleet and the CLI read it without loading the
+# evaluation server.
+DEFAULT_EVAL_REPEATS = 5
+# The evaluation server's port (``serve-eval``).
+DEFAULT_EVAL_PORT = 9528
+
+__all__ = [
+    "BASELINE_RANGE_S",
+    "DEFAULT_DATASET",
+    "DEFAULT_EVAL_PORT",
+    "DEFAULT_EVAL_REPEATS",
+    "DEFAULT_SPLIT",
+    "MIN_REFERENCE_SPEEDUP",
+]
