@@ -181,7 +181,7 @@ async def _docker_cli(config: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _aiodocker(config: dict[str, Any]) -> dict[str, Any]:
-    from agentfleet.sandbox.containers import close_client, connect
+    from agentfleet.sandbox.containers import close_client, connect, drain
 
     n, seq, sleep_s = int(config["n"]), int(config["seq"]), float(config["sleep_s"])
     client, connector = await connect()
@@ -190,12 +190,7 @@ async def _aiodocker(config: dict[str, Any]) -> dict[str, Any]:
 
         async def run(argv: list[str]) -> int:
             ex = await container.exec(argv, stdout=True, stderr=True)
-            stream = ex.start(detach=False)
-            try:
-                while await stream.read_out() is not None:
-                    pass
-            finally:
-                await stream.close()
+            await drain(ex.start(detach=False))
             info = await ex.inspect()
             return int(info.get("ExitCode") or 0)
 

@@ -44,6 +44,7 @@ __all__ = [
     "close_client",
     "connect",
     "docker_url",
+    "drain",
     "gc_containers",
     "host_config",
     "image_ref",
@@ -293,3 +294,14 @@ async def gc_containers(url: str | None = None, *, owner: str | None = None) -> 
         return await _remove_where(client, doomed)
     finally:
         await close_client(client, connector)
+
+
+async def drain(stream: Any, feed: Callable[[bytes], Any] | None = None) -> None:
+    """Read an exec's output stream (aiodocker's) to its end, each chunk to ``feed``, and
+    close it whatever happens."""
+    try:
+        while (msg := await stream.read_out()) is not None:
+            if feed is not None:
+                feed(msg.data)
+    finally:
+        await stream.close()

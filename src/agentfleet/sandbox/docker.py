@@ -32,7 +32,6 @@ import contextlib
 import logging
 import math
 import os
-import re
 import socket
 import time
 import uuid
@@ -53,7 +52,7 @@ from agentfleet.sandbox.base import (
     SandboxNotFound,
 )
 from agentfleet.sandbox.capture import OutputCapture, exec_result
-from agentfleet.sandbox.command_env import DEFAULT_PATH, command_env
+from agentfleet.sandbox.command_env import DEFAULT_PATH
 from agentfleet.sandbox.containers import (
     DEFAULT_IMAGE,
     Limits,
@@ -65,6 +64,17 @@ from agentfleet.sandbox.containers import (
     remove_container,
     sandbox_labels,
 )
+from agentfleet.sandbox.docker_exec import (
+    HOST_GRACE_S,
+    KILL_AFTER_S,
+    exec_argv,
+    exec_env,
+    exec_once,
+    kill_token,
+    not_running,
+    restart,
+    wait_stopped,
+)
 from agentfleet.sandbox.folders import (
     MAX_FILE_BYTES,
     SandboxFolder,
@@ -73,47 +83,7 @@ from agentfleet.sandbox.folders import (
 
 log = logging.getLogger(__name__)
 
-TOKEN_VAR = "AGENTFLEET_EXEC"
-KILL_AFTER_S = 1  # `timeout -k`: SIGTERM at the limit, SIGKILL this much later
-HOST_GRACE_S = 5.0  # host-side deadline: limit + KILL_AFTER_S + this, then kill by token
 CONTAINER_LINGER_S = 600  # containers stop by themselves this long after their ttl
-
-# $1: timeout in seconds, $2: the command. Runs as the exec's main process (a session leader).
-_WRAPPER = """exec 2>&1
-timeout -k KILL_AFTER "$1" bash -c "$2" &
-pid=$!
-wait "$pid"
-rc=$?
-kill -KILL -- "-$pid" 2>/dev/null
-# and what left the group (setsid): whatever carries this exec's token
-for d in /proc/[0-9]*; do
-  [ "${d#/proc/}" = "$$" ] && continue
-  while IFS= read -r -d '' v; do
-    if [ "$v" = "TOKEN_VAR=$TOKEN_VAR" ]; then kill -KILL "${d#/proc/}"; break; fi
-  done 2>/dev/null <"$d/environ"
-done
-exit "$rc"
-""".replace("KILL_AFTER", str(KILL_AFTER_S)).replace("TOKEN_VAR", TOKEN_VAR)
-
-# $1: the token. Kills every process whose environment holds AGENTFLEET_EXEC=<token>.
-_KILLER = """t="TOKEN_VAR=$1"
-for round in 1 2 3 4 5; do
-  found=
-  for d in /proc/[0-9]*; do
-    if grep -qzx -- "$t" "$d/environ" 2>/dev/null; then
-      kill -KILL "${d#/proc/}" 2>/dev/null && found=1
-    fi
-  done
-  [ -z "$found" ] && exit 0
-done
-""".replace("TOKEN_VAR", TOKEN_VAR)
-
-
-# the engine's words for "the container stopped under this exec" (containerd says `ttrpc:
-# closed` when the task died mid-exec); acted on only once the container is seen stopped
-_NOT_RUNNING = re.compile(
-    r"is not running|cannot exec in a \w+ state|OCI runtime exec failed|ttrpc: closed"
-)
 
 
 @dataclass
@@ -372,60 +342,20 @@ class DockerBackend:
         self._get(sandbox_id)
         await self.folders.write_file(sandbox_id, path, data)
 
-    # exec ------------------------------------------------------------------------------
-    @staticmethod
-    def _env(box: _Box, extra: dict[str, str], token: str) -> dict[str, str]:
-        env = command_env(DEFAULT_PATH, str(box.folder.work), "/tmp", extra)
-        env[TOKEN_VAR] = token
-        return env
-
+    # exec (the command itself: docker_exec.py) ----------------------------------------
     async def _kill_token(self, box: _Box, token: str) -> None:
         """Kill every process of one exec inside the container (best effort, bounded)."""
         if box.deleting:
             return
         try:
-            async with asyncio.timeout(10):
-                ex = await box.container.exec(
-                    ["sh", "-c", _KILLER, "agentfleet-kill", token], user=self.user
-                )
-                stream = ex.start(detach=False)
-                try:
-                    while await stream.read_out() is not None:
-                        pass
-                finally:
-                    await stream.close()
+            await kill_token(box.container, self.user, token)
         except (aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError) as e:
             if not box.deleting:
                 log.warning("could not kill exec %s in %s: %s", token, box.sandbox_id, e)
 
-    async def _exit_code(self, ex: Any) -> int | None:
-        deadline = time.monotonic() + 5.0
-        while True:
-            info = await ex.inspect()
-            if not info.get("Running") and info.get("ExitCode") is not None:
-                return int(info["ExitCode"])
-            if time.monotonic() > deadline:
-                return None
-            await asyncio.sleep(0.01)
-
     async def _restart(self, box: _Box) -> None:
-        """Start a container that stopped (a command killed its ``sleep``); files are kept."""
         log.warning("container of sandbox %s had stopped: restarting it", box.sandbox_id)
-        try:
-            await box.container.start()
-        except aiodocker.DockerError as e:
-            if e.status != 304:  # already running
-                raise
-
-    async def _wait_stopped(self, box: _Box, within: float = 10.0) -> bool:
-        deadline = time.monotonic() + within
-        while True:
-            info = await box.container.show()
-            if not (info.get("State") or {}).get("Running", False):
-                return True
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.05)
+        await restart(box.container)
 
     async def _run(
         self,
@@ -436,28 +366,15 @@ class DockerBackend:
         captures: list[OutputCapture],
         output_limit: int,
     ) -> int | None:
+        """The exec, once more in a restarted container if its container had stopped."""
         for attempt in (0, 1):
             retry = attempt == 0 and not box.deleting
             capture = OutputCapture(output_limit)
             captures.append(capture)
             try:
-                ex = await box.container.exec(
-                    argv,
-                    stdout=True,
-                    stderr=True,
-                    environment=env,
-                    workdir=str(cwd),
-                    user=self.user,
-                )
-                stream = ex.start(detach=False)
-                try:
-                    while (msg := await stream.read_out()) is not None:
-                        capture.feed(msg.data)
-                finally:
-                    await stream.close()
-                rc = await self._exit_code(ex)
+                rc = await exec_once(box.container, argv, env, cwd, self.user, capture)
             except aiodocker.DockerError as e:
-                if retry and _NOT_RUNNING.search(str(e.message)) and await self._wait_stopped(box):
+                if retry and not_running(str(e.message)) and await wait_stopped(box.container):
                     await self._restart(box)
                     continue
                 raise
@@ -465,8 +382,8 @@ class DockerBackend:
             if (
                 rc == 126
                 and retry
-                and _NOT_RUNNING.search(bytes(capture.head[:300]).decode(errors="replace"))
-                and await self._wait_stopped(box)
+                and not_running(bytes(capture.head[:300]).decode(errors="replace"))
+                and await wait_stopped(box.container)
             ):
                 await self._restart(box)
                 continue
@@ -478,9 +395,8 @@ class DockerBackend:
         cwd = await self.folders.resolve_cwd(box.folder, req.cwd)
         timeout = req.timeout or DEFAULT_EXEC_TIMEOUT
         token = uuid.uuid4().hex
-        env = self._env(box, req.env, token)
-        limit = f"{max(timeout, 0.001):.3f}"  # `timeout 0` would mean no limit at all
-        argv = ["bash", "-c", _WRAPPER, "agentfleet-exec", limit, req.command]
+        env = exec_env(box.folder.work, req.env, token)
+        argv = exec_argv(timeout, req.command)
         captures = [OutputCapture(output_limit)]
         started = time.monotonic()
         returncode: int | None = None
