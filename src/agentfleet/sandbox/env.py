@@ -185,28 +185,10 @@ class RemoteDockerEnvironment:
         return env
 
     @classmethod
-    def create_for_task(
-        cls,
-        task_id: str | None = None,
-        dataset: str | None = None,
-        *,
-        base_url: str | None = None,
-        sandboxes: Sandboxes | None = None,
-        ttl_s: float | None = None,
-        run: str = "",
-        **kwargs: Any,
-    ) -> RemoteDockerEnvironment:
-        """Sync :meth:`acreate` (on the background loop)."""
+    def create_for_task(cls, *args: Any, **kwargs: Any) -> RemoteDockerEnvironment:
+        """Sync :meth:`acreate` (the same arguments), on the background loop."""
         return run_sync(
-            cls.acreate(
-                task_id,
-                dataset,
-                base_url=base_url,
-                sandboxes=sandboxes,
-                ttl_s=ttl_s,
-                run=run,
-                **kwargs,
-            ),
+            cls.acreate(*args, **kwargs),
             what="RemoteDockerEnvironment.create_for_task() (use acreate)",
         )
 
