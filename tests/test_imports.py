@@ -377,3 +377,24 @@ def test_lazy_package_exports_every_name_from_its_layer_or_below(package: str) -
         assert name in dir(module)
     with pytest.raises(AttributeError, match="no_such_name"):
         _ = module.no_such_name
+
+
+def test_http_pool_still_exports_what_moved_out() -> None:
+    """Limits, timeouts, Response and the errors moved to http/limits.py and http/errors.py:
+    ``from agentfleet.http.pool import X`` keeps working for every public name of the
+    package except the metrics exporters (never in pool.py)."""
+    import agentfleet.http as http
+    import agentfleet.http.pool as pool
+
+    metrics_only = {
+        "PoolCollector",
+        "is_idempotent",
+        "parse_retry_after",
+        "pool_metrics_collector",
+        "register_pool_metrics",
+        "render_prometheus",
+    }
+    for name in http.__all__:
+        assert getattr(http, name) is not None
+        if name not in metrics_only:
+            assert getattr(pool, name) is getattr(http, name), name
