@@ -7,6 +7,9 @@ Endpoints (JSON; every error is ``{"error": "..."}`` with a fitting status):
   ``{"job_id", "status"}`` for a new job; the same key and body -> 200 with the same job
   (never a second evaluation); the same key with another body -> 422; queue full -> 429
   with ``Retry-After``; unknown instance or split (when the evaluator has ``check``) -> 404.
+  With ``Prefer: wait=N`` (RFC 7240; N capped at 60) the answer waits up to N s for the
+  job: 200 with the whole job view (as the GET below) when it ended in time, else as
+  above; ``Preference-Applied: wait=N`` says the wait was honoured.
 - ``GET /evaluations/{job_id}?wait=SECONDS`` (0..60) long-polls until the job is done or
   failed -> ``{"job_id", "status", "reward", "speedup", "info", "error"}``.
 - ``POST /evaluate`` the blocking form for old clients -> ``{"reward", "speedup", "info"}``.
@@ -24,7 +27,7 @@ import asyncio
 import inspect
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,7 +50,8 @@ from agentfleet.evaluation.jobs import (
 )
 from agentfleet.evaluation.schema import EvalRequest, EvalResult
 from agentfleet.evaluation.store import FAILED, JobRecord, JobStore
-from agentfleet.http.auth import OPEN_PATHS, authorized, refuse, send_json, server_token
+from agentfleet.http.auth import OPEN_PATHS, server_token
+from agentfleet.http.guard import GuardMiddleware
 
 if TYPE_CHECKING:
     from agentfleet.evaluation.evaluator import EvalConfig
@@ -59,107 +63,9 @@ DEFAULT_MAX_BODY = 10 * 1024 * 1024
 MAX_WAIT_S = 60.0
 UNAUTHENTICATED_PATHS = OPEN_PATHS
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
 
 def default_workers() -> int:
     return max(1, (os.cpu_count() or 2) // 2)
-
-
-# ASGI guard: size limit, bearer token, connection counting ---------------------------
-class GuardMiddleware:
-    """Outermost ASGI layer: request body limit (413), bearer token (401), and
-    distinct client (host, port) pairs for ``/stats``."""
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        token: str | None,
-        max_body: int,
-        on_client: Callable[[tuple[str, int] | None], None] | None = None,
-    ) -> None:
-        self.app = app
-        self.token = token
-        self.max_body = max_body
-        self.on_client = on_client
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if self.on_client is not None:
-            client = scope.get("client")
-            self.on_client((str(client[0]), int(client[1])) if client else None)
-        headers = {k.lower(): v for k, v in scope.get("headers", [])}
-        if self.token is not None and scope.get("path") not in UNAUTHENTICATED_PATHS:
-            if not authorized(scope, self.token):
-                await refuse(scope, send)
-                return
-        length = headers.get(b"content-length")
-        if length is not None:
-            try:
-                declared = int(length)
-            except ValueError:
-                await send_json(send, 400, {"error": "invalid Content-Length header"})
-                return
-            if declared > self.max_body:
-                await self._refuse_large(receive, send)
-                return
-        if scope.get("method") in ("GET", "HEAD", "DELETE", "OPTIONS") and length is None:
-            await self.app(scope, receive, send)
-            return
-        # Buffer the body, counting streamed bytes (chunked uploads have no length).
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            total += len(chunk)
-            if total > self.max_body:
-                if message.get("more_body", False):
-                    await self._refuse_large(receive, send)
-                else:
-                    await send_json(send, 413, _too_large(self.max_body))
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    async def _refuse_large(self, receive: Receive, send: Send) -> None:
-        """Answer 413 after discarding the body (up to a cap), so the client, still
-        uploading, reads the answer instead of a reset connection."""
-        cap = max(4 * self.max_body, 64 * 1024 * 1024)
-        drained = 0
-        while drained <= cap:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            drained += len(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        await send_json(send, 413, _too_large(self.max_body))
-
-
-def _too_large(limit: int) -> dict[str, Any]:
-    return {"error": f"request body larger than {limit} bytes", "limit": limit}
 
 
 # app --------------------------------------------------------------------------------
@@ -184,6 +90,23 @@ async def _disconnected(request: Request) -> None:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             return
+
+
+def prefer_wait(values: Sequence[str]) -> float | None:
+    """The ``wait`` preference of ``Prefer`` header values (RFC 7240: ``wait=10``, among
+    other preferences, comma separated, parameters after ``;``); None when absent or not a
+    number >= 0 (a preference the server cannot read is ignored, never an error)."""
+    for value in values:
+        for pref in value.split(","):
+            name, _, arg = pref.split(";", 1)[0].partition("=")
+            if name.strip().lower() != "wait":
+                continue
+            try:
+                seconds = float(arg.strip().strip('"'))
+            except ValueError:
+                return None
+            return seconds if seconds >= 0 and seconds == seconds else None
+    return None
 
 
 def _job_view(job: JobRecord) -> dict[str, Any]:
@@ -348,10 +271,20 @@ def create_app(
     @app.post("/evaluations", status_code=202)
     async def submit_evaluation(request: Request, req: EvalRequest) -> JSONResponse:
         job, created = await _submit(request, req)
+        headers = {"Location": f"/evaluations/{job.id}"}
+        wait = prefer_wait(request.headers.getlist("prefer"))
+        if wait is not None:  # RFC 7240: answer with the result if it comes within ``wait``
+            wait = min(wait, MAX_WAIT_S)
+            headers["Preference-Applied"] = f"wait={wait:g}"
+            headers["Vary"] = "Prefer"
+            if not job.terminal and wait > 0:
+                job = await _wait_job(request, job.id, wait) or job
+            if job.terminal:
+                return JSONResponse({**_job_view(job), "created": created}, 200, headers)
         return JSONResponse(
             {"job_id": job.id, "status": job.status, "created": created},
             202 if created else 200,
-            headers={"Location": f"/evaluations/{job.id}"},
+            headers=headers,
         )
 
     async def _wait_job(request: Request, job_id: str, wait_s: float | None) -> JobRecord | None:
