@@ -427,6 +427,13 @@ def _reward_kind(value: str) -> str:
     return value
 
 
+def _eval_workers(value: str) -> str:
+    """``--workers``: ``auto`` or a whole number >= 1."""
+    if value == "auto" or (value.isdigit() and int(value) >= 1):
+        return value
+    raise typer.BadParameter(f"{value!r} is neither 'auto' nor a whole number >= 1")
+
+
 @app.command("serve-eval")
 def serve_eval(
     host: str = "127.0.0.1",
@@ -435,8 +442,15 @@ def serve_eval(
         Path | None, typer.Option(help="SQLite file of jobs (default: in memory, lost at exit)")
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(min=1, help="evaluations at once (default: CPUs / 2)")
-    ] = None,
+        str,
+        typer.Option(
+            callback=_eval_workers,
+            help="evaluations at once: N, or auto = usable CPUs // --cores-per-worker",
+        ),
+    ] = "auto",
+    cores_per_worker: Annotated[
+        int, typer.Option(min=0, help="CPUs pinned to each worker's commands (0: no pinning)")
+    ] = 1,
     queue_limit: Annotated[
         int, typer.Option(min=1, help="jobs waiting for a worker before submits get 429")
     ] = 1000,
@@ -515,7 +529,8 @@ def serve_eval(
             host=host,
             port=port,
             db_path=db,
-            workers=workers,
+            workers=None if workers == "auto" else int(workers),
+            cores_per_worker=cores_per_worker,
             queue_limit=queue_limit,
             token=token,
             test_latency=test_latency,

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agentfleet.evaluation.pinning import PinnedSandboxes
 from agentfleet.evaluation.reward import RewardConfig, compute_reward
 from agentfleet.evaluation.schema import EvalRequest, EvalResult
 from agentfleet.evaluation.speedup import (
@@ -221,7 +222,8 @@ class Evaluator:
         *,
         dataset_roots: Iterable[str | Path] = (),
     ) -> None:
-        self.sandboxes = sandboxes
+        # every command runs on the current worker's CPU set, if it has one
+        self.sandboxes: Sandboxes = PinnedSandboxes(sandboxes)
         self.config = config or EvalConfig()
         self.dataset_roots = tuple(Path(r) for r in dataset_roots)
         self._timing_slots: asyncio.Semaphore | None = (

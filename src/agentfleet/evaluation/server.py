@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -48,6 +47,7 @@ from agentfleet.evaluation.jobs import (
     SubmitError,
     TestModeEvaluator,
 )
+from agentfleet.evaluation.pinning import auto_workers, format_cpus, plan_cpu_sets
 from agentfleet.evaluation.schema import EvalRequest, EvalResult
 from agentfleet.evaluation.store import FAILED, JobRecord, JobStore
 from agentfleet.http.auth import OPEN_PATHS, server_token
@@ -64,8 +64,9 @@ MAX_WAIT_S = 60.0
 UNAUTHENTICATED_PATHS = OPEN_PATHS
 
 
-def default_workers() -> int:
-    return max(1, (os.cpu_count() or 2) // 2)
+def default_workers(cores_per_worker: int = 1) -> int:
+    """``--workers auto``: the CPUs this process may use // ``cores_per_worker``, >= 1."""
+    return auto_workers(cores_per_worker)
 
 
 # app --------------------------------------------------------------------------------
@@ -148,6 +149,7 @@ def create_app(
     evaluator_factory: EvaluatorFactory | None = None,
     keep_days: float | None = DEFAULT_KEEP_DAYS,
     max_attempts: int | None = DEFAULT_MAX_ATTEMPTS,
+    cores_per_worker: int = 1,
 ) -> FastAPI:
     """The evaluation server app; its ``lifespan`` owns the job store and the workers.
 
@@ -155,7 +157,9 @@ def create_app(
     start-up: it returns an evaluator (closed at shutdown if it has ``aclose``), an
     awaitable of one, or an async context manager yielding one (exited at shutdown); or
     ``test_latency`` for test mode. ``db_path=None`` keeps jobs in memory. ``workers``
-    defaults to ``max(1, cpu_count // 2)``, or no limit in test mode. ``keep_days`` and
+    defaults to the usable CPUs // ``cores_per_worker`` (no limit in test mode); each
+    worker's commands are pinned to its own ``cores_per_worker`` CPUs when the sets fit
+    (:mod:`~agentfleet.evaluation.pinning`; 0: never pinned). ``keep_days`` and
     ``max_attempts``: see :class:`~agentfleet.evaluation.jobs.JobManager`.
     """
     if evaluator is None and evaluator_factory is None and test_latency is None:
@@ -163,9 +167,16 @@ def create_app(
     if queue_limit < 1:
         raise ValueError("queue_limit must be >= 1")
     if workers is None:
-        n_workers: int | None = None if test_latency is not None else default_workers()
+        n_workers: int | None = (
+            None if test_latency is not None else default_workers(cores_per_worker)
+        )
     else:
         n_workers = workers
+    cpu_sets = (
+        plan_cpu_sets(n_workers, cores_per_worker)
+        if n_workers is not None and test_latency is None
+        else None
+    )
     metrics = EvalMetrics()
     state: dict[str, Any] = {}
 
@@ -196,6 +207,7 @@ def create_app(
                 metrics=metrics,
                 keep_days=keep_days,
                 max_attempts=max_attempts,
+                cpu_sets=cpu_sets,
             )
             stack.push_async_callback(jobs.stop)
             stack.callback(state.pop, "manager", None)
@@ -203,8 +215,9 @@ def create_app(
             state["manager"] = jobs
             app.state.jobs = jobs
             logger.info(
-                "evaluation server started: workers=%s queue_limit=%d db=%s requeued=%d%s",
+                "evaluation server started: workers=%s cpus=%s queue_limit=%d db=%s requeued=%d%s",
                 n_workers if n_workers is not None else "unlimited",
+                [format_cpus(c) for c in cpu_sets] if cpu_sets else "not pinned",
                 queue_limit,
                 db_path or ":memory:",
                 requeued,
@@ -328,11 +341,16 @@ def create_app(
         m = state.get("manager")
         if m is None:
             return {"status": "starting", "queued": 0, "running": 0, "workers": n_workers}
+        slots = m.workers_view()
         return {
             "status": "ok",
             "queued": m.queued,
             "running": m.running,
             "workers": n_workers,
+            "workers_busy": sum(1 for w in slots if w["job_id"] is not None),
+            "worker_slots": slots,  # each worker's CPU set (None: not pinned) and job
+            "queue_wait_mean_s": m.mean_queue_wait,
+            "throughput_per_minute": m.throughput_per_minute(),
             "test_mode": test_latency is not None,
         }
 
@@ -419,6 +437,7 @@ def run_server(
     confine: str | None = None,
     keep_days: float | None = DEFAULT_KEEP_DAYS,
     max_attempts: int | None = DEFAULT_MAX_ATTEMPTS,
+    cores_per_worker: int = 1,
 ) -> int | None:
     """Serve until SIGINT or SIGTERM (the ``agentfleet serve-eval`` command); return that
     signal's number after the graceful shutdown (running jobs cancelled, store closed).
@@ -452,6 +471,7 @@ def run_server(
         evaluator_factory=evaluator_factory,
         keep_days=keep_days,
         max_attempts=max_attempts,
+        cores_per_worker=cores_per_worker,
     )
     config = uvicorn_config(app, host, port, log_level=log_level, timeout_graceful_shutdown=5)
     return serve_until_signal(config)
