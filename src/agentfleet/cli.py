@@ -460,6 +460,18 @@ def serve_eval(
     repeats: Annotated[
         int, typer.Option(min=1, max=100, help="timed rounds of each side (median compared)")
     ] = 5,
+    target_ci: Annotated[
+        float | None,
+        typer.Option(
+            min=0.001,
+            max=0.999,
+            help="add rounds until the speedup's 95%% interval is narrower than this "
+            "share of it (e.g. 0.03), up to --max-repeats",
+        ),
+    ] = None,
+    max_repeats: Annotated[
+        int, typer.Option(min=1, max=100, help="cap on rounds with --target-ci")
+    ] = 20,
     reward_kind: Annotated[
         str,
         typer.Option(
@@ -516,7 +528,13 @@ def serve_eval(
         _fail(str(exc))
     try:
         config = EvalConfig.model_validate(
-            {"repeats": repeats, "reference": reference, "reward": {"kind": reward_kind}}
+            {
+                "repeats": repeats,
+                "target_ci": target_ci,
+                "max_repeats": max_repeats,
+                "reference": reference,
+                "reward": {"kind": reward_kind},
+            }
         )
         roots = _dataset_roots(dataset_root)
     except ValidationError as exc:
