@@ -152,9 +152,8 @@ def main() -> None:
             f"| {m['loadavg'][0]:.1f}, {m['loadavg'][1]:.1f} |"
         )
     if len(out["modes"]) > 1:
-        print(
-            f"throughput ratio {out['modes'][-1]['evals_per_min'] / out['modes'][0]['evals_per_min']:.2f}"
-        )
+        first, last = out["modes"][0], out["modes"][-1]
+        print(f"throughput ratio {last['evals_per_min'] / first['evals_per_min']:.2f}")
     if a.out:
         with open(a.out, "w") as f:
             json.dump(out, f, indent=1)
