@@ -185,6 +185,13 @@ def _reward_kind(value: str) -> str:
     return value
 
 
+def _eval_workers(value: str) -> str:
+    """``--workers``: ``auto`` or a whole number >= 1."""
+    if value == "auto" or (value.isdigit() and int(value) >= 1):
+        return value
+    raise typer.BadParameter(f"{value!r} is neither 'auto' nor a whole number >= 1")
+
+
 @app.command("serve-eval")
 def serve_eval(
     host: str = "127.0.0.1",
@@ -193,8 +200,15 @@ def serve_eval(
         Path | None, typer.Option(help="SQLite file of jobs (default: in memory, lost at exit)")
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(min=1, help="evaluations at once (default: CPUs / 2)")
-    ] = None,
+        str,
+        typer.Option(
+            callback=_eval_workers,
+            help="evaluations at once: N, or auto = usable CPUs // --cores-per-worker",
+        ),
+    ] = "auto",
+    cores_per_worker: Annotated[
+        int, typer.Option(min=0, help="CPUs pinned to each worker's commands (0: no pinning)")
+    ] = 1,
     queue_limit: Annotated[
         int, typer.Option(min=1, help="jobs waiting for a worker before submits get 429")
     ] = 1000,
@@ -204,6 +218,18 @@ def serve_eval(
     repeats: Annotated[
         int, typer.Option(min=1, max=100, help="timed rounds of each side (median compared)")
     ] = DEFAULT_EVAL_REPEATS,
+    target_ci: Annotated[
+        float | None,
+        typer.Option(
+            min=0.001,
+            max=0.999,
+            help="add rounds until the speedup's 95%% interval is narrower than this "
+            "share of it (e.g. 0.03), up to --max-repeats",
+        ),
+    ] = None,
+    max_repeats: Annotated[
+        int, typer.Option(min=1, max=100, help="cap on rounds with --target-ci")
+    ] = 20,
     reward_kind: Annotated[
         str,
         typer.Option(
@@ -260,7 +286,13 @@ def serve_eval(
         _fail(str(exc))
     try:
         config = EvalConfig.model_validate(
-            {"repeats": repeats, "reference": reference, "reward": {"kind": reward_kind}}
+            {
+                "repeats": repeats,
+                "target_ci": target_ci,
+                "max_repeats": max_repeats,
+                "reference": reference,
+                "reward": {"kind": reward_kind},
+            }
         )
         roots = _dataset_roots(dataset_root)
     except ValidationError as exc:
@@ -273,7 +305,8 @@ def serve_eval(
             host=host,
             port=port,
             db_path=db,
-            workers=workers,
+            workers=None if workers == "auto" else int(workers),
+            cores_per_worker=cores_per_worker,
             queue_limit=queue_limit,
             token=token,
             test_latency=test_latency,

@@ -14,7 +14,9 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Mapping
+import weakref
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -91,6 +93,38 @@ def _json_object(resp: Response, what: str) -> dict[str, Any]:
 def _retry_after(resp: Response, default: float = 1.0) -> float:
     wait = retry_after_from_headers(resp.headers)
     return default if wait is None else wait
+
+
+class _LongCalls:
+    """Long-held requests of the evaluation clients of each pool (waiting submits and long
+    polls). A submit asks the server to wait only while the pool has a long-poll slot free
+    for it (:meth:`HttpPool.long_poll_slots`); otherwise it is sent plain, starts its job
+    at once, and its poll queues for a slot instead of the submit."""
+
+    def __init__(self) -> None:
+        self._held: weakref.WeakKeyDictionary[HttpPool, int] = weakref.WeakKeyDictionary()
+
+    @asynccontextmanager
+    async def hold(
+        self, pool: HttpPool, wait: float, *, always: bool = False
+    ) -> AsyncIterator[float]:
+        """Yields the wait to ask for: ``wait``, or 0 when the pool's long-poll slots are all
+        taken (unless ``always``: a poll counts, and queues, anyway)."""
+        if wait <= 0:
+            yield 0.0
+            return
+        held = self._held.get(pool, 0)
+        if not always and held >= pool.long_poll_slots():
+            yield 0.0
+            return
+        self._held[pool] = held + 1
+        try:
+            yield wait
+        finally:
+            self._held[pool] = self._held.get(pool, 1) - 1
+
+
+_long_calls = _LongCalls()
 
 
 class EvalClient:
@@ -193,24 +227,43 @@ class EvalClient:
         new uuid4) is sent on every attempt. A 429 still standing after the pool's own
         retries is waited out (``Retry-After``) and resubmitted for up to ``timeout``
         seconds (None: no limit); then :class:`EvalTimeout`."""
+        data = await self._submit(req, idempotency_key=idempotency_key, timeout=timeout)
+        return str(data["job_id"])
+
+    async def _submit(
+        self,
+        req: EvalRequest,
+        *,
+        idempotency_key: str | None,
+        timeout: float | None,
+        wait: float = 0.0,
+    ) -> dict[str, Any]:
+        """:meth:`submit`'s answer. ``wait`` > 0 asks the server to hold it until the job
+        ends (``Prefer: wait=N``): then it is the finished job's view (status ``done`` or
+        ``failed``), else ``{"job_id", "status"}`` as from any server."""
         key = idempotency_key or req.idempotency_key or uuid.uuid4().hex
         body = req.model_dump(mode="json")
         body["idempotency_key"] = key
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            resp = await self._request(
-                "POST",
-                "/evaluations",
-                json=body,
-                headers={"Idempotency-Key": key},
-                timeouts=self.submit_timeouts,
-                accept=_has_job_id,
-            )
+            async with _long_calls.hold(self.pool, wait) as held:
+                headers = {"Idempotency-Key": key}
+                if held > 0:
+                    headers["Prefer"] = f"wait={held:g}"
+                resp = await self._request(
+                    "POST",
+                    "/evaluations",
+                    json=body,
+                    headers=headers,
+                    timeouts=self.submit_timeouts,
+                    long_poll=held > 0,
+                    accept=_has_job_id,
+                )
             if resp.status in (200, 201, 202):
-                job_id = _json_object(resp, "submit").get("job_id")
-                if not isinstance(job_id, str):
+                data = _json_object(resp, "submit")
+                if not isinstance(data.get("job_id"), str):
                     raise EvalClientError(f"server answered without a job id: {resp.text()[:200]}")
-                return job_id
+                return data
             if resp.status == 429:
                 delay = min(60.0, max(0.05, _retry_after(resp)))
                 if deadline is not None:
@@ -231,13 +284,14 @@ class EvalClient:
         """The job's state; ``wait`` > 0 long-polls until it ends or ``wait`` expires."""
         wait = min(MAX_POLL_WAIT, max(0.0, wait))
         timeouts = Timeouts(total=wait + 120, connect=60, sock_connect=30, sock_read=wait + 60)
-        resp = await self._request(
-            "GET",
-            f"/evaluations/{job_id}",
-            params={"wait": f"{wait:g}"},
-            timeouts=timeouts,
-            long_poll=wait > 0,
-        )
+        async with _long_calls.hold(self.pool, wait, always=True):
+            resp = await self._request(
+                "GET",
+                f"/evaluations/{job_id}",
+                params={"wait": f"{wait:g}"},
+                timeouts=timeouts,
+                long_poll=wait > 0,
+            )
         if resp.status != 200:
             raise self._fail(resp, "status")
         return _json_object(resp, "status")
@@ -277,9 +331,15 @@ class EvalClient:
     ) -> dict[str, Any]:
         resubmits = 0
         while True:
-            job_id = await self.submit(
-                req, idempotency_key=key, timeout=SUBMIT_TIMEOUT if timeout is None else timeout
+            data = await self._submit(
+                req,
+                idempotency_key=key,
+                timeout=SUBMIT_TIMEOUT if timeout is None else timeout,
+                wait=self.poll_wait,
             )
+            if data.get("status") in TERMINAL:  # answered within the wait: one request
+                return data
+            job_id = str(data["job_id"])
             try:
                 return await self.wait(job_id)
             except EvalRejected as exc:

@@ -16,15 +16,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shlex
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from agentfleet.evaluation.config import EvalConfig
+from agentfleet.evaluation.patches import (
+    BadSubmission,
+    apply_patch,
+    check_patch_applies,
+    count_patch_lines,
+    output_tail,
+    sandbox_diff,
+)
+from agentfleet.evaluation.pinning import PinnedSandboxes
 from agentfleet.evaluation.reward import RewardConfig, compute_reward
 from agentfleet.evaluation.schema import EvalRequest, EvalResult
 from agentfleet.evaluation.speedup import (
@@ -32,10 +39,9 @@ from agentfleet.evaluation.speedup import (
     Samples,
     TimingError,
     measure,
-    ratio_of_medians,
     run_checked,
-    speedup_stats,
 )
+from agentfleet.evaluation.timing import more_rounds, timing_stats
 from agentfleet.sandbox.base import (
     CreateSandbox,
     SandboxError,
@@ -43,8 +49,6 @@ from agentfleet.sandbox.base import (
     SandboxNotFound,
     new_sandbox_id,
 )
-from agentfleet.sandbox.command_env import DEFAULT_PATH
-from agentfleet.sandbox.host_git import patch_applies
 from agentfleet.tasks.task import Task, TaskNotFound, load_dataset
 
 __all__ = [
@@ -59,69 +63,6 @@ __all__ = [
 log = logging.getLogger("agentfleet.evaluation")
 
 SUBMITTED = "Submitted"
-PATCH_PATH = ".git/agentfleet.patch"  # inside the workdir, but never part of a diff
-OUTPUT_TAIL = 4000
-
-
-async def _check_patch_applies(task: Task, patch: str) -> None:
-    """BadSubmission unless ``patch`` applies to the task's pristine repository, as
-    :meth:`Evaluator._apply` would apply it (read-only, on the host, with no git config,
-    hook or filter of the task's: :func:`~agentfleet.sandbox.host_git.patch_applies`)."""
-    path = os.environ.get("PATH") or DEFAULT_PATH
-    problem = await patch_applies(task.repo_dir, patch, path=path)
-    if problem is not None:
-        raise BadSubmission(f"patch does not apply: {problem}")
-
-
-async def sandbox_diff(sandboxes: Sandboxes, sandbox_id: str) -> str:
-    """Everything changed in a sandbox since its first commit (the agent's commits and new
-    files included, binary-safe, ``__pycache__``/``*.pyc`` excluded). The index is restored
-    after. Raises :class:`BadSubmission` when the diff cannot be taken."""
-    cmd = (
-        "base=$(git rev-list --max-parents=0 HEAD | tail -n 1) && "
-        "git add -A -- . ':(exclude)*__pycache__*' ':(exclude)*.pyc' && "
-        f'git diff --cached --binary --no-color --no-ext-diff "$base" > {PATCH_PATH}; '
-        "rc=$?; git reset -q; exit $rc"
-    )
-    res = await sandboxes.exec(sandbox_id, cmd, timeout=120)
-    if res.returncode != 0:
-        raise BadSubmission(f"could not diff sandbox {sandbox_id!r}: {_tail(res.output)}")
-    data = await sandboxes.read_file(sandbox_id, PATCH_PATH)
-    await sandboxes.exec(sandbox_id, f"rm -f {PATCH_PATH}", timeout=30)
-    return data.decode("utf-8", "surrogateescape")
-
-
-class BadSubmission(ValueError):
-    """The request carries no usable patch (no ``result``, no usable ``container_id``).
-    The server answers 422."""
-
-    status = 422
-
-
-class EvalConfig(BaseModel):
-    """Knobs of an evaluation; the defaults are the documented ones."""
-
-    model_config = ConfigDict(frozen=True)
-
-    repeats: int = Field(default=5, ge=1, le=100)
-    warmup: int = Field(default=1, ge=0, le=20)  # untimed runs per arm; the output check is one
-    order: Literal["alternate", "shuffle"] = "alternate"
-    # "wall": elapsed time; "cpu": the workload's user+sys CPU time (its waited-for children
-    # included), far less sensitive to other jobs on a shared machine.
-    clock: Literal["wall", "cpu"] = "cpu"
-    # Flag ``clocks_disagree`` when the cpu and wall speedups differ by more than this factor
-    # (e.g. work moved to a background process the cpu clock does not see).
-    clock_mismatch_factor: float = Field(default=1.5, gt=1.0)
-    max_plausible_speedup: float = Field(default=10.0, gt=1.0)
-    noise_threshold: float = Field(default=0.05, ge=0.0)
-    bootstrap_resamples: int = Field(default=1000, ge=1, le=100_000)
-    seed: int = 0
-    reward: RewardConfig = Field(default_factory=RewardConfig)
-    reference: bool = False  # also time the task's reference solution
-    test_timeout: float | None = Field(default=None, gt=0)  # overrides task.timeout_s
-    workload_timeout: float | None = Field(default=None, gt=0)  # per run; task.timeout_s
-    timing_concurrency: int | None = Field(default=None, ge=1)  # timing phases at once
-    python: str = "python3"  # interpreter inside the sandbox for the timer
 
 
 class _Outcome(Exception):
@@ -131,21 +72,6 @@ class _Outcome(Exception):
         super().__init__(status)
         self.status = status
         self.info = info
-
-
-def count_patch_lines(patch: str) -> int:
-    """Added plus removed lines of a unified diff (file headers not counted)."""
-    n = 0
-    for line in patch.splitlines():
-        if line.startswith(("+++", "---")):
-            continue
-        if line.startswith(("+", "-")):
-            n += 1
-    return n
-
-
-def _tail(text: str, n: int = OUTPUT_TAIL) -> str:
-    return text if len(text) <= n else "..." + text[-n:]
 
 
 def _resolve_task(dataset: str, instance_id: str, split: str, roots: tuple[Path, ...] = ()) -> Task:
@@ -221,7 +147,8 @@ class Evaluator:
         *,
         dataset_roots: Iterable[str | Path] = (),
     ) -> None:
-        self.sandboxes = sandboxes
+        # every command runs on the current worker's CPU set, if it has one
+        self.sandboxes: Sandboxes = PinnedSandboxes(sandboxes)
         self.config = config or EvalConfig()
         self.dataset_roots = tuple(Path(r) for r in dataset_roots)
         self._timing_slots: asyncio.Semaphore | None = (
@@ -244,7 +171,7 @@ class Evaluator:
         )
         if req.result is not None:
             if req.result.strip():
-                await _check_patch_applies(task, req.result)
+                await check_patch_applies(task, req.result)
             return
         if not req.container_id:
             raise BadSubmission("no patch: neither 'result' nor 'container_id' was given")
@@ -334,25 +261,7 @@ class Evaluator:
         return await sandbox_diff(self.sandboxes, sandbox_id)
 
     async def _apply(self, sandbox_id: str, patch: str) -> tuple[bool, str, str]:
-        """Apply with ``git apply``, falling back to ``patch --fuzz``; (ok, method, output)."""
-        await self.sandboxes.write_file(
-            sandbox_id, PATCH_PATH, patch.encode("utf-8", "surrogateescape")
-        )
-        res = await self.sandboxes.exec(
-            sandbox_id, f"git apply --whitespace=nowarn {PATCH_PATH}", timeout=120
-        )
-        if res.returncode == 0:
-            return True, "git apply", res.output
-        first = res.output
-        res = await self.sandboxes.exec(
-            sandbox_id,
-            f"command -v patch >/dev/null || exit 127; "
-            f"patch --batch --fuzz=5 -p1 --no-backup-if-mismatch -i {PATCH_PATH}",
-            timeout=120,
-        )
-        if res.returncode == 0:
-            return True, "patch --fuzz=5", res.output
-        return False, "", f"git apply:\n{first}\npatch:\n{res.output}"
+        return await apply_patch(self.sandboxes, sandbox_id, patch)
 
     # ------------------------------------------------------------ the steps
 
@@ -383,7 +292,7 @@ class Evaluator:
         if patch.strip():
             ok, method, output = await self._apply(candidate, patch)
             if not ok:
-                raise _Outcome("patch_failed", apply_output=_tail(output))
+                raise _Outcome("patch_failed", apply_output=output_tail(output))
             info["apply_method"] = method
         else:
             info["apply_method"] = "none (empty patch)"
@@ -400,7 +309,7 @@ class Evaluator:
                 "tests_failed",
                 test_returncode=res.returncode,
                 test_timed_out=res.timed_out,
-                test_output=_tail(res.output),
+                test_output=output_tail(res.output),
             )
 
         # 3. same stdout as the original
@@ -416,7 +325,7 @@ class Evaluator:
                 if ok:
                     arms["reference"] = reference
                 else:
-                    info["reference_error"] = "reference patch did not apply: " + _tail(
+                    info["reference_error"] = "reference patch did not apply: " + output_tail(
                         output, 1000
                     )
         run_timeout = cfg.workload_timeout or task.timeout_s
@@ -458,32 +367,11 @@ class Evaluator:
         if "reference" in samples.dropped:
             info["reference_error"] = "reference timing failed: " + samples.dropped["reference"]
 
-        clock = samples.cpu_s if cfg.clock == "cpu" else samples.wall_s
-        stats = speedup_stats(
-            clock["baseline"],
-            clock["candidate"],
-            noise_threshold=cfg.noise_threshold,
-            max_plausible_speedup=cfg.max_plausible_speedup,
-            resamples=cfg.bootstrap_resamples,
-            seed=cfg.seed,
-        )
-        speedup = float(stats.pop("speedup"))
-        stats["clock"] = cfg.clock
-        wall_speedup = ratio_of_medians(samples.wall_s["baseline"], samples.wall_s["candidate"])
-        cpu_speedup = ratio_of_medians(samples.cpu_s["baseline"], samples.cpu_s["candidate"])
-        stats["wall_speedup"], stats["cpu_speedup"] = wall_speedup, cpu_speedup
-        ratio = max(wall_speedup, cpu_speedup) / max(min(wall_speedup, cpu_speedup), 1e-9)
-        info["clocks_disagree"] = bool(ratio > cfg.clock_mismatch_factor)
-        stats["baseline_wall_s"] = samples.wall_s["baseline"]
-        stats["candidate_wall_s"] = samples.wall_s["candidate"]
-        stats["baseline_cpu_s"] = samples.cpu_s["baseline"]
-        stats["candidate_cpu_s"] = samples.cpu_s["candidate"]
-        stats["order"] = samples.order
-        stats["repeats"] = cfg.repeats
-        reference_speedup: float | None = None
-        if "reference" in clock:
-            reference_speedup = ratio_of_medians(clock["baseline"], clock["reference"])
-            stats["reference_s"] = clock["reference"]
+        timing = timing_stats(samples, cfg)
+        speedup, stats = timing.speedup, timing.stats
+        info["clocks_disagree"] = timing.clocks_disagree
+        reference_speedup = timing.reference_speedup
+        if reference_speedup is not None:
             info["reference_speedup"] = reference_speedup
         info["timing"] = stats
         info["within_noise"] = stats["within_noise"]
@@ -518,7 +406,7 @@ class Evaluator:
             )
         res = await self.sandboxes.exec(sandbox_id, "\n".join(parts), timeout=120)
         if res.returncode != 0:
-            raise SandboxError(f"could not restore test files: {_tail(res.output, 1000)}")
+            raise SandboxError(f"could not restore test files: {output_tail(res.output, 1000)}")
 
     def _check_outputs(
         self, checks: dict[str, CheckedRun], arms: dict[str, str], info: dict[str, Any]
@@ -527,7 +415,7 @@ class Evaluator:
         if base.returncode != 0:
             raise SandboxError(
                 f"the unmodified workload failed (exit {base.returncode}): "
-                f"{_tail(base.stderr_tail, 1000)}"
+                f"{output_tail(base.stderr_tail, 1000)}"
             )
         cand = checks["candidate"]
         if cand.returncode != 0:
@@ -564,4 +452,6 @@ class Evaluator:
             seed=cfg.seed,
             python=cfg.python,
             optional=("reference",),
+            more=more_rounds(cfg),
+            max_repeats=cfg.max_repeats,
         )

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import inspect
-import json
 import logging
 import math
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from agentfleet.evaluation.jobstats import EvalMetrics, JobCounters, PeerCounter
 from agentfleet.evaluation.outcome import (
@@ -28,75 +25,20 @@ from agentfleet.evaluation.outcome import (
     failed_result,
     submit_status_for,
 )
-from agentfleet.evaluation.schema import EvalRequest, EvalResult
+from agentfleet.evaluation.pinning import CpuSet, format_cpus, worker_cpus
+from agentfleet.evaluation.schema import EvalRequest
 from agentfleet.evaluation.store import DONE, FAILED, RUNNING, JobRecord, JobStore
+from agentfleet.evaluation.submission import (
+    EvaluatorLike,
+    IdempotencyConflict,
+    QueueFull,
+    SubmitError,
+    TestModeEvaluator,
+    body_hash,
+    run_check,
+)
 
 logger = logging.getLogger("agentfleet.evaluation")
-
-
-@runtime_checkable
-class EvaluatorLike(Protocol):
-    """Anything that scores one submission. An optional ``check(req)`` method (sync or
-    async) validates a request at submit time: raising ``LookupError`` (``TaskNotFound``)
-    answers 404, ``ValueError`` or a ``BadSubmission`` answers 422."""
-
-    async def evaluate(self, req: EvalRequest) -> EvalResult: ...
-
-
-class TestModeEvaluator:
-    """Test mode: each evaluation sleeps ``latency`` seconds and scores 1.0 / 1.0."""
-
-    __test__ = False  # not a pytest class
-
-    def __init__(self, latency: float) -> None:
-        self.latency = latency
-
-    async def evaluate(self, req: EvalRequest) -> EvalResult:
-        await asyncio.sleep(self.latency)
-        return EvalResult(
-            reward=1.0,
-            speedup=1.0,
-            info={
-                "test_mode": True,
-                "instance_id": req.instance_id,
-                "dataset_name": req.dataset_name,
-                "split": req.split,
-                "latency_s": self.latency,
-            },
-        )
-
-
-# errors -----------------------------------------------------------------------------
-class SubmitError(Exception):
-    """A submission refused before it became a job; ``status`` is the HTTP status."""
-
-    status = 400
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        if status is not None:
-            self.status = status
-
-
-class QueueFull(SubmitError):
-    status = 429
-
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class IdempotencyConflict(SubmitError):
-    status = 422
-
-
-# helpers ----------------------------------------------------------------------------
-def body_hash(req: EvalRequest) -> str:
-    """sha256 of the canonical JSON of the request fields, the idempotency key left out."""
-    fields = req.model_dump(mode="json", exclude={"idempotency_key"})
-    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 _RECENT_JOBS = 10_000  # finished jobs kept in memory for polls (summaries: no patches)
@@ -130,9 +72,13 @@ class JobManager:
         keep_days: float | None = DEFAULT_KEEP_DAYS,
         max_attempts: int | None = DEFAULT_MAX_ATTEMPTS,
         prune_every_s: float = PRUNE_EVERY_S,
+        cpu_sets: Sequence[CpuSet] | None = None,
     ) -> None:
         if workers is not None and workers < 1:
             raise ValueError("workers must be >= 1 (or None for no limit)")
+        if cpu_sets is not None and (workers is None or len(cpu_sets) != workers):
+            raise ValueError("cpu_sets needs one CPU set per worker")
+        self.cpu_sets = list(cpu_sets) if cpu_sets is not None else None
         if keep_days is not None and keep_days <= 0:
             raise ValueError("keep_days must be > 0 (or None to keep every job)")
         if max_attempts is not None and max_attempts < 1:
@@ -156,6 +102,10 @@ class JobManager:
         self._tasks: set[asyncio.Task[None]] = set()
         self._mean_duration: float | None = None
         self._counters = JobCounters()
+        self._busy: list[str | None] = [None] * (workers or 0)  # job id per worker
+        self._finished_at: deque[float] = deque()  # monotonic times, the last minute's
+        self._mean_queue_wait: float | None = None
+        self.metrics.throughput.set_function(self.throughput_per_minute)
         self._started = False
         self._stopping = False
 
@@ -175,10 +125,11 @@ class JobManager:
         if requeued:
             logger.info("re-queued %d unfinished evaluation job(s)", requeued)
         self._update_gauges()
-        n = self.workers if self.workers is not None else 1
-        target = self._worker if self.workers is not None else self._dispatcher
-        for i in range(n):
-            self._spawn(target(), name=f"eval-worker-{i}")
+        if self.workers is None:
+            self._spawn(self._dispatcher(), name="eval-dispatcher")
+        for i in range(self.workers or 0):
+            self._spawn(self._worker(i), name=f"eval-worker-{i}")
+            self._worker_gauge(i).set(0)
         if self.keep_days is not None and self.prune_every_s > 0:
             self._spawn(self._pruner(), name="eval-pruner")
         self._started = True
@@ -358,6 +309,9 @@ class JobManager:
             "queued": self.queued,
             "running": self.running,
             "workers": self.workers,
+            "worker_slots": self.workers_view(),
+            "queue_wait_mean_s": self._mean_queue_wait,
+            "throughput_per_minute": self.throughput_per_minute(),
         }
 
     def reset_stats(self) -> None:
@@ -371,11 +325,47 @@ class JobManager:
         self.metrics.running.set(self._running)
 
     # workers -------------------------------------------------------------------------
-    async def _worker(self) -> None:
+    async def _worker(self, index: int) -> None:
+        # This task's commands (and those of every task it starts) run on its CPU set.
+        worker_cpus.set(self.cpu_sets[index] if self.cpu_sets else None)
+        gauge = self._worker_gauge(index)
         while True:
             job_id = await self._queue.get()
             self._update_gauges()
-            await self._run(job_id)
+            self._busy[index] = job_id
+            gauge.set(1)
+            try:
+                await self._run(job_id)
+            finally:
+                self._busy[index] = None
+                gauge.set(0)
+
+    def _worker_gauge(self, index: int) -> Any:
+        cpus = format_cpus(self.cpu_sets[index]) if self.cpu_sets else "any"
+        return self.metrics.worker_busy.labels(str(index), cpus)
+
+    def workers_view(self) -> list[dict[str, Any]]:
+        """Each worker: its CPU set (None: not pinned) and the job it runs (None: idle)."""
+        return [
+            {
+                "worker": i,
+                "cpus": format_cpus(self.cpu_sets[i]) if self.cpu_sets else None,
+                "job_id": job_id,
+            }
+            for i, job_id in enumerate(self._busy)
+        ]
+
+    def throughput_per_minute(self) -> float:
+        """Evaluations finished in the last 60 s."""
+        horizon = time.monotonic() - 60.0
+        while self._finished_at and self._finished_at[0] < horizon:
+            self._finished_at.popleft()
+        return float(len(self._finished_at))
+
+    @property
+    def mean_queue_wait(self) -> float | None:
+        """Exponentially weighted mean of the time jobs waited for a worker (s)."""
+        return self._mean_queue_wait
 
     async def _dispatcher(self) -> None:
         """No worker limit: one task per job, all owned by this manager."""
@@ -406,6 +396,10 @@ class JobManager:
             return
         job = self._live.get(job_id)
         if job is not None:
+            waited = max(0.0, time.time() - job.created)
+            self.metrics.queue_wait.observe(waited)
+            m = self._mean_queue_wait
+            self._mean_queue_wait = waited if m is None else 0.8 * m + 0.2 * waited
             self._live[job_id] = replace(
                 job, status=RUNNING, attempts=job.attempts + 1, started=time.time()
             )
@@ -442,6 +436,7 @@ class JobManager:
         if not landed:
             return
         self._counters.completed += 1
+        self._finished_at.append(time.monotonic())
         self._mean_duration = (
             elapsed if self._mean_duration is None else 0.8 * self._mean_duration + 0.2 * elapsed
         )
@@ -476,19 +471,6 @@ class JobManager:
         event = self._events.pop(job_id, None)
         if event is not None:
             event.set()
-
-
-async def run_check(evaluator: Any, req: EvalRequest) -> None:
-    """Call ``evaluator.check(req)`` when it exists (a sync one runs in a thread)."""
-    check = getattr(evaluator, "check", None)
-    if check is None or not callable(check):
-        return
-    if inspect.iscoroutinefunction(check):
-        await check(req)
-        return
-    out = await asyncio.to_thread(check, req)
-    if inspect.isawaitable(out):
-        await out
 
 
 __all__ = [

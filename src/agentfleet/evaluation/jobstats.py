@@ -41,6 +41,23 @@ class EvalMetrics:
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
             registry=r,
         )
+        self.queue_wait = Histogram(
+            "agentfleet_eval_queue_wait_seconds",
+            "Time from submit to a worker starting the job",
+            buckets=(0.01, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+            registry=r,
+        )
+        self.worker_busy = Gauge(
+            "agentfleet_eval_worker_busy",
+            "1 while the worker runs a job; cpus: the CPU set its commands are pinned to",
+            ["worker", "cpus"],
+            registry=r,
+        )
+        self.throughput = Gauge(
+            "agentfleet_eval_throughput_per_minute",
+            "Evaluations finished over the last minute",
+            registry=r,
+        )
         self.speedup = Histogram(
             "agentfleet_eval_speedup",
             "Speedup of finished evaluations",

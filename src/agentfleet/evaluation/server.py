@@ -7,6 +7,9 @@ Endpoints (JSON; every error is ``{"error": "..."}`` with a fitting status):
   ``{"job_id", "status"}`` for a new job; the same key and body -> 200 with the same job
   (never a second evaluation); the same key with another body -> 422; queue full -> 429
   with ``Retry-After``; unknown instance or split (when the evaluator has ``check``) -> 404.
+  With ``Prefer: wait=N`` (RFC 7240; N capped at 60) the answer waits up to N s for the
+  job: 200 with the whole job view (as the GET below) when it ended in time, else as
+  above; ``Preference-Applied: wait=N`` says the wait was honoured.
 - ``GET /evaluations/{job_id}?wait=SECONDS`` (0..60) long-polls until the job is done or
   failed -> ``{"job_id", "status", "reward", "speedup", "info", "error"}``.
 - ``POST /evaluate`` the blocking form for old clients -> ``{"reward", "speedup", "info"}``.
@@ -23,8 +26,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import os
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,9 +47,11 @@ from agentfleet.evaluation.jobs import (
     SubmitError,
     TestModeEvaluator,
 )
+from agentfleet.evaluation.pinning import auto_workers, format_cpus, plan_cpu_sets
 from agentfleet.evaluation.schema import EvalRequest, EvalResult
 from agentfleet.evaluation.store import FAILED, JobRecord, JobStore
-from agentfleet.http.auth import OPEN_PATHS, authorized, refuse, send_json, server_token
+from agentfleet.http.auth import OPEN_PATHS, server_token
+from agentfleet.http.guard import GuardMiddleware
 
 if TYPE_CHECKING:
     from agentfleet.evaluation.evaluator import EvalConfig
@@ -59,107 +63,10 @@ DEFAULT_MAX_BODY = 10 * 1024 * 1024
 MAX_WAIT_S = 60.0
 UNAUTHENTICATED_PATHS = OPEN_PATHS
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-
-def default_workers() -> int:
-    return max(1, (os.cpu_count() or 2) // 2)
-
-
-# ASGI guard: size limit, bearer token, connection counting ---------------------------
-class GuardMiddleware:
-    """Outermost ASGI layer: request body limit (413), bearer token (401), and
-    distinct client (host, port) pairs for ``/stats``."""
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        token: str | None,
-        max_body: int,
-        on_client: Callable[[tuple[str, int] | None], None] | None = None,
-    ) -> None:
-        self.app = app
-        self.token = token
-        self.max_body = max_body
-        self.on_client = on_client
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if self.on_client is not None:
-            client = scope.get("client")
-            self.on_client((str(client[0]), int(client[1])) if client else None)
-        headers = {k.lower(): v for k, v in scope.get("headers", [])}
-        if self.token is not None and scope.get("path") not in UNAUTHENTICATED_PATHS:
-            if not authorized(scope, self.token):
-                await refuse(scope, send)
-                return
-        length = headers.get(b"content-length")
-        if length is not None:
-            try:
-                declared = int(length)
-            except ValueError:
-                await send_json(send, 400, {"error": "invalid Content-Length header"})
-                return
-            if declared > self.max_body:
-                await self._refuse_large(receive, send)
-                return
-        if scope.get("method") in ("GET", "HEAD", "DELETE", "OPTIONS") and length is None:
-            await self.app(scope, receive, send)
-            return
-        # Buffer the body, counting streamed bytes (chunked uploads have no length).
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            total += len(chunk)
-            if total > self.max_body:
-                if message.get("more_body", False):
-                    await self._refuse_large(receive, send)
-                else:
-                    await send_json(send, 413, _too_large(self.max_body))
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    async def _refuse_large(self, receive: Receive, send: Send) -> None:
-        """Answer 413 after discarding the body (up to a cap), so the client, still
-        uploading, reads the answer instead of a reset connection."""
-        cap = max(4 * self.max_body, 64 * 1024 * 1024)
-        drained = 0
-        while drained <= cap:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            drained += len(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        await send_json(send, 413, _too_large(self.max_body))
-
-
-def _too_large(limit: int) -> dict[str, Any]:
-    return {"error": f"request body larger than {limit} bytes", "limit": limit}
+def default_workers(cores_per_worker: int = 1) -> int:
+    """``--workers auto``: the CPUs this process may use // ``cores_per_worker``, >= 1."""
+    return auto_workers(cores_per_worker)
 
 
 # app --------------------------------------------------------------------------------
@@ -184,6 +91,23 @@ async def _disconnected(request: Request) -> None:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             return
+
+
+def prefer_wait(values: Sequence[str]) -> float | None:
+    """The ``wait`` preference of ``Prefer`` header values (RFC 7240: ``wait=10``, among
+    other preferences, comma separated, parameters after ``;``); None when absent or not a
+    number >= 0 (a preference the server cannot read is ignored, never an error)."""
+    for value in values:
+        for pref in value.split(","):
+            name, _, arg = pref.split(";", 1)[0].partition("=")
+            if name.strip().lower() != "wait":
+                continue
+            try:
+                seconds = float(arg.strip().strip('"'))
+            except ValueError:
+                return None
+            return seconds if seconds >= 0 and seconds == seconds else None
+    return None
 
 
 def _job_view(job: JobRecord) -> dict[str, Any]:
@@ -225,6 +149,7 @@ def create_app(
     evaluator_factory: EvaluatorFactory | None = None,
     keep_days: float | None = DEFAULT_KEEP_DAYS,
     max_attempts: int | None = DEFAULT_MAX_ATTEMPTS,
+    cores_per_worker: int = 1,
 ) -> FastAPI:
     """The evaluation server app; its ``lifespan`` owns the job store and the workers.
 
@@ -232,7 +157,9 @@ def create_app(
     start-up: it returns an evaluator (closed at shutdown if it has ``aclose``), an
     awaitable of one, or an async context manager yielding one (exited at shutdown); or
     ``test_latency`` for test mode. ``db_path=None`` keeps jobs in memory. ``workers``
-    defaults to ``max(1, cpu_count // 2)``, or no limit in test mode. ``keep_days`` and
+    defaults to the usable CPUs // ``cores_per_worker`` (no limit in test mode); each
+    worker's commands are pinned to its own ``cores_per_worker`` CPUs when the sets fit
+    (:mod:`~agentfleet.evaluation.pinning`; 0: never pinned). ``keep_days`` and
     ``max_attempts``: see :class:`~agentfleet.evaluation.jobs.JobManager`.
     """
     if evaluator is None and evaluator_factory is None and test_latency is None:
@@ -240,9 +167,16 @@ def create_app(
     if queue_limit < 1:
         raise ValueError("queue_limit must be >= 1")
     if workers is None:
-        n_workers: int | None = None if test_latency is not None else default_workers()
+        n_workers: int | None = (
+            None if test_latency is not None else default_workers(cores_per_worker)
+        )
     else:
         n_workers = workers
+    cpu_sets = (
+        plan_cpu_sets(n_workers, cores_per_worker)
+        if n_workers is not None and test_latency is None
+        else None
+    )
     metrics = EvalMetrics()
     state: dict[str, Any] = {}
 
@@ -273,6 +207,7 @@ def create_app(
                 metrics=metrics,
                 keep_days=keep_days,
                 max_attempts=max_attempts,
+                cpu_sets=cpu_sets,
             )
             stack.push_async_callback(jobs.stop)
             stack.callback(state.pop, "manager", None)
@@ -280,8 +215,9 @@ def create_app(
             state["manager"] = jobs
             app.state.jobs = jobs
             logger.info(
-                "evaluation server started: workers=%s queue_limit=%d db=%s requeued=%d%s",
+                "evaluation server started: workers=%s cpus=%s queue_limit=%d db=%s requeued=%d%s",
                 n_workers if n_workers is not None else "unlimited",
+                [format_cpus(c) for c in cpu_sets] if cpu_sets else "not pinned",
                 queue_limit,
                 db_path or ":memory:",
                 requeued,
@@ -348,10 +284,20 @@ def create_app(
     @app.post("/evaluations", status_code=202)
     async def submit_evaluation(request: Request, req: EvalRequest) -> JSONResponse:
         job, created = await _submit(request, req)
+        headers = {"Location": f"/evaluations/{job.id}"}
+        wait = prefer_wait(request.headers.getlist("prefer"))
+        if wait is not None:  # RFC 7240: answer with the result if it comes within ``wait``
+            wait = min(wait, MAX_WAIT_S)
+            headers["Preference-Applied"] = f"wait={wait:g}"
+            headers["Vary"] = "Prefer"
+            if not job.terminal and wait > 0:
+                job = await _wait_job(request, job.id, wait) or job
+            if job.terminal:
+                return JSONResponse({**_job_view(job), "created": created}, 200, headers)
         return JSONResponse(
             {"job_id": job.id, "status": job.status, "created": created},
             202 if created else 200,
-            headers={"Location": f"/evaluations/{job.id}"},
+            headers=headers,
         )
 
     async def _wait_job(request: Request, job_id: str, wait_s: float | None) -> JobRecord | None:
@@ -395,11 +341,16 @@ def create_app(
         m = state.get("manager")
         if m is None:
             return {"status": "starting", "queued": 0, "running": 0, "workers": n_workers}
+        slots = m.workers_view()
         return {
             "status": "ok",
             "queued": m.queued,
             "running": m.running,
             "workers": n_workers,
+            "workers_busy": sum(1 for w in slots if w["job_id"] is not None),
+            "worker_slots": slots,  # each worker's CPU set (None: not pinned) and job
+            "queue_wait_mean_s": m.mean_queue_wait,
+            "throughput_per_minute": m.throughput_per_minute(),
             "test_mode": test_latency is not None,
         }
 
@@ -486,6 +437,7 @@ def run_server(
     confine: str | None = None,
     keep_days: float | None = DEFAULT_KEEP_DAYS,
     max_attempts: int | None = DEFAULT_MAX_ATTEMPTS,
+    cores_per_worker: int = 1,
 ) -> int | None:
     """Serve until SIGINT or SIGTERM (the ``agentfleet serve-eval`` command); return that
     signal's number after the graceful shutdown (running jobs cancelled, store closed).
@@ -519,6 +471,7 @@ def run_server(
         evaluator_factory=evaluator_factory,
         keep_days=keep_days,
         max_attempts=max_attempts,
+        cores_per_worker=cores_per_worker,
     )
     config = uvicorn_config(app, host, port, log_level=log_level, timeout_graceful_shutdown=5)
     return serve_until_signal(config)

@@ -12,7 +12,7 @@ import json
 import math
 import random
 import shlex
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -260,6 +260,8 @@ async def measure(
     seed: int = 0,
     python: str = "python3",
     optional: Collection[str] = (),
+    more: Callable[[Samples], Awaitable[bool]] | None = None,
+    max_repeats: int | None = None,
 ) -> Samples:
     """Time ``workload_cmd`` in each arm (name -> sandbox id), one run at a time.
 
@@ -268,7 +270,8 @@ async def measure(
     (A B, B A, A B, ...); ``shuffle`` draws each round's order from a seeded generator.
     Raises :class:`TimingError` when a run fails or times out, except in an ``optional``
     arm: that arm is dropped (its samples removed, the reason in ``Samples.dropped``) and
-    the others go on.
+    the others go on. ``more`` (adaptive repeats): after the ``repeats`` rounds, while it
+    answers True for the samples so far, two more rounds run, up to ``max_repeats``.
     """
     names = list(arms)
     rng = random.Random(seed)
@@ -301,7 +304,8 @@ async def measure(
     for _ in range(max(warmup, 0)):
         for name in names[:]:
             await run_or_drop(name)
-    for r in range(repeats):
+
+    async def one_round(r: int) -> None:
         if order == "shuffle":
             round_order = names[:]
             rng.shuffle(round_order)
@@ -316,4 +320,13 @@ async def measure(
             out.wall_s[name].append(run.wall_s)
             out.cpu_s[name].append(run.cpu_s)
         out.order.append(ran)
+
+    for r in range(repeats):
+        await one_round(r)
+    cap = max(repeats, max_repeats or repeats)
+    r = repeats
+    while more is not None and r < cap and await more(out):
+        for _ in range(min(2, cap - r)):
+            await one_round(r)
+            r += 1
     return out

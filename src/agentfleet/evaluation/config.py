@@ -1,0 +1,44 @@
+"""The knobs of an evaluation (:class:`EvalConfig`); the defaults are the documented ones
+(docs/evaluation.md)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agentfleet.evaluation.reward import RewardConfig
+
+
+class EvalConfig(BaseModel):
+    """Knobs of an evaluation; the defaults are the documented ones."""
+
+    model_config = ConfigDict(frozen=True)
+
+    repeats: int = Field(default=5, ge=1, le=100)
+    warmup: int = Field(default=1, ge=0, le=20)  # untimed runs per arm; the output check is one
+    order: Literal["alternate", "shuffle"] = "alternate"
+    # "wall": elapsed time; "cpu": the workload's user+sys CPU time (its waited-for children
+    # included), far less sensitive to other jobs on a shared machine.
+    clock: Literal["wall", "cpu"] = "cpu"
+    # Flag ``clocks_disagree`` when the cpu and wall speedups differ by more than this factor
+    # (e.g. work moved to a background process the cpu clock does not see).
+    clock_mismatch_factor: float = Field(default=1.5, gt=1.0)
+    max_plausible_speedup: float = Field(default=10.0, gt=1.0)
+    noise_threshold: float = Field(default=0.05, ge=0.0)
+    bootstrap_resamples: int = Field(default=1000, ge=1, le=100_000)
+    seed: int = 0
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    reference: bool = False  # also time the task's reference solution
+    test_timeout: float | None = Field(default=None, gt=0)  # overrides task.timeout_s
+    workload_timeout: float | None = Field(default=None, gt=0)  # per run; task.timeout_s
+    timing_concurrency: int | None = Field(default=None, ge=1)  # timing phases at once
+    # Adaptive repeats: rounds are added (2 at a time) until the bootstrap interval's width
+    # is under target_ci x the speedup, or max_repeats rounds ran (rounds.py).
+    target_ci: float | None = Field(default=None, gt=0.0, lt=1.0)
+    max_repeats: int = Field(default=20, ge=1, le=100)
+    drop_outliers: bool = True  # the outlier rule of rounds.py (from 5 rounds on)
+    python: str = "python3"  # interpreter inside the sandbox for the timer
+
+
+__all__ = ["EvalConfig"]

@@ -1,0 +1,95 @@
+"""Steadiness: the outlier rule, adaptive repeats (target_ci), info.timing's round counts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agentfleet.evaluation.config import EvalConfig
+from agentfleet.evaluation.evaluator import Evaluator
+from agentfleet.evaluation.rounds import ci_relative_width, outlier_rounds
+from agentfleet.evaluation.schema import EvalRequest
+from agentfleet.evaluation.speedup import Samples
+from agentfleet.evaluation.timing import timing_stats
+from agentfleet.sandbox import ProcessBackend, SandboxService
+
+
+def test_a_disturbed_round_is_dropped_and_said() -> None:
+    base = [1.00, 1.01, 0.99, 1.00, 1.02, 1.00, 1.01, 1.00]
+    cand = [0.50, 0.51, 0.50, 0.49, 0.50, 0.95, 0.50, 0.51]  # round 5: candidate disturbed
+    assert outlier_rounds(base, cand) == [5]
+    samples = Samples(
+        wall_s={"baseline": base, "candidate": cand},
+        cpu_s={"baseline": base, "candidate": cand},
+        order=[["baseline", "candidate"]] * 8,
+    )
+    t = timing_stats(samples, EvalConfig(bootstrap_resamples=200))
+    assert t.stats["rounds"] == 8 and t.stats["rounds_used"] == 7
+    assert t.stats["dropped_rounds"] == [5]
+    assert len(t.stats["baseline_s"]) == 7
+    assert 1.97 < t.speedup < 2.03
+    off = timing_stats(samples, EvalConfig(bootstrap_resamples=200, drop_outliers=False))
+    assert off.stats["dropped_rounds"] == [] and off.stats["rounds_used"] == 8
+
+
+def test_the_rule_needs_five_rounds_and_drops_at_most_a_fifth() -> None:
+    assert outlier_rounds([1.0, 1.0, 1.0, 5.0], [1.0, 1.0, 1.0, 1.0]) == []
+    base = [1.0] * 10
+    cand = [1.0] * 6 + [3.0, 4.0, 5.0, 6.0]  # four far off: at most two dropped
+    dropped = outlier_rounds(base, cand)
+    assert len(dropped) <= 2
+    steady = [1.0, 1.01, 0.99, 1.0, 1.02, 0.98]
+    assert outlier_rounds(steady, list(reversed(steady))) == []
+
+
+def test_ci_width_shrinks_with_rounds() -> None:
+    noisy_b = [1.0, 1.1, 0.9, 1.05, 0.95, 1.0, 1.1, 0.9, 1.05, 0.95] * 2
+    noisy_c = [1.0, 0.9, 1.1, 0.95, 1.05, 1.0, 0.9, 1.1, 0.95, 1.05] * 2
+    w5 = ci_relative_width(noisy_b[:5], noisy_c[:5], resamples=300, seed=0)
+    w20 = ci_relative_width(noisy_b, noisy_c, resamples=300, seed=0)
+    assert w20 < w5
+
+
+@pytest.fixture
+async def service(tmp_path: Path) -> AsyncIterator[SandboxService]:
+    async with SandboxService(ProcessBackend(root=tmp_path / "sb")) as svc:
+        yield svc
+
+
+async def test_target_ci_adds_rounds_until_narrow_or_capped(service: SandboxService) -> None:
+    req = EvalRequest(
+        exit_status="Submitted", result="", instance_id="byte-stats", dataset_name="perf-lite"
+    )
+    # an unreachable target: rounds grow from 3 to the cap (2 at a time)
+    ev = Evaluator(
+        service, EvalConfig(repeats=3, target_ci=1e-6, max_repeats=6, bootstrap_resamples=100)
+    )
+    info = (await ev.evaluate(req)).info
+    assert info["status"] == "ok", info
+    t = info["timing"]
+    assert (t["repeats"], t["rounds"], t["target_ci"]) == (3, 6, 1e-6)
+    assert len(t["order"]) == 6
+    # a target any interval meets: no round added
+    ev = Evaluator(
+        service, EvalConfig(repeats=3, target_ci=0.99, max_repeats=6, bootstrap_resamples=100)
+    )
+    t = (await ev.evaluate(req)).info["timing"]
+    assert t["rounds"] == 3 and t["rounds_used"] == 3
+    assert t["ci_relative_width"] < 0.99
+
+
+def test_serve_eval_target_ci_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from agentfleet.cli import app as cli_app
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr("agentfleet.evaluation.server.run_server", lambda **kw: seen.update(kw))
+    runner = CliRunner()
+    out = runner.invoke(cli_app, ["serve-eval", "--target-ci", "0.03", "--max-repeats", "30"])
+    assert out.exit_code == 0, out.output
+    cfg = seen["eval_config"]
+    assert isinstance(cfg, EvalConfig) and (cfg.target_ci, cfg.max_repeats) == (0.03, 30)
+    assert runner.invoke(cli_app, ["serve-eval", "--target-ci", "2"]).exit_code == 2
