@@ -110,9 +110,9 @@ class FaultProxy:
         self.rng = random.Random(seed)
         self.script = list(script)  # faults of the first requests, before any draw
         self.stats: Counter[str] = Counter()
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
         self._handlers: set[asyncio.Task[None]] = set()  # the work of each connection
-        self._conns: set[asyncio.Task[Any]] = set()  # the server's callback of each
+        self._conns: set[asyncio.Task[Any]] = set()  # each accepted connection's task
         self._reopen: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -125,8 +125,53 @@ class FaultProxy:
         return self
 
     async def _listen(self) -> None:
-        self._server = await asyncio.start_server(self._accept, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
+        # Our own accept callback, not asyncio.start_server: closing an asyncio Server while
+        # a connection is being accepted leaks that connection's socket on Python 3.11
+        # (Server._attach asserts), and `refuse` closes the listener mid-traffic.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+            sock.listen(512)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self._listener = sock
+        self.port = sock.getsockname()[1]
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._on_accept, sock)
+
+    def _on_accept(self, sock: socket.socket) -> None:
+        for _ in range(64):  # a burst, then back to the loop
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. out of fds: the connect waits in the backlog
+                log.warning("%s: accept failed: %r", self.name, exc)
+                return
+            conn.setblocking(False)
+            task = asyncio.ensure_future(self._open(conn))
+            self._conns.add(task)
+            task.add_done_callback(self._conns.discard)
+
+    def _stop_listening(self) -> None:
+        """Close the listening socket now: connects are refused from here on."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            asyncio.get_running_loop().remove_reader(listener.fileno())
+            listener.close()
+
+    async def _open(self, conn: socket.socket) -> None:
+        if self._closed:
+            conn.close()
+            return
+        try:
+            reader, writer = await asyncio.open_connection(sock=conn)
+        except BaseException:
+            conn.close()
+            raise
+        await self._accept(reader, writer)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -134,17 +179,13 @@ class FaultProxy:
             self._reopen.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reopen
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
+        self._stop_listening()
         for task in list(self._handlers):
             task.cancel()
         if self._handlers:
             await asyncio.gather(*self._handlers, return_exceptions=True)
         if self._conns:  # their connections being closed (bounded by _shut)
             await asyncio.gather(*self._conns, return_exceptions=True)
-        if server is not None:  # (from Python 3.12 it also waits for open connections)
-            await server.wait_closed()
 
     async def __aenter__(self) -> FaultProxy:
         return await self.start()
@@ -162,13 +203,10 @@ class FaultProxy:
 
     # connections ---------------------------------------------------------------------
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # The work runs in its own task, which aclose() cancels: asyncio's stream server
-        # logs an error for a cancelled connection callback, so that one must end normally.
+        # The work runs in its own task, which aclose() cancels; this one ends normally and
+        # closes the client's connection.
         task = asyncio.ensure_future(self._serve(reader, writer))
         self._handlers.add(task)
-        conn = asyncio.current_task()
-        if conn is not None:
-            self._conns.add(conn)
         try:
             await task
         except (OSError, asyncio.IncompleteReadError) as exc:
@@ -180,7 +218,6 @@ class FaultProxy:
         finally:
             self._handlers.discard(task)
             await _shut(writer)
-            self._conns.discard(conn)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.stats["connections"] += 1
@@ -250,10 +287,9 @@ class FaultProxy:
     # refusing ------------------------------------------------------------------------
     def refuse_for(self, seconds: float) -> None:
         """Stop listening (connects get ECONNREFUSED), listen again after ``seconds``."""
-        if self._server is None or self._reopen is not None or self._closed:
+        if self._listener is None or self._reopen is not None or self._closed:
             return
-        self._server.close()  # the listening socket only: accepted connections go on
-        self._server = None
+        self._stop_listening()  # the listener only: accepted connections go on
         self._reopen = asyncio.create_task(self._listen_after(seconds))
 
     async def _listen_after(self, seconds: float) -> None:
