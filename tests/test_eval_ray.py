@@ -101,7 +101,7 @@ async def test_a_killed_actor_job_runs_once_more(ray_session: None, tmp_path: Pa
         job_id = await client.submit(req("kill-actor"))
         busy: list[dict[str, Any]] = []
         async with asyncio.timeout(60):
-            while not busy:  # noqa: ASYNC110 - polls a server: no event to wait on
+            while not busy:
                 await asyncio.sleep(0.05)
                 health = await client.health()
                 busy = [w for w in health["worker_slots"] if w["job_id"] == job_id]

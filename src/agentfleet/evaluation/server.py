@@ -64,13 +64,14 @@ from agentfleet.evaluation.schema import EvalRequest, EvalResult
 from agentfleet.evaluation.store import JobRecord, JobStore
 from agentfleet.http.auth import OPEN_PATHS, server_token
 from agentfleet.http.guard import GuardMiddleware
+from agentfleet.tasks.defaults import DEFAULT_EVAL_PORT
 
 if TYPE_CHECKING:
     from agentfleet.evaluation.evaluator import EvalConfig
 
 logger = logging.getLogger("agentfleet.evaluation")
 
-DEFAULT_PORT = 9528
+DEFAULT_PORT = DEFAULT_EVAL_PORT
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
 MAX_WAIT_S = 60.0
 UNAUTHENTICATED_PATHS = OPEN_PATHS
