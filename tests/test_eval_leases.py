@@ -130,6 +130,7 @@ async def test_an_expired_lease_is_requeued_and_its_late_result_refused(tmp_path
     assert status["status"] == "done" and status["speedup"] == 1.25 and status["attempts"] == 2
     assert "agentfleet_eval_leases_expired_total 1.0" in metrics
     assert "agentfleet_eval_results_refused_total 2.0" in metrics
+    assert 'agentfleet_eval_worker_busy{cpus="0",worker="slow"} 0.0' in metrics
     [(_, st, attempts, result, lease)] = stored_rows(tmp_path / "jobs.db")
     assert (st, attempts, lease) == ("done", 2, second["lease_id"])
     assert '"speedup": 1.25' in result

@@ -118,7 +118,13 @@ class RemoteWorkers:
         return n
 
     def _gauge(self) -> None:
-        self.jobs.metrics.remote_workers.set(len(self.jobs.leases.remote_view()))
+        """The remote workers' gauges: how many, and each one busy (1) or idle (0) with
+        its CPU set (``agentfleet_eval_worker_busy``, as the local workers)."""
+        m = self.jobs.metrics
+        view = self.jobs.leases.remote_view()
+        m.remote_workers.set(len(view))
+        for w in view:
+            m.worker_busy.labels(w["worker"], w["cpus"] or "any").set(1 if w["job_id"] else 0)
 
     async def lease(self, ask: LeaseAsk, gone: asyncio.Future[Any]) -> dict[str, Any] | None:
         """The next job under a new lease, waiting up to ``ask.wait`` s (or until ``gone``,
