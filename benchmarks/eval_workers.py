@@ -153,7 +153,14 @@ def main() -> None:
     ap.add_argument("--target-ci", type=float, default=None)
     ap.add_argument("--hog", choices=("off", "on", "both"), default="off")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--replot", default=None, help="only write the SVG of this JSON")
     a = ap.parse_args()
+    if a.replot:
+        with open(a.replot) as f:
+            data = json.load(f)
+        with open(os.path.splitext(a.replot)[0] + ".svg", "w") as f:
+            f.write(plot(data))
+        return
     cfg = EvalConfig(repeats=a.repeats, target_ci=a.target_ci)
     reqs = requests(a.n)
     out: dict[str, Any] = {"n": a.n, "config": cfg.model_dump(), "hog": a.hog, "modes": []}
@@ -226,14 +233,20 @@ def plot(out: dict[str, Any]) -> str:
         return names.get(m["mode"], m["mode"]) + (" + hog" if m["hog"] else "")
 
     thr = [(label(m), m["evals_per_min"], None, "") for m in out["modes"]]
-    dev = []
+    dev, ref = [], []
     for m in out["modes"]:
         worst = max((abs(s - 1) for s in m["noop_range"] or []), default=0.0) * 100
         dev.append((label(m), worst, None, "over 5%" if worst > 5 else ""))
+        rdev = (m["ref_max_dev"] or 0.0) * 100
+        ref.append((label(m), rdev, None, "over 5%" if rdev > 5 else ""))
     charts = [
-        hbar_chart(thr, title="evaluations per minute (40 evaluations)", unit=""),
+        hbar_chart(thr, title=f"evaluations per minute ({out['n']} evaluations)", unit=""),
         hbar_chart(
             dev, title="unchanged code: worst |speedup - 1| in %", unit="%",
+            marker_at=5.0, marker_label="target",
+        ),
+        hbar_chart(
+            ref, title="references: worst distance from their task's median in %", unit="%",
             marker_at=5.0, marker_label="target",
         ),
     ]  # fmt: skip

@@ -39,9 +39,10 @@ class JobViews:
         return self._running + self.leases.remote_count()
 
     def retry_after(self) -> int:
-        """Seconds until a worker is likely free: mean duration / workers, in [1, 60]."""
+        """Seconds until a worker is likely free: mean duration / workers (local and remote
+        ones seen lately), in [1, 60]."""
         mean = self._mean_duration if self._mean_duration is not None else 1.0
-        per_slot = mean / (self.workers or 1)
+        per_slot = mean / max(1, (self.workers or 0) + len(self.leases.remote_view()))
         return int(min(60, max(1, math.ceil(per_slot))))
 
     # stats ---------------------------------------------------------------------------
