@@ -326,6 +326,7 @@ class JobManager(JobViews):
         except Exception:  # a store failure: keep the worker alive, the job stays unfinished
             logger.exception("job %s: could not record its state", job_id)
         finally:
+            self.leases.end(lease.id)  # (finish ended it already, unless the store failed)
             self._running -= 1
             c.in_flight -= 1
             self._update_gauges()
