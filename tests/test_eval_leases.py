@@ -278,3 +278,23 @@ def test_eval_worker_rejects_bad_options() -> None:
     assert bad_url.exit_code == 2 and "http(s) URL" in bad_url.output
     bad_cpus = runner.invoke(app, ["eval-worker", "--server", "http://127.0.0.1:1", "--cpus", "x"])
     assert bad_cpus.exit_code == 2 and "CPU list" in bad_cpus.output
+
+
+async def test_sigterm_stops_an_eval_worker_and_its_job_runs_again(tmp_path: Path) -> None:
+    """SIGTERM mid-evaluation: the worker exits 143 at once, its lease lapses, and the job
+    is run by the next worker (never lost, stored once)."""
+    async with server(tmp_path, ttl=1.5) as srv, HttpPool() as pool:
+        client = EvalClient(srv.url, pool=pool, token=TOKEN)
+        worker = await eval_worker(srv.url, "--name", "stopped", "--test-latency", "120")
+        job_id = await client.submit(request("term"))
+
+        async def leased() -> bool:
+            return (await client.status(job_id))["status"] == "running"
+
+        await wait_for(leased)
+        worker.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(worker.wait(), 30) == 143
+        rescuer = EvalWorker(srv.url, WorkerEvaluators(test_latency=0.1), token=TOKEN, pool=pool)
+        assert await rescuer.run(max_jobs=1) == 1
+        done = await client.status(job_id, wait=10)
+    assert done["status"] == "done" and done["attempts"] == 2
