@@ -410,3 +410,28 @@ def test_bench_servers_like_agentfleets() -> None:
     sock = common.bind_free_socket("127.0.0.1", 0)
     with sock:
         assert sock.proto == socket.IPPROTO_TCP
+
+
+def test_eval_workers_plot() -> None:
+    """benchmarks/eval_workers.py's SVG: one chart each for throughput, unchanged code and
+    references, every arm labelled (with and without the hog)."""
+    import importlib.util
+    from pathlib import Path as _Path
+
+    path = _Path(__file__).parent.parent / "benchmarks" / "eval_workers.py"
+    spec = importlib.util.spec_from_file_location("eval_workers_bench", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    arm = {"evals_per_min": 8.0, "noop_range": [0.97, 1.02], "ref_max_dev": 0.06}
+    out = {
+        "n": 40,
+        "modes": [
+            {**arm, "mode": "2r", "hog": False},
+            {**arm, "mode": "2p", "hog": True, "evals_per_min": 6.0},
+        ],
+    }
+    svg = mod.plot(out)
+    assert svg.startswith("<svg") and svg.count("<svg") == 4
+    for text in ("2 Ray actors", "2 pinned + hog", "40 evaluations", "over 5%"):
+        assert text in svg, text

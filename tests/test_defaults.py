@@ -26,6 +26,8 @@ PROBE = textwrap.dedent(
 
     import typer
     from agentfleet.cli import app
+    from agentfleet.evaluation import server as eval_server, speedup
+    from agentfleet.evaluation.config import EvalConfig
     from agentfleet.evaluation.schema import EvalRequest
     from agentfleet.fleet import check
     from agentfleet.fleet.run import RESUMABLE
@@ -82,9 +84,14 @@ PROBE = textwrap.dedent(
             "tasks check": option("tasks check", "repeats"),
             "serve-eval": option("serve-eval", "repeats"),
             "run --help": int(help_default("run", "eval_repeats")),
+            "EvalConfig": EvalConfig().repeats,
+            "speedup.measure": arg(speedup.measure, "repeats"),
         },
         "eval_port": {
             "serve-eval": option("serve-eval", "port"),
+            "server.DEFAULT_PORT": eval_server.DEFAULT_PORT,
+            "run_server": arg(eval_server.run_server, "port"),
+            "eval status --url": int(option("eval status", "url").rpartition(":")[2]),
         },
         "sandbox_ttl": {
             "FleetConfig": fields["sandbox_ttl_s"],

@@ -151,6 +151,8 @@ def test_serve_eval_workers_option(monkeypatch: pytest.MonkeyPatch) -> None:
     out = runner.invoke(cli_app, ["serve-eval", "--workers", "3", "--cores-per-worker", "2"])
     assert out.exit_code == 0, out.output
     assert (seen["workers"], seen["cores_per_worker"]) == (3, 2)
-    for bad in (["--workers", "0"], ["--workers", "many"], ["--cores-per-worker", "-1"]):
+    out = runner.invoke(cli_app, ["serve-eval", "--workers", "0"])  # remote workers only
+    assert out.exit_code == 0 and seen["workers"] == 0, out.output
+    for bad in (["--workers", "-1"], ["--workers", "many"], ["--cores-per-worker", "-1"]):
         out = runner.invoke(cli_app, ["serve-eval", *bad], env={"COLUMNS": "200"})
         assert out.exit_code == 2, (bad, out.output)

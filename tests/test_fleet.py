@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -294,3 +295,30 @@ async def test_agent_cancelled_during_create_deletes_its_sandbox(tmp_path: Path)
         await asyncio.gather(*sandboxes.pending, return_exceptions=True)
         assert svc.list() == [] and leftovers(tmp_path / "sandboxes") == []
         assert svc.stats.created_total == 0 and svc.stats.deleted_total == 1
+
+
+def test_agent_cpus_are_those_no_evaluation_worker_owns(tmp_path: Path) -> None:
+    from agentfleet.evaluation.pinning import available_cpus
+    from agentfleet.fleet.servers import agent_cpus
+
+    have = tuple(available_cpus())
+    cfg = config(tmp_path, ModelSpec("oracle"), ["sku-diff"])
+    assert agent_cpus(cfg) is None  # auto: the workers take every CPU
+    cfg.eval_workers = 1
+    assert agent_cpus(cfg) == (have[1:] or None)
+    cfg.eval_url = "http://127.0.0.1:9"
+    assert agent_cpus(cfg) is None  # another server's workers: nothing known here
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_agents_commands_run_off_the_evaluation_workers_cpus(tmp_path: Path) -> None:
+    """One embedded evaluation worker pinned to the first CPU: the agent's commands run on
+    the others (the command reads its own affinity, the trajectory keeps the output)."""
+    cfg = config(tmp_path, scripted(tmp_path, "grep Cpus_allowed_list /proc/self/status"), [])
+    cfg.task_ids, cfg.eval_workers = ["sku-diff"], 1
+    (outcome,) = asyncio.run(run_fleet(cfg))
+    assert outcome.exit_status == "Submitted", outcome
+    traj = (cfg.run_dir / "trajectories" / "sku-diff.traj.json").read_text()
+    rest = sorted(os.sched_getaffinity(0))[1:]
+    want = str(rest[0]) if len(rest) == 1 else f"{rest[0]}-{rest[-1]}"
+    assert f"Cpus_allowed_list:\\t{want}" in traj, traj[-2000:]

@@ -275,7 +275,17 @@ def test_dashboard_renders_the_monitor() -> None:
     monitor.running = {"sku-diff": now - 5}
     monitor.stage = {"sku-diff": "eval"}
     monitor.models = {"sku-diff": Model(), "a": Model()}
-    monitor.eval_queue = {"queued": 2, "running": 1, "workers": 4}
+    monitor.eval_queue = {
+        "queued": 2,
+        "running": 1,
+        "workers": 2,
+        "throughput_per_minute": 7.0,
+        "queue_wait_mean_s": 12.0,
+        "worker_slots": [
+            {"worker": 0, "cpus": "0", "job_id": "j1"},
+            {"worker": "ray-eval-0@ab12", "cpus": "1", "job_id": None},
+        ],
+    }
     monitor.pool = {"open": 5, "created": 7, "reused": 90, "in_flight": 3, "waiting": 0}
     monitor.errors.append("dedupe-pairs: RuntimeError: boom")
     console = Console(record=True, width=120)
@@ -288,6 +298,9 @@ def test_dashboard_renders_the_monitor() -> None:
         "1 done",
         "1 failed",
         "2 queued · 1 running",
+        "7/min",
+        "queue wait 12s",
+        "1/2 busy: 0 (cpu 0) ray-eval-0@ab12 (cpu 1)",
         "5 open · 7 created · 90 reused · 3 in flight",
         "6 calls · 3.0k tokens",
         "$0.0246",

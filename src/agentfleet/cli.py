@@ -48,6 +48,16 @@ def _mount_subcommands() -> None:
 _mount_subcommands()
 
 
+# eval-worker: a remote evaluation worker (evaluation/worker_cli.py) --------------------
+def _mount_eval_worker() -> None:
+    from agentfleet.evaluation.worker_cli import eval_worker
+
+    app.command("eval-worker")(eval_worker)
+
+
+_mount_eval_worker()
+
+
 # run: its options and output live beside the run (fleet/run_cli.py) ------------------
 app.command()(run)
 
@@ -186,10 +196,10 @@ def _reward_kind(value: str) -> str:
 
 
 def _eval_workers(value: str) -> str:
-    """``--workers``: ``auto`` or a whole number >= 1."""
-    if value == "auto" or (value.isdigit() and int(value) >= 1):
+    """``--workers``: ``auto`` or a whole number >= 0 (0: remote workers only)."""
+    if value == "auto" or value.isdigit():
         return value
-    raise typer.BadParameter(f"{value!r} is neither 'auto' nor a whole number >= 1")
+    raise typer.BadParameter(f"{value!r} is neither 'auto' nor a whole number >= 0")
 
 
 @app.command("serve-eval")
@@ -203,7 +213,8 @@ def serve_eval(
         str,
         typer.Option(
             callback=_eval_workers,
-            help="evaluations at once: N, or auto = usable CPUs // --cores-per-worker",
+            help="local evaluations at once: N, or auto = usable CPUs // --cores-per-worker "
+            "(0 with --ray-address; 0: only remote workers, eval-worker or Ray, run jobs)",
         ),
     ] = "auto",
     cores_per_worker: Annotated[
@@ -271,6 +282,22 @@ def serve_eval(
     max_attempts: Annotated[
         int, typer.Option(min=1, help="starts of a job that never finishes before it fails")
     ] = 3,
+    lease_ttl: Annotated[
+        float,
+        typer.Option(
+            min=1.0,
+            help="a remote worker's job is queued again after this many "
+            "seconds without a heartbeat",
+        ),
+    ] = 30.0,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="run evaluation workers as Ray actors: auto, HOST:PORT, or local"),
+    ] = None,
+    ray_workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Ray actors (default: the cluster's CPUs // --cores-per-worker)"),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve evaluations over HTTP (default port 9528). See docs/evaluation.md."""
@@ -318,6 +345,9 @@ def serve_eval(
             confine=confine,
             keep_days=keep_days,
             max_attempts=max_attempts,
+            lease_ttl_s=lease_ttl,
+            ray_address=ray_address,
+            ray_workers=ray_workers,
         )
     except ValueError as exc:  # e.g. a public host without a token
         _fail(str(exc))

@@ -17,10 +17,11 @@ import typer
 
 from agentfleet._cli import DatasetOpt, SplitOpt, console, fail
 from agentfleet.tasks import DEFAULT_DATASET, DEFAULT_SPLIT
+from agentfleet.tasks.defaults import DEFAULT_EVAL_PORT
 
 eval_app = typer.Typer(help="Submit to and query an evaluation server.", no_args_is_help=True)
 
-DEFAULT_EVAL_URL = "http://127.0.0.1:9528"
+DEFAULT_EVAL_URL = f"http://127.0.0.1:{DEFAULT_EVAL_PORT}"
 EvalUrl = Annotated[
     str, typer.Option("--url", envvar="AGENTFLEET_EVAL_URL", help="evaluation server")
 ]

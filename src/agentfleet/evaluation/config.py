@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentfleet.evaluation.reward import RewardConfig
+from agentfleet.tasks.defaults import DEFAULT_EVAL_REPEATS
 
 
 class EvalConfig(BaseModel):
@@ -15,7 +16,7 @@ class EvalConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    repeats: int = Field(default=5, ge=1, le=100)
+    repeats: int = Field(default=DEFAULT_EVAL_REPEATS, ge=1, le=100)
     warmup: int = Field(default=1, ge=0, le=20)  # untimed runs per arm; the output check is one
     order: Literal["alternate", "shuffle"] = "alternate"
     # "wall": elapsed time; "cpu": the workload's user+sys CPU time (its waited-for children

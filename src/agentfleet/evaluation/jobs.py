@@ -1,9 +1,12 @@
 """Evaluation jobs: submit with an idempotency key, run by a bounded set of workers.
 
-:class:`JobManager` owns the in-memory queue, the worker tasks and one
+:class:`JobManager` owns the in-memory queue, the local worker tasks, the leases
+(:mod:`~agentfleet.evaluation.leases`: local workers and remote ones, see
+:mod:`~agentfleet.evaluation.remote`, take jobs from the same queue) and one
 :class:`asyncio.Event` per awaited job (long polls wait on it, no sleep loops). The
 :class:`~agentfleet.evaluation.store.JobStore` is the source of truth: a job is marked
-``running`` before its evaluation and gets its result in one guarded update after it.
+``running`` under a lease before its evaluation and gets its result in one update guarded
+by that lease after it.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
@@ -19,15 +21,17 @@ from dataclasses import replace
 from typing import Any
 
 from agentfleet.evaluation.jobstats import EvalMetrics, JobCounters, PeerCounter
+from agentfleet.evaluation.jobviews import JobViews
+from agentfleet.evaluation.leases import DEFAULT_LEASE_TTL_S, Lease, LeaseBook
 from agentfleet.evaluation.outcome import (
     coerce_result,
     error_text,
     failed_result,
     submit_status_for,
 )
-from agentfleet.evaluation.pinning import CpuSet, format_cpus, worker_cpus
+from agentfleet.evaluation.pinning import CpuSet, worker_cpus
 from agentfleet.evaluation.schema import EvalRequest
-from agentfleet.evaluation.store import DONE, FAILED, RUNNING, JobRecord, JobStore
+from agentfleet.evaluation.store import DONE, FAILED, QUEUED, RUNNING, JobRecord, JobStore
 from agentfleet.evaluation.submission import (
     EvaluatorLike,
     IdempotencyConflict,
@@ -47,11 +51,13 @@ DEFAULT_MAX_ATTEMPTS = 3  # starts of a job that never finishes before it is fai
 PRUNE_EVERY_S = 3600.0
 
 
-class JobManager:
+class JobManager(JobViews):
     """Queue + workers + long-poll events over a :class:`JobStore`.
 
     ``workers=None`` runs every job at once (test mode); otherwise at most ``workers``
-    evaluations run concurrently. ``queue_limit`` bounds the jobs waiting for a worker.
+    evaluations run concurrently here (0: none, remote workers lease every job; a remote
+    lease lapses ``lease_ttl_s`` after its last heartbeat and its job is queued again).
+    ``queue_limit`` bounds the jobs waiting for a worker.
 
     Memory holds job summaries only (no patch: a worker reads it from the store when the
     job starts). ``keep_days`` (None: forever): finished jobs older than that are deleted
@@ -73,9 +79,11 @@ class JobManager:
         max_attempts: int | None = DEFAULT_MAX_ATTEMPTS,
         prune_every_s: float = PRUNE_EVERY_S,
         cpu_sets: Sequence[CpuSet] | None = None,
+        lease_ttl_s: float = DEFAULT_LEASE_TTL_S,
+        worker_spec: dict[str, Any] | None = None,
     ) -> None:
-        if workers is not None and workers < 1:
-            raise ValueError("workers must be >= 1 (or None for no limit)")
+        if workers is not None and workers < 0:
+            raise ValueError("workers must be >= 0 (or None for no limit)")
         if cpu_sets is not None and (workers is None or len(cpu_sets) != workers):
             raise ValueError("cpu_sets needs one CPU set per worker")
         self.cpu_sets = list(cpu_sets) if cpu_sets is not None else None
@@ -91,6 +99,8 @@ class JobManager:
         self.workers = workers
         self.queue_limit = queue_limit
         self.metrics = metrics or EvalMetrics()
+        self.leases = LeaseBook(lease_ttl_s)
+        self.worker_spec = worker_spec or {}  # what remote workers evaluate with
         self._clock = clock
         self._queue: asyncio.Queue[str] = asyncio.Queue()  # job ids: requests stay in the store
         self._reserved = 0
@@ -135,10 +145,12 @@ class JobManager:
         self._started = True
         return requeued
 
-    async def _give_up(self, job: JobRecord) -> None:
+    async def _give_up(
+        self, job: JobRecord, why: str = "the server stopped or crashed during each"
+    ) -> None:
         error = (
-            f"started {job.attempts} times without finishing (the server stopped or crashed "
-            f"during each); not run again (max attempts {self.max_attempts})"
+            f"started {job.attempts} times without finishing ({why}); "
+            f"not run again (max attempts {self.max_attempts})"
         )
         result = {"reward": 0.0, "speedup": 0.0, "info": {"error": error}}
         await self.store.fail_unfinished(job.id, result, error)
@@ -189,20 +201,6 @@ class JobManager:
         task.add_done_callback(self._tasks.discard)
 
     # submit / query ------------------------------------------------------------------
-    @property
-    def queued(self) -> int:
-        return self._queue.qsize()
-
-    @property
-    def running(self) -> int:
-        return self._running
-
-    def retry_after(self) -> int:
-        """Seconds until a worker is likely free: mean duration / workers, in [1, 60]."""
-        mean = self._mean_duration if self._mean_duration is not None else 1.0
-        per_slot = mean / (self.workers or 1)
-        return int(min(60, max(1, math.ceil(per_slot))))
-
     async def submit(self, req: EvalRequest, idem_key: str | None) -> tuple[JobRecord, bool]:
         """A new queued job, or the job already under ``idem_key``: ``(job, created)``.
 
@@ -292,38 +290,6 @@ class JobManager:
                 await event.wait()
         return await self.get(job_id)
 
-    # stats ---------------------------------------------------------------------------
-    def note_client(self, client: tuple[str, int] | None) -> None:
-        """Record the (host, port) of a request: distinct pairs ~ TCP connections seen."""
-        if client is not None:
-            self._counters.clients.add(client[0], client[1])
-
-    def stats(self) -> dict[str, Any]:
-        c = self._counters
-        return {
-            "connections_seen": c.clients.count,
-            "connections_seen_saturated": c.clients.saturated,
-            "in_flight": c.in_flight,
-            "peak_in_flight": c.peak_in_flight,
-            "completed": c.completed,
-            "queued": self.queued,
-            "running": self.running,
-            "workers": self.workers,
-            "worker_slots": self.workers_view(),
-            "queue_wait_mean_s": self._mean_queue_wait,
-            "throughput_per_minute": self.throughput_per_minute(),
-        }
-
-    def reset_stats(self) -> None:
-        c = self._counters
-        c.peak_in_flight = c.in_flight
-        c.completed = 0
-        c.clients.clear()
-
-    def _update_gauges(self) -> None:
-        self.metrics.queue_depth.set(self._queue.qsize())
-        self.metrics.running.set(self._running)
-
     # workers -------------------------------------------------------------------------
     async def _worker(self, index: int) -> None:
         # This task's commands (and those of every task it starts) run on its CPU set.
@@ -331,69 +297,48 @@ class JobManager:
         gauge = self._worker_gauge(index)
         while True:
             job_id = await self._queue.get()
+            lease = self.leases.grant(job_id, f"local-{index}", cpus=self._cpus_text(index))
             self._update_gauges()
             self._busy[index] = job_id
             gauge.set(1)
             try:
-                await self._run(job_id)
+                await self._run(job_id, lease)
             finally:
                 self._busy[index] = None
                 gauge.set(0)
-
-    def _worker_gauge(self, index: int) -> Any:
-        cpus = format_cpus(self.cpu_sets[index]) if self.cpu_sets else "any"
-        return self.metrics.worker_busy.labels(str(index), cpus)
-
-    def workers_view(self) -> list[dict[str, Any]]:
-        """Each worker: its CPU set (None: not pinned) and the job it runs (None: idle)."""
-        return [
-            {
-                "worker": i,
-                "cpus": format_cpus(self.cpu_sets[i]) if self.cpu_sets else None,
-                "job_id": job_id,
-            }
-            for i, job_id in enumerate(self._busy)
-        ]
-
-    def throughput_per_minute(self) -> float:
-        """Evaluations finished in the last 60 s."""
-        horizon = time.monotonic() - 60.0
-        while self._finished_at and self._finished_at[0] < horizon:
-            self._finished_at.popleft()
-        return float(len(self._finished_at))
-
-    @property
-    def mean_queue_wait(self) -> float | None:
-        """Exponentially weighted mean of the time jobs waited for a worker (s)."""
-        return self._mean_queue_wait
 
     async def _dispatcher(self) -> None:
         """No worker limit: one task per job, all owned by this manager."""
         while True:
             job_id = await self._queue.get()
+            lease = self.leases.grant(job_id, "local")
             self._update_gauges()
-            self._spawn(self._run(job_id), name=f"eval-job-{job_id}")
+            self._spawn(self._run(job_id, lease), name=f"eval-job-{job_id}")
 
-    async def _run(self, job_id: str) -> None:
+    async def _run(self, job_id: str, lease: Lease) -> None:
         c = self._counters
         self._running += 1
         c.in_flight += 1
         c.peak_in_flight = max(c.peak_in_flight, c.in_flight)
         self._update_gauges()
         try:
-            await self._run_inner(job_id)
+            await self._run_inner(job_id, lease)
         except Exception:  # a store failure: keep the worker alive, the job stays unfinished
             logger.exception("job %s: could not record its state", job_id)
         finally:
+            self.leases.end(lease.id)  # (finish ended it already, unless the store failed)
             self._running -= 1
             c.in_flight -= 1
             self._update_gauges()
 
-    async def _run_inner(self, job_id: str) -> None:
-        if not await self.store.mark_running(job_id):
+    async def begin(self, job_id: str, lease: Lease) -> bool:
+        """Mark the job running under ``lease``; False (lease ended) if it already
+        finished (a duplicate queue entry)."""
+        if not await self.store.mark_running(job_id, lease.id):
+            self.leases.end(lease.id)
             self._live.pop(job_id, None)
-            self._wake(job_id)  # already finished (a duplicate queue entry)
-            return
+            self._wake(job_id)
+            return False
         job = self._live.get(job_id)
         if job is not None:
             waited = max(0.0, time.time() - job.created)
@@ -403,6 +348,34 @@ class JobManager:
             self._live[job_id] = replace(
                 job, status=RUNNING, attempts=job.attempts + 1, started=time.time()
             )
+        self._update_gauges()
+        return True
+
+    async def take(self, wait_s: float) -> str | None:
+        """The next queued job id, waiting up to ``wait_s``; None if none came. The caller
+        grants a lease before its next await (a cancelled wait loses no job)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_s):
+                job_id = await self._queue.get()
+                self._update_gauges()
+                return job_id
+        return None
+
+    async def requeue(self, job: JobRecord) -> None:
+        """A released job (its lease expired) back in the queue, or failed once it was
+        started ``max_attempts`` times."""
+        if self.max_attempts is not None and job.attempts >= self.max_attempts:
+            await self._give_up(job, "its worker was lost")
+            self._live.pop(job.id, None)
+            self._wake(job.id)
+        else:
+            self._live[job.id] = replace(job.summary(), status=QUEUED)
+            self._queue.put_nowait(job.id)
+        self._update_gauges()
+
+    async def _run_inner(self, job_id: str, lease: Lease) -> None:
+        if not await self.begin(job_id, lease):
+            return
         t0 = self._clock()
         status, error = DONE, None
         try:
@@ -419,13 +392,18 @@ class JobManager:
             logger.warning("job %s failed: %s", job_id, error)
         elapsed = self._clock() - t0
         # The result lands even if we are cancelled from here on (shutdown).
-        await asyncio.shield(self._finish(job_id, status, result, error, elapsed))
+        await asyncio.shield(self.finish(lease, status, result, error, elapsed))
 
-    async def _finish(
-        self, job_id: str, status: str, result: dict[str, Any], error: str | None, elapsed: float
-    ) -> None:
+    async def finish(
+        self, lease: Lease, status: str, result: dict[str, Any], error: str | None, elapsed: float
+    ) -> bool:
+        """Store the job's outcome under ``lease`` (ended); False if it did not land (the
+        lease expired or was replaced: the job is someone else's now)."""
+        job_id = lease.job_id
+        self.leases.end(lease.id)
+        landed = False
         try:
-            landed = await self.store.finish(job_id, status, result, error)
+            landed = await self.store.finish(job_id, status, result, error, lease.id)
             job = self._live.pop(job_id, None)
             if landed and job is not None:
                 self._remember(
@@ -433,8 +411,9 @@ class JobManager:
                 )
         finally:
             self._wake(job_id)
+            self._update_gauges()
         if not landed:
-            return
+            return False
         self._counters.completed += 1
         self._finished_at.append(time.monotonic())
         self._mean_duration = (
@@ -454,6 +433,7 @@ class JobManager:
             result["reward"],
             result["speedup"],
         )
+        return True
 
     async def _request_of(self, job_id: str) -> EvalRequest:
         stored = await self.store.get(job_id)

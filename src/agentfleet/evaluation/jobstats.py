@@ -58,6 +58,21 @@ class EvalMetrics:
             "Evaluations finished over the last minute",
             registry=r,
         )
+        self.leases_expired = Counter(
+            "agentfleet_eval_leases_expired",
+            "Remote workers' leases that lapsed without a heartbeat (their jobs queued again)",
+            registry=r,
+        )
+        self.results_refused = Counter(
+            "agentfleet_eval_results_refused",
+            "Results posted under an expired or replaced lease (not stored)",
+            registry=r,
+        )
+        self.remote_workers = Gauge(
+            "agentfleet_eval_remote_workers",
+            "Remote workers busy, or seen asking for work lately",
+            registry=r,
+        )
         self.speedup = Histogram(
             "agentfleet_eval_speedup",
             "Speedup of finished evaluations",

@@ -85,6 +85,20 @@ def format_cpus(cpus: Sequence[int]) -> str:
     return ",".join(out)
 
 
+def parse_cpus(text: str) -> CpuSet:
+    """``taskset -c`` syntax (``0-3,6``) -> sorted CPUs; ValueError when malformed."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise ValueError(f"not a CPU list: {text!r} (expected e.g. 0-3,6)")
+        first, last = int(lo), int(hi) if sep else int(lo)
+        if last < first:
+            raise ValueError(f"not a CPU list: {text!r} ({part} runs backwards)")
+        cpus.update(range(first, last + 1))
+    return tuple(sorted(cpus))
+
+
 def pin_command(command: str, cpus: CpuSet | None) -> str:
     """``command`` run on ``cpus`` only: its shell pins itself first (exit 125 if it
     cannot, e.g. no ``taskset`` in the sandbox). ``None``: the command unchanged."""
@@ -138,6 +152,7 @@ __all__ = [
     "auto_workers",
     "available_cpus",
     "format_cpus",
+    "parse_cpus",
     "pin_command",
     "plan_cpu_sets",
     "worker_cpus",

@@ -13,6 +13,9 @@ Endpoints (JSON; every error is ``{"error": "..."}`` with a fitting status):
 - ``GET /evaluations/{job_id}?wait=SECONDS`` (0..60) long-polls until the job is done or
   failed -> ``{"job_id", "status", "reward", "speedup", "info", "error"}``.
 - ``POST /evaluate`` the blocking form for old clients -> ``{"reward", "speedup", "info"}``.
+- ``POST /workers/lease``, ``POST /workers/leases/{id}/heartbeat|result``: remote workers
+  (``agentfleet eval-worker``, Ray actors) lease jobs from the same queue
+  (:mod:`~agentfleet.evaluation.remote`).
 - ``GET /healthz`` (never needs the token), ``GET /metrics`` (Prometheus text),
   ``GET /stats`` and ``POST /stats/reset`` (in-flight / peak / connections seen).
 
@@ -24,6 +27,7 @@ concurrency); an explicit ``workers`` is respected in test mode too.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -37,6 +41,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from agentfleet.evaluation.http_views import job_view, prefer_wait, result_view
 from agentfleet.evaluation.jobs import (
     DEFAULT_KEEP_DAYS,
     DEFAULT_MAX_ATTEMPTS,
@@ -47,18 +52,26 @@ from agentfleet.evaluation.jobs import (
     SubmitError,
     TestModeEvaluator,
 )
+from agentfleet.evaluation.leases import DEFAULT_LEASE_TTL_S
 from agentfleet.evaluation.pinning import auto_workers, format_cpus, plan_cpu_sets
+from agentfleet.evaluation.remote import RemoteWorkers, until_disconnected, worker_routes
+from agentfleet.evaluation.sandboxes import (
+    default_evaluator_factory,
+    open_sandboxes,
+    real_evaluator,
+)
 from agentfleet.evaluation.schema import EvalRequest, EvalResult
-from agentfleet.evaluation.store import FAILED, JobRecord, JobStore
+from agentfleet.evaluation.store import JobRecord, JobStore
 from agentfleet.http.auth import OPEN_PATHS, server_token
 from agentfleet.http.guard import GuardMiddleware
+from agentfleet.tasks.defaults import DEFAULT_EVAL_PORT
 
 if TYPE_CHECKING:
     from agentfleet.evaluation.evaluator import EvalConfig
 
 logger = logging.getLogger("agentfleet.evaluation")
 
-DEFAULT_PORT = 9528
+DEFAULT_PORT = DEFAULT_EVAL_PORT
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
 MAX_WAIT_S = 60.0
 UNAUTHENTICATED_PATHS = OPEN_PATHS
@@ -85,58 +98,6 @@ async def _build_evaluator(factory: EvaluatorFactory, stack: AsyncExitStack) -> 
     return made
 
 
-async def _disconnected(request: Request) -> None:
-    """Returns once the client has disconnected (the request body is already read)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-def prefer_wait(values: Sequence[str]) -> float | None:
-    """The ``wait`` preference of ``Prefer`` header values (RFC 7240: ``wait=10``, among
-    other preferences, comma separated, parameters after ``;``); None when absent or not a
-    number >= 0 (a preference the server cannot read is ignored, never an error)."""
-    for value in values:
-        for pref in value.split(","):
-            name, _, arg = pref.split(";", 1)[0].partition("=")
-            if name.strip().lower() != "wait":
-                continue
-            try:
-                seconds = float(arg.strip().strip('"'))
-            except ValueError:
-                return None
-            return seconds if seconds >= 0 and seconds == seconds else None
-    return None
-
-
-def _job_view(job: JobRecord) -> dict[str, Any]:
-    result = job.result or {}
-    return {
-        "job_id": job.id,
-        "status": job.status,
-        "reward": result.get("reward"),
-        "speedup": result.get("speedup"),
-        "info": result.get("info"),
-        "error": job.error,
-        "attempts": job.attempts,
-        "instance_id": job.request.get("instance_id"),
-    }
-
-
-def _result_view(job: JobRecord) -> dict[str, Any]:
-    result = job.result or {"reward": 0.0, "speedup": 0.0, "info": {}}
-    info = dict(result.get("info") or {})
-    if job.status == FAILED:
-        info.setdefault("error", job.error)
-        info["status"] = FAILED
-    return {
-        "reward": result.get("reward", 0.0),
-        "speedup": result.get("speedup", 0.0),
-        "info": info,
-    }
-
-
 def create_app(
     evaluator: EvaluatorLike | None = None,
     *,
@@ -150,6 +111,9 @@ def create_app(
     keep_days: float | None = DEFAULT_KEEP_DAYS,
     max_attempts: int | None = DEFAULT_MAX_ATTEMPTS,
     cores_per_worker: int = 1,
+    lease_ttl_s: float = DEFAULT_LEASE_TTL_S,
+    worker_spec: dict[str, Any] | None = None,
+    remote_workers: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
 ) -> FastAPI:
     """The evaluation server app; its ``lifespan`` owns the job store and the workers.
 
@@ -160,7 +124,11 @@ def create_app(
     defaults to the usable CPUs // ``cores_per_worker`` (no limit in test mode); each
     worker's commands are pinned to its own ``cores_per_worker`` CPUs when the sets fit
     (:mod:`~agentfleet.evaluation.pinning`; 0: never pinned). ``keep_days`` and
-    ``max_attempts``: see :class:`~agentfleet.evaluation.jobs.JobManager`.
+    ``max_attempts``: see :class:`~agentfleet.evaluation.jobs.JobManager`. ``workers=0``:
+    no local worker, remote workers (:mod:`~agentfleet.evaluation.remote`) run every job;
+    their leases lapse ``lease_ttl_s`` after the last heartbeat; ``worker_spec`` is what
+    they evaluate with (default in test mode: the same latency). ``remote_workers``: an
+    async context manager factory entered once the jobs run (e.g. Ray actors), exited first.
     """
     if evaluator is None and evaluator_factory is None and test_latency is None:
         raise ValueError("create_app needs an evaluator, an evaluator_factory or test_latency")
@@ -173,12 +141,19 @@ def create_app(
     else:
         n_workers = workers
     cpu_sets = (
-        plan_cpu_sets(n_workers, cores_per_worker)
-        if n_workers is not None and test_latency is None
-        else None
+        plan_cpu_sets(n_workers, cores_per_worker) if n_workers and test_latency is None else None
     )
     metrics = EvalMetrics()
     state: dict[str, Any] = {}
+    if worker_spec is None:
+        worker_spec = {"test_latency": test_latency} if test_latency is not None else {}
+
+    def remote() -> RemoteWorkers:
+        r = state.get("remote")
+        if r is None:
+            raise RuntimeError("evaluation server is not started")
+        assert isinstance(r, RemoteWorkers)
+        return r
 
     def manager() -> JobManager:
         m = state.get("manager")
@@ -208,12 +183,21 @@ def create_app(
                 keep_days=keep_days,
                 max_attempts=max_attempts,
                 cpu_sets=cpu_sets,
+                lease_ttl_s=lease_ttl_s,
+                worker_spec=worker_spec,
             )
             stack.push_async_callback(jobs.stop)
             stack.callback(state.pop, "manager", None)
             requeued = await jobs.start()
+            leases = RemoteWorkers(jobs)
+            leases.start()
+            stack.push_async_callback(leases.stop)
+            stack.callback(state.pop, "remote", None)
             state["manager"] = jobs
+            state["remote"] = leases
             app.state.jobs = jobs
+            if remote_workers is not None:
+                await stack.enter_async_context(remote_workers())
             logger.info(
                 "evaluation server started: workers=%s cpus=%s queue_limit=%d db=%s requeued=%d%s",
                 n_workers if n_workers is not None else "unlimited",
@@ -293,7 +277,7 @@ def create_app(
             if not job.terminal and wait > 0:
                 job = await _wait_job(request, job.id, wait) or job
             if job.terminal:
-                return JSONResponse({**_job_view(job), "created": created}, 200, headers)
+                return JSONResponse({**job_view(job), "created": created}, 200, headers)
         return JSONResponse(
             {"job_id": job.id, "status": job.status, "created": created},
             202 if created else 200,
@@ -306,7 +290,7 @@ def create_app(
         if wait_s is not None and wait_s <= 0:
             return await jobs.wait(job_id, 0)
         waiter = asyncio.ensure_future(jobs.wait(job_id, wait_s))
-        watcher = asyncio.ensure_future(_disconnected(request))
+        watcher = asyncio.ensure_future(until_disconnected(request))
         try:
             done, _ = await asyncio.wait({waiter, watcher}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -324,7 +308,7 @@ def create_app(
         job = await _wait_job(request, job_id, wait)
         if job is None:
             raise StarletteHTTPException(404, f"no evaluation job {job_id!r}")
-        return _job_view(job)
+        return job_view(job)
 
     @app.post("/evaluate")
     async def evaluate_blocking(request: Request, req: EvalRequest) -> dict[str, Any]:
@@ -334,7 +318,9 @@ def create_app(
             raise StarletteHTTPException(404, f"no evaluation job {job.id!r}")
         if not done.terminal:
             raise StarletteHTTPException(503, "evaluation server is shutting down")
-        return _result_view(done)
+        return result_view(done)
+
+    app.include_router(worker_routes(remote))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
@@ -377,45 +363,14 @@ def create_app(
 
 
 # entry point ------------------------------------------------------------------------
-@asynccontextmanager
-async def real_evaluator(
-    sandbox_url: str | None = None,
-    config: EvalConfig | None = None,
-    sandbox_token: str | None = None,
-    dataset_roots: Sequence[str | Path] = (),
-    confine: str = "auto",
-) -> AsyncIterator[EvaluatorLike]:
-    """The real :class:`~agentfleet.evaluation.evaluator.Evaluator` (with ``config``, default
-    ``EvalConfig()``): on the sandbox server at ``sandbox_url`` when given (with
-    ``sandbox_token``, default ``$AGENTFLEET_SANDBOX_TOKEN``), else on an in-process sandbox
-    service (process backend, ``confine``), closed on exit. Datasets load from the bundled
-    ones and ``dataset_roots`` only (the in-process sandboxes' too)."""
-    from agentfleet.evaluation.evaluator import Evaluator
+def advertised_url(host: str, port: int) -> str:
+    """The URL workers on other nodes reach this server at: ``host``, or this node's
+    address when it listens on every interface."""
+    if host in ("0.0.0.0", "::", ""):
+        import socket
 
-    if sandbox_url is not None:
-        from agentfleet.sandbox.client import SandboxClient
-
-        yield Evaluator(
-            SandboxClient(sandbox_url, token=sandbox_token), config, dataset_roots=dataset_roots
-        )
-        return
-    from agentfleet.sandbox.process import ProcessBackend
-    from agentfleet.sandbox.service import SandboxService
-
-    backend = ProcessBackend(confine=confine)
-    async with SandboxService(backend, dataset_roots=dataset_roots) as service:
-        yield Evaluator(service, config, dataset_roots=dataset_roots)
-
-
-def default_evaluator_factory(
-    sandbox_url: str | None = None,
-    config: EvalConfig | None = None,
-    sandbox_token: str | None = None,
-    dataset_roots: Sequence[str | Path] = (),
-    confine: str = "auto",
-) -> Callable[[], AbstractAsyncContextManager[EvaluatorLike]]:
-    """A factory for :func:`create_app` that builds the real evaluator at start-up."""
-    return lambda: real_evaluator(sandbox_url, config, sandbox_token, dataset_roots, confine)
+        host = socket.gethostbyname(socket.gethostname())
+    return f"http://{host}:{port}"
 
 
 def run_server(
@@ -438,6 +393,9 @@ def run_server(
     keep_days: float | None = DEFAULT_KEEP_DAYS,
     max_attempts: int | None = DEFAULT_MAX_ATTEMPTS,
     cores_per_worker: int = 1,
+    lease_ttl_s: float = DEFAULT_LEASE_TTL_S,
+    ray_address: str | None = None,
+    ray_workers: int | None = None,
 ) -> int | None:
     """Serve until SIGINT or SIGTERM (the ``agentfleet serve-eval`` command); return that
     signal's number after the graceful shutdown (running jobs cancelled, store closed).
@@ -450,6 +408,9 @@ def run_server(
     (requests' datasets: the bundled ones and those under these folders, else 404); its
     in-process sandboxes are confined as ``confine`` says (default: ``required`` beyond
     loopback, since the server runs submitted patches, else ``auto``).
+    ``ray_address`` (``auto``, or ``host:port``): also run ``ray_workers`` (default: the
+    cluster's CPUs // ``cores_per_worker``) Ray actors that lease jobs from this server
+    (:mod:`~agentfleet.evaluation.ray_workers`); local ``workers`` then default to 0.
     """
     from agentfleet.serving import serve_until_signal, uvicorn_config
 
@@ -460,6 +421,29 @@ def run_server(
         evaluator_factory = default_evaluator_factory(
             sandbox_url, eval_config, sandbox_token, dataset_roots, confine or default_confine(host)
         )
+    remote_workers: Callable[[], AbstractAsyncContextManager[Any]] | None = None
+    if ray_address is not None:
+        from agentfleet.evaluation.ray_workers import ray_eval_workers
+
+        if port == 0:
+            raise ValueError("--ray-address needs a fixed --port (the actors connect to it)")
+        workers = 0 if workers is None else workers
+        remote_workers = functools.partial(
+            ray_eval_workers,
+            ray_address,
+            server_url=advertised_url(host, port),
+            token=token,
+            workers=ray_workers,
+            cores_per_worker=cores_per_worker,
+            confine=confine or "auto",
+            dataset_roots=dataset_roots,
+            test_latency=test_latency,
+        )
+    spec: dict[str, Any] = {}
+    if test_latency is not None:
+        spec["test_latency"] = test_latency
+    elif eval_config is not None:
+        spec["config"] = eval_config.model_dump(mode="json")
     app = create_app(
         None,
         db_path=db_path,
@@ -472,6 +456,9 @@ def run_server(
         keep_days=keep_days,
         max_attempts=max_attempts,
         cores_per_worker=cores_per_worker,
+        lease_ttl_s=lease_ttl_s,
+        worker_spec=spec,
+        remote_workers=remote_workers,
     )
     config = uvicorn_config(app, host, port, log_level=log_level, timeout_graceful_shutdown=5)
     return serve_until_signal(config)
@@ -483,5 +470,8 @@ __all__ = [
     "EvalResult",
     "EvaluatorLike",
     "create_app",
+    "default_evaluator_factory",
+    "open_sandboxes",
+    "real_evaluator",
     "run_server",
 ]

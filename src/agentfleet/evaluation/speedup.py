@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from agentfleet.sandbox.base import Sandboxes
+from agentfleet.tasks.defaults import DEFAULT_EVAL_REPEATS
 
 TIME_MARKER = "AGENTFLEET_TIME"
 RUN_MARKER = "AGENTFLEET_RUN"
@@ -253,7 +254,7 @@ async def measure(
     arms: Mapping[str, str],
     workload_cmd: str,
     *,
-    repeats: int = 5,
+    repeats: int = DEFAULT_EVAL_REPEATS,
     warmup: int = 0,
     run_timeout: float = 120.0,
     order: Order = "alternate",

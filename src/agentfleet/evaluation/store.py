@@ -4,7 +4,10 @@ A job goes ``queued`` -> ``running`` -> ``done`` | ``failed``. It is marked ``ru
 before its evaluation starts and gets its result in one statement afterwards, guarded by
 ``status = 'running'``: a result lands at most once. Jobs found ``queued`` or ``running``
 when a server starts (it was stopped or killed) are run again; a job interrupted mid-run
-never had its result stored, so its re-run is its only completion. The manager fails a job
+never had its result stored, so its re-run is its only completion. Each start writes a
+new lease id into the row, and a result lands only under the lease that holds the job: a
+worker whose lease expired (:meth:`JobStore.release`) or was replaced cannot store it.
+The manager fails a job
 started too many times (:meth:`JobStore.fail_unfinished`) and prunes old finished jobs
 (:meth:`JobStore.prune`).
 
@@ -42,7 +45,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts  INTEGER NOT NULL DEFAULT 0,
     created   REAL NOT NULL,
     started   REAL,
-    finished  REAL
+    finished  REAL,
+    lease     TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished);
@@ -121,6 +125,9 @@ class JobStore:
         else:
             db = await aiosqlite.connect(":memory:", isolation_level=None)
         await db.executescript(_SCHEMA)
+        columns = {row[1] for row in await db.execute_fetchall("PRAGMA table_info(jobs)")}
+        if "lease" not in columns:  # a store written before leases
+            await db.execute("ALTER TABLE jobs ADD COLUMN lease TEXT")
         self._db = db
         return self
 
@@ -168,24 +175,41 @@ class JobStore:
             raise RuntimeError("idempotency conflict without a stored job")
         return existing, False
 
-    async def mark_running(self, job_id: str) -> bool:
-        """``queued``/``running`` -> ``running`` (attempts + 1). False if already terminal."""
+    async def mark_running(self, job_id: str, lease: str) -> bool:
+        """``queued``/``running`` -> ``running`` under ``lease`` (attempts + 1); any
+        earlier lease is void. False if the job is already terminal."""
         rows = await self.db.execute_fetchall(
-            "UPDATE jobs SET status = ?, attempts = attempts + 1, started = ? "
+            "UPDATE jobs SET status = ?, attempts = attempts + 1, started = ?, lease = ? "
             "WHERE id = ? AND status IN (?, ?) RETURNING id",
-            (RUNNING, time.time(), job_id, QUEUED, RUNNING),
+            (RUNNING, time.time(), lease, job_id, QUEUED, RUNNING),
+        )
+        return len(list(rows)) == 1
+
+    async def release(self, job_id: str, lease: str) -> bool:
+        """A running job whose ``lease`` expired -> ``queued``, no lease: a late result of
+        that lease is refused. False if the job is no longer held by ``lease``."""
+        rows = await self.db.execute_fetchall(
+            "UPDATE jobs SET status = ?, lease = NULL "
+            "WHERE id = ? AND status = ? AND lease = ? RETURNING id",
+            (QUEUED, job_id, RUNNING, lease),
         )
         return len(list(rows)) == 1
 
     async def finish(
-        self, job_id: str, status: str, result: dict[str, Any] | None, error: str | None
+        self,
+        job_id: str,
+        status: str,
+        result: dict[str, Any] | None,
+        error: str | None,
+        lease: str,
     ) -> bool:
-        """Store the outcome of a running job, once. False if it was not running."""
+        """Store the outcome of a job running under ``lease``, once. False if it was not
+        running, or not under that lease (it expired, or another start replaced it)."""
         if status not in TERMINAL:
             raise ValueError(f"not a terminal status: {status!r}")
         rows = await self.db.execute_fetchall(
             "UPDATE jobs SET status = ?, result = ?, error = ?, finished = ? "
-            "WHERE id = ? AND status = ? RETURNING id",
+            "WHERE id = ? AND status = ? AND lease = ? RETURNING id",
             (
                 status,
                 json.dumps(result) if result is not None else None,
@@ -193,6 +217,7 @@ class JobStore:
                 time.time(),
                 job_id,
                 RUNNING,
+                lease,
             ),
         )
         return len(list(rows)) == 1

@@ -101,6 +101,18 @@ def _kv(grid: Table, key: str, value: RenderableType) -> None:
     grid.add_row(Text(key, style="bold cyan"), value)
 
 
+def _worker_slots(slots: list[dict[str, Any]]) -> Text:
+    """Each evaluation worker (remote ones by name) on its CPU set, busy or idle."""
+    busy = sum(1 for w in slots if w.get("job_id"))
+    out = Text(f"{busy}/{len(slots)} busy:", style="bold")
+    for w in slots[:16]:
+        where = f"cpu {w['cpus']}" if w.get("cpus") else "any cpu"
+        out.append(f" {w.get('worker')} ({where})", style="yellow" if w.get("job_id") else "dim")
+    if len(slots) > 16:
+        out.append(f" +{len(slots) - 16} more", style="dim")
+    return out
+
+
 class Dashboard:
     """The rich live view of a :class:`FleetMonitor`; use as a context manager."""
 
@@ -187,9 +199,16 @@ class Dashboard:
                 f"{q.get('queued', 0)} queued · {q.get('running', 0)} running"
                 f" (workers {q.get('workers', '?')})"
             )
+            if q.get("throughput_per_minute") is not None:
+                evals.append(f" · {q['throughput_per_minute']:g}/min")
+            if q.get("queue_wait_mean_s") is not None:
+                evals.append(f" · queue wait {fmt_duration(q['queue_wait_mean_s'])}")
         else:
             evals = Text("-", style="dim")
         _kv(grid, "evaluations", evals)
+        slots = q.get("worker_slots") or []
+        if slots:
+            _kv(grid, "eval workers", _worker_slots(slots))
         p = m.pool
         if p:
             opened = "?" if p.get("open") is None else str(p.get("open"))

@@ -122,6 +122,9 @@ async def sample(monitor: FleetMonitor, eval_url: str | None, path: Path | None)
             "finished": monitor.finished,
             "eval_queued": monitor.eval_queue.get("queued"),
             "eval_running": monitor.eval_queue.get("running"),
+            "eval_workers_busy": monitor.eval_queue.get("workers_busy"),
+            "eval_per_minute": monitor.eval_queue.get("throughput_per_minute"),
+            "eval_queue_wait_s": monitor.eval_queue.get("queue_wait_mean_s"),
         }
         await asyncio.to_thread(_append_line, path, json.dumps(line))
 

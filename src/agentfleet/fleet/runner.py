@@ -7,6 +7,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from agentfleet.evaluation.pinning import PinnedSandboxes, worker_cpus
 from agentfleet.fleet.agent_run import run_one
 from agentfleet.fleet.config import (
     FleetConfig,
@@ -20,8 +21,9 @@ from agentfleet.fleet.monitor import FleetMonitor, sample, sample_every
 from agentfleet.fleet.outcome import Listener, TaskOutcome
 from agentfleet.fleet.results import ResumePlan, plan_resume, repair_tail
 from agentfleet.fleet.rundir import RunDir
-from agentfleet.fleet.servers import Servers, embedded_servers
+from agentfleet.fleet.servers import Servers, agent_cpus, embedded_servers
 from agentfleet.fleet.writer import ResultsWriter, trajectory
+from agentfleet.sandbox.base import Sandboxes
 from agentfleet.sandbox.client import SandboxClient
 from agentfleet.tasks import Task
 
@@ -101,9 +103,13 @@ async def run_fleet(
     pool_stats = writer.files.pool_stats
 
     async with embedded_servers(cfg) as (sandbox_url, eval_url, token):
-        sandboxes = SandboxClient(sandbox_url, token=token)
+        sandboxes: Sandboxes = SandboxClient(sandbox_url, token=token)
+        cpus = agent_cpus(cfg)
+        if cpus:  # the agents' commands keep off the evaluation workers' CPUs
+            sandboxes = PinnedSandboxes(sandboxes)
 
         async def agent(task: Task) -> None:
+            worker_cpus.set(cpus)  # this agent task's context only: its commands' CPUs
             async with gate:
                 mon.running[task.id] = time.monotonic()
                 notify("start", task, None)

@@ -9,6 +9,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import NamedTuple
 
 from agentfleet.evaluation.evaluator import EvalConfig, Evaluator
+from agentfleet.evaluation.pinning import CpuSet, auto_workers, available_cpus, plan_cpu_sets
 from agentfleet.evaluation.server import create_app as eval_app
 from agentfleet.fleet.config import FleetConfig
 from agentfleet.sandbox.base import DEFAULT_MAX_EXECS
@@ -22,6 +23,20 @@ class Servers(NamedTuple):
     sandbox_url: str
     eval_url: str
     sandbox_token: str | None  # the sandbox server's (None: $AGENTFLEET_SANDBOX_TOKEN)
+
+
+def agent_cpus(cfg: FleetConfig) -> CpuSet | None:
+    """The CPUs the agents' sandbox commands run on when this run embeds the evaluation
+    server: those no pinned evaluation worker owns. None (agents not pinned) when the run
+    uses another evaluation server, or when its workers take every CPU (``auto``)."""
+    if cfg.eval_url is not None:
+        return None
+    have = available_cpus()
+    sets = plan_cpu_sets(cfg.eval_workers or auto_workers(1, have), 1, have)
+    if not sets:
+        return None
+    taken = {c for s in sets for c in s}
+    return tuple(c for c in have if c not in taken) or None
 
 
 @asynccontextmanager

@@ -1,0 +1,142 @@
+"""Leases: how a worker holds an evaluation job.
+
+Every start of a job is a lease: a local worker's (an asyncio task of the server, no
+expiry: it ends with the server) or a remote worker's (an ``agentfleet eval-worker``
+process or a Ray actor, over HTTP), which must heartbeat within ``ttl_s``. The store
+keeps the lease id of the start that holds each job and stores a result only under it
+(:meth:`~agentfleet.evaluation.store.JobStore.finish`): when a remote lease expires, the
+job is released (queued again, no lease) and its late result is refused, so a job is
+reported and stored once whatever its workers do.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_LEASE_TTL_S = 30.0  # a remote worker's lease lapses this long after its last heartbeat
+SEEN_FOR_S = 120.0  # a remote worker that asked for work this recently is listed as idle
+
+
+class LeaseLost(Exception):
+    """The lease is unknown or expired: its job went back to the queue (or is done)."""
+
+
+@dataclass
+class Lease:
+    id: str
+    job_id: str
+    worker: str
+    node: str | None
+    cpus: str | None
+    remote: bool
+    started: float  # wall clock (epoch s)
+    expires: float = math.inf  # monotonic; inf for a local lease
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "worker": self.worker,
+            "node": self.node,
+            "cpus": self.cpus,
+            "remote": self.remote,
+            "job_id": self.job_id,
+            "lease_id": self.id,
+        }
+
+
+@dataclass
+class _Seen:
+    node: str | None
+    cpus: str | None
+    at: float
+
+
+@dataclass
+class LeaseBook:
+    """The leases alive in this server, and the remote workers seen lately."""
+
+    ttl_s: float = DEFAULT_LEASE_TTL_S
+    clock: Callable[[], float] = time.monotonic
+    _leases: dict[str, Lease] = field(default_factory=dict)
+    _seen: dict[str, _Seen] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.ttl_s > 0:
+            raise ValueError("lease ttl must be > 0 seconds")
+
+    def grant(
+        self,
+        job_id: str,
+        worker: str,
+        *,
+        node: str | None = None,
+        cpus: str | None = None,
+        remote: bool = False,
+    ) -> Lease:
+        lease = Lease(
+            id=uuid.uuid4().hex,
+            job_id=job_id,
+            worker=worker,
+            node=node,
+            cpus=cpus,
+            remote=remote,
+            started=time.time(),
+            expires=self.clock() + self.ttl_s if remote else math.inf,
+        )
+        self._leases[lease.id] = lease
+        return lease
+
+    def renew(self, lease_id: str) -> Lease:
+        """Push the expiry of a live remote lease ``ttl_s`` ahead; :class:`LeaseLost` if
+        it is unknown or already past its expiry."""
+        lease = self._leases.get(lease_id)
+        if lease is None or lease.expires <= self.clock():
+            raise LeaseLost(f"lease {lease_id!r} is unknown or expired")
+        if lease.remote:
+            lease.expires = self.clock() + self.ttl_s
+            self.note(lease.worker, lease.node, lease.cpus)
+        return lease
+
+    def end(self, lease_id: str) -> Lease | None:
+        """Remove a lease (its job finished or was given up); None if it was not live."""
+        return self._leases.pop(lease_id, None)
+
+    def take_expired(self) -> list[Lease]:
+        """Remove and return the remote leases past their expiry."""
+        now = self.clock()
+        gone = [lease for lease in self._leases.values() if lease.expires <= now]
+        for lease in gone:
+            del self._leases[lease.id]
+        return gone
+
+    def live(self, lease_id: str) -> bool:
+        lease = self._leases.get(lease_id)
+        return lease is not None and lease.expires > self.clock()
+
+    def remote_count(self) -> int:
+        return sum(1 for lease in self._leases.values() if lease.remote)
+
+    def note(self, worker: str, node: str | None, cpus: str | None) -> None:
+        """A remote worker asked for work (or heartbeats): listed for ``SEEN_FOR_S``."""
+        self._seen[worker] = _Seen(node, cpus, self.clock())
+
+    def remote_view(self) -> list[dict[str, Any]]:
+        """Remote workers: each busy one with its job, then those seen lately, idle."""
+        horizon = self.clock() - SEEN_FOR_S
+        for name in [n for n, s in self._seen.items() if s.at < horizon]:
+            del self._seen[name]
+        busy = [lease.view() for lease in self._leases.values() if lease.remote]
+        names = {b["worker"] for b in busy}
+        idle = [
+            {"worker": name, "node": s.node, "cpus": s.cpus, "remote": True, "job_id": None}
+            for name, s in self._seen.items()
+            if name not in names
+        ]
+        return busy + idle
+
+
+__all__ = ["DEFAULT_LEASE_TTL_S", "Lease", "LeaseBook", "LeaseLost"]

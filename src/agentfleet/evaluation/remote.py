@@ -1,0 +1,235 @@
+"""Remote evaluation workers, server side: the lease protocol over HTTP.
+
+A remote worker (``agentfleet eval-worker``, or a Ray actor: :mod:`~agentfleet.evaluation.
+worker`) takes jobs from the server's one queue, with the server's token:
+
+- ``POST /workers/lease`` ``{"worker", "node", "cpus", "wait"}`` -> 200 ``{"lease_id",
+  "job_id", "attempt", "ttl_s", "heartbeat_s", "request", "evaluator"}`` (the whole
+  request, patch included; ``evaluator``: what to evaluate with, the server's settings), or
+  204 when no job came within ``wait`` seconds (0..60);
+- ``POST /workers/leases/{lease_id}/heartbeat`` -> 200 ``{"ttl_s"}``, or 410 when the lease
+  expired (its job is queued again: stop evaluating it);
+- ``POST /workers/leases/{lease_id}/result`` ``{"status": "done" | "failed", "reward",
+  "speedup", "info", "error", "elapsed_s"}`` -> 200 ``{"stored": true}``, or 409 when the
+  lease expired or was replaced: the result is refused, never stored twice.
+
+A lease not renewed within ``ttl_s`` expires (checked every ``min(1, ttl_s / 4)`` s): the
+job is queued again (or failed after ``max_attempts`` starts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from agentfleet.evaluation.jobs import JobManager
+from agentfleet.evaluation.leases import LeaseLost
+from agentfleet.evaluation.store import DONE, FAILED
+
+logger = logging.getLogger("agentfleet.evaluation")
+
+MAX_LEASE_WAIT_S = 60.0
+
+
+class LeaseAsk(BaseModel):
+    """A worker asking for a job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    worker: str = Field(min_length=1, max_length=200)
+    node: str | None = Field(default=None, max_length=200)
+    cpus: str | None = Field(default=None, max_length=200)
+    wait: float = Field(default=20.0, ge=0.0, le=MAX_LEASE_WAIT_S)
+
+
+class LeaseResult(BaseModel):
+    """A worker's outcome of its leased job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["done", "failed"]
+    reward: float
+    speedup: float
+    info: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = Field(default=None, max_length=20_000)
+    elapsed_s: float = Field(default=0.0, ge=0.0)
+
+
+async def until_disconnected(request: Request) -> None:
+    """Returns once the client has disconnected (the request body is already read)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+class RemoteWorkers:
+    """The lease protocol over a :class:`JobManager`, and the task that expires leases."""
+
+    def __init__(self, jobs: JobManager) -> None:
+        self.jobs = jobs
+        self._reaper: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._reaper = asyncio.create_task(self._reap(), name="eval-lease-reaper")
+
+    async def stop(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+            self._reaper = None
+
+    async def _reap(self) -> None:
+        period = min(1.0, self.jobs.leases.ttl_s / 4)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.expire()
+            except Exception:  # a busy store: try again next time
+                logger.exception("expiring leases failed")
+
+    async def expire(self) -> int:
+        """Release the jobs of expired leases (their late results are refused from now
+        on) and queue them again; the number released."""
+        jobs = self.jobs
+        n = 0
+        for lease in jobs.leases.take_expired():
+            jobs.metrics.leases_expired.inc()
+            if not await jobs.store.release(lease.job_id, lease.id):
+                continue  # it finished, or was re-leased, meanwhile
+            job = await jobs.store.get(lease.job_id)
+            if job is None:  # pragma: no cover - unfinished jobs are never pruned
+                continue
+            n += 1
+            logger.warning(
+                "job %s: lease of worker %s (node %s) expired: no heartbeat for %gs",
+                job.id, lease.worker, lease.node, jobs.leases.ttl_s,
+            )  # fmt: skip
+            await jobs.requeue(job)
+        self._gauge()
+        return n
+
+    def _gauge(self) -> None:
+        """The remote workers' gauges: how many, and each one busy (1) or idle (0) with
+        its CPU set (``agentfleet_eval_worker_busy``, as the local workers)."""
+        m = self.jobs.metrics
+        view = self.jobs.leases.remote_view()
+        m.remote_workers.set(len(view))
+        for w in view:
+            m.worker_busy.labels(w["worker"], w["cpus"] or "any").set(1 if w["job_id"] else 0)
+
+    async def lease(self, ask: LeaseAsk, gone: asyncio.Future[Any]) -> dict[str, Any] | None:
+        """The next job under a new lease, waiting up to ``ask.wait`` s (or until ``gone``,
+        the client's disconnect, is done); None if none came."""
+        jobs = self.jobs
+        jobs.leases.note(ask.worker, ask.node, ask.cpus)
+        self._gauge()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ask.wait
+        while not gone.done():
+            taker: asyncio.Future[Any] = asyncio.ensure_future(
+                jobs.take(max(0.0, deadline - loop.time()))
+            )
+            await asyncio.wait([taker, gone], return_when=asyncio.FIRST_COMPLETED)
+            if not taker.done():
+                taker.cancel()  # a cancelled take loses no job
+                with contextlib.suppress(asyncio.CancelledError):
+                    await taker
+                return None
+            job_id: str | None = taker.result()
+            if job_id is None:
+                return None
+            lease = jobs.leases.grant(job_id, ask.worker, node=ask.node, cpus=ask.cpus, remote=True)
+            if not await jobs.begin(job_id, lease):
+                continue  # a duplicate queue entry of a finished job
+            job = await jobs.store.get(job_id)
+            if job is None:  # pragma: no cover - unfinished jobs are never pruned
+                jobs.leases.end(lease.id)
+                continue
+            self._gauge()
+            logger.info("job %s leased to worker %s (node %s)", job_id, ask.worker, ask.node)
+            ttl = jobs.leases.ttl_s
+            return {
+                "lease_id": lease.id,
+                "job_id": job_id,
+                "attempt": job.attempts,
+                "ttl_s": ttl,
+                "heartbeat_s": ttl / 3,
+                "request": job.request,
+                "evaluator": jobs.worker_spec,
+            }
+        return None
+
+    def heartbeat(self, lease_id: str) -> dict[str, Any]:
+        """Renew a lease; raises :class:`LeaseLost` once it expired."""
+        self.jobs.leases.renew(lease_id)
+        return {"ttl_s": self.jobs.leases.ttl_s}
+
+    async def report(self, lease_id: str, res: LeaseResult) -> None:
+        """Store a leased job's outcome; raises :class:`LeaseLost` (refused, not stored)
+        when the lease expired or was replaced."""
+        jobs = self.jobs
+        lease = jobs.leases.end(lease_id) if jobs.leases.live(lease_id) else None
+        if lease is None:
+            jobs.metrics.results_refused.inc()
+            raise LeaseLost(f"lease {lease_id!r} expired: its job was queued again")
+        result = {"reward": res.reward, "speedup": res.speedup, "info": res.info}
+        status = DONE if res.status == "done" else FAILED
+        landed = await asyncio.shield(jobs.finish(lease, status, result, res.error, res.elapsed_s))
+        self._gauge()
+        if not landed:
+            jobs.metrics.results_refused.inc()
+            raise LeaseLost(f"lease {lease_id!r} no longer holds its job: result refused")
+
+
+def worker_routes(remote: Callable[[], RemoteWorkers]) -> APIRouter:
+    """The routes above; ``remote()`` is the running server's :class:`RemoteWorkers`."""
+    router = APIRouter(prefix="/workers")
+
+    @router.post("/lease", response_model=None)
+    async def lease(request: Request, ask: LeaseAsk) -> Response:
+        gone = asyncio.ensure_future(until_disconnected(request))
+        try:
+            got = await remote().lease(ask, gone)
+        finally:
+            gone.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await gone
+        if got is None:
+            return Response(status_code=204)
+        return JSONResponse(got)
+
+    @router.post("/leases/{lease_id}/heartbeat")
+    async def heartbeat(lease_id: str) -> JSONResponse:
+        try:
+            return JSONResponse(remote().heartbeat(lease_id))
+        except LeaseLost as exc:
+            return JSONResponse({"error": str(exc)}, 410)
+
+    @router.post("/leases/{lease_id}/result")
+    async def result(lease_id: str, res: LeaseResult) -> JSONResponse:
+        try:
+            await remote().report(lease_id, res)
+        except LeaseLost as exc:
+            return JSONResponse({"error": str(exc)}, 409)
+        return JSONResponse({"stored": True})
+
+    return router
+
+
+__all__ = [
+    "MAX_LEASE_WAIT_S",
+    "LeaseAsk",
+    "LeaseResult",
+    "RemoteWorkers",
+    "until_disconnected",
+    "worker_routes",
+]

@@ -1,0 +1,266 @@
+"""A remote evaluation worker: the evaluator running in another process (any machine, or a
+Ray actor), taking jobs from an evaluation server by lease (:mod:`~agentfleet.evaluation.
+remote`).
+
+:class:`EvalWorker` loops: lease the next job (long poll), evaluate it with its own
+sandboxes, on its own CPU set (:data:`~agentfleet.evaluation.pinning.worker_cpus`),
+heartbeat meanwhile, post the result. A heartbeat answered 410 (the lease expired, the job
+went back to the queue) cancels the evaluation; a result answered 409 was refused (the
+job is someone else's now) and is dropped. :class:`WorkerEvaluators` builds the evaluator
+a lease asks for (the server's settings) over one set of sandboxes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+from agentfleet.evaluation.outcome import coerce_result, error_text, failed_result
+from agentfleet.evaluation.pinning import CpuSet, format_cpus, worker_cpus
+from agentfleet.evaluation.schema import EvalRequest
+from agentfleet.evaluation.submission import EvaluatorLike, TestModeEvaluator
+from agentfleet.http import HttpPool
+from agentfleet.http.auth import bearer_headers, client_token
+from agentfleet.http.errors import HttpError
+from agentfleet.http.limits import Timeouts
+
+log = logging.getLogger("agentfleet.evaluation.worker")
+
+DEFAULT_LEASE_WAIT_S = 20.0
+_Outcome = tuple[str, dict[str, Any], str | None, float]  # status, result, error, elapsed
+RETRY_S = (0.5, 1.0, 2.0, 5.0)  # back-off while the server cannot be reached
+
+
+class WorkerEvaluators:
+    """Evaluators for the specs leases carry (``{"config": EvalConfig fields}`` or
+    ``{"test_latency": s}``), one per distinct spec, over one set of sandboxes: the
+    sandbox server at ``sandbox_url``, else an in-process sandbox service (process backend,
+    ``confine``), opened at the first real evaluation and closed by :meth:`aclose`.
+    ``test_latency`` (tests, benches) overrides every spec with test mode."""
+
+    def __init__(
+        self,
+        *,
+        sandbox_url: str | None = None,
+        sandbox_token: str | None = None,
+        dataset_roots: Sequence[str | Path] = (),
+        confine: str = "auto",
+        test_latency: float | None = None,
+    ) -> None:
+        self.sandbox_url = sandbox_url
+        self.sandbox_token = sandbox_token
+        self.dataset_roots = tuple(dataset_roots)
+        self.confine = confine
+        self.test_latency = test_latency
+        self._stack = AsyncExitStack()
+        self._sandboxes: Any = None
+        self._made: dict[str, EvaluatorLike] = {}
+
+    async def get(self, spec: dict[str, Any]) -> EvaluatorLike:
+        latency = self.test_latency if self.test_latency is not None else spec.get("test_latency")
+        if latency is not None:
+            return TestModeEvaluator(float(latency))
+        key = json.dumps(spec.get("config") or {}, sort_keys=True)
+        ev = self._made.get(key)
+        if ev is None:
+            from agentfleet.evaluation.config import EvalConfig
+            from agentfleet.evaluation.evaluator import Evaluator
+
+            config = EvalConfig.model_validate(spec.get("config") or {})
+            ev = Evaluator(await self._open(), config, dataset_roots=self.dataset_roots)
+            self._made[key] = ev
+        return ev
+
+    async def _open(self) -> Any:
+        if self._sandboxes is None:
+            from agentfleet.evaluation.sandboxes import open_sandboxes
+
+            self._sandboxes = await self._stack.enter_async_context(
+                open_sandboxes(
+                    self.sandbox_url, self.sandbox_token, self.dataset_roots, self.confine
+                )
+            )
+        return self._sandboxes
+
+    async def aclose(self) -> None:
+        self._made.clear()
+        self._sandboxes = None
+        await self._stack.aclose()
+
+
+def default_name(cpus: CpuSet | None = None) -> str:
+    """``host:pid`` (and ``/cpus``): unique per process on a node."""
+    base = f"{socket.gethostname()}:{os.getpid()}"
+    return f"{base}/{format_cpus(cpus)}" if cpus else base
+
+
+class EvalWorker:
+    """Leases jobs from the evaluation server at ``server_url`` and evaluates them.
+
+    ``token``: the server's bearer token (default ``$AGENTFLEET_EVAL_TOKEN``). ``cpus``:
+    the CPU set this worker's commands are pinned to (None: not pinned). ``pool``: an
+    :class:`HttpPool` (not closed here; default: the loop's shared pool).
+    """
+
+    def __init__(
+        self,
+        server_url: str,
+        evaluators: WorkerEvaluators,
+        *,
+        token: str | None = None,
+        name: str | None = None,
+        node: str | None = None,
+        cpus: CpuSet | None = None,
+        pool: HttpPool | None = None,
+        wait_s: float = DEFAULT_LEASE_WAIT_S,
+    ) -> None:
+        self.url = server_url.rstrip("/")
+        self.evaluators = evaluators
+        self.headers = bearer_headers(client_token(token, "AGENTFLEET_EVAL_TOKEN"))
+        self.cpus = tuple(cpus) if cpus else None
+        self.name = name or default_name(self.cpus)
+        self.node = node or socket.gethostname()
+        self.pool = pool
+        self.wait_s = wait_s
+        self.done = 0  # results stored
+        self.refused = 0  # results the server refused (lease expired)
+        self.current: str | None = None  # the job being evaluated
+
+    def _pool(self) -> HttpPool:
+        return self.pool or HttpPool.for_loop()
+
+    async def _post(self, path: str, body: dict[str, Any], read_s: float = 60.0) -> Any:
+        return await self._pool().request(
+            "POST",
+            self.url + path,
+            json=body,
+            headers=self.headers,
+            timeout=Timeouts(total=None, connect=30, sock_read=read_s),
+            idempotent=False,
+        )
+
+    async def run(self, max_jobs: int | None = None) -> int:
+        """Lease and evaluate jobs until cancelled (or ``max_jobs`` were run); server
+        outages are waited out with back-off. Returns the jobs run."""
+        ran, failures = 0, 0
+        while max_jobs is None or ran < max_jobs:
+            try:
+                got = await self.run_one()
+            except (HttpError, OSError) as exc:
+                delay = RETRY_S[min(failures, len(RETRY_S) - 1)]
+                failures += 1
+                log.warning(
+                    "worker %s: server unreachable (%s); retry in %gs", self.name, exc, delay
+                )
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
+            ran += int(got)
+        return ran
+
+    async def run_one(self) -> bool:
+        """Lease one job (waiting up to ``wait_s``) and evaluate it; False if none came.
+        Raises :class:`~agentfleet.http.HttpError` when the server answers an error."""
+        ask = {
+            "worker": self.name,
+            "node": self.node,
+            "cpus": format_cpus(self.cpus) if self.cpus else None,
+            "wait": self.wait_s,
+        }
+        resp = await self._post("/workers/lease", ask, read_s=self.wait_s + 30)
+        if resp.status == 204:
+            return False
+        resp.raise_for_status()
+        lease = resp.json()
+        await self._evaluate(lease)
+        return True
+
+    async def _evaluate(self, lease: dict[str, Any]) -> None:
+        lease_id, job_id = lease["lease_id"], lease["job_id"]
+        self.current = job_id
+        lost = asyncio.Event()
+        work = asyncio.ensure_future(self._outcome(lease))
+        beat = asyncio.ensure_future(self._heartbeat(lease_id, lease["heartbeat_s"], lost, work))
+        try:
+            status, result, error, elapsed = await work
+        except asyncio.CancelledError:
+            if not lost.is_set():
+                raise  # we are stopping: the lease lapses, the job runs again elsewhere
+            log.warning("worker %s: job %s lost its lease; dropped", self.name, job_id)
+            return
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+            self.current = None
+        body = {**result, "status": status, "error": error, "elapsed_s": elapsed}
+        resp = await self._post(f"/workers/leases/{lease_id}/result", body)
+        if resp.status == 409:
+            self.refused += 1
+            log.warning("worker %s: result of job %s refused (lease expired)", self.name, job_id)
+            return
+        resp.raise_for_status()
+        self.done += 1
+
+    async def _outcome(
+        self, lease: dict[str, Any]
+    ) -> tuple[str, dict[str, Any], str | None, float]:
+        t0 = time.monotonic()
+        worker_cpus.set(self.cpus)  # this task's commands run on the worker's CPUs
+        try:
+            evaluator = await self.evaluators.get(lease.get("evaluator") or {})
+            req = EvalRequest.model_validate(lease["request"])
+            log.info("worker %s: job %s started: %s", self.name, lease["job_id"], req.instance_id)
+            status, result, error = "done", coerce_result(await evaluator.evaluate(req)), None
+        except Exception as exc:
+            status, result, error = "failed", failed_result(exc), error_text(exc)
+        return status, result, error, time.monotonic() - t0
+
+    async def _heartbeat(
+        self, lease_id: str, period: float, lost: asyncio.Event, work: asyncio.Future[Any]
+    ) -> None:
+        while True:
+            await asyncio.sleep(period)
+            try:
+                resp = await self._post(f"/workers/leases/{lease_id}/heartbeat", {}, read_s=period)
+            except HttpError as exc:  # a missed beat: the next may land before the expiry
+                log.warning("worker %s: heartbeat failed: %s", self.name, exc)
+                continue
+            if resp.status == 410:
+                lost.set()
+                work.cancel()
+                return
+
+
+async def serve_worker(
+    server_url: str,
+    evaluators: WorkerEvaluators,
+    *,
+    max_jobs: int | None = None,
+    **kw: Any,
+) -> int:
+    """Run an :class:`EvalWorker` (``kw``: its options) with its own pool until cancelled
+    or ``max_jobs`` ran; closes its evaluators' sandboxes. Returns the jobs run."""
+    async with HttpPool() as pool:
+        try:
+            return await EvalWorker(server_url, evaluators, pool=pool, **kw).run(max_jobs)
+        finally:
+            await evaluators.aclose()
+
+
+__all__ = [
+    "DEFAULT_LEASE_WAIT_S",
+    "EvalWorker",
+    "WorkerEvaluators",
+    "default_name",
+    "serve_worker",
+]

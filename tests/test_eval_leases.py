@@ -1,0 +1,300 @@
+"""Remote evaluation workers: the lease protocol, eval-worker processes, expiry and refusal.
+
+Real servers on 127.0.0.1 (port 0), real ``agentfleet eval-worker`` subprocesses (SIGKILL
+mid-evaluation), the real evaluator for one perf-lite task. Ray actors: test_eval_ray.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentfleet.evaluation import EvalClient, EvalRequest, create_app
+from agentfleet.evaluation.pinning import parse_cpus
+from agentfleet.evaluation.store import JobStore
+from agentfleet.evaluation.worker import EvalWorker, WorkerEvaluators
+from agentfleet.http import NO_RETRY, HttpPool
+from agentfleet.serving import RunningServer, serve_in_loop
+from agentfleet.tasks import load_dataset
+
+TOKEN = "lease-test-token"
+
+
+def request(key: str, instance: str = "t1", patch: str = "") -> EvalRequest:
+    return EvalRequest(
+        exit_status="Submitted", result=patch, instance_id=instance, idempotency_key=key
+    )
+
+
+@asynccontextmanager
+async def server(
+    tmp_path: Path, *, latency: float = 0.2, ttl: float = 1.5, **kw: Any
+) -> AsyncIterator[RunningServer]:
+    app = create_app(
+        db_path=tmp_path / "jobs.db",
+        workers=0,
+        test_latency=latency,
+        token=TOKEN,
+        lease_ttl_s=ttl,
+        **kw,
+    )
+    async with serve_in_loop(app) as srv:
+        yield srv
+
+
+async def post(pool: HttpPool, url: str, body: dict[str, Any] | None = None, **kw: Any) -> Any:
+    return await pool.request(
+        "POST",
+        url,
+        json=body if body is not None else {},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        retry=NO_RETRY,
+        **kw,
+    )
+
+
+def stored_rows(db: Path) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT id, status, attempts, result, lease FROM jobs").fetchall()
+
+
+async def wait_for(cond: Any, timeout: float = 30.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not await cond():  # noqa: ASYNC110 - polls a server: no event to wait on
+            await asyncio.sleep(0.05)
+
+
+def test_parse_cpus() -> None:
+    assert parse_cpus("0-3,6") == (0, 1, 2, 3, 6)
+    assert parse_cpus("1") == (1,)
+    for bad in ("", "a", "3-1", "1-", "-1"):
+        with pytest.raises(ValueError):
+            parse_cpus(bad)
+
+
+async def test_a_remote_worker_runs_the_queue(tmp_path: Path) -> None:
+    async with server(tmp_path) as srv, HttpPool() as pool:
+        client = EvalClient(srv.url, pool=pool, token=TOKEN)
+        worker = EvalWorker(
+            srv.url, WorkerEvaluators(), token=TOKEN, name="w1", cpus=None, pool=pool, wait_s=2
+        )
+        runner = asyncio.create_task(worker.run())
+        try:
+            results = await asyncio.gather(*(client.evaluate(request(f"k{i}")) for i in range(3)))
+            health = await client.health()
+        finally:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+    assert [r.reward for r in results] == [1.0, 1.0, 1.0]
+    assert worker.done == 3 and worker.refused == 0
+    assert any(w["worker"] == "w1" and w["remote"] for w in health["worker_slots"])
+    rows = stored_rows(tmp_path / "jobs.db")
+    assert [(r[1], r[2]) for r in rows] == [("done", 1)] * 3
+
+
+async def test_an_expired_lease_is_requeued_and_its_late_result_refused(tmp_path: Path) -> None:
+    async with server(tmp_path, ttl=1.0) as srv, HttpPool() as pool:
+        client = EvalClient(srv.url, pool=pool, token=TOKEN)
+        job_id = await client.submit(request("late"))
+        ask = {"worker": "slow", "node": "n1", "cpus": "0", "wait": 5}
+        first = (await post(pool, f"{srv.url}/workers/lease", ask)).json()
+        assert first["job_id"] == job_id and first["attempt"] == 1
+        assert first["request"]["instance_id"] == "t1" and first["evaluator"]["test_latency"]
+        beat = await post(pool, f"{srv.url}/workers/leases/{first['lease_id']}/heartbeat")
+        assert beat.status == 200
+        # no more heartbeats: the lease lapses and the job is leased again
+        second_resp = await post(pool, f"{srv.url}/workers/lease", {**ask, "worker": "b"})
+        second = second_resp.json()
+        assert second["job_id"] == job_id and second["attempt"] == 2
+        late = {"status": "done", "reward": 0.5, "speedup": 9.0, "elapsed_s": 1.0}
+        refused = await post(pool, f"{srv.url}/workers/leases/{first['lease_id']}/result", late)
+        assert refused.status == 409 and "expired" in refused.json()["error"]
+        gone = await post(pool, f"{srv.url}/workers/leases/{first['lease_id']}/heartbeat")
+        assert gone.status == 410
+        ok = {"status": "done", "reward": 1.0, "speedup": 1.25, "info": {"by": "b"}}
+        stored = await post(pool, f"{srv.url}/workers/leases/{second['lease_id']}/result", ok)
+        assert stored.status == 200 and stored.json() == {"stored": True}
+        again = await post(pool, f"{srv.url}/workers/leases/{second['lease_id']}/result", ok)
+        assert again.status == 409  # a result lands once
+        status = await client.status(job_id)
+        metrics = (await pool.request("GET", f"{srv.url}/metrics", headers=auth())).text()
+    assert status["status"] == "done" and status["speedup"] == 1.25 and status["attempts"] == 2
+    assert "agentfleet_eval_leases_expired_total 1.0" in metrics
+    assert "agentfleet_eval_results_refused_total 2.0" in metrics
+    assert 'agentfleet_eval_worker_busy{cpus="0",worker="slow"} 0.0' in metrics
+    [(_, st, attempts, result, lease)] = stored_rows(tmp_path / "jobs.db")
+    assert (st, attempts, lease) == ("done", 2, second["lease_id"])
+    assert '"speedup": 1.25' in result
+
+
+def auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKEN}"}
+
+
+async def test_lease_routes_refuse_bad_input(tmp_path: Path) -> None:
+    async with server(tmp_path) as srv, HttpPool() as pool:
+        url = srv.url
+        no_token = await pool.request("POST", f"{url}/workers/lease", json={"worker": "x"})
+        assert no_token.status == 401
+        assert (await post(pool, f"{url}/workers/lease", {"worker": ""})).status == 422
+        assert (await post(pool, f"{url}/workers/lease", {"worker": "x", "wait": 99})).status == 422
+        assert (await post(pool, f"{url}/workers/lease", {"worker": "x", "bogus": 1})).status == 422
+        empty = await post(pool, f"{url}/workers/lease", {"worker": "x", "wait": 0})
+        assert empty.status == 204
+        assert (await post(pool, f"{url}/workers/leases/nope/heartbeat")).status == 410
+        bad = {"status": "maybe", "reward": 1, "speedup": 1}
+        assert (await post(pool, f"{url}/workers/leases/nope/result", bad)).status == 422
+        ok = {"status": "done", "reward": 1, "speedup": 1}
+        assert (await post(pool, f"{url}/workers/leases/nope/result", ok)).status == 409
+        assert (await pool.request("GET", f"{url}/healthz")).status == 200  # still serving
+
+
+async def test_a_restart_voids_the_leases_of_the_old_server(tmp_path: Path) -> None:
+    async with server(tmp_path, ttl=60) as srv, HttpPool() as pool:
+        job_id = await EvalClient(srv.url, pool=pool, token=TOKEN).submit(request("r"))
+        old = (await post(pool, f"{srv.url}/workers/lease", {"worker": "a", "wait": 5})).json()
+    async with server(tmp_path, ttl=60) as srv, HttpPool() as pool:
+        ok = {"status": "done", "reward": 1, "speedup": 1}
+        late = await post(pool, f"{srv.url}/workers/leases/{old['lease_id']}/result", ok)
+        assert late.status == 409
+        new = (await post(pool, f"{srv.url}/workers/lease", {"worker": "b", "wait": 5})).json()
+        assert new["job_id"] == job_id and new["attempt"] == 2
+    [(_, st, attempts, result, lease)] = stored_rows(tmp_path / "jobs.db")
+    assert (st, attempts, result, lease) == ("running", 2, None, new["lease_id"])
+
+
+async def test_a_store_without_the_lease_column_opens(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "CREATE TABLE jobs (id TEXT PRIMARY KEY, idem_key TEXT UNIQUE, body_hash TEXT NOT "
+            "NULL, request TEXT NOT NULL, status TEXT NOT NULL, result TEXT, error TEXT, "
+            "attempts INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL, started REAL, "
+            "finished REAL)"
+        )
+        conn.execute(
+            "INSERT INTO jobs VALUES ('j1', NULL, 'h', '{}', 'running', NULL, NULL, 1, 0, 0, NULL)"
+        )
+    async with JobStore(db) as store:
+        assert await store.mark_running("j1", "L1")
+        assert not await store.finish("j1", "done", {"reward": 1}, None, "other")
+        assert await store.finish("j1", "done", {"reward": 1}, None, "L1")
+
+
+async def eval_worker(url: str, *args: str) -> asyncio.subprocess.Process:
+    env = {**os.environ, "AGENTFLEET_EVAL_TOKEN": TOKEN}
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "from agentfleet.cli import app; app()",
+        "eval-worker", "--server", url, "--wait", "2", *args,
+        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
+async def test_a_sigkilled_eval_worker_job_runs_once_more(tmp_path: Path) -> None:
+    """SIGKILL an eval-worker process mid-evaluation: the job is requeued after the lease
+    lapses, finishes once on another worker, and is stored once."""
+    async with server(tmp_path, ttl=1.5) as srv, HttpPool() as pool:
+        client = EvalClient(srv.url, pool=pool, token=TOKEN)
+        doomed = await eval_worker(srv.url, "--name", "doomed", "--test-latency", "120")
+        job_id = await client.submit(request("kill-me"))
+
+        async def leased() -> bool:
+            return (await client.status(job_id))["status"] == "running"
+
+        await wait_for(leased)
+        health = await client.health()
+        assert [w["worker"] for w in health["worker_slots"] if w["job_id"]] == ["doomed"]
+        doomed.send_signal(signal.SIGKILL)
+        await doomed.wait()
+        rescuer = await eval_worker(
+            srv.url, "--name", "rescuer", "--test-latency", "0.1", "--max-jobs", "1"
+        )
+        try:
+            done = await client.status(job_id, wait=30)
+            assert await rescuer.wait() == 0
+        finally:
+            if rescuer.returncode is None:
+                rescuer.kill()
+                await rescuer.wait()
+    assert done["status"] == "done" and done["attempts"] == 2 and done["reward"] == 1.0
+    [(_, st, attempts, result, _)] = stored_rows(tmp_path / "jobs.db")
+    assert (st, attempts) == ("done", 2) and result is not None
+
+
+async def test_eval_worker_runs_the_real_evaluator(tmp_path: Path) -> None:
+    """A real evaluation (perf-lite reference patch) in an eval-worker process, with the
+    server's settings (repeats) and the worker's own in-process sandboxes, pinned."""
+    from agentfleet.evaluation.config import EvalConfig
+    from agentfleet.evaluation.sandboxes import default_evaluator_factory
+
+    def first_task() -> tuple[str, str, str]:
+        ds = load_dataset("perf-lite")
+        split, ids = sorted(ds.splits.items())[0]
+        task = ds.task(ids[0])
+        return split, task.id, task.solution_patch
+
+    split, task_id, patch = await asyncio.to_thread(first_task)
+    cfg = EvalConfig(repeats=3)
+    app = create_app(
+        evaluator_factory=default_evaluator_factory(config=cfg, confine="off"),
+        workers=0,
+        token=TOKEN,
+        worker_spec={"config": cfg.model_dump(mode="json")},
+    )
+    cpu = str(min(os.sched_getaffinity(0)))
+    async with serve_in_loop(app) as srv, HttpPool() as pool:
+        worker = await eval_worker(srv.url, "--cpus", cpu, "--confine", "off", "--max-jobs", "1")
+        try:
+            req = EvalRequest(
+                exit_status="Submitted", result=patch, instance_id=task_id,
+                split=split, idempotency_key="real",
+            )  # fmt: skip
+            res = await EvalClient(srv.url, pool=pool, token=TOKEN).evaluate(req, timeout=240)
+            assert await worker.wait() == 0
+        finally:
+            if worker.returncode is None:
+                worker.kill()
+                await worker.wait()
+    assert res.info["status"] == "ok", res.info
+    assert res.speedup > 1.0 and res.info["timing"]["rounds"] == 3
+
+
+def test_eval_worker_rejects_bad_options() -> None:
+    from typer.testing import CliRunner
+
+    from agentfleet.cli import app
+
+    runner = CliRunner()
+    bad_url = runner.invoke(app, ["eval-worker", "--server", "ftp://x"])
+    assert bad_url.exit_code == 2 and "http(s) URL" in bad_url.output
+    bad_cpus = runner.invoke(app, ["eval-worker", "--server", "http://127.0.0.1:1", "--cpus", "x"])
+    assert bad_cpus.exit_code == 2 and "CPU list" in bad_cpus.output
+
+
+async def test_sigterm_stops_an_eval_worker_and_its_job_runs_again(tmp_path: Path) -> None:
+    """SIGTERM mid-evaluation: the worker exits 143 at once, its lease lapses, and the job
+    is run by the next worker (never lost, stored once)."""
+    async with server(tmp_path, ttl=1.5) as srv, HttpPool() as pool:
+        client = EvalClient(srv.url, pool=pool, token=TOKEN)
+        worker = await eval_worker(srv.url, "--name", "stopped", "--test-latency", "120")
+        job_id = await client.submit(request("term"))
+
+        async def leased() -> bool:
+            return (await client.status(job_id))["status"] == "running"
+
+        await wait_for(leased)
+        worker.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(worker.wait(), 30) == 143
+        rescuer = EvalWorker(srv.url, WorkerEvaluators(test_latency=0.1), token=TOKEN, pool=pool)
+        assert await rescuer.run(max_jobs=1) == 1
+        done = await client.status(job_id, wait=10)
+    assert done["status"] == "done" and done["attempts"] == 2
