@@ -9,6 +9,7 @@ it runs anything that would hurt an unlimited machine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -52,6 +53,22 @@ async def server(
         yield s
 
 
+@pytest.fixture(params=["off", "required", "off-by-pid", "required-by-pid"])
+async def joins(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[str, ProcessBackend]]:
+    """Both ways into the cgroups: born inside (v1), or the pid written while the command
+    is held (what v2 does; forced here)."""
+    confine, _, by_pid = request.param.partition("-")
+    if confine == "required":
+        require_tool("bwrap", "confined commands")
+    async for url, backend in _serve(tmp_path / "sb", confine=confine):
+        if by_pid:
+            _have_cgroups(backend)
+            backend.enforcer.tree.self_join = False
+        yield url, backend
+
+
 @pytest.fixture
 async def unconfined(tmp_path: Path) -> AsyncIterator[tuple[str, ProcessBackend]]:
     async for s in _serve(tmp_path / "sb", confine="off"):
@@ -79,6 +96,20 @@ async def _until_no_processes(root: Path) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("sandbox processes outlived their exec")
+
+
+async def _until_pids_free(backend: ProcessBackend, sandbox_id: str) -> None:
+    """Wait for a sandbox's pids cgroup to be empty: killed processes count until their
+    (new) parent reaps them, and meanwhile a command cannot start there (409)."""
+    base = backend.enforcer.tree.bases.get("pids")
+    if base is None:
+        return
+    current = base[0] / sandbox_id / "pids.current"
+    for _ in range(200):
+        if (await asyncio.to_thread(current.read_text)).strip() == "0":
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the sandbox's processes were never reaped")
 
 
 async def _create(url: str, **fields: Any) -> Response:
@@ -127,10 +158,10 @@ async def test_a_default_backend_limits_every_sandbox(tmp_path: Path) -> None:
         assert r.output.strip() == str(1024 * 1024), r  # KiB
 
 
-async def test_the_first_line_already_runs_limited(server: tuple[str, ProcessBackend]) -> None:
-    """The gate: nothing of a command runs before its limits are set (its first line is
-    in the sandbox's cgroups, with its rlimits), and bash's line numbers stay right."""
-    url, backend = server
+async def test_the_first_line_already_runs_limited(joins: tuple[str, ProcessBackend]) -> None:
+    """Nothing of a command runs before its limits hold (its first line is in the sandbox's
+    cgroups, with its rlimits), and bash's line numbers stay right."""
+    url, backend = joins
     client = SandboxClient(url)
     info = await client.create(CreateSandbox())
     r = await client.exec(
@@ -145,8 +176,8 @@ async def test_the_first_line_already_runs_limited(server: tuple[str, ProcessBac
     assert "line 2: nosuchcommand" in r.output and r.returncode == 127, r
 
 
-async def test_a_fork_loop_is_contained(server: tuple[str, ProcessBackend]) -> None:
-    url, backend = server
+async def test_a_fork_loop_is_contained(joins: tuple[str, ProcessBackend]) -> None:
+    url, backend = joins
     await _enforced(url, "pids_limit")
     client = SandboxClient(url)
     info = await client.create(CreateSandbox())
@@ -171,6 +202,7 @@ async def test_a_fork_loop_is_contained(server: tuple[str, ProcessBackend]) -> N
     assert forked < PIDS, r.output  # the command itself counts too
     assert (await _health(url))["status"] == "ok"
     await _until_no_processes(backend.root)
+    await _until_pids_free(backend, info.sandbox_id)
     r = await client.exec(info.sandbox_id, "echo still here")
     assert r.output.strip() == "still here"
 
@@ -185,6 +217,7 @@ async def test_a_fork_bomb_leaves_the_server_serving(
     await client.exec(info.sandbox_id, "bomb() { bomb | bomb & }; bomb", timeout=3)
     assert (await _health(url))["status"] == "ok"
     await _until_no_processes(backend.root)
+    await _until_pids_free(backend, info.sandbox_id)
     r = await client.exec(info.sandbox_id, "echo alive")
     assert r.returncode == 0 and r.output.strip() == "alive"
 
@@ -221,6 +254,28 @@ async def test_a_cpu_time_loop_is_killed(server: tuple[str, ProcessBackend]) -> 
     info = await client.create(CreateSandbox())
     r = await client.exec(info.sandbox_id, 'python3 -c "while True: pass"', timeout=30)
     assert not r.timed_out and r.returncode != 0, r
+
+
+async def test_a_sandbox_at_its_process_limit_answers_409(tmp_path: Path) -> None:
+    backend = ProcessBackend(tmp_path / "sb", confine="off", **(LIMITS | {"pids_limit": 4}))
+    async with SandboxService(backend, reap_period_s=0) as svc:
+        _have_cgroups(backend)
+        info = await svc.create(CreateSandbox())
+        pids = backend.enforcer.tree.bases["pids"][0] / info.sandbox_id / "pids.current"
+        hold = "sleep 30 & sleep 30 & sleep 30 & wait"  # bash and 3 sleeps: 4
+        task = asyncio.ensure_future(svc.exec(info.sandbox_id, hold, timeout=30))
+        try:
+            for _ in range(400):
+                if (await asyncio.to_thread(pids.read_text)).strip() == "4":
+                    break
+                await asyncio.sleep(0.05)
+            with pytest.raises(SandboxError) as e:
+                await svc.exec(info.sandbox_id, "echo no room")
+            assert e.value.status == 409 and "process limit (pids_limit 4" in str(e.value)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def test_rlimits_hold_memory_without_cgroups(tmp_path: Path) -> None:
@@ -269,7 +324,7 @@ async def test_without_limits_commands_run_as_they_did(tmp_path: Path) -> None:
     backend = ProcessBackend(tmp_path / "sb", confine="off", **NO_LIMITS)
     async with SandboxService(backend, reap_period_s=0) as svc:
         info = await svc.create(CreateSandbox())
-        assert backend.enforcer.gate(info.sandbox_id, False) is None
+        assert not backend.enforcer.limited(info.sandbox_id)
         command = 'printf %s "$BASH_EXECUTION_STRING"'
         r = await svc.exec(info.sandbox_id, command)
         assert r.output == command
@@ -293,14 +348,17 @@ async def test_cgroups_are_removed_with_their_sandbox(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("confine", ["off", "required"])
+@pytest.mark.parametrize("by_pid", [False, True])
 async def test_a_command_whose_limits_cannot_be_set_does_not_run(
-    tmp_path: Path, confine: str
+    tmp_path: Path, confine: str, by_pid: bool
 ) -> None:
     if confine == "required":
         require_tool("bwrap", "confined commands")
     backend = ProcessBackend(tmp_path / "sb", confine=confine, **LIMITS)
     async with SandboxService(backend, reap_period_s=0) as svc:
         _have_cgroups(backend)
+        if by_pid:
+            backend.enforcer.tree.self_join = False
         info = await svc.create(CreateSandbox())
         for base, _ in backend.enforcer.tree.bases.values():
             (base / info.sandbox_id).rmdir()  # gone behind the backend's back

@@ -25,9 +25,9 @@ output pipe watched on the event loop), not asyncio's subprocess transport.
 
 Limits (:class:`~agentfleet.sandbox.limits.Limits`, the operator's maxima): memory, processes
 and CPU share by the sandbox's cgroups where this server may make them, else memory and
-processes by rlimits; file size and CPU time by rlimits. A command is held at a gate until
-the server has put it into its cgroups and set its rlimits
-(:mod:`agentfleet.sandbox.process_limits`: no extra process, no ``preexec_fn``).
+processes by rlimits; file size and CPU time by rlimits. A command is born in its cgroups
+and runs nothing before its rlimits are set (:mod:`agentfleet.sandbox.process_limits`: no
+extra process, no ``preexec_fn``).
 :meth:`ProcessBackend.limits_report` says which limit is enforced how (``/healthz``).
 """
 
@@ -288,13 +288,13 @@ class ProcessBackend:
         return env
 
     def _command(
-        self, sb: SandboxFolder, cwd: Path, req: ExecRequest
+        self, sb: SandboxFolder, cwd: Path, command: str, extra_env: dict[str, str]
     ) -> tuple[list[str], dict[str, str]]:
         """The argv and the environment of the process to spawn: unconfined, the command's
         own; under bwrap, the server's fixed one (the command's is set inside the sandbox)."""
-        env = self._env(sb, req.env)
+        env = self._env(sb, extra_env)
         if not self.confined:
-            return [self.bash, "-c", req.command], env
+            return [self.bash, "-c", command], env
         assert self.bwrap is not None
         argv = command_argv(
             self.bwrap,
@@ -304,7 +304,7 @@ class ProcessBackend:
             cwd=str(cwd),
             env=env,
             network=self.network,
-            command=req.command,
+            command=command,
         )
         return argv, BWRAP_ENV
 
@@ -316,12 +316,16 @@ class ProcessBackend:
         capture = OutputCapture(output_limit)
         started = time.monotonic()
 
-        argv, env = self._command(sb, cwd, req)
-        gate = self.enforcer.gate(sandbox_id, self.confined)  # None: no limits, main path
-        if gate is None:
+        gate = None
+        if not self.enforcer.limited(sandbox_id):  # exactly as without limits
+            argv, env = self._command(sb, cwd, req.command, req.env)
             child = Child.spawn(argv, cwd=cwd, env=env, capture=capture)
         else:
-            child = gate.spawn(argv, cwd=cwd, env=env, capture=capture)
+            command = self.enforcer.command(sandbox_id, req.command, self.confined)
+            argv, env = self._command(sb, cwd, command, req.env)
+            child, gate = self.enforcer.spawn(
+                sandbox_id, argv, confined=self.confined, cwd=cwd, env=env, capture=capture
+            )
         pgid = child.pid  # start_new_session: the leader's pid is the group id
         timed_out = False
         guard: asyncio.TimerHandle | None = None
