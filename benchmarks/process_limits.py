@@ -2,12 +2,16 @@
 
 Two ``ProcessBackend``s in one process, one with the default limits and one with every limit
 off (whose exec path is the one of a server without limits: no gate), the same confinement.
-Execs of ``true`` alternate between them (A B B A ...), so both see the same load; prints
-the median server-side time of each and the median of the paired differences, then where the
-time goes: a sandbox's cgroups made and removed, one ``cgroup.procs`` write per controller,
-the ``prlimit`` calls, timed alone.
+Execs of ``true`` alternate between them (A B B A ...), ``--gap`` seconds apart (an agent's
+commands come seconds apart; back-to-back execs hide costs that come back after a pause),
+so both see the same load; prints the median server-side time of each and the median of
+the paired differences, then where the time goes, each step timed alone, ``--gap`` apart: a
+sandbox's cgroups made and removed; the spawning thread moving itself into a sandbox's
+cgroups and back (what an exec does); writing a child's pid to ``cgroup.procs`` (what it
+would cost instead); one ``prlimit``.
 
-    .venv/bin/python benchmarks/process_limits.py [--execs 400] [--confine off|required]
+    .venv/bin/python benchmarks/process_limits.py [--execs 300] [--gap 0.05]
+        [--confine off|required]
 """
 
 from __future__ import annotations
@@ -34,8 +38,8 @@ async def _exec_ms(backend: ProcessBackend, sid: str) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def _phases(backend: ProcessBackend, rounds: int = 200) -> dict[str, float]:
-    """Microseconds per step, each timed alone (blocking; no event loop)."""
+def _phases(backend: ProcessBackend, gap: float, rounds: int = 100) -> dict[str, float]:
+    """Microseconds per step (median), each timed alone (blocking; no event loop)."""
     tree = backend.enforcer.tree
     res = Resources("", 2048, None, 512, 1024, None)
     out: dict[str, float] = {}
@@ -47,27 +51,43 @@ def _phases(backend: ProcessBackend, rounds: int = 200) -> dict[str, float]:
             cg.remove()
         out["cgroups make + remove per sandbox (us)"] = (time.perf_counter() - t) / 50 * 1e6
     cg = tree.make("bench-join", res) if tree.bases else None
-    join = prl = 0.0
+    moves: list[float] = []
+    writes: list[float] = []
+    prl: list[float] = []
     for _ in range(rounds):
-        p = subprocess.Popen(["sleep", "30"])
         if cg is not None:
+            time.sleep(gap)
+            t = time.perf_counter()
+            with tree.inside(cg):
+                moves.append(time.perf_counter() - t)
+                p = subprocess.Popen(["sleep", "30"])
+            t = time.perf_counter()
+            p.kill()
+            p.wait()
+            time.sleep(gap)
+            p = subprocess.Popen(["sleep", "30"])
             t = time.perf_counter()
             cg.join(p.pid)
-            join += time.perf_counter() - t
+            writes.append(time.perf_counter() - t)
+        else:
+            p = subprocess.Popen(["sleep", "30"])
         t = time.perf_counter()
         resource.prlimit(p.pid, resource.RLIMIT_FSIZE, (1 << 30, 1 << 30))
-        prl += time.perf_counter() - t
+        prl.append(time.perf_counter() - t)
         p.kill()
         p.wait()
     if cg is not None:
         n = len(cg.fds)
-        out[f"cgroup.procs writes per exec ({n} controllers, us)"] = join / rounds * 1e6
+        out[f"thread moves itself in ({n} controllers), us"] = statistics.median(moves) * 1e6
+        out[f"a pid written to cgroup.procs ({n} controllers), us"] = (
+            statistics.median(writes) * 1e6
+        )
         cg.remove()
-    out["one prlimit (us)"] = prl / rounds * 1e6
+    out["one prlimit, us"] = statistics.median(prl) * 1e6
     return out
 
 
-async def main(execs: int, confine: str) -> None:
+async def main(execs: int, gap: float, confine: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         on = ProcessBackend(Path(tmp) / "on", confine=confine)
         off = ProcessBackend(
@@ -92,15 +112,16 @@ async def main(execs: int, confine: str) -> None:
         for i in range(execs):
             pair = [(on, "a", t_on), (off, "b", t_off)]
             for backend, sid, out in pair if i % 2 == 0 else pair[::-1]:
+                await asyncio.sleep(gap)
                 out.append(await _exec_ms(backend, sid))
         diffs = [a - b for a, b in zip(t_on, t_off, strict=True)]
-        print(f"exec `true`, {execs} pairs (ms, server side, median):")
+        print(f"exec `true`, {execs} pairs, {gap:g} s apart (ms, server side, median):")
         print(f"  limits on   {statistics.median(t_on):.3f}")
         print(f"  limits off  {statistics.median(t_off):.3f}")
         q = statistics.quantiles(diffs, n=4)
         mid = statistics.median(diffs)
         print(f"  paired difference: median {mid:+.3f}, IQR {q[0]:+.3f} .. {q[2]:+.3f}")
-        for name, us in (await asyncio.to_thread(_phases, on)).items():
+        for name, us in (await asyncio.to_thread(_phases, on, gap)).items():
             print(f"  {name}: {us:.1f}")
         await on.aclose()
         await off.aclose()
@@ -108,7 +129,8 @@ async def main(execs: int, confine: str) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(prog="benchmarks/process_limits.py")
-    p.add_argument("--execs", type=int, default=400)
+    p.add_argument("--execs", type=int, default=300)
+    p.add_argument("--gap", type=float, default=0.05, help="seconds between execs")
     p.add_argument("--confine", choices=["off", "required"], default="off")
     a = p.parse_args()
-    asyncio.run(main(a.execs, a.confine))
+    asyncio.run(main(a.execs, a.gap, a.confine))

@@ -321,7 +321,7 @@ class ProcessBackend:
             argv, env = self._command(sb, cwd, req.command, req.env)
             child = Child.spawn(argv, cwd=cwd, env=env, capture=capture)
         else:
-            command = self.enforcer.command(sandbox_id, req.command, self.confined)
+            command = self.enforcer.command(sandbox_id, req.command)
             argv, env = self._command(sb, cwd, command, req.env)
             child, gate = self.enforcer.spawn(
                 sandbox_id, argv, confined=self.confined, cwd=cwd, env=env, capture=capture

@@ -16,17 +16,17 @@ runs before its limits hold:
 - **cgroups (v1):** the command is born inside. The server's thread moves itself into the
   sandbox's cgroups, spawns, and moves back (:meth:`CgroupTree.inside`, about 40 us: a
   thread moving itself skips the kernel's global lock that a pid write takes).
-- **rlimits, unconfined:** ``builtin ulimit -f .. -t .. || exit 125; COMMAND`` on the
-  command's first line (bash's line numbers stay right; bash parses a whole line before it
-  runs any of it).
-- **rlimits, under bubblewrap:** bwrap's ``--info-fd`` reports the sandbox's pid and
-  ``--block-fd`` holds it before it starts ``bash``; meanwhile the server sets the rlimits
-  with ``prlimit(2)`` and opens the :class:`Gate`. bwrap goes on if that pipe merely closes:
-  on failure the server kills the group first, and a dead server takes bwrap with it
-  (``--die-with-parent``).
-- **cgroups (v2, no per-thread moves):** the command is held the same way (unconfined: a
-  ``read`` of a gate pipe on its first line) while the server writes its pid to each
-  ``cgroup.procs``.
+- **rlimits:** ``builtin ulimit -f .. -t .. || exit 125; COMMAND``, on the command's first
+  line (bash's line numbers stay right; bash parses a whole line before it runs any of it),
+  unconfined and under bubblewrap alike. (A request that sets ``BASH_ENV`` or exports a
+  function runs that before: rlimits are per process anyway, a guard against accidents,
+  not a wall; the cgroups hold from birth.)
+- **cgroups (v2, no per-thread moves):** the command is held at a :class:`Gate` while the
+  server writes its pid to each ``cgroup.procs``: unconfined, a ``read`` of a gate pipe
+  opens its first line; under bubblewrap, bwrap's ``--info-fd`` reports the sandbox's pid
+  and ``--block-fd`` holds it before it starts ``bash``. bwrap goes on if that pipe merely
+  closes: on failure the server kills the group first, and a dead server takes bwrap with
+  it (``--die-with-parent``).
 
 A sandbox with no limit at all runs its commands exactly as a server without limits does.
 """
@@ -72,8 +72,8 @@ _ULIMIT_UNIT = {
 
 @dataclass
 class _Box:
-    """One sandbox's limits as set on a command: its cgroups, its rlimits (``ulimit``
-    options for the unconfined, ``prlimit`` values under bwrap)."""
+    """One sandbox's limits as set on a command: its cgroups, its rlimits (bash's
+    ``ulimit``)."""
 
     cgroup: SandboxCgroup | None
     rlimits: list[tuple[int, int]]
@@ -84,14 +84,10 @@ class _Box:
         opts = " ".join(f"-{_ULIMIT_FLAG[w]} {v // _ULIMIT_UNIT[w]}" for w, v in self.rlimits)
         return f"builtin ulimit {opts} || exit 125; " if opts else ""
 
-    def apply(self, pid: int, *, rlimits: bool) -> None:
-        """Put ``pid`` into the cgroups (unless born there), with ``rlimits`` set them too
-        (soft and hard); ``OSError``."""
+    def apply(self, pid: int) -> None:
+        """Put ``pid`` into the cgroups (unless born there); ``OSError``."""
         if self.cgroup is not None and not self.joined_at_spawn:
             self.cgroup.join(pid)
-        if rlimits:
-            for which, value in self.rlimits:
-                resource.prlimit(pid, which, (value, value))
 
 
 class Gate:
@@ -153,7 +149,7 @@ class Gate:
             pid = await self._sandbox_pid()
         if pid is not None:
             try:
-                self.box.apply(pid, rlimits=self.confined)
+                self.box.apply(pid)
             except OSError as e:
                 if e.errno != errno.ESRCH:  # gone already: nothing left to limit
                     raise SandboxError(f"cannot set the sandbox's limits: {e}", 500) from e
@@ -290,10 +286,9 @@ class LimitEnforcer:
         """Does ``sandbox_id`` have any limit? (No: its commands run as without limits.)"""
         return sandbox_id in self._boxes
 
-    def command(self, sandbox_id: str, command: str, confined: bool) -> str:
-        """``command`` as a limited sandbox runs it: unconfined, after its ``ulimit``."""
-        box = self._boxes[sandbox_id]
-        return command if confined else box.ulimit_prefix() + command
+    def command(self, sandbox_id: str, command: str) -> str:
+        """``command`` as a limited sandbox runs it: after its ``ulimit``."""
+        return self._boxes[sandbox_id].ulimit_prefix() + command
 
     def spawn(
         self,
@@ -306,17 +301,14 @@ class LimitEnforcer:
         capture: OutputCapture,
     ) -> tuple[Child, Gate | None]:
         """Spawn a command of a limited sandbox (``argv`` from :meth:`command`): inside its
-        cgroups (v1), held at a :class:`Gate` when something is left to set on its pid
-        (rlimits under bwrap; cgroups on v2). :class:`SandboxError` 409 while the sandbox
-        is being deleted."""
+        cgroups (v1), or held at a :class:`Gate` until its pid is in them (v2).
+        :class:`SandboxError` 409 while the sandbox is being deleted, or is at its process
+        limit; 500 if its cgroups refuse it (nothing spawned, or the group killed)."""
         box = self._boxes.get(sandbox_id)
         if box is None or (box.cgroup is not None and box.cgroup.closed):
             raise SandboxError(f"sandbox {sandbox_id} is being deleted", 409)
-        pid_work = (box.cgroup is not None and not box.joined_at_spawn) or (
-            confined and bool(box.rlimits)
-        )
         try:
-            if pid_work:
+            if box.cgroup is not None and not box.joined_at_spawn:
                 gate = Gate(box, confined)
                 return gate.spawn(argv, cwd=cwd, env=env, capture=capture, tree=self.tree), gate
             with self.tree.inside(box.cgroup):
