@@ -31,11 +31,21 @@ from agentfleet.sandbox.limits import Resources
 from agentfleet.sandbox.process import ProcessBackend
 
 
-async def _exec_ms(backend: ProcessBackend, sid: str) -> float:
-    started = time.perf_counter()
+def _cpu() -> tuple[float, float]:
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+async def _exec_ms(backend: ProcessBackend, sid: str) -> tuple[float, float, float]:
+    """Wall, server CPU and the command's CPU (its processes, bwrap's included), in ms."""
+    cpu0, started = _cpu(), time.perf_counter()
     r = await backend.exec(sid, ExecRequest(command="true"), 1000)
+    wall, cpu1 = time.perf_counter() - started, _cpu()
     assert r.returncode == 0, r
-    return (time.perf_counter() - started) * 1000
+    return wall * 1000, (cpu1[0] - cpu0[0]) * 1000, (cpu1[1] - cpu0[1]) * 1000
 
 
 def _phases(backend: ProcessBackend, gap: float, rounds: int = 100) -> dict[str, float]:
@@ -107,20 +117,23 @@ async def main(execs: int, gap: float, confine: str) -> None:
         for _ in range(20):  # warm-up
             await _exec_ms(on, "a")
             await _exec_ms(off, "b")
-        t_on: list[float] = []
-        t_off: list[float] = []
+        t_on: list[tuple[float, float, float]] = []
+        t_off: list[tuple[float, float, float]] = []
         for i in range(execs):
             pair = [(on, "a", t_on), (off, "b", t_off)]
             for backend, sid, out in pair if i % 2 == 0 else pair[::-1]:
                 await asyncio.sleep(gap)
                 out.append(await _exec_ms(backend, sid))
-        diffs = [a - b for a, b in zip(t_on, t_off, strict=True)]
-        print(f"exec `true`, {execs} pairs, {gap:g} s apart (ms, server side, median):")
-        print(f"  limits on   {statistics.median(t_on):.3f}")
-        print(f"  limits off  {statistics.median(t_off):.3f}")
-        q = statistics.quantiles(diffs, n=4)
-        mid = statistics.median(diffs)
-        print(f"  paired difference: median {mid:+.3f}, IQR {q[0]:+.3f} .. {q[2]:+.3f}")
+        print(f"exec `true`, {execs} pairs, {gap:g} s apart (ms, median):")
+        for i, what in enumerate(("wall, server side", "server CPU", "command's CPU")):
+            a, b = [x[i] for x in t_on], [x[i] for x in t_off]
+            diffs = [x - y for x, y in zip(a, b, strict=True)]
+            q = statistics.quantiles(diffs, n=4)
+            print(
+                f"  {what}: limits on {statistics.median(a):.3f}, off {statistics.median(b):.3f};"
+                f" paired difference {statistics.median(diffs):+.3f}"
+                f" (IQR {q[0]:+.3f} .. {q[2]:+.3f})"
+            )
         for name, us in (await asyncio.to_thread(_phases, on, gap)).items():
             print(f"  {name}: {us:.1f}")
         await on.aclose()
