@@ -91,8 +91,9 @@ class _Box:
 
 
 class Gate:
-    """Holds one command before it runs until :meth:`open` has set its limits (see the
-    module's docstring); :meth:`close` closes what is left of its pipes (idempotent)."""
+    """Holds one command before it runs until :meth:`open` has put it into its cgroups by
+    pid (v2; see the module's docstring); :meth:`close` closes what is left of its pipes
+    (idempotent)."""
 
     def __init__(self, box: _Box, confined: bool) -> None:
         self.box = box
@@ -109,7 +110,7 @@ class Gate:
 
     def argv(self, argv: list[str]) -> list[str]:
         """``argv`` (``bash -c CMD``, or ``bwrap ... bash -c CMD``) held at this gate (the
-        ulimit prefix, unconfined, is already in ``CMD``)."""
+        ulimit prefix is already in ``CMD``)."""
         if self.confined:
             fds = ["--info-fd", str(self.info_w), "--block-fd", str(self.read)]
             return [argv[0], *fds, *argv[1:]]
@@ -141,9 +142,9 @@ class Gate:
             self._close(self.read, self.info_w)
 
     async def open(self, child: Child) -> None:
-        """Set the limits on the command (unconfined: ``child`` itself; under bwrap: the
-        sandbox process it reports), then let it run. :class:`SandboxError` (500) if a limit
-        cannot be set: the caller kills the group before it closes the gate."""
+        """Put the command into its cgroups (unconfined: ``child`` itself; under bwrap: the
+        sandbox process it reports), then let it run. :class:`SandboxError` (500) if they
+        refuse it: the caller kills the group before it closes the gate."""
         pid: int | None = child.pid
         if self.confined:
             pid = await self._sandbox_pid()
