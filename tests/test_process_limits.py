@@ -390,17 +390,20 @@ async def test_a_dead_servers_cgroup_goes_once_empty_never_killing(tmp_path: Pat
     async with SandboxService(backend, reap_period_s=0):
         _have_cgroups(backend)
         base, _ = next(iter(backend.enforcer.tree.bases.values()))
-    stale = base.parent / f"agentfleet-999999999-0-{os.urandom(4).hex()}"
+    stale, empty = (base.parent / f"agentfleet-999999999-0-{os.urandom(4).hex()}" for _ in "ab")
     (stale / "sb").mkdir(parents=True)
+    (empty / "sb").mkdir(parents=True)
     sleeper = await asyncio.create_subprocess_exec("sleep", "60")
     try:
         (stale / "sb" / "cgroup.procs").write_text(str(sleeper.pid))
-        assert stale not in await asyncio.to_thread(cgroups_mod.reap_stale)
-        assert sleeper.returncode is None and stale.is_dir()
-        sleeper.kill()
-        await sleeper.wait()
-        assert stale in await asyncio.to_thread(cgroups_mod.reap_stale)
+        removed = await asyncio.to_thread(cgroups_mod.reap_stale)
+        assert empty in removed and not empty.exists()
+        assert stale not in removed and stale.is_dir() and sleeper.returncode is None
+        # `agentfleet sandbox gc`: kills what is left, removes the rest
+        assert stale in await asyncio.to_thread(cgroups_mod.reap_stale, kill=True)
         assert not stale.exists()
+        async with asyncio.timeout(10):
+            await sleeper.wait()
     finally:
         if sleeper.returncode is None:
             sleeper.kill()

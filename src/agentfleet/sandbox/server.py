@@ -156,9 +156,11 @@ async def _unless_disconnected(request: Request, work: Awaitable[T], what: str) 
 
 def _describe(limits: dict[str, dict[str, Any]]) -> str:
     """``memory_mb=2048 (cgroup v1 (per sandbox)), ...`` for the start-up log."""
-    return ", ".join(
-        f"{name}={v['value']} ({v['enforced_by'] or 'not enforced'})" for name, v in limits.items()
-    )
+
+    def how(v: dict[str, Any]) -> str:
+        return str(v["enforced_by"] or ("no limit" if v["value"] is None else "NOT enforced"))
+
+    return ", ".join(f"{name}={v['value']} ({how(v)})" for name, v in limits.items())
 
 
 def _error(
