@@ -423,7 +423,9 @@ async def test_size_caps_are_413(start_server: ServerFactory) -> None:
 
 async def test_healthz_and_metrics(server: Served) -> None:
     health = await server.client.healthz()
+    limits = health.pop("limits")  # what each is, and what enforces it: test_process_limits
     assert health == {"status": "ok", "backend": server.service.backend_name, "sandboxes": 0}
+    assert set(limits) == {"memory_mb", "pids_limit", "cpus", "file_size_mb", "cpu_time_s"}
     sid = await server.create()
     await server.client.exec(sid, "true")
     await server.client.exec(sid, "sleep 5", timeout=0.2)
@@ -918,12 +920,14 @@ def test_images_build_without_docker_is_a_clear_error(
     ("args", "message"),
     [
         (["--backend", "docker", "--memory", "lots"], "--memory 'lots'"),
-        (["--memory", "2g"], "only for --backend docker"),
+        (["--image", "x:1"], "--image: only for --backend docker"),
+        (["--file-size", "lots"], "--file-size 'lots'"),
+        (["--cpus", "-1"], "--cpus -1"),
         (["--backend", "vm"], "--backend 'vm'"),
         (["--ttl", "0"], "--ttl 0"),
         (["--max-sandboxes", "0"], "--max-sandboxes 0"),
         (["--reap-interval", "-1"], "--reap-interval -1"),
-        (["--backend", "docker", "--cpus", "0"], "--cpus 0"),
+        (["--backend", "docker", "--pids-limit", "-1"], "--pids-limit -1"),
         (["--port", "70000"], "65535"),
     ],
 )

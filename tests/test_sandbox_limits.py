@@ -114,3 +114,22 @@ def test_image_names_compare_with_docker_implied_latest() -> None:
     with pytest.raises(SandboxError) as e:
         limits.resolve(CreateSandbox(image="base:2"))
     assert e.value.status == 422
+
+
+async def test_file_size_and_cpu_time_are_container_ulimits(tmp_path: Path) -> None:
+    """``--file-size`` / ``--cpu-time`` mean the same as on the process backend."""
+    skip_without_docker()
+    from agentfleet.sandbox.server import make_backend
+
+    backend = make_backend("docker", root=tmp_path / "sb", file_size_mb=64, cpu_time_s=30)
+    assert isinstance(backend, DockerBackend)
+    async with SandboxService(backend, reap_period_s=0) as svc:
+        with pytest.raises(SandboxError) as e:
+            await svc.create(CreateSandbox(file_size_mb=65))
+        assert e.value.status == 422 and "file_size_mb 65 is over" in str(e.value)
+        info = await svc.create(CreateSandbox(file_size_mb=32))
+        ulimits = (await _host_config(backend, info.sandbox_id))["Ulimits"]
+        assert {"Name": "fsize", "Soft": 32 << 20, "Hard": 32 << 20} in ulimits
+        assert {"Name": "cpu", "Soft": 30, "Hard": 30} in ulimits
+        r = await svc.exec(info.sandbox_id, "head -c 100M /dev/zero > big; echo rc=$?")
+        assert "rc=0" not in r.output, r

@@ -105,13 +105,25 @@ def serve_sandbox(
         str | None, typer.Option(help="docker: image (default agentfleet-base:bookworm)")
     ] = None,
     memory: Annotated[
-        str | None, typer.Option(help="docker: memory per container, e.g. 512m, 2g (default 2g)")
+        str | None,
+        typer.Option(help="memory per sandbox, e.g. 512m, 2g; 0: none (default 2g)"),
     ] = None,
     cpus: Annotated[
-        float | None, typer.Option(help="docker: CPUs per container (default 1.0)")
+        float | None,
+        typer.Option(help="CPUs per sandbox; 0: none (default: docker 1.0, process none)"),
     ] = None,
     pids_limit: Annotated[
-        int | None, typer.Option(help="docker: processes per container (default 512)")
+        int | None, typer.Option(help="processes per sandbox; 0: none (default 512)")
+    ] = None,
+    file_size: Annotated[
+        str | None,
+        typer.Option(
+            help="largest file a command may write, e.g. 1g; 0: none "
+            "(default: process 1g, docker none)"
+        ),
+    ] = None,
+    cpu_time: Annotated[
+        int | None, typer.Option(help="CPU seconds per process of a command; 0: none (default)")
     ] = None,
     allow_image: Annotated[
         list[str] | None,
@@ -154,6 +166,8 @@ def serve_sandbox(
             memory=memory,
             cpus=cpus,
             pids_limit=pids_limit,
+            file_size=file_size,
+            cpu_time=cpu_time,
             allow_images=allow_image or [],
             max_sandboxes=max_sandboxes,
             max_execs=max_execs,

@@ -76,10 +76,13 @@ class CreateSandbox(BaseModel):
     dataset: str = DEFAULT_DATASET
     image: str | None = None
     ttl_s: float = Field(default=DEFAULT_TTL_S, gt=0, le=MAX_TTL_S)
-    # docker: limits and image of this sandbox; unset: the server's, above them: 422
+    # limits of this sandbox (both backends; image: docker only); unset: the server's,
+    # above them: 422
     cpus: float | None = Field(default=None, gt=0)
     memory_mb: int | None = Field(default=None, gt=0)
     pids_limit: int | None = Field(default=None, gt=0)
+    file_size_mb: int | None = Field(default=None, gt=0)  # largest file a command writes
+    cpu_time_s: int | None = Field(default=None, gt=0)  # CPU seconds per process
     run: str = ""  # label: the fleet run that owns it
 
 

@@ -53,9 +53,16 @@ class Child:
 
     @classmethod
     def spawn(
-        cls, argv: Sequence[str], *, cwd: Path, env: dict[str, str], capture: OutputCapture
+        cls,
+        argv: Sequence[str],
+        *,
+        cwd: Path,
+        env: dict[str, str],
+        capture: OutputCapture,
+        pass_fds: Sequence[int] = (),
     ) -> Child:
-        """Start ``argv``; :class:`SandboxError` if it cannot start (both pipe ends closed)."""
+        """Start ``argv`` (``pass_fds``: fds it inherits, e.g. a limits gate's);
+        :class:`SandboxError` if it cannot start (both pipe ends closed)."""
         r, w = os.pipe()
         try:
             os.set_blocking(r, False)
@@ -67,6 +74,7 @@ class Child:
                 stdout=w,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                pass_fds=pass_fds,
             )
         except BaseException as e:
             os.close(r)

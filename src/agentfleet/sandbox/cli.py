@@ -41,16 +41,54 @@ _UNITS = {"k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024}
 _SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:([kmgt])(?:i?b)?)?\s*", re.IGNORECASE)
 
 
-def parse_memory_mb(text: str) -> int:
-    """A memory size like docker's ``--memory``: ``2g``, ``512m``, ``1.5GiB``; a bare number
-    is MiB. Returns MiB (at least 6, docker's minimum)."""
+def parse_memory_mb(text: str, option: str = "--memory", minimum: int = 6) -> int:
+    """A size like docker's ``--memory``: ``2g``, ``512m``, ``1.5GiB``; a bare number is MiB.
+    Returns MiB (at least ``minimum``, 6 for memory: docker's minimum)."""
     m = _SIZE_RE.fullmatch(text)
     if m is None:
-        raise ValueError(f"--memory {text!r}: expected a size like 512m or 2g")
+        raise ValueError(f"{option} {text!r}: expected a size like 512m or 2g")
     mb = float(m.group(1)) * _UNITS[(m.group(2) or "m").lower()]
-    if mb < 6:
-        raise ValueError(f"--memory {text!r}: at least 6m (docker's minimum)")
+    if mb < minimum:
+        raise ValueError(f"{option} {text!r}: at least {minimum}m (or 0: no limit)")
     return int(mb)
+
+
+def _size_or_none(text: str, option: str, minimum: int) -> int | None:
+    """A size option, ``0`` meaning no limit (None)."""
+    m = _SIZE_RE.fullmatch(text)
+    if m is not None and float(m.group(1)) == 0:
+        return None
+    return parse_memory_mb(text, option, minimum)
+
+
+def limit_settings(
+    *,
+    memory: str | None = None,
+    cpus: float | None = None,
+    pids_limit: int | None = None,
+    file_size: str | None = None,
+    cpu_time: int | None = None,
+) -> dict[str, Any]:
+    """The backend kwargs of the limit options given (same meaning on both backends); ``0``
+    is no limit (None); ``ValueError`` naming the option."""
+    kw: dict[str, Any] = {}
+    if memory is not None:
+        kw["memory_mb"] = _size_or_none(memory, "--memory", 6)
+    if cpus is not None:
+        if not 0 <= cpus <= 1024:
+            raise ValueError(f"--cpus {cpus:g}: expected a number of CPUs (0: no limit)")
+        kw["cpus"] = cpus or None
+    for option, key, value in (
+        ("--pids-limit", "pids_limit", pids_limit),
+        ("--cpu-time", "cpu_time_s", cpu_time),
+    ):
+        if value is not None:
+            if value < 0:
+                raise ValueError(f"{option} {value}: expected at least 1 (0: no limit)")
+            kw[key] = value or None
+    if file_size is not None:
+        kw["file_size_mb"] = _size_or_none(file_size, "--file-size", 1)
+    return kw
 
 
 def serve_settings(
@@ -60,6 +98,8 @@ def serve_settings(
     memory: str | None = None,
     cpus: float | None = None,
     pids_limit: int | None = None,
+    file_size: str | None = None,
+    cpu_time: int | None = None,
     allow_images: list[str] | None = None,
     max_sandboxes: int = DEFAULT_MAX_SANDBOXES,
     max_execs: int = DEFAULT_MAX_EXECS,
@@ -71,37 +111,32 @@ def serve_settings(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(backend kwargs, service kwargs) for ``run_server`` from ``serve-sandbox`` options;
     ``ValueError`` with a message naming the option when one is wrong. ``confine`` (process
-    backend) left unset: ``required`` for a ``host`` beyond loopback, else ``auto``."""
+    backend) left unset: ``required`` for a ``host`` beyond loopback, else ``auto``. The
+    limits (``memory``, ``cpus``, ``pids_limit``, ``file_size``, ``cpu_time``; ``0``: none)
+    apply to both backends; ``image`` and ``allow_images`` are docker's only."""
     from agentfleet.sandbox.base import MAX_TTL_S
     from agentfleet.sandbox.server import BACKENDS
 
     if backend not in BACKENDS:
         raise ValueError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
-    docker_kw: dict[str, Any] = {}
+    kw = limit_settings(
+        memory=memory, cpus=cpus, pids_limit=pids_limit, file_size=file_size, cpu_time=cpu_time
+    )
+    docker_only = []
     if image is not None:
         if not image.strip():
             raise ValueError("--image: empty image name")
-        docker_kw["image"] = image
-    if memory is not None:
-        docker_kw["memory_mb"] = parse_memory_mb(memory)
-    if cpus is not None:
-        if not 0 < cpus <= 1024:
-            raise ValueError(f"--cpus {cpus:g}: expected a number of CPUs > 0")
-        docker_kw["cpus"] = cpus
-    if pids_limit is not None:
-        if pids_limit < 1:
-            raise ValueError(f"--pids-limit {pids_limit}: expected at least 1")
-        docker_kw["pids_limit"] = pids_limit
+        kw["image"] = image
+        docker_only.append("--image")
     if allow_images:
         if any(not i.strip() for i in allow_images):
             raise ValueError("--allow-image: empty image name")
-        docker_kw["allow_images"] = list(allow_images)
-    if docker_kw and backend != "docker":
-        flag = {"memory_mb": "memory", "allow_images": "allow-image"}
-        given = ", ".join("--" + flag.get(k, k.replace("_", "-")) for k in docker_kw)
-        raise ValueError(f"{given}: only for --backend docker")
+        kw["allow_images"] = list(allow_images)
+        docker_only.append("--allow-image")
+    if docker_only and backend != "docker":
+        raise ValueError(f"{', '.join(docker_only)}: only for --backend docker")
     if backend == "process":
-        docker_kw["confine"] = confine_setting(confine, host)
+        kw["confine"] = confine_setting(confine, host)
     elif confine is not None:
         raise ValueError("--confine: only for --backend process (docker confines anyway)")
     for name, value in (
@@ -122,7 +157,7 @@ def serve_settings(
         "default_ttl_s": ttl,
         "reap_period_s": reap_interval,
     }
-    return docker_kw, service_kw
+    return kw, service_kw
 
 
 def confine_setting(confine: str | None, host: str) -> str:
@@ -217,7 +252,8 @@ def sandbox_gc(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False,
     docker: Annotated[bool, typer.Option(help="also remove agentfleet's containers")] = True,
 ) -> None:
-    """Remove everything agentfleet left: containers by label, sandbox folders by marker.
+    """Remove everything agentfleet left: containers by label, sandbox folders by marker,
+    cgroups of servers not running any more (what they hold is killed).
 
     Live servers' sandboxes go too: run it when no sandbox server is running.
     """
@@ -243,6 +279,11 @@ def sandbox_gc(
             _err(f"cannot remove containers: {e}")
     for sid in gc_all(folder):
         typer.echo(f"removed folder {folder / sid}")
+        removed += 1
+    from agentfleet.sandbox.cgroups import reap_stale
+
+    for cgroup in reap_stale(kill=True):
+        typer.echo(f"removed cgroup {cgroup}")
         removed += 1
     if not removed:
         typer.echo("nothing to remove")

@@ -19,15 +19,15 @@ import json
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiodocker
 import aiohttp
 
-from agentfleet.sandbox.base import CreateSandbox, SandboxError
+from agentfleet.sandbox.base import SandboxError
 from agentfleet.sandbox.folders import MARKER, owner_alive, rmtree
+from agentfleet.sandbox.limits import MB, Limits, Resources, image_ref
 
 __all__ = [
     "DEFAULT_IMAGE",
@@ -66,64 +66,6 @@ LABEL_PID_STARTED = "agentfleet.pid_started"
 LABEL_DIR = "agentfleet.dir"
 
 
-def image_ref(name: str) -> str:
-    """``name`` with docker's implied ``:latest`` when it has no tag or digest."""
-    if "@" in name or ":" in name.rsplit("/", 1)[-1]:
-        return name
-    return f"{name}:latest"
-
-
-@dataclass(frozen=True)
-class Resources:
-    """What one sandbox's container gets."""
-
-    image: str
-    memory_mb: int
-    cpus: float
-    pids_limit: int
-
-
-@dataclass(frozen=True)
-class Limits:
-    """The operator's image and limits: the defaults of a create request, and its maxima.
-
-    A request may name ``image`` or one of ``allow_images``, and ask for less memory, CPUs
-    or processes, never more: :meth:`resolve` answers 422 then, naming the limit.
-    """
-
-    image: str
-    memory_mb: int
-    cpus: float
-    pids_limit: int
-    allow_images: frozenset[str] = frozenset()
-
-    @property
-    def allowed_images(self) -> frozenset[str]:
-        return frozenset(image_ref(i) for i in (self.image, *self.allow_images))
-
-    def resolve(self, req: CreateSandbox) -> Resources:
-        problems = []
-        image = req.image or self.image
-        if image_ref(image) not in self.allowed_images:
-            allowed = ", ".join(sorted(self.allowed_images))
-            problems.append(f"image {image!r} is not allowed here (allowed: {allowed})")
-        for name, asked, limit in (
-            ("memory_mb", req.memory_mb, self.memory_mb),
-            ("cpus", req.cpus, self.cpus),
-            ("pids_limit", req.pids_limit, self.pids_limit),
-        ):
-            if asked is not None and asked > limit:
-                problems.append(f"{name} {asked:g} is over this server's limit of {limit:g}")
-        if problems:
-            raise SandboxError("; ".join(problems), 422)
-        return Resources(
-            image=image,
-            memory_mb=req.memory_mb or self.memory_mb,
-            cpus=req.cpus or self.cpus,
-            pids_limit=req.pids_limit or self.pids_limit,
-        )
-
-
 def sandbox_labels(
     *,
     owner: str,
@@ -151,17 +93,27 @@ def sandbox_labels(
 
 def host_config(res: Resources, work: Path, network: str) -> dict[str, Any]:
     """The engine's ``HostConfig``: limits (no swap beyond memory), the workdir bind-mounted at
-    its own path, docker-init, no new privileges."""
-    memory = res.memory_mb * 1024 * 1024
+    its own path, docker-init, no new privileges; file size and CPU time as ulimits (a
+    limit ``None``: docker's 0, none)."""
+    memory = (res.memory_mb or 0) * MB
+    ulimits = [
+        {"Name": name, "Soft": value, "Hard": value}
+        for name, value in (
+            ("fsize", res.file_size_mb and res.file_size_mb * MB),
+            ("cpu", res.cpu_time_s),
+        )
+        if value
+    ]
     return {
         "NetworkMode": network,
         "Memory": memory,
         "MemorySwap": memory,
-        "NanoCpus": int(res.cpus * 1e9),
-        "PidsLimit": res.pids_limit,
+        "NanoCpus": int((res.cpus or 0) * 1e9),
+        "PidsLimit": res.pids_limit or 0,
         "Binds": [f"{work}:{work}:rw"],
         "Init": True,
         "SecurityOpt": ["no-new-privileges"],
+        "Ulimits": ulimits,
     }
 
 

@@ -103,7 +103,8 @@ class DockerBackend:
         root: host folder of the work folders (default ``$TMPDIR/agentfleet-sandboxes``).
         memory_mb, cpus, pids_limit: container limits, and the maxima of a request's own
             (``CreateSandbox.memory_mb`` / ``cpus`` / ``pids_limit`` may ask for less; more
-            is 422). Swap is not allowed beyond the memory limit.
+            is 422). Swap is not allowed beyond the memory limit. None: no limit.
+        file_size_mb, cpu_time_s: ulimits FSIZE / CPU of the containers (None: none).
         allow_images: images a create request may name besides ``image``.
         network: docker network mode; ``"none"`` (the default) means no network at all.
         user: ``uid:gid`` commands run as (default: this server's own, so files they make
@@ -124,9 +125,11 @@ class DockerBackend:
         image: str = DEFAULT_IMAGE,
         *,
         root: Path | str | None = None,
-        memory_mb: int = 2048,
-        cpus: float = 1.0,
-        pids_limit: int = 512,
+        memory_mb: int | None = 2048,
+        cpus: float | None = 1.0,
+        pids_limit: int | None = 512,
+        file_size_mb: int | None = None,
+        cpu_time_s: int | None = None,
         network: str = "none",
         user: str | None = None,
         max_file_bytes: int = MAX_FILE_BYTES,
@@ -135,7 +138,9 @@ class DockerBackend:
         allow_images: Iterable[str] = (),
     ) -> None:
         self.image = image
-        self.limits = Limits(image, memory_mb, cpus, pids_limit, frozenset(allow_images))
+        self.limits = Limits(
+            image, memory_mb, cpus, pids_limit, frozenset(allow_images), file_size_mb, cpu_time_s
+        )
         # the host folders (copy, git, marker, file access, reaping of dead servers' folders)
         self.folders = SandboxFolders(root, max_file_bytes=max_file_bytes)
         self.memory_mb = memory_mb

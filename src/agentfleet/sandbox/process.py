@@ -22,6 +22,13 @@ server's orphan reaping or ``agentfleet sandbox gc``: the process groups recorde
 
 Commands are spawned with :class:`~agentfleet.sandbox.child.Child` (``Popen``, pidfd and
 output pipe watched on the event loop), not asyncio's subprocess transport.
+
+Limits (:class:`~agentfleet.sandbox.limits.Limits`, the operator's maxima): memory, processes
+and CPU share by the sandbox's cgroups where this server may make them, else memory and
+processes by rlimits; file size and CPU time by rlimits. A command is born in its cgroups
+and runs nothing before its rlimits are set (:mod:`agentfleet.sandbox.process_limits`: no
+extra process, no ``preexec_fn``).
+:meth:`ProcessBackend.limits_report` says which limit is enforced how (``/healthz``).
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 from agentfleet.sandbox.base import (
     DEFAULT_EXEC_TIMEOUT,
@@ -54,6 +61,13 @@ from agentfleet.sandbox.folders import (
     kill_group,
 )
 from agentfleet.sandbox.guard import ExecGuard
+from agentfleet.sandbox.limits import (
+    DEFAULT_FILE_SIZE_MB,
+    DEFAULT_MEMORY_MB,
+    DEFAULT_PIDS_LIMIT,
+    Limits,
+)
+from agentfleet.sandbox.process_limits import LimitEnforcer
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +143,11 @@ class ProcessBackend:
         network: let confined commands use the network (default: no network).
         path: ``PATH`` given to commands (default: the server's own ``PATH``).
         max_file_bytes: size cap of :meth:`write_file` / :meth:`read_file` (413 beyond).
+        memory_mb, pids_limit, cpus, file_size_mb, cpu_time_s: each sandbox's limits, and the
+            maxima of a create request's own (422 beyond); ``None``: no limit (no CPU quota by
+            default: timed evaluation runs must not be throttled). All ``None``: commands run
+            exactly as without limits.
+        cgroups: use cgroups where this server may (else rlimits only).
 
     A request that names no timeout gets ``DEFAULT_EXEC_TIMEOUT`` (the service fills in its
     own default before it calls the backend).
@@ -144,8 +163,18 @@ class ProcessBackend:
         network: bool = False,
         path: str | None = None,
         max_file_bytes: int = MAX_FILE_BYTES,
+        memory_mb: int | None = DEFAULT_MEMORY_MB,
+        pids_limit: int | None = DEFAULT_PIDS_LIMIT,
+        cpus: float | None = None,
+        file_size_mb: int | None = DEFAULT_FILE_SIZE_MB,
+        cpu_time_s: int | None = None,
+        cgroups: bool = True,
     ) -> None:
         self.folders = SandboxFolders(root, path=path, max_file_bytes=max_file_bytes)
+        self.limits = Limits(
+            None, memory_mb, cpus, pids_limit, file_size_mb=file_size_mb, cpu_time_s=cpu_time_s
+        )
+        self.enforcer = LimitEnforcer(self.limits, cgroups=cgroups)
         self.confine_option = confine_mode(confine)
         self.network = network
         self.confined = False
@@ -182,6 +211,7 @@ class ProcessBackend:
             raise SandboxError(f"sandbox root {str(self.root)!r} contains a newline")
         bash = await asyncio.to_thread(lambda: shutil.which("bash", path=self.path))
         self.bash = bash or "bash"
+        await self.enforcer.start()
         await self.guard.start()
 
     async def probe_confinement(self) -> bool:
@@ -212,6 +242,7 @@ class ProcessBackend:
     async def aclose(self) -> None:
         """Delete every sandbox this backend made (killing their running commands)."""
         await self.folders.aclose()
+        await self.enforcer.aclose()
         await self.guard.aclose()
 
     def sandbox_ids(self) -> list[str]:
@@ -221,13 +252,27 @@ class ProcessBackend:
         return self.folders.get(sandbox_id).dir
 
     # sandboxes and files: the folders' ------------------------------------------------
+    def limits_report(self) -> dict[str, dict[str, Any]]:
+        """Each limit's value and what enforces it (None: nothing), for ``/healthz``."""
+        return self.enforcer.report()
+
     async def create(self, sandbox_id: str, source_dir: Path | None, req: CreateSandbox) -> str:
+        res = self.limits.resolve(req)  # 422 before anything is made
         if not self._started:
             await self.start()
-        return str((await self.folders.create(sandbox_id, source_dir, req)).work)
+        folder = await self.folders.create(sandbox_id, source_dir, req)
+        try:
+            await self.enforcer.add(sandbox_id, res)
+        except BaseException:
+            await asyncio.shield(self.folders.delete(sandbox_id))
+            raise
+        return str(folder.work)
 
     async def delete(self, sandbox_id: str) -> None:
-        await self.folders.delete(sandbox_id)
+        try:
+            await self.folders.delete(sandbox_id)
+        finally:
+            await self.enforcer.remove(sandbox_id)
 
     async def read_file(self, sandbox_id: str, path: str) -> bytes:
         return await self.folders.read_file(sandbox_id, path)
@@ -243,13 +288,13 @@ class ProcessBackend:
         return env
 
     def _command(
-        self, sb: SandboxFolder, cwd: Path, req: ExecRequest
+        self, sb: SandboxFolder, cwd: Path, command: str, extra_env: dict[str, str]
     ) -> tuple[list[str], dict[str, str]]:
         """The argv and the environment of the process to spawn: unconfined, the command's
         own; under bwrap, the server's fixed one (the command's is set inside the sandbox)."""
-        env = self._env(sb, req.env)
+        env = self._env(sb, extra_env)
         if not self.confined:
-            return [self.bash, "-c", req.command], env
+            return [self.bash, "-c", command], env
         assert self.bwrap is not None
         argv = command_argv(
             self.bwrap,
@@ -259,7 +304,7 @@ class ProcessBackend:
             cwd=str(cwd),
             env=env,
             network=self.network,
-            command=req.command,
+            command=command,
         )
         return argv, BWRAP_ENV
 
@@ -271,8 +316,16 @@ class ProcessBackend:
         capture = OutputCapture(output_limit)
         started = time.monotonic()
 
-        argv, env = self._command(sb, cwd, req)
-        child = Child.spawn(argv, cwd=cwd, env=env, capture=capture)
+        gate = None
+        if not self.enforcer.limited(sandbox_id):  # exactly as without limits
+            argv, env = self._command(sb, cwd, req.command, req.env)
+            child = Child.spawn(argv, cwd=cwd, env=env, capture=capture)
+        else:
+            command = self.enforcer.command(sandbox_id, req.command)
+            argv, env = self._command(sb, cwd, command, req.env)
+            child, gate = self.enforcer.spawn(
+                sandbox_id, argv, confined=self.confined, cwd=cwd, env=env, capture=capture
+            )
         pgid = child.pid  # start_new_session: the leader's pid is the group id
         timed_out = False
         guard: asyncio.TimerHandle | None = None
@@ -285,6 +338,8 @@ class ProcessBackend:
                 kill_group(pgid)
             try:
                 async with asyncio.timeout(timeout):
+                    if gate is not None:
+                        await gate.open(child)  # limits set, then the command runs
                     await asyncio.shield(child.exited)
             except TimeoutError:
                 timed_out = True
@@ -293,6 +348,8 @@ class ProcessBackend:
             # may survive the exec (also kills `cmd &` children left behind). The leader is
             # not reaped yet, so the group id still names this group.
             kill_group(pgid)
+            if gate is not None:
+                gate.close()  # after the kill: bwrap goes on when its gate just closes
             sb.pgids.discard(pgid)
             if guard is not None:
                 guard.cancel()

@@ -38,6 +38,7 @@ from agentfleet.sandbox.base import (
     SandboxError,
     SandboxInfo,
 )
+from agentfleet.sandbox.limits import limits_report
 from agentfleet.sandbox.service import SandboxService
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,15 @@ async def _unless_disconnected(request: Request, work: Awaitable[T], what: str) 
     return run.result()
 
 
+def _describe(limits: dict[str, dict[str, Any]]) -> str:
+    """``memory_mb=2048 (cgroup v1 (per sandbox)), ...`` for the start-up log."""
+
+    def how(v: dict[str, Any]) -> str:
+        return str(v["enforced_by"] or ("no limit" if v["value"] is None else "NOT enforced"))
+
+    return ", ".join(f"{name}={v['value']} ({how(v)})" for name, v in limits.items())
+
+
 def _error(
     status: int, message: str, headers: dict[str, str] | None = None, **extra: Any
 ) -> JSONResponse:
@@ -199,6 +209,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await svc.start()
+        limits = limits_report(svc.backend)
+        if limits is not None:  # uvicorn's logger: shown at serve-sandbox's default level
+            logging.getLogger("uvicorn.error").info(
+                "sandbox limits (%s backend): %s", svc.backend_name, _describe(limits)
+            )
         try:
             yield
         finally:
@@ -241,7 +256,9 @@ def create_app(
     # routes ------------------------------------------------------------------------------
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "backend": svc.backend_name, "sandboxes": len(svc)}
+        health = {"status": "ok", "backend": svc.backend_name, "sandboxes": len(svc)}
+        limits = limits_report(svc.backend)  # each limit's value and what enforces it
+        return health if limits is None else {**health, "limits": limits}
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -301,7 +318,8 @@ BACKENDS = ("process", "docker")
 
 def make_backend(name: str, *, root: Path | str | None = None, **kw: Any) -> Backend:
     """A backend by name: ``process`` (``ProcessBackend(root, **kw)``) or ``docker``
-    (``DockerBackend(root=root, **kw)``: ``image``, ``memory_mb``, ``cpus``, ...)."""
+    (``DockerBackend(root=root, **kw)``: ``image``, ``allow_images``, ...). Both take the
+    limits ``memory_mb``, ``cpus``, ``pids_limit``, ``file_size_mb`` and ``cpu_time_s``."""
     if name == "process":
         from agentfleet.sandbox.process import ProcessBackend
 
