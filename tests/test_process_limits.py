@@ -247,6 +247,31 @@ async def test_a_file_over_the_size_limit_fails(server: tuple[str, ProcessBacken
     assert (Path(info.workdir) / "big").stat().st_size <= 64 << 20
 
 
+@pytest.mark.parametrize(
+    "env", [{"BASH_ENV": "x.sh"}, {"SHELLOPTS": "xtrace"}, {"BASH_FUNC_builtin%%": "() { :; }"}]
+)
+async def test_shell_start_up_variables_cannot_run_code_before_the_limits(
+    server: tuple[str, ProcessBackend], env: dict[str, str]
+) -> None:
+    """BASH_ENV, SHELLOPTS + PS4, an exported ``builtin`` function: each would run before
+    the ``ulimit`` on the first line; the request is 422 and nothing runs."""
+    url, _ = server
+    client = SandboxClient(url)
+    info = await client.create(CreateSandbox())
+    (Path(info.workdir) / "x.sh").write_text("head -c 100M /dev/zero > escaped\n")
+    with pytest.raises(ValueError, match="start-up"):  # the client checks first
+        await client.exec(info.sandbox_id, "true", env=env)
+    resp = await HttpPool.for_loop().request(
+        "POST",
+        f"{url}/sandboxes/{info.sandbox_id}/exec",
+        json={"command": "true", "env": {**env, "PS4": "$(. ./x.sh)"}},
+        retry=NO_RETRY,
+        idempotent=False,
+    )
+    assert resp.status == 422 and "start-up" in resp.text(), resp.text()
+    assert not (Path(info.workdir) / "escaped").exists()
+
+
 async def test_a_cpu_time_loop_is_killed(server: tuple[str, ProcessBackend]) -> None:
     url, _ = server
     await _enforced(url, "cpu_time_s")

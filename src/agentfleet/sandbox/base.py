@@ -96,9 +96,16 @@ class SandboxInfo(BaseModel):
     expires_at: float
 
 
+# Variables that make bash run code before the command's first line (and so before its
+# limits' ``ulimit``): refused in a request's ``env``.
+SHELL_STARTUP_ENV = frozenset({"BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "PS4"})
+
+
 class ExecRequest(BaseModel):
     """One command. ``env`` is set for the command only (inside the sandbox): names are
-    non-empty, without ``=`` or NUL; no NUL in values, the command or ``cwd`` (422)."""
+    non-empty, without ``=`` or NUL, not a shell start-up variable (``BASH_ENV``,
+    ``SHELLOPTS``, an exported function ``BASH_FUNC_*``...); no NUL in values, the command
+    or ``cwd`` (422)."""
 
     command: str = Field(min_length=1, max_length=1_000_000)
     cwd: str = ""
@@ -118,6 +125,8 @@ class ExecRequest(BaseModel):
         for name, value in env.items():
             if not name or "=" in name or "\0" in name:
                 raise ValueError(f"env name {name!r}: non-empty, without '=' or NUL")
+            if name in SHELL_STARTUP_ENV or name.startswith("BASH_FUNC_"):
+                raise ValueError(f"env name {name!r}: shell start-up variables are refused")
             if "\0" in value:
                 raise ValueError(f"env value of {name!r} contains NUL")
         return env
