@@ -35,9 +35,12 @@ def _mount_subcommands() -> None:
     """Sub-apps that live beside their packages."""
     from agentfleet.bench.cli import bench_app
     from agentfleet.evaluation.cli import eval_app
+    from agentfleet.fleet.preds_cli import eval_preds
     from agentfleet.fleet.tasks_cli import tasks_app
     from agentfleet.sandbox.cli import images_app, sandbox_app
 
+    # `eval preds` runs a fleet (a layer above evaluation/): mounted here, beside the run
+    eval_app.command("preds")(eval_preds)
     app.add_typer(tasks_app, name="tasks")
     app.add_typer(eval_app, name="eval")
     app.add_typer(bench_app, name="bench")

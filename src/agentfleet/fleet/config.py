@@ -41,6 +41,8 @@ class FleetConfig:
     pool: PoolLimits | str | None = None  # HTTP pool limits (None: by fleet size, pool_limits)
     task_attempts: int = DEFAULT_TASK_ATTEMPTS  # tries of a task that meets transport faults
     mini: dict[str, Any] | None = None  # --agent mini: mini-swe-agent's config (mini_agent.py)
+    # `eval preds`: each task's patch from a predictions file, evaluated with no agent (preds.py)
+    predictions: dict[str, Any] | None = None
     # The run's cost budget (agent.run_cost_limit), made by run_budget(); one per process.
     budget: RunBudget | None = field(default=None, repr=False, compare=False)
 
