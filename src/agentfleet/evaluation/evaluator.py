@@ -155,6 +155,7 @@ class Evaluator:
         if req.exit_status != SUBMITTED:
             info.update(status="not_submitted", durations={"total": 0.0})
             log.info("eval %s: not submitted (%s)", req.instance_id, req.exit_status)
+            await self._not_submitted_verdict(req, info)
             return EvalResult(reward=0.0, speedup=0.0, info=info)
 
         task = await asyncio.to_thread(
@@ -185,6 +186,8 @@ class Evaluator:
             info["status"] = "error"
             info["error"] = f"{type(exc).__name__}: {exc}"
             reward, speedup = 0.0, 0.0
+            if image_eval.scored_by_benchmark(task):
+                info["benchmark"] = image_eval.failed(task, "error")
         finally:
             await self._close(pool)
             durations["total"] = round(time.monotonic() - t0, 4)
@@ -197,6 +200,17 @@ class Evaluator:
             durations["total"],
         )
         return EvalResult(reward=reward, speedup=speedup, info=info)
+
+    async def _not_submitted_verdict(self, req: EvalRequest, info: dict[str, Any]) -> None:
+        """A real benchmark's task not submitted fails its rule (counted in its summary)."""
+        try:
+            task = await asyncio.to_thread(
+                _resolve_task, req.dataset_name, req.instance_id, req.split, self.dataset_roots
+            )
+        except (TaskNotFound, OSError, ValueError):
+            return
+        if image_eval.scored_by_benchmark(task):
+            info["benchmark"] = image_eval.failed(task, "not_submitted")
 
     async def _close(self, pool: _Pool) -> None:
         # Shielded: a cancelled evaluation still deletes its sandboxes (in the background

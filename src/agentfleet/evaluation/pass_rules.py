@@ -37,6 +37,7 @@ __all__ = [
     "GSO_MIN_SPEEDUP",
     "SWEF_MATCH",
     "SWEPERF_ALPHA",
+    "benchmark_summary",
     "benchmark_verdict",
     "failed_verdict",
     "gso_verdict",
@@ -229,3 +230,39 @@ def benchmark_verdict(
     if benchmark == "swefficiency":
         return swefficiency_verdict(base, cand, gold, gold_speedup=gold_speedup)
     return sweperf_verdict(base, cand, gold)
+
+
+def _finite_pos(x: Any) -> float | None:
+    ok = isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+    return float(x) if ok else None
+
+
+def benchmark_summary(infos: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per benchmark, over the evaluations' ``info`` dicts that carry a verdict
+    (``info["benchmark"]``): ``n``, ``passed``, ``pass_rate`` (the benchmark's own rule),
+    the geometric means of the speedup over base and relative to gold (over those that
+    have one), and for SWE-fficiency the harmonic mean of its ratio (its harness's figure:
+    a failing patch counts as speedup 1)."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for info in infos:
+        verdict = info.get("benchmark") if isinstance(info, Mapping) else None
+        if isinstance(verdict, Mapping) and verdict.get("benchmark") in BENCHMARKS:
+            groups.setdefault(str(verdict["benchmark"]), []).append(verdict)
+    out: dict[str, dict[str, Any]] = {}
+    for name, verdicts in groups.items():
+        n = len(verdicts)
+        passed = sum(v.get("passed") is True for v in verdicts)
+        base = [x for v in verdicts if (x := _finite_pos(v.get("speedup_base")))]
+        gold = [x for v in verdicts if (x := _finite_pos(v.get("speedup_gold")))]
+        figures: dict[str, Any] = {
+            "n": n,
+            "passed": passed,
+            "pass_rate": passed / n,
+            "geomean_speedup_base": _geomean(base) if base else None,
+            "geomean_speedup_gold": _geomean(gold) if gold else None,
+        }
+        if name == "swefficiency":
+            ratios = [x for v in verdicts if (x := _finite_pos(v.get("speedup_ratio")))]
+            figures["hm_speedup_ratio"] = _hmean(ratios) if ratios else None
+        out[name] = figures
+    return out
