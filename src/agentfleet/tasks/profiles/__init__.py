@@ -13,11 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agentfleet.tasks.model import Task
 from agentfleet.tasks.profiles.common import ProfileError, Row
 from agentfleet.tasks.profiles.gso import gso_task
 from agentfleet.tasks.profiles.swefficiency import swefficiency_task
 from agentfleet.tasks.profiles.sweperf import sweperf_task
-from agentfleet.tasks.task import Task
 
 Profile = Callable[[Row, str, Path], Task]
 PROFILES: dict[str, Profile] = {

@@ -14,8 +14,8 @@ import platform
 from pathlib import Path
 from typing import Final
 
+from agentfleet.tasks.model import Task
 from agentfleet.tasks.profiles.common import Row, as_list, check_fields, heredoc_python, pick_image
-from agentfleet.tasks.task import Task
 
 BENCHMARK: Final = "gso"
 REQUIRED = ("instance_id", "repo", "base_commit", "opt_commit", "gt_diff", "prob_script", "tests")

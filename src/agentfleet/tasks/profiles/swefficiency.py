@@ -12,6 +12,7 @@ import shlex
 from pathlib import Path
 from typing import Final
 
+from agentfleet.tasks.model import Task
 from agentfleet.tasks.profiles.common import (
     CONDA_TESTBED,
     SWE_BENCH_FIELDS,
@@ -23,7 +24,6 @@ from agentfleet.tasks.profiles.common import (
     swebench_image,
     test_paths,
 )
-from agentfleet.tasks.task import Task
 
 BENCHMARK: Final = "swefficiency"
 REQUIRED = ("instance_id", "repo", "base_commit", "patch", "workload")

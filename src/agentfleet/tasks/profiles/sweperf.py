@@ -12,6 +12,7 @@ import shlex
 from pathlib import Path
 from typing import Final
 
+from agentfleet.tasks.model import Task
 from agentfleet.tasks.profiles.common import (
     CONDA_TESTBED,
     SWE_BENCH_FIELDS,
@@ -21,7 +22,6 @@ from agentfleet.tasks.profiles.common import (
     pick_image,
     test_paths,
 )
-from agentfleet.tasks.task import Task
 
 BENCHMARK: Final = "swe-perf"
 REQUIRED = ("instance_id", "repo", "base_commit", "patch", "efficiency_test")
