@@ -1,0 +1,17 @@
+import random
+
+from intervals import merge
+
+
+def test_small():
+    assert merge([(1, 3), (2, 6), (8, 10), (15, 18)]) == [(1, 6), (8, 10), (15, 18)]
+    assert merge([(1, 4), (4, 5)]) == [(1, 5)]
+    assert merge([]) == []
+
+
+def test_merge_many():
+    rng = random.Random(5)
+    spans = [(x, x + rng.randrange(1, 4)) for x in (rng.randrange(20000) for _ in range(250))]
+    out = merge(spans)
+    assert all(a[1] < b[0] for a, b in zip(out, out[1:]))
+    assert sum(1 for lo, hi in spans if not any(a <= lo and hi <= b for a, b in out)) == 0

@@ -1,0 +1,16 @@
+import random
+
+from medians import running_medians
+
+
+def test_small():
+    assert running_medians([5, 1, 3, 2]) == [5, 1, 3, 2]
+    assert running_medians([]) == []
+
+
+def test_long_stream():
+    rng = random.Random(11)
+    values = [rng.random() for _ in range(2000)]
+    out = running_medians(values)
+    assert out[-1] == sorted(values)[999]
+    assert len(out) == 2000
