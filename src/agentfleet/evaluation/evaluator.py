@@ -348,8 +348,9 @@ class Evaluator:
                 strict=True,
             )
         )
-        durations["check"] = round(time.monotonic() - t, 4)
         self._check_outputs(checks, arms, info)
+        await self._gso_eqcheck(arms, task, run_timeout, info)
+        durations["check"] = round(time.monotonic() - t, 4)
 
         # 4. timing
         t = time.monotonic()
@@ -440,6 +441,18 @@ class Evaluator:
             info["reference_output_ok"] = ref.returncode == 0 and ref.sha256 == base.sha256
             if not info["reference_output_ok"]:
                 arms.pop("reference", None)
+
+    async def _gso_eqcheck(
+        self, arms: dict[str, str], task: Task, timeout: float, info: dict[str, Any]
+    ) -> None:
+        """GSO's ``--reference`` / ``--eqcheck`` runs: a candidate whose results differ
+        from the base's is ``wrong_output``; a gold whose results differ is dropped."""
+        failures = await image_eval.gso_eqcheck(self.sandboxes, arms, task, timeout)
+        if "candidate" in failures:
+            raise _Outcome("wrong_output", eqcheck_output=failures["candidate"])
+        if "reference" in failures:
+            arms.pop("reference", None)
+            info["reference_error"] = failures["reference"]
 
     async def _measure(self, arms: dict[str, str], task: Task, run_timeout: float) -> Samples:
         cfg = self.config

@@ -9,6 +9,7 @@ is the evaluator's usual one.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -132,9 +133,64 @@ def verdict(
         arms[arm] = {n: keep([r[n] for r in rounds], dropped) for n in names}
     if "reference" in arms:
         arms["gold"] = arms.pop("reference")
-    return benchmark_verdict(task.benchmark, arms, gold_speedup=gold_speedup(task))
+    out = benchmark_verdict(task.benchmark, arms, gold_speedup=gold_speedup(task))
+    out["samples_s"] = arms  # per arm and metric, the kept rounds' seconds
+    return out
 
 
 def failed(task: Task, status: str) -> dict[str, Any]:
     """The verdict of a patch that never reached the timing."""
     return failed_verdict(task.benchmark, status, gold_speedup=gold_speedup(task))
+
+
+def _gso_tests(task: Task) -> list[str]:
+    raw: Any = task.benchmark_fields.get("tests") or []
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            raw = [raw]
+    return [str(t) for t in raw] if isinstance(raw, list) else []
+
+
+async def gso_eqcheck(
+    sandboxes: Sandboxes, arms: Mapping[str, str], task: Task, timeout: float
+) -> dict[str, str]:
+    """GSO's equivalence check: each of the row's test scripts runs with ``--reference`` in
+    the baseline (storing its result), then with ``--eqcheck`` against that result in every
+    other arm. Returns arm -> why it failed (empty: all equivalent, or no scripts)."""
+    tests = _gso_tests(task)
+    if task.benchmark != "gso" or not tests:
+        return {}
+    failures: dict[str, str] = {}
+    for i, script in enumerate(tests):
+        path, prefix = f".git/agentfleet_gso_{i}.py", f".git/agentfleet_gso_{i}"
+        for sid in arms.values():
+            await sandboxes.write_file(sid, path, script.encode())
+        res = await sandboxes.exec(
+            arms["baseline"],
+            f"python - --reference --file_prefix {prefix} < {path}",
+            timeout=timeout,
+        )
+        if res.timed_out or res.returncode != 0:
+            raise RuntimeError(f"GSO test {i} failed on the base: {res.output[-1000:]}")
+        result = await _read_small(sandboxes, arms["baseline"], f"{prefix}_result.json")
+        for arm, sid in arms.items():
+            if arm == "baseline" or arm in failures:
+                continue
+            await sandboxes.write_file(sid, f"{prefix}_result.json", result)
+            res = await sandboxes.exec(
+                sid, f"python - --eqcheck --file_prefix {prefix} < {path}", timeout=timeout
+            )
+            if res.timed_out or res.returncode != 0:
+                failures[arm] = f"GSO test {i} --eqcheck failed: {res.output[-2000:]}"
+    return failures
+
+
+async def _read_small(sandboxes: Sandboxes, sandbox_id: str, path: str) -> bytes:
+    """A small file's bytes, read through a command (base64: any bytes survive)."""
+    res = await sandboxes.exec(sandbox_id, f"base64 -w0 -- {path}", timeout=60)
+    if res.returncode != 0 or res.truncated:
+        why = "too large to copy" if res.truncated else res.output[-500:]
+        raise RuntimeError(f"cannot read {path} in the base sandbox: {why}")
+    return base64.b64decode(res.output.strip())
