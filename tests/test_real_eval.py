@@ -12,7 +12,7 @@ from realbench import build_dataset
 
 from agentfleet.evaluation.evaluator import EvalConfig, Evaluator
 from agentfleet.evaluation.schema import EvalRequest, EvalResult
-from agentfleet.sandbox import ProcessBackend, SandboxService
+from agentfleet.sandbox import CreateSandbox, ProcessBackend, SandboxInfo, SandboxService
 
 CONFIG = EvalConfig(repeats=5, bootstrap_resamples=200)
 
@@ -91,3 +91,24 @@ async def test_bad_patches_score_zero_with_their_status(
     assert verdict["speedup_ratio"] == 0.5
     if status == "tests_modified":
         assert info["modified_tests"] == ["tests/check.sh"]
+
+
+async def test_memory_limit_per_benchmark(service: SandboxService, dataset: dict[str, str]) -> None:
+    """EvalConfig.memory_mb: the evaluation sandboxes of that benchmark's tasks ask for it."""
+    asked: list[int | None] = []
+
+    class Recording:
+        def __getattr__(self, name: str) -> object:
+            return getattr(service, name)
+
+        async def create(self, req: CreateSandbox) -> SandboxInfo:
+            asked.append(req.memory_mb)
+            return await service.create(req.model_copy(update={"memory_mb": None}))
+
+    cfg = CONFIG.model_copy(update={"memory_mb": {"gso": 2048}, "repeats": 1})
+    for task in ("gso-count", "swef-count"):
+        req = EvalRequest(
+            exit_status="Submitted", result="", instance_id=task, dataset_name=dataset["path"]
+        )
+        await Evaluator(Recording(), cfg, dataset_roots=[dataset["path"]]).evaluate(req)  # type: ignore[arg-type]
+    assert asked == [2048] * 3 + [None] * 3

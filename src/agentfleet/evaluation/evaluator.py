@@ -254,7 +254,12 @@ class Evaluator:
     ) -> tuple[float, float]:
         cfg = self.config
         # the dataset as the request named it (a bundled name or a folder), as the sandboxes do
-        create = CreateSandbox(task_id=task.id, dataset=dataset, run="evaluation")
+        create = CreateSandbox(
+            task_id=task.id,
+            dataset=dataset,
+            run="evaluation",
+            memory_mb=cfg.memory_mb.get(task.benchmark),
+        )
         scored = image_eval.scored_by_benchmark(task)  # a real benchmark: the gold is timed
         want_ref = cfg.reference or cfg.reward.kind == "relative" or scored
         reference_patch = await asyncio.to_thread(_read_solution, task) if want_ref else ""
