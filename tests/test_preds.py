@@ -57,6 +57,8 @@ def test_run_writes_preds_and_eval_preds_gives_the_same_scores(tmp_path: Path) -
     summary = RunDir(r2).read_summary()
     assert summary["benchmarks"]["gso"]["pass_rate"] == 1.0
     assert summary["benchmarks"]["swefficiency"]["hm_speedup_ratio"] > 0.9
+    out = cli("show", str(r2))
+    assert out.exit_code == 0 and "swefficiency: 1/1 pass its rule" in out.stdout, out.stdout
     out = cli("report", str(r2))
     html = (r2 / "report.html").read_text()
     assert out.exit_code == 0 and '<ul id="benchmarks">' in html and "gso: pass (" in html
