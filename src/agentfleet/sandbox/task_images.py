@@ -5,7 +5,8 @@ A bundled ``*-mini`` dataset ships each row's repository under
 (``agentfleet-bench:bookworm``: the base image plus gcc, make and python3-pytest), the
 repository at ``/testbed`` with a git history made the same way here and in the image (fixed
 author and dates, so ``base_commit`` and GSO's ``opt_commit`` are the hashes the rows
-name): ``main`` at the base commit, a ``gold`` branch with the gold patch applied. The
+name): ``main`` at the base commit (after a first one: the root is not the baseline), a
+``gold`` branch with the gold patch applied. The
 environments the profiles activate exist as small shims (``/testbed/.venv``, conda
 ``testbed`` under ``/opt/miniconda3``); the task's ``rebuild_cmd`` runs once. Each image
 is tagged with the name its profile computes (``slimshetty/gso:gso.eval...``), labelled
@@ -40,6 +41,8 @@ export GIT_AUTHOR_NAME=agentfleet GIT_AUTHOR_EMAIL=agentfleet@localhost
 export GIT_COMMITTER_NAME=agentfleet GIT_COMMITTER_EMAIL=agentfleet@localhost
 export GIT_AUTHOR_DATE='2024-01-01T00:00:00+0000' GIT_COMMITTER_DATE='2024-01-01T00:00:00+0000'
 git init -q -b main .
+git add .gitignore
+git commit -q -m initial
 git add -A
 git commit -q -m base
 if [ -s "$1" ]; then
