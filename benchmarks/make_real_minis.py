@@ -162,7 +162,8 @@ GSO_ROWS = [
         "install_commands": ["true"],
         "tests": [
             gso_script(
-                "def setup():\n    rng = random.Random(7)\n    vocab = [f'w{i}' for i in range(1000)]\n"
+                "def setup():\n    rng = random.Random(7)\n"
+                "    vocab = [f'w{i}' for i in range(1000)]\n"
                 "    return ' '.join(rng.choice(vocab) for _ in range(10000))",
                 "def experiment(text):\n    from wordfreq import top_words\n\n"
                 "    return top_words(text, 20)",
