@@ -61,6 +61,9 @@ def serve_settings(
     cpus: float | None = None,
     pids_limit: int | None = None,
     allow_images: list[str] | None = None,
+    image_map: Path | None = None,
+    registry_prefix: str | None = None,
+    pull: str | None = None,
     max_sandboxes: int = DEFAULT_MAX_SANDBOXES,
     max_execs: int = DEFAULT_MAX_EXECS,
     max_execs_per_sandbox: int = DEFAULT_MAX_EXECS_PER_SANDBOX,
@@ -96,8 +99,20 @@ def serve_settings(
         if any(not i.strip() for i in allow_images):
             raise ValueError("--allow-image: empty image name")
         docker_kw["allow_images"] = list(allow_images)
+    if image_map is not None or registry_prefix:
+        docker_kw["image_naming"] = _naming(image_map, registry_prefix)
+    if pull is not None:
+        from agentfleet.sandbox.image_box import PULL_POLICIES
+
+        if pull not in PULL_POLICIES:
+            raise ValueError(f"--pull {pull!r}: one of {', '.join(PULL_POLICIES)}")
+        docker_kw["pull"] = pull
     if docker_kw and backend != "docker":
-        flag = {"memory_mb": "memory", "allow_images": "allow-image"}
+        flag = {
+            "memory_mb": "memory",
+            "allow_images": "allow-image",
+            "image_naming": "image-map/--registry-prefix",
+        }
         given = ", ".join("--" + flag.get(k, k.replace("_", "-")) for k in docker_kw)
         raise ValueError(f"{given}: only for --backend docker")
     if backend == "process":
@@ -123,6 +138,16 @@ def serve_settings(
         "reap_period_s": reap_interval,
     }
     return docker_kw, service_kw
+
+
+def _naming(image_map: Path | None, prefix: str | None) -> Any:
+    from agentfleet.sandbox.image_box import ImageNaming, load_image_map
+
+    try:
+        mapping = load_image_map(image_map.read_text(), str(image_map)) if image_map else {}
+    except OSError as e:
+        raise ValueError(f"--image-map {image_map}: {e.strerror or e}") from None
+    return ImageNaming(mapping, prefix or "")
 
 
 def confine_setting(confine: str | None, host: str) -> str:

@@ -196,7 +196,10 @@ def build_task_image(
         extra = ["--network", "none"]
         for key, value in labels.items():
             extra += ["--label", f"{key}={value}"]
+        previous = _image_id(image)
         _docker_build(dockerfile, ctx, extra, image, log)
+    if previous and previous != _image_id(image):  # the outdated build, now untagged
+        subprocess.run(["docker", "rmi", previous], capture_output=True, check=False)
     log(f"{task.id}: built {image}")
     return True
 
