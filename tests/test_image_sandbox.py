@@ -141,3 +141,51 @@ def test_images_pull_skips_present_and_refuses_never(task_images: dict) -> None:
         ],
     )
     assert res.exit_code == 1 and "missing and --pull never" in res.output
+
+
+async def test_image_file_cap(task_images: dict, tmp_path: Path) -> None:
+    async with SandboxService(
+        DockerBackend(root=tmp_path / "sb", max_file_bytes=64), reap_period_s=0
+    ) as svc:
+        info = await svc.create(CreateSandbox(task_id=ROWS["gso-mini"], dataset="gso-mini"))
+        with pytest.raises(SandboxError) as err:
+            await svc.read_file(info.sandbox_id, "src/primes.c")
+        assert err.value.status == 413
+        with pytest.raises(SandboxError) as err:
+            await svc.write_file(info.sandbox_id, "big.txt", b"x" * 65)
+        assert err.value.status == 413
+        with pytest.raises(SandboxError) as err:
+            await svc.read_file(info.sandbox_id, "src")  # a folder
+        assert err.value.status == 422
+
+
+def _tiny_image(tmp_path: Path, name: str, label: str | None) -> None:
+    """A one-file image (docker import of a small tar), optionally labelled."""
+    (tmp_path / "f").write_text("x")
+    subprocess.run(["tar", "-C", str(tmp_path), "-cf", str(tmp_path / "t.tar"), "f"], check=True)
+    change = ["--change", f"LABEL agentfleet.image={label}"] if label else []
+    subprocess.run(
+        ["docker", "import", *change, str(tmp_path / "t.tar"), name],
+        check=True,
+        capture_output=True,
+    )
+
+
+def test_images_load_and_prune_only_labelled(task_images: dict, tmp_path: Path) -> None:
+    import uuid
+
+    from agentfleet.sandbox.image_pull import prune_images
+
+    kind = f"test-{uuid.uuid4().hex[:8]}"
+    labelled, other = f"agentfleet-test-{kind}:1", f"agentfleet-test-{kind}:plain"
+    try:
+        _tiny_image(tmp_path, labelled, kind)
+        _tiny_image(tmp_path, other, None)
+        subprocess.run(["docker", "save", "-o", str(tmp_path / "s.tar"), labelled], check=True)
+        subprocess.run(["docker", "rmi", labelled], check=True, capture_output=True)
+        res = CliRunner().invoke(app, ["images", "load", str(tmp_path / "s.tar")])
+        assert res.exit_code == 0 and image_exists(labelled)
+        assert prune_images([kind], log=lambda _: None) == 1
+        assert not image_exists(labelled) and image_exists(other)
+    finally:
+        subprocess.run(["docker", "rmi", "-f", labelled, other], capture_output=True)

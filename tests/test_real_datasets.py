@@ -205,3 +205,32 @@ async def test_process_backend_refuses_image_tasks(tmp_path: Path) -> None:
         assert err.value.status == 422
         assert len(svc) == 0
     assert not list((tmp_path / "sb").glob("*/work"))
+
+
+def test_serve_settings_image_options(tmp_path: Path) -> None:
+    from agentfleet.sandbox.cli import serve_settings
+
+    (tmp_path / "map.yaml").write_text("a__b-1: mirror/a:1\n")
+    docker_kw, _ = serve_settings(
+        "docker", image_map=tmp_path / "map.yaml", registry_prefix="r:5000", pull="never"
+    )
+    assert docker_kw["pull"] == "never"
+    assert docker_kw["image_naming"].image_for("a__b-1", "x") == "mirror/a:1"
+    assert docker_kw["image_naming"].image_for("c", "x/y") == "r:5000/x/y"
+    with pytest.raises(ValueError, match="--pull: only for --backend docker"):
+        serve_settings("process", pull="never")
+    with pytest.raises(ValueError, match="--pull 'often'"):
+        serve_settings("docker", pull="often")
+
+
+def test_tasks_cli_on_image_tasks() -> None:
+    from typer.testing import CliRunner
+
+    from agentfleet.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["tasks", "show", "agentfleet__cprimes-102", "-d", "gso-mini"])
+    assert res.exit_code == 0
+    assert "slimshetty/gso:gso.eval." in res.output and "make -s" in res.output
+    res = runner.invoke(app, ["tasks", "check", "--dataset", "gso-mini"])
+    assert res.exit_code == 2 and "run in their own images" in res.output

@@ -102,6 +102,12 @@ def tasks_check(
         tasks = [ds.task(i) for i in ids]
     except TaskNotFound as exc:
         fail(str(exc))
+    if any(t.is_image_task for t in tasks):
+        fail(
+            f"{dataset}: its tasks run in their own images and `tasks check` runs the process "
+            "backend only; time their gold patches with `agentfleet run --model oracle` "
+            "(docs/benchmarks-real.md)"
+        )
     split_of = {tid: s for s, members in ds.splits.items() for tid in members}
     rows = asyncio.run(
         check_tasks(
