@@ -189,3 +189,24 @@ def test_images_load_and_prune_only_labelled(task_images: dict, tmp_path: Path) 
         assert not image_exists(labelled) and image_exists(other)
     finally:
         subprocess.run(["docker", "rmi", "-f", labelled, other], capture_output=True)
+
+
+async def test_folder_task_naming_an_image_without_a_repo(
+    task_images: dict, tmp_path: Path
+) -> None:
+    """The folder format's image fields; a workdir with no git commit is refused, cleanly."""
+    ds = tmp_path / "ds"
+    (ds / "no-repo").mkdir(parents=True)
+    (ds / "dataset.yaml").write_text("name: ds\nsplits: {test: [no-repo]}\n")
+    (ds / "no-repo" / "task.yaml").write_text(
+        f"prompt: p\ntest_cmd: 'true'\nworkload_cmd: 'true'\nimage: {DEFAULT_IMAGE}\n"
+        "workdir: /tmp\n"
+    )
+    async with SandboxService(
+        DockerBackend(root=tmp_path / "sb"), reap_period_s=0, dataset_roots=[ds]
+    ) as svc:
+        req = CreateSandbox(task_id="no-repo", dataset=str(ds), run="no-repo-test")
+        with pytest.raises(SandboxError, match="no git repository at /tmp") as err:
+            await svc.create(req)
+        assert err.value.status == 422 and len(svc) == 0
+    assert _containers("no-repo-test") == []
