@@ -17,14 +17,16 @@ Blocking subprocesses: command-line actions, never called from an event loop.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from agentfleet.sandbox.images import IMAGE_LABEL, ImageBuildError, image_exists
+from agentfleet.sandbox.images import IMAGE_LABEL, ImageBuildError, cache_dir, image_exists
 from agentfleet.tasks.task import Task
 
 BENCH_IMAGE = "agentfleet-bench:bookworm"
@@ -116,16 +118,14 @@ def build_bench_image(
     base: str, *, name: str = BENCH_IMAGE, force: bool = False, log: Log = print
 ) -> str:
     """The bench base (Debian packages from the distribution's mirror: needs network)."""
-    if not force and image_exists(name):
-        log(f"image {name} exists")
-        return name
-    _docker_build(
-        BENCH_DOCKERFILE,
-        None,
-        ["--network", "host", "--build-arg", f"BASE={base}", "--label", f"{IMAGE_LABEL}=bench"],
-        name,
-        log,
-    )
+    with _build_lock(name):
+        if not force and image_exists(name):
+            log(f"image {name} exists")
+            return name
+        extra = ["--network", "host", "--build-arg", f"BASE={base}"]
+        _docker_build(
+            BENCH_DOCKERFILE, None, [*extra, "--label", f"{IMAGE_LABEL}=bench"], name, log
+        )
     return name
 
 
@@ -180,9 +180,26 @@ def build_task_image(
         raise ImageBuildError(f"base image {base!r} is missing: `agentfleet images build` first")
     dockerfile = TASK_DOCKERFILE.format(base=base)
     content = _content_hash(task, base_id, dockerfile, repo)
-    if not force and _label(image, CONTENT_LABEL) == content:
-        log(f"{task.id}: image {image} is up to date")
-        return False
+    with _build_lock(image):  # two builders of one image (test workers): one builds
+        if not force and _label(image, CONTENT_LABEL) == content:
+            log(f"{task.id}: image {image} is up to date")
+            return False
+        _build(task, image, repo, dockerfile, content, log)
+    log(f"{task.id}: built {image}")
+    return True
+
+
+@contextlib.contextmanager
+def _build_lock(image: str) -> Iterator[None]:
+    folder = cache_dir() / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    name = hashlib.sha256(image.encode()).hexdigest()[:16]
+    with open(folder / f"image-{name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _build(task: Task, image: str, repo: Path, dockerfile: str, content: str, log: Log) -> None:
     with tempfile.TemporaryDirectory(prefix="agentfleet-task-image-") as tmp:
         ctx = Path(tmp)
         shutil.copytree(repo, ctx / "repo", symlinks=True)
@@ -200,8 +217,6 @@ def build_task_image(
         _docker_build(dockerfile, ctx, extra, image, log)
     if previous and previous != _image_id(image):  # the outdated build, now untagged
         subprocess.run(["docker", "rmi", previous], capture_output=True, check=False)
-    log(f"{task.id}: built {image}")
-    return True
 
 
 def _image_id(name: str) -> str:
