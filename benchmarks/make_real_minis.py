@@ -162,7 +162,8 @@ GSO_ROWS = [
         "install_commands": ["true"],
         "tests": [
             gso_script(
-                "def setup():\n    rng = random.Random(7)\n    vocab = [f'w{i}' for i in range(1000)]\n"
+                "def setup():\n    rng = random.Random(7)\n"
+                "    vocab = [f'w{i}' for i in range(1000)]\n"
                 "    return ' '.join(rng.choice(vocab) for _ in range(10000))",
                 "def experiment(text):\n    from wordfreq import top_words\n\n"
                 "    return top_words(text, 20)",
@@ -263,6 +264,11 @@ def test_merge_many():
     out = merge(spans)
     assert all(a[1] < b[0] for a, b in zip(out, out[1:]))
     assert sum(1 for lo, hi in spans if not any(a <= lo and hi <= b for a, b in out)) == 0
+    for _ in range(400):  # small cases against covered points
+        small = [(x, x + rng.randrange(3)) for x in (rng.randrange(40) for _ in range(6))]
+        got = merge(small)
+        covered = {p for lo, hi in small for p in range(lo, hi + 1)}
+        assert {p for lo, hi in got for p in range(lo, hi + 1)} == covered
 """
 PAIRS = '''\
 """Pairs of numbers with a given sum."""
@@ -308,6 +314,10 @@ def test_many_pairs():
     rng = random.Random(9)
     nums = [rng.randrange(500) for _ in range(2500)]
     assert count_pairs(nums, 500) == 6291
+    for _ in range(300):  # small cases against every pair
+        small = [rng.randrange(10) for _ in range(25)]
+        pairs = [(i, j) for i in range(25) for j in range(i + 1, 25)]
+        assert count_pairs(small, 9) == sum(small[i] + small[j] == 9 for i, j in pairs)
 """
 MEDIAN = '''\
 """Running medians of a stream."""
@@ -355,6 +365,10 @@ def test_long_stream():
     out = running_medians(values)
     assert out[-1] == sorted(values)[999]
     assert len(out) == 2000
+    for _ in range(400):  # small cases against sorted prefixes
+        small = [rng.randrange(50) for _ in range(20)]
+        want = [sorted(small[: i + 1])[i // 2] for i in range(20)]
+        assert running_medians(small) == want
 """
 
 SWE_PERF_ROWS = [

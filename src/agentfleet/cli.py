@@ -110,6 +110,17 @@ def serve_sandbox(
         list[str] | None,
         typer.Option(help="docker: an image create requests may name besides --image (repeat)"),
     ] = None,
+    image_map: Annotated[
+        Path | None,
+        typer.Option(help="docker: image tasks' images renamed, JSON/YAML id (or image) -> image"),
+    ] = None,
+    registry_prefix: Annotated[
+        str | None, typer.Option(help="docker: put before image tasks' image names")
+    ] = None,
+    pull: Annotated[
+        str | None,
+        typer.Option(help="docker: pull image tasks' images never | missing | always (missing)"),
+    ] = None,
     token: Annotated[
         str | None,
         typer.Option(
@@ -148,6 +159,9 @@ def serve_sandbox(
             cpus=cpus,
             pids_limit=pids_limit,
             allow_images=allow_image or [],
+            image_map=image_map,
+            registry_prefix=registry_prefix,
+            pull=pull,
             max_sandboxes=max_sandboxes,
             max_execs=max_execs,
             max_execs_per_sandbox=max_execs_per_sandbox,

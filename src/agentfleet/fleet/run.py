@@ -37,6 +37,7 @@ from agentfleet.models import ModelSpec
 from agentfleet.serving import graceful_stop, run_async
 from agentfleet.tasks import DEFAULT_DATASET, DEFAULT_SPLIT, load_dataset
 from agentfleet.tasks.defaults import DEFAULT_EVAL_REPEATS
+from agentfleet.tasks.task import RowsDataset
 
 __all__ = ["DEFAULT_SHARDS", "RayOptions", "RunRequest", "RunResult", "build_config", "run"]
 
@@ -141,7 +142,10 @@ def build_config(req: RunRequest) -> tuple[FleetConfig, RayOptions | None]:
     s = req.settings(saved)
     dataset = load_dataset(s["dataset"])
     dataset.task_ids(s["split"])  # the dataset and split exist
-    images = image_options(req, dataset.tasks(s["split"]))  # before Ray: a clearer error
+    # rows of a real benchmark are in memory; folder tasks naming an image need
+    # --sandbox-backend docker (reading every task.yaml here would block a caller's loop)
+    rows = dataset.tasks(s["split"]) if isinstance(dataset, RowsDataset) else []
+    images = image_options(req, rows)  # before Ray: a clearer error
     ray = _ray_options(req)
     spec = ModelSpec(s["model"], url=s["model_url"], delay_s=float(s["model_delay"]))
     spec.prepare()

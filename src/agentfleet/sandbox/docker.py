@@ -266,8 +266,9 @@ class DockerBackend:
         self, sandbox_id: str, source_dir: Path | ImageSource | None, req: CreateSandbox
     ) -> str:
         source = source_dir if isinstance(source_dir, ImageSource) else None
-        res = self.resources(req if source is None else req.model_copy(update={"image": None}))
-        if source is not None:  # the task's own image, allowed as the dataset names it
+        own_image = source is not None and req.image is None
+        res = self.resources(req.model_copy(update={"image": None}) if own_image else req)
+        if source is not None and own_image:  # the task's image: allowed, its dataset names it
             image = self.image_naming.image_for(source.task_id, source.image)
             res = dataclasses.replace(res, image=image)
         if not self._started:
@@ -287,19 +288,17 @@ class DockerBackend:
             raise
         box = _Box(sandbox_id, container, folder, source=source)
         self._boxes[sandbox_id] = box
-        if source is not None:
-            await self._mark_base(box)
-            return source.workdir
-        return str(folder.work)
-
-    async def _mark_base(self, box: _Box) -> None:
-        """Record the image's HEAD as the baseline (refs/agentfleet/base)."""
-        res = await self.exec(
-            box.sandbox_id, ExecRequest(command=image_box.BASE_SCRIPT, timeout=60), 4000
-        )
-        if res.returncode != 0 and box.source is not None:
-            await self.delete(box.sandbox_id)
-            raise image_box.no_repo_error(box.source, res.output)
+        if source is None:
+            return str(folder.work)
+        try:  # the image's HEAD is the baseline (refs/agentfleet/base)
+            req_base = ExecRequest(command=image_box.BASE_SCRIPT, timeout=60)
+            done = await self.exec(sandbox_id, req_base, 4000)
+            if done.returncode != 0:
+                raise image_box.no_repo_error(source, done.output)
+        except BaseException:
+            await asyncio.shield(self.delete(sandbox_id))
+            raise
+        return source.workdir
 
     def _config(
         self,

@@ -15,6 +15,7 @@ those under its ``--dataset-root`` folders, so the operator chose them — besid
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -154,34 +155,45 @@ async def read_file(container: Any, path: str, cap: int) -> bytes:
     try:
         stat = await _stat(container, path)
     except aiodocker.DockerError as e:
-        raise SandboxError(
-            f"no file {path!r} in the sandbox", 404 if e.status == 404 else 500
-        ) from e
+        status = 404 if e.status == 404 else 500
+        raise SandboxError(f"no file {path!r} in the sandbox", status) from e
+    except ValueError as e:  # an error answer to HEAD has no JSON body to read: not found
+        raise SandboxError(f"no file {path!r} in the sandbox", 404) from e
     if stat is None or stat.get("mode", 0) & (1 << 31 | 1 << 27):  # a folder or a symlink
         raise SandboxError(f"{path!r} is not a regular file", 422)
     if int(stat.get("size", 0)) > cap:
         raise SandboxError(f"{path!r} is over the {cap} bytes file cap", 413)
     tar = await container.get_archive(path)
+    data = await asyncio.to_thread(_first_member, tar, cap)  # tarfile reads: off the loop
+    if data is None:
+        raise SandboxError(f"{path!r} is not a regular file", 422)
+    return data
+
+
+def _first_member(tar: tarfile.TarFile, cap: int) -> bytes | None:
     with tar:
         member = tar.next()
         f = tar.extractfile(member) if member is not None else None
-        if f is None:
-            raise SandboxError(f"{path!r} is not a regular file", 422)
-        return f.read(cap + 1)[:cap]
+        return None if f is None else f.read(cap + 1)[:cap]
 
 
 async def write_file(container: Any, path: str, data: bytes) -> None:
     """Write ``data`` at ``path`` in the container (its folder must exist; owner root)."""
     import aiodocker
 
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        info = tarfile.TarInfo(posixpath.basename(path))
-        info.size, info.mode = len(data), 0o644
-        tar.addfile(info, io.BytesIO(data))
+    archive = await asyncio.to_thread(_one_file_tar, posixpath.basename(path), data)
     try:
-        await container.put_archive(posixpath.dirname(path) or "/", buf.getvalue())
+        await container.put_archive(posixpath.dirname(path) or "/", archive)
     except aiodocker.DockerError as e:
         raise SandboxError(
             f"cannot write {path!r}: {e.message}", 404 if e.status == 404 else 500
         ) from e
+
+
+def _one_file_tar(name: str, data: bytes) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode = len(data), 0o644
+        tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

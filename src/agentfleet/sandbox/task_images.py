@@ -5,7 +5,8 @@ A bundled ``*-mini`` dataset ships each row's repository under
 (``agentfleet-bench:bookworm``: the base image plus gcc, make and python3-pytest), the
 repository at ``/testbed`` with a git history made the same way here and in the image (fixed
 author and dates, so ``base_commit`` and GSO's ``opt_commit`` are the hashes the rows
-name): ``main`` at the base commit, a ``gold`` branch with the gold patch applied. The
+name): ``main`` at the base commit (after a first one: the root is not the baseline), a
+``gold`` branch with the gold patch applied. The
 environments the profiles activate exist as small shims (``/testbed/.venv``, conda
 ``testbed`` under ``/opt/miniconda3``); the task's ``rebuild_cmd`` runs once. Each image
 is tagged with the name its profile computes (``slimshetty/gso:gso.eval...``), labelled
@@ -16,14 +17,16 @@ Blocking subprocesses: command-line actions, never called from an event loop.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from agentfleet.sandbox.images import IMAGE_LABEL, ImageBuildError, image_exists
+from agentfleet.sandbox.images import IMAGE_LABEL, ImageBuildError, cache_dir, image_exists
 from agentfleet.tasks.task import Task
 
 BENCH_IMAGE = "agentfleet-bench:bookworm"
@@ -40,6 +43,8 @@ export GIT_AUTHOR_NAME=agentfleet GIT_AUTHOR_EMAIL=agentfleet@localhost
 export GIT_COMMITTER_NAME=agentfleet GIT_COMMITTER_EMAIL=agentfleet@localhost
 export GIT_AUTHOR_DATE='2024-01-01T00:00:00+0000' GIT_COMMITTER_DATE='2024-01-01T00:00:00+0000'
 git init -q -b main .
+git add .gitignore
+git commit -q -m initial
 git add -A
 git commit -q -m base
 if [ -s "$1" ]; then
@@ -113,16 +118,14 @@ def build_bench_image(
     base: str, *, name: str = BENCH_IMAGE, force: bool = False, log: Log = print
 ) -> str:
     """The bench base (Debian packages from the distribution's mirror: needs network)."""
-    if not force and image_exists(name):
-        log(f"image {name} exists")
-        return name
-    _docker_build(
-        BENCH_DOCKERFILE,
-        None,
-        ["--network", "host", "--build-arg", f"BASE={base}", "--label", f"{IMAGE_LABEL}=bench"],
-        name,
-        log,
-    )
+    with _build_lock(name):
+        if not force and image_exists(name):
+            log(f"image {name} exists")
+            return name
+        extra = ["--network", "host", "--build-arg", f"BASE={base}"]
+        _docker_build(
+            BENCH_DOCKERFILE, None, [*extra, "--label", f"{IMAGE_LABEL}=bench"], name, log
+        )
     return name
 
 
@@ -177,9 +180,26 @@ def build_task_image(
         raise ImageBuildError(f"base image {base!r} is missing: `agentfleet images build` first")
     dockerfile = TASK_DOCKERFILE.format(base=base)
     content = _content_hash(task, base_id, dockerfile, repo)
-    if not force and _label(image, CONTENT_LABEL) == content:
-        log(f"{task.id}: image {image} is up to date")
-        return False
+    with _build_lock(image):  # two builders of one image (test workers): one builds
+        if not force and _label(image, CONTENT_LABEL) == content:
+            log(f"{task.id}: image {image} is up to date")
+            return False
+        _build(task, image, repo, dockerfile, content, log)
+    log(f"{task.id}: built {image}")
+    return True
+
+
+@contextlib.contextmanager
+def _build_lock(image: str) -> Iterator[None]:
+    folder = cache_dir() / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    name = hashlib.sha256(image.encode()).hexdigest()[:16]
+    with open(folder / f"image-{name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _build(task: Task, image: str, repo: Path, dockerfile: str, content: str, log: Log) -> None:
     with tempfile.TemporaryDirectory(prefix="agentfleet-task-image-") as tmp:
         ctx = Path(tmp)
         shutil.copytree(repo, ctx / "repo", symlinks=True)
@@ -193,9 +213,10 @@ def build_task_image(
         extra = ["--network", "none"]
         for key, value in labels.items():
             extra += ["--label", f"{key}={value}"]
+        previous = _image_id(image)
         _docker_build(dockerfile, ctx, extra, image, log)
-    log(f"{task.id}: built {image}")
-    return True
+    if previous and previous != _image_id(image):  # the outdated build, now untagged
+        subprocess.run(["docker", "rmi", previous], capture_output=True, check=False)
 
 
 def _image_id(name: str) -> str:

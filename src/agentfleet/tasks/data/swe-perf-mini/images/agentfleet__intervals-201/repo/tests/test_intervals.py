@@ -15,3 +15,8 @@ def test_merge_many():
     out = merge(spans)
     assert all(a[1] < b[0] for a, b in zip(out, out[1:]))
     assert sum(1 for lo, hi in spans if not any(a <= lo and hi <= b for a, b in out)) == 0
+    for _ in range(400):  # small cases against covered points
+        small = [(x, x + rng.randrange(3)) for x in (rng.randrange(40) for _ in range(6))]
+        got = merge(small)
+        covered = {p for lo, hi in small for p in range(lo, hi + 1)}
+        assert {p for lo, hi in got for p in range(lo, hi + 1)} == covered
