@@ -163,10 +163,12 @@ GSO_ROWS = [
         "tests": [
             gso_script(
                 "def setup():\n    rng = random.Random(7)\n"
-                "    vocab = [f'w{i}' for i in range(1000)]\n"
-                "    return ' '.join(rng.choice(vocab) for _ in range(10000))",
-                "def experiment(text):\n    from wordfreq import top_words\n\n"
-                "    return top_words(text, 20)",
+                "    vocab = [f'w{i}' for i in range(30)]\n"
+                "    return [' '.join(rng.choices(vocab, k=200))"
+                " for _ in range(8500)]",
+                "def experiment(texts):\n    from wordfreq import top_words\n\n"
+                "    out = [top_words(t, 5) for t in texts]\n"
+                "    return [len(out), out[:3], sum(c for r in out for _, c in r)]",
             )
         ],
     },
@@ -183,9 +185,10 @@ GSO_ROWS = [
         "install_commands": ["make -s"],
         "tests": [
             gso_script(
-                "def setup():\n    return [20011, 30011]",
+                "def setup():\n    return [250 + i % 7 for i in range(110000)]",
                 "def experiment(limits):\n    from cprimes import count_primes\n\n"
-                "    return [count_primes(n) for n in limits]",
+                "    out = [count_primes(n) for n in limits]\n"
+                "    return [len(out), out[:7], sum(out)]",
             )
         ],
     },
@@ -199,9 +202,11 @@ GSO_ROWS = [
         "tests": [
             gso_script(
                 "def setup():\n    rng = random.Random(3)\n"
-                "    return [rng.randrange(4000) for _ in range(20000)]",
-                "def experiment(items):\n    from dedupe import dedupe\n\n"
-                "    out = dedupe(items)\n    return [len(out), out[:10], sum(out)]",
+                "    return [rng.choices(range(40), k=300)"
+                " for _ in range(24000)]",
+                "def experiment(lists):\n    from dedupe import dedupe\n\n"
+                "    outs = [dedupe(items) for items in lists]\n"
+                "    return [len(outs), outs[0][:10], sum(sum(o) for o in outs)]",
             )
         ],
     },
@@ -260,11 +265,12 @@ def test_small():
 
 def test_merge_many():
     rng = random.Random(5)
-    spans = [(x, x + rng.randrange(1, 4)) for x in (rng.randrange(20000) for _ in range(250))]
-    out = merge(spans)
-    assert all(a[1] < b[0] for a, b in zip(out, out[1:]))
-    assert sum(1 for lo, hi in spans if not any(a <= lo and hi <= b for a, b in out)) == 0
-    for _ in range(400):  # small cases against covered points
+    for _ in range(8000):  # many mid-sized merges
+        spans = [(x, x + rng.randrange(1, 4)) for x in rng.choices(range(200), k=25)]
+        out = merge(spans)
+        assert all(a[1] < b[0] for a, b in zip(out, out[1:]))
+        assert out[0][0] == min(spans)[0] and out[-1][1] == max(hi for _, hi in spans)
+    for _ in range(100):  # small cases against covered points
         small = [(x, x + rng.randrange(3)) for x in (rng.randrange(40) for _ in range(6))]
         got = merge(small)
         covered = {p for lo, hi in small for p in range(lo, hi + 1)}
@@ -312,9 +318,15 @@ def test_small():
 
 def test_many_pairs():
     rng = random.Random(9)
-    nums = [rng.randrange(500) for _ in range(2500)]
-    assert count_pairs(nums, 500) == 6291
-    for _ in range(300):  # small cases against every pair
+    for _ in range(2500):  # many short lists
+        nums = rng.choices(range(50), k=150)
+        seen = {}
+        for x in nums:
+            seen[x] = seen.get(x, 0) + 1
+        want = sum(c * seen.get(50 - x, 0) for x, c in seen.items() if x < 50 - x)
+        want += seen.get(25, 0) * (seen.get(25, 0) - 1) // 2
+        assert count_pairs(nums, 50) == want
+    for _ in range(100):  # small cases against every pair
         small = [rng.randrange(10) for _ in range(25)]
         pairs = [(i, j) for i in range(25) for j in range(i + 1, 25)]
         assert count_pairs(small, 9) == sum(small[i] + small[j] == 9 for i, j in pairs)
@@ -361,11 +373,12 @@ def test_small():
 
 def test_long_stream():
     rng = random.Random(11)
-    values = [rng.random() for _ in range(2000)]
-    out = running_medians(values)
-    assert out[-1] == sorted(values)[999]
-    assert len(out) == 2000
-    for _ in range(400):  # small cases against sorted prefixes
+    for _ in range(5500):  # many mid-length streams
+        values = [rng.random() for _ in range(100)]
+        out = running_medians(values)
+        assert out[-1] == sorted(values)[(100 - 1) // 2]
+        assert len(out) == 100
+    for _ in range(100):  # small cases against sorted prefixes
         small = [rng.randrange(50) for _ in range(20)]
         want = [sorted(small[: i + 1])[i // 2] for i in range(20)]
         assert running_medians(small) == want
@@ -554,8 +567,8 @@ SWEFFICIENCY_ROWS = [
         "covering_tests": ["tests/test_dupes.py"],
         "workload": mean_workload(
             "from cdupes import count_dupes\n\nrng = random.Random(1)\n"
-            "values = [rng.randrange(1 << 30) for _ in range(12000)]",
-            "count_dupes(values)",
+            "values = [rng.randrange(1 << 30) for _ in range(6000)]",
+            "for _ in range(180):\n        count_dupes(values)",
         ),
     },
     {
@@ -567,8 +580,8 @@ SWEFFICIENCY_ROWS = [
         "covering_tests": ["tests/test_histo.py"],
         "workload": mean_workload(
             "from histo import histogram\n\nrng = random.Random(4)\n"
-            "values = [rng.randrange(800) for _ in range(8000)]",
-            "histogram(values)",
+            "values = rng.choices(range(14), k=2000)",
+            "for _ in range(2800):\n        histogram(values)",
         ),
     },
     {
@@ -580,8 +593,8 @@ SWEFFICIENCY_ROWS = [
         "covering_tests": ["tests/test_movavg.py"],
         "workload": mean_workload(
             "from movavg import moving_average\n\nrng = random.Random(6)\n"
-            "values = [rng.random() for _ in range(10000)]",
-            "moving_average(values, 500)",
+            "values = [rng.random() for _ in range(2000)]",
+            "for _ in range(1100):\n        moving_average(values, 50)",
         ),
     },
 ]

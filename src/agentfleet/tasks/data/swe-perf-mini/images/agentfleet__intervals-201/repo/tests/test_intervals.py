@@ -11,11 +11,12 @@ def test_small():
 
 def test_merge_many():
     rng = random.Random(5)
-    spans = [(x, x + rng.randrange(1, 4)) for x in (rng.randrange(20000) for _ in range(250))]
-    out = merge(spans)
-    assert all(a[1] < b[0] for a, b in zip(out, out[1:]))
-    assert sum(1 for lo, hi in spans if not any(a <= lo and hi <= b for a, b in out)) == 0
-    for _ in range(400):  # small cases against covered points
+    for _ in range(8000):  # many mid-sized merges
+        spans = [(x, x + rng.randrange(1, 4)) for x in rng.choices(range(200), k=25)]
+        out = merge(spans)
+        assert all(a[1] < b[0] for a, b in zip(out, out[1:]))
+        assert out[0][0] == min(spans)[0] and out[-1][1] == max(hi for _, hi in spans)
+    for _ in range(100):  # small cases against covered points
         small = [(x, x + rng.randrange(3)) for x in (rng.randrange(40) for _ in range(6))]
         got = merge(small)
         covered = {p for lo, hi in small for p in range(lo, hi + 1)}
