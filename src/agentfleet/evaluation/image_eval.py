@@ -9,7 +9,6 @@ is the evaluator's usual one.
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -174,7 +173,8 @@ async def gso_eqcheck(
         )
         if res.timed_out or res.returncode != 0:
             raise RuntimeError(f"GSO test {i} failed on the base: {res.output[-1000:]}")
-        result = await _read_small(sandboxes, arms["baseline"], f"{prefix}_result.json")
+        # the files API (image sandboxes read the archive off the loop); missing: an error
+        result = await sandboxes.read_file(arms["baseline"], f"{prefix}_result.json")
         for arm, sid in arms.items():
             if arm == "baseline" or arm in failures:
                 continue
@@ -185,12 +185,3 @@ async def gso_eqcheck(
             if res.timed_out or res.returncode != 0:
                 failures[arm] = f"GSO test {i} --eqcheck failed: {res.output[-2000:]}"
     return failures
-
-
-async def _read_small(sandboxes: Sandboxes, sandbox_id: str, path: str) -> bytes:
-    """A small file's bytes, read through a command (base64: any bytes survive)."""
-    res = await sandboxes.exec(sandbox_id, f"base64 -w0 -- {path}", timeout=60)
-    if res.returncode != 0 or res.truncated:
-        why = "too large to copy" if res.truncated else res.output[-500:]
-        raise RuntimeError(f"cannot read {path} in the base sandbox: {why}")
-    return base64.b64decode(res.output.strip())
