@@ -274,7 +274,7 @@ async def test_run_against_a_token_server(
         sandbox_token=TOKEN,
         run_dir=tmp_path / "run",
     )
-    cfg, _ = build_config(req)
+    cfg, _ = await asyncio.to_thread(build_config, req)  # sync: reads the dataset's files
     assert cfg.sandbox_token == TOKEN and TOKEN not in repr(cfg)
     cfg.eval_repeats, cfg.sample_every_s = 1, 0
     (outcome,) = await run_fleet(cfg)

@@ -35,9 +35,12 @@ def _mount_subcommands() -> None:
     """Sub-apps that live beside their packages."""
     from agentfleet.bench.cli import bench_app
     from agentfleet.evaluation.cli import eval_app
+    from agentfleet.fleet.preds_cli import eval_preds
     from agentfleet.fleet.tasks_cli import tasks_app
     from agentfleet.sandbox.cli import images_app, sandbox_app
 
+    # `eval preds` runs a fleet (a layer above evaluation/): mounted here, beside the run
+    eval_app.command("preds")(eval_preds)
     app.add_typer(tasks_app, name="tasks")
     app.add_typer(eval_app, name="eval")
     app.add_typer(bench_app, name="bench")
@@ -129,6 +132,17 @@ def serve_sandbox(
         list[str] | None,
         typer.Option(help="docker: an image create requests may name besides --image (repeat)"),
     ] = None,
+    image_map: Annotated[
+        Path | None,
+        typer.Option(help="docker: image tasks' images renamed, JSON/YAML id (or image) -> image"),
+    ] = None,
+    registry_prefix: Annotated[
+        str | None, typer.Option(help="docker: put before image tasks' image names")
+    ] = None,
+    pull: Annotated[
+        str | None,
+        typer.Option(help="docker: pull image tasks' images never | missing | always (missing)"),
+    ] = None,
     token: Annotated[
         str | None,
         typer.Option(
@@ -169,6 +183,9 @@ def serve_sandbox(
             file_size=file_size,
             cpu_time=cpu_time,
             allow_images=allow_image or [],
+            image_map=image_map,
+            registry_prefix=registry_prefix,
+            pull=pull,
             max_sandboxes=max_sandboxes,
             max_execs=max_execs,
             max_execs_per_sandbox=max_execs_per_sandbox,

@@ -40,6 +40,9 @@ class EvalConfig(BaseModel):
     max_repeats: int = Field(default=20, ge=1, le=100)
     drop_outliers: bool = True  # the outlier rule of rounds.py (from 5 rounds on)
     python: str = "python3"  # interpreter inside the sandbox for the timer
+    # memory limit (MB) of the evaluation sandboxes of a real benchmark's tasks, by benchmark
+    # (SWE-Perf's harness gives its containers 16 GB); unset: the sandbox server's default
+    memory_mb: dict[str, int] = Field(default_factory=dict)
 
 
 __all__ = ["EvalConfig"]

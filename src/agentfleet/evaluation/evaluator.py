@@ -22,7 +22,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from agentfleet.evaluation import image_eval
 from agentfleet.evaluation.config import EvalConfig
+from agentfleet.evaluation.eval_pool import SandboxPool as _Pool
 from agentfleet.evaluation.patches import (
     BadSubmission,
     apply_patch,
@@ -47,7 +49,6 @@ from agentfleet.sandbox.base import (
     SandboxError,
     Sandboxes,
     SandboxNotFound,
-    new_sandbox_id,
 )
 from agentfleet.tasks.task import Task, TaskNotFound, load_dataset
 
@@ -92,45 +93,6 @@ def _read_solution(task: Task) -> str:
     return task.solution_patch
 
 
-class _Pool:
-    """The sandboxes one evaluation creates; :meth:`close` deletes every one of them,
-    including those whose creation was still under way."""
-
-    def __init__(self, sandboxes: Sandboxes) -> None:
-        self._sandboxes = sandboxes
-        self._tasks: list[asyncio.Task[str]] = []
-        self._ids: list[str] = []
-
-    def start(self, req: CreateSandbox) -> asyncio.Task[str]:
-        # A chosen id: the create is retry-safe, and deleted even if its answer was lost.
-        req = req.model_copy(update={"sandbox_id": new_sandbox_id()})
-        self._ids.append(str(req.sandbox_id))
-
-        async def create() -> str:
-            info = await self._sandboxes.create(req)
-            return info.sandbox_id
-
-        task = asyncio.ensure_future(create())
-        self._tasks.append(task)
-        return task
-
-    async def close(self) -> None:
-        if self._tasks:
-            await asyncio.wait(self._tasks)
-        # the id made, or for a creation that failed the chosen one: it may exist all the
-        # same (its answer was lost)
-        ids = [
-            t.result() if not t.cancelled() and t.exception() is None else chosen
-            for t, chosen in zip(self._tasks, self._ids, strict=True)
-        ]
-        results = await asyncio.gather(
-            *(self._sandboxes.delete(i) for i in ids), return_exceptions=True
-        )
-        for sid, res in zip(ids, results, strict=True):
-            if isinstance(res, BaseException) and not isinstance(res, SandboxNotFound):
-                log.warning("could not delete sandbox %s: %r", sid, res)
-
-
 class Evaluator:
     """Evaluates submissions against tasks using any :class:`Sandboxes` (in-process
     service or HTTP client).
@@ -170,7 +132,7 @@ class Evaluator:
             _resolve_task, req.dataset_name, req.instance_id, req.split, self.dataset_roots
         )
         if req.result is not None:
-            if req.result.strip():
+            if req.result.strip() and not task.is_image_task:  # no host copy of an image's
                 await check_patch_applies(task, req.result)
             return
         if not req.container_id:
@@ -193,6 +155,7 @@ class Evaluator:
         if req.exit_status != SUBMITTED:
             info.update(status="not_submitted", durations={"total": 0.0})
             log.info("eval %s: not submitted (%s)", req.instance_id, req.exit_status)
+            await self._not_submitted_verdict(req, info)
             return EvalResult(reward=0.0, speedup=0.0, info=info)
 
         task = await asyncio.to_thread(
@@ -214,6 +177,8 @@ class Evaluator:
             info.update(out.info)
             info["status"] = out.status
             reward, speedup = 0.0, 0.0
+            if image_eval.scored_by_benchmark(task):
+                info["benchmark"] = image_eval.failed(task, out.status)
         except (TaskNotFound, BadSubmission):
             raise
         except Exception as exc:  # sandbox trouble, bugs: reported, not raised
@@ -221,6 +186,8 @@ class Evaluator:
             info["status"] = "error"
             info["error"] = f"{type(exc).__name__}: {exc}"
             reward, speedup = 0.0, 0.0
+            if image_eval.scored_by_benchmark(task):
+                info["benchmark"] = image_eval.failed(task, "error")
         finally:
             await self._close(pool)
             durations["total"] = round(time.monotonic() - t0, 4)
@@ -233,6 +200,17 @@ class Evaluator:
             durations["total"],
         )
         return EvalResult(reward=reward, speedup=speedup, info=info)
+
+    async def _not_submitted_verdict(self, req: EvalRequest, info: dict[str, Any]) -> None:
+        """A real benchmark's task not submitted fails its rule (counted in its summary)."""
+        try:
+            task = await asyncio.to_thread(
+                _resolve_task, req.dataset_name, req.instance_id, req.split, self.dataset_roots
+            )
+        except (TaskNotFound, OSError, ValueError):
+            return
+        if image_eval.scored_by_benchmark(task):
+            info["benchmark"] = image_eval.failed(task, "not_submitted")
 
     async def _close(self, pool: _Pool) -> None:
         # Shielded: a cancelled evaluation still deletes its sandboxes (in the background
@@ -276,8 +254,14 @@ class Evaluator:
     ) -> tuple[float, float]:
         cfg = self.config
         # the dataset as the request named it (a bundled name or a folder), as the sandboxes do
-        create = CreateSandbox(task_id=task.id, dataset=dataset, run="evaluation")
-        want_ref = cfg.reference or cfg.reward.kind == "relative"
+        create = CreateSandbox(
+            task_id=task.id,
+            dataset=dataset,
+            run="evaluation",
+            memory_mb=cfg.memory_mb.get(task.benchmark),
+        )
+        scored = image_eval.scored_by_benchmark(task)  # a real benchmark: the gold is timed
+        want_ref = cfg.reference or cfg.reward.kind == "relative" or scored
         reference_patch = await asyncio.to_thread(_read_solution, task) if want_ref else ""
 
         t = time.monotonic()
@@ -287,8 +271,10 @@ class Evaluator:
         candidate = await candidate_t
         durations["create"] = round(time.monotonic() - t, 4)
 
-        # 1. apply
+        # 1. apply (a real benchmark's protected tests: never edited), rebuild
         t = time.monotonic()
+        if scored and (edits := image_eval.protected_edits(patch, task.test_files)):
+            raise _Outcome("tests_modified", modified_tests=edits)
         if patch.strip():
             ok, method, output = await self._apply(candidate, patch)
             if not ok:
@@ -297,10 +283,24 @@ class Evaluator:
         else:
             info["apply_method"] = "none (empty patch)"
         durations["apply"] = round(time.monotonic() - t, 4)
+        build_timeout = cfg.test_timeout or task.timeout_s
+        if patch.strip():
+            t = time.monotonic()
+            res = await image_eval.rebuild(self.sandboxes, candidate, task, build_timeout)
+            if res is not None:
+                durations["rebuild"] = round(time.monotonic() - t, 4)
+                if res.timed_out or res.returncode != 0:
+                    raise _Outcome(
+                        "build_failed",
+                        build_returncode=res.returncode,
+                        build_timed_out=res.timed_out,
+                        build_output=output_tail(res.output),
+                    )
 
         # 2. restore the task's test files, run the tests
         t = time.monotonic()
-        await self._restore_tests(candidate, task)
+        if not scored:
+            await self._restore_tests(candidate, task)
         timeout = cfg.test_timeout or task.timeout_s
         res = await self.sandboxes.exec(candidate, task.test_cmd, timeout=timeout)
         durations["tests"] = round(time.monotonic() - t, 4)
@@ -319,6 +319,10 @@ class Evaluator:
             try:  # trouble with the reference drops it, never the evaluation
                 reference = await reference_t
                 ok, _, output = await self._apply(reference, reference_patch)
+                if ok:
+                    built = await image_eval.rebuild(self.sandboxes, reference, task, build_timeout)
+                    if built is not None and (built.timed_out or built.returncode != 0):
+                        ok, output = False, "rebuild failed: " + built.output
             except SandboxError as exc:
                 info["reference_error"] = f"reference sandbox failed: {exc}"
             else:
@@ -341,6 +345,7 @@ class Evaluator:
                             task.workload_cmd,
                             run_timeout=run_timeout,
                             python=cfg.python,
+                            skip=image_eval.output_filter(task),
                         )
                         for sid in arms.values()
                     )
@@ -348,8 +353,9 @@ class Evaluator:
                 strict=True,
             )
         )
-        durations["check"] = round(time.monotonic() - t, 4)
         self._check_outputs(checks, arms, info)
+        await self._gso_eqcheck(arms, task, run_timeout, info)
+        durations["check"] = round(time.monotonic() - t, 4)
 
         # 4. timing
         t = time.monotonic()
@@ -377,6 +383,8 @@ class Evaluator:
         info["within_noise"] = stats["within_noise"]
         info["suspicious"] = stats["suspicious"]
         info["speedup_ci95"] = stats["ci95"]
+        if scored:
+            speedup = self._verdict(task, samples, stats, info, speedup)
         reward = compute_reward(
             speedup,
             correct=True,
@@ -439,6 +447,18 @@ class Evaluator:
             if not info["reference_output_ok"]:
                 arms.pop("reference", None)
 
+    async def _gso_eqcheck(
+        self, arms: dict[str, str], task: Task, timeout: float, info: dict[str, Any]
+    ) -> None:
+        """GSO's ``--reference`` / ``--eqcheck`` runs: a candidate whose results differ
+        from the base's is ``wrong_output``; a gold whose results differ is dropped."""
+        failures = await image_eval.gso_eqcheck(self.sandboxes, arms, task, timeout)
+        if "candidate" in failures:
+            raise _Outcome("wrong_output", eqcheck_output=failures["candidate"])
+        if "reference" in failures:
+            arms.pop("reference", None)
+            info["reference_error"] = failures["reference"]
+
     async def _measure(self, arms: dict[str, str], task: Task, run_timeout: float) -> Samples:
         cfg = self.config
         return await measure(
@@ -454,4 +474,22 @@ class Evaluator:
             optional=("reference",),
             more=more_rounds(cfg),
             max_repeats=cfg.max_repeats,
+            parse=image_eval.metric_parser(task),
         )
+
+    @staticmethod
+    def _verdict(
+        task: Task, samples: Samples, stats: dict[str, Any], info: dict[str, Any], speedup: float
+    ) -> float:
+        """The benchmark's verdict into ``info["benchmark"]``; the speedup it measured over
+        the base (its own figure, e.g. GSO's geometric mean) replaces the whole-process one."""
+        try:
+            verdict = image_eval.verdict(
+                task, samples.metrics, samples.wall_s, stats["dropped_rounds"]
+            )
+        except (ValueError, KeyError, ZeroDivisionError) as exc:
+            info["benchmark"] = {"benchmark": task.benchmark, "passed": None, "error": str(exc)}
+            return speedup
+        info["benchmark"] = verdict
+        own = verdict.get("speedup_base")
+        return float(own) if isinstance(own, int | float) and own > 0 else speedup

@@ -36,11 +36,14 @@ async def check_patch_applies(task: Task, patch: str) -> None:
 
 
 async def sandbox_diff(sandboxes: Sandboxes, sandbox_id: str) -> str:
-    """Everything changed in a sandbox since its first commit (the agent's commits and new
-    files included, binary-safe, ``__pycache__``/``*.pyc`` excluded). The index is restored
-    after. Raises :class:`BadSubmission` when the diff cannot be taken."""
+    """Everything changed in a sandbox since its baseline (its first commit; an image task's:
+    the image's HEAD): the agent's commits and new files included, binary-safe,
+    ``__pycache__``/``*.pyc`` excluded. The index is restored after. Raises
+    :class:`BadSubmission` when the diff cannot be taken."""
     cmd = (
-        "base=$(git rev-list --max-parents=0 HEAD | tail -n 1) && "
+        # an image task's baseline is the image's HEAD (refs/agentfleet/base), else the root
+        "base=$(git rev-parse -q --verify refs/agentfleet/base || "
+        "git rev-list --max-parents=0 HEAD | tail -n 1) && "
         "git add -A -- . ':(exclude)*__pycache__*' ':(exclude)*.pyc' && "
         f'git diff --cached --binary --no-color --no-ext-diff "$base" > {PATCH_PATH}; '
         "rc=$?; git reset -q; exit $rc"

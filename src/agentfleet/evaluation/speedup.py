@@ -13,32 +13,43 @@ import math
 import random
 import shlex
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from agentfleet.sandbox.base import Sandboxes
 from agentfleet.tasks.defaults import DEFAULT_EVAL_REPEATS
 
 TIME_MARKER = "AGENTFLEET_TIME"
+OUT_MARKER = "AGENTFLEET_OUT"
 RUN_MARKER = "AGENTFLEET_RUN"
 
 # Runs the workload as a fresh shell process and times it from inside the sandbox, so the
 # cost of reaching the sandbox (HTTP, docker exec) is not part of the sample.
+# With a second argument, the workload's stdout (its last 64 KiB) is printed first, as one
+# JSON line, for a workload that reports its own times (workload_parsers.py).
 _TIMER_SCRIPT = """\
-import resource, subprocess, sys, time
+import json, resource, subprocess, sys, time
+out = subprocess.PIPE if len(sys.argv) > 2 else subprocess.DEVNULL
 t = time.perf_counter()
-r = subprocess.run(sys.argv[1], shell=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+r = subprocess.run(sys.argv[1], shell=True, stdout=out, stderr=subprocess.DEVNULL)
 e = time.perf_counter() - t
 u = resource.getrusage(resource.RUSAGE_CHILDREN)
+if r.stdout is not None:
+    print("AGENTFLEET_OUT " + json.dumps(r.stdout[-65536:].decode("utf-8", "replace")))
 print("AGENTFLEET_TIME", repr(e), r.returncode, repr(u.ru_utime + u.ru_stime))
 """
 
 # Runs the workload once and reports a digest of its stdout (the whole stdout is compared
 # through the digest, so the sandbox's output truncation cannot hide a difference).
+# With a second argument (a regex), the lines it matches are left out of the digest: the
+# times a workload prints itself differ from run to run.
 _RUN_SCRIPT = """\
-import hashlib, json, subprocess, sys
+import hashlib, json, re, subprocess, sys
 r = subprocess.run(sys.argv[1], shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 o = r.stdout
+if len(sys.argv) > 2:
+    skip = re.compile(sys.argv[2].encode())
+    o = b"".join(x for x in o.splitlines(True) if not skip.search(x))
 print("AGENTFLEET_RUN " + json.dumps({
     "returncode": r.returncode,
     "sha256": hashlib.sha256(o).hexdigest(),
@@ -162,14 +173,18 @@ def speedup_stats(
 # ---------------------------------------------------------------- commands and parsing
 
 
-def timer_command(workload_cmd: str, python: str = "python3") -> str:
-    """The command that times one fresh run of ``workload_cmd`` inside the sandbox."""
-    return f"{python} -c {shlex.quote(_TIMER_SCRIPT)} {shlex.quote(workload_cmd)}"
+def timer_command(workload_cmd: str, python: str = "python3", *, capture: bool = False) -> str:
+    """The command that times one fresh run of ``workload_cmd`` inside the sandbox
+    (``capture``: also report the end of its stdout)."""
+    cmd = f"{python} -c {shlex.quote(_TIMER_SCRIPT)} {shlex.quote(workload_cmd)}"
+    return cmd + " capture" if capture else cmd
 
 
-def run_command(workload_cmd: str, python: str = "python3") -> str:
-    """The command that runs ``workload_cmd`` once and reports its stdout digest."""
-    return f"{python} -c {shlex.quote(_RUN_SCRIPT)} {shlex.quote(workload_cmd)}"
+def run_command(workload_cmd: str, python: str = "python3", *, skip: str | None = None) -> str:
+    """The command that runs ``workload_cmd`` once and reports its stdout digest
+    (``skip``: a regex of lines left out of it)."""
+    cmd = f"{python} -c {shlex.quote(_RUN_SCRIPT)} {shlex.quote(workload_cmd)}"
+    return cmd + f" {shlex.quote(skip)}" if skip else cmd
 
 
 @dataclass(frozen=True)
@@ -177,6 +192,19 @@ class TimedRun:
     wall_s: float
     returncode: int
     cpu_s: float
+    stdout: str | None = None  # with capture: the end of the workload's stdout
+    metrics: dict[str, float] | None = None  # measure's ``parse`` of it
+
+
+def _captured(output: str) -> str | None:
+    for line in reversed(output.splitlines()):
+        if line.startswith(OUT_MARKER + " "):
+            try:
+                text = json.loads(line[len(OUT_MARKER) + 1 :])
+            except ValueError:
+                return None
+            return text if isinstance(text, str) else None
+    return None
 
 
 def parse_timer_output(output: str) -> TimedRun:
@@ -186,7 +214,7 @@ def parse_timer_output(output: str) -> TimedRun:
         if len(parts) >= 3 and parts[0] == TIME_MARKER:
             try:
                 cpu = float(parts[3]) if len(parts) > 3 else float("nan")
-                return TimedRun(float(parts[1]), int(parts[2]), cpu)
+                return TimedRun(float(parts[1]), int(parts[2]), cpu, _captured(output))
             except ValueError:
                 break
     raise ValueError(f"no {TIME_MARKER} line in timer output: {output[-500:]!r}")
@@ -225,11 +253,14 @@ async def run_checked(
     *,
     run_timeout: float,
     python: str = "python3",
+    skip: str | None = None,
 ) -> CheckedRun:
-    """Run the workload once (also the first warm-up) and return its stdout digest.
+    """Run the workload once (also the first warm-up) and return its stdout digest
+    (``skip``: a regex of lines left out of it).
 
     A run that times out or whose report cannot be read comes back with returncode -1."""
-    res = await sandboxes.exec(sandbox_id, run_command(workload_cmd, python), timeout=run_timeout)
+    cmd = run_command(workload_cmd, python, skip=skip)
+    res = await sandboxes.exec(sandbox_id, cmd, timeout=run_timeout)
     if res.timed_out:
         return CheckedRun(-1, "", 0, "", f"timed out after {run_timeout:g} s")
     try:
@@ -247,6 +278,8 @@ class Samples:
     cpu_s: dict[str, list[float]] = field(default_factory=dict)
     order: list[list[str]] = field(default_factory=list)
     dropped: dict[str, str] = field(default_factory=dict)  # optional arm -> why it failed
+    # with measure's ``parse``: per arm, each round's seconds per metric
+    metrics: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
 
 async def measure(
@@ -263,6 +296,7 @@ async def measure(
     optional: Collection[str] = (),
     more: Callable[[Samples], Awaitable[bool]] | None = None,
     max_repeats: int | None = None,
+    parse: Callable[[str, float], dict[str, float]] | None = None,
 ) -> Samples:
     """Time ``workload_cmd`` in each arm (name -> sandbox id), one run at a time.
 
@@ -273,11 +307,16 @@ async def measure(
     arm: that arm is dropped (its samples removed, the reason in ``Samples.dropped``) and
     the others go on. ``more`` (adaptive repeats): after the ``repeats`` rounds, while it
     answers True for the samples so far, two more rounds run, up to ``max_repeats``.
+    ``parse`` (a workload that reports its own times): each timed run's stdout and wall
+    time -> seconds per metric, kept in ``Samples.metrics``; a ``ValueError`` from it fails
+    the run as a :class:`TimingError`.
     """
     names = list(arms)
     rng = random.Random(seed)
-    cmd = timer_command(workload_cmd, python)
+    cmd = timer_command(workload_cmd, python, capture=parse is not None)
     out = Samples(wall_s={n: [] for n in names}, cpu_s={n: [] for n in names})
+    if parse is not None:
+        out.metrics = {n: [] for n in names}
 
     async def one(name: str) -> TimedRun:
         res = await sandboxes.exec(arms[name], cmd, timeout=run_timeout)
@@ -289,6 +328,11 @@ async def measure(
             raise TimingError(name, str(exc)) from None
         if run.returncode != 0:
             raise TimingError(name, f"workload exited with {run.returncode}")
+        if parse is not None:
+            try:
+                return replace(run, metrics=parse(run.stdout or "", run.wall_s))
+            except ValueError as exc:
+                raise TimingError(name, str(exc)) from None
         return run
 
     async def run_or_drop(name: str) -> TimedRun | None:
@@ -300,6 +344,7 @@ async def measure(
             out.dropped[name] = exc.detail
             names.remove(name)
             del out.wall_s[name], out.cpu_s[name]
+            out.metrics.pop(name, None)
             return None
 
     for _ in range(max(warmup, 0)):
@@ -320,6 +365,8 @@ async def measure(
             ran.append(name)
             out.wall_s[name].append(run.wall_s)
             out.cpu_s[name].append(run.cpu_s)
+            if run.metrics is not None:
+                out.metrics[name].append(run.metrics)
         out.order.append(ran)
 
     for r in range(repeats):

@@ -20,6 +20,7 @@ from agentfleet.fleet.config import FleetConfig, run_budget
 from agentfleet.fleet.mini_agent import mini_trajectory, run_mini
 from agentfleet.fleet.monitor import FleetMonitor
 from agentfleet.fleet.outcome import TaskOutcome
+from agentfleet.fleet.preds import PredictedModel
 from agentfleet.fleet.writer import ResultsWriter, trajectory
 from agentfleet.sandbox.base import (
     CreateSandbox,
@@ -95,6 +96,8 @@ async def _try_task(
     """One try of :func:`run_one`. Unless ``last``, an agent whose model stayed
     unreachable is not evaluated."""
     stage = monitor.stage if monitor is not None else {}
+    if cfg.predictions is not None:
+        return await _try_prediction(task, cfg, eval_url)
     outcome = TaskOutcome(task.id, "Error")
     messages: list[Any] = []
     patch = ""
@@ -167,3 +170,30 @@ async def _try_task(
             except Exception as exc:
                 log.warning("could not delete sandbox %s: %s", sandbox_id, exc)
     return _Try(outcome, messages, model, patch, transient, result)
+
+
+async def _try_prediction(task: Task, cfg: FleetConfig, eval_url: str) -> _Try:
+    """``eval preds``: the task's predicted patch evaluated as it is, no sandbox, no agent."""
+    assert cfg.predictions is not None
+    pred = cfg.predictions.get(task.id)
+    model = PredictedModel(pred.model if pred is not None else "")
+    patch = pred.patch if pred is not None else None
+    outcome = TaskOutcome(task.id, "Submitted" if patch is not None else "NoPatch")
+    transient = False
+    try:
+        reward, speedup, einfo = await evaluate_info(
+            exit_status=outcome.exit_status,
+            result=patch or "",
+            container_id=None,
+            instance_id=task.id,
+            dataset_name=cfg.dataset,
+            split=cfg.split,
+            eval_server_url=eval_url,
+        )
+        outcome.reward, outcome.speedup, outcome.info = reward, speedup, einfo
+        transient = transient_evaluation(einfo)
+    except Exception as exc:
+        log.exception("task %s: evaluation failed", task.id)
+        outcome.error = f"{type(exc).__name__}: {exc}"
+        transient = is_transport_failure(exc)
+    return _Try(outcome, [], model, patch or "", transient, None)

@@ -14,6 +14,7 @@ from agentfleet.http import HttpPool, PoolLimits, preset_for_fleet, resolve_limi
 from agentfleet.models import ModelSpec
 from agentfleet.models.pricing import RunBudget
 from agentfleet.sandbox.base import DEFAULT_TTL_S
+from agentfleet.sandbox.image_box import ImageNaming, PullPolicy
 from agentfleet.tasks import DEFAULT_DATASET, DEFAULT_SPLIT, Task, load_dataset
 from agentfleet.tasks.defaults import DEFAULT_EVAL_REPEATS
 
@@ -41,6 +42,12 @@ class FleetConfig:
     pool: PoolLimits | str | None = None  # HTTP pool limits (None: by fleet size, pool_limits)
     task_attempts: int = DEFAULT_TASK_ATTEMPTS  # tries of a task that meets transport faults
     mini: dict[str, Any] | None = None  # --agent mini: mini-swe-agent's config (mini_agent.py)
+    # `eval preds`: each task's patch from a predictions file, evaluated with no agent (preds.py)
+    predictions: dict[str, Any] | None = None
+    # the embedded sandbox server's backend (docker for image tasks), image renaming, pulls
+    sandbox_backend: str = "process"
+    image_naming: ImageNaming = field(default_factory=ImageNaming)
+    pull: PullPolicy = "missing"
     # The run's cost budget (agent.run_cost_limit), made by run_budget(); one per process.
     budget: RunBudget | None = field(default=None, repr=False, compare=False)
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agentfleet.fleet.report import outcome_of, summary
+from agentfleet.fleet.report import benchmark_lines, outcome_of, summary
 from agentfleet.fleet.results import FAILED, latest_results, read_records
 from agentfleet.fleet.rundir import RunDir
 from agentfleet.fleet.svg_charts import Point, esc, hbar_chart, histogram, line_chart, stacked_bars
@@ -131,6 +131,7 @@ def build_report(
     if wall:
         cards.append(_card("wall time", f"{wall:.1f} s"))
 
+    bench = _benchmarks_html(s.get("benchmarks") or {})
     rows = _task_rows(records, pending, files, out_dir, task_refs)
     plots = _plots(records, files, task_refs)
 
@@ -151,6 +152,7 @@ def build_report(
         "state",
         "exit status",
         "evaluation",
+        "benchmark rule",
         "reward",
         "speedup",
         "reference",
@@ -165,7 +167,7 @@ def build_report(
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<style>{CSS}</style></head><body>"
         f"<h1>{esc(title)}</h1><p class=sub>{esc(sub)}</p>"
-        f'<div class="cards" id="summary">{"".join(cards)}</div>'
+        f'<div class="cards" id="summary">{"".join(cards)}</div>{bench}'
         f'<h2>Plots</h2><div class="plots">{"".join(plots)}</div>'
         '<h2>Tasks</h2><table class="tasks" id="tasks"><thead><tr>'
         + "".join(f"<th>{esc(c)}</th>" for c in head_cols)
@@ -208,6 +210,7 @@ def _task_rows(
             f'<td class="{esc(state)}">{esc(state)}</td>'
             f"<td>{esc(rec.get('exit_status', '-'))}</td>"
             f"<td>{esc(info.get('status', '-'))}</td>"
+            f"<td>{esc(_verdict_text(info))}</td>"
             f'<td class="n">{float(rec.get("reward", 0.0)):.3f}</td>'
             f'<td class="n">{float(rec.get("speedup", 0.0)):.2f}x</td>'
             f'<td class="n">{"-" if ref is None else f"{ref:.2f}x"}</td>'
@@ -219,7 +222,7 @@ def _task_rows(
         )
     for iid in pending:
         rows.append(
-            f'<tr><td>{esc(iid)}</td><td class="note">pending</td>' + "<td></td>" * 9 + "</tr>"
+            f'<tr><td>{esc(iid)}</td><td class="note">pending</td>' + "<td></td>" * 10 + "</tr>"
         )
 
     return rows
@@ -298,6 +301,29 @@ def _plots(records: list[dict[str, Any]], files: RunDir, task_refs: dict[str, fl
             xlabel="seconds (counters restart on resume)",
         ),
     ]
+
+
+def _verdict_text(info: dict[str, Any]) -> str:
+    """A task's verdict by its benchmark's own rule: ``gso: pass (1.98x, 1.00x gold)``."""
+    v = info.get("benchmark")
+    if not isinstance(v, dict):
+        return "-"
+    passed = v.get("passed")
+    word = "pass" if passed is True else "fail" if passed is False else "not judged"
+    figures = [
+        f"{x:.2f}x{label}"
+        for key, label in (("speedup_base", ""), ("speedup_gold", " gold"))
+        if isinstance(x := v.get(key), int | float)
+    ]
+    return f"{v.get('benchmark', '?')}: {word}" + (f" ({', '.join(figures)})" if figures else "")
+
+
+def _benchmarks_html(benchmarks: dict[str, Any]) -> str:
+    """The per-benchmark summary: each one's pass rate by its own rule, mean speedups."""
+    if not benchmarks:
+        return ""
+    items = "".join(f"<li>{esc(line)}</li>" for line in benchmark_lines(benchmarks))
+    return f'<h2>Benchmarks</h2><ul id="benchmarks">{items}</ul>'
 
 
 _CLOCK_NAMES = {"cpu": "CPU time (user+sys)", "wall": "wall time"}

@@ -9,6 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from agentfleet.evaluation.pass_rules import benchmark_summary
 from agentfleet.evaluation.reward import summarize
 from agentfleet.fleet.outcome import TaskOutcome
 
@@ -37,15 +38,37 @@ def summary(outcomes: Sequence[TaskOutcome], wall_s: float) -> dict[str, Any]:
         "cost": sum(o.cost for o in outcomes),
         "wall_s": wall_s,
         "tasks_per_s": n / wall_s if wall_s > 0 else 0.0,
+        # real benchmarks: each one's own pass rule and speedups (evaluation/pass_rules.py)
+        "benchmarks": benchmark_summary([o.info for o in outcomes]),
     }
 
 
 def summary_line(s: dict[str, Any]) -> str:
-    return (
+    line = (
         f"{s['tasks']} tasks, {s['correct']} correct: mean reward {s['mean_reward']:.3f}, "
         f"geo-mean speedup {s['geomean_speedup']:.2f}x (over correct), "
         f"fast_1.5 {s['fast_1.5']:.0%}, {s['tasks_per_s']:.3f} tasks/s in {s['wall_s']:.1f} s"
     )
+    return "\n".join([line, *benchmark_lines(s.get("benchmarks") or {})])
+
+
+def _x(value: Any) -> str:
+    return f"{value:.2f}x" if isinstance(value, int | float) else "-"
+
+
+def benchmark_lines(benchmarks: dict[str, Any]) -> list[str]:
+    """One line per real benchmark: its own pass rule's rate and the mean speedups."""
+    lines = []
+    for name, b in benchmarks.items():
+        line = (
+            f"{name}: {b['passed']}/{b['n']} pass its rule ({b['pass_rate']:.0%}), "
+            f"speedup over base {_x(b.get('geomean_speedup_base'))}, "
+            f"relative to gold {_x(b.get('geomean_speedup_gold'))} (geo-means)"
+        )
+        if b.get("hm_speedup_ratio") is not None:
+            line += f", SWE-fficiency score {b['hm_speedup_ratio']:.3f} (harmonic mean)"
+        lines.append(line)
+    return lines
 
 
 def print_results(outcomes: Sequence[TaskOutcome], s: dict[str, Any], console: Console) -> None:

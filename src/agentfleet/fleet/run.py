@@ -25,6 +25,7 @@ from typing import Any
 from agentfleet.agent import AgentConfig
 from agentfleet.fleet.attempts import DEFAULT_TASK_ATTEMPTS
 from agentfleet.fleet.config import FleetConfig
+from agentfleet.fleet.image_options import SANDBOX_BACKENDS, image_options
 from agentfleet.fleet.monitor import FleetMonitor
 from agentfleet.fleet.outcome import Listener, TaskOutcome
 from agentfleet.fleet.report import outcome_of, summary
@@ -36,6 +37,7 @@ from agentfleet.models import ModelSpec
 from agentfleet.serving import graceful_stop, run_async
 from agentfleet.tasks import DEFAULT_DATASET, DEFAULT_SPLIT, load_dataset
 from agentfleet.tasks.defaults import DEFAULT_EVAL_REPEATS
+from agentfleet.tasks.task import RowsDataset
 
 __all__ = ["DEFAULT_SHARDS", "RayOptions", "RunRequest", "RunResult", "build_config", "run"]
 
@@ -102,6 +104,11 @@ class RunRequest:
     backend: str = "local"
     ray_address: str | None = None
     shards: int | None = None
+    # image tasks (real benchmarks): the embedded sandbox backend and image options
+    sandbox_backend: str | None = None  # None: docker for image tasks, else process
+    image_map: Path | None = None
+    registry_prefix: str | None = None
+    pull: str | None = None  # never | missing | always (default missing)
 
     def settings(self, saved: dict[str, Any]) -> dict[str, Any]:
         """Each :data:`RESUMABLE` setting: as given, else as ``saved``, else the default."""
@@ -132,11 +139,16 @@ def build_config(req: RunRequest) -> tuple[FleetConfig, RayOptions | None]:
         run_dir = req.resume
     elif req.rerun_failed:
         raise ValueError("--rerun-failed needs --resume RUN_DIR")
-    ray = _ray_options(req)
     s = req.settings(saved)
+    dataset = load_dataset(s["dataset"])
+    dataset.task_ids(s["split"])  # the dataset and split exist
+    # rows of a real benchmark are in memory; folder tasks naming an image need
+    # --sandbox-backend docker (reading every task.yaml here would block a caller's loop)
+    rows = dataset.tasks(s["split"]) if isinstance(dataset, RowsDataset) else []
+    images = image_options(req, rows)  # before Ray: a clearer error
+    ray = _ray_options(req)
     spec = ModelSpec(s["model"], url=s["model_url"], delay_s=float(s["model_delay"]))
     spec.prepare()
-    load_dataset(s["dataset"]).task_ids(s["split"])  # the dataset and split exist
     mini = _mini_config(s["agent"], req.agent_config, saved)
     agent = AgentConfig.from_yaml(
         req.agent_config if mini is None else None,
@@ -164,6 +176,7 @@ def build_config(req: RunRequest) -> tuple[FleetConfig, RayOptions | None]:
         pool=resolve_limits(req.pool) if req.pool is not None else None,
         task_attempts=req.task_attempts or DEFAULT_TASK_ATTEMPTS,
         mini=mini,
+        **images,
     )
     return cfg, ray
 
@@ -183,6 +196,11 @@ def _mini_config(agent: str, path: Path | None, saved: dict[str, Any]) -> dict[s
 
 
 def _ray_options(req: RunRequest) -> RayOptions | None:
+    if req.backend in SANDBOX_BACKENDS:
+        raise ValueError(
+            f"--backend {req.backend}: --backend is where agents run (local or ray); "
+            f"the sandboxes' backend is --sandbox-backend {req.backend}"
+        )
     if req.backend not in ("local", "ray"):
         raise ValueError(f"unknown backend {req.backend!r}: local or ray")
     if req.backend == "local":

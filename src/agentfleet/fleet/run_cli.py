@@ -157,6 +157,25 @@ def run(
     sandbox_root: Annotated[
         Path | None, typer.Option(help="folder of the embedded process sandboxes")
     ] = None,
+    sandbox_backend: Annotated[
+        str | None,
+        typer.Option(
+            help="embedded sandbox server: process | docker \\[default: docker for datasets "
+            "whose tasks run in their own images (gso:, swe-perf:, swefficiency:), else process]"
+        ),
+    ] = None,
+    image_map: Annotated[
+        Path | None,
+        typer.Option(help="image tasks: JSON/YAML object, instance id (or image) -> image"),
+    ] = None,
+    registry_prefix: Annotated[
+        str | None,
+        typer.Option(help="image tasks: put before each image name (a mirror, a registry)"),
+    ] = None,
+    pull: Annotated[
+        str | None,
+        typer.Option(help="image tasks: pull images never | missing | always \\[default: missing]"),
+    ] = None,
     pool: Annotated[
         str | None,
         typer.Option(
@@ -206,6 +225,10 @@ def run(
             backend=backend,
             ray_address=ray_address,
             shards=shards,
+            sandbox_backend=sandbox_backend,
+            image_map=image_map,
+            registry_prefix=registry_prefix,
+            pull=pull,
         )
         cfg, ray = fleet_run.build_config(request)
         plan = plan_run(cfg)

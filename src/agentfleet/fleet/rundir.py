@@ -7,13 +7,14 @@ RUN_DIR/
   trajectories/ID.traj.json
   pool_stats.jsonl     connection / queue snapshots, appended
   summary.json         the run's figures; wall_s sums every invocation
+  preds.json           the patch of each task, SWE-bench's shape (mini-swe-agent's preds.json)
   report.html          written by `agentfleet report`
 ```
 
-``config.json`` and ``summary.json`` are replaced whole: written to a temporary file in the
-same folder, then renamed over the old one (``os.replace``), so a reader or a crash never
-sees half a file. All methods are synchronous file I/O: call them from a thread
-(``asyncio.to_thread``) when an event loop is running.
+``config.json``, ``summary.json`` and ``preds.json`` are replaced whole: written to a
+temporary file in the same folder, then renamed over the old one (``os.replace``), so a
+reader or a crash never sees half a file. All methods are synchronous file I/O: call them
+from a thread (``asyncio.to_thread``) when an event loop is running.
 """
 
 from __future__ import annotations
@@ -80,6 +81,10 @@ class RunDir:
     @property
     def summary(self) -> Path:
         return self.path / "summary.json"
+
+    @property
+    def preds(self) -> Path:
+        return self.path / "preds.json"
 
     @property
     def pool_stats(self) -> Path:
@@ -155,3 +160,25 @@ class RunDir:
     def write_summary(self, summary: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         _write_json(self.summary, summary)
+
+    # preds.json -----------------------------------------------------------------------
+    def read_preds(self) -> dict[str, Any]:
+        """``preds.json`` (``{instance_id: {instance_id, model_name_or_path,
+        model_patch}}``), or ``{}`` when there is none (or it does not parse)."""
+        try:
+            data = json.loads(self.preds.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def add_pred(self, instance_id: str, model: str, patch: str | None) -> None:
+        """Set one task's prediction in ``preds.json`` (the others kept; on resume too).
+        The caller serializes calls (one writer per run folder)."""
+        preds = self.read_preds()
+        preds[instance_id] = {
+            "instance_id": instance_id,
+            "model_name_or_path": model,
+            "model_patch": patch,
+        }
+        self.path.mkdir(parents=True, exist_ok=True)
+        _write_json(self.preds, preds)

@@ -30,6 +30,8 @@ def show(
         fail(f"{run_dir} is not a run folder (no {files.results.name} or {files.config.name})")
     if instance is None:
         console.print(results_table(run_dir))
+        for line in _benchmark_lines(run_dir):  # real benchmarks: each one's own rule
+            console.print(line, highlight=False)
         return
     try:
         traj = read_trajectory(run_dir, instance)
@@ -56,3 +58,12 @@ def report_cmd(
         fail(f"{run_dir} has no {results.name}: nothing to report")
     path = write_report(run_dir, output)
     console.print(f"report: {path}", highlight=False)
+
+
+def _benchmark_lines(run_dir: Path) -> list[str]:
+    from agentfleet.evaluation.pass_rules import benchmark_summary
+    from agentfleet.fleet.report import benchmark_lines
+    from agentfleet.fleet.results import latest_results
+
+    infos = [r.get("info") or {} for r in latest_results(run_dir).values()]
+    return benchmark_lines(benchmark_summary(infos))

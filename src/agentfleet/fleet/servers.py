@@ -15,6 +15,7 @@ from agentfleet.fleet.config import FleetConfig
 from agentfleet.sandbox.base import DEFAULT_MAX_EXECS
 from agentfleet.sandbox.client import SandboxClient
 from agentfleet.sandbox.server import create_app as sandbox_app
+from agentfleet.sandbox.server import make_backend
 from agentfleet.serving import serve_in_loop
 from agentfleet.tasks import load_dataset
 
@@ -51,8 +52,17 @@ async def embedded_servers(cfg: FleetConfig) -> AsyncIterator[Servers]:
             token = secrets.token_urlsafe(32)
             # our own agents only: the exec cap never throttles them (one command each)
             max_execs = max(DEFAULT_MAX_EXECS, 4 * cfg.workers)
+            backend = None  # the process backend under cfg.sandbox_root
+            if cfg.sandbox_backend == "docker":  # image tasks
+                backend = make_backend(
+                    "docker", root=cfg.sandbox_root, image_naming=cfg.image_naming, pull=cfg.pull
+                )
             app = sandbox_app(
-                root=cfg.sandbox_root, token=token, max_execs=max_execs, dataset_roots=roots
+                backend,
+                root=cfg.sandbox_root,
+                token=token,
+                max_execs=max_execs,
+                dataset_roots=roots,
             )
             server = await stack.enter_async_context(serve_in_loop(app))
             sandbox_url = server.url

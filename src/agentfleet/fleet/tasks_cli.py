@@ -56,8 +56,18 @@ def tasks_show(task_id: str, dataset: DatasetOpt = DEFAULT_DATASET) -> None:
     console.print(f"[bold]{t.id}[/bold] ({t.kind}) {t.title}")
     console.print(
         f"tests:    {t.test_cmd}\nworkload: {t.workload_cmd}\n"
-        f"protected: {', '.join(t.test_files) or '-'}\nfolder:   {t.task_dir}"
+        f"protected: {', '.join(t.test_files) or '-'}\nfolder:   {t.task_dir}",
+        markup=False,
+        highlight=False,
     )
+    if t.image is not None:
+        console.print(
+            f"image:    {t.image} (workdir {t.workdir}, benchmark {t.benchmark})\n"
+            f"env:      {t.env_activate or '-'}\nrebuild:  {t.rebuild_cmd or '-'}\n"
+            f"timing:   {t.workload_parser}",
+            markup=False,
+            highlight=False,
+        )
     console.print(f"reference patch: {len(t.solution_patch.splitlines())} lines\n")
     console.print(t.prompt, markup=False)
 
@@ -92,6 +102,12 @@ def tasks_check(
         tasks = [ds.task(i) for i in ids]
     except TaskNotFound as exc:
         fail(str(exc))
+    if any(t.is_image_task for t in tasks):
+        fail(
+            f"{dataset}: its tasks run in their own images and `tasks check` runs the process "
+            "backend only; time their gold patches with `agentfleet run --model oracle` "
+            "(docs/benchmarks-real.md)"
+        )
     split_of = {tid: s for s, members in ds.splits.items() for tid in members}
     rows = asyncio.run(
         check_tasks(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ class ResultsWriter:
         self.run_dir = run_dir
         self.files = RunDir(run_dir)
         self.results = self.files.results
+        self._preds_lock = threading.Lock()  # preds.json: read, change, replace
 
     def _append(self, line: str) -> None:
         # One write of a whole line, flushed: a crash loses at most the line being written.
@@ -38,6 +40,8 @@ class ResultsWriter:
         await asyncio.to_thread(mk)
 
     async def write(self, outcome: TaskOutcome, trajectory: dict[str, Any]) -> None:
+        """The task's trajectory, its ``results.jsonl`` line and its ``preds.json`` entry
+        (the trajectory's ``info.submission`` and ``info.model``)."""
         record = asdict(outcome)
         record["state"] = result_state(record)
         line = json.dumps(record, default=str)
@@ -45,6 +49,16 @@ class ResultsWriter:
         text = json.dumps(trajectory, indent=1, default=str)
         await asyncio.to_thread(path.write_text, text)
         await asyncio.to_thread(self._append, line)
+        info = trajectory.get("info") or {}
+        patch = info.get("submission")
+        model = str(info.get("model") or "")
+        await asyncio.to_thread(
+            self._add_pred, outcome.instance_id, model, patch if isinstance(patch, str) else None
+        )
+
+    def _add_pred(self, instance_id: str, model: str, patch: str | None) -> None:
+        with self._preds_lock:
+            self.files.add_pred(instance_id, model, patch)
 
 
 def trajectory(

@@ -101,6 +101,9 @@ def serve_settings(
     file_size: str | None = None,
     cpu_time: int | None = None,
     allow_images: list[str] | None = None,
+    image_map: Path | None = None,
+    registry_prefix: str | None = None,
+    pull: str | None = None,
     max_sandboxes: int = DEFAULT_MAX_SANDBOXES,
     max_execs: int = DEFAULT_MAX_EXECS,
     max_execs_per_sandbox: int = DEFAULT_MAX_EXECS_PER_SANDBOX,
@@ -133,6 +136,16 @@ def serve_settings(
             raise ValueError("--allow-image: empty image name")
         kw["allow_images"] = list(allow_images)
         docker_only.append("--allow-image")
+    if image_map is not None or registry_prefix:
+        kw["image_naming"] = _naming(image_map, registry_prefix)
+        docker_only.append("--image-map/--registry-prefix")
+    if pull is not None:
+        from agentfleet.sandbox.image_box import PULL_POLICIES
+
+        if pull not in PULL_POLICIES:
+            raise ValueError(f"--pull {pull!r}: one of {', '.join(PULL_POLICIES)}")
+        kw["pull"] = pull
+        docker_only.append("--pull")
     if docker_only and backend != "docker":
         raise ValueError(f"{', '.join(docker_only)}: only for --backend docker")
     if backend == "process":
@@ -158,6 +171,16 @@ def serve_settings(
         "reap_period_s": reap_interval,
     }
     return kw, service_kw
+
+
+def _naming(image_map: Path | None, prefix: str | None) -> Any:
+    from agentfleet.sandbox.image_box import ImageNaming, load_image_map
+
+    try:
+        mapping = load_image_map(image_map.read_text(), str(image_map)) if image_map else {}
+    except OSError as e:
+        raise ValueError(f"--image-map {image_map}: {e.strerror or e}") from None
+    return ImageNaming(mapping, prefix or "")
 
 
 def confine_setting(confine: str | None, host: str) -> str:
@@ -187,16 +210,31 @@ def images_build(
     dataset: Annotated[
         str | None,
         typer.Option(
-            "--dataset", "-d", help="also build this dataset's image (if it has a Dockerfile)"
+            "--dataset",
+            "-d",
+            help="also build this dataset's image (if it has a Dockerfile), or each of its "
+            "rows' images (bundled gso-mini, swe-perf-mini, swefficiency-mini)",
         ),
     ] = None,
+    image_map: Annotated[Path | None, typer.Option(help=_IMAGE_MAP_HELP)] = None,
+    registry_prefix: Annotated[str | None, typer.Option(help=_PREFIX_HELP)] = None,
 ) -> None:
-    """Build the base image locally: debootstrap (minbase + python3, git) | docker import."""
+    """Build the base image locally: debootstrap (minbase + python3, git) | docker import.
+
+    With a dataset of image tasks: also the bench base (+ gcc, make, python3-pytest from
+    Debian's mirror) and each row's image, tagged with the name its benchmark gives it."""
     from agentfleet.sandbox.images import ImageBuildError, build_base_image, build_dataset_image
 
     try:
+        tasks = _image_tasks(dataset, image_map, registry_prefix) if dataset else []
         build_base_image(name, force=force, rootfs=rootfs, suite=suite, mirror=mirror)
-        if dataset is not None:
+        if tasks:
+            from agentfleet.sandbox.task_images import build_bench_image, build_task_image
+
+            bench = build_bench_image(name, force=force)
+            for task, image in tasks:
+                build_task_image(task, image, base=bench, force=force)
+        elif dataset is not None:
             from agentfleet.tasks import load_dataset
 
             build_dataset_image(load_dataset(dataset).path, base=name, force=force)
@@ -206,6 +244,103 @@ def images_build(
     except OSError as e:  # a missing docker / debootstrap / tar, an unwritable cache
         _err(_os_error_message(e))
         raise typer.Exit(1) from None
+
+
+_IMAGE_MAP_HELP = "JSON/YAML object: instance id (or image) -> image name"
+_PREFIX_HELP = "put before each task image's name (a mirror or private registry)"
+
+
+def _image_tasks(
+    dataset: str | None, image_map: Path | None, prefix: str | None
+) -> list[tuple[Any, str]]:
+    """(task, image name) of each image task of ``dataset``; exit 2 on a bad input."""
+    from agentfleet.sandbox.image_box import ImageNaming, load_image_map
+    from agentfleet.tasks import TaskNotFound, load_dataset
+
+    if dataset is None:
+        return []
+    try:
+        mapping = load_image_map(image_map.read_text(), str(image_map)) if image_map else {}
+        tasks = [t for t in load_dataset(dataset).tasks() if t.image is not None]
+    except (TaskNotFound, ValueError, OSError) as e:
+        _err(str(e))
+        raise typer.Exit(2) from None
+    naming = ImageNaming(mapping, prefix or "")
+    return [(t, naming.image_for(t.id, t.image or "")) for t in tasks]
+
+
+@images_app.command("pull")
+def images_pull(
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="gso:PATH, swe-perf:PATH, ...")],
+    image_map: Annotated[Path | None, typer.Option(help=_IMAGE_MAP_HELP)] = None,
+    registry_prefix: Annotated[str | None, typer.Option(help=_PREFIX_HELP)] = None,
+    pull: Annotated[
+        str, typer.Option(help="never | missing | always (missing: present ones are skipped)")
+    ] = "missing",
+    concurrency: Annotated[int, typer.Option(min=1, help="pulls at once")] = 2,
+) -> None:
+    """Pull the images a dataset's tasks run in (resumable: present images are skipped)."""
+    from agentfleet.sandbox.image_box import PULL_POLICIES
+    from agentfleet.sandbox.image_pull import PullError, pull_images
+
+    if pull not in PULL_POLICIES:
+        _err(f"--pull {pull!r}: one of {', '.join(PULL_POLICIES)}")
+        raise typer.Exit(2)
+    tasks = _image_tasks(dataset, image_map, registry_prefix)
+    if not tasks:
+        _err(f"dataset {dataset!r} has no image tasks: nothing to pull")
+        raise typer.Exit(2)
+    try:
+        report = pull_images([i for _, i in tasks], pull, concurrency=concurrency)
+    except (PullError, OSError) as e:
+        _err(str(e))
+        raise typer.Exit(1) from None
+    typer.echo(
+        f"{len(report.present)} present, {len(report.pulled)} pulled, {len(report.failed)} failed"
+    )
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@images_app.command("load")
+def images_load(
+    tar: Annotated[Path, typer.Argument(help="a tar made by `docker save`")],
+) -> None:
+    """Load images from a tar file (for machines that reach no registry)."""
+    from agentfleet.sandbox.image_pull import PullError, load_images
+
+    try:
+        load_images(tar, log=typer.echo)
+    except (PullError, OSError) as e:
+        _err(str(e))
+        raise typer.Exit(1) from None
+
+
+@images_app.command("prune")
+def images_prune(
+    kind: Annotated[
+        list[str] | None,
+        typer.Option(help="label kinds to remove: task, bench, dataset \\[default: task]"),
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False,
+) -> None:
+    """Remove images agentfleet labelled (agentfleet.image=KIND); never any other image."""
+    from agentfleet.sandbox.image_pull import labelled_images, prune_images
+
+    kinds = kind or ["task"]
+    if "base" in kinds:
+        _err("the base image is not pruned (docker rmi it by name)")
+        raise typer.Exit(2)
+    found = labelled_images(kinds)
+    if not found:
+        typer.echo("nothing to remove")
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            _err("not a terminal: pass --yes to confirm")
+            raise typer.Exit(2)
+        typer.confirm(f"Remove {len(found)} image(s) labelled {', '.join(kinds)}?", abort=True)
+    typer.echo(f"removed {prune_images(kinds, log=typer.echo)} image(s)")
 
 
 _INSTALL_HINTS = {

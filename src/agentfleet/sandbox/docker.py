@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -43,6 +44,7 @@ from typing import Any
 import aiodocker
 import aiohttp
 
+from agentfleet.sandbox import image_box
 from agentfleet.sandbox.base import (
     DEFAULT_EXEC_TIMEOUT,
     CreateSandbox,
@@ -80,6 +82,7 @@ from agentfleet.sandbox.folders import (
     SandboxFolder,
     SandboxFolders,
 )
+from agentfleet.sandbox.image_box import ImageNaming, ImageSource, PullPolicy
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +95,7 @@ class _Box:
     container: Any  # aiodocker DockerContainer
     folder: SandboxFolder  # on the host; its workdir is bind-mounted at the same path
     deleting: bool = False
+    source: ImageSource | None = None  # an image task: its repository is in the image
 
 
 class DockerBackend:
@@ -113,6 +117,9 @@ class DockerBackend:
         orphan_sweep_s: how often containers of dead servers (and expired ones) are removed,
             besides once at start (0: only at start).
         url: the engine (default ``DOCKER_HOST`` or ``/var/run/docker.sock``).
+        image_naming: how image tasks' images are renamed (``--image-map``,
+            ``--registry-prefix``); pull: when they are pulled (``never``, ``missing``,
+            ``always``). Image tasks: :mod:`agentfleet.sandbox.image_box`.
 
     A request that names no timeout gets ``DEFAULT_EXEC_TIMEOUT`` (the service fills in its
     own default before it calls the backend).
@@ -136,8 +143,12 @@ class DockerBackend:
         orphan_sweep_s: float = 300.0,
         url: str | None = None,
         allow_images: Iterable[str] = (),
+        image_naming: ImageNaming | None = None,
+        pull: PullPolicy = "missing",
     ) -> None:
         self.image = image
+        self.image_naming = image_naming or ImageNaming()
+        self.pull = pull
         self.limits = Limits(
             image, memory_mb, cpus, pids_limit, frozenset(allow_images), file_size_mb, cpu_time_s
         )
@@ -256,23 +267,52 @@ class DockerBackend:
         """The image and limits of ``req``'s container (422 beyond ours: :class:`Limits`)."""
         return self.limits.resolve(req)
 
-    async def create(self, sandbox_id: str, source_dir: Path | None, req: CreateSandbox) -> str:
-        res = self.resources(req)  # before anything is made
+    async def create(
+        self, sandbox_id: str, source_dir: Path | ImageSource | None, req: CreateSandbox
+    ) -> str:
+        source = source_dir if isinstance(source_dir, ImageSource) else None
+        own_image = source is not None and req.image is None
+        res = self.resources(req.model_copy(update={"image": None}) if own_image else req)
+        if source is not None and own_image:  # the task's image: allowed, its dataset names it
+            image = self.image_naming.image_for(source.task_id, source.image)
+            res = dataclasses.replace(res, image=image)
         if not self._started:
             await self.start()
         if sandbox_id in self._boxes:
             raise SandboxError(f"sandbox {sandbox_id} already exists", 409)
-        folder = await self.folders.create(sandbox_id, source_dir, req)
+        if source is not None:
+            await image_box.ensure_image(self.client, res.image, self.pull)
+        host_dir = None if isinstance(source_dir, ImageSource) else source_dir
+        folder = await self.folders.create(sandbox_id, host_dir, req)
         try:
-            container = await self._start_container(sandbox_id, folder.work, folder.dir, req, res)
+            container = await self._start_container(
+                sandbox_id, folder.work, folder.dir, req, res, source
+            )
         except BaseException:
             await asyncio.shield(self.folders.delete(sandbox_id))
             raise
-        self._boxes[sandbox_id] = _Box(sandbox_id, container, folder)
-        return str(folder.work)
+        box = _Box(sandbox_id, container, folder, source=source)
+        self._boxes[sandbox_id] = box
+        if source is None:
+            return str(folder.work)
+        try:  # the image's HEAD is the baseline (refs/agentfleet/base)
+            req_base = ExecRequest(command=image_box.BASE_SCRIPT, timeout=60)
+            done = await self.exec(sandbox_id, req_base, 4000)
+            if done.returncode != 0:
+                raise image_box.no_repo_error(source, done.output)
+        except BaseException:
+            await asyncio.shield(self.delete(sandbox_id))
+            raise
+        return source.workdir
 
     def _config(
-        self, sandbox_id: str, work: Path, folder: Path, req: CreateSandbox, res: Resources
+        self,
+        sandbox_id: str,
+        work: Path,
+        folder: Path,
+        req: CreateSandbox,
+        res: Resources,
+        source: ImageSource | None = None,
     ) -> Any:
         labels = sandbox_labels(
             owner=self.instance_id,
@@ -283,7 +323,7 @@ class DockerBackend:
             folder=folder,
             pid_started=self.folders.pid_started,  # set once started: the folder was just made
         )
-        return {
+        config: dict[str, Any] = {
             "Image": res.image,
             "Cmd": ["sleep", str(math.ceil(req.ttl_s) + CONTAINER_LINGER_S)],
             "Labels": labels,
@@ -292,11 +332,18 @@ class DockerBackend:
             "Env": [f"PATH={DEFAULT_PATH}", f"HOME={work}", "LANG=C.UTF-8"],
             "HostConfig": host_config(res, work, self.network),
         }
+        return config if source is None else image_box.image_config(config, source)
 
     async def _start_container(
-        self, sandbox_id: str, work: Path, folder: Path, req: CreateSandbox, res: Resources
+        self,
+        sandbox_id: str,
+        work: Path,
+        folder: Path,
+        req: CreateSandbox,
+        res: Resources,
+        source: ImageSource | None = None,
     ) -> Any:
-        config = self._config(sandbox_id, work, folder, req, res)
+        config = self._config(sandbox_id, work, folder, req, res, source)
         name = f"agentfleet-{sandbox_id}"
         try:
             container = await self.client.containers.create(config, name=name)
@@ -340,20 +387,32 @@ class DockerBackend:
 
     # files -----------------------------------------------------------------------------
     async def read_file(self, sandbox_id: str, path: str) -> bytes:
-        self._get(sandbox_id)
+        box = self._get(sandbox_id)
+        if box.source is not None:
+            where = image_box.container_path(box.source.workdir, path)
+            return await image_box.read_file(box.container, where, self.folders.max_file_bytes)
         return await self.folders.read_file(sandbox_id, path)
 
     async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
-        self._get(sandbox_id)
+        box = self._get(sandbox_id)
+        if box.source is not None:
+            if len(data) > self.folders.max_file_bytes:
+                cap = self.folders.max_file_bytes
+                raise SandboxError(f"{len(data)} bytes is over the {cap} bytes file cap", 413)
+            where = image_box.container_path(box.source.workdir, path)
+            return await image_box.write_file(box.container, where, data)
         await self.folders.write_file(sandbox_id, path, data)
 
     # exec (the command itself: docker_exec.py) ----------------------------------------
+    def _user(self, box: _Box) -> str:
+        return image_box.IMAGE_USER if box.source is not None else self.user
+
     async def _kill_token(self, box: _Box, token: str) -> None:
         """Kill every process of one exec inside the container (best effort, bounded)."""
         if box.deleting:
             return
         try:
-            await kill_token(box.container, self.user, token)
+            await kill_token(box.container, self._user(box), token)
         except (aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError) as e:
             if not box.deleting:
                 log.warning("could not kill exec %s in %s: %s", token, box.sandbox_id, e)
@@ -377,7 +436,7 @@ class DockerBackend:
             capture = OutputCapture(output_limit)
             captures.append(capture)
             try:
-                rc = await exec_once(box.container, argv, env, cwd, self.user, capture)
+                rc = await exec_once(box.container, argv, env, cwd, self._user(box), capture)
             except aiodocker.DockerError as e:
                 if retry and not_running(str(e.message)) and await wait_stopped(box.container):
                     await self._restart(box)
@@ -397,11 +456,16 @@ class DockerBackend:
 
     async def exec(self, sandbox_id: str, req: ExecRequest, output_limit: int) -> ExecResult:
         box = self._get(sandbox_id)
-        cwd = await self.folders.resolve_cwd(box.folder, req.cwd)
         timeout = req.timeout or DEFAULT_EXEC_TIMEOUT
         token = uuid.uuid4().hex
-        env = exec_env(box.folder.work, req.env, token)
-        argv = exec_argv(timeout, req.command)
+        if box.source is not None:  # in the image's tree, its environment activated
+            cwd = Path(image_box.container_path(box.source.workdir, req.cwd or "."))
+            env = exec_env(Path(image_box.IMAGE_HOME), req.env, token)
+            argv = exec_argv(timeout, image_box.activated(req.command, box.source.env_activate))
+        else:
+            cwd = await self.folders.resolve_cwd(box.folder, req.cwd)
+            env = exec_env(box.folder.work, req.env, token)
+            argv = exec_argv(timeout, req.command)
         captures = [OutputCapture(output_limit)]
         started = time.monotonic()
         returncode: int | None = None

@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from agentfleet.sandbox.base import (
     DEFAULT_EXEC_TIMEOUT,
@@ -32,6 +33,7 @@ from agentfleet.sandbox.base import (
     SandboxNotFound,
     new_sandbox_id,
 )
+from agentfleet.sandbox.image_box import ImageSource
 from agentfleet.tasks.task import TaskNotFound, load_dataset
 
 log = logging.getLogger(__name__)
@@ -228,7 +230,9 @@ class SandboxService:
                 if sandbox_id in self._doomed:
                     raise SandboxError(f"sandbox {sandbox_id!r} was deleted while queued", 409)
                 try:
-                    workdir = await self.backend.create(sandbox_id, source, req)
+                    # an ImageSource only reaches the docker backend (checked above)
+                    backend: Any = self.backend
+                    workdir = await backend.create(sandbox_id, source, req)
                 except BaseException:
                     self.stats.create_failures += 1
                     raise
@@ -256,7 +260,8 @@ class SandboxService:
             self._doomed.discard(sandbox_id)
             ended.set()
 
-    async def _source_dir(self, req: CreateSandbox) -> Path | None:
+    async def _source_dir(self, req: CreateSandbox) -> Path | ImageSource | None:
+        """The task's repository: a host folder, or (image task) its image's workdir."""
         if req.task_id is None:
             return None
         task_id = req.task_id
@@ -266,7 +271,15 @@ class SandboxService:
             )
         except TaskNotFound as e:
             raise SandboxError(f"unknown task: {e}", 404) from e
-        return task.repo_dir
+        if task.image is None or task.workdir is None:
+            return task.repo_dir
+        if self.backend.name != "docker":
+            raise SandboxError(
+                f"task {task.id!r} runs in its own image ({task.image}): it needs the docker "
+                f"backend (this server runs the {self.backend.name} backend)",
+                422,
+            )
+        return ImageSource(task.id, task.image, task.workdir, task.env_activate)
 
     def get(self, sandbox_id: str) -> SandboxInfo:
         info = self._infos.get(sandbox_id)

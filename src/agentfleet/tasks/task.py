@@ -14,39 +14,17 @@ from functools import lru_cache
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
+
+from agentfleet.tasks.model import Task
 
 BUNDLED_DIR = Path(__file__).parent / "data"
+# ``--dataset PROFILE:PATH``: rows of a real benchmark (tasks/profiles/, tasks/rows.py)
+ROW_PROFILES = ("gso", "swe-perf", "swefficiency")
 
 
 class TaskNotFound(LookupError):
     """An unknown dataset, split or task id."""
-
-
-class Task(BaseModel):
-    """One performance task: a repository with a slow spot, its commands and a reference patch."""
-
-    model_config = ConfigDict(frozen=True)
-
-    id: str
-    dataset: str
-    title: str = ""
-    kind: str = ""
-    prompt: str
-    test_cmd: str
-    workload_cmd: str
-    test_files: list[str] = Field(default_factory=list)
-    timeout_s: float = 120.0
-    task_dir: Path
-
-    @property
-    def repo_dir(self) -> Path:
-        return self.task_dir / "repo"
-
-    @property
-    def solution_patch(self) -> str:
-        path = self.task_dir / "solution.patch"
-        return path.read_text() if path.exists() else ""
 
 
 class Dataset(BaseModel):
@@ -83,6 +61,58 @@ class Dataset(BaseModel):
 
     def tasks(self, split: str | None = None) -> list[Task]:
         return [self.task(t) for t in self.task_ids(split)]
+
+
+class RowsDataset(Dataset):
+    """A real benchmark's rows as tasks (one ``test`` split, in the rows' order)."""
+
+    row_tasks: dict[str, Task]
+
+    def task(self, task_id: str) -> Task:
+        if task_id not in self.row_tasks:
+            raise TaskNotFound(f"dataset {self.name!r} has no task {task_id!r}")
+        return self.row_tasks[task_id]
+
+
+def _rows_dataset(
+    name: str, profile: str, rows_path: Path, description: str = "", task_dir: Path | None = None
+) -> RowsDataset:
+    from agentfleet.tasks.profiles import ProfileError, rows_to_tasks
+    from agentfleet.tasks.rows import RowsError, read_rows
+
+    try:
+        rows = read_rows(rows_path)
+        where = task_dir or (rows_path if rows_path.is_dir() else rows_path.parent)
+        tasks = rows_to_tasks(profile, rows, name, where)
+    except (RowsError, ProfileError, OSError) as e:
+        raise TaskNotFound(f"dataset {name[:200]!r}: {e}") from None
+    return RowsDataset(
+        name=name,
+        description=description,
+        path=rows_path,
+        splits={"test": [t.id for t in tasks]},
+        row_tasks={t.id: t for t in tasks},
+    )
+
+
+def _find_rows(path: str, roots: tuple[Path, ...] | None) -> Path | None:
+    """The rows file or datasets folder ``path`` (under a root or bundled, with roots)."""
+    if not path or "\x00" in path:
+        return None
+    candidates = [Path(path)]
+    if roots is not None:
+        candidates += [r / path for r in roots if not Path(path).is_absolute()]
+    allowed = None if roots is None else (Path(os.path.realpath(BUNDLED_DIR)), *roots)
+    for candidate in candidates:
+        try:
+            real = Path(os.path.realpath(candidate))
+            if allowed is not None and not any(real.is_relative_to(r) for r in allowed):
+                continue  # never read what lies outside the roots
+            if real.exists():
+                return real
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def _load_task(task_dir: Path, dataset: str) -> Task:
@@ -154,6 +184,15 @@ def load_dataset(name_or_path: str, roots: Iterable[str | Path] | None = None) -
 
 @lru_cache(maxsize=256)  # bounded: a name has many spellings
 def _load_dataset(name_or_path: str, roots: tuple[Path, ...] | None) -> Dataset:
+    profile, sep, rows_spec = name_or_path.partition(":")
+    if sep and profile in ROW_PROFILES:
+        rows_path = _find_rows(rows_spec, roots)
+        if rows_path is None:
+            where = "" if roots is None else " under this server's dataset roots (--dataset-root)"
+            raise TaskNotFound(
+                f"dataset {name_or_path[:200]!r}: no file or folder {rows_spec[:200]!r}{where}"
+            )
+        return _rows_dataset(name_or_path, profile, rows_path)
     path = _find_dataset(name_or_path, roots)
     if path is None:
         if roots is None:
@@ -166,6 +205,15 @@ def _load_dataset(name_or_path: str, roots: tuple[Path, ...] | None) -> Dataset:
         )
     meta = yaml.safe_load((path / "dataset.yaml").read_text()) or {}
     meta.setdefault("name", path.name)
+    if "profile" in meta:  # a folder holding a real benchmark's rows (bundled *-mini sets)
+        rows = (path / str(meta.get("rows", ""))).resolve()
+        if not rows.is_relative_to(path) or not rows.exists():
+            raise TaskNotFound(
+                f"dataset {meta['name']!r}: rows {meta.get('rows')!r} not in its folder"
+            )
+        return _rows_dataset(
+            str(meta["name"]), str(meta["profile"]), rows, str(meta.get("description", "")), path
+        )
     return Dataset(path=path, **meta)
 
 

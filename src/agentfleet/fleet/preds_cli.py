@@ -1,0 +1,124 @@
+"""``agentfleet eval preds PREDS.json``: evaluate predictions made by any agent, writing
+the run folder ``agentfleet run`` writes (the main command mounts it on ``eval``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from agentfleet._cli import DatasetOpt, SplitOpt, console, fail, setup_logging
+from agentfleet.tasks.defaults import DEFAULT_DATASET, DEFAULT_EVAL_REPEATS, DEFAULT_SPLIT
+
+__all__ = ["eval_preds"]
+
+
+def eval_preds(
+    preds: Annotated[
+        Path,
+        typer.Argument(
+            help="preds.json ({id: {instance_id, model_name_or_path, model_patch}}), "
+            "a JSON list or a .jsonl of such records",
+            exists=True,
+            dir_okay=False,
+        ),
+    ],
+    dataset: DatasetOpt = DEFAULT_DATASET,
+    split: SplitOpt = DEFAULT_SPLIT,
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="at once")] = 4,
+    run_dir: Annotated[Path | None, typer.Option(help="run folder (default runs/<name>)")] = None,
+    eval_repeats: Annotated[
+        int, typer.Option(min=1, help="timed runs per side in embedded evaluations")
+    ] = DEFAULT_EVAL_REPEATS,
+    eval_url: Annotated[
+        str | None, typer.Option(help="evaluation server (default: embedded)")
+    ] = None,
+    sandbox_url: Annotated[
+        str | None, typer.Option(help="sandbox server (default: embedded)")
+    ] = None,
+    sandbox_token: Annotated[
+        str | None,
+        typer.Option(envvar="AGENTFLEET_SANDBOX_TOKEN", help="bearer token of --sandbox-url"),
+    ] = None,
+    sandbox_root: Annotated[
+        Path | None, typer.Option(help="folder of the embedded process sandboxes")
+    ] = None,
+    sandbox_backend: Annotated[
+        str | None,
+        typer.Option(
+            help="embedded sandbox server: process | docker \\[default: docker for datasets "
+            "whose tasks run in their own images, else process]"
+        ),
+    ] = None,
+    image_map: Annotated[
+        Path | None,
+        typer.Option(help="image tasks: JSON/YAML object, instance id (or image) -> image"),
+    ] = None,
+    registry_prefix: Annotated[
+        str | None,
+        typer.Option(help="image tasks: put before each image name (a mirror, a registry)"),
+    ] = None,
+    pull: Annotated[
+        str | None,
+        typer.Option(help="image tasks: pull images never | missing | always \\[default: missing]"),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Evaluate predictions (any agent's patches) on a dataset: results.jsonl, summary.json,
+    preds.json as a run writes them; `agentfleet report RUN_DIR` for the HTML report."""
+    from agentfleet.fleet.config import FleetConfig, select_tasks
+    from agentfleet.fleet.image_options import image_options
+    from agentfleet.fleet.preds import PredictionsSpec, load_predictions
+    from agentfleet.fleet.report import print_results
+    from agentfleet.fleet.run import run
+    from agentfleet.fleet.rundir import run_name
+    from agentfleet.fleet.runner import plan_run
+
+    setup_logging(verbose)
+    try:
+        predictions = load_predictions(preds)
+        models = sorted({p.model for p in predictions.values() if p.model})
+        model = models[0] if len(models) == 1 else ("mixed" if models else "")
+        spec = PredictionsSpec(model)
+        asked = _Asked(sandbox_backend, [sandbox_url] if sandbox_url else [], image_map,
+                       registry_prefix, pull)  # fmt: skip
+        cfg = FleetConfig(
+            model=spec,
+            run_dir=run_dir or Path("runs") / run_name(dataset, split, spec.spec),
+            dataset=dataset,
+            split=split,
+            task_ids=list(predictions),
+            workers=workers,
+            sandbox_url=sandbox_url,
+            sandbox_token=sandbox_token,
+            eval_url=eval_url,
+            eval_repeats=eval_repeats,
+            sandbox_root=sandbox_root,
+            predictions=dict(predictions),
+        )
+        for key, value in image_options(asked, select_tasks(cfg)).items():
+            setattr(cfg, key, value)
+        plan = plan_run(cfg)
+    except (ValueError, LookupError, OSError) as exc:
+        fail(str(exc))
+    console.print(
+        f"evaluating {len(plan.tasks)} predictions on {dataset}/{split} -> {cfg.run_dir}",
+        highlight=False,
+    )
+    result = run(cfg, plan=plan)
+    print_results(result.outcomes, result.summary, console)
+    console.print(f"run folder: {cfg.run_dir}", highlight=False)
+
+
+@dataclass
+class _Asked:
+    """The image options asked (what ``image_options`` reads of a run's request)."""
+
+    sandbox_backend: str | None
+    sandbox_urls: list[str]
+    image_map: Path | None
+    registry_prefix: str | None
+    pull: str | None
+    backend: str = "local"

@@ -1,0 +1,1 @@
+from wordfreq.core import top_words

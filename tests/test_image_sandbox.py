@@ -1,0 +1,212 @@
+"""Image tasks on the real Docker engine: the bundled rows' images built (once, cached by
+content hash), sandboxes in the task's own image, the process backend and missing images
+refused, `images pull` skipping what is present. Nothing is left afterwards but the cached
+task images (label agentfleet.image=task; `agentfleet images prune` removes them)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from conftest import docker_available, require_tool
+from typer.testing import CliRunner
+
+from agentfleet.cli import app
+from agentfleet.evaluation.patches import sandbox_diff
+from agentfleet.sandbox.base import CreateSandbox, SandboxError
+from agentfleet.sandbox.containers import DEFAULT_IMAGE
+from agentfleet.sandbox.docker import DockerBackend
+from agentfleet.sandbox.image_box import ImageNaming
+from agentfleet.sandbox.images import image_exists
+from agentfleet.sandbox.service import SandboxService
+from agentfleet.sandbox.task_images import build_bench_image, build_task_image
+from agentfleet.tasks import Task, load_dataset
+
+pytestmark = pytest.mark.docker
+
+ROWS = {  # a GSO row with C rebuilt by make, a SWE-Perf row timing pytest tests
+    "gso-mini": "agentfleet__cprimes-102",
+    "swe-perf-mini": "agentfleet__pairs-202",
+}
+
+
+@pytest.fixture(scope="session")
+def task_images() -> dict[str, Task]:
+    """The rows' images, built once per session (kept: an unchanged row is not rebuilt)."""
+    require_tool("docker", "runs image tasks", available=docker_available())
+    if not image_exists(DEFAULT_IMAGE):
+        require_tool("docker", "runs image tasks", problem=f"image {DEFAULT_IMAGE} missing")
+    bench = build_bench_image(DEFAULT_IMAGE, log=lambda _: None)
+    tasks = {}
+    for dataset, task_id in ROWS.items():
+        task = load_dataset(dataset).task(task_id)
+        assert task.image is not None
+        build_task_image(task, task.image, base=bench, log=lambda _: None)
+        assert not build_task_image(task, task.image, base=bench, log=lambda _: None)  # cached
+        tasks[dataset] = task
+    return tasks
+
+
+def _containers(run: str) -> list[str]:
+    out = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=agentfleet.run={run}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.split()
+
+
+@pytest.fixture
+async def service(task_images: dict[str, Task], tmp_path: Path) -> AsyncIterator[SandboxService]:
+    async with SandboxService(DockerBackend(root=tmp_path / "sb"), reap_period_s=0) as svc:
+        yield svc
+    assert not [p for p in (tmp_path / "sb").iterdir() if not p.name.startswith(".")]
+
+
+async def test_gso_row_runs_in_its_image(service: SandboxService, task_images: dict) -> None:
+    task: Task = task_images["gso-mini"]
+    run = f"test-image-{id(service)}"
+    info = await service.create(
+        CreateSandbox(task_id=task.id, dataset="gso-mini", run=run, ttl_s=600)
+    )
+    sid = info.sandbox_id
+    assert info.workdir == "/testbed"
+    res = await service.exec(sid, "git rev-parse HEAD refs/agentfleet/base; echo $VIRTUAL_ENV")
+    base = task.benchmark_fields["base_commit"]
+    assert res.returncode == 0 and res.output.split() == [base, base, "/testbed/.venv"]
+    # the gold patch, the rebuild (gcc via make), the workload: GSO's Execution time line
+    await service.write_file(sid, "gold.patch", task.solution_patch.encode())
+    res = await service.exec(sid, "git apply gold.patch && rm gold.patch && " + task.rebuild_cmd)
+    assert res.returncode == 0, res.output
+    assert b"(long)d * d <= n" in await service.read_file(sid, "src/primes.c")
+    res = await service.exec(sid, task.workload_cmd, timeout=120)
+    assert res.returncode == 0 and "Execution time:" in res.output, res.output
+    # the diff is taken against the image's HEAD: only the C file, no build output
+    patch = await sandbox_diff(service, sid)
+    assert patch.count("diff --git") == 1 and "a/src/primes.c" in patch
+    with pytest.raises(SandboxError) as err:
+        await service.read_file(sid, "no/such/file")
+    assert err.value.status == 404
+    await service.delete(sid)
+    assert _containers(run) == []
+
+
+async def test_swe_perf_row_activates_conda_testbed(
+    service: SandboxService, task_images: dict
+) -> None:
+    task: Task = task_images["swe-perf-mini"]
+    info = await service.create(CreateSandbox(task_id=task.id, dataset="swe-perf-mini"))
+    res = await service.exec(info.sandbox_id, "echo $CONDA_DEFAULT_ENV; " + task.test_cmd)
+    assert res.returncode == 0 and res.output.startswith("testbed\n"), res.output
+    res = await service.exec(info.sandbox_id, "id -u; pwd", cwd="tests")
+    assert res.output.split() == ["0", "/testbed/tests"]
+    await service.delete(info.sandbox_id)
+
+
+async def test_missing_image_with_pull_never_is_a_clear_error(
+    task_images: dict, tmp_path: Path
+) -> None:
+    naming = ImageNaming(registry_prefix="localhost:1/nowhere")
+    backend = DockerBackend(root=tmp_path / "sb", image_naming=naming, pull="never")
+    async with SandboxService(backend, reap_period_s=0) as svc:
+        req = CreateSandbox(task_id=ROWS["gso-mini"], dataset="gso-mini", run="pull-never")
+        with pytest.raises(SandboxError, match="not present and --pull is never") as err:
+            await svc.create(req)
+        assert err.value.status == 503 and len(svc) == 0
+    assert _containers("pull-never") == []
+
+
+def test_images_pull_skips_present_and_refuses_never(task_images: dict) -> None:
+    runner = CliRunner()
+    res = runner.invoke(app, ["images", "pull", "--dataset", "gso-mini", "--pull", "never"])
+    present = [i for i in (load_dataset("gso-mini").tasks()) if image_exists(i.image or "")]
+    if len(present) == 3:  # every gso-mini image built: nothing to pull
+        assert res.exit_code == 0 and "3 present, 0 pulled" in res.output
+    else:
+        assert res.exit_code == 1 and "--pull never" in res.output
+    res = runner.invoke(
+        app,
+        [
+            "images",
+            "pull",
+            "-d",
+            "gso-mini",
+            "--registry-prefix",
+            "localhost:1/x",
+            "--pull",
+            "never",
+        ],
+    )
+    assert res.exit_code == 1 and "missing and --pull never" in res.output
+
+
+async def test_image_file_cap(task_images: dict, tmp_path: Path) -> None:
+    async with SandboxService(
+        DockerBackend(root=tmp_path / "sb", max_file_bytes=64), reap_period_s=0
+    ) as svc:
+        info = await svc.create(CreateSandbox(task_id=ROWS["gso-mini"], dataset="gso-mini"))
+        with pytest.raises(SandboxError) as err:
+            await svc.read_file(info.sandbox_id, "src/primes.c")
+        assert err.value.status == 413
+        with pytest.raises(SandboxError) as err:
+            await svc.write_file(info.sandbox_id, "big.txt", b"x" * 65)
+        assert err.value.status == 413
+        with pytest.raises(SandboxError) as err:
+            await svc.read_file(info.sandbox_id, "src")  # a folder
+        assert err.value.status == 422
+
+
+def _tiny_image(tmp_path: Path, name: str, label: str | None) -> None:
+    """A one-file image (docker import of a small tar), optionally labelled."""
+    (tmp_path / "f").write_text("x")
+    subprocess.run(["tar", "-C", str(tmp_path), "-cf", str(tmp_path / "t.tar"), "f"], check=True)
+    change = ["--change", f"LABEL agentfleet.image={label}"] if label else []
+    subprocess.run(
+        ["docker", "import", *change, str(tmp_path / "t.tar"), name],
+        check=True,
+        capture_output=True,
+    )
+
+
+def test_images_load_and_prune_only_labelled(task_images: dict, tmp_path: Path) -> None:
+    import uuid
+
+    from agentfleet.sandbox.image_pull import prune_images
+
+    kind = f"test-{uuid.uuid4().hex[:8]}"
+    labelled, other = f"agentfleet-test-{kind}:1", f"agentfleet-test-{kind}:plain"
+    try:
+        _tiny_image(tmp_path, labelled, kind)
+        _tiny_image(tmp_path, other, None)
+        subprocess.run(["docker", "save", "-o", str(tmp_path / "s.tar"), labelled], check=True)
+        subprocess.run(["docker", "rmi", labelled], check=True, capture_output=True)
+        res = CliRunner().invoke(app, ["images", "load", str(tmp_path / "s.tar")])
+        assert res.exit_code == 0 and image_exists(labelled)
+        assert prune_images([kind], log=lambda _: None) == 1
+        assert not image_exists(labelled) and image_exists(other)
+    finally:
+        subprocess.run(["docker", "rmi", "-f", labelled, other], capture_output=True)
+
+
+async def test_folder_task_naming_an_image_without_a_repo(
+    task_images: dict, tmp_path: Path
+) -> None:
+    """The folder format's image fields; a workdir with no git commit is refused, cleanly."""
+    ds = tmp_path / "ds"
+    (ds / "no-repo").mkdir(parents=True)
+    (ds / "dataset.yaml").write_text("name: ds\nsplits: {test: [no-repo]}\n")
+    (ds / "no-repo" / "task.yaml").write_text(
+        f"prompt: p\ntest_cmd: 'true'\nworkload_cmd: 'true'\nimage: {DEFAULT_IMAGE}\n"
+        "workdir: /tmp\n"
+    )
+    async with SandboxService(
+        DockerBackend(root=tmp_path / "sb"), reap_period_s=0, dataset_roots=[ds]
+    ) as svc:
+        req = CreateSandbox(task_id="no-repo", dataset=str(ds), run="no-repo-test")
+        with pytest.raises(SandboxError, match="no git repository at /tmp") as err:
+            await svc.create(req)
+        assert err.value.status == 422 and len(svc) == 0
+    assert _containers("no-repo-test") == []

@@ -1,0 +1,115 @@
+"""preds.json in every run folder, and ``agentfleet eval preds``: any agent's predictions
+evaluated as a run with no agent, with the same scores, summary and report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from realbench import build_dataset
+from typer.testing import CliRunner, Result
+
+from agentfleet.cli import app
+from agentfleet.evaluation.pass_rules import benchmark_summary
+from agentfleet.fleet.preds import load_predictions
+from agentfleet.fleet.rundir import RunDir
+
+
+def cli(*args: str) -> Result:
+    return CliRunner().invoke(app, list(args), env={"COLUMNS": "160"})
+
+
+def _results(run_dir: Path) -> dict[str, dict]:
+    lines = (run_dir / "results.jsonl").read_text().splitlines()
+    return {r["instance_id"]: r for r in map(json.loads, lines)}
+
+
+def test_run_writes_preds_and_eval_preds_gives_the_same_scores(tmp_path: Path) -> None:
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    build_dataset(ds)
+    r1, r2 = tmp_path / "r1", tmp_path / "r2"
+    out = cli("run", "--dataset", str(ds), "--model", "oracle", "--run-dir", str(r1),
+              "--progress", "none", "--eval-repeats", "5")  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert "gso: 1/1 pass its rule" in out.stdout, out.stdout
+    preds = json.loads((r1 / "preds.json").read_text())
+    assert set(preds) == {"gso-count", "swef-count", "perf-count"}
+    for iid, p in preds.items():
+        assert p["instance_id"] == iid and p["model_name_or_path"] == "oracle"
+        assert p["model_patch"].startswith("diff --git a/prog.c b/prog.c")
+
+    out = cli("eval", "preds", str(r1 / "preds.json"), "--dataset", str(ds),
+              "--run-dir", str(r2), "--eval-repeats", "5")  # fmt: skip
+    assert out.exit_code == 0, out.output
+    first, second = _results(r1), _results(r2)
+    assert set(first) == set(second)
+    for iid in first:
+        a, b = first[iid]["info"], second[iid]["info"]
+        assert a["status"] == b["status"] == "ok"
+        assert a["benchmark"]["passed"] is b["benchmark"]["passed"] is True, (a, b)
+        # the same patch measured again: the same speedup, within the machine's noise
+        assert b["benchmark"]["speedup_base"] == pytest.approx(
+            a["benchmark"]["speedup_base"], rel=0.35
+        )
+    assert json.loads((r2 / "preds.json").read_text()) == preds
+    summary = RunDir(r2).read_summary()
+    assert summary["benchmarks"]["gso"]["pass_rate"] == 1.0
+    assert summary["benchmarks"]["swefficiency"]["hm_speedup_ratio"] > 0.9
+    out = cli("show", str(r2))
+    assert out.exit_code == 0 and "swefficiency: 1/1 pass its rule" in out.stdout, out.stdout
+    out = cli("report", str(r2))
+    html = (r2 / "report.html").read_text()
+    assert out.exit_code == 0 and '<ul id="benchmarks">' in html and "gso: pass (" in html
+
+
+def test_eval_preds_bad_input_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    out = cli("eval", "preds", str(bad))
+    assert out.exit_code == 2 and "bad.json: not JSON" in out.stderr
+    unknown = tmp_path / "unknown.json"
+    unknown.write_text(json.dumps([{"instance_id": "nope", "model_patch": ""}]))
+    out = cli("eval", "preds", str(unknown), "--run-dir", str(tmp_path / "r"))
+    assert out.exit_code == 2 and "nope" in out.stderr
+
+
+def test_load_predictions_shapes_and_errors(tmp_path: Path) -> None:
+    rec = {"instance_id": "a", "model_name_or_path": "m", "model_patch": "diff"}
+    as_dict, as_list, as_jsonl = tmp_path / "p.json", tmp_path / "l.json", tmp_path / "p.jsonl"
+    as_dict.write_text(json.dumps({"a": rec}))
+    as_list.write_text(json.dumps([rec, {**rec, "instance_id": "b", "model_patch": None}]))
+    as_jsonl.write_text(json.dumps(rec) + "\n\n")
+    assert load_predictions(as_dict)["a"].patch == "diff"
+    assert load_predictions(as_list)["b"].patch is None
+    assert load_predictions(as_jsonl)["a"].model == "m"
+    for content, message in [
+        (json.dumps([rec, rec]), "predicted twice"),
+        (json.dumps([{"model_patch": ""}]), "no instance_id"),
+        (json.dumps([{"instance_id": "a", "model_patch": 3}]), "must be a string or null"),
+        (json.dumps({}), "no predictions"),
+        ("3", "expected an object or a list"),
+    ]:
+        as_list.write_text(content)
+        with pytest.raises(ValueError, match=message):
+            load_predictions(as_list)
+
+
+def test_benchmark_summary_counts_failed_verdicts() -> None:
+    infos = [
+        {"benchmark": {"benchmark": "gso", "passed": True, "speedup_base": 2.0,
+                       "speedup_gold": 1.0}},
+        {"benchmark": {"benchmark": "gso", "passed": False, "speedup_base": None}},
+        {"status": "ok"},  # a perf-lite task: no verdict
+    ]  # fmt: skip
+    s = benchmark_summary(infos)
+    assert s == {
+        "gso": {
+            "n": 2,
+            "passed": 1,
+            "pass_rate": 0.5,
+            "geomean_speedup_base": 2.0,
+            "geomean_speedup_gold": 1.0,
+        }
+    }

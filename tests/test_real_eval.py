@@ -1,0 +1,114 @@
+"""Evaluating real-benchmark tasks end to end on real sandboxes (process backend): the
+gold patch meets each benchmark's rule, a no-op does not, and a build-breaking, a
+test-editing and an output-changing patch each score 0 with their status."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from realbench import build_dataset
+
+from agentfleet.evaluation.evaluator import EvalConfig, Evaluator
+from agentfleet.evaluation.schema import EvalRequest, EvalResult
+from agentfleet.sandbox import CreateSandbox, ProcessBackend, SandboxInfo, SandboxService
+
+CONFIG = EvalConfig(repeats=5, bootstrap_resamples=200)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return build_dataset(tmp_path_factory.mktemp("realbench"))
+
+
+@pytest.fixture
+async def service(tmp_path: Path, dataset: dict[str, str]) -> AsyncIterator[SandboxService]:
+    backend = ProcessBackend(root=tmp_path / "sandboxes")
+    async with SandboxService(backend, dataset_roots=[Path(dataset["path"])]) as svc:
+        yield svc
+        assert len(svc) == 0, "a sandbox was left behind"
+
+
+async def _evaluate(
+    service: SandboxService, dataset: dict[str, str], task: str, patch: str
+) -> EvalResult:
+    req = EvalRequest(
+        exit_status="Submitted", result=patch, instance_id=task, dataset_name=dataset["path"]
+    )
+    evaluator = Evaluator(service, CONFIG, dataset_roots=[dataset["path"]])
+    return await evaluator.evaluate(req)
+
+
+@pytest.mark.parametrize("task", ["gso-count", "swef-count", "perf-count"])
+async def test_gold_patch_meets_the_benchmark_rule(
+    service: SandboxService, dataset: dict[str, str], task: str
+) -> None:
+    res = await _evaluate(service, dataset, task, dataset["gold"])
+    info = res.info
+    assert info["status"] == "ok", info
+    verdict = info["benchmark"]
+    assert verdict["passed"] is True, verdict
+    assert "reference_error" not in info, info
+    assert verdict["speedup_base"] > 1.5 and res.speedup == verdict["speedup_base"]
+    assert res.reward > 0
+    if task == "gso-count":
+        assert verdict["tests"] == ["t0", "t1"] and verdict["opt_commit"] is True
+        assert verdict["hm_speedup_gold"] > 0.95
+    if task == "swef-count":
+        assert verdict["gold_speedup_source"] == "measured"
+        assert verdict["speedup_ratio"] >= 0.95
+    if task == "perf-count":
+        assert verdict["gain"] > 0 and verdict["per_test_p"]["wall"] < 0.1
+
+
+async def test_noop_patch_fails_the_rule(service: SandboxService, dataset: dict[str, str]) -> None:
+    res = await _evaluate(service, dataset, "gso-count", dataset["empty"])
+    assert res.info["status"] == "ok"
+    verdict = res.info["benchmark"]
+    assert verdict["passed"] is False and verdict["opt_base"] is False
+    assert verdict["gm_speedup_base"] < 1.2
+
+
+@pytest.mark.parametrize(
+    ("patch", "status", "key"),
+    [
+        ("broken", "build_failed", "build_output"),
+        ("cheat", "tests_modified", "modified_tests"),
+        ("wrong", "wrong_output", "candidate_output_head"),
+    ],
+)
+async def test_bad_patches_score_zero_with_their_status(
+    service: SandboxService, dataset: dict[str, str], patch: str, status: str, key: str
+) -> None:
+    res = await _evaluate(service, dataset, "swef-count", dataset[patch])
+    info = res.info
+    assert (res.reward, res.speedup, info["status"]) == (0.0, 0.0, status), info
+    assert info[key]
+    verdict = info["benchmark"]
+    assert verdict["passed"] is False and verdict["failed_status"] == status
+    # SWE-fficiency: a failing patch counts as speedup 1, over the recorded gold's 2.0
+    assert verdict["speedup_ratio"] == 0.5
+    if status == "tests_modified":
+        assert info["modified_tests"] == ["tests/check.sh"]
+
+
+async def test_memory_limit_per_benchmark(service: SandboxService, dataset: dict[str, str]) -> None:
+    """EvalConfig.memory_mb: the evaluation sandboxes of that benchmark's tasks ask for it."""
+    asked: list[int | None] = []
+
+    class Recording:
+        def __getattr__(self, name: str) -> object:
+            return getattr(service, name)
+
+        async def create(self, req: CreateSandbox) -> SandboxInfo:
+            asked.append(req.memory_mb)
+            return await service.create(req.model_copy(update={"memory_mb": None}))
+
+    cfg = CONFIG.model_copy(update={"memory_mb": {"gso": 2048}, "repeats": 1})
+    for task in ("gso-count", "swef-count"):
+        req = EvalRequest(
+            exit_status="Submitted", result="", instance_id=task, dataset_name=dataset["path"]
+        )
+        await Evaluator(Recording(), cfg, dataset_roots=[dataset["path"]]).evaluate(req)  # type: ignore[arg-type]
+    assert asked == [2048] * 3 + [None] * 3
