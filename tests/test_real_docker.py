@@ -85,7 +85,9 @@ async def test_gso_gold_beats_base_and_noop_does_not(
     noop = await _evaluate(service, dataset, iid, "")
     assert noop.info["status"] == "ok", noop.info
     assert noop.info["benchmark"]["passed"] is False
-    assert noop.info["benchmark"]["gm_speedup_base"] < 1.2
+    # GSO's clock is the scripts' wall time: on a loaded machine a no-op has read 1.27x over
+    # base; what must hold is that it is far from the gold's, so the rule's gold half fails it
+    assert noop.info["benchmark"]["gm_speedup_base"] < verdict["gm_speedup_base"] / 2
 
 
 async def test_gso_bad_patches_score_zero(service: SandboxService, tasks: dict[str, Task]) -> None:
