@@ -182,6 +182,22 @@ async def test_stopped_container_is_restarted(service: SandboxService) -> None:
     assert (r.returncode, r.output) == (0, "keep\n")
 
 
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Container abc is not running",
+        "OCI runtime exec failed: exec failed: unable to start container process",
+        "task ff82fc00712001331418614dfb5684f54562785b79f51b4dfc7b93dc6c648761 not found: "
+        "not found",  # containerd, once the killed container's task is gone (seen in CI)
+    ],
+)
+def test_the_engines_words_for_a_stopped_container(message: str) -> None:
+    from agentfleet.sandbox.docker_exec import not_running
+
+    assert not_running(message)
+    assert not not_running("bash: foo: command not found")
+
+
 async def test_gc_and_make_backend(docker_ok: None, tmp_path: Path) -> None:
     backend = make_backend("docker", root=tmp_path / "sb", orphan_sweep_s=0)
     assert isinstance(backend, DockerBackend)

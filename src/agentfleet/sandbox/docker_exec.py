@@ -66,9 +66,11 @@ done
 
 
 # the engine's words for "the container stopped under this exec" (containerd says `ttrpc:
-# closed` when the task died mid-exec); acted on only once the container is seen stopped
+# closed` when the task died mid-exec, `task <id> not found` when it is already gone);
+# acted on only once the container is seen stopped
 NOT_RUNNING = re.compile(
     r"is not running|cannot exec in a \w+ state|OCI runtime exec failed|ttrpc: closed"
+    r"|task \w+ not found"
 )
 
 
