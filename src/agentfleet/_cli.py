@@ -6,18 +6,54 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
 
-__all__ = ["DatasetOpt", "SplitOpt", "console", "err", "fail", "setup_logging"]
+__all__ = [
+    "DatasetOpt",
+    "ImageMapOpt",
+    "PullOpt",
+    "RegistryPrefixOpt",
+    "SandboxBackendOpt",
+    "SandboxRootOpt",
+    "SplitOpt",
+    "console",
+    "err",
+    "fail",
+    "setup_logging",
+]
 
 console = Console()
 err = Console(stderr=True)
 
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="bundled name or folder path")]
 SplitOpt = Annotated[str, typer.Option("--split", "-s", help="split of the dataset")]
+# the embedded sandbox server and image tasks' options (`run`, `eval preds`)
+SandboxRootOpt = Annotated[
+    Path | None, typer.Option(help="folder of the embedded process sandboxes")
+]
+SandboxBackendOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="embedded sandbox server: process | docker \\[default: docker for datasets "
+        "whose tasks run in their own images (gso:, swe-perf:, swefficiency:), else process]"
+    ),
+]
+ImageMapOpt = Annotated[
+    Path | None,
+    typer.Option(help="image tasks: JSON/YAML object, instance id (or image) -> image"),
+]
+RegistryPrefixOpt = Annotated[
+    str | None,
+    typer.Option(help="image tasks: put before each image name (a mirror, a registry)"),
+]
+PullOpt = Annotated[
+    str | None,
+    typer.Option(help="image tasks: pull images never | missing | always \\[default: missing]"),
+]
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

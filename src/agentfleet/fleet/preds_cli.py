@@ -9,7 +9,18 @@ from typing import Annotated
 
 import typer
 
-from agentfleet._cli import DatasetOpt, SplitOpt, console, fail, setup_logging
+from agentfleet._cli import (
+    DatasetOpt,
+    ImageMapOpt,
+    PullOpt,
+    RegistryPrefixOpt,
+    SandboxBackendOpt,
+    SandboxRootOpt,
+    SplitOpt,
+    console,
+    fail,
+    setup_logging,
+)
 from agentfleet.tasks.defaults import DEFAULT_DATASET, DEFAULT_EVAL_REPEATS, DEFAULT_SPLIT
 
 __all__ = ["eval_preds"]
@@ -42,28 +53,11 @@ def eval_preds(
         str | None,
         typer.Option(envvar="AGENTFLEET_SANDBOX_TOKEN", help="bearer token of --sandbox-url"),
     ] = None,
-    sandbox_root: Annotated[
-        Path | None, typer.Option(help="folder of the embedded process sandboxes")
-    ] = None,
-    sandbox_backend: Annotated[
-        str | None,
-        typer.Option(
-            help="embedded sandbox server: process | docker \\[default: docker for datasets "
-            "whose tasks run in their own images, else process]"
-        ),
-    ] = None,
-    image_map: Annotated[
-        Path | None,
-        typer.Option(help="image tasks: JSON/YAML object, instance id (or image) -> image"),
-    ] = None,
-    registry_prefix: Annotated[
-        str | None,
-        typer.Option(help="image tasks: put before each image name (a mirror, a registry)"),
-    ] = None,
-    pull: Annotated[
-        str | None,
-        typer.Option(help="image tasks: pull images never | missing | always \\[default: missing]"),
-    ] = None,
+    sandbox_root: SandboxRootOpt = None,
+    sandbox_backend: SandboxBackendOpt = None,
+    image_map: ImageMapOpt = None,
+    registry_prefix: RegistryPrefixOpt = None,
+    pull: PullOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Evaluate predictions (any agent's patches) on a dataset: results.jsonl, summary.json,

@@ -10,7 +10,17 @@ from typing import Annotated
 
 import typer
 
-from agentfleet._cli import console, err, fail, setup_logging
+from agentfleet._cli import (
+    ImageMapOpt,
+    PullOpt,
+    RegistryPrefixOpt,
+    SandboxBackendOpt,
+    SandboxRootOpt,
+    console,
+    err,
+    fail,
+    setup_logging,
+)
 from agentfleet.tasks.defaults import DEFAULT_DATASET, DEFAULT_EVAL_REPEATS, DEFAULT_SPLIT
 
 __all__ = ["run"]
@@ -154,28 +164,11 @@ def run(
             "(info.reference_speedup, plotted by `report`) \\[default: no]",
         ),
     ] = None,
-    sandbox_root: Annotated[
-        Path | None, typer.Option(help="folder of the embedded process sandboxes")
-    ] = None,
-    sandbox_backend: Annotated[
-        str | None,
-        typer.Option(
-            help="embedded sandbox server: process | docker \\[default: docker for datasets "
-            "whose tasks run in their own images (gso:, swe-perf:, swefficiency:), else process]"
-        ),
-    ] = None,
-    image_map: Annotated[
-        Path | None,
-        typer.Option(help="image tasks: JSON/YAML object, instance id (or image) -> image"),
-    ] = None,
-    registry_prefix: Annotated[
-        str | None,
-        typer.Option(help="image tasks: put before each image name (a mirror, a registry)"),
-    ] = None,
-    pull: Annotated[
-        str | None,
-        typer.Option(help="image tasks: pull images never | missing | always \\[default: missing]"),
-    ] = None,
+    sandbox_root: SandboxRootOpt = None,
+    sandbox_backend: SandboxBackendOpt = None,
+    image_map: ImageMapOpt = None,
+    registry_prefix: RegistryPrefixOpt = None,
+    pull: PullOpt = None,
     pool: Annotated[
         str | None,
         typer.Option(
