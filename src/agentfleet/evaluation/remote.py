@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agentfleet.evaluation.jobs import JobManager
 from agentfleet.evaluation.leases import LeaseLost
 from agentfleet.evaluation.store import DONE, FAILED
+from agentfleet.http.openapi import JSON_OBJECT, errors
 
 logger = logging.getLogger("agentfleet.evaluation")
 
@@ -194,7 +195,15 @@ def worker_routes(remote: Callable[[], RemoteWorkers]) -> APIRouter:
     """The routes above; ``remote()`` is the running server's :class:`RemoteWorkers`."""
     router = APIRouter(prefix="/workers")
 
-    @router.post("/lease", response_model=None)
+    @router.post(
+        "/lease",
+        response_model=None,
+        responses={
+            200: {"description": "a job under a new lease", "content": JSON_OBJECT},
+            204: {"description": "no job came within wait seconds"},
+            **errors(400, 413, 422),
+        },
+    )
     async def lease(request: Request, ask: LeaseAsk) -> Response:
         gone = asyncio.ensure_future(until_disconnected(request))
         try:
@@ -207,14 +216,14 @@ def worker_routes(remote: Callable[[], RemoteWorkers]) -> APIRouter:
             return Response(status_code=204)
         return JSONResponse(got)
 
-    @router.post("/leases/{lease_id}/heartbeat")
+    @router.post("/leases/{lease_id}/heartbeat", responses=errors(410, 422))
     async def heartbeat(lease_id: str) -> JSONResponse:
         try:
             return JSONResponse(remote().heartbeat(lease_id))
         except LeaseLost as exc:
             return JSONResponse({"error": str(exc)}, 410)
 
-    @router.post("/leases/{lease_id}/result")
+    @router.post("/leases/{lease_id}/result", responses=errors(400, 409, 413, 422))
     async def result(lease_id: str, res: LeaseResult) -> JSONResponse:
         try:
             await remote().report(lease_id, res)

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -64,6 +64,7 @@ from agentfleet.evaluation.schema import EvalRequest, EvalResult
 from agentfleet.evaluation.store import JobRecord, JobStore
 from agentfleet.http.auth import OPEN_PATHS, server_token
 from agentfleet.http.guard import GuardMiddleware
+from agentfleet.http.openapi import JSON_OBJECT, document_bearer, error_headers, errors
 from agentfleet.tasks.defaults import DEFAULT_EVAL_PORT
 
 if TYPE_CHECKING:
@@ -240,7 +241,7 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse(
-            {"error": str(exc.detail)}, exc.status_code, headers=getattr(exc, "headers", None)
+            {"error": str(exc.detail)}, exc.status_code, headers=error_headers(request, exc)
         )
 
     @app.exception_handler(SubmitError)
@@ -265,7 +266,17 @@ def create_app(
             raise SubmitError("Idempotency-Key longer than 200 characters", 422)
         return await manager().submit(req, key)
 
-    @app.post("/evaluations", status_code=202)
+    @app.post(
+        "/evaluations",
+        status_code=202,
+        responses={
+            200: {
+                "description": "the job already under this key, or ended within Prefer: wait",
+                "content": JSON_OBJECT,
+            },
+            **errors(400, 404, 413, 422, 429),
+        },
+    )
     async def submit_evaluation(request: Request, req: EvalRequest) -> JSONResponse:
         job, created = await _submit(request, req)
         headers = {"Location": f"/evaluations/{job.id}"}
@@ -301,7 +312,7 @@ def create_app(
             return waiter.result()
         return await jobs.get(job_id)  # the client is gone: the answer goes nowhere anyway
 
-    @app.get("/evaluations/{job_id}")
+    @app.get("/evaluations/{job_id}", responses=errors(404, 422))
     async def get_evaluation(
         request: Request, job_id: str, wait: float = Query(0.0, ge=0.0, le=MAX_WAIT_S)
     ) -> dict[str, Any]:
@@ -310,7 +321,7 @@ def create_app(
             raise StarletteHTTPException(404, f"no evaluation job {job_id!r}")
         return job_view(job)
 
-    @app.post("/evaluate")
+    @app.post("/evaluate", responses=errors(400, 404, 413, 422, 429, 503))
     async def evaluate_blocking(request: Request, req: EvalRequest) -> dict[str, Any]:
         job, _ = await _submit(request, req)
         done = await _wait_job(request, job.id, None)
@@ -349,7 +360,7 @@ def create_app(
         manager().reset_stats()
         return manager().stats()
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -359,6 +370,8 @@ def create_app(
             m.note_client(client)
 
     app.add_middleware(GuardMiddleware, token=token, max_body=max_body, on_client=on_client)
+    if token:
+        document_bearer(app, UNAUTHENTICATED_PATHS)
     return app
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -19,6 +19,12 @@ DEFAULT_MAX_SANDBOXES = 512  # alive at once per server; one more answers 429
 DEFAULT_MAX_EXECS = 256  # commands running at once per server; one more answers 429
 DEFAULT_MAX_EXECS_PER_SANDBOX = 8  # commands running at once in one sandbox
 DEFAULT_REAP_INTERVAL_S = 30.0  # seconds between deletions of expired sandboxes
+# The largest limits a create request may ask for, beyond any machine: the kernel's own
+# numbers (CFS quota in microseconds, bytes, rlimits) must not overflow. Unset: no limit.
+MAX_CPUS = 4096.0
+MAX_SIZE_MB = 1 << 40  # memory and file size: 2**60 bytes
+MAX_PIDS = 4_194_304  # the kernel's PID_MAX_LIMIT
+MAX_CPU_TIME_S = 1 << 40
 # client-chosen sandbox ids: also a folder name and part of a container name
 SANDBOX_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{2,63}$"
 
@@ -77,12 +83,12 @@ class CreateSandbox(BaseModel):
     image: str | None = None
     ttl_s: float = Field(default=DEFAULT_TTL_S, gt=0, le=MAX_TTL_S)
     # limits of this sandbox (both backends; image: docker only); unset: the server's,
-    # above them: 422
-    cpus: float | None = Field(default=None, gt=0)
-    memory_mb: int | None = Field(default=None, gt=0)
-    pids_limit: int | None = Field(default=None, gt=0)
-    file_size_mb: int | None = Field(default=None, gt=0)  # largest file a command writes
-    cpu_time_s: int | None = Field(default=None, gt=0)  # CPU seconds per process
+    # above them: 422; above MAX_* (a server without that limit): 422 too
+    cpus: float | None = Field(default=None, gt=0, le=MAX_CPUS)
+    memory_mb: int | None = Field(default=None, gt=0, le=MAX_SIZE_MB)
+    pids_limit: int | None = Field(default=None, gt=0, le=MAX_PIDS)
+    file_size_mb: int | None = Field(default=None, gt=0, le=MAX_SIZE_MB)  # largest file written
+    cpu_time_s: int | None = Field(default=None, gt=0, le=MAX_CPU_TIME_S)  # per process
     run: str = ""  # label: the fleet run that owns it
 
 
@@ -100,6 +106,16 @@ class SandboxInfo(BaseModel):
 # limits' ``ulimit``): refused in a request's ``env``.
 SHELL_STARTUP_ENV = frozenset({"BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "PS4"})
 
+# What the validators below refuse, said in the OpenAPI schema too (documentation only).
+_NO_NUL: dict[str, Any] = {"pattern": "^[^\\u0000]*$"}
+_ENV_SCHEMA: dict[str, Any] = {
+    "propertyNames": {
+        "pattern": "^(?!BASH_FUNC_)[^=\\u0000]+$",
+        "not": {"enum": sorted(SHELL_STARTUP_ENV)},
+    },
+    "additionalProperties": {"type": "string", **_NO_NUL},
+}
+
 
 class ExecRequest(BaseModel):
     """One command. ``env`` is set for the command only (inside the sandbox): names are
@@ -107,10 +123,10 @@ class ExecRequest(BaseModel):
     ``SHELLOPTS``, an exported function ``BASH_FUNC_*``...); no NUL in values, the command
     or ``cwd`` (422)."""
 
-    command: str = Field(min_length=1, max_length=1_000_000)
-    cwd: str = ""
+    command: str = Field(min_length=1, max_length=1_000_000, json_schema_extra=_NO_NUL)
+    cwd: str = Field(default="", json_schema_extra=_NO_NUL)
     timeout: float | None = Field(default=None, gt=0, le=24 * 3600)
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict, json_schema_extra=_ENV_SCHEMA)
 
     @field_validator("command", "cwd")
     @classmethod

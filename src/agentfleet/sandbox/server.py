@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -28,6 +28,13 @@ from prometheus_client.registry import Collector
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agentfleet.http.auth import BearerAuth, server_token
+from agentfleet.http.openapi import (
+    BINARY_BODY,
+    OctetStream,
+    document_bearer,
+    error_headers,
+    errors,
+)
 from agentfleet.sandbox.base import (
     TOKEN_ENV,
     Backend,
@@ -223,6 +230,8 @@ def create_app(
     app.state.service = svc
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     app.add_middleware(BearerAuth, token=token)  # added last: the outermost layer
+    if token:
+        document_bearer(app)
 
     # errors: always JSON {"error": ...} ------------------------------------------------
     @app.exception_handler(SandboxError)
@@ -246,7 +255,7 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail))
+        return _error(exc.status_code, str(exc.detail), error_headers(request, exc))
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -260,12 +269,12 @@ def create_app(
         limits = limits_report(svc.backend)  # each limit's value and what enforces it
         return health if limits is None else {**health, "limits": limits}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
         data = await asyncio.to_thread(generate_latest, registry)
         return Response(data, media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/sandboxes", status_code=201)
+    @app.post("/sandboxes", status_code=201, responses=errors(400, 404, 409, 413, 422, 429))
     async def create_sandbox(req: CreateSandbox, request: Request) -> SandboxInfo:
         # a client gone mid-create (cancelled runner) leaves nothing behind
         return await _unless_disconnected(request, svc.create(req), "sandbox not created")
@@ -274,11 +283,11 @@ def create_app(
     async def list_sandboxes() -> list[SandboxInfo]:
         return svc.list()
 
-    @app.get("/sandboxes/{sandbox_id}")
+    @app.get("/sandboxes/{sandbox_id}", responses=errors(404, 422))
     async def get_sandbox(sandbox_id: str) -> SandboxInfo:
         return svc.get(sandbox_id)
 
-    @app.post("/sandboxes/{sandbox_id}/exec")
+    @app.post("/sandboxes/{sandbox_id}/exec", responses=errors(400, 404, 409, 413, 422, 429))
     async def exec_command(sandbox_id: str, req: ExecRequest, request: Request) -> ExecResult:
         started = time.monotonic()
         key = request.headers.get(IDEMPOTENCY_HEADER)
@@ -293,19 +302,28 @@ def create_app(
         exec_seconds.observe(time.monotonic() - started)
         return result
 
-    @app.get("/sandboxes/{sandbox_id}/files")
+    @app.get(
+        "/sandboxes/{sandbox_id}/files",
+        response_class=OctetStream,
+        responses=errors(400, 403, 404, 413, 422),
+    )
     async def read_file(sandbox_id: str, path: str = Query(...)) -> Response:
         data = await svc.read_file(sandbox_id, path)
         return Response(data, media_type="application/octet-stream")
 
-    @app.put("/sandboxes/{sandbox_id}/files", status_code=204)
+    @app.put(
+        "/sandboxes/{sandbox_id}/files",
+        status_code=204,
+        responses=errors(400, 403, 404, 413, 422),
+        openapi_extra=BINARY_BODY,
+    )
     async def write_file(sandbox_id: str, request: Request, path: str = Query(...)) -> Response:
         svc.get(sandbox_id)
         data = await request.body()
         await svc.write_file(sandbox_id, path, data)
         return Response(status_code=204)
 
-    @app.delete("/sandboxes/{sandbox_id}", status_code=204)
+    @app.delete("/sandboxes/{sandbox_id}", status_code=204, responses=errors(404, 422))
     async def delete_sandbox(sandbox_id: str) -> Response:
         await svc.delete(sandbox_id)
         return Response(status_code=204)
