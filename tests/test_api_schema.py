@@ -1,11 +1,13 @@
 """What schemathesis found (tests/test_schemathesis.py), each pinned by a plain test against a
 real server on 127.0.0.1: limits beyond any machine are 422 (they were 500), a 405 names the
-allowed methods, and each server's OpenAPI schema documents what the server does (the
-statuses it answers, its token, its non-JSON bodies, what an exec request may not hold).
+allowed methods, remote worker names that come and go leave no metric series behind, and
+each server's OpenAPI schema documents what the server does (the statuses it answers, its
+token, its non-JSON bodies, what an exec request may not hold).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -123,3 +125,27 @@ def test_evaluation_schema_documents_every_answer() -> None:
     assert list(ops["GET /metrics"]["responses"]["200"]["content"]) == ["text/plain"]
     assert "security" not in ops["GET /healthz"]
     assert all(401 in _statuses(op) for label, op in ops.items() if label != "GET /healthz")
+
+
+async def test_remote_worker_names_that_come_and_go_leave_no_metric_series() -> None:
+    """Every name a lease request gave got its own ``agentfleet_eval_worker_busy`` series,
+    kept forever: fuzzed names grew /metrics (and memory) without bound."""
+    app = eval_app(test_latency=0.01, token=TOKEN)
+    async with serve_in_loop(app) as running:
+
+        async def lease(worker: str) -> None:
+            body = {"worker": worker, "wait": 0}
+            assert (await call(running.url, "POST", "/workers/lease", json=body)).status == 204
+
+        async def series() -> list[str]:
+            text = (await call(running.url, "GET", "/metrics")).text()
+            return re.findall(r'agentfleet_eval_worker_busy\{[^}]*worker="(w\d+)"', text)
+
+        for i in range(20):
+            await lease(f"w{i}")
+        assert len(await series()) == 20
+        leases = app.state.jobs.leases
+        now = leases.clock
+        leases.clock = lambda: now() + 3600  # all of them last seen an hour ago
+        await lease("w99")
+        assert await series() == ["w99"]

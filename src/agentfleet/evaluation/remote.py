@@ -77,6 +77,7 @@ class RemoteWorkers:
     def __init__(self, jobs: JobManager) -> None:
         self.jobs = jobs
         self._reaper: asyncio.Task[None] | None = None
+        self._labelled: set[tuple[str, str]] = set()  # remote workers' gauge labels
 
     def start(self) -> None:
         self._reaper = asyncio.create_task(self._reap(), name="eval-lease-reaper")
@@ -120,12 +121,20 @@ class RemoteWorkers:
 
     def _gauge(self) -> None:
         """The remote workers' gauges: how many, and each one busy (1) or idle (0) with
-        its CPU set (``agentfleet_eval_worker_busy``, as the local workers)."""
+        its CPU set (``agentfleet_eval_worker_busy``, as the local workers). A worker no
+        longer listed loses its series: names that come and go never pile up."""
         m = self.jobs.metrics
         view = self.jobs.leases.remote_view()
         m.remote_workers.set(len(view))
+        labelled = set()
         for w in view:
-            m.worker_busy.labels(w["worker"], w["cpus"] or "any").set(1 if w["job_id"] else 0)
+            labels = (str(w["worker"]), str(w["cpus"] or "any"))
+            labelled.add(labels)
+            m.worker_busy.labels(*labels).set(1 if w["job_id"] else 0)
+        for labels in self._labelled - labelled:
+            with contextlib.suppress(KeyError):
+                m.worker_busy.remove(*labels)
+        self._labelled = labelled
 
     async def lease(self, ask: LeaseAsk, gone: asyncio.Future[Any]) -> dict[str, Any] | None:
         """The next job under a new lease, waiting up to ``ask.wait`` s (or until ``gone``,
