@@ -10,6 +10,7 @@ from typing import Any
 
 from agentfleet.agent import AgentConfig
 from agentfleet.fleet.attempts import DEFAULT_TASK_ATTEMPTS
+from agentfleet.fleet.image_options import saved_image_options
 from agentfleet.http import HttpPool, PoolLimits, preset_for_fleet, resolve_limits
 from agentfleet.models import ModelSpec
 from agentfleet.models.pricing import RunBudget
@@ -106,6 +107,7 @@ def run_config(cfg: FleetConfig, all_ids: list[str], todo: list[str]) -> dict[st
         "cost_limit": cfg.agent.cost_limit,
         "run_cost_limit": cfg.agent.run_cost_limit,
         "tasks": all_ids,
+        **saved_image_options(cfg.sandbox_backend, cfg.image_naming, cfg.pull),
         "invocations": [
             {
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

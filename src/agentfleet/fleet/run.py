@@ -145,7 +145,7 @@ def build_config(req: RunRequest) -> tuple[FleetConfig, RayOptions | None]:
     # rows of a real benchmark are in memory; folder tasks naming an image need
     # --sandbox-backend docker (reading every task.yaml here would block a caller's loop)
     rows = dataset.tasks(s["split"]) if isinstance(dataset, RowsDataset) else []
-    images = image_options(req, rows)  # before Ray: a clearer error
+    images = image_options(req, rows, saved)  # before Ray: a clearer error
     ray = _ray_options(req)
     spec = ModelSpec(s["model"], url=s["model_url"], delay_s=float(s["model_delay"]))
     spec.prepare()
