@@ -210,3 +210,46 @@ async def test_folder_task_naming_an_image_without_a_repo(
             await svc.create(req)
         assert err.value.status == 422 and len(svc) == 0
     assert _containers("no-repo-test") == []
+
+
+async def test_untracked_build_output_of_the_image_is_not_in_the_diff(
+    task_images: dict, tmp_path: Path
+) -> None:
+    """A repo whose .gitignore misses its build output: what the image held untracked is
+    not the agent's change, even rebuilt; the agent's own edits and new files are."""
+    import uuid
+
+    image = f"agentfleet-test-untracked:{uuid.uuid4().hex[:8]}"
+    script = (
+        "set -e; mkdir /repo; cd /repo; git init -q; echo 'int x;' > a.c; git add a.c; "
+        "git -c user.name=t -c user.email=t@t commit -qm base; "
+        "echo bin > a.out; mkdir obj; echo o > 'obj/w[1] *.o'"
+    )
+    (tmp_path / "Dockerfile").write_text(f"FROM {DEFAULT_IMAGE}\nRUN {script}\n")
+    subprocess.run(
+        ["docker", "build", "-q", "-t", image, str(tmp_path)], check=True, capture_output=True
+    )
+    ds = tmp_path / "ds"
+    (ds / "t").mkdir(parents=True)
+    (ds / "dataset.yaml").write_text("name: ds\nsplits: {test: [t]}\n")
+    (ds / "t" / "task.yaml").write_text(
+        f"prompt: p\ntest_cmd: 'true'\nworkload_cmd: 'true'\nimage: {image}\nworkdir: /repo\n"
+    )
+    try:
+        async with SandboxService(
+            DockerBackend(root=tmp_path / "sb"), reap_period_s=0, dataset_roots=[ds]
+        ) as svc:
+            info = await svc.create(CreateSandbox(task_id="t", dataset=str(ds), run="untracked"))
+            sid = info.sandbox_id
+            res = await svc.exec(
+                sid,
+                "echo 'int y;' >> a.c && echo new > a.out && echo n > 'obj/w[1] *.o' "
+                "&& echo n > new.txt",
+            )
+            assert res.returncode == 0, res.output
+            patch = await sandbox_diff(svc, sid)
+            assert patch.count("diff --git") == 2, patch
+            assert "a/a.c" in patch and "b/new.txt" in patch
+            await svc.delete(sid)
+    finally:
+        subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
