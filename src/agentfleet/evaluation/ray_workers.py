@@ -2,7 +2,8 @@
 worker.EvalWorker`) in one actor per CPU set, on any node of a Ray cluster, each timing in
 sandboxes of its own node. The evaluation server stays the one queue and the one record:
 actors lease jobs from it over HTTP like ``agentfleet eval-worker`` does, so a killed
-actor's lease lapses and its job runs once more elsewhere.
+actor's lease lapses and its job runs once more elsewhere, and an actor stopped gracefully
+(``ray.cancel``) hands its lease back at once.
 
 :func:`ray_eval_workers` places the actors: each alive node gets ``its CPUs //
 cores_per_worker`` slots; actor ``k`` of a node pins its commands to the ``k``-th block of
