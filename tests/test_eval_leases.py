@@ -128,6 +128,7 @@ async def test_an_expired_lease_is_requeued_and_its_late_result_refused(tmp_path
         status = await client.status(job_id)
         metrics = (await pool.request("GET", f"{srv.url}/metrics", headers=auth())).text()
     assert status["status"] == "done" and status["speedup"] == 1.25 and status["attempts"] == 2
+    assert status["info"] == {"by": "b", "worker": {"name": "b", "node": "n1", "cpus": "0"}}
     assert "agentfleet_eval_leases_expired_total 1.0" in metrics
     assert "agentfleet_eval_results_refused_total 2.0" in metrics
     assert 'agentfleet_eval_worker_busy{cpus="0",worker="slow"} 0.0' in metrics

@@ -15,7 +15,8 @@ worker`) takes jobs from the server's one queue, with the server's token:
   ``max_attempts``); 410 when the lease is unknown or expired;
 - ``POST /workers/leases/{lease_id}/result`` ``{"status": "done" | "failed", "reward",
   "speedup", "info", "error", "elapsed_s"}`` -> 200 ``{"stored": true}``, or 409 when the
-  lease expired or was replaced: the result is refused, never stored twice.
+  lease expired or was replaced: the result is refused, never stored twice. The stored
+  ``info`` gets ``"worker": {"name", "node", "cpus"}``: the lease's worker.
 
 A lease not renewed within ``ttl_s`` expires (checked every ``min(1, ttl_s / 4)`` s): the
 job is queued again (or failed after ``max_attempts`` starts).
@@ -211,7 +212,8 @@ class RemoteWorkers:
         if lease is None:
             jobs.metrics.results_refused.inc()
             raise LeaseLost(f"lease {lease_id!r} expired: its job was queued again")
-        result = {"reward": res.reward, "speedup": res.speedup, "info": res.info}
+        who = {"name": lease.worker, "node": lease.node, "cpus": lease.cpus}
+        result = {"reward": res.reward, "speedup": res.speedup, "info": {**res.info, "worker": who}}
         status = DONE if res.status == "done" else FAILED
         landed = await asyncio.shield(jobs.finish(lease, status, result, res.error, res.elapsed_s))
         self._gauge()

@@ -154,6 +154,7 @@ async def _try_task(
             dataset_name=cfg.dataset,
             split=cfg.split,
             eval_server_url=eval_url,
+            token=cfg.eval_token,
         )
         outcome.reward, outcome.speedup, outcome.info = reward, speedup, einfo
         transient = transient_evaluation(einfo)
@@ -189,6 +190,7 @@ async def _try_prediction(task: Task, cfg: FleetConfig, eval_url: str) -> _Try:
             dataset_name=cfg.dataset,
             split=cfg.split,
             eval_server_url=eval_url,
+            token=cfg.eval_token,
         )
         outcome.reward, outcome.speedup, outcome.info = reward, speedup, einfo
         transient = transient_evaluation(einfo)

@@ -31,6 +31,7 @@ class FleetConfig:
     sandbox_url: str | None = None
     sandbox_token: str | None = field(default=None, repr=False)  # None: $AGENTFLEET_SANDBOX_TOKEN
     eval_url: str | None = None
+    eval_token: str | None = field(default=None, repr=False)  # None: $AGENTFLEET_EVAL_TOKEN
     sandbox_ttl_s: float = DEFAULT_TTL_S
     sandbox_root: Path | None = None  # embedded process backend's folder
     eval_workers: int | None = None

@@ -39,9 +39,19 @@ from agentfleet.tasks import DEFAULT_DATASET, DEFAULT_SPLIT, load_dataset
 from agentfleet.tasks.defaults import DEFAULT_EVAL_REPEATS
 from agentfleet.tasks.task import RowsDataset
 
-__all__ = ["DEFAULT_SHARDS", "RayOptions", "RunRequest", "RunResult", "build_config", "run"]
+__all__ = [
+    "DEFAULT_SHARDS",
+    "RAY_EVAL",
+    "RayOptions",
+    "RunRequest",
+    "RunResult",
+    "build_config",
+    "ray_eval_mode",
+    "run",
+]
 
 DEFAULT_SHARDS = 2  # Ray actors of a run
+RAY_EVAL = ("actors", "shards")  # where a Ray run's embedded evaluations run (ray_eval.py)
 
 # Settings a resumed run takes from its config.json when not given again, and their
 # defaults for a new run (None: the --agent-config file's value, else AgentConfig's).
@@ -70,6 +80,7 @@ class RayOptions:
     shards: int = DEFAULT_SHARDS
     address: str | None = None
     sandbox_urls: list[str] | None = None
+    eval_on: str = "actors"  # actors | shards: see ray_eval_mode
 
 
 @dataclass
@@ -104,6 +115,7 @@ class RunRequest:
     backend: str = "local"
     ray_address: str | None = None
     shards: int | None = None
+    ray_eval: str | None = None  # actors | shards (None: ray_eval_mode's default)
     # image tasks (real benchmarks): the embedded sandbox backend and image options
     sandbox_backend: str | None = None  # None: docker for image tasks, else process
     image_map: Path | None = None
@@ -178,7 +190,32 @@ def build_config(req: RunRequest) -> tuple[FleetConfig, RayOptions | None]:
         mini=mini,
         **images,
     )
+    if ray is not None:
+        ray.eval_on = ray_eval_mode(req.ray_eval, cfg)
     return cfg, ray
+
+
+def ray_eval_mode(asked: str | None, cfg: FleetConfig) -> str:
+    """Where a Ray run's embedded evaluations run (``--ray-eval``): ``actors``, Ray
+    evaluation actors (one per CPU of the cluster) leasing from one evaluation server in
+    the driver; ``shards``, an evaluation server with local workers in each shard. Default
+    ``actors``, but ``shards`` for image tasks (docker sandboxes: the actors time in process
+    sandboxes) and ``shards`` (unused) with ``--eval-url``. ``ValueError`` on a combination
+    that cannot work."""
+    if asked is not None and asked not in RAY_EVAL:
+        raise ValueError(f"--ray-eval {asked!r}: actors or shards")
+    if cfg.eval_url is not None:
+        if asked is not None:
+            raise ValueError("--ray-eval is for embedded evaluations: not with --eval-url")
+        return "shards"
+    if cfg.sandbox_backend == "docker":
+        if asked == "actors":
+            raise ValueError(
+                "--ray-eval actors times in process sandboxes; image tasks (docker) need "
+                "--ray-eval shards or an --eval-url"
+            )
+        return "shards"
+    return asked or "actors"
 
 
 def _mini_config(agent: str, path: Path | None, saved: dict[str, Any]) -> dict[str, Any] | None:
@@ -208,8 +245,8 @@ def _ray_options(req: RunRequest) -> RayOptions | None:
             raise ValueError(
                 "several --sandbox-url need --backend ray (one sandbox server per actor)"
             )
-        if req.ray_address is not None or req.shards is not None:
-            raise ValueError("--ray-address and --shards need --backend ray")
+        if req.ray_address is not None or req.shards is not None or req.ray_eval is not None:
+            raise ValueError("--ray-address, --shards and --ray-eval need --backend ray")
         return None
     if importlib.util.find_spec("ray") is None:
         raise ValueError("the ray backend needs Ray: pip install 'agentfleet[ray]'")
@@ -259,6 +296,7 @@ def run(
                 shards=ray.shards,
                 address=ray.address,
                 sandbox_urls=ray.sandbox_urls,
+                eval_on=ray.eval_on,
                 listener=listener,
                 monitor=monitor,
                 plan=plan,
