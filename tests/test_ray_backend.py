@@ -311,7 +311,7 @@ def test_cli_ray_options_need_backend_ray(tmp_path: Path) -> None:
 
 
 def test_ray_eval_mode() -> None:
-    from agentfleet.fleet.run import ray_eval_mode
+    from agentfleet.fleet.config import ray_eval_mode
 
     cfg = FleetConfig(model=ModelSpec("oracle"), run_dir=Path("r"))
     assert ray_eval_mode(None, cfg) == "actors"
@@ -320,6 +320,10 @@ def test_ray_eval_mode() -> None:
     assert ray_eval_mode(None, images) == "shards"  # the actors time in process sandboxes
     with pytest.raises(ValueError, match="image tasks"):
         ray_eval_mode("actors", images)
+    given = dataclasses.replace(cfg, eval_url="http://127.0.0.1:1")
+    assert ray_eval_mode(None, given) == "shards"  # (the shards submit to eval_url)
+    with pytest.raises(ValueError, match="not with --eval-url"):
+        ray_eval_mode("shards", given)
 
 
 def eval_actor_cpus(records: list[dict[str, Any]]) -> list[str]:

@@ -47,7 +47,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from agentfleet.fleet.config import FleetConfig, run_config
+from agentfleet.fleet.config import FleetConfig, ray_eval_mode, run_config
 from agentfleet.fleet.monitor import FleetMonitor
 from agentfleet.fleet.outcome import Listener, TaskOutcome
 from agentfleet.fleet.ray_actor import ACTOR_ENV, FleetShard
@@ -268,7 +268,7 @@ def run_fleet_ray(
     shards: int,
     address: str | None = None,
     sandbox_urls: list[str] | None = None,
-    eval_on: str = "actors",
+    eval_on: str | None = None,
     listener: Listener | None = None,
     monitor: FleetMonitor | None = None,
     actor_hook: ActorHook | None = None,
@@ -299,7 +299,10 @@ def run_fleet_ray(
             one evaluation server in the driver whose jobs Ray evaluation actors run, one
             per CPU of the cluster (``cfg.eval_workers`` of them if set), each pinned to
             a CPU of its node (:mod:`~agentfleet.fleet.ray_eval`); ``"shards"``, one
-            embedded per shard, with local workers on the shard's node.
+            embedded per shard, with local workers on the shard's node. ``None``:
+            :func:`~agentfleet.fleet.config.ray_eval_mode`'s default (actors, but shards
+            for image tasks); ``ValueError`` with ``cfg.eval_url`` or a combination that
+            cannot work.
         listener: ``listener(event, task, outcome)`` with ``"start"`` / ``"done"``, as for
             the local backend (called on the driver).
         monitor: live state for a dashboard (totals, running, results), as ``run_fleet``.
@@ -324,8 +327,7 @@ def run_fleet_ray(
         raise ValueError("shards must be at least 1")
     if sandbox_urls is not None and not sandbox_urls:
         raise ValueError("sandbox_urls is empty")
-    if eval_on not in ("actors", "shards"):
-        raise ValueError(f"eval_on {eval_on!r}: actors or shards")
+    eval_on = ray_eval_mode(eval_on, cfg)
     actors_eval = eval_on == "actors" and cfg.eval_url is None
     run = plan if plan is not None else plan_run(cfg)
     tasks = run.tasks

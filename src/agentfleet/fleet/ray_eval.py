@@ -1,5 +1,5 @@
 """A Ray run's evaluations on Ray evaluation actors (``agentfleet run --backend ray
---ray-eval actors``, the default; the choice is made by ``fleet.run.ray_eval_mode``).
+--ray-eval actors``, the default; the choice is made by ``fleet.config.ray_eval_mode``).
 
 ``actors`` (the default): the driver serves one evaluation server (no local worker, a
 token of its own) and Ray evaluation actors lease its jobs, one per CPU set of the cluster

@@ -24,7 +24,7 @@ from typing import Any
 
 from agentfleet.agent import AgentConfig
 from agentfleet.fleet.attempts import DEFAULT_TASK_ATTEMPTS
-from agentfleet.fleet.config import FleetConfig
+from agentfleet.fleet.config import FleetConfig, ray_eval_mode
 from agentfleet.fleet.image_options import SANDBOX_BACKENDS, image_options
 from agentfleet.fleet.monitor import FleetMonitor
 from agentfleet.fleet.outcome import Listener, TaskOutcome
@@ -41,17 +41,14 @@ from agentfleet.tasks.task import RowsDataset
 
 __all__ = [
     "DEFAULT_SHARDS",
-    "RAY_EVAL",
     "RayOptions",
     "RunRequest",
     "RunResult",
     "build_config",
-    "ray_eval_mode",
     "run",
 ]
 
 DEFAULT_SHARDS = 2  # Ray actors of a run
-RAY_EVAL = ("actors", "shards")  # where a Ray run's embedded evaluations run (ray_eval.py)
 
 # Settings a resumed run takes from its config.json when not given again, and their
 # defaults for a new run (None: the --agent-config file's value, else AgentConfig's).
@@ -80,7 +77,7 @@ class RayOptions:
     shards: int = DEFAULT_SHARDS
     address: str | None = None
     sandbox_urls: list[str] | None = None
-    eval_on: str = "actors"  # actors | shards: see ray_eval_mode
+    eval_on: str | None = None  # actors | shards (None: fleet.config.ray_eval_mode's)
 
 
 @dataclass
@@ -191,31 +188,9 @@ def build_config(req: RunRequest) -> tuple[FleetConfig, RayOptions | None]:
         **images,
     )
     if ray is not None:
-        ray.eval_on = ray_eval_mode(req.ray_eval, cfg)
+        ray_eval_mode(req.ray_eval, cfg)  # a bad --ray-eval fails here, before Ray starts
+        ray.eval_on = req.ray_eval
     return cfg, ray
-
-
-def ray_eval_mode(asked: str | None, cfg: FleetConfig) -> str:
-    """Where a Ray run's embedded evaluations run (``--ray-eval``): ``actors``, Ray
-    evaluation actors (one per CPU of the cluster) leasing from one evaluation server in
-    the driver; ``shards``, an evaluation server with local workers in each shard. Default
-    ``actors``, but ``shards`` for image tasks (docker sandboxes: the actors time in process
-    sandboxes) and ``shards`` (unused) with ``--eval-url``. ``ValueError`` on a combination
-    that cannot work."""
-    if asked is not None and asked not in RAY_EVAL:
-        raise ValueError(f"--ray-eval {asked!r}: actors or shards")
-    if cfg.eval_url is not None:
-        if asked is not None:
-            raise ValueError("--ray-eval is for embedded evaluations: not with --eval-url")
-        return "shards"
-    if cfg.sandbox_backend == "docker":
-        if asked == "actors":
-            raise ValueError(
-                "--ray-eval actors times in process sandboxes; image tasks (docker) need "
-                "--ray-eval shards or an --eval-url"
-            )
-        return "shards"
-    return asked or "actors"
 
 
 def _mini_config(agent: str, path: Path | None, saved: dict[str, Any]) -> dict[str, Any] | None:
