@@ -181,6 +181,7 @@ async def _evaluate(
         dataset_name=cfg.dataset,
         split=cfg.split,
         eval_server_url=eval_url,
+        token=cfg.eval_token,
     )
     outcome.reward, outcome.speedup, outcome.info = reward, speedup, einfo
     return transient_evaluation(einfo)

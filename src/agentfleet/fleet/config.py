@@ -19,6 +19,8 @@ from agentfleet.sandbox.image_box import ImageNaming, PullPolicy
 from agentfleet.tasks import DEFAULT_DATASET, DEFAULT_SPLIT, Task, load_dataset
 from agentfleet.tasks.defaults import DEFAULT_EVAL_REPEATS
 
+RAY_EVAL = ("actors", "shards")  # where a Ray run's embedded evaluations run (ray_eval.py)
+
 
 @dataclass
 class FleetConfig:
@@ -32,6 +34,7 @@ class FleetConfig:
     sandbox_url: str | None = None
     sandbox_token: str | None = field(default=None, repr=False)  # None: $AGENTFLEET_SANDBOX_TOKEN
     eval_url: str | None = None
+    eval_token: str | None = field(default=None, repr=False)  # None: $AGENTFLEET_EVAL_TOKEN
     sandbox_ttl_s: float = DEFAULT_TTL_S
     sandbox_root: Path | None = None  # embedded process backend's folder
     eval_workers: int | None = None
@@ -75,6 +78,29 @@ def run_budget(cfg: FleetConfig) -> RunBudget | None:
     if cfg.budget is None and cfg.agent.run_cost_limit is not None:
         cfg.budget = RunBudget(cfg.agent.run_cost_limit)
     return cfg.budget
+
+
+def ray_eval_mode(asked: str | None, cfg: FleetConfig) -> str:
+    """Where a Ray run's embedded evaluations run (``--ray-eval``): ``actors``, Ray
+    evaluation actors (one per CPU of the cluster) leasing from one evaluation server in
+    the driver; ``shards``, an evaluation server with local workers in each shard. Default
+    ``actors``, but ``shards`` for image tasks (docker sandboxes: the actors time in process
+    sandboxes) and ``shards`` (unused) with ``--eval-url``. ``ValueError`` on a combination
+    that cannot work."""
+    if asked is not None and asked not in RAY_EVAL:
+        raise ValueError(f"--ray-eval {asked!r}: actors or shards")
+    if cfg.eval_url is not None:
+        if asked is not None:
+            raise ValueError("--ray-eval is for embedded evaluations: not with --eval-url")
+        return "shards"
+    if cfg.sandbox_backend == "docker":
+        if asked == "actors":
+            raise ValueError(
+                "--ray-eval actors times in process sandboxes; image tasks (docker) need "
+                "--ray-eval shards or an --eval-url"
+            )
+        return "shards"
+    return asked or "actors"
 
 
 def select_tasks(cfg: FleetConfig) -> list[Task]:
