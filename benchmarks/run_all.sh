@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The runs behind docs/benchmarks.md. `agentfleet bench ...` is the same as
 # `python -m agentfleet.bench ...` (the sub-app is mounted on the main CLI).
-# Usage: benchmarks/run_all.sh [OUTDIR]   (default benchmarks/results; about 30 minutes)
+# Usage: benchmarks/run_all.sh [OUTDIR]   (default benchmarks/results; about 100 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -40,6 +40,9 @@ $B fleet --n 200 --steps 10 --delay 0.5 --runners agentfleet --sandbox process -
   --out "$OUT/fleet-200-bwrap"
 # the Ray backend against the local one (same small fleet of perf-lite tasks)
 $B fleet --backend ray --shards 2 --rounds 3 --out "$OUT/fleet-ray"
+# evaluation workers: 40 real evaluations with 1 worker, 2 pinned, 2 Ray actors, each
+# without and with a CPU hog (about 70 minutes on 2 cores)
+$B eval --n 40 --modes 1,2p,2r --hog both --out "$OUT/eval-workers"
 
 # History: the sandbox server's event loop. uvicorn picks uvloop when it is installed;
 # these pairs are why agentfleet's servers run on asyncio (kept in results/*-loop-*).

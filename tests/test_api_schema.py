@@ -121,6 +121,7 @@ def test_evaluation_schema_documents_every_answer() -> None:
     assert _statuses(ops["POST /evaluate"]) >= {200, 400, 401, 404, 422, 429}
     assert _statuses(ops["POST /workers/lease"]) >= {200, 204, 401, 422}
     assert 410 in _statuses(ops["POST /workers/leases/{lease_id}/heartbeat"])
+    assert 410 in _statuses(ops["POST /workers/leases/{lease_id}/release"])
     assert 409 in _statuses(ops["POST /workers/leases/{lease_id}/result"])
     assert list(ops["GET /metrics"]["responses"]["200"]["content"]) == ["text/plain"]
     assert "security" not in ops["GET /healthz"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -290,7 +291,7 @@ def test_module_entry_point() -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    for cmd in ("http", "sandbox", "fleet"):
+    for cmd in ("http", "sandbox", "fleet", "eval"):
         assert cmd in proc.stdout
 
 
@@ -412,26 +413,69 @@ def test_bench_servers_like_agentfleets() -> None:
         assert sock.proto == socket.IPPROTO_TCP
 
 
-def test_eval_workers_plot() -> None:
-    """benchmarks/eval_workers.py's SVG: one chart each for throughput, unchanged code and
-    references, every arm labelled (with and without the hog)."""
-    import importlib.util
-    from pathlib import Path as _Path
+def test_eval_bench_plot() -> None:
+    """``bench eval``'s SVG: one chart each for throughput, unchanged code and references,
+    every arm labelled (with and without the hog); older JSON (``modes``) redraws too."""
+    from agentfleet.bench.eval_bench import plot, plot_results
 
-    path = _Path(__file__).parent.parent / "benchmarks" / "eval_workers.py"
-    spec = importlib.util.spec_from_file_location("eval_workers_bench", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     arm = {"evals_per_min": 8.0, "noop_range": [0.97, 1.02], "ref_max_dev": 0.06}
-    out = {
-        "n": 40,
-        "modes": [
-            {**arm, "mode": "2r", "hog": False},
-            {**arm, "mode": "2p", "hog": True, "evals_per_min": 6.0},
-        ],
-    }
-    svg = mod.plot(out)
+    modes = [
+        {**arm, "mode": "2r", "hog": False},
+        {**arm, "mode": "2p", "hog": True, "evals_per_min": 6.0},
+    ]
+    svg = plot(modes, 40)
     assert svg.startswith("<svg") and svg.count("<svg") == 4
     for text in ("2 Ray actors", "2 pinned + hog", "40 evaluations", "over 5%"):
         assert text in svg, text
+    assert plot_results({"n": 40, "modes": modes}) == svg
+    assert plot_results({"config": {"n": 40}, "rows": modes}) == svg
+
+
+def test_eval_bench_spread() -> None:
+    from agentfleet.bench.eval_bench import spread
+
+    def ev(label: str, speedup: float, status: str = "ok") -> dict[str, Any]:
+        return {"label": label, "speedup": speedup, "status": status}
+
+    evals = [ev("noop:a", 1.02), ev("noop:b", 0.90), ev("noop:c", 0.0, "error")]
+    evals += [ev("reference:a", 2.0), ev("reference:a", 2.2), ev("reference:a", 2.1)]
+    evals += [ev("reference:b", 3.0)]  # alone: no median to stray from
+    got = spread(evals)
+    assert (got["noop_n"], got["noop_within_5pct"], got["noop_range"]) == (2, 1, [0.90, 1.02])
+    assert (got["ref_n"], got["ref_within_5pct_of_median"]) == (3, 3)
+    assert got["ref_max_dev"] == pytest.approx(0.1 / 2.1) and got["not_ok"] == 1
+
+
+def test_bench_eval_rejects_bad_input(tmp_path: Path) -> None:
+    for args in (["--modes", "1,2x"], ["--modes", "0p"], ["--hog", "sometimes"]):
+        result = runner.invoke(bench_app, ["eval", *args, "--out", str(tmp_path / "x")])
+        assert result.exit_code == 2, result.output
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_bench_eval_tiny(tmp_path: Path) -> None:
+    """Four real evaluations (2 references, 2 unchanged) with 1 worker and with 2 pinned:
+    a table row per arm, the ratio line, results.json with sane figures, the plot."""
+    out = tmp_path / "eval"
+    output = _invoke(["eval", "--n", "4", "--modes", "1,2p", "--repeats", "2", "--out", str(out)])
+    rows = _table_rows(output, "| mode")
+    assert [r[:2] for r in rows] == [["1", "no"], ["2p", "no"]]
+    assert "throughput ratio 2p / 1 (hog False): " in output
+    data = _results(out)
+    assert data["kind"] == "eval" and data["config"]["modes"] == ["1", "2p"]
+    one, two = data["rows"]
+    assert one["worker_cpus"] == [None] and one["pinned"] is False
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert len(two["worker_cpus"]) == 2 and None not in two["worker_cpus"], two
+    for arm in data["rows"]:
+        assert arm["not_ok"] == 0, arm["evaluations"]
+        assert arm["wall_s"] > 0 and arm["evals_per_min"] == pytest.approx(240 / arm["wall_s"])
+        assert arm["noop_n"] == 2 and arm["ref_n"] == 0  # two tasks: no reference twice
+        lo, hi = arm["noop_range"]
+        assert 0.5 < lo <= hi < 2.0, arm  # unchanged code: about 1 (loose: a sanity check)
+        refs = [e for e in arm["evaluations"] if e["label"].startswith("reference")]
+        assert all(e["speedup"] > 1.0 and e["rounds"] == 2 for e in refs), refs
+    [ratio] = data["ratios"]
+    assert ratio["ratio"] == pytest.approx(two["evals_per_min"] / one["evals_per_min"])
+    assert (out / "plot.svg").read_text().startswith("<svg")

@@ -128,6 +128,7 @@ async def test_an_expired_lease_is_requeued_and_its_late_result_refused(tmp_path
         status = await client.status(job_id)
         metrics = (await pool.request("GET", f"{srv.url}/metrics", headers=auth())).text()
     assert status["status"] == "done" and status["speedup"] == 1.25 and status["attempts"] == 2
+    assert status["info"] == {"by": "b", "worker": {"name": "b", "node": "n1", "cpus": "0"}}
     assert "agentfleet_eval_leases_expired_total 1.0" in metrics
     assert "agentfleet_eval_results_refused_total 2.0" in metrics
     assert 'agentfleet_eval_worker_busy{cpus="0",worker="slow"} 0.0' in metrics
@@ -280,10 +281,13 @@ def test_eval_worker_rejects_bad_options() -> None:
     assert bad_cpus.exit_code == 2 and "CPU list" in bad_cpus.output
 
 
-async def test_sigterm_stops_an_eval_worker_and_its_job_runs_again(tmp_path: Path) -> None:
-    """SIGTERM mid-evaluation: the worker exits 143 at once, its lease lapses, and the job
-    is run by the next worker (never lost, stored once)."""
-    async with server(tmp_path, ttl=1.5) as srv, HttpPool() as pool:
+async def test_sigterm_hands_the_lease_back_and_the_job_runs_again_at_once(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM an eval-worker mid-evaluation, with a lease TTL far longer than the test:
+    the worker cancels its evaluation, hands its lease back and exits 143; the job is queued
+    again at once (that start not counted), another eval-worker finishes it, stored once."""
+    async with server(tmp_path, ttl=600) as srv, HttpPool() as pool:
         client = EvalClient(srv.url, pool=pool, token=TOKEN)
         worker = await eval_worker(srv.url, "--name", "stopped", "--test-latency", "120")
         job_id = await client.submit(request("term"))
@@ -294,7 +298,54 @@ async def test_sigterm_stops_an_eval_worker_and_its_job_runs_again(tmp_path: Pat
         await wait_for(leased)
         worker.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(worker.wait(), 30) == 143
-        rescuer = EvalWorker(srv.url, WorkerEvaluators(test_latency=0.1), token=TOKEN, pool=pool)
-        assert await rescuer.run(max_jobs=1) == 1
-        done = await client.status(job_id, wait=10)
-    assert done["status"] == "done" and done["attempts"] == 2
+        back = await client.status(job_id)
+        assert (back["status"], back["attempts"]) == ("queued", 0), back
+        metrics = (await pool.request("GET", f"{srv.url}/metrics", headers=auth())).text()
+        rescuer = await eval_worker(
+            srv.url, "--name", "rescuer", "--test-latency", "0.1", "--max-jobs", "1"
+        )
+        try:
+            done = await client.status(job_id, wait=30)
+            assert await asyncio.wait_for(rescuer.wait(), 30) == 0
+        finally:
+            if rescuer.returncode is None:
+                rescuer.kill()
+                await rescuer.wait()
+    assert "agentfleet_eval_leases_released_total 1.0" in metrics
+    assert "agentfleet_eval_leases_expired_total 0.0" in metrics
+    assert done["status"] == "done" and done["attempts"] == 1 and done["reward"] == 1.0
+    [(_, st, attempts, result, _)] = stored_rows(tmp_path / "jobs.db")
+    assert (st, attempts) == ("done", 1) and result is not None
+
+
+async def test_release_route(tmp_path: Path) -> None:
+    """``POST /workers/leases/{id}/release``: the job is queued again at once, uncounted;
+    the lease is dead from then on (heartbeat 410, result 409, release 410); a released
+    job is leased anew; unknown leases and missing tokens are refused."""
+    async with server(tmp_path, ttl=600) as srv, HttpPool() as pool:
+        url = srv.url
+        client = EvalClient(url, pool=pool, token=TOKEN)
+        job_id = await client.submit(request("rel"))
+        ask = {"worker": "a", "wait": 5}
+        first = (await post(pool, f"{url}/workers/lease", ask)).json()
+        no_token = await pool.request("POST", f"{url}/workers/leases/{first['lease_id']}/release")
+        assert no_token.status == 401
+        rel = await post(pool, f"{url}/workers/leases/{first['lease_id']}/release")
+        assert rel.status == 200 and rel.json() == {"released": True, "job_id": job_id}
+        assert (await client.status(job_id))["status"] == "queued"
+        again = await post(pool, f"{url}/workers/leases/{first['lease_id']}/release")
+        assert again.status == 410
+        beat = await post(pool, f"{url}/workers/leases/{first['lease_id']}/heartbeat")
+        assert beat.status == 410
+        ok = {"status": "done", "reward": 1.0, "speedup": 1.0}
+        late = await post(pool, f"{url}/workers/leases/{first['lease_id']}/result", ok)
+        assert late.status == 409
+        assert (await post(pool, f"{url}/workers/leases/nope/release")).status == 410
+        second = (await post(pool, f"{url}/workers/lease", {**ask, "worker": "b"})).json()
+        assert second["job_id"] == job_id and second["attempt"] == 1
+        stored = await post(pool, f"{url}/workers/leases/{second['lease_id']}/result", ok)
+        assert stored.status == 200
+        schema = (await pool.request("GET", f"{url}/openapi.json", headers=auth())).json()
+    assert "/workers/leases/{lease_id}/release" in schema["paths"]
+    [(_, st, attempts, _, lease)] = stored_rows(tmp_path / "jobs.db")
+    assert (st, attempts, lease) == ("done", 1, second["lease_id"])

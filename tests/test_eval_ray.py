@@ -17,6 +17,7 @@ from test_cli_servers import free_port
 
 from agentfleet.evaluation import EvalClient, EvalRequest, create_app
 from agentfleet.evaluation.ray_workers import node_slots, ray_eval_workers
+from agentfleet.evaluation.worker import EvalWorker, WorkerEvaluators
 from agentfleet.http import HttpPool
 from agentfleet.serving import serve_in_loop
 
@@ -116,3 +117,31 @@ async def test_a_killed_actor_job_runs_once_more(ray_session: None, tmp_path: Pa
     with sqlite3.connect(tmp_path / "jobs.db") as conn:
         rows = conn.execute("SELECT status, attempts, result FROM jobs").fetchall()
     assert len(rows) == 1 and rows[0][:2] == ("done", 2) and rows[0][2] is not None
+
+
+async def test_a_stopped_actor_hands_its_job_back(ray_session: None, tmp_path: Path) -> None:
+    """The actors stopped gracefully (``ray.cancel``, as the server's shutdown does) with a
+    job mid-evaluation and a lease TTL far longer than the test: the job is queued again at
+    once, that start not counted, and the next worker finishes it; one stored result."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    app = create_app(db_path=tmp_path / "jobs.db", workers=0, test_latency=60, lease_ttl_s=600)
+    async with serve_in_loop(app, port=port), HttpPool() as pool:
+        client = EvalClient(url, pool=pool)
+        job_id = await client.submit(req("stop-actor"))
+        async with ray_eval_workers("auto", server_url=url, workers=1, test_latency=60):
+            async with asyncio.timeout(60):
+                while (await client.status(job_id))["status"] != "running":  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+        back = await client.status(job_id)
+        assert (back["status"], back["attempts"]) == ("queued", 0), back
+        rescuer = EvalWorker(url, WorkerEvaluators(test_latency=0.1), pool=pool, wait_s=2)
+        async with asyncio.timeout(60):
+            assert await rescuer.run(max_jobs=1) == 1
+        done = await client.status(job_id, wait=30)
+        metrics = (await pool.request("GET", f"{url}/metrics")).text()
+    assert done["status"] == "done" and done["attempts"] == 1
+    assert "agentfleet_eval_leases_released_total 1.0" in metrics
+    with sqlite3.connect(tmp_path / "jobs.db") as conn:
+        rows = conn.execute("SELECT status, attempts, result FROM jobs").fetchall()
+    assert len(rows) == 1 and rows[0][:2] == ("done", 1) and rows[0][2] is not None

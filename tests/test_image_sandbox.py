@@ -6,7 +6,7 @@ task images (label agentfleet.image=task; `agentfleet images prune` removes them
 from __future__ import annotations
 
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -210,3 +210,48 @@ async def test_folder_task_naming_an_image_without_a_repo(
             await svc.create(req)
         assert err.value.status == 422 and len(svc) == 0
     assert _containers("no-repo-test") == []
+
+
+@pytest.fixture
+def untracked_image(task_images: dict, tmp_path: Path) -> Iterator[str]:
+    """An image whose repo (/repo) holds build output its .gitignore misses."""
+    import uuid
+
+    image = f"agentfleet-test-untracked:{uuid.uuid4().hex[:8]}"
+    script = (
+        "set -e; mkdir /repo; cd /repo; git init -q; echo 'int x;' > a.c; git add a.c; "
+        "git -c user.name=t -c user.email=t@t commit -qm base; "
+        "echo bin > a.out; mkdir obj; echo o > 'obj/w[1] *.o'"
+    )
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "Dockerfile").write_text(f"FROM {DEFAULT_IMAGE}\nRUN {script}\n")
+    build = ["docker", "build", "-q", "-t", image, str(tmp_path / "img")]
+    subprocess.run(build, check=True, capture_output=True)
+    yield image
+    subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
+
+
+async def test_untracked_build_output_of_the_image_is_not_in_the_diff(
+    untracked_image: str, tmp_path: Path
+) -> None:
+    """What the image held untracked is not the agent's change, even rebuilt; the agent's
+    own edits and new files are."""
+    ds = tmp_path / "ds"
+    (ds / "t").mkdir(parents=True)
+    (ds / "dataset.yaml").write_text("name: ds\nsplits: {test: [t]}\n")
+    (ds / "t" / "task.yaml").write_text(
+        f"prompt: p\ntest_cmd: 'true'\nworkload_cmd: 'true'\nimage: {untracked_image}\n"
+        "workdir: /repo\n"
+    )
+    async with SandboxService(
+        DockerBackend(root=tmp_path / "sb"), reap_period_s=0, dataset_roots=[ds]
+    ) as svc:
+        info = await svc.create(CreateSandbox(task_id="t", dataset=str(ds), run="untracked"))
+        sid = info.sandbox_id
+        edit = "echo 'int y;' >> a.c && echo 2 > a.out && echo 2 > 'obj/w[1] *.o' && echo n > new"
+        res = await svc.exec(sid, edit)
+        assert res.returncode == 0, res.output
+        patch = await sandbox_diff(svc, sid)
+        assert patch.count("diff --git") == 2, patch
+        assert "a/a.c" in patch and "b/new" in patch
+        await svc.delete(sid)

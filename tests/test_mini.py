@@ -4,12 +4,15 @@ a real sandbox server (process backend) on 127.0.0.1 port 0."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.util
 import json
 import os
 import subprocess
 import sys
 import threading
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,6 +67,17 @@ def sandbox_url(tmp_path: Path) -> Iterator[str]:
     app = create_app(ProcessBackend(tmp_path / "sb"), dataset_roots=[tmp_path])
     with served_in_thread(app) as url:
         yield url
+
+
+def _wait_for_no_sandboxes(url: str, within_s: float = 20.0) -> list[Any]:
+    """The server's sandboxes, polled until there are none or ``within_s`` passed."""
+    deadline = time.monotonic() + within_s
+    while True:
+        with urllib.request.urlopen(f"{url}/sandboxes", timeout=10) as resp:
+            listed = json.loads(resp.read())
+        if not listed or time.monotonic() > deadline:
+            return list(listed)
+        time.sleep(0.1)
 
 
 def inspector_messages(path: Path) -> list[dict[str, Any]]:
@@ -316,6 +330,9 @@ def test_mini_batch_runner_process_instance(sandbox_url: str, tmp_path: Path) ->
         instance = {"instance_id": task.id, "problem_statement": task.prompt}
         out = tmp_path / "batch"
         process_instance(instance, out, config, RunBatchProgressManager(1))
+    # the runner never calls env.cleanup(): the environment deletes its sandbox when it goes
+    gc.collect()
+    assert _wait_for_no_sandboxes(sandbox_url) == []
     preds = json.loads((out / "preds.json").read_text())
     assert preds[task.id]["model_name_or_path"] == "openai/mock-oracle"
     messages = inspector_messages(out / task.id / f"{task.id}.traj.json")

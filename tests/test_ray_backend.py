@@ -149,6 +149,8 @@ def test_oracle_fleet_on_two_shards(
         assert o.reward > 0 and lo.reward > 0, (o, lo)
         assert o.speedup >= 1.5, o
     assert result_ids(cfg) == result_ids(local_cfg) == sorted(ids)  # every task exactly once
+    eval_actor_cpus([{"info": o.info} for o in outcomes])  # timed by Ray evaluation actors
+    assert all("worker" not in lo.info for lo in local)
     assert sorted(e for e in events if e[0] == "done") == sorted(("done", i) for i in ids)
     saved, local_saved = (
         json.loads((c.run_dir / "config.json").read_text()) for c in (cfg, local_cfg)
@@ -291,13 +293,72 @@ AGENTFLEET = str(Path(sys.executable).with_name("agentfleet"))
 def test_cli_ray_options_need_backend_ray(tmp_path: Path) -> None:
     from agentfleet.cli import app
 
-    for extra in (["--shards", "2"], ["--ray-address", "auto"]):
+    for extra in (["--shards", "2"], ["--ray-address", "auto"], ["--ray-eval", "actors"]):
         res = CliRunner().invoke(
             app, ["run", "--task", "sku-diff", "--run-dir", str(tmp_path / "r"), *extra]
         )
         assert res.exit_code == 2, res.output
         assert "need --backend ray" in res.output
+    bad = {
+        "actors or shards": ["--ray-eval", "nodes"],
+        "not with --eval-url": ["--ray-eval", "actors", "--eval-url", "http://127.0.0.1:1"],
+    }
+    for message, extra in bad.items():
+        base = ["run", "--backend", "ray", "--task", "sku-diff", "--run-dir", str(tmp_path / "r")]
+        res = CliRunner().invoke(app, [*base, *extra])
+        assert res.exit_code == 2 and message in res.output, res.output
     assert not (tmp_path / "r").exists()
+
+
+def test_ray_eval_mode() -> None:
+    from agentfleet.fleet.config import ray_eval_mode
+
+    cfg = FleetConfig(model=ModelSpec("oracle"), run_dir=Path("r"))
+    assert ray_eval_mode(None, cfg) == "actors"
+    assert ray_eval_mode("shards", cfg) == "shards"
+    images = dataclasses.replace(cfg, sandbox_backend="docker")
+    assert ray_eval_mode(None, images) == "shards"  # the actors time in process sandboxes
+    with pytest.raises(ValueError, match="image tasks"):
+        ray_eval_mode("actors", images)
+    given = dataclasses.replace(cfg, eval_url="http://127.0.0.1:1")
+    assert ray_eval_mode(None, given) == "shards"  # (the shards submit to eval_url)
+    with pytest.raises(ValueError, match="not with --eval-url"):
+        ray_eval_mode("shards", given)
+
+
+def eval_actor_cpus(records: list[dict[str, Any]]) -> list[str]:
+    """The CPU set of the Ray evaluation actor that evaluated each record (asserted)."""
+    out = []
+    for r in records:
+        worker = r["info"].get("worker") or {}
+        assert worker.get("name", "").startswith("ray-eval-"), r["info"]
+        out.append(worker["cpus"])
+    return out
+
+
+@pytest.mark.slow
+def test_cli_ray_run_evaluates_on_ray_actors(ray_session: None, tmp_path: Path) -> None:
+    """``run --backend ray`` (default ``--ray-eval actors``): every evaluation was leased
+    and timed by a Ray evaluation actor pinned to one CPU, not by a shard's local workers."""
+    from agentfleet.cli import app
+
+    ids = ["dedupe-pairs", "sku-diff", "byte-stats"]
+    run_dir = tmp_path / "run"
+    args = ["run", "--backend", "ray", "--shards", "2", "--workers", "3", "--eval-repeats", "1"]
+    args += [a for i in ids for a in ("--task", i)]
+    args += ["--sandbox-root", str(tmp_path / "sandboxes"), "--progress", "none"]
+    res = CliRunner().invoke(app, [*args, "--run-dir", str(run_dir)], env={"COLUMNS": "120"})
+    assert res.exit_code == 0, res.output
+    records = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["instance_id"] for r in records) == sorted(ids)
+    for r in records:
+        assert r["exit_status"] == "Submitted" and r["info"]["status"] == "ok", r
+    cpus = eval_actor_cpus(records)
+    usable = {str(c) for c in os.sched_getaffinity(0)}
+    if len(usable) >= 2:  # one actor per CPU, each pinned to its own
+        assert set(cpus) <= usable, cpus
+    assert json.loads((run_dir / "config.json").read_text())["ray_eval"] == "actors"
+    assert leftovers(tmp_path / "sandboxes") == []
 
 
 @pytest.fixture
@@ -348,14 +409,18 @@ def test_cli_ray_with_sandbox_urls_then_resume(
     args = ["run", "--backend", "ray", "--shards", "2", "--workers", "2", "--eval-repeats", "1"]
     args += ["--task", ids[0], "--task", ids[1], "--sandbox-url", u1, "--sandbox-url", u2]
     args += ["--pool", "medium", "--progress", "none", "--run-dir", str(run_dir)]
+    args += ["--ray-eval", "shards"]
     res = cli.invoke(app, args, env={"COLUMNS": "120"})
     assert res.exit_code == 0, res.output
     records = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
     assert sorted(r["instance_id"] for r in records) == ids  # every task once
     for r in records:
         assert r["exit_status"] == "Submitted" and r["reward"] > 0, r
+        assert "worker" not in r["info"], r  # --ray-eval shards: the shards' local workers
     started = [m for m in (r.getMessage() for r in caplog.records) if m.startswith("shard ")]
     assert len(started) == 2, started
+    shard_evals = {m.split("evaluation ")[-1] for m in started}
+    assert len(shard_evals) == 2, started  # an evaluation server per shard
     assert any(f"sandboxes {u1}," in m for m in started), started  # actor i: URL i mod 2
     assert any(f"sandboxes {u2}," in m for m in started), started
     assert all("pool 200/100" in m for m in started), started  # --pool reaches the actors
@@ -363,6 +428,7 @@ def test_cli_ray_with_sandbox_urls_then_resume(
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["tasks"] == ids and saved["backend"] == "ray" and saved["shards"] == 2
     assert saved["eval_repeats"] == 1 and saved["step_limit"] == 30
+    assert saved["ray_eval"] == "shards"
 
     # --resume: nothing left to run, config.json keeps the whole task list
     res = cli.invoke(

@@ -197,6 +197,33 @@ def test_run_picks_docker_for_image_tasks(tmp_path: Path) -> None:
         build_config(RunRequest(dataset="perf-lite", model="oracle", pull="never"))
 
 
+def test_resume_remembers_the_image_options(tmp_path: Path) -> None:
+    from agentfleet.fleet.config import run_config
+    from agentfleet.fleet.rundir import RunDir
+
+    (tmp_path / "map.json").write_text('{"agentfleet__dedupe-103": "local/dedupe:1"}')
+    run = tmp_path / "run"
+    first, _ = build_config(
+        RunRequest(
+            dataset="gso-mini",
+            model="oracle",
+            run_dir=run,
+            image_map=tmp_path / "map.json",
+            registry_prefix="mirror:5000",
+            pull="never",
+        )
+    )
+    RunDir(run).merge_config(run_config(first, ["agentfleet__dedupe-103"], []))
+    (tmp_path / "map.json").unlink()  # the map is kept in config.json, not its path
+    resumed, _ = build_config(RunRequest(resume=run))
+    assert resumed.sandbox_backend == "docker" and resumed.pull == "never"
+    assert resumed.image_naming == first.image_naming
+    assert resumed.image_naming.image_for("other", "x:1") == "mirror:5000/x:1"
+    again, _ = build_config(RunRequest(resume=run, pull="always", registry_prefix="r2"))
+    assert again.pull == "always" and again.image_naming.registry_prefix == "r2"
+    assert again.image_naming.image_map == first.image_naming.image_map
+
+
 async def test_process_backend_refuses_image_tasks(tmp_path: Path) -> None:
     async with SandboxService(ProcessBackend(tmp_path / "sb"), reap_period_s=0) as svc:
         req = CreateSandbox(task_id="agentfleet__cprimes-102", dataset="gso-mini")

@@ -344,10 +344,12 @@ def test_evaluation_server_survives_schemathesis(tmp_path: Path) -> None:
 
         after = settled(pid, before)
         health = api(url, "GET", "/healthz").json()
-    assert len(out.ops) == 10, out.ops
+    assert len(out.ops) == 11, out.ops
     assert out.failures == [], "\n\n".join(out.failures)
-    # a lease's heartbeat and result need a live lease, which test mode never grants
-    leases = {"POST /workers/leases/{lease_id}/heartbeat", "POST /workers/leases/{lease_id}/result"}
+    # a lease's heartbeat, release and result need a live lease, which test mode never grants
+    leases = {
+        f"POST /workers/leases/{{lease_id}}/{end}" for end in ("heartbeat", "release", "result")
+    }
     assert out.reached() == set(out.ops) - leases, out.statuses
     assert health["status"] == "ok" and health["queued"] == 0
     assert after.fds <= before.fds + FD_SLACK, (before, after)

@@ -5,6 +5,8 @@
 - ``sandbox``: concurrent and sequential execs on the sandbox server vs a bare subprocess.
 - ``fleet``: a whole fleet of agents with a fixed-latency model vs a thread-per-agent runner;
   with ``--backend ray``, the Ray backend's overhead against the local one (``ray_bench``).
+- ``eval``: evaluation throughput and steadiness with 1 worker, pinned workers and Ray
+  actors, on the real evaluator (``eval_bench``).
 
 See ``docs/benchmarks.md`` for measured results.
 """

@@ -14,7 +14,7 @@ from agentfleet.bench.common import MissingExtra, machine_info, make_run_dir, wr
 
 bench_app = typer.Typer(
     name="bench",
-    help="Benchmarks: evaluation client patterns, sandbox execs, whole fleets.",
+    help="Benchmarks: evaluation client patterns, sandbox execs, whole fleets, evaluation workers.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -351,3 +351,66 @@ def _fleet_ray(
     for r in rows:
         if r["unexpected"]:
             typer.echo(f"note: {r['backend']}: unexpected exit statuses {r['statuses']}")
+
+
+@bench_app.command("eval")
+def eval_cmd(
+    n: Annotated[
+        int,
+        typer.Option(
+            "--n", min=1, help="Evaluations: perf-lite references and empty patches, alternately."
+        ),
+    ] = 40,
+    modes: Annotated[
+        str,
+        typer.Option(
+            help="Arms, comma list: W (W local workers, not pinned), Wp (pinned to 1 CPU "
+            "each), Wr (W Ray actors pinned to 1 CPU each, no local worker)."
+        ),
+    ] = "1,2p",
+    repeats: Annotated[int, typer.Option(min=1, help="Timed rounds per evaluation.")] = 5,
+    target_ci: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="Adaptive rounds: until the interval is this narrow."),
+    ] = None,
+    hog: Annotated[
+        str,
+        typer.Option(
+            help="off | on (a busy loop pinned to the last CPU during each arm) | both "
+            "(every arm without, then with it)."
+        ),
+    ] = "off",
+    replot: Annotated[
+        Path | None,
+        typer.Option(help="Only redraw the SVG of this results JSON (written beside it)."),
+    ] = None,
+    out: Out = None,
+) -> None:
+    """Evaluation throughput and steadiness: the same real evaluations with 1 worker,
+    pinned workers and Ray actors (see docs/benchmarks.md)."""
+    import json
+
+    from agentfleet.bench.eval_bench import plot_results, run_eval_bench, table
+
+    if replot is not None:
+        try:
+            data = json.loads(replot.read_text())
+            svg = plot_results(data)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise typer.BadParameter(f"{replot}: {exc}", param_hint="--replot") from exc
+        target = replot.with_suffix(".svg")
+        target.write_text(svg)
+        typer.echo(f"plot: {target}")
+        return
+    arms = [m.strip() for m in modes.split(",") if m.strip()]
+    config = {"n": n, "modes": arms, "repeats": repeats, "target_ci": target_ci, "hog": hog}
+
+    def measure() -> tuple[Rows, dict[str, Any]]:
+        return run_eval_bench(
+            n=n, modes=arms, repeats=repeats, target_ci=target_ci, hog=hog, log=_log
+        )
+
+    _, run_dir = _run("eval", config, measure, table, out)
+    data = json.loads((run_dir / "results.json").read_text())
+    (run_dir / "plot.svg").write_text(plot_results(data))
+    typer.echo(f"plot: {run_dir / 'plot.svg'}")

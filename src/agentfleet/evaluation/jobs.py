@@ -362,8 +362,8 @@ class JobManager(JobViews):
         return None
 
     async def requeue(self, job: JobRecord) -> None:
-        """A released job (its lease expired) back in the queue, or failed once it was
-        started ``max_attempts`` times."""
+        """A released job (its lease expired or was handed back) back in the queue, or
+        failed once it was started ``max_attempts`` times."""
         if self.max_attempts is not None and job.attempts >= self.max_attempts:
             await self._give_up(job, "its worker was lost")
             self._live.pop(job.id, None)

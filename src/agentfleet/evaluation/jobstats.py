@@ -63,6 +63,11 @@ class EvalMetrics:
             "Remote workers' leases that lapsed without a heartbeat (their jobs queued again)",
             registry=r,
         )
+        self.leases_released = Counter(
+            "agentfleet_eval_leases_released",
+            "Remote leases handed back by a stopping worker (their jobs queued again at once)",
+            registry=r,
+        )
         self.results_refused = Counter(
             "agentfleet_eval_results_refused",
             "Results posted under an expired or replaced lease (not stored)",

@@ -105,6 +105,15 @@ class LeaseBook:
         """Remove a lease (its job finished or was given up); None if it was not live."""
         return self._leases.pop(lease_id, None)
 
+    def hand_back(self, lease_id: str) -> Lease:
+        """Remove and return a live remote lease its worker gives up; :class:`LeaseLost`
+        if it is unknown, expired, or a local worker's."""
+        lease = self._leases.get(lease_id)
+        if lease is None or not lease.remote or lease.expires <= self.clock():
+            raise LeaseLost(f"lease {lease_id!r} is unknown or expired")
+        del self._leases[lease_id]
+        return lease
+
     def take_expired(self) -> list[Lease]:
         """Remove and return the remote leases past their expiry."""
         now = self.clock()

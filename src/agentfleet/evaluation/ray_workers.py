@@ -2,7 +2,8 @@
 worker.EvalWorker`) in one actor per CPU set, on any node of a Ray cluster, each timing in
 sandboxes of its own node. The evaluation server stays the one queue and the one record:
 actors lease jobs from it over HTTP like ``agentfleet eval-worker`` does, so a killed
-actor's lease lapses and its job runs once more elsewhere.
+actor's lease lapses and its job runs once more elsewhere, and an actor stopped gracefully
+(``ray.cancel``) hands its lease back at once.
 
 :func:`ray_eval_workers` places the actors: each alive node gets ``its CPUs //
 cores_per_worker`` slots; actor ``k`` of a node pins its commands to the ``k``-th block of
@@ -118,37 +119,45 @@ def _launch(
     if not ray.is_initialized():
         ray.init(address=None if address == "local" else address, log_to_driver=False)
         pool.started_ray = True
-    slots = node_slots(ray.nodes(), cores_per_worker)
-    if workers is not None:
-        if cores_per_worker and workers > len(slots):
-            raise ValueError(
-                f"{workers} Ray evaluation workers of {cores_per_worker} CPUs do not fit: "
-                f"the cluster has room for {len(slots)}"
+    try:
+        slots = node_slots(ray.nodes(), cores_per_worker)
+        if not slots:
+            raise ValueError("the Ray cluster has no CPU for an evaluation worker")
+        if workers is not None:
+            if cores_per_worker and workers > len(slots):
+                raise ValueError(
+                    f"{workers} Ray evaluation workers of {cores_per_worker} CPUs do not fit: "
+                    f"the cluster has room for {len(slots)}"
+                )
+            slots = (
+                slots[:workers]
+                if cores_per_worker
+                else [slots[i % len(slots)] for i in range(workers)]
             )
-        slots = (
-            slots[:workers] if cores_per_worker else [slots[i % len(slots)] for i in range(workers)]
-        )
-    actor_cls = ray.remote(EvalWorkerActor)
-    for i, (node_id, slot) in enumerate(slots):
-        name = f"ray-eval-{i}@{node_id[:8]}"
-        handle: Any = actor_cls.options(
-            num_cpus=cores_per_worker,
-            max_restarts=3,  # a crashed actor comes back and leases again...
-            max_task_retries=3,  # ...its run() called anew; ray.kill ends it for good
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-            runtime_env={"env_vars": dict(ACTOR_ENV)},
-        ).remote(
-            server_url,
-            name,
-            token=token,
-            slot=slot if cores_per_worker else 0,
-            cores_per_worker=cores_per_worker,
-            confine=confine,
-            dataset_roots=list(dataset_roots),
-            test_latency=test_latency,
-        )
-        pool.handles[name] = handle
-        pool.runs[name] = handle.run.remote()
+        actor_cls = ray.remote(EvalWorkerActor)
+        for i, (node_id, slot) in enumerate(slots):
+            name = f"ray-eval-{i}@{node_id[:8]}"
+            handle: Any = actor_cls.options(
+                num_cpus=cores_per_worker,
+                max_restarts=3,  # a crashed actor comes back and leases again...
+                max_task_retries=3,  # ...its run() called anew; ray.kill ends it for good
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+                runtime_env={"env_vars": dict(ACTOR_ENV)},
+            ).remote(
+                server_url,
+                name,
+                token=token,
+                slot=slot if cores_per_worker else 0,
+                cores_per_worker=cores_per_worker,
+                confine=confine,
+                dataset_roots=list(dataset_roots),
+                test_latency=test_latency,
+            )
+            pool.handles[name] = handle
+            pool.runs[name] = handle.run.remote()
+    except BaseException:  # no actor left behind, nor a Ray we started
+        _stop(pool)
+        raise
     log.info("started %d Ray evaluation workers for %s", len(pool.handles), server_url)
     return pool
 

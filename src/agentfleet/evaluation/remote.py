@@ -9,9 +9,14 @@ worker`) takes jobs from the server's one queue, with the server's token:
   204 when no job came within ``wait`` seconds (0..60);
 - ``POST /workers/leases/{lease_id}/heartbeat`` -> 200 ``{"ttl_s"}``, or 410 when the lease
   expired (its job is queued again: stop evaluating it);
+- ``POST /workers/leases/{lease_id}/release`` -> 200 ``{"released": true, "job_id"}``: a
+  stopping worker hands its job back, queued again at once; that start is not counted in
+  ``attempts`` (a worker's stop is not the job's fault, so it never reaches
+  ``max_attempts``); 410 when the lease is unknown or expired;
 - ``POST /workers/leases/{lease_id}/result`` ``{"status": "done" | "failed", "reward",
   "speedup", "info", "error", "elapsed_s"}`` -> 200 ``{"stored": true}``, or 409 when the
-  lease expired or was replaced: the result is refused, never stored twice.
+  lease expired or was replaced: the result is refused, never stored twice. The stored
+  ``info`` gets ``"worker": {"name", "node", "cpus"}``: the lease's worker.
 
 A lease not renewed within ``ttl_s`` expires (checked every ``min(1, ttl_s / 4)`` s): the
 job is queued again (or failed after ``max_attempts`` starts).
@@ -30,7 +35,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentfleet.evaluation.jobs import JobManager
-from agentfleet.evaluation.leases import LeaseLost
+from agentfleet.evaluation.leases import Lease, LeaseLost
 from agentfleet.evaluation.store import DONE, FAILED
 from agentfleet.http.openapi import JSON_OBJECT, errors
 
@@ -105,19 +110,45 @@ class RemoteWorkers:
         n = 0
         for lease in jobs.leases.take_expired():
             jobs.metrics.leases_expired.inc()
-            if not await jobs.store.release(lease.job_id, lease.id):
+            if not await self._requeue(lease, counted=True):
                 continue  # it finished, or was re-leased, meanwhile
-            job = await jobs.store.get(lease.job_id)
-            if job is None:  # pragma: no cover - unfinished jobs are never pruned
-                continue
             n += 1
             logger.warning(
                 "job %s: lease of worker %s (node %s) expired: no heartbeat for %gs",
-                job.id, lease.worker, lease.node, jobs.leases.ttl_s,
+                lease.job_id, lease.worker, lease.node, jobs.leases.ttl_s,
             )  # fmt: skip
-            await jobs.requeue(job)
         self._gauge()
         return n
+
+    async def release(self, lease_id: str) -> str:
+        """A worker hands its live lease back (it is stopping): the job is queued again
+        at once, that start not counted; the job id. :class:`LeaseLost` if the lease is
+        unknown or expired (its job was queued again already, or finished)."""
+        jobs = self.jobs
+        lease = jobs.leases.hand_back(lease_id)
+        jobs.metrics.leases_released.inc()
+        try:
+            if not await asyncio.shield(self._requeue(lease, counted=False)):
+                raise LeaseLost(f"lease {lease_id!r} no longer holds its job")
+        finally:
+            self._gauge()
+        logger.info(
+            "job %s: worker %s (node %s) handed its lease back: queued again",
+            lease.job_id, lease.worker, lease.node,
+        )  # fmt: skip
+        return lease.job_id
+
+    async def _requeue(self, lease: Lease, *, counted: bool) -> bool:
+        """Release the job ``lease`` held and queue it again; False if it no longer held
+        it. ``counted=False``: that start is taken off ``attempts``."""
+        jobs = self.jobs
+        if not await jobs.store.release(lease.job_id, lease.id, counted=counted):
+            return False
+        job = await jobs.store.get(lease.job_id)
+        if job is None:  # pragma: no cover - unfinished jobs are never pruned
+            return False
+        await jobs.requeue(job)
+        return True
 
     def _gauge(self) -> None:
         """The remote workers' gauges: how many, and each one busy (1) or idle (0) with
@@ -191,7 +222,8 @@ class RemoteWorkers:
         if lease is None:
             jobs.metrics.results_refused.inc()
             raise LeaseLost(f"lease {lease_id!r} expired: its job was queued again")
-        result = {"reward": res.reward, "speedup": res.speedup, "info": res.info}
+        who = {"name": lease.worker, "node": lease.node, "cpus": lease.cpus}
+        result = {"reward": res.reward, "speedup": res.speedup, "info": {**res.info, "worker": who}}
         status = DONE if res.status == "done" else FAILED
         landed = await asyncio.shield(jobs.finish(lease, status, result, res.error, res.elapsed_s))
         self._gauge()
@@ -231,6 +263,30 @@ def worker_routes(remote: Callable[[], RemoteWorkers]) -> APIRouter:
             return JSONResponse(remote().heartbeat(lease_id))
         except LeaseLost as exc:
             return JSONResponse({"error": str(exc)}, 410)
+
+    @router.post(
+        "/leases/{lease_id}/release",
+        summary="Hand a lease back",
+        responses={
+            200: {
+                "description": '`{"released": true, "job_id"}`: the job is queued again',
+                "content": JSON_OBJECT,
+            },
+            410: {
+                **errors(410)[410],
+                "description": "the lease is unknown or expired (its job was requeued)",
+            },
+            **errors(422),
+        },
+    )
+    async def release(lease_id: str) -> JSONResponse:
+        """A stopping worker gives its job back: queued again at once, that start not
+        counted in ``attempts``; a later result under this lease is refused (409)."""
+        try:
+            job_id = await remote().release(lease_id)
+        except LeaseLost as exc:
+            return JSONResponse({"error": str(exc)}, 410)
+        return JSONResponse({"released": True, "job_id": job_id})
 
     @router.post("/leases/{lease_id}/result", responses=errors(400, 409, 413, 422))
     async def result(lease_id: str, res: LeaseResult) -> JSONResponse:

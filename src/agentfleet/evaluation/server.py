@@ -13,7 +13,7 @@ Endpoints (JSON; every error is ``{"error": "..."}`` with a fitting status):
 - ``GET /evaluations/{job_id}?wait=SECONDS`` (0..60) long-polls until the job is done or
   failed -> ``{"job_id", "status", "reward", "speedup", "info", "error"}``.
 - ``POST /evaluate`` the blocking form for old clients -> ``{"reward", "speedup", "info"}``.
-- ``POST /workers/lease``, ``POST /workers/leases/{id}/heartbeat|result``: remote workers
+- ``POST /workers/lease``, ``POST /workers/leases/{id}/heartbeat|release|result``: remote workers
   (``agentfleet eval-worker``, Ray actors) lease jobs from the same queue
   (:mod:`~agentfleet.evaluation.remote`).
 - ``GET /healthz`` (never needs the token), ``GET /metrics`` (Prometheus text),

@@ -185,13 +185,14 @@ class JobStore:
         )
         return len(list(rows)) == 1
 
-    async def release(self, job_id: str, lease: str) -> bool:
-        """A running job whose ``lease`` expired -> ``queued``, no lease: a late result of
-        that lease is refused. False if the job is no longer held by ``lease``."""
+    async def release(self, job_id: str, lease: str, *, counted: bool = True) -> bool:
+        """A running job whose ``lease`` expired (or was handed back) -> ``queued``, no
+        lease: a late result of that lease is refused. ``counted=False`` takes that start
+        off ``attempts``. False if the job is no longer held by ``lease``."""
         rows = await self.db.execute_fetchall(
-            "UPDATE jobs SET status = ?, lease = NULL "
+            "UPDATE jobs SET status = ?, lease = NULL, attempts = attempts - ? "
             "WHERE id = ? AND status = ? AND lease = ? RETURNING id",
-            (QUEUED, job_id, RUNNING, lease),
+            (QUEUED, 0 if counted else 1, job_id, RUNNING, lease),
         )
         return len(list(rows)) == 1
 

@@ -6,8 +6,10 @@ remote`).
 sandboxes, on its own CPU set (:data:`~agentfleet.evaluation.pinning.worker_cpus`),
 heartbeat meanwhile, post the result. A heartbeat answered 410 (the lease expired, the job
 went back to the queue) cancels the evaluation; a result answered 409 was refused (the
-job is someone else's now) and is dropped. :class:`WorkerEvaluators` builds the evaluator
-a lease asks for (the server's settings) over one set of sandboxes.
+job is someone else's now) and is dropped. Cancelled (SIGINT / SIGTERM, ``ray.cancel``)
+mid-evaluation, it lets the evaluation unwind and hands its lease back, so the job is
+queued again at once rather than after the lease's TTL. :class:`WorkerEvaluators` builds
+the evaluator a lease asks for (the server's settings) over one set of sandboxes.
 """
 
 from __future__ import annotations
@@ -38,6 +40,15 @@ log = logging.getLogger("agentfleet.evaluation.worker")
 DEFAULT_LEASE_WAIT_S = 20.0
 _Outcome = tuple[str, dict[str, Any], str | None, float]  # status, result, error, elapsed
 RETRY_S = (0.5, 1.0, 2.0, 5.0)  # back-off while the server cannot be reached
+UNWIND_S = 30.0  # a stopping worker waits this long for its evaluation to unwind
+RELEASE_S = 5.0  # ...and this long for the server to take its lease back
+
+
+async def _cancelled(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` and wait for it to end."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 class WorkerEvaluators:
@@ -133,6 +144,7 @@ class EvalWorker:
         self.wait_s = wait_s
         self.done = 0  # results stored
         self.refused = 0  # results the server refused (lease expired)
+        self.released = 0  # leases handed back on a stop
         self.current: str | None = None  # the job being evaluated
 
     def _pool(self) -> HttpPool:
@@ -193,14 +205,16 @@ class EvalWorker:
         try:
             status, result, error, elapsed = await work
         except asyncio.CancelledError:
-            if not lost.is_set():
-                raise  # we are stopping: the lease lapses, the job runs again elsewhere
+            if not lost.is_set():  # we are stopping: unwind, then hand the job back
+                await _cancelled(beat)
+                work.cancel()
+                await asyncio.wait([work], timeout=UNWIND_S)  # its sandboxes deleted
+                await self._release(lease_id, job_id)
+                raise
             log.warning("worker %s: job %s lost its lease; dropped", self.name, job_id)
             return
         finally:
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
+            await _cancelled(beat)
             self.current = None
         body = {**result, "status": status, "error": error, "elapsed_s": elapsed}
         resp = await self._post(f"/workers/leases/{lease_id}/result", body)
@@ -210,6 +224,21 @@ class EvalWorker:
             return
         resp.raise_for_status()
         self.done += 1
+
+    async def _release(self, lease_id: str, job_id: str) -> None:
+        """Hand the lease back so the job is queued again at once (not after the lease's
+        TTL); a server that does not answer within ``RELEASE_S`` lets it lapse instead."""
+        try:
+            async with asyncio.timeout(RELEASE_S):
+                resp = await self._post(f"/workers/leases/{lease_id}/release", {})
+        except (HttpError, OSError, TimeoutError) as exc:
+            log.warning("worker %s: job %s not handed back (%s)", self.name, job_id, exc)
+            return
+        if resp.status == 200:
+            self.released += 1
+            log.info("worker %s: stopping; job %s handed back", self.name, job_id)
+        else:
+            log.warning("worker %s: handing back job %s: HTTP %d", self.name, job_id, resp.status)
 
     async def _outcome(
         self, lease: dict[str, Any]

@@ -1,7 +1,7 @@
 """``agentfleet eval-worker``: a remote evaluation worker on this machine (mounted by the
 main command). It leases jobs from an evaluation server and runs them in its own
-sandboxes, on its own CPUs; SIGINT / SIGTERM stop it (its lease lapses and the job runs
-again elsewhere)."""
+sandboxes, on its own CPUs; SIGINT / SIGTERM stop it (the running evaluation is
+cancelled and its lease handed back: the job is queued again at once)."""
 
 from __future__ import annotations
 

@@ -146,17 +146,7 @@ async def _try_task(
             log.warning("task %s: %s", task.id, exc)
             outcome.error = outcome.error or str(exc)
         stage[task.id] = "eval"
-        reward, speedup, einfo = await evaluate_info(
-            exit_status=outcome.exit_status,
-            result=patch,
-            container_id=sandbox_id,
-            instance_id=task.id,
-            dataset_name=cfg.dataset,
-            split=cfg.split,
-            eval_server_url=eval_url,
-        )
-        outcome.reward, outcome.speedup, outcome.info = reward, speedup, einfo
-        transient = transient_evaluation(einfo)
+        transient = await _evaluate(outcome, task, cfg, eval_url, patch, sandbox_id)
     except Exception as exc:  # one agent's failure must not stop the fleet
         log.exception("task %s failed", task.id)
         outcome.error = f"{type(exc).__name__}: {exc}"
@@ -172,6 +162,31 @@ async def _try_task(
     return _Try(outcome, messages, model, patch, transient, result)
 
 
+async def _evaluate(
+    outcome: TaskOutcome,
+    task: Task,
+    cfg: FleetConfig,
+    eval_url: str,
+    patch: str,
+    container_id: str | None,
+) -> bool:
+    """Evaluate ``patch`` into ``outcome`` (reward, speedup, info); True when the job
+    failed on a transport fault, so another try of the task may help
+    (:func:`transient_evaluation`)."""
+    reward, speedup, einfo = await evaluate_info(
+        exit_status=outcome.exit_status,
+        result=patch,
+        container_id=container_id,
+        instance_id=task.id,
+        dataset_name=cfg.dataset,
+        split=cfg.split,
+        eval_server_url=eval_url,
+        token=cfg.eval_token,
+    )
+    outcome.reward, outcome.speedup, outcome.info = reward, speedup, einfo
+    return transient_evaluation(einfo)
+
+
 async def _try_prediction(task: Task, cfg: FleetConfig, eval_url: str) -> _Try:
     """``eval preds``: the task's predicted patch evaluated as it is, no sandbox, no agent."""
     assert cfg.predictions is not None
@@ -181,17 +196,7 @@ async def _try_prediction(task: Task, cfg: FleetConfig, eval_url: str) -> _Try:
     outcome = TaskOutcome(task.id, "Submitted" if patch is not None else "NoPatch")
     transient = False
     try:
-        reward, speedup, einfo = await evaluate_info(
-            exit_status=outcome.exit_status,
-            result=patch or "",
-            container_id=None,
-            instance_id=task.id,
-            dataset_name=cfg.dataset,
-            split=cfg.split,
-            eval_server_url=eval_url,
-        )
-        outcome.reward, outcome.speedup, outcome.info = reward, speedup, einfo
-        transient = transient_evaluation(einfo)
+        transient = await _evaluate(outcome, task, cfg, eval_url, patch or "", None)
     except Exception as exc:
         log.exception("task %s: evaluation failed", task.id)
         outcome.error = f"{type(exc).__name__}: {exc}"

@@ -10,6 +10,7 @@ from typing import Any
 
 from agentfleet.agent import AgentConfig
 from agentfleet.fleet.attempts import DEFAULT_TASK_ATTEMPTS
+from agentfleet.fleet.image_options import saved_image_options
 from agentfleet.http import HttpPool, PoolLimits, preset_for_fleet, resolve_limits
 from agentfleet.models import ModelSpec
 from agentfleet.models.pricing import RunBudget
@@ -17,6 +18,8 @@ from agentfleet.sandbox.base import DEFAULT_TTL_S
 from agentfleet.sandbox.image_box import ImageNaming, PullPolicy
 from agentfleet.tasks import DEFAULT_DATASET, DEFAULT_SPLIT, Task, load_dataset
 from agentfleet.tasks.defaults import DEFAULT_EVAL_REPEATS
+
+RAY_EVAL = ("actors", "shards")  # where a Ray run's embedded evaluations run (ray_eval.py)
 
 
 @dataclass
@@ -31,6 +34,7 @@ class FleetConfig:
     sandbox_url: str | None = None
     sandbox_token: str | None = field(default=None, repr=False)  # None: $AGENTFLEET_SANDBOX_TOKEN
     eval_url: str | None = None
+    eval_token: str | None = field(default=None, repr=False)  # None: $AGENTFLEET_EVAL_TOKEN
     sandbox_ttl_s: float = DEFAULT_TTL_S
     sandbox_root: Path | None = None  # embedded process backend's folder
     eval_workers: int | None = None
@@ -76,6 +80,29 @@ def run_budget(cfg: FleetConfig) -> RunBudget | None:
     return cfg.budget
 
 
+def ray_eval_mode(asked: str | None, cfg: FleetConfig) -> str:
+    """Where a Ray run's embedded evaluations run (``--ray-eval``): ``actors``, Ray
+    evaluation actors (one per CPU of the cluster) leasing from one evaluation server in
+    the driver; ``shards``, an evaluation server with local workers in each shard. Default
+    ``actors``, but ``shards`` for image tasks (docker sandboxes: the actors time in process
+    sandboxes) and ``shards`` (unused) with ``--eval-url``. ``ValueError`` on a combination
+    that cannot work."""
+    if asked is not None and asked not in RAY_EVAL:
+        raise ValueError(f"--ray-eval {asked!r}: actors or shards")
+    if cfg.eval_url is not None:
+        if asked is not None:
+            raise ValueError("--ray-eval is for embedded evaluations: not with --eval-url")
+        return "shards"
+    if cfg.sandbox_backend == "docker":
+        if asked == "actors":
+            raise ValueError(
+                "--ray-eval actors times in process sandboxes; image tasks (docker) need "
+                "--ray-eval shards or an --eval-url"
+            )
+        return "shards"
+    return asked or "actors"
+
+
 def select_tasks(cfg: FleetConfig) -> list[Task]:
     dataset = load_dataset(cfg.dataset)
     tasks = dataset.tasks(cfg.split)
@@ -106,6 +133,7 @@ def run_config(cfg: FleetConfig, all_ids: list[str], todo: list[str]) -> dict[st
         "cost_limit": cfg.agent.cost_limit,
         "run_cost_limit": cfg.agent.run_cost_limit,
         "tasks": all_ids,
+        **saved_image_options(cfg.sandbox_backend, cfg.image_naming, cfg.pull),
         "invocations": [
             {
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -7,7 +7,8 @@ the process backend is refused before anything starts.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,11 +29,19 @@ class RunAsked(Protocol):
     pull: str | None
 
 
-def image_options(req: RunAsked, tasks: Sequence[Task]) -> dict[str, Any]:
-    """``FleetConfig``'s ``sandbox_backend``, ``image_naming`` and ``pull``;
+def image_options(
+    req: RunAsked, tasks: Sequence[Task], saved: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """``FleetConfig``'s ``sandbox_backend``, ``image_naming`` and ``pull``: as asked, else
+    as a resumed run's ``saved`` config (:func:`saved_image_options`) recorded them;
     ``ValueError`` with the user's message on a combination that cannot work."""
+    saved = saved or {}
     images = [t for t in tasks if t.is_image_task]
-    asked = req.sandbox_backend or (req.backend if req.backend in SANDBOX_BACKENDS else None)
+    asked = (
+        req.sandbox_backend
+        or (req.backend if req.backend in SANDBOX_BACKENDS else None)
+        or _saved_str(saved, "sandbox_backend")
+    )
     backend = asked or ("docker" if images else "process")
     if backend not in SANDBOX_BACKENDS:
         raise ValueError(f"--sandbox-backend {backend!r}: process or docker")
@@ -42,18 +51,37 @@ def image_options(req: RunAsked, tasks: Sequence[Task]) -> dict[str, Any]:
             f"{images[0].image}): they need the docker sandbox backend "
             f"(--sandbox-backend docker, their default), not {backend}"
         )
-    pull = req.pull or "missing"
+    pull = req.pull or _saved_str(saved, "pull") or "missing"
     if pull not in PULL_POLICIES:
         raise ValueError(f"--pull {pull!r}: one of {', '.join(PULL_POLICIES)}")
-    image_map = _read_map(req.image_map) if req.image_map is not None else {}
     given = req.image_map is not None or req.registry_prefix or req.pull
     if given and not images:
         raise ValueError("--image-map, --registry-prefix and --pull are for image tasks only")
+    if req.image_map is not None:
+        image_map = _read_map(req.image_map)
+    else:  # the map itself is saved, not its path: the file may have moved since
+        image_map = load_image_map(json.dumps(saved.get("image_map") or {}), "of the resumed run")
+    prefix = req.registry_prefix or _saved_str(saved, "registry_prefix") or ""
     return {
         "sandbox_backend": backend,
-        "image_naming": ImageNaming(image_map, req.registry_prefix or ""),
+        "image_naming": ImageNaming(image_map, prefix),
         "pull": pull,
     }
+
+
+def saved_image_options(sandbox_backend: str, naming: ImageNaming, pull: str) -> dict[str, Any]:
+    """What ``config.json`` records of :func:`image_options` for ``--resume``."""
+    return {
+        "sandbox_backend": sandbox_backend,
+        "image_map": dict(naming.image_map),
+        "registry_prefix": naming.registry_prefix,
+        "pull": pull,
+    }
+
+
+def _saved_str(saved: Mapping[str, Any], key: str) -> str | None:
+    value = saved.get(key)
+    return value if isinstance(value, str) and value else None
 
 
 def _read_map(path: Path) -> dict[str, str]:

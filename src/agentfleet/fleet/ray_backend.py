@@ -14,6 +14,10 @@ so resume and report work as for a local run (``cfg.resume`` is applied here, as
 The driver keeps a work queue and gives each actor at most its share of ``cfg.workers``
 tasks at once, so a slow shard never holds tasks another one could run.
 
+Evaluations: by default (``eval_on="actors"``) the driver serves one evaluation server
+whose jobs Ray evaluation actors run, one per CPU of the cluster
+(:mod:`~agentfleet.fleet.ray_eval`); ``"shards"``: each actor embeds its own.
+
 Failures: a task whose actor dies (``RayActorError``) is queued again and runs on another
 actor (a replacement actor is started, up to ``max_actor_restarts`` times). On Ctrl-C or
 SIGTERM (the driver's loop runs under :func:`~agentfleet.serving.run_async`), or any other
@@ -28,13 +32,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import os
 import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,7 +47,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from agentfleet.fleet.config import FleetConfig, run_config
+from agentfleet.fleet.config import FleetConfig, ray_eval_mode, run_config
 from agentfleet.fleet.monitor import FleetMonitor
 from agentfleet.fleet.outcome import Listener, TaskOutcome
 from agentfleet.fleet.ray_actor import ACTOR_ENV, FleetShard
@@ -263,6 +268,7 @@ def run_fleet_ray(
     shards: int,
     address: str | None = None,
     sandbox_urls: list[str] | None = None,
+    eval_on: str | None = None,
     listener: Listener | None = None,
     monitor: FleetMonitor | None = None,
     actor_hook: ActorHook | None = None,
@@ -288,7 +294,15 @@ def run_fleet_ray(
         address: ``"auto"``, ``"ray://head:10001"``, ``"host:6379"`` or ``None``.
         sandbox_urls: sandbox servers; actor ``i`` uses ``sandbox_urls[i % len]``. ``None``:
             ``cfg.sandbox_url`` if set, else each actor embeds one on its node.
-            ``cfg.eval_url``: a shared evaluation server; ``None``: one embedded per actor.
+            ``cfg.eval_url``: a shared evaluation server; ``None``: see ``eval_on``.
+        eval_on: where embedded evaluations run (``cfg.eval_url`` is None): ``"actors"``,
+            one evaluation server in the driver whose jobs Ray evaluation actors run, one
+            per CPU of the cluster (``cfg.eval_workers`` of them if set), each pinned to
+            a CPU of its node (:mod:`~agentfleet.fleet.ray_eval`); ``"shards"``, one
+            embedded per shard, with local workers on the shard's node. ``None``:
+            :func:`~agentfleet.fleet.config.ray_eval_mode`'s default (actors, but shards
+            for image tasks); ``ValueError`` with ``cfg.eval_url`` or a combination that
+            cannot work.
         listener: ``listener(event, task, outcome)`` with ``"start"`` / ``"done"``, as for
             the local backend (called on the driver).
         monitor: live state for a dashboard (totals, running, results), as ``run_fleet``.
@@ -313,10 +327,14 @@ def run_fleet_ray(
         raise ValueError("shards must be at least 1")
     if sandbox_urls is not None and not sandbox_urls:
         raise ValueError("sandbox_urls is empty")
+    eval_on = ray_eval_mode(eval_on, cfg)
+    actors_eval = eval_on == "actors" and cfg.eval_url is None
     run = plan if plan is not None else plan_run(cfg)
     tasks = run.tasks
     config = {**run_config(cfg, run.all_ids, [t.id for t in tasks]), "backend": "ray"}
     config["shards"] = shards
+    if cfg.eval_url is None:
+        config["ray_eval"] = eval_on
     if monitor is not None:
         monitor.total, monitor.skipped = len(tasks), run.skipped
         monitor.started_at = time.monotonic()
@@ -332,25 +350,35 @@ def run_fleet_ray(
         with _keep_sigterm_handler():
             ray.init(address=address, **kwargs)
         started_ray = True
+    drive = functools.partial(
+        _drive,
+        tasks=tasks,
+        config=config,
+        shards=shards,
+        sandbox_urls=sandbox_urls,
+        listener=listener,
+        actor_hook=actor_hook,
+        actor_options=dict(actor_options or {}),
+        max_actor_restarts=shards if max_actor_restarts is None else max_actor_restarts,
+        max_task_attempts=max_task_attempts,
+        shutdown_timeout_s=shutdown_timeout_s,
+    )
     try:
-        return run_async(
-            _drive(
-                cfg,
-                tasks,
-                config,
-                shards=shards,
-                sandbox_urls=sandbox_urls,
-                listener=listener,
-                actor_hook=actor_hook,
-                actor_options=dict(actor_options or {}),
-                max_actor_restarts=shards if max_actor_restarts is None else max_actor_restarts,
-                max_task_attempts=max_task_attempts,
-                shutdown_timeout_s=shutdown_timeout_s,
-            )
-        )
+        return run_async(_drive_on_actors(cfg, drive) if actors_eval else drive(cfg))
     finally:
         if started_ray:
             ray.shutdown()
+
+
+async def _drive_on_actors(
+    cfg: FleetConfig, drive: Callable[[FleetConfig], Awaitable[list[TaskOutcome]]]
+) -> list[TaskOutcome]:
+    """``drive`` with the driver's evaluation server and its Ray evaluation actors."""
+    from agentfleet.fleet.ray_eval import driver_evaluation
+
+    async with driver_evaluation(cfg) as ev:
+        log.info("evaluation %s: %d Ray evaluation actors", ev.url, len(ev.actors))
+        return await drive(dataclasses.replace(cfg, eval_url=ev.url, eval_token=ev.token))
 
 
 @contextmanager

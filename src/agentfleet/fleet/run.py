@@ -24,7 +24,7 @@ from typing import Any
 
 from agentfleet.agent import AgentConfig
 from agentfleet.fleet.attempts import DEFAULT_TASK_ATTEMPTS
-from agentfleet.fleet.config import FleetConfig
+from agentfleet.fleet.config import FleetConfig, ray_eval_mode
 from agentfleet.fleet.image_options import SANDBOX_BACKENDS, image_options
 from agentfleet.fleet.monitor import FleetMonitor
 from agentfleet.fleet.outcome import Listener, TaskOutcome
@@ -39,7 +39,14 @@ from agentfleet.tasks import DEFAULT_DATASET, DEFAULT_SPLIT, load_dataset
 from agentfleet.tasks.defaults import DEFAULT_EVAL_REPEATS
 from agentfleet.tasks.task import RowsDataset
 
-__all__ = ["DEFAULT_SHARDS", "RayOptions", "RunRequest", "RunResult", "build_config", "run"]
+__all__ = [
+    "DEFAULT_SHARDS",
+    "RayOptions",
+    "RunRequest",
+    "RunResult",
+    "build_config",
+    "run",
+]
 
 DEFAULT_SHARDS = 2  # Ray actors of a run
 
@@ -70,6 +77,7 @@ class RayOptions:
     shards: int = DEFAULT_SHARDS
     address: str | None = None
     sandbox_urls: list[str] | None = None
+    eval_on: str | None = None  # actors | shards (None: fleet.config.ray_eval_mode's)
 
 
 @dataclass
@@ -104,6 +112,7 @@ class RunRequest:
     backend: str = "local"
     ray_address: str | None = None
     shards: int | None = None
+    ray_eval: str | None = None  # actors | shards (None: ray_eval_mode's default)
     # image tasks (real benchmarks): the embedded sandbox backend and image options
     sandbox_backend: str | None = None  # None: docker for image tasks, else process
     image_map: Path | None = None
@@ -145,7 +154,7 @@ def build_config(req: RunRequest) -> tuple[FleetConfig, RayOptions | None]:
     # rows of a real benchmark are in memory; folder tasks naming an image need
     # --sandbox-backend docker (reading every task.yaml here would block a caller's loop)
     rows = dataset.tasks(s["split"]) if isinstance(dataset, RowsDataset) else []
-    images = image_options(req, rows)  # before Ray: a clearer error
+    images = image_options(req, rows, saved)  # before Ray: a clearer error
     ray = _ray_options(req)
     spec = ModelSpec(s["model"], url=s["model_url"], delay_s=float(s["model_delay"]))
     spec.prepare()
@@ -178,6 +187,9 @@ def build_config(req: RunRequest) -> tuple[FleetConfig, RayOptions | None]:
         mini=mini,
         **images,
     )
+    if ray is not None:
+        ray_eval_mode(req.ray_eval, cfg)  # a bad --ray-eval fails here, before Ray starts
+        ray.eval_on = req.ray_eval
     return cfg, ray
 
 
@@ -208,8 +220,8 @@ def _ray_options(req: RunRequest) -> RayOptions | None:
             raise ValueError(
                 "several --sandbox-url need --backend ray (one sandbox server per actor)"
             )
-        if req.ray_address is not None or req.shards is not None:
-            raise ValueError("--ray-address and --shards need --backend ray")
+        if req.ray_address is not None or req.shards is not None or req.ray_eval is not None:
+            raise ValueError("--ray-address, --shards and --ray-eval need --backend ray")
         return None
     if importlib.util.find_spec("ray") is None:
         raise ValueError("the ray backend needs Ray: pip install 'agentfleet[ray]'")
@@ -259,6 +271,7 @@ def run(
                 shards=ray.shards,
                 address=ray.address,
                 sandbox_urls=ray.sandbox_urls,
+                eval_on=ray.eval_on,
                 listener=listener,
                 monitor=monitor,
                 plan=plan,

@@ -114,6 +114,15 @@ def run(
             min=1, help="with --backend ray: actors the tasks are split over \\[default: 2]"
         ),
     ] = None,
+    ray_eval: Annotated[
+        str | None,
+        typer.Option(
+            help="with --backend ray: where embedded evaluations run: actors (one evaluation "
+            "server in the driver, its jobs timed by Ray actors, one per CPU of the cluster, "
+            "each pinned to it) | shards (a server with local workers in each shard) "
+            "\\[default: actors; shards for image tasks]"
+        ),
+    ] = None,
     eval_url: Annotated[
         str | None, typer.Option(help="evaluation server (default: embedded)")
     ] = None,
@@ -218,6 +227,7 @@ def run(
             backend=backend,
             ray_address=ray_address,
             shards=shards,
+            ray_eval=ray_eval,
             sandbox_backend=sandbox_backend,
             image_map=image_map,
             registry_prefix=registry_prefix,

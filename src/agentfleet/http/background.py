@@ -16,6 +16,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import os
+import sys
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -24,7 +25,7 @@ from agentfleet.http.pool import HttpPool
 
 T = TypeVar("T")
 
-__all__ = ["BackgroundLoop", "background_loop", "run_sync", "shutdown"]
+__all__ = ["BackgroundLoop", "background_loop", "defer", "run_sync", "shutdown"]
 
 
 class BackgroundLoop:
@@ -36,6 +37,7 @@ class BackgroundLoop:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._closed = False
+        self._deferred: set[concurrent.futures.Future[Any]] = set()
         self._thread.start()
         self._ready.wait()
 
@@ -66,6 +68,16 @@ class BackgroundLoop:
             raise RuntimeError(f"{self.name} is closed")
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
+    def defer(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` on the loop without waiting for it (clean-ups from ``__del__``);
+        :meth:`close` waits for what is still running, briefly. Dropped once closed."""
+        try:
+            future = self.submit(coro)
+        except RuntimeError:
+            return
+        self._deferred.add(future)
+        future.add_done_callback(self._deferred.discard)
+
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the loop and wait for its result (from any other thread).
         An interrupted wait (Ctrl-C, ``timeout``) cancels the coroutine."""
@@ -88,6 +100,7 @@ class BackgroundLoop:
         if self._closed:
             return
         if not self.in_loop_thread():
+            concurrent.futures.wait(list(self._deferred), timeout)
             try:
                 self.run(_close_pool(), timeout)
             except Exception:  # closing at exit: nothing more to do about it
@@ -108,6 +121,7 @@ async def _close_pool() -> None:
 
 _lock = threading.Lock()
 _current: tuple[int, BackgroundLoop] | None = None  # (pid that started it, the loop)
+_exiting = False  # set at interpreter exit: no loop is started any more for defer()
 
 
 def background_loop() -> BackgroundLoop:
@@ -139,6 +153,21 @@ def run_sync(
     return background_loop().run(coro, timeout)
 
 
+def defer(coro: Coroutine[Any, Any, Any]) -> None:
+    """Run ``coro`` on the background loop without waiting (:meth:`BackgroundLoop.defer`);
+    dropped at interpreter exit, when no loop may start any more."""
+    if _exiting or sys.is_finalizing():
+        coro.close()
+        return
+    background_loop().defer(coro)
+
+
+def _at_exit() -> None:
+    global _exiting
+    _exiting = True
+    shutdown()
+
+
 def shutdown() -> None:
     """Close the background loop and its pool, if one was started in this process."""
     global _current
@@ -148,4 +177,4 @@ def shutdown() -> None:
         current[1].close()
 
 
-atexit.register(shutdown)
+atexit.register(_at_exit)

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from agentfleet.http.background import run_sync
+from agentfleet.http.background import defer, run_sync
 from agentfleet.models.offline import SUBMIT_SENTINEL
 from agentfleet.sandbox.base import CreateSandbox, ExecResult, Sandboxes
 
@@ -111,6 +111,7 @@ class RemoteDockerEnvironment:
         )
         self.base_url = base_url
         self.sandboxes = _make_sandboxes(base_url, sandboxes, token)
+        self._own_client = sandboxes is None  # a client of any loop: __del__ may use it
         self.owns_sandbox = owns_sandbox
         self.workdir: str | None = None
         self.last_result: ExecResult | None = None
@@ -282,6 +283,19 @@ class RemoteDockerEnvironment:
         """Delete the sandbox if this environment created it."""
         if self.owns_sandbox and not self._deleted:
             self._run_sync(self.acleanup(), "cleanup", "acleanup")
+
+    def __del__(self) -> None:
+        """An owned sandbox nobody cleaned up (mini-swe-agent's batch runner never calls
+        ``cleanup``) is deleted when the environment goes, as mini-swe-agent's own
+        DockerEnvironment does: on the background loop, never waited for here."""
+        if (
+            getattr(self, "_own_client", False)
+            and self.owns_sandbox
+            and not self._deleted
+            and self.config.sandbox_id
+        ):
+            self._deleted = True
+            defer(self.sandboxes.delete(self.config.sandbox_id))
 
     def close(self) -> None:
         """Nothing to close: the HTTP pool is the background loop's (kept for 1.x code)."""

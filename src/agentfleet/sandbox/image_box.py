@@ -133,10 +133,18 @@ def no_repo_error(source: ImageSource, output: str) -> SandboxError:
     )
 
 
+# The image's HEAD is the baseline. Files the image holds untracked and not ignored (build
+# output of a repo whose .gitignore misses it) were not the agent's: they go into
+# .git/info/exclude, anchored and glob-escaped, so no diff carries them (a patch adding
+# them could not apply to the same image). Names git would C-quote are left as they are.
 BASE_SCRIPT = (
     "git rev-parse -q --verify HEAD >/dev/null || "
     "{ echo 'the workdir has no git commit' >&2; exit 1; }; "
-    f"git update-ref {BASE_REF} HEAD"
+    f"git update-ref {BASE_REF} HEAD && "
+    'ex=$(git rev-parse --git-path info/exclude) && mkdir -p "$(dirname "$ex")" && '
+    "git -c core.quotePath=false ls-files --others --exclude-standard | "
+    r"""{ grep -v '^"' || true; } | sed -e 's/[][*?\\]/\\&/g' -e 's/ $/\\ /' -e 's|^|/|' """
+    '>> "$ex"'
 )
 
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
+from agentfleet.tasks.model import Benchmark, Task
+
 Row = dict[str, Any]
+WORKDIR = "/testbed"  # where every benchmark's image holds the repository
 
 # SWE-bench's own fields, shared by SWE-Perf and SWE-fficiency rows
 SWE_BENCH_FIELDS = frozenset(
@@ -95,3 +99,35 @@ def heredoc_python(script: str, tag: str, args: str = "") -> str:
 def test_paths(node_ids: Iterable[str]) -> list[str]:
     """The files of pytest node ids (``tests/test_x.py::test_y`` -> ``tests/test_x.py``)."""
     return list(dict.fromkeys(n.split("::", 1)[0] for n in node_ids if n))
+
+
+def image_task(
+    row: Row,
+    iid: str,
+    dataset: str,
+    where: Path,
+    *,
+    benchmark: Benchmark,
+    image: str,
+    env_activate: str,
+    gold: str,
+    fields: dict[str, Any],
+    **task: Any,
+) -> Task:
+    """A row's task with what every benchmark's shares: the id, the image (``image``: the
+    benchmark's naming rule, :func:`pick_image`), ``/testbed``, the gold patch, the repo
+    and base commit among ``benchmark_fields`` (before ``fields``); ``task``: the rest."""
+    task.setdefault("title", str(row["repo"]))
+    return Task(
+        id=iid,
+        dataset=dataset,
+        kind=benchmark,
+        task_dir=where,
+        image=pick_image(row, image),
+        workdir=WORKDIR,
+        env_activate=env_activate,
+        gold_patch=gold,
+        benchmark=benchmark,
+        benchmark_fields={"repo": row["repo"], "base_commit": row["base_commit"], **fields},
+        **task,
+    )

@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Final
 
 from agentfleet.tasks.model import Task
-from agentfleet.tasks.profiles.common import Row, as_list, check_fields, heredoc_python, pick_image
+from agentfleet.tasks.profiles.common import (
+    WORKDIR,
+    Row,
+    as_list,
+    check_fields,
+    heredoc_python,
+    image_task,
+)
 
 BENCHMARK: Final = "gso"
 REQUIRED = ("instance_id", "repo", "base_commit", "opt_commit", "gt_diff", "prob_script", "tests")
@@ -59,30 +66,27 @@ def gso_task(row: Row, dataset: str, where: Path) -> Task:
     workload = "\n".join(
         heredoc_python(script, f"AGENTFLEET_GSO_TEST_{i}") for i, script in enumerate(tests)
     )
-    return Task(
-        id=iid,
-        dataset=dataset,
+    return image_task(
+        row,
+        iid,
+        dataset,
+        where,
+        benchmark=BENCHMARK,
         title=f"{row['repo']}: {api}" if api else str(row["repo"]),
-        kind="gso",
         prompt=PROMPT.format(
             repo=row["repo"],
-            workdir="/testbed",
+            workdir=WORKDIR,
             api_line=f"`{api}` " if api else "",
             prob_script=str(row["prob_script"]).rstrip(),
         ),
         test_cmd="true",  # GSO's correctness: the tests' own equivalence check
         workload_cmd=workload,
-        task_dir=where,
-        image=pick_image(row, gso_image(iid, _ARCH.get(str(row.get("arch") or "")))),
-        workdir="/testbed",
+        image=gso_image(iid, _ARCH.get(str(row.get("arch") or ""))),
         env_activate=VENV,
         rebuild_cmd="\n".join(install),
         workload_parser="gso",
-        gold_patch=str(row["gt_diff"]),
-        benchmark=BENCHMARK,
-        benchmark_fields={
-            "repo": row["repo"],
-            "base_commit": row["base_commit"],
+        gold=str(row["gt_diff"]),
+        fields={
             "opt_commit": row["opt_commit"],
             "tests": tests,
             "api": api,

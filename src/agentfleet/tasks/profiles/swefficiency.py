@@ -16,11 +16,12 @@ from agentfleet.tasks.model import Task
 from agentfleet.tasks.profiles.common import (
     CONDA_TESTBED,
     SWE_BENCH_FIELDS,
+    WORKDIR,
     Row,
     as_list,
     check_fields,
     heredoc_python,
-    pick_image,
+    image_task,
     swebench_image,
     test_paths,
 )
@@ -50,28 +51,24 @@ def swefficiency_task(row: Row, dataset: str, where: Path) -> Task:
     covering = as_list(row, "covering_tests", iid, BENCHMARK)
     test_cmd = str(row.get("test_cmd") or "python -m pytest -p no:cacheprovider -q")
     speedup = row.get("speedup")
-    return Task(
-        id=iid,
-        dataset=dataset,
-        title=str(row["repo"]),
-        kind="swefficiency",
+    return image_task(
+        row,
+        iid,
+        dataset,
+        where,
+        benchmark=BENCHMARK,
         prompt=PROMPT.format(
-            repo=row["repo"], workdir="/testbed", workload=str(row["workload"]).rstrip()
+            repo=row["repo"], workdir=WORKDIR, workload=str(row["workload"]).rstrip()
         ),
         test_cmd=" ".join([test_cmd, *(shlex.quote(t) for t in covering)]),
         workload_cmd=heredoc_python(str(row["workload"]), "AGENTFLEET_WORKLOAD"),
         test_files=test_paths(covering),
-        task_dir=where,
-        image=pick_image(row, swebench_image(iid)),
-        workdir="/testbed",
+        image=swebench_image(iid),
         env_activate=CONDA_TESTBED,
         rebuild_cmd=str(row.get("rebuild_cmd") or ""),
         workload_parser="mean",
-        gold_patch=str(row["patch"]),
-        benchmark=BENCHMARK,
-        benchmark_fields={
-            "repo": row["repo"],
-            "base_commit": row["base_commit"],
+        gold=str(row["patch"]),
+        fields={
             "covering_tests": covering,
             "PASS_TO_PASS": as_list(row, "PASS_TO_PASS", iid, BENCHMARK),
             "speedup": float(speedup) if speedup not in (None, "") else None,

@@ -16,10 +16,11 @@ from agentfleet.tasks.model import Task
 from agentfleet.tasks.profiles.common import (
     CONDA_TESTBED,
     SWE_BENCH_FIELDS,
+    WORKDIR,
     Row,
     as_list,
     check_fields,
-    pick_image,
+    image_task,
     test_paths,
 )
 
@@ -56,27 +57,23 @@ def sweperf_task(row: Row, dataset: str, where: Path) -> Task:
         or row.get("problem_statement_oracle")
         or "Make the code these tests exercise faster."
     )
-    return Task(
-        id=iid,
-        dataset=dataset,
-        title=str(row["repo"]),
-        kind="swe-perf",
+    return image_task(
+        row,
+        iid,
+        dataset,
+        where,
+        benchmark=BENCHMARK,
         prompt=PROMPT.format(
-            repo=row["repo"], workdir="/testbed", statement=str(statement).strip(), tests=ids
+            repo=row["repo"], workdir=WORKDIR, statement=str(statement).strip(), tests=ids
         ),
         test_cmd=f"{PYTEST} -q {ids}",
         workload_cmd=f"{PYTEST} -vv --durations=0 {ids}",  # -vv: short ones too
         test_files=test_paths(tests),
-        task_dir=where,
-        image=pick_image(row, sweperf_image(iid)),
-        workdir="/testbed",
+        image=sweperf_image(iid),
         env_activate=CONDA_TESTBED,
         workload_parser="pytest",
-        gold_patch=str(row["patch"]),
-        benchmark=BENCHMARK,
-        benchmark_fields={
-            "repo": row["repo"],
-            "base_commit": row["base_commit"],
+        gold=str(row["patch"]),
+        fields={
             "efficiency_test": tests,
             "duration_changes": row.get("duration_changes"),
             "test_patch": row.get("test_patch") or "",
