@@ -25,6 +25,7 @@ from typing import Any
 from agentfleet.evaluation import image_eval
 from agentfleet.evaluation.config import EvalConfig
 from agentfleet.evaluation.eval_pool import SandboxPool as _Pool
+from agentfleet.evaluation.eval_pool import job_label
 from agentfleet.evaluation.patches import (
     BadSubmission,
     apply_patch,
@@ -262,7 +263,7 @@ class Evaluator:
         create = CreateSandbox(
             task_id=task.id,
             dataset=dataset,
-            run="evaluation",
+            run=job_label.get(),
             memory_mb=cfg.memory_mb.get(task.benchmark),
         )
         scored = image_eval.scored_by_benchmark(task)  # a real benchmark: the gold is timed

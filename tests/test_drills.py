@@ -1,0 +1,351 @@
+"""SIGKILL drills (issue 14): each server of a fleet SIGKILLed mid-run and started again on
+the same port with the same state, and the runner SIGKILLed and resumed. Every task ends
+exactly once in the run folder's results, every evaluation job has one stored result, and
+nothing is left: no sandbox on the server, no sandbox folder, no sandbox process.
+
+Real subprocesses of the project's own commands: ``serve-sandbox`` (process backend),
+``serve-eval`` (a SQLite job file), ``mock-llm`` (answers like the oracle) and ``agentfleet
+run`` on the 8 tasks of perf-lite/test. Each kill waits for a condition (commands running in
+sandboxes, jobs queued and running, a model call in flight, results written), never for a
+fixed time; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psutil
+import pytest
+import requests
+from conftest import sandbox_processes
+from test_cli_servers import AGENTFLEET, free_port, wait_healthy
+from test_exec_guard import _guards_of
+from test_faults import job_rows
+
+from agentfleet.sandbox.folders import MARKER
+from agentfleet.tasks import load_dataset
+
+pytestmark = pytest.mark.slow
+
+TASKS = load_dataset("perf-lite").task_ids("test")
+T = TypeVar("T")
+
+
+def wait_for(what: str, check: Callable[[], T], timeout: float = 120) -> T:
+    """Poll ``check`` until it returns something true (returned); fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.05)
+
+
+class Command:
+    """One ``agentfleet`` command as a subprocess, its output appended to a log file: started,
+    SIGKILLed and started again with the same arguments (a server: on the same port)."""
+
+    def __init__(self, log: Path, *args: str, port: int | None = None) -> None:
+        self.args = [AGENTFLEET, *args, *(["--port", str(port)] if port else [])]
+        self.url = f"http://127.0.0.1:{port}" if port else ""
+        self.log = log
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> Command:
+        with self.log.open("a") as out:
+            self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT, text=True)
+        return self
+
+    def healthy(self) -> Command:
+        assert self.proc is not None
+        wait_healthy(self.url, self.proc, timeout=60)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup of any kind runs."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(30)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{self.args[1]} still running after {timeout:g} s:\n{self.tail()}")
+
+    def stop(self) -> int | None:
+        """SIGINT (the graceful stop), SIGKILL after 30 s; the exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(30)
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+class Fleet:
+    """A sandbox server, an evaluation server using it, the mock LLM, and runs against them."""
+
+    def __init__(self, tmp: Path, llm_latency: float = 0.0) -> None:
+        self.tmp, self.root, self.db = tmp, tmp / "sandboxes", tmp / "jobs.sqlite"
+        self.run_dir = tmp / "run"
+        sp, ep, mp = free_port(), free_port(), free_port()
+        self.sandbox = Command(
+            tmp / "sandbox.log", "serve-sandbox", "--root", str(self.root), port=sp
+        )
+        self.evaluation = Command(
+            tmp / "eval.log",
+            "serve-eval",
+            *("--db", str(self.db), "--sandbox-url", self.sandbox.url),
+            *("--workers", "2", "--repeats", "1"),
+            port=ep,
+        )
+        latency = ["--latency", str(llm_latency)] if llm_latency else []
+        self.llm = Command(tmp / "llm.log", "mock-llm", *latency, port=mp)
+        self.servers = [self.sandbox, self.evaluation, self.llm]
+        self.runs: list[Command] = []
+
+    def start(self) -> None:
+        for server in self.servers:
+            server.start()
+        for server in self.servers:
+            server.healthy()
+
+    def run(self, *extra: str) -> Command:
+        """``agentfleet run`` against the servers (``--resume`` among ``extra``: a resume)."""
+        where = [] if "--resume" in extra else ["--run-dir", str(self.run_dir)]
+        model = [] if "--resume" in extra else ["--model", "openai/mock-oracle"]
+        run = Command(
+            self.tmp / f"run{len(self.runs)}.log",
+            "run",
+            *where,
+            *model,
+            *("--model-url", f"{self.llm.url}/v1"),
+            *("--sandbox-url", self.sandbox.url, "--eval-url", self.evaluation.url),
+            *("--progress", "plain"),
+            *extra,
+        )
+        self.runs.append(run)
+        return run.start()
+
+    def finish(self, run: Command, timeout: float = 240) -> None:
+        assert run.wait(timeout) == 0, run.tail()
+
+    def close(self) -> None:
+        for command in [*self.runs, *self.servers]:
+            command.stop()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    f = Fleet(tmp_path)
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+# what the drills look at --------------------------------------------------------------
+def results(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "results.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def assert_each_task_once_and_solved(run_dir: Path) -> list[dict[str, Any]]:
+    rows = results(run_dir)
+    assert Counter(r["instance_id"] for r in rows) == Counter(TASKS), rows  # once each
+    for r in rows:
+        assert r["exit_status"] == "Submitted" and not r["error"], r
+        assert r["info"].get("status") == "ok" and r["reward"] > 0, r
+    return rows
+
+
+def run_label(folder: Path) -> str:
+    """A sandbox folder's run label (``evaluation:<job id>`` for an evaluation's: as
+    ``evaluation``), "" while its marker is being made or removed."""
+    try:
+        run = str(json.loads((folder / MARKER).read_text()).get("run", ""))
+    except (OSError, ValueError):
+        return ""
+    return "evaluation" if run.startswith("evaluation:") else run
+
+
+def sandbox_runs(root: Path) -> Counter[str]:
+    """Sandbox folders under ``root`` by run label."""
+    return Counter(run_label(f) for f in (root.iterdir() if root.exists() else []))
+
+
+def busy_runs(root: Path) -> set[str]:
+    """The run labels of sandboxes under ``root`` with a command running."""
+    return {run_label(Path(folder)) for folder in sandbox_processes(root)}
+
+
+def jobs(db: Path) -> list[tuple[str, str, int]]:
+    import asyncio
+
+    return asyncio.run(job_rows(db))
+
+
+def alive(pids: list[int]) -> list[int]:
+    out = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.append(pid)
+        except psutil.Error:
+            continue
+    return out
+
+
+def assert_nothing_left(fleet: Fleet) -> None:
+    """The sandbox server (still running) lists no sandbox; its root holds no folder; then,
+    every process stopped, no sandbox process is left."""
+    listed = requests.get(f"{fleet.sandbox.url}/sandboxes", timeout=30).json()
+    assert listed == [], listed
+    assert list(fleet.root.iterdir()) == []
+    fleet.close()
+    assert sandbox_processes(fleet.root) == {}
+    assert list(fleet.root.iterdir()) == []
+
+
+# the drills ---------------------------------------------------------------------------
+def test_sandbox_server_sigkilled_mid_run(fleet: Fleet) -> None:
+    """Killed while evaluations run commands in their sandboxes and the agents hold theirs;
+    started again on the same root: it reaps the dead server's folders and processes, the
+    tasks whose sandboxes were lost start over, each ends once, solved."""
+    fleet.start()
+    run = fleet.run()
+    label = fleet.run_dir.name
+    wait_for(
+        "an evaluation running a command while agents hold sandboxes",
+        lambda: "evaluation" in busy_runs(fleet.root) and sandbox_runs(fleet.root)[label],
+    )
+    guards = _guards_of(fleet.sandbox.pid)
+    left = sandbox_runs(fleet.root)
+    fleet.sandbox.kill()
+    print("sandboxes at the kill:", dict(left), "results:", len(results(fleet.run_dir)))
+    assert len(results(fleet.run_dir)) < len(TASKS)
+    # the exec guard of the killed server killed its commands and exited
+    wait_for("the killed server's commands to die", lambda: not sandbox_processes(fleet.root))
+    wait_for("the killed server's exec guard to exit", lambda: not alive(guards))
+    fleet.sandbox.start().healthy()
+    fleet.finish(run)
+    rows = assert_each_task_once_and_solved(fleet.run_dir)
+    print("task attempts:", {r["instance_id"]: r["attempts"] for r in rows})
+    assert any(r["attempts"] == 2 for r in rows)  # some tries lost their sandbox
+    assert all(status == "done" for _, status, _ in jobs(fleet.db))
+    assert_nothing_left(fleet)
+
+
+def test_eval_server_sigkilled_mid_run(fleet: Fleet) -> None:
+    """Killed with jobs queued and running; started again on the same job file: the running
+    jobs run again, every job ends with one stored result, the runner's waiting clients
+    ride over the restart, each task ends once, solved."""
+    fleet.start()
+    run = fleet.run()
+
+    def queued_and_running() -> list[tuple[str, str, int]] | None:
+        rows = jobs(fleet.db) if fleet.db.exists() else []
+        states = Counter(s for _, s, _ in rows)
+        running = states["running"] and "evaluation" in busy_runs(fleet.root)
+        return rows if running and states["queued"] else None
+
+    at_kill = wait_for("jobs queued, and running commands", queued_and_running)
+    fleet.evaluation.kill()
+    print("jobs at the kill:", at_kill, "sandboxes:", dict(sandbox_runs(fleet.root)))
+    assert sandbox_runs(fleet.root)["evaluation"]  # the killed server's, for the next one
+    fleet.evaluation.start().healthy()
+    fleet.finish(run)
+    rows = assert_each_task_once_and_solved(fleet.run_dir)
+    after = jobs(fleet.db)
+    print("jobs after:", after, "task attempts:", [r["attempts"] for r in rows])
+    assert all(status == "done" for _, status, _ in after), after  # none lost or stuck
+    assert Counter(i for i, _, _ in after) == Counter(TASKS)  # one job per task
+    with_result = _results_stored(fleet.db)
+    assert with_result == len(after)
+    running = {i for i, s, _ in at_kill if s == "running"}
+    assert all(a == 2 for i, _, a in after if i in running)  # started again once
+    assert_nothing_left(fleet)
+
+
+def _results_stored(db: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        (n,) = conn.execute(
+            "SELECT COUNT(*) FROM jobs WHERE result IS NOT NULL AND finished IS NOT NULL"
+        ).fetchone()
+    return int(n)
+
+
+def test_mock_llm_sigkilled_mid_run(tmp_path: Path) -> None:
+    """Killed with model calls in flight: the agents' calls retry until it is back; each
+    task ends once, solved."""
+    fleet = Fleet(tmp_path, llm_latency=0.5)
+    try:
+        fleet.start()
+        run = fleet.run()
+
+        def calls_in_flight() -> dict[str, Any] | None:
+            stats = requests.get(f"{fleet.llm.url}/stats", timeout=10).json()
+            return stats if stats["completions"] >= 4 and stats["in_flight"] else None
+
+        stats = wait_for("model calls in flight", calls_in_flight)
+        fleet.llm.kill()
+        print("mock LLM at the kill:", stats)
+        fleet.llm.start().healthy()
+        fleet.finish(run)
+        assert_each_task_once_and_solved(fleet.run_dir)
+        assert_nothing_left(fleet)
+    finally:
+        fleet.close()
+
+
+def test_runner_sigkilled_then_resumed(fleet: Fleet) -> None:
+    """Killed with results written and agents holding sandboxes; ``run --resume`` runs the
+    rest: each task ends once (none twice, none missing), the killed run's sandboxes are
+    deleted, its evaluation jobs never reach the results."""
+    fleet.start()
+    first = fleet.run()
+    label = fleet.run_dir.name
+    wait_for(
+        "results written while agents hold sandboxes",
+        lambda: len(results(fleet.run_dir)) >= 2 and sandbox_runs(fleet.root)[label],
+    )
+    first.kill()
+    done = {r["instance_id"] for r in results(fleet.run_dir)}
+    print("results at the kill:", sorted(done), "sandboxes:", dict(sandbox_runs(fleet.root)))
+    assert len(done) < len(TASKS)
+    resume = fleet.run("--resume", str(fleet.run_dir))
+    fleet.finish(resume)
+    rows = assert_each_task_once_and_solved(fleet.run_dir)
+    assert {r["instance_id"] for r in rows[: len(done)]} == done  # kept as they were
+    wait_for(
+        "every evaluation job to end",
+        lambda: all(s in ("done", "failed") for _, s, _ in jobs(fleet.db)),
+    )
+    assert_nothing_left(fleet)
+    assert os.path.exists(fleet.run_dir / "summary.json")
