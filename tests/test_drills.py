@@ -12,6 +12,7 @@ fixed time; every wait is bounded.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -28,12 +29,22 @@ import requests
 from conftest import sandbox_processes
 from test_cli_servers import AGENTFLEET, free_port, wait_healthy
 from test_exec_guard import _guards_of
-from test_faults import job_rows
+from test_faults import fleet_config, job_rows, servers
 
+from agentfleet.evaluation.client import EvalClient
+from agentfleet.evaluation.eval_pool import label_of
+from agentfleet.evaluation.evaluator import EvalConfig, Evaluator
+from agentfleet.evaluation.schema import EvalRequest
+from agentfleet.evaluation.server import create_app as eval_app
+from agentfleet.evaluation.store import JobStore
+from agentfleet.fleet.runner import run_fleet
+from agentfleet.models import ModelSpec
+from agentfleet.sandbox.base import CreateSandbox
+from agentfleet.sandbox.client import SandboxClient
 from agentfleet.sandbox.folders import MARKER
+from agentfleet.sandbox.server import create_app as sandbox_app
+from agentfleet.serving import serve_in_loop
 from agentfleet.tasks import load_dataset
-
-pytestmark = pytest.mark.slow
 
 TASKS = load_dataset("perf-lite").task_ids("test")
 T = TypeVar("T")
@@ -204,8 +215,6 @@ def busy_runs(root: Path) -> set[str]:
 
 
 def jobs(db: Path) -> list[tuple[str, str, int]]:
-    import asyncio
-
     return asyncio.run(job_rows(db))
 
 
@@ -232,6 +241,7 @@ def assert_nothing_left(fleet: Fleet) -> None:
 
 
 # the drills ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_sandbox_server_sigkilled_mid_run(fleet: Fleet) -> None:
     """Killed while evaluations run commands in their sandboxes and the agents hold theirs;
     started again on the same root: it reaps the dead server's folders and processes, the
@@ -260,6 +270,7 @@ def test_sandbox_server_sigkilled_mid_run(fleet: Fleet) -> None:
     assert_nothing_left(fleet)
 
 
+@pytest.mark.slow
 def test_eval_server_sigkilled_mid_run(fleet: Fleet) -> None:
     """Killed with jobs queued and running; started again on the same job file: the running
     jobs run again, every job ends with one stored result, the runner's waiting clients
@@ -301,6 +312,7 @@ def _results_stored(db: Path) -> int:
     return int(n)
 
 
+@pytest.mark.slow
 def test_mock_llm_sigkilled_mid_run(tmp_path: Path) -> None:
     """Killed with model calls in flight: the agents' calls retry until it is back; each
     task ends once, solved."""
@@ -324,6 +336,7 @@ def test_mock_llm_sigkilled_mid_run(tmp_path: Path) -> None:
         fleet.close()
 
 
+@pytest.mark.slow
 def test_runner_sigkilled_then_resumed(fleet: Fleet) -> None:
     """Killed with results written and agents holding sandboxes; ``run --resume`` runs the
     rest: each task ends once (none twice, none missing), the killed run's sandboxes are
@@ -349,3 +362,49 @@ def test_runner_sigkilled_then_resumed(fleet: Fleet) -> None:
     )
     assert_nothing_left(fleet)
     assert os.path.exists(fleet.run_dir / "summary.json")
+
+
+# what a killed client left, deleted by the next one (fast, in-process servers) -----------
+async def test_a_restarted_eval_server_deletes_its_killed_jobs_sandboxes(tmp_path: Path) -> None:
+    """A job the killed server was running (``running``, started once) and the sandbox it
+    left, labelled with the job: the next server on the same job file deletes it before it
+    runs the job again; a sandbox of another label stays."""
+    db = tmp_path / "jobs.sqlite"
+    async with JobStore(db) as store:
+        req = EvalRequest(
+            exit_status="Submitted", result="", instance_id="sku-diff", dataset_name="perf-lite"
+        )
+        job, _ = await store.create_or_get("k1", "h1", req.model_dump())
+        assert await store.mark_running(job.id, "lease-of-the-killed-server")
+    async with serve_in_loop(sandbox_app(root=tmp_path / "sb")) as sandbox:
+        client = SandboxClient(sandbox.url)
+        left = await client.create(CreateSandbox(run=label_of(job.id)))
+        other = await client.create(CreateSandbox(run="evaluation:another-server's-job"))
+        evaluator = Evaluator(client, EvalConfig(repeats=1))
+        async with serve_in_loop(eval_app(evaluator, db_path=db, workers=1)) as evaluation:
+            assert (await EvalClient(evaluation.url).wait(job.id))["status"] == "done"
+            ids = [i.sandbox_id for i in await client.list()]
+        assert ids == [other.sandbox_id] and left.sandbox_id not in ids
+        await client.delete(other.sandbox_id)
+
+
+async def test_a_resumed_run_deletes_the_sandboxes_its_killed_invocation_left(
+    tmp_path: Path,
+) -> None:
+    """On an external sandbox server, the sandboxes labelled with the run (its killed
+    invocation's, a command still running in one) are deleted by ``--resume``; another
+    run's stay."""
+    async with servers(tmp_path) as (sandbox_url, eval_url):
+        cfg = fleet_config(tmp_path, ModelSpec("oracle"), ["sku-diff"])
+        cfg.sandbox_url, cfg.eval_url, cfg.resume = sandbox_url, eval_url, True
+        client = SandboxClient(sandbox_url)
+        left = await client.create(CreateSandbox(run=cfg.run_dir.name))
+        busy = asyncio.ensure_future(client.exec(left.sandbox_id, "sleep 300", timeout=600))
+        other = await client.create(CreateSandbox(run="another-run"))
+        (outcome,) = await run_fleet(cfg)
+        ids = [i.sandbox_id for i in await client.list()]
+        killed = await asyncio.wait_for(busy, 60)  # its command died with its sandbox
+        await client.delete(other.sandbox_id)
+    assert outcome.exit_status == "Submitted" and outcome.reward > 0, outcome
+    assert ids == [other.sandbox_id]
+    assert killed.returncode != 0
