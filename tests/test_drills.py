@@ -254,14 +254,20 @@ def test_sandbox_server_sigkilled_mid_run(fleet: Fleet) -> None:
         lambda: "evaluation" in busy_runs(fleet.root) and sandbox_runs(fleet.root)[label],
     )
     guards = _guards_of(fleet.sandbox.pid)
-    left = sandbox_runs(fleet.root)
     fleet.sandbox.kill()
-    print("sandboxes at the kill:", dict(left), "results:", len(results(fleet.run_dir)))
-    assert len(results(fleet.run_dir)) < len(TASKS)
+    left = {f.name for f in fleet.root.iterdir()}
+    print(
+        "sandboxes at the kill:",
+        dict(sandbox_runs(fleet.root)),
+        "results:",
+        len(results(fleet.run_dir)),
+    )
+    assert guards and len(results(fleet.run_dir)) < len(TASKS)
     # the exec guard of the killed server killed its commands and exited
     wait_for("the killed server's commands to die", lambda: not sandbox_processes(fleet.root))
     wait_for("the killed server's exec guard to exit", lambda: not alive(guards))
     fleet.sandbox.start().healthy()
+    assert not left & {f.name for f in fleet.root.iterdir()}  # reaped as it started
     fleet.finish(run)
     rows = assert_each_task_once_and_solved(fleet.run_dir)
     print("task attempts:", {r["instance_id"]: r["attempts"] for r in rows})
