@@ -127,9 +127,11 @@ class JobManager(JobViews):
         await self.prune()
         requeued = 0
         unfinished = await self.store.unfinished(summary=True)
-        # jobs a killed server was running: delete the sandboxes they left
-        sandboxes = getattr(self.evaluator, "sandboxes", None)
-        await delete_left(sandboxes, {label_of(j.id) for j in unfinished if j.attempts})
+        # jobs a killed server was running: delete the sandboxes they left (in the
+        # background: an unreachable sandbox server does not hold up the start)
+        if left := {label_of(j.id) for j in unfinished if j.attempts}:
+            sandboxes = getattr(self.evaluator, "sandboxes", None)
+            self._spawn(delete_left(sandboxes, left), name="eval-delete-left")
         for job in unfinished:
             if self.max_attempts is not None and job.attempts >= self.max_attempts:
                 await self._give_up(job)
