@@ -37,6 +37,7 @@ from agentfleet.evaluation.evaluator import EvalConfig, Evaluator
 from agentfleet.evaluation.schema import EvalRequest
 from agentfleet.evaluation.server import create_app as eval_app
 from agentfleet.evaluation.store import JobStore
+from agentfleet.fleet.rundir import RunDir
 from agentfleet.fleet.runner import run_fleet
 from agentfleet.models import ModelSpec
 from agentfleet.sandbox.base import CreateSandbox
@@ -50,7 +51,7 @@ TASKS = load_dataset("perf-lite").task_ids("test")
 T = TypeVar("T")
 
 
-def wait_for(what: str, check: Callable[[], T], timeout: float = 120) -> T:
+def wait_for(what: str, check: Callable[[], T | None], timeout: float = 120) -> T:
     """Poll ``check`` until it returns something true (returned); fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -116,20 +117,27 @@ class Command:
 
 
 class Fleet:
-    """A sandbox server, an evaluation server using it, the mock LLM, and runs against them."""
+    """A sandbox server, an evaluation server using it, the mock LLM, and runs against them.
 
-    def __init__(self, tmp: Path, llm_latency: float = 0.0) -> None:
+    ``eval_latency``: the evaluation server in test mode (each job sleeps this long, reward
+    1), for drills where what matters is elsewhere: shorter on a loaded machine."""
+
+    def __init__(
+        self, tmp: Path, llm_latency: float = 0.0, eval_latency: float | None = None
+    ) -> None:
         self.tmp, self.root, self.db = tmp, tmp / "sandboxes", tmp / "jobs.sqlite"
         self.run_dir = tmp / "run"
         sp, ep, mp = free_port(), free_port(), free_port()
         self.sandbox = Command(
             tmp / "sandbox.log", "serve-sandbox", "--root", str(self.root), port=sp
         )
+        evaluate = ["--sandbox-url", self.sandbox.url, "--repeats", "1"]
+        if eval_latency is not None:
+            evaluate = ["--test-latency", str(eval_latency)]
         self.evaluation = Command(
             tmp / "eval.log",
             "serve-eval",
-            *("--db", str(self.db), "--sandbox-url", self.sandbox.url),
-            *("--workers", "2", "--repeats", "1"),
+            *("--db", str(self.db), "--workers", "2", *evaluate),
             port=ep,
         )
         latency = ["--latency", str(llm_latency)] if llm_latency else []
@@ -169,12 +177,19 @@ class Fleet:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    f = Fleet(tmp_path)
+def make_fleet(tmp_path: Path) -> Iterator[Callable[..., Fleet]]:
+    """``make_fleet(**kw)``: a :class:`Fleet` in ``tmp_path``, every process stopped after."""
+    made: list[Fleet] = []
+
+    def make(**kw: Any) -> Fleet:
+        made.append(Fleet(tmp_path, **kw))
+        return made[-1]
+
     try:
-        yield f
+        yield make
     finally:
-        f.close()
+        for f in made:
+            f.close()
 
 
 # what the drills look at --------------------------------------------------------------
@@ -186,11 +201,18 @@ def results(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def assert_each_task_once_and_solved(run_dir: Path) -> list[dict[str, Any]]:
+    """Each task has one result line, submitted and solved: evaluated ``ok`` with reward >
+    0, or in test mode (no real evaluation) with the oracle's change as its submission."""
     rows = results(run_dir)
     assert Counter(r["instance_id"] for r in rows) == Counter(TASKS), rows  # once each
     for r in rows:
         assert r["exit_status"] == "Submitted" and not r["error"], r
-        assert r["info"].get("status") == "ok" and r["reward"] > 0, r
+        assert r["reward"] > 0, r
+        if r["info"].get("test_mode"):
+            traj = json.loads(RunDir(run_dir).trajectory(r["instance_id"]).read_text())
+            assert traj["info"]["submission"].startswith("diff --git"), traj["info"]
+        else:
+            assert r["info"].get("status") == "ok", r
     return rows
 
 
@@ -242,10 +264,11 @@ def assert_nothing_left(fleet: Fleet) -> None:
 
 # the drills ---------------------------------------------------------------------------
 @pytest.mark.slow
-def test_sandbox_server_sigkilled_mid_run(fleet: Fleet) -> None:
+def test_sandbox_server_sigkilled_mid_run(make_fleet: Callable[..., Fleet]) -> None:
     """Killed while evaluations run commands in their sandboxes and the agents hold theirs;
     started again on the same root: it reaps the dead server's folders and processes, the
     tasks whose sandboxes were lost start over, each ends once, solved."""
+    fleet = make_fleet()
     fleet.start()
     run = fleet.run()
     label = fleet.run_dir.name
@@ -277,10 +300,11 @@ def test_sandbox_server_sigkilled_mid_run(fleet: Fleet) -> None:
 
 
 @pytest.mark.slow
-def test_eval_server_sigkilled_mid_run(fleet: Fleet) -> None:
+def test_eval_server_sigkilled_mid_run(make_fleet: Callable[..., Fleet]) -> None:
     """Killed with jobs queued and running; started again on the same job file: the running
     jobs run again, every job ends with one stored result, the runner's waiting clients
     ride over the restart, each task ends once, solved."""
+    fleet = make_fleet()
     fleet.start()
     run = fleet.run()
 
@@ -319,34 +343,32 @@ def _results_stored(db: Path) -> int:
 
 
 @pytest.mark.slow
-def test_mock_llm_sigkilled_mid_run(tmp_path: Path) -> None:
+def test_mock_llm_sigkilled_mid_run(make_fleet: Callable[..., Fleet]) -> None:
     """Killed with model calls in flight: the agents' calls retry until it is back; each
-    task ends once, solved."""
-    fleet = Fleet(tmp_path, llm_latency=0.5)
-    try:
-        fleet.start()
-        run = fleet.run()
+    task ends once, solved (evaluations in test mode: the model's path is drilled)."""
+    fleet = make_fleet(llm_latency=0.3, eval_latency=0.5)
+    fleet.start()
+    run = fleet.run()
 
-        def calls_in_flight() -> dict[str, Any] | None:
-            stats = requests.get(f"{fleet.llm.url}/stats", timeout=10).json()
-            return stats if stats["completions"] >= 4 and stats["in_flight"] else None
+    def calls_in_flight() -> dict[str, Any] | None:
+        stats = requests.get(f"{fleet.llm.url}/stats", timeout=10).json()
+        return stats if stats["completions"] >= 4 and stats["in_flight"] else None
 
-        stats = wait_for("model calls in flight", calls_in_flight)
-        fleet.llm.kill()
-        print("mock LLM at the kill:", stats)
-        fleet.llm.start().healthy()
-        fleet.finish(run)
-        assert_each_task_once_and_solved(fleet.run_dir)
-        assert_nothing_left(fleet)
-    finally:
-        fleet.close()
+    stats = wait_for("model calls in flight", calls_in_flight)
+    fleet.llm.kill()
+    print("mock LLM at the kill:", stats)
+    fleet.llm.start().healthy()
+    fleet.finish(run)
+    assert_each_task_once_and_solved(fleet.run_dir)
+    assert_nothing_left(fleet)
 
 
 @pytest.mark.slow
-def test_runner_sigkilled_then_resumed(fleet: Fleet) -> None:
+def test_runner_sigkilled_then_resumed(make_fleet: Callable[..., Fleet]) -> None:
     """Killed with results written and agents holding sandboxes; ``run --resume`` runs the
     rest: each task ends once (none twice, none missing), the killed run's sandboxes are
-    deleted, its evaluation jobs never reach the results."""
+    deleted, its evaluation jobs (test mode: 1 s each) never reach the results."""
+    fleet = make_fleet(eval_latency=1.0)
     fleet.start()
     first = fleet.run()
     label = fleet.run_dir.name
