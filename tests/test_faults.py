@@ -29,7 +29,7 @@ from agentfleet.evaluation.jobs import JobManager, TestModeEvaluator
 from agentfleet.evaluation.schema import EvalRequest
 from agentfleet.evaluation.server import create_app as eval_app
 from agentfleet.evaluation.store import JobStore
-from agentfleet.fleet.attempts import is_transport_failure
+from agentfleet.fleet.attempts import is_transport_failure, transient_evaluation
 from agentfleet.fleet.runner import FleetConfig, run_fleet
 from agentfleet.http import HttpConnectionError, HttpPool, RetryPolicy, Timeouts
 from agentfleet.models import ModelSpec
@@ -37,7 +37,7 @@ from agentfleet.models.base import ModelError
 from agentfleet.models.mock_server import create_mock_llm_app
 from agentfleet.models.openai_chat import OpenAIChatModel
 from agentfleet.models.pricing import PriceTable, RunBudget
-from agentfleet.sandbox.base import CreateSandbox, SandboxError, new_sandbox_id
+from agentfleet.sandbox.base import CreateSandbox, SandboxError, SandboxNotFound, new_sandbox_id
 from agentfleet.sandbox.client import SandboxClient
 from agentfleet.sandbox.server import create_app as sandbox_app
 from agentfleet.serving import serve_in_loop
@@ -294,6 +294,29 @@ async def test_a_task_whose_model_stays_unavailable_is_tried_twice(tmp_path: Pat
     assert list((tmp_path / "sandboxes").iterdir()) == []
 
 
+async def test_an_evaluation_whose_sandbox_server_restarted_is_transient(tmp_path: Path) -> None:
+    """The sandbox server stops (its sandboxes deleted) and starts again on the same port
+    during an evaluation: the evaluator's next command meets 404 for its sandbox. Nothing
+    was judged: the result says ``transient``, so the runner starts the task over."""
+    HttpPool.configure_default(retry=FAST)
+    root = tmp_path / "sandboxes"
+    req = eval_request().model_copy(update={"instance_id": "sku-diff", "dataset_name": "perf-lite"})
+    async with serve_in_loop(sandbox_app(root=root)) as first:
+        port = port_of(first.url)
+        client = SandboxClient(first.url)
+        evaluation = asyncio.ensure_future(Evaluator(client, EvalConfig(repeats=2)).evaluate(req))
+        for _ in range(600):  # the evaluation made its sandboxes (bounded: 30 s)
+            if len(await client.list()) == 2 or evaluation.done():
+                break
+            await asyncio.sleep(0.05)
+        assert not evaluation.done()
+    async with serve_in_loop(sandbox_app(root=root), port=port):
+        result = await asyncio.wait_for(evaluation, 60)
+    assert result.info["status"] == "error", result.info
+    assert "SandboxNotFound" in result.info["error"], result.info
+    assert result.info.get("transient") is True and transient_evaluation(result.info)
+
+
 def test_which_failures_start_a_task_over() -> None:
     assert is_transport_failure(SandboxError("unreachable", 503))
     assert is_transport_failure(EvalClientError("connection reset"))
@@ -303,6 +326,11 @@ def test_which_failures_start_a_task_over() -> None:
     assert not is_transport_failure(EvalRejected("unknown task", status_code=404))
     assert not is_transport_failure(EvalTimeout("an hour passed"))
     assert not is_transport_failure(ValueError("a bug"))
+    # the try's own sandbox, lost: its server was killed and started again
+    assert is_transport_failure(SandboxNotFound("no sandbox 'sb-1'"))
+    lost = {"status": "error", "error": "SandboxNotFound: no sandbox", "transient": True}
+    assert transient_evaluation(lost) and transient_evaluation({**lost, "status": "failed"})
+    assert not transient_evaluation({**lost, "transient": None})
 
 
 # item 10: what the evaluation server keeps ----------------------------------------------

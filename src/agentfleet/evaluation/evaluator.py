@@ -25,6 +25,7 @@ from typing import Any
 from agentfleet.evaluation import image_eval
 from agentfleet.evaluation.config import EvalConfig
 from agentfleet.evaluation.eval_pool import SandboxPool as _Pool
+from agentfleet.evaluation.eval_pool import job_label
 from agentfleet.evaluation.patches import (
     BadSubmission,
     apply_patch,
@@ -44,6 +45,7 @@ from agentfleet.evaluation.speedup import (
     run_checked,
 )
 from agentfleet.evaluation.timing import more_rounds, timing_stats
+from agentfleet.http.retry import is_transport_error
 from agentfleet.sandbox.base import (
     CreateSandbox,
     SandboxError,
@@ -185,6 +187,10 @@ class Evaluator:
             log.exception("eval %s: error", req.instance_id)
             info["status"] = "error"
             info["error"] = f"{type(exc).__name__}: {exc}"
+            if is_transport_error(exc) or isinstance(exc, SandboxNotFound):
+                # the sandbox server stayed unreachable, or lost one of our sandboxes (it
+                # restarted): nothing was judged, a client may submit it again
+                info["transient"] = True
             reward, speedup = 0.0, 0.0
             if image_eval.scored_by_benchmark(task):
                 info["benchmark"] = image_eval.failed(task, "error")
@@ -257,7 +263,7 @@ class Evaluator:
         create = CreateSandbox(
             task_id=task.id,
             dataset=dataset,
-            run="evaluation",
+            run=job_label.get(),
             memory_mb=cfg.memory_mb.get(task.benchmark),
         )
         scored = image_eval.scored_by_benchmark(task)  # a real benchmark: the gold is timed

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
+from agentfleet.evaluation.eval_pool import delete_left, job_label, label_of
 from agentfleet.evaluation.jobstats import EvalMetrics, JobCounters, PeerCounter
 from agentfleet.evaluation.jobviews import JobViews
 from agentfleet.evaluation.leases import DEFAULT_LEASE_TTL_S, Lease, LeaseBook
@@ -125,7 +126,13 @@ class JobManager(JobViews):
         times already), then start the workers (and the pruner). Returns the re-queued."""
         await self.prune()
         requeued = 0
-        for job in await self.store.unfinished(summary=True):
+        unfinished = await self.store.unfinished(summary=True)
+        # jobs a killed server was running: delete the sandboxes they left (in the
+        # background: an unreachable sandbox server does not hold up the start)
+        if left := {label_of(j.id) for j in unfinished if j.attempts}:
+            sandboxes = getattr(self.evaluator, "sandboxes", None)
+            self._spawn(delete_left(sandboxes, left), name="eval-delete-left")
+        for job in unfinished:
             if self.max_attempts is not None and job.attempts >= self.max_attempts:
                 await self._give_up(job)
                 continue
@@ -381,7 +388,11 @@ class JobManager(JobViews):
         try:
             req = await self._request_of(job_id)  # the patch, from the store
             logger.info("job %s started: instance %s", job_id, req.instance_id)
-            res = await self.evaluator.evaluate(req)
+            label = job_label.set(label_of(job_id))  # its sandboxes' label
+            try:
+                res = await self.evaluator.evaluate(req)
+            finally:
+                job_label.reset(label)
             result = coerce_result(res)
         except asyncio.CancelledError:
             logger.info("job %s interrupted: it stays queued for the next start", job_id)

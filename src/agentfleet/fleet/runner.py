@@ -103,7 +103,12 @@ async def run_fleet(
     pool_stats = writer.files.pool_stats
 
     async with embedded_servers(cfg) as (sandbox_url, eval_url, token):
-        sandboxes: Sandboxes = SandboxClient(sandbox_url, token=token)
+        client = SandboxClient(sandbox_url, token=token)
+        if cfg.resume and cfg.sandbox_url is not None:  # (an embedded server reaps them)
+            # the sandboxes an earlier invocation left when it was killed (SIGKILL)
+            if left := await client.delete_runs({cfg.run_dir.name}):
+                log.warning("deleted %d sandboxes a killed invocation left", len(left))
+        sandboxes: Sandboxes = client
         cpus = agent_cpus(cfg)
         if cpus:  # the agents' commands keep off the evaluation workers' CPUs
             sandboxes = PinnedSandboxes(sandboxes)

@@ -100,6 +100,7 @@ class SandboxInfo(BaseModel):
     dataset: str | None = None
     created_at: float
     expires_at: float
+    run: str = ""  # the create request's label (e.g. the fleet run that owns it)
 
 
 # Variables that make bash run code before the command's first line (and so before its

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, TypeVar
 
 import aiohttp
@@ -251,6 +252,15 @@ class SandboxClient:
     async def list(self) -> builtins.list[SandboxInfo]:
         resp = await self._request("GET", "/sandboxes", accept=_model_check(_InfoList))
         return _parse(resp, _InfoList).root
+
+    async def delete_runs(self, runs: Collection[str]) -> builtins.list[str]:
+        """Delete every sandbox whose ``run`` label is one of ``runs``; their ids. For the
+        sandboxes a killed client left (no ``finally`` ran), before their ttl would."""
+        ids = [i.sandbox_id for i in await self.list() if i.run in runs]
+        for sandbox_id in ids:
+            with contextlib.suppress(SandboxNotFound):
+                await self.delete(sandbox_id)
+        return ids
 
     async def healthz(self) -> dict[str, Any]:
         resp = await self._request("GET", "/healthz", accept=json_object)

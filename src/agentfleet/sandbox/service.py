@@ -249,6 +249,7 @@ class SandboxService:
                 dataset=req.dataset if req.task_id else None,
                 created_at=now,
                 expires_at=now + req.ttl_s,
+                run=req.run,
             )
             self._infos[sandbox_id] = info
             self.stats.created_total += 1
