@@ -191,17 +191,21 @@ def test_images_load_and_prune_only_labelled(task_images: dict, tmp_path: Path) 
         subprocess.run(["docker", "rmi", "-f", labelled, other], capture_output=True)
 
 
+def _image_dataset(ds: Path, task_id: str, image: str, workdir: str) -> Path:
+    """A folder dataset of one task that runs in ``image`` at ``workdir``."""
+    (ds / task_id).mkdir(parents=True)
+    (ds / "dataset.yaml").write_text(f"name: ds\nsplits: {{test: [{task_id}]}}\n")
+    (ds / task_id / "task.yaml").write_text(
+        f"prompt: p\ntest_cmd: 'true'\nworkload_cmd: 'true'\nimage: {image}\nworkdir: {workdir}\n"
+    )
+    return ds
+
+
 async def test_folder_task_naming_an_image_without_a_repo(
     task_images: dict, tmp_path: Path
 ) -> None:
     """The folder format's image fields; a workdir with no git commit is refused, cleanly."""
-    ds = tmp_path / "ds"
-    (ds / "no-repo").mkdir(parents=True)
-    (ds / "dataset.yaml").write_text("name: ds\nsplits: {test: [no-repo]}\n")
-    (ds / "no-repo" / "task.yaml").write_text(
-        f"prompt: p\ntest_cmd: 'true'\nworkload_cmd: 'true'\nimage: {DEFAULT_IMAGE}\n"
-        "workdir: /tmp\n"
-    )
+    ds = _image_dataset(tmp_path / "ds", "no-repo", DEFAULT_IMAGE, "/tmp")
     async with SandboxService(
         DockerBackend(root=tmp_path / "sb"), reap_period_s=0, dataset_roots=[ds]
     ) as svc:
@@ -236,13 +240,7 @@ async def test_untracked_build_output_of_the_image_is_not_in_the_diff(
 ) -> None:
     """What the image held untracked is not the agent's change, even rebuilt; the agent's
     own edits and new files are."""
-    ds = tmp_path / "ds"
-    (ds / "t").mkdir(parents=True)
-    (ds / "dataset.yaml").write_text("name: ds\nsplits: {test: [t]}\n")
-    (ds / "t" / "task.yaml").write_text(
-        f"prompt: p\ntest_cmd: 'true'\nworkload_cmd: 'true'\nimage: {untracked_image}\n"
-        "workdir: /repo\n"
-    )
+    ds = _image_dataset(tmp_path / "ds", "t", untracked_image, "/repo")
     async with SandboxService(
         DockerBackend(root=tmp_path / "sb"), reap_period_s=0, dataset_roots=[ds]
     ) as svc:

@@ -367,8 +367,9 @@ async def test_delete_kills_running_commands(server: Served) -> None:
     running = asyncio.create_task(server.client.exec(sid, f"sleep {secs}; echo", timeout=60))
     assert await _wait_for(lambda: bool(_procs_with_arg(secs)))
     await server.client.delete(sid)
-    r = await asyncio.wait_for(running, 10)
-    assert r.returncode != 0
+    # an error, not the killed command's exit code passed off as its result
+    with pytest.raises(SandboxNotFound, match="deleted while the command ran"):
+        await asyncio.wait_for(running, 10)
     assert await _wait_gone(secs) == []
 
 

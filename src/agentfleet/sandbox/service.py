@@ -410,8 +410,14 @@ class SandboxService:
         self.execs_running += 1
         try:
             result = await self.backend.exec(sandbox_id, req, self.output_limit)
+        except SandboxError:
+            if sandbox_id not in self._infos:
+                raise _deleted_under(sandbox_id) from None
+            raise
         finally:
             self.execs_running -= 1
+        if sandbox_id not in self._infos:  # its kill is not the command's result
+            raise _deleted_under(sandbox_id)
         self.stats.execs_total += 1
         self.stats.exec_seconds_total += result.duration_s
         if result.timed_out:
@@ -445,3 +451,9 @@ class SandboxService:
             await self.backend.delete(sandbox_id)
         finally:
             self.stats.deleted_total += 1
+
+
+def _deleted_under(sandbox_id: str) -> SandboxNotFound:
+    """A command whose sandbox was deleted while it ran (ttl, gc, its owner): an error, not
+    the killed command's exit code dressed as its output."""
+    return SandboxNotFound(f"sandbox {sandbox_id!r} was deleted while the command ran")
