@@ -92,7 +92,10 @@ async def test_sigkilled_server_kills_its_groups_even_after_the_guard_died(
         await server.wait()
         with pytest.raises(SandboxError):
             await running
-        assert await _wait_for(lambda: len(_with_arg(secs)) == 1)
+        # generous: under a loaded CI the new guard's start and kill can take seconds
+        gone = await _wait_for(lambda: len(_with_arg(secs)) == 1, within=30)
+        left_over = [(p.pid, p.info.get("cmdline")) for p in _with_arg(secs)]
+        assert gone, f"expected only the setsid escapee, found {left_over}"
         (left,) = _with_arg(secs)
         assert os.getsid(left.pid) == left.pid  # the one that left the group
     finally:

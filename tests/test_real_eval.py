@@ -11,6 +11,7 @@ import pytest
 from realbench import PERF_TEST, build_dataset
 
 from agentfleet.evaluation.evaluator import EvalConfig, Evaluator
+from agentfleet.evaluation.pass_rules import GSO_GOLD_RATIO, SWEF_MATCH
 from agentfleet.evaluation.schema import EvalRequest, EvalResult
 from agentfleet.sandbox import CreateSandbox, ProcessBackend, SandboxInfo, SandboxService
 
@@ -44,21 +45,28 @@ async def _evaluate(
 async def test_gold_patch_meets_the_benchmark_rule(
     service: SandboxService, dataset: dict[str, str], task: str
 ) -> None:
+    """The gold as the candidate. Its speedup over the base is large, so the parts of each
+    rule that compare with the base must pass. The parts that compare it with the gold
+    (GSO's > 0.95, SWE-fficiency's >= 0.95) compare the gold with itself: a tie, whose
+    side of the mark is the machine's noise under load; those figures must sit near 1 and
+    the verdict must follow them."""
     res = await _evaluate(service, dataset, task, dataset["gold"])
     info = res.info
     assert info["status"] == "ok", info
     verdict = info["benchmark"]
-    assert verdict["passed"] is True, verdict
     assert "reference_error" not in info, info
     assert verdict["speedup_base"] > 1.5 and res.speedup == verdict["speedup_base"]
     assert res.reward > 0
     if task == "gso-count":
-        assert verdict["tests"] == ["t0", "t1"] and verdict["opt_commit"] is True
-        assert verdict["hm_speedup_gold"] > 0.95
+        assert verdict["tests"] == ["t0", "t1"] and verdict["opt_base"] is True
+        assert verdict["hm_speedup_gold"] > 0.8, verdict
+        assert verdict["passed"] is (verdict["hm_speedup_gold"] > GSO_GOLD_RATIO)
     if task == "swef-count":
         assert verdict["gold_speedup_source"] == "measured"
-        assert verdict["speedup_ratio"] >= 0.95
+        assert verdict["speedup_ratio"] > 0.8, verdict
+        assert verdict["passed"] is (verdict["speedup_ratio"] >= SWEF_MATCH)
     if task == "perf-count":
+        assert verdict["passed"] is True, verdict
         assert verdict["tests"] == [PERF_TEST]
         assert verdict["gain"] > 0 and verdict["per_test_p"][PERF_TEST] < 0.1
 

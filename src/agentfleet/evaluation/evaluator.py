@@ -188,8 +188,7 @@ class Evaluator:
             info["status"] = "error"
             info["error"] = f"{type(exc).__name__}: {exc}"
             if is_transport_error(exc) or isinstance(exc, SandboxNotFound):
-                # the sandbox server stayed unreachable, or lost one of our sandboxes (it
-                # restarted): nothing was judged, a client may submit it again
+                # sandbox server unreachable, or restarted (lost our sandbox): not judged
                 info["transient"] = True
             reward, speedup = 0.0, 0.0
             if image_eval.scored_by_benchmark(task):
