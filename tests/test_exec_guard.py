@@ -26,6 +26,18 @@ def _with_arg(arg: str) -> list[psutil.Process]:
     return found
 
 
+def _group_members(arg: str) -> list[tuple[int, list[str]]]:
+    """The processes with ``arg`` that did not leave their group by ``setsid``."""
+    found = []
+    for p in _with_arg(arg):
+        try:
+            if os.getsid(p.pid) != p.pid:
+                found.append((p.pid, p.info.get("cmdline") or []))
+        except OSError:
+            continue
+    return found
+
+
 def _guards_of(server_pid: int) -> list[int]:
     try:
         kids = psutil.Process(server_pid).children()
@@ -92,12 +104,11 @@ async def test_sigkilled_server_kills_its_groups_even_after_the_guard_died(
         await server.wait()
         with pytest.raises(SandboxError):
             await running
-        # generous: under a loaded CI the new guard's start and kill can take seconds
-        gone = await _wait_for(lambda: len(_with_arg(secs)) == 1, within=30)
-        left_over = [(p.pid, p.info.get("cmdline")) for p in _with_arg(secs)]
-        assert gone, f"expected only the setsid escapee, found {left_over}"
-        (left,) = _with_arg(secs)
-        assert os.getsid(left.pid) == left.pid  # the one that left the group
+        # Only the setsid escapee may be left. It may be gone too: `sandbox gc` and
+        # reap_stale(kill=True) in tests running beside this one kill what dead servers'
+        # cgroups hold, machine-wide, as they should. Generous wait: a loaded CI.
+        gone = await _wait_for(lambda: not _group_members(secs), within=30)
+        assert gone, f"the killed server's group survived: {_group_members(secs)}"
     finally:
         if server.returncode is None:
             server.kill()

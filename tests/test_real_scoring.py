@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -195,3 +196,37 @@ def test_benchmark_verdict_dispatch_and_errors() -> None:
         benchmark_verdict("swe-bench", s)
     with pytest.raises(ValueError, match="different metrics"):
         benchmark_verdict("gso", {"baseline": arm(t0=1.0), "candidate": arm(t1=1.0)})
+
+
+def test_the_benchmark_clock_decides_within_noise() -> None:
+    """The reward's noise gate reads the clock the speedup was read on: a candidate clearly
+    twice as fast by the benchmark's own times is not "within noise" because the
+    whole-process clock (Python start-up and all) was noisy, and a tie on it is."""
+    from agentfleet.evaluation import image_eval
+    from agentfleet.evaluation.config import EvalConfig
+    from agentfleet.evaluation.speedup import Samples
+    from agentfleet.tasks import load_dataset
+
+    ds = load_dataset("swe-perf-mini")
+    task = ds.tasks()[0]
+    names = image_eval._names(task)
+    base_s, fast_s = [0.28, 0.29, 0.27, 0.28, 0.3], [0.14, 0.15, 0.14, 0.13, 0.14]
+    noisy_wall = [1.0, 1.4, 0.8, 1.2, 0.9]
+
+    def run(cand_s: list[float]) -> dict[str, Any]:
+        samples = Samples(
+            wall_s={"baseline": noisy_wall, "candidate": noisy_wall[::-1]},
+            metrics={
+                "baseline": [{n: t for n in names} for t in base_s],
+                "candidate": [{n: t for n in names} for t in cand_s],
+            },
+        )
+        stats: dict[str, Any] = {"dropped_rounds": [], "within_noise": True}
+        info: dict[str, Any] = {"within_noise": True}
+        speedup = image_eval.apply_verdict(task, samples, stats, info, 1.0, EvalConfig())
+        return {"speedup": speedup, **info}
+
+    fast = run(fast_s)
+    assert fast["within_noise"] is False and fast["speedup"] == pytest.approx(2.0, rel=0.05)
+    tie = run(list(base_s))
+    assert tie["within_noise"] is True

@@ -188,7 +188,7 @@ class Evaluator:
             info["status"] = "error"
             info["error"] = f"{type(exc).__name__}: {exc}"
             if is_transport_error(exc) or isinstance(exc, SandboxNotFound):
-                # sandbox server unreachable, or restarted (lost our sandbox): not judged
+                # unreachable sandbox server, or one that lost our sandbox: not judged
                 info["transient"] = True
             reward, speedup = 0.0, 0.0
             if image_eval.scored_by_benchmark(task):
@@ -389,7 +389,7 @@ class Evaluator:
         info["suspicious"] = stats["suspicious"]
         info["speedup_ci95"] = stats["ci95"]
         if scored:
-            speedup = self._verdict(task, samples, stats, info, speedup)
+            speedup = image_eval.apply_verdict(task, samples, stats, info, speedup, cfg)
         reward = compute_reward(
             speedup,
             correct=True,
@@ -481,20 +481,3 @@ class Evaluator:
             max_repeats=cfg.max_repeats,
             parse=image_eval.metric_parser(task),
         )
-
-    @staticmethod
-    def _verdict(
-        task: Task, samples: Samples, stats: dict[str, Any], info: dict[str, Any], speedup: float
-    ) -> float:
-        """The benchmark's verdict into ``info["benchmark"]``; the speedup it measured over
-        the base (its own figure, e.g. GSO's geometric mean) replaces the whole-process one."""
-        try:
-            verdict = image_eval.verdict(
-                task, samples.metrics, samples.wall_s, stats["dropped_rounds"]
-            )
-        except (ValueError, KeyError, ZeroDivisionError) as exc:
-            info["benchmark"] = {"benchmark": task.benchmark, "passed": None, "error": str(exc)}
-            return speedup
-        info["benchmark"] = verdict
-        own = verdict.get("speedup_base")
-        return float(own) if isinstance(own, int | float) and own > 0 else speedup

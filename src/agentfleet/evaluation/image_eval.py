@@ -14,8 +14,10 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from agentfleet.evaluation.config import EvalConfig
 from agentfleet.evaluation.pass_rules import benchmark_verdict, failed_verdict
 from agentfleet.evaluation.rounds import keep
+from agentfleet.evaluation.speedup import Samples, speedup_stats
 from agentfleet.evaluation.workload_parsers import parse_workload_output
 from agentfleet.sandbox.base import ExecResult, Sandboxes
 from agentfleet.tasks.task import Task
@@ -135,6 +137,53 @@ def verdict(
     out = benchmark_verdict(task.benchmark, arms, gold_speedup=gold_speedup(task))
     out["samples_s"] = arms  # per arm and metric, the kept rounds' seconds
     return out
+
+
+def within_noise(verdict: Mapping[str, Any], cfg: EvalConfig) -> bool | None:
+    """Is the candidate within noise of the base on the benchmark's own clock (each kept
+    round's seconds summed over the metrics)? None without those samples. The reward's
+    noise gate must use the clock the speedup was read on, not the whole process's."""
+    arms = verdict.get("samples_s")
+    if not isinstance(arms, Mapping) or not {"baseline", "candidate"} <= set(arms):
+        return None
+    base, cand = (
+        [sum(r) for r in zip(*arms[a].values(), strict=True)] for a in ("baseline", "candidate")
+    )
+    if not base or len(base) != len(cand):
+        return None
+    stats = speedup_stats(
+        base,
+        cand,
+        noise_threshold=cfg.noise_threshold,
+        max_plausible_speedup=cfg.max_plausible_speedup,
+        resamples=cfg.bootstrap_resamples,
+        seed=cfg.seed,
+    )
+    return bool(stats["within_noise"])
+
+
+def apply_verdict(
+    task: Task,
+    samples: Samples,
+    stats: dict[str, Any],
+    info: dict[str, Any],
+    speedup: float,
+    cfg: EvalConfig,
+) -> float:
+    """The benchmark's verdict into ``info["benchmark"]``; the speedup it measured over the
+    base (its own figure, e.g. GSO's geometric mean) replaces the whole-process one, and its
+    clock decides ``within_noise`` (:func:`within_noise`)."""
+    try:
+        found = verdict(task, samples.metrics, samples.wall_s, stats["dropped_rounds"])
+    except (ValueError, KeyError, ZeroDivisionError) as exc:
+        info["benchmark"] = {"benchmark": task.benchmark, "passed": None, "error": str(exc)}
+        return speedup
+    info["benchmark"] = found
+    noise = within_noise(found, cfg)
+    if noise is not None:
+        stats["within_noise"] = info["within_noise"] = noise
+    own = found.get("speedup_base")
+    return float(own) if isinstance(own, int | float) and own > 0 else speedup
 
 
 def failed(task: Task, status: str) -> dict[str, Any]:
