@@ -132,6 +132,29 @@ def sandboxes_running(root: Path, name: str) -> int:
 
 
 @contextmanager
+def local_ray(namespace: str) -> Iterator[None]:
+    """A local 2-CPU Ray on 127.0.0.1 for one test module (call it from a module-scoped
+    fixture); skips without ray, which CI installs."""
+    try:
+        import ray
+    except ImportError:  # pragma: no cover - depends on the install
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip("ray is not installed (pip install 'agentfleet[ray]')")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        namespace=namespace,
+        log_to_driver=False,
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@contextmanager
 def served_in_thread(app: Any) -> Iterator[str]:
     """``app`` served on 127.0.0.1 (a free port) by its own loop in a thread; its URL."""
     ready, stop = threading.Event(), threading.Event()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import local_ray
 from test_cli_servers import free_port
 
 from agentfleet.evaluation import EvalClient, EvalRequest, create_app
@@ -41,19 +42,8 @@ def test_node_slots() -> None:
 
 @pytest.fixture(scope="module")
 def ray_session() -> Iterator[None]:
-    if ray is None:
-        pytest.skip("ray is not installed (pip install 'agentfleet[ray]')")
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        namespace="agentfleet-eval-tests",
-        log_to_driver=False,
-    )
-    try:
+    with local_ray("agentfleet-eval-tests"):
         yield
-    finally:
-        ray.shutdown()
 
 
 def req(key: str) -> EvalRequest:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import sandbox_processes, sandboxes_running
+from conftest import local_ray, sandbox_processes, sandboxes_running
 from test_cli_servers import free_port, wait_healthy
 from typer.testing import CliRunner
 
@@ -65,19 +65,8 @@ def test_shard_capacities_split_the_workers() -> None:
 
 @pytest.fixture(scope="module")
 def ray_session() -> Iterator[None]:
-    if ray is None:
-        pytest.skip("ray is not installed (pip install 'agentfleet[ray]')")
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        namespace="agentfleet-tests",
-        log_to_driver=False,
-    )
-    try:
+    with local_ray("agentfleet-tests"):
         yield
-    finally:
-        ray.shutdown()
 
 
 def config(tmp_path: Path, model: ModelSpec, tasks: list[str], **kw: Any) -> FleetConfig:
