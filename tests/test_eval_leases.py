@@ -200,18 +200,26 @@ async def eval_worker(url: str, *args: str) -> asyncio.subprocess.Process:
     )  # fmt: skip
 
 
+async def slow_worker_leases(
+    client: EvalClient, url: str, name: str, key: str
+) -> tuple[asyncio.subprocess.Process, str]:
+    """An eval-worker ``name`` whose evaluations take 120 s, and a job it has leased."""
+    worker = await eval_worker(url, "--name", name, "--test-latency", "120")
+    job_id = await client.submit(request(key))
+
+    async def leased() -> bool:
+        return (await client.status(job_id))["status"] == "running"
+
+    await wait_for(leased)
+    return worker, job_id
+
+
 async def test_a_sigkilled_eval_worker_job_runs_once_more(tmp_path: Path) -> None:
     """SIGKILL an eval-worker process mid-evaluation: the job is requeued after the lease
     lapses, finishes once on another worker, and is stored once."""
     async with server(tmp_path, ttl=1.5) as srv, HttpPool() as pool:
         client = EvalClient(srv.url, pool=pool, token=TOKEN)
-        doomed = await eval_worker(srv.url, "--name", "doomed", "--test-latency", "120")
-        job_id = await client.submit(request("kill-me"))
-
-        async def leased() -> bool:
-            return (await client.status(job_id))["status"] == "running"
-
-        await wait_for(leased)
+        doomed, job_id = await slow_worker_leases(client, srv.url, "doomed", "kill-me")
         health = await client.health()
         assert [w["worker"] for w in health["worker_slots"] if w["job_id"]] == ["doomed"]
         doomed.send_signal(signal.SIGKILL)
@@ -289,13 +297,7 @@ async def test_sigterm_hands_the_lease_back_and_the_job_runs_again_at_once(
     again at once (that start not counted), another eval-worker finishes it, stored once."""
     async with server(tmp_path, ttl=600) as srv, HttpPool() as pool:
         client = EvalClient(srv.url, pool=pool, token=TOKEN)
-        worker = await eval_worker(srv.url, "--name", "stopped", "--test-latency", "120")
-        job_id = await client.submit(request("term"))
-
-        async def leased() -> bool:
-            return (await client.status(job_id))["status"] == "running"
-
-        await wait_for(leased)
+        worker, job_id = await slow_worker_leases(client, srv.url, "stopped", "term")
         worker.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(worker.wait(), 30) == 143
         back = await client.status(job_id)
