@@ -1,4 +1,5 @@
-"""Steadiness: the outlier rule, adaptive repeats (target_ci), info.timing's round counts."""
+"""Steadiness: the outlier rule, adaptive repeats (target_ci), the early stop once the
+reward is decided, info.timing's round counts."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ import pytest
 
 from agentfleet.evaluation.config import EvalConfig
 from agentfleet.evaluation.evaluator import Evaluator
-from agentfleet.evaluation.rounds import ci_relative_width, outlier_rounds
+from agentfleet.evaluation.reward import RewardConfig
+from agentfleet.evaluation.rounds import (
+    ci_relative_width,
+    flat_reward_bounds,
+    outlier_rounds,
+    reward_decided,
+)
 from agentfleet.evaluation.schema import EvalRequest
 from agentfleet.evaluation.speedup import Samples
 from agentfleet.evaluation.timing import timing_stats
@@ -50,6 +57,28 @@ def test_ci_width_shrinks_with_rounds() -> None:
     w5 = ci_relative_width(noisy_b[:5], noisy_c[:5], resamples=300, seed=0)
     w20 = ci_relative_width(noisy_b, noisy_c, resamples=300, seed=0)
     assert w20 < w5
+
+
+def _decided(base: list[float], cand: list[float], reward: RewardConfig) -> bool:
+    return reward_decided(base, cand, reward, noise_threshold=0.05, resamples=300, seed=0)
+
+
+def test_the_reward_is_decided_only_where_it_is_flat() -> None:
+    log = RewardConfig()  # log_speedup, full reward from 2x
+    assert flat_reward_bounds(log) == (1.0, 2.0)
+    base = [1.0, 1.02, 0.98]
+    assert _decided(base, [0.25, 0.26, 0.24], log)  # 4x: reward 1 whatever the noise
+    assert _decided(base, [1.5, 1.6, 1.55], log)  # slower: reward 0
+    assert not _decided(base, [1.0, 0.99, 1.01], log)  # a tie: the noise gate decides
+    assert not _decided(base, [0.7, 0.69, 0.71], log)  # 1.4x: the reward grows with it
+    assert not _decided(base, [0.49, 0.5, 0.51], log)  # 2x: the interval crosses the edge
+    assert not _decided(base, [0.25, 0.9, 0.24], log)  # one round disagrees
+    binary = RewardConfig(kind="binary", threshold=1.2)
+    assert _decided(base, [0.5, 0.5, 0.5], binary)
+    assert not _decided(base, [0.85, 0.84, 0.86], binary)
+    relative = RewardConfig(kind="relative")  # depends on the reference: never decided
+    assert flat_reward_bounds(relative) is None
+    assert not _decided(base, [0.1, 0.1, 0.1], relative)
 
 
 @pytest.fixture

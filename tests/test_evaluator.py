@@ -446,6 +446,28 @@ async def test_fast_correct_patch_is_rewarded(dataset: dict[str, str], sandboxes
     assert sandboxes.created == 2
 
 
+async def test_rounds_stop_once_the_reward_is_decided(
+    dataset: dict[str, str], sandboxes: Counting
+) -> None:
+    fast = _req(dataset, result=dataset["fast"])  # far past 2x: the full reward
+    cfg = FAST_CONFIG.model_copy(update={"repeats": 4})
+    res = await _evaluate(sandboxes, fast, cfg)
+    t = res.info["timing"]
+    assert res.info["status"] == "ok" and res.reward == 1.0, res.info
+    assert (t["repeats"], t["rounds"], t["stopped_early"]) == (4, 3, True)
+    # off: every round, the same reward
+    off = await _evaluate(sandboxes, fast, cfg.model_copy(update={"early_stop_rounds": None}))
+    assert off.reward == 1.0
+    assert (off.info["timing"]["rounds"], off.info["timing"]["stopped_early"]) == (4, False)
+    # a no-op's reward is the noise gate's call: every round runs
+    t = (await _evaluate(sandboxes, _req(dataset, result=""), cfg)).info["timing"]
+    assert (t["rounds"], t["stopped_early"]) == (4, False)
+    # a timed reference keeps every round (its figure needs them); so does target_ci
+    for update in ({"reference": True}, {"target_ci": 0.99}):
+        t = (await _evaluate(sandboxes, fast, cfg.model_copy(update=update))).info["timing"]
+        assert (t["rounds"], t["stopped_early"]) == (4, False), update
+
+
 async def test_evaluator_needs_only_the_protocol(dataset: dict[str, str], tmp_path: Path) -> None:
     sbx = Counting(LocalDirSandboxes(tmp_path / "local"))
     res = await _evaluate(sbx, _req(dataset, result=dataset["fast"]))

@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import sandbox_processes, sandboxes_running
+from test_sandbox import SlowCreate  # at import: an import inside an async test blocks
 
 from agentfleet.agent import AgentConfig
 from agentfleet.fleet.runner import FleetConfig, run_fleet
@@ -257,8 +258,6 @@ async def test_agent_cancelled_during_create_deletes_its_sandbox(tmp_path: Path)
     ``finally`` deletes the sandbox even though create never answered (here the server side
     goes on creating, as a remote server that missed the disconnect would)."""
     from typing import Any
-
-    from test_sandbox import SlowCreate
 
     from agentfleet.fleet.runner import ResultsWriter, run_one
     from agentfleet.sandbox import CreateSandbox, SandboxInfo, SandboxService

@@ -22,7 +22,11 @@ from agentfleet.sandbox.base import (
     DEFAULT_TTL_S,
 )
 from agentfleet.tasks import DEFAULT_DATASET, TaskNotFound
-from agentfleet.tasks.defaults import DEFAULT_EVAL_PORT, DEFAULT_EVAL_REPEATS
+from agentfleet.tasks.defaults import (
+    DEFAULT_EARLY_STOP_ROUNDS,
+    DEFAULT_EVAL_PORT,
+    DEFAULT_EVAL_REPEATS,
+)
 
 app = typer.Typer(
     help="Run fleets of coding agents on performance tasks and score them.",
@@ -272,6 +276,16 @@ def serve_eval(
     max_repeats: Annotated[
         int, typer.Option(min=1, max=100, help="cap on rounds with --target-ci")
     ] = 20,
+    early_stop_rounds: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=100,
+            help="from this many rounds on, stop before --repeats once more rounds cannot "
+            "change the reward (0: every round; off with --target-ci, --reference and a "
+            "real benchmark's task)",
+        ),
+    ] = DEFAULT_EARLY_STOP_ROUNDS,
     reward_kind: Annotated[
         str,
         typer.Option(
@@ -348,6 +362,7 @@ def serve_eval(
                 "repeats": repeats,
                 "target_ci": target_ci,
                 "max_repeats": max_repeats,
+                "early_stop_rounds": early_stop_rounds or None,
                 "reference": reference,
                 "reward": {"kind": reward_kind},
             }

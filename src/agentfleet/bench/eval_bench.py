@@ -184,7 +184,8 @@ def run_eval_bench(
         raise ValueError(f"hog {hog!r}: off, on or both")
     if n < 1 or repeats < 1:
         raise ValueError("n and repeats must be at least 1")
-    cfg = EvalConfig(repeats=repeats, target_ci=target_ci)
+    # every round: the spread targets are about the figures of the full protocol
+    cfg = EvalConfig(repeats=repeats, target_ci=target_ci, early_stop_rounds=None)
     reqs = requests(n)
     ray = _start_ray() if any(parse_mode(m)[2] for m in modes) else None
     rows = []

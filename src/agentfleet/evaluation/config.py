@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentfleet.evaluation.reward import RewardConfig
-from agentfleet.tasks.defaults import DEFAULT_EVAL_REPEATS
+from agentfleet.tasks.defaults import DEFAULT_EARLY_STOP_ROUNDS, DEFAULT_EVAL_REPEATS
 
 
 class EvalConfig(BaseModel):
@@ -38,6 +38,10 @@ class EvalConfig(BaseModel):
     # is under target_ci x the speedup, or max_repeats rounds ran (rounds.py).
     target_ci: float | None = Field(default=None, gt=0.0, lt=1.0)
     max_repeats: int = Field(default=20, ge=1, le=100)
+    # Early stop: from this many rounds on, stop before ``repeats`` once the reward cannot
+    # change (rounds.py); None: always ``repeats``. Off with target_ci, a reference arm
+    # or a real benchmark's task (their figures need every round).
+    early_stop_rounds: int | None = Field(default=DEFAULT_EARLY_STOP_ROUNDS, ge=2, le=100)
     drop_outliers: bool = True  # the outlier rule of rounds.py (from 5 rounds on)
     python: str = "python3"  # interpreter inside the sandbox for the timer
     # memory limit (MB) of the evaluation sandboxes of a real benchmark's tasks, by benchmark

@@ -44,7 +44,7 @@ from agentfleet.evaluation.speedup import (
     measure,
     run_checked,
 )
-from agentfleet.evaluation.timing import more_rounds, timing_stats
+from agentfleet.evaluation.timing import decided_early, more_rounds, timing_stats
 from agentfleet.http.retry import is_transport_error
 from agentfleet.sandbox.base import (
     CreateSandbox,
@@ -466,6 +466,8 @@ class Evaluator:
 
     async def _measure(self, arms: dict[str, str], task: Task, run_timeout: float) -> Samples:
         cfg = self.config
+        # every round for a benchmark's figures and for a timed reference
+        full = "reference" in arms or image_eval.scored_by_benchmark(task)
         return await measure(
             self.sandboxes,
             arms,
@@ -480,4 +482,6 @@ class Evaluator:
             more=more_rounds(cfg),
             max_repeats=cfg.max_repeats,
             parse=image_eval.metric_parser(task),
+            decided=None if full else decided_early(cfg),
+            decide_after=cfg.early_stop_rounds or 0,
         )

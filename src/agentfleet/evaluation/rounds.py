@@ -12,6 +12,13 @@ and is kept (the pairing already cancels it).
 added two at a time (keeping the alternation balanced) until the paired bootstrap 95%
 interval of the speedup is narrower than ``target_ci`` times the speedup, or
 ``max_repeats`` rounds have run.
+
+**Early stop** (:func:`reward_decided`): from ``early_stop_rounds`` rounds on (3 by
+default), the rounds stop before ``repeats`` when more rounds cannot change the reward:
+the whole paired bootstrap 95% interval of the speedup, widened by the noise threshold,
+lies where the reward is flat (at or above the speedup that earns the full reward, or
+below 1, which earns none). A speedup near 1, or between 1 and the full-reward speedup,
+gets every round.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from agentfleet.evaluation.reward import RewardConfig
 from agentfleet.evaluation.speedup import bootstrap_ratio_ci, quantile, ratio_of_medians
 
 MIN_ROUNDS_FOR_OUTLIERS = 5
@@ -59,11 +67,46 @@ def ci_relative_width(
     return (hi - lo) / max(ratio_of_medians(b, c), 1e-9)
 
 
+def flat_reward_bounds(reward: RewardConfig) -> tuple[float, float] | None:
+    """``(low, high)``: the reward is the same for every speedup under ``low``, and for
+    every speedup at or over ``high``; None when it depends on more than the speedup
+    (``relative`` reads the reference's)."""
+    if reward.kind in ("log_speedup", "linear"):
+        return 1.0, reward.target
+    if reward.kind == "binary":
+        return reward.threshold, reward.threshold
+    return None
+
+
+def reward_decided(
+    baseline: Sequence[float],
+    candidate: Sequence[float],
+    reward: RewardConfig,
+    *,
+    noise_threshold: float,
+    resamples: int,
+    seed: int,
+) -> bool:
+    """True when the paired bootstrap 95% interval of the speedup, widened by
+    ``noise_threshold``, lies where the reward is flat (see the module doc)."""
+    bounds = flat_reward_bounds(reward)
+    if bounds is None or len(baseline) < 2:
+        return False
+    low, high = bounds
+    lo, hi = bootstrap_ratio_ci(baseline, candidate, resamples=resamples, seed=seed)
+    s = ratio_of_medians(baseline, candidate)  # the figure the reward will read
+    lo, hi = min(lo, s), max(hi, s)
+    margin = 1.0 + noise_threshold
+    return lo >= high * margin or hi * margin < low
+
+
 __all__ = [
     "FENCE",
     "MAX_DROPPED_SHARE",
     "MIN_ROUNDS_FOR_OUTLIERS",
     "ci_relative_width",
+    "flat_reward_bounds",
     "keep",
     "outlier_rounds",
+    "reward_decided",
 ]

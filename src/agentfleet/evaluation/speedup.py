@@ -280,6 +280,7 @@ class Samples:
     dropped: dict[str, str] = field(default_factory=dict)  # optional arm -> why it failed
     # with measure's ``parse``: per arm, each round's seconds per metric
     metrics: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    stopped_early: bool = False  # measure's ``decided`` ended the rounds before ``repeats``
 
 
 async def measure(
@@ -297,6 +298,8 @@ async def measure(
     more: Callable[[Samples], Awaitable[bool]] | None = None,
     max_repeats: int | None = None,
     parse: Callable[[str, float], dict[str, float]] | None = None,
+    decided: Callable[[Samples], Awaitable[bool]] | None = None,
+    decide_after: int = 3,
 ) -> Samples:
     """Time ``workload_cmd`` in each arm (name -> sandbox id), one run at a time.
 
@@ -307,6 +310,8 @@ async def measure(
     arm: that arm is dropped (its samples removed, the reason in ``Samples.dropped``) and
     the others go on. ``more`` (adaptive repeats): after the ``repeats`` rounds, while it
     answers True for the samples so far, two more rounds run, up to ``max_repeats``.
+    ``decided`` (early stop): from ``decide_after`` rounds on, while fewer than ``repeats``
+    have run, the rounds end as soon as it answers True (``Samples.stopped_early``).
     ``parse`` (a workload that reports its own times): each timed run's stdout and wall
     time -> seconds per metric, kept in ``Samples.metrics``; a ``ValueError`` from it fails
     the run as a :class:`TimingError`.
@@ -371,6 +376,9 @@ async def measure(
 
     for r in range(repeats):
         await one_round(r)
+        if decided is not None and decide_after <= r + 1 < repeats and await decided(out):
+            out.stopped_early = True
+            return out
     cap = max(repeats, max_repeats or repeats)
     r = repeats
     while more is not None and r < cap and await more(out):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentfleet.evaluation.config import EvalConfig
-from agentfleet.evaluation.rounds import ci_relative_width, keep, outlier_rounds
+from agentfleet.evaluation.rounds import ci_relative_width, keep, outlier_rounds, reward_decided
 from agentfleet.evaluation.speedup import Samples, ratio_of_medians, speedup_stats
 
 
@@ -37,6 +37,27 @@ def more_rounds(cfg: EvalConfig) -> Callable[[Samples], Awaitable[bool]] | None:
         return width > target
 
     return more
+
+
+def decided_early(cfg: EvalConfig) -> Callable[[Samples], Awaitable[bool]] | None:
+    """``measure``'s ``decided`` for ``cfg.early_stop_rounds`` (None: off, and off with
+    ``target_ci``, which asks for a narrow interval): True once the reward is decided."""
+    if cfg.early_stop_rounds is None or cfg.target_ci is not None:
+        return None
+
+    async def decided(samples: Samples) -> bool:
+        c = clock_of(samples, cfg.clock)
+        return await asyncio.to_thread(
+            reward_decided,
+            c["baseline"],
+            c["candidate"],
+            cfg.reward,
+            noise_threshold=cfg.noise_threshold,
+            resamples=cfg.bootstrap_resamples,
+            seed=cfg.seed,
+        )
+
+    return decided
 
 
 @dataclass
@@ -74,6 +95,7 @@ def timing_stats(samples: Samples, cfg: EvalConfig) -> Timing:
     stats["order"] = samples.order
     stats["repeats"] = cfg.repeats
     stats["rounds"] = ran  # rounds that ran (more than repeats when target_ci added some)
+    stats["stopped_early"] = samples.stopped_early  # the reward was decided before repeats
     stats["rounds_used"] = ran - len(dropped)
     stats["dropped_rounds"] = dropped  # indices into order, by the outlier rule
     lo, hi = stats["ci95"]
@@ -86,4 +108,4 @@ def timing_stats(samples: Samples, cfg: EvalConfig) -> Timing:
     return Timing(speedup, stats, reference_speedup, bool(ratio > cfg.clock_mismatch_factor))
 
 
-__all__ = ["Timing", "clock_of", "more_rounds", "timing_stats"]
+__all__ = ["Timing", "clock_of", "decided_early", "more_rounds", "timing_stats"]

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from agentfleet.agent import AgentConfig
+from agentfleet.evaluation.config import EvalConfig
 from agentfleet.fleet.attempts import DEFAULT_TASK_ATTEMPTS
 from agentfleet.fleet.image_options import saved_image_options
 from agentfleet.http import HttpPool, PoolLimits, preset_for_fleet, resolve_limits
@@ -17,7 +18,7 @@ from agentfleet.models.pricing import RunBudget
 from agentfleet.sandbox.base import DEFAULT_TTL_S
 from agentfleet.sandbox.image_box import ImageNaming, PullPolicy
 from agentfleet.tasks import DEFAULT_DATASET, DEFAULT_SPLIT, Task, load_dataset
-from agentfleet.tasks.defaults import DEFAULT_EVAL_REPEATS
+from agentfleet.tasks.defaults import DEFAULT_EARLY_STOP_ROUNDS, DEFAULT_EVAL_REPEATS
 
 RAY_EVAL = ("actors", "shards")  # where a Ray run's embedded evaluations run (ray_eval.py)
 
@@ -40,6 +41,7 @@ class FleetConfig:
     eval_workers: int | None = None
     eval_repeats: int = DEFAULT_EVAL_REPEATS
     eval_reference: bool = False  # embedded evaluations also time the reference solution
+    eval_early_stop: bool = True  # embedded evaluations stop once the reward is decided
     resume: bool = False  # skip tasks of run_dir that already have a result
     rerun_failed: bool = False  # with resume: run failed tasks again
     sample_every_s: float = 1.0  # pool / evaluation-queue snapshots (0: off)
@@ -54,6 +56,15 @@ class FleetConfig:
     pull: PullPolicy = "missing"
     # The run's cost budget (agent.run_cost_limit), made by run_budget(); one per process.
     budget: RunBudget | None = field(default=None, repr=False, compare=False)
+
+
+def eval_config(cfg: FleetConfig) -> EvalConfig:
+    """The settings of a run's embedded evaluations."""
+    return EvalConfig(
+        repeats=cfg.eval_repeats,
+        reference=cfg.eval_reference,
+        early_stop_rounds=DEFAULT_EARLY_STOP_ROUNDS if cfg.eval_early_stop else None,
+    )
 
 
 def pool_limits(cfg: FleetConfig) -> PoolLimits:
@@ -128,6 +139,7 @@ def run_config(cfg: FleetConfig, all_ids: list[str], todo: list[str]) -> dict[st
         "mini_config": cfg.mini,
         "eval_repeats": cfg.eval_repeats,
         "eval_reference": cfg.eval_reference,
+        "eval_early_stop": cfg.eval_early_stop,
         "step_limit": cfg.agent.step_limit,
         "time_limit": cfg.agent.time_limit_s,
         "cost_limit": cfg.agent.cost_limit,

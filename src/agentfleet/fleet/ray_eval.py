@@ -19,11 +19,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import NamedTuple
 
-from agentfleet.evaluation.config import EvalConfig
 from agentfleet.evaluation.ray_workers import ray_eval_workers
 from agentfleet.evaluation.sandboxes import default_evaluator_factory
 from agentfleet.evaluation.server import create_app
-from agentfleet.fleet.config import FleetConfig
+from agentfleet.fleet.config import FleetConfig, eval_config
 from agentfleet.serving import serve_in_loop
 from agentfleet.tasks import load_dataset
 
@@ -49,7 +48,7 @@ async def driver_evaluation(cfg: FleetConfig) -> AsyncIterator[DriverEval]:
     cluster, each pinned to one CPU of its node), the server's settings from ``cfg``.
     On exit the actors stop first (handing back their leases), then the server."""
     roots = [(await asyncio.to_thread(load_dataset, cfg.dataset)).path]
-    config = EvalConfig(repeats=cfg.eval_repeats, reference=cfg.eval_reference)
+    config = eval_config(cfg)
     token = secrets.token_urlsafe(32)
     app = create_app(
         # submit-time checks only (task, split, the patch applies): the actors evaluate

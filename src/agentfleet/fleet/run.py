@@ -63,6 +63,7 @@ RESUMABLE: dict[str, Any] = {
     "tasks": None,
     "eval_repeats": DEFAULT_EVAL_REPEATS,
     "eval_reference": False,
+    "eval_early_stop": True,
     "step_limit": None,
     "time_limit": None,
     "cost_limit": None,
@@ -95,6 +96,7 @@ class RunRequest:
     tasks: list[str] | None = None
     eval_repeats: int | None = None
     eval_reference: bool | None = None
+    eval_early_stop: bool | None = None
     step_limit: int | None = None
     time_limit: float | None = None
     cost_limit: float | None = None
@@ -179,6 +181,7 @@ def build_config(req: RunRequest) -> tuple[FleetConfig, RayOptions | None]:
         eval_url=req.eval_url,
         eval_repeats=int(s["eval_repeats"]),
         eval_reference=bool(s["eval_reference"]),
+        eval_early_stop=bool(s["eval_early_stop"]),
         sandbox_root=req.sandbox_root,
         resume=req.resume is not None,
         rerun_failed=req.rerun_failed,

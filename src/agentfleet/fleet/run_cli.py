@@ -173,6 +173,15 @@ def run(
             "(info.reference_speedup, plotted by `report`) \\[default: no]",
         ),
     ] = None,
+    eval_early_stop: Annotated[
+        bool | None,
+        typer.Option(
+            "--eval-early-stop/--no-eval-early-stop",
+            help="embedded evaluations stop their timed rounds before --eval-repeats once "
+            "more rounds cannot change the reward (the speedup figure then rests on fewer "
+            "rounds) \\[default: yes]",
+        ),
+    ] = None,
     sandbox_root: SandboxRootOpt = None,
     sandbox_backend: SandboxBackendOpt = None,
     image_map: ImageMapOpt = None,
@@ -209,6 +218,7 @@ def run(
             tasks=task,
             eval_repeats=eval_repeats,
             eval_reference=eval_reference,
+            eval_early_stop=eval_early_stop,
             step_limit=step_limit,
             time_limit=time_limit,
             cost_limit=cost_limit,

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import NamedTuple
 
-from agentfleet.evaluation.evaluator import EvalConfig, Evaluator
+from agentfleet.evaluation.evaluator import Evaluator
 from agentfleet.evaluation.pinning import CpuSet, auto_workers, available_cpus, plan_cpu_sets
 from agentfleet.evaluation.server import create_app as eval_app
-from agentfleet.fleet.config import FleetConfig
+from agentfleet.fleet.config import FleetConfig, eval_config
 from agentfleet.sandbox.base import DEFAULT_MAX_EXECS
 from agentfleet.sandbox.client import SandboxClient
 from agentfleet.sandbox.server import create_app as sandbox_app
@@ -70,7 +70,7 @@ async def embedded_servers(cfg: FleetConfig) -> AsyncIterator[Servers]:
         if eval_url is None:
             evaluator = Evaluator(
                 SandboxClient(sandbox_url, token=token),
-                EvalConfig(repeats=cfg.eval_repeats, reference=cfg.eval_reference),
+                eval_config(cfg),
                 dataset_roots=roots,
             )
             app = eval_app(evaluator, workers=cfg.eval_workers)

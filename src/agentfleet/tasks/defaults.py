@@ -12,12 +12,15 @@ BASELINE_RANGE_S = (0.3, 2.0)  # seconds of the workload, timed on the original 
 # ``tasks check``). A low module, so that the fleet and the CLI read it without loading the
 # evaluation server.
 DEFAULT_EVAL_REPEATS = 5
+# rounds after which an evaluation may stop early, its reward decided (evaluation/rounds.py)
+DEFAULT_EARLY_STOP_ROUNDS = 3
 # The evaluation server's port (``serve-eval``).
 DEFAULT_EVAL_PORT = 9528
 
 __all__ = [
     "BASELINE_RANGE_S",
     "DEFAULT_DATASET",
+    "DEFAULT_EARLY_STOP_ROUNDS",
     "DEFAULT_EVAL_PORT",
     "DEFAULT_EVAL_REPEATS",
     "DEFAULT_SPLIT",
