@@ -29,6 +29,8 @@ from agentfleet.agent import AgentConfig
 from agentfleet.fleet.runner import FleetConfig, TaskOutcome, run_fleet
 from agentfleet.models import SUBMIT_SENTINEL, ModelSpec
 from agentfleet.models.offline import bash_reply
+from agentfleet.sandbox import CreateSandbox, SandboxClient
+from agentfleet.serving import run_async
 
 try:
     import ray
@@ -381,6 +383,12 @@ def two_sandbox_servers(tmp_path: Path) -> Iterator[list[tuple[str, Path]]]:
 
 
 @pytest.mark.slow
+async def _labelled_sandboxes(url: str, runs: list[str]) -> list[str]:
+    """A sandbox on ``url`` per run label (what a killed invocation leaves); their ids."""
+    client = SandboxClient(url)
+    return [(await client.create(CreateSandbox(run=run))).sandbox_id for run in runs]
+
+
 def test_cli_ray_with_sandbox_urls_then_resume(
     ray_session: None,
     two_sandbox_servers: list[tuple[str, Path]],
@@ -428,15 +436,19 @@ def test_cli_ray_with_sandbox_urls_then_resume(
     assert len((run_dir / "results.jsonl").read_text().splitlines()) == 2
     assert json.loads((run_dir / "config.json").read_text())["tasks"] == ids
 
-    # run_fleet_ray applies resume itself: only the task without a result runs
+    # run_fleet_ray applies resume itself: only the task without a result runs, and the
+    # sandboxes a killed invocation left on the run's servers are deleted (not others')
     kept = [line for line in (run_dir / "results.jsonl").read_text().splitlines() if ids[0] in line]
     (run_dir / "results.jsonl").write_text("\n".join(kept) + "\n")
     cfg = config(tmp_path, ModelSpec("oracle"), ids, eval_repeats=1, resume=True)
+    _, other = run_async(_labelled_sandboxes(u1, [run_dir.name, "another-run"]))
     names: list[str] = []
     outcomes = run_fleet_ray(
         cfg, shards=2, sandbox_urls=[u1], actor_hook=lambda name, _: names.append(name)
     )
     assert [o.instance_id for o in outcomes] == [ids[1]]
+    assert leftovers(root1) == [other]  # the killed invocation's is gone
+    run_async(SandboxClient(u1).delete(other))
     assert result_ids(cfg) == ids
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["tasks"] == ids

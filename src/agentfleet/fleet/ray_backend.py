@@ -51,7 +51,7 @@ from agentfleet.fleet.config import FleetConfig, ray_eval_mode, run_config
 from agentfleet.fleet.monitor import FleetMonitor
 from agentfleet.fleet.outcome import Listener, TaskOutcome
 from agentfleet.fleet.ray_actor import ACTOR_ENV, FleetShard
-from agentfleet.fleet.runner import RunPlan, plan_run
+from agentfleet.fleet.runner import RunPlan, delete_killed_runs_sandboxes, plan_run
 from agentfleet.fleet.writer import ResultsWriter, trajectory
 from agentfleet.serving import run_async
 from agentfleet.tasks import Task
@@ -108,6 +108,9 @@ async def _drive(
 ) -> list[TaskOutcome]:
     writer = ResultsWriter(cfg.run_dir)
     await writer.prepare(config)
+    external = sandbox_urls or ([cfg.sandbox_url] if cfg.sandbox_url else [])
+    if cfg.resume and external:  # (a shard's embedded server reaps its own)
+        await delete_killed_runs_sandboxes(cfg, external)
     notify = listener or (lambda *_: None)
     by_id = {t.id: t for t in tasks}
     capacities = shard_capacities(cfg.workers, shards)

@@ -76,6 +76,15 @@ def plan_run(cfg: FleetConfig) -> RunPlan:
     return RunPlan([t for t in tasks if t.id in todo], all_ids, len(plan.skipped), plan)
 
 
+async def delete_killed_runs_sandboxes(cfg: FleetConfig, urls: list[str]) -> None:
+    """On resume: delete, on each of these sandbox servers, the sandboxes labelled with
+    this run that an earlier invocation left when it was killed (SIGKILL: no ``finally``)."""
+    for url in dict.fromkeys(urls):
+        left = await SandboxClient(url, token=cfg.sandbox_token).delete_runs({cfg.run_dir.name})
+        if left:
+            log.warning("deleted %d sandboxes a killed invocation left on %s", len(left), url)
+
+
 async def run_fleet(
     cfg: FleetConfig,
     listener: Listener | None = None,
@@ -105,9 +114,7 @@ async def run_fleet(
     async with embedded_servers(cfg) as (sandbox_url, eval_url, token):
         client = SandboxClient(sandbox_url, token=token)
         if cfg.resume and cfg.sandbox_url is not None:  # (an embedded server reaps them)
-            # the sandboxes an earlier invocation left when it was killed (SIGKILL)
-            if left := await client.delete_runs({cfg.run_dir.name}):
-                log.warning("deleted %d sandboxes a killed invocation left", len(left))
+            await delete_killed_runs_sandboxes(cfg, [cfg.sandbox_url])
         sandboxes: Sandboxes = client
         cpus = agent_cpus(cfg)
         if cpus:  # the agents' commands keep off the evaluation workers' CPUs
