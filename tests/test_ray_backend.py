@@ -455,5 +455,8 @@ def test_cli_ray_with_sandbox_urls_then_resume(
     assert [i["tasks"] for i in saved["invocations"]] == [ids, [ids[1]]]
     assert len(names) == 2 and actors_gone(names)
     names.clear()
-    assert run_fleet_ray(cfg, shards=2, actor_hook=lambda name, _: names.append(name)) == []
-    assert names == []  # nothing to do: no actor started
+    run_async(_labelled_sandboxes(u1, [run_dir.name]))
+    hook = lambda name, _: names.append(name)  # noqa: E731
+    assert run_fleet_ray(cfg, shards=2, sandbox_urls=[u1], actor_hook=hook) == []
+    assert names == []  # nothing to do: no actor started...
+    assert leftovers(root1) == []  # ...and what a killed invocation left is deleted all the same

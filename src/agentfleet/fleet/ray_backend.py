@@ -108,9 +108,7 @@ async def _drive(
 ) -> list[TaskOutcome]:
     writer = ResultsWriter(cfg.run_dir)
     await writer.prepare(config)
-    external = sandbox_urls or ([cfg.sandbox_url] if cfg.sandbox_url else [])
-    if cfg.resume and external:  # (a shard's embedded server reaps its own)
-        await delete_killed_runs_sandboxes(cfg, external)
+    await _delete_killed_runs_sandboxes(cfg, sandbox_urls)
     notify = listener or (lambda *_: None)
     by_id = {t.id: t for t in tasks}
     capacities = shard_capacities(cfg.workers, shards)
@@ -343,7 +341,7 @@ def run_fleet_ray(
         monitor.started_at = time.monotonic()
     listener = _monitored(listener, monitor)
     if not tasks:  # nothing to run: record the invocation, leave Ray alone
-        return run_async(_record_only(cfg, config))
+        return run_async(_record_only(cfg, config, sandbox_urls))
     started_ray = False
     if not ray.is_initialized():
         kwargs: dict[str, Any] = dict(init_kwargs or {})
@@ -414,6 +412,16 @@ def _monitored(listener: Listener | None, monitor: FleetMonitor | None) -> Liste
     return feed
 
 
-async def _record_only(cfg: FleetConfig, config: dict[str, Any]) -> list[TaskOutcome]:
+async def _record_only(
+    cfg: FleetConfig, config: dict[str, Any], sandbox_urls: list[str] | None
+) -> list[TaskOutcome]:
     await ResultsWriter(cfg.run_dir).prepare(config)
+    await _delete_killed_runs_sandboxes(cfg, sandbox_urls)
     return []
+
+
+async def _delete_killed_runs_sandboxes(cfg: FleetConfig, sandbox_urls: list[str] | None) -> None:
+    """On resume, on the run's sandbox servers (a shard's embedded one reaps its own)."""
+    external = sandbox_urls or ([cfg.sandbox_url] if cfg.sandbox_url else [])
+    if cfg.resume and external:
+        await delete_killed_runs_sandboxes(cfg, external)
