@@ -25,7 +25,7 @@ log = logging.getLogger("agentfleet.evaluation.ray")
 
 # Actors run asyncio's loop, as every agentfleet server does (fleet/ray_actor.py too).
 ACTOR_ENV = {"RAY_USE_UVLOOP": "0"}
-STOP_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 15.0  # a stopping worker: result post (5 s) + release (5 s), or unwind
 
 
 class EvalWorkerActor:
