@@ -45,9 +45,10 @@ def eval_host() -> str:
 @asynccontextmanager
 async def driver_evaluation(cfg: FleetConfig) -> AsyncIterator[DriverEval]:
     """The driver's evaluation server (jobs in memory, no local worker) and its Ray
-    evaluation actors (``cfg.eval_workers`` of them, default one per CPU of the
-    cluster, each pinned to one CPU of its node), the server's settings from ``cfg``.
-    On exit the actors stop first (handing back their leases), then the server."""
+    evaluation actors (``cfg.eval_workers`` of them, default one per CPU free in the
+    cluster, each pinned to one CPU of its node; none free: ``RayRoomError``), the
+    server's settings from ``cfg``. On exit the actors stop first (handing back their
+    leases), then the server."""
     roots = [(await asyncio.to_thread(load_dataset, cfg.dataset)).path]
     config = EvalConfig(repeats=cfg.eval_repeats, reference=cfg.eval_reference)
     token = secrets.token_urlsafe(32)
