@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import socket
 import sqlite3
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,12 @@ from conftest import local_ray
 from test_cli_servers import free_port
 
 from agentfleet.evaluation import EvalClient, EvalRequest, create_app
-from agentfleet.evaluation.ray_workers import node_slots, ray_eval_workers
+from agentfleet.evaluation.ray_workers import (
+    RayRoomError,
+    free_cpus,
+    node_slots,
+    ray_eval_workers,
+)
 from agentfleet.evaluation.worker import EvalWorker, WorkerEvaluators
 from agentfleet.http import HttpPool
 from agentfleet.serving import serve_in_loop
@@ -38,6 +45,11 @@ def test_node_slots() -> None:
     ]
     assert node_slots(nodes, 2) == [("a", 0), ("a", 1), ("c", 0)]
     assert node_slots(nodes, 0) == [("a", k) for k in range(4)] + [("c", k) for k in range(3)]
+    # by the CPUs free: the blocks held CPUs cover are skipped, the rest keep their number
+    free = {"a": 1.5, "b": 8.0, "c": 3.0}
+    assert node_slots(nodes, 1, free) == [("a", 3), ("c", 0), ("c", 1), ("c", 2)]
+    assert node_slots(nodes, 2, free) == [("c", 0)]
+    assert node_slots(nodes, 2, {"a": 4.0}) == [("a", 0), ("a", 1)]  # c: not live
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +147,102 @@ async def test_a_stopped_actor_hands_its_job_back(ray_session: None, tmp_path: P
     with sqlite3.connect(tmp_path / "jobs.db") as conn:
         rows = conn.execute("SELECT status, attempts, result FROM jobs").fetchall()
     assert len(rows) == 1 and rows[0][:2] == ("done", 1) and rows[0][2] is not None
+
+
+async def hold_cpu() -> Any:
+    """Another user of the cluster: an actor holding 1 CPU, placed."""
+
+    class Holder:  # local: pickled by value (Ray's workers cannot import this module)
+        def ping(self) -> int:
+            return 1
+
+    handle = ray.remote(num_cpus=1)(Holder).remote()
+    await asyncio.to_thread(ray.get, handle.ping.remote(), timeout=60)
+    return handle
+
+
+async def test_actors_are_placed_by_the_cpus_free(ray_session: None, tmp_path: Path) -> None:
+    """On the 2-CPU local Ray with 1 CPU held by another actor there is room for one
+    evaluation worker only: asking for 2 is a clear error naming what is free (no actor
+    left pending), the default places 1, on the node's second CPU block, and it evaluates;
+    with both CPUs held, no room at all is an error too."""
+    first = await hold_cpu()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with asyncio.timeout(60):  # Ray frees the last test's CPUs with a lag
+            while sum(free_cpus().values()) != 1.0:  # noqa: ASYNC110 - no event to wait on
+                await asyncio.sleep(0.1)
+        with pytest.raises(RayRoomError, match=r"do not fit.*room for 1.*1 of 2 CPUs free"):
+            async with ray_eval_workers("auto", server_url=url, workers=2):
+                pass
+        app = create_app(db_path=tmp_path / "jobs.db", workers=0, test_latency=0.1)
+        async with (
+            serve_in_loop(app, port=port),
+            HttpPool() as pool,
+            ray_eval_workers("auto", server_url=url, test_latency=0.1) as actors,
+        ):
+            [handle] = actors.handles.values()
+            where = await asyncio.to_thread(ray.get, handle.where.remote(), timeout=60)
+            res = await EvalClient(url, pool=pool).evaluate(req("free"), timeout=120)
+        assert res.reward == 1.0
+        if two_cpus():  # slot 1: the node's second CPU, not the first block again
+            assert where["cpus"] == (sorted(os.sched_getaffinity(0))[1],)
+        second = await hold_cpu()
+        with pytest.raises(RayRoomError, match=r"no CPU free.*0 of 2 CPUs free"):
+            async with ray_eval_workers("auto", server_url=url):
+                pass
+        ray.kill(second)
+    finally:
+        ray.kill(first)
+
+
+async def test_no_cpu_free_is_one_error_line_from_the_clis(
+    ray_session: None, tmp_path: Path
+) -> None:
+    """``agentfleet run --backend ray`` and ``serve-eval --ray-address`` on a cluster whose
+    CPUs are all held: exit 2 with one ``error:`` line, no traceback, no run folder, no
+    store, no server left listening (real CLIs in subprocesses, on this module's Ray)."""
+    held = [await hold_cpu(), await hold_cpu()]
+    address = ray.get_runtime_context().gcs_address
+    port = free_port()
+    try:
+        run = await cli(
+            "run", "--backend", "ray", "--ray-address", address, "--task", "sku-diff",
+            "--run-dir", str(tmp_path / "run"), "--sandbox-root", str(tmp_path / "sb"),
+            "--progress", "none",
+        )  # fmt: skip
+        serve = await cli(
+            "serve-eval", "--ray-address", address, "--port", str(port),
+            "--test-latency", "0.1", "--db", str(tmp_path / "jobs.db"),
+        )  # fmt: skip
+    finally:
+        for handle in held:
+            ray.kill(handle)
+    for code, stderr in (run, serve):
+        assert code == 2, stderr
+        assert "Traceback" not in stderr, stderr
+        errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "no CPU free" in errors[0], stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "sb").exists()
+    assert not (tmp_path / "jobs.db").exists()
+    with pytest.raises(OSError):  # nothing listens on the server's port
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+async def cli(*args: str) -> tuple[int, str]:
+    """``agentfleet ARGS`` in a subprocess (bounded): its exit code and stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "from agentfleet.cli import app; app()", *args,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "COLUMNS": "300"},
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(180):
+            _, stderr = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, stderr.decode()

@@ -341,7 +341,9 @@ def serve_eval(
     ] = None,
     ray_workers: Annotated[
         int | None,
-        typer.Option(min=1, help="Ray actors (default: the cluster's CPUs // --cores-per-worker)"),
+        typer.Option(
+            min=1, help="Ray actors (default: the cluster's free CPUs // --cores-per-worker)"
+        ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:

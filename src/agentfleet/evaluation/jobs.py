@@ -368,6 +368,12 @@ class JobManager(JobViews):
                 return job_id
         return None
 
+    def untake(self, job_id: str) -> None:
+        """A job :meth:`take` gave to a taker that went away before any lease: queued
+        again (at the back)."""
+        self._queue.put_nowait(job_id)
+        self._update_gauges()
+
     async def requeue(self, job: JobRecord) -> None:
         """A released job (its lease expired or was handed back) back in the queue, or
         failed once it was started ``max_attempts`` times."""

@@ -7,6 +7,11 @@ keeps the lease id of the start that holds each job and stores a result only und
 (:meth:`~agentfleet.evaluation.store.JobStore.finish`): when a remote lease expires, the
 job is released (queued again, no lease) and its late result is refused, so a job is
 reported and stored once whatever its workers do.
+
+A remote worker names the lease it asks for (``lease_id`` of its ask), so a worker stopped
+while its ask is in flight can hand that lease back without having read the answer; an id
+handed back before it was granted is retired (never granted), so the job waits for no
+expiry either way.
 """
 
 from __future__ import annotations
@@ -14,12 +19,15 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_LEASE_TTL_S = 30.0  # a remote worker's lease lapses this long after its last heartbeat
 SEEN_FOR_S = 120.0  # a remote worker that asked for work this recently is listed as idle
+RETIRED_FOR_S = 600.0  # an id handed back before its grant stays unusable this long...
+RETIRED_MAX = 10_000  # ...and the newest this many of them (longer than any ask: 60 s)
 
 
 class LeaseLost(Exception):
@@ -63,6 +71,7 @@ class LeaseBook:
     clock: Callable[[], float] = time.monotonic
     _leases: dict[str, Lease] = field(default_factory=dict)
     _seen: dict[str, _Seen] = field(default_factory=dict)
+    _retired: OrderedDict[str, float] = field(default_factory=OrderedDict)  # id -> when
 
     def __post_init__(self) -> None:
         if not self.ttl_s > 0:
@@ -76,9 +85,12 @@ class LeaseBook:
         node: str | None = None,
         cpus: str | None = None,
         remote: bool = False,
+        lease_id: str | None = None,
     ) -> Lease:
+        """A new lease on ``job_id``, under ``lease_id`` if given (check :meth:`usable`
+        first)."""
         lease = Lease(
-            id=uuid.uuid4().hex,
+            id=lease_id or uuid.uuid4().hex,
             job_id=job_id,
             worker=worker,
             node=node,
@@ -107,12 +119,34 @@ class LeaseBook:
 
     def hand_back(self, lease_id: str) -> Lease:
         """Remove and return a live remote lease its worker gives up; :class:`LeaseLost`
-        if it is unknown, expired, or a local worker's."""
+        if it is unknown, expired, or a local worker's. An unknown id is retired: a
+        worker stopped while asking for it hands it back before it is granted."""
         lease = self._leases.get(lease_id)
+        if lease is None:
+            self._retire(lease_id)
         if lease is None or not lease.remote or lease.expires <= self.clock():
             raise LeaseLost(f"lease {lease_id!r} is unknown or expired")
         del self._leases[lease_id]
         return lease
+
+    def usable(self, lease_id: str | None) -> bool:
+        """Whether a worker's own ``lease_id`` may be granted: not live, not retired."""
+        if lease_id is None:
+            return True
+        self._expire_retired()
+        return lease_id not in self._leases and lease_id not in self._retired
+
+    def _retire(self, lease_id: str) -> None:
+        self._retired[lease_id] = self.clock()
+        self._retired.move_to_end(lease_id)
+        self._expire_retired()
+
+    def _expire_retired(self) -> None:
+        horizon = self.clock() - RETIRED_FOR_S
+        while self._retired and (
+            len(self._retired) > RETIRED_MAX or next(iter(self._retired.values())) < horizon
+        ):
+            self._retired.popitem(last=False)
 
     def take_expired(self) -> list[Lease]:
         """Remove and return the remote leases past their expiry."""

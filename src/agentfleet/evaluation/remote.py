@@ -3,16 +3,20 @@
 A remote worker (``agentfleet eval-worker``, or a Ray actor: :mod:`~agentfleet.evaluation.
 worker`) takes jobs from the server's one queue, with the server's token:
 
-- ``POST /workers/lease`` ``{"worker", "node", "cpus", "wait"}`` -> 200 ``{"lease_id",
-  "job_id", "attempt", "ttl_s", "heartbeat_s", "request", "evaluator"}`` (the whole
-  request, patch included; ``evaluator``: what to evaluate with, the server's settings), or
-  204 when no job came within ``wait`` seconds (0..60);
+- ``POST /workers/lease`` ``{"worker", "node", "cpus", "wait", "lease_id"}`` -> 200
+  ``{"lease_id", "job_id", "attempt", "ttl_s", "heartbeat_s", "request", "evaluator"}``
+  (the whole request, patch included; ``evaluator``: what to evaluate with, the server's
+  settings), or 204 when no job came within ``wait`` seconds (0..60). ``lease_id``
+  (optional): the id the lease gets, so a worker stopped while asking can release it
+  unread; an id already live or released is never granted (204). A job is not granted to
+  an ask whose client has disconnected (or taken back at once if it went while granted);
 - ``POST /workers/leases/{lease_id}/heartbeat`` -> 200 ``{"ttl_s"}``, or 410 when the lease
   expired (its job is queued again: stop evaluating it);
 - ``POST /workers/leases/{lease_id}/release`` -> 200 ``{"released": true, "job_id"}``: a
   stopping worker hands its job back, queued again at once; that start is not counted in
   ``attempts`` (a worker's stop is not the job's fault, so it never reaches
-  ``max_attempts``); 410 when the lease is unknown or expired;
+  ``max_attempts``); 410 when the lease is unknown or expired (an id not granted yet is
+  retired: never granted from then on);
 - ``POST /workers/leases/{lease_id}/result`` ``{"status": "done" | "failed", "reward",
   "speedup", "info", "error", "elapsed_s"}`` -> 200 ``{"stored": true}``, or 409 when the
   lease expired or was replaced: the result is refused, never stored twice. The stored
@@ -53,6 +57,7 @@ class LeaseAsk(BaseModel):
     node: str | None = Field(default=None, max_length=200)
     cpus: str | None = Field(default=None, max_length=200)
     wait: float = Field(default=20.0, ge=0.0, le=MAX_LEASE_WAIT_S)
+    lease_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{16,64}$")
 
 
 class LeaseResult(BaseModel):
@@ -138,6 +143,19 @@ class RemoteWorkers:
         )  # fmt: skip
         return lease.job_id
 
+    async def _take_back(self, lease: Lease) -> None:
+        """A lease whose asker went away while it was granted: its job queued again at
+        once, that start not counted (unless a release did it already)."""
+        jobs = self.jobs
+        jobs.leases.end(lease.id)
+        if await asyncio.shield(self._requeue(lease, counted=False)):
+            jobs.metrics.leases_released.inc()
+            logger.info(
+                "job %s: worker %s went away before its lease reached it: queued again",
+                lease.job_id, lease.worker,
+            )  # fmt: skip
+        self._gauge()
+
     async def _requeue(self, lease: Lease, *, counted: bool) -> bool:
         """Release the job ``lease`` held and queue it again; False if it no longer held
         it. ``counted=False``: that start is taken off ``attempts``."""
@@ -188,13 +206,22 @@ class RemoteWorkers:
             job_id: str | None = taker.result()
             if job_id is None:
                 return None
-            lease = jobs.leases.grant(job_id, ask.worker, node=ask.node, cpus=ask.cpus, remote=True)
+            if gone.done() or not jobs.leases.usable(ask.lease_id):
+                jobs.untake(job_id)  # the asker went away (or released this id already)
+                return None
+            lease = jobs.leases.grant(
+                job_id, ask.worker, node=ask.node, cpus=ask.cpus, remote=True,
+                lease_id=ask.lease_id,
+            )  # fmt: skip
             if not await jobs.begin(job_id, lease):
                 continue  # a duplicate queue entry of a finished job
             job = await jobs.store.get(job_id)
             if job is None:  # pragma: no cover - unfinished jobs are never pruned
                 jobs.leases.end(lease.id)
                 continue
+            if gone.done() or not jobs.leases.live(lease.id):  # gone, or released, meanwhile
+                await self._take_back(lease)
+                return None
             self._gauge()
             logger.info("job %s leased to worker %s (node %s)", job_id, ask.worker, ask.node)
             ttl = jobs.leases.ttl_s

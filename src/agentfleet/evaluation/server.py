@@ -422,8 +422,9 @@ def run_server(
     in-process sandboxes are confined as ``confine`` says (default: ``required`` beyond
     loopback, since the server runs submitted patches, else ``auto``).
     ``ray_address`` (``auto``, or ``host:port``): also run ``ray_workers`` (default: the
-    cluster's CPUs // ``cores_per_worker``) Ray actors that lease jobs from this server
-    (:mod:`~agentfleet.evaluation.ray_workers`); local ``workers`` then default to 0.
+    cluster's free CPUs // ``cores_per_worker``) Ray actors that lease jobs from this
+    server (:mod:`~agentfleet.evaluation.ray_workers`), started before it (no room:
+    ``RayRoomError``, a ``ValueError``); local ``workers`` then default to 0.
     """
     from agentfleet.serving import serve_until_signal, uvicorn_config
 
@@ -435,14 +436,16 @@ def run_server(
             sandbox_url, eval_config, sandbox_token, dataset_roots, confine or default_confine(host)
         )
     remote_workers: Callable[[], AbstractAsyncContextManager[Any]] | None = None
+    actors = None
     if ray_address is not None:
-        from agentfleet.evaluation.ray_workers import ray_eval_workers
+        from agentfleet.evaluation.ray_workers import launch_ray_eval_workers, stopped_on_exit
 
         if port == 0:
             raise ValueError("--ray-address needs a fixed --port (the actors connect to it)")
         workers = 0 if workers is None else workers
-        remote_workers = functools.partial(
-            ray_eval_workers,
+        # before the server starts: no room on the cluster is a ValueError here (a line
+        # from the CLI), not a failed start-up; the actors wait for the server meanwhile
+        actors = launch_ray_eval_workers(
             ray_address,
             server_url=advertised_url(host, port),
             token=token,
@@ -452,29 +455,34 @@ def run_server(
             dataset_roots=dataset_roots,
             test_latency=test_latency,
         )
-    spec: dict[str, Any] = {}
-    if test_latency is not None:
-        spec["test_latency"] = test_latency
-    elif eval_config is not None:
-        spec["config"] = eval_config.model_dump(mode="json")
-    app = create_app(
-        None,
-        db_path=db_path,
-        workers=workers,
-        queue_limit=queue_limit,
-        token=token,
-        test_latency=test_latency,
-        max_body=max_body,
-        evaluator_factory=evaluator_factory,
-        keep_days=keep_days,
-        max_attempts=max_attempts,
-        cores_per_worker=cores_per_worker,
-        lease_ttl_s=lease_ttl_s,
-        worker_spec=spec,
-        remote_workers=remote_workers,
-    )
-    config = uvicorn_config(app, host, port, log_level=log_level, timeout_graceful_shutdown=5)
-    return serve_until_signal(config)
+        remote_workers = functools.partial(stopped_on_exit, actors)
+    try:
+        spec: dict[str, Any] = {}
+        if test_latency is not None:
+            spec["test_latency"] = test_latency
+        elif eval_config is not None:
+            spec["config"] = eval_config.model_dump(mode="json")
+        app = create_app(
+            None,
+            db_path=db_path,
+            workers=workers,
+            queue_limit=queue_limit,
+            token=token,
+            test_latency=test_latency,
+            max_body=max_body,
+            evaluator_factory=evaluator_factory,
+            keep_days=keep_days,
+            max_attempts=max_attempts,
+            cores_per_worker=cores_per_worker,
+            lease_ttl_s=lease_ttl_s,
+            worker_spec=spec,
+            remote_workers=remote_workers,
+        )
+        config = uvicorn_config(app, host, port, log_level=log_level, timeout_graceful_shutdown=5)
+        return serve_until_signal(config)
+    finally:
+        if actors is not None:  # stopped at shutdown already, unless the server never started
+            actors.stop()
 
 
 __all__ = [

@@ -8,19 +8,22 @@ heartbeat meanwhile, post the result. A heartbeat answered 410 (the lease expire
 went back to the queue) cancels the evaluation; a result answered 409 was refused (the
 job is someone else's now) and is dropped. Cancelled (SIGINT / SIGTERM, ``ray.cancel``)
 mid-evaluation, it lets the evaluation unwind and hands its lease back, so the job is
-queued again at once rather than after the lease's TTL. :class:`WorkerEvaluators` builds
+queued again at once rather than after the lease's TTL; cancelled while it asks for a
+job, it hands back the lease it named in its ask (granted or not); cancelled while it
+posts a result, it finishes that post first (up to ``RESULT_S``), else hands the lease
+back. :class:`WorkerEvaluators` builds
 the evaluator a lease asks for (the server's settings) over one set of sandboxes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import socket
 import time
+import uuid
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -42,13 +45,13 @@ _Outcome = tuple[str, dict[str, Any], str | None, float]  # status, result, erro
 RETRY_S = (0.5, 1.0, 2.0, 5.0)  # back-off while the server cannot be reached
 UNWIND_S = 30.0  # a stopping worker waits this long for its evaluation to unwind
 RELEASE_S = 5.0  # ...and this long for the server to take its lease back
+RESULT_S = 5.0  # a worker stopped while it posts a result waits this long for the answer
 
 
 async def _cancelled(task: asyncio.Future[Any]) -> None:
-    """Cancel ``task`` and wait for it to end."""
+    """Cancel ``task`` and wait for it to end (a cancel of the caller still propagates)."""
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await asyncio.wait([task])
 
 
 class WorkerEvaluators:
@@ -182,13 +185,19 @@ class EvalWorker:
     async def run_one(self) -> bool:
         """Lease one job (waiting up to ``wait_s``) and evaluate it; False if none came.
         Raises :class:`~agentfleet.http.HttpError` when the server answers an error."""
+        lease_id = uuid.uuid4().hex  # named here: a stop mid-ask can hand it back unread
         ask = {
             "worker": self.name,
             "node": self.node,
             "cpus": format_cpus(self.cpus) if self.cpus else None,
             "wait": self.wait_s,
+            "lease_id": lease_id,
         }
-        resp = await self._post("/workers/lease", ask, read_s=self.wait_s + 30)
+        try:
+            resp = await self._post("/workers/lease", ask, read_s=self.wait_s + 30)
+        except asyncio.CancelledError:  # the server may have granted it meanwhile
+            await self._release(lease_id, None)
+            raise
         if resp.status == 204:
             return False
         resp.raise_for_status()
@@ -205,19 +214,46 @@ class EvalWorker:
         try:
             status, result, error, elapsed = await work
         except asyncio.CancelledError:
+            self.current = None
+            await _cancelled(beat)
             if not lost.is_set():  # we are stopping: unwind, then hand the job back
-                await _cancelled(beat)
                 work.cancel()
                 await asyncio.wait([work], timeout=UNWIND_S)  # its sandboxes deleted
                 await self._release(lease_id, job_id)
                 raise
             log.warning("worker %s: job %s lost its lease; dropped", self.name, job_id)
             return
-        finally:
-            await _cancelled(beat)
-            self.current = None
+        self.current = None
         body = {**result, "status": status, "error": error, "elapsed_s": elapsed}
-        resp = await self._post(f"/workers/leases/{lease_id}/result", body)
+        post = asyncio.ensure_future(self._report(lease_id, body, beat))
+        try:
+            resp = await asyncio.shield(post)
+        except asyncio.CancelledError:  # stopping with a result in hand: post it first
+            await self._report_on_stop(post, lease_id, job_id)
+            raise
+        self._counted(resp, job_id)
+
+    async def _report(self, lease_id: str, body: dict[str, Any], beat: asyncio.Task[Any]) -> Any:
+        await _cancelled(beat)
+        return await self._post(f"/workers/leases/{lease_id}/result", body)
+
+    async def _report_on_stop(self, post: asyncio.Future[Any], lease_id: str, job_id: str) -> None:
+        """Stopped while posting a result: wait up to ``RESULT_S`` for its answer; a post
+        that fails (or does not end in time) hands the lease back instead."""
+        log.info("worker %s: stopping; posting the result of job %s first", self.name, job_id)
+        try:
+            await asyncio.wait([post], timeout=RESULT_S)
+        finally:
+            if not post.done():
+                post.cancel()
+                await asyncio.wait([post])
+        if not post.cancelled() and post.exception() is None and post.result().status in (200, 409):
+            self._counted(post.result(), job_id)
+            return
+        await self._release(lease_id, job_id)
+
+    def _counted(self, resp: Any, job_id: str) -> None:
+        """Count the server's answer to a result: stored (200), refused (409)."""
         if resp.status == 409:
             self.refused += 1
             log.warning("worker %s: result of job %s refused (lease expired)", self.name, job_id)
@@ -225,20 +261,24 @@ class EvalWorker:
         resp.raise_for_status()
         self.done += 1
 
-    async def _release(self, lease_id: str, job_id: str) -> None:
+    async def _release(self, lease_id: str, job_id: str | None) -> None:
         """Hand the lease back so the job is queued again at once (not after the lease's
-        TTL); a server that does not answer within ``RELEASE_S`` lets it lapse instead."""
+        TTL); a server that does not answer within ``RELEASE_S`` lets it lapse instead.
+        ``job_id`` None: the lease asked for (the server may not have granted it)."""
+        what = f"job {job_id}" if job_id else f"lease {lease_id} asked for"
         try:
             async with asyncio.timeout(RELEASE_S):
                 resp = await self._post(f"/workers/leases/{lease_id}/release", {})
         except (HttpError, OSError, TimeoutError) as exc:
-            log.warning("worker %s: job %s not handed back (%s)", self.name, job_id, exc)
+            log.warning("worker %s: %s not handed back (%s)", self.name, what, exc)
             return
         if resp.status == 200:
             self.released += 1
-            log.info("worker %s: stopping; job %s handed back", self.name, job_id)
+            log.info("worker %s: stopping; %s handed back", self.name, what)
+        elif job_id is None and resp.status == 410:  # never granted: nothing to hand back
+            log.debug("worker %s: stopping; %s was not granted", self.name, what)
         else:
-            log.warning("worker %s: handing back job %s: HTTP %d", self.name, job_id, resp.status)
+            log.warning("worker %s: handing back %s: HTTP %d", self.name, what, resp.status)
 
     async def _outcome(
         self, lease: dict[str, Any]

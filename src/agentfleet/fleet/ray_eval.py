@@ -44,9 +44,10 @@ def eval_host() -> str:
 @asynccontextmanager
 async def driver_evaluation(cfg: FleetConfig) -> AsyncIterator[DriverEval]:
     """The driver's evaluation server (jobs in memory, no local worker) and its Ray
-    evaluation actors (``cfg.eval_workers`` of them, default one per CPU of the
-    cluster, each pinned to one CPU of its node), the server's settings from ``cfg``.
-    On exit the actors stop first (handing back their leases), then the server."""
+    evaluation actors (``cfg.eval_workers`` of them, default one per CPU free in the
+    cluster, each pinned to one CPU of its node; none free: ``RayRoomError``), the
+    server's settings from ``cfg``. On exit the actors stop first (handing back their
+    leases), then the server."""
     roots = [(await asyncio.to_thread(load_dataset, cfg.dataset)).path]
     config = eval_config(cfg)
     token = secrets.token_urlsafe(32)

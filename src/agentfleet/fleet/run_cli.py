@@ -197,6 +197,7 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a fleet of agents on a dataset split and print their scores."""
+    from agentfleet.evaluation.ray_workers import RayRoomError  # (Ray itself not imported)
     from agentfleet.fleet import run as fleet_run
     from agentfleet.fleet.dashboard import choose_mode, make_progress
     from agentfleet.fleet.monitor import FleetMonitor
@@ -272,6 +273,8 @@ def run(
             soft_wrap=True,
         )
         raise typer.Exit(code) from None
+    except RayRoomError as exc:  # --backend ray: no CPU free for its evaluation actors
+        fail(str(exc))
     print_results(result.outcomes, result.summary, console)
     console.print(f"run folder: {cfg.run_dir}")
     if monitor.failed:
