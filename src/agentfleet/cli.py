@@ -22,7 +22,7 @@ from agentfleet.sandbox.base import (
     DEFAULT_TTL_S,
 )
 from agentfleet.tasks import DEFAULT_DATASET, TaskNotFound
-from agentfleet.tasks.defaults import DEFAULT_EVAL_PORT, DEFAULT_EVAL_REPEATS
+from agentfleet.tasks.defaults import DEFAULT_EVAL_PORT, DEFAULT_EVAL_REPEATS, MAX_EVAL_REPEATS
 
 app = typer.Typer(
     help="Run fleets of coding agents on performance tasks and score them.",
@@ -258,8 +258,15 @@ def serve_eval(
         int, typer.Option(min=1024, help="largest request body in bytes (larger: 413)")
     ] = 10 * 1024 * 1024,
     repeats: Annotated[
-        int, typer.Option(min=1, max=100, help="timed rounds of each side (median compared)")
-    ] = DEFAULT_EVAL_REPEATS,
+        int | None,
+        typer.Option(
+            min=1,
+            max=MAX_EVAL_REPEATS,
+            help="timed rounds of each side (median compared); unset: a real benchmark's "
+            f"task keeps its own protocol (SWE-Perf 20...) up to --max-repeats, others "
+            f"{DEFAULT_EVAL_REPEATS}",
+        ),
+    ] = None,
     target_ci: Annotated[
         float | None,
         typer.Option(
@@ -270,7 +277,12 @@ def serve_eval(
         ),
     ] = None,
     max_repeats: Annotated[
-        int, typer.Option(min=1, max=100, help="cap on rounds with --target-ci")
+        int,
+        typer.Option(
+            min=1,
+            max=MAX_EVAL_REPEATS,
+            help="cap on rounds with --target-ci, and on a task's own protocol",
+        ),
     ] = 20,
     reward_kind: Annotated[
         str,

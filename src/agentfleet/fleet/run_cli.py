@@ -21,7 +21,12 @@ from agentfleet._cli import (
     fail,
     setup_logging,
 )
-from agentfleet.tasks.defaults import DEFAULT_DATASET, DEFAULT_EVAL_REPEATS, DEFAULT_SPLIT
+from agentfleet.tasks.defaults import (
+    DEFAULT_DATASET,
+    DEFAULT_EVAL_REPEATS,
+    DEFAULT_SPLIT,
+    MAX_EVAL_REPEATS,
+)
 
 __all__ = ["run"]
 
@@ -162,7 +167,10 @@ def run(
         int | None,
         typer.Option(
             min=1,
-            help="timed runs per side in embedded evaluations" + _default(DEFAULT_EVAL_REPEATS),
+            max=MAX_EVAL_REPEATS,
+            help="timed runs per side in embedded evaluations; unset: a real benchmark's "
+            "task keeps its own protocol (SWE-Perf 20, GSO 5, SWE-fficiency 1), others"
+            + _default(DEFAULT_EVAL_REPEATS),
         ),
     ] = None,
     eval_reference: Annotated[
