@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from agentfleet._cli import (
+    MAX_WORKERS,
     DatasetOpt,
     ImageMapOpt,
     PullOpt,
@@ -43,7 +44,9 @@ def eval_preds(
     ],
     dataset: DatasetOpt = DEFAULT_DATASET,
     split: SplitOpt = DEFAULT_SPLIT,
-    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="at once")] = 4,
+    workers: Annotated[
+        int, typer.Option("--workers", "-w", min=1, max=MAX_WORKERS, help="at once")
+    ] = 4,
     run_dir: Annotated[Path | None, typer.Option(help="run folder (default runs/<name>)")] = None,
     eval_repeats: Annotated[
         int | None,
