@@ -6,10 +6,13 @@ the process backend; an image task differs only in where the repository comes fr
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import textwrap
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "t",
@@ -165,3 +168,21 @@ def build_dataset(root: Path) -> dict[str, str]:
         )
         (task_dir / "solution.patch").write_text(patches["gold"])
     return {"path": str(root), **patches}
+
+
+class WorkloadRuns:
+    """Sandboxes (a service or a client) passing every call through, counting per sandbox
+    the commands that run ``workload`` (the output check, each warm-up and timed run)."""
+
+    def __init__(self, inner: Any, workload: str) -> None:
+        self.inner = inner
+        self.needle = shlex.quote(workload)  # how the check's and the timer's commands hold it
+        self.runs: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def exec(self, sandbox_id: str, command: str, *args: Any, **kwargs: Any) -> Any:
+        if self.needle in command:
+            self.runs[sandbox_id] += 1
+        return await self.inner.exec(sandbox_id, command, *args, **kwargs)

@@ -36,11 +36,13 @@ PROBE = textwrap.dedent(
     from agentfleet.sandbox.base import CreateSandbox
     from agentfleet.sandbox.cli import serve_settings
     from agentfleet.sandbox.service import SandboxService
+    from agentfleet.tasks.model import Task
 
     def arg(fn, name):
         return inspect.signature(fn).parameters[name].default
 
     fields = {f.name: f.default for f in dataclasses.fields(FleetConfig)}
+    plain_task = Task(id="t", dataset="d", prompt="p", test_cmd="t", workload_cmd="w", task_dir=".")
     root = typer.main.get_command(app)
 
     def param(path, name):
@@ -78,14 +80,20 @@ PROBE = textwrap.dedent(
             "run --help": help_default("run", "split"),
         },
         "eval_repeats": {
-            "FleetConfig": fields["eval_repeats"],
-            "RESUMABLE": RESUMABLE["eval_repeats"],
             "check_tasks": arg(check.check_tasks, "repeats"),
             "tasks check": option("tasks check", "repeats"),
-            "serve-eval": option("serve-eval", "repeats"),
             "run --help": int(help_default("run", "eval_repeats")),
-            "EvalConfig": EvalConfig().repeats,
+            "EvalConfig.protocol": EvalConfig().protocol(plain_task).repeats,
             "speedup.measure": arg(speedup.measure, "repeats"),
+        },
+        # unset: each task's own protocol (a real benchmark's), else the default above
+        "eval_repeats_unset": {
+            "FleetConfig": fields["eval_repeats"],
+            "RESUMABLE": RESUMABLE["eval_repeats"],
+            "serve-eval": option("serve-eval", "repeats"),
+            "run": option("run", "eval_repeats"),
+            "eval preds": option("eval preds", "eval_repeats"),
+            "EvalConfig": EvalConfig().repeats,
         },
         "eval_port": {
             "serve-eval": option("serve-eval", "port"),
@@ -130,6 +138,7 @@ EXPECTED = {
     "max_sandboxes": 77,
     "reap_interval": 11.0,
     "eval_repeats": 13,
+    "eval_repeats_unset": None,
     "eval_port": 19528,
     "sandbox_ttl": 1234.0,
 }

@@ -489,7 +489,8 @@ def test_serve_eval_cli_passes_its_options_through(monkeypatch: pytest.MonkeyPat
     seen.clear()
     assert runner.invoke(cli_app, ["serve-eval"]).exit_code == 0
     cfg = seen["eval_config"]
-    assert (cfg.repeats, cfg.reward.kind, cfg.reference) == (5, "log_speedup", False)
+    # repeats unset: each task's own protocol, else DEFAULT_EVAL_REPEATS (EvalConfig.protocol)
+    assert (cfg.repeats, cfg.reward.kind, cfg.reference) == (None, "log_speedup", False)
     assert seen["queue_limit"] == 1000 and seen["max_body"] == 10 * 1024 * 1024
     help_text = runner.invoke(cli_app, ["serve-eval", "--help"], env={"COLUMNS": "200"}).output
     for flag in ("--queue-limit", "--max-body", "--repeats", "--reward-kind", "--no-reference"):

@@ -78,6 +78,42 @@ def test_image_naming_rules() -> None:
     assert eff.image == "ghcr.io/swefficiency/swefficiency-images:agentfleet__histo-302"
 
 
+# each benchmark's own timing protocol, from its harness: (timed runs per side, untimed
+# runs per arm before them, the output check included)
+PROTOCOLS = {"gso-mini": (5, 1), "swe-perf-mini": (20, 3), "swefficiency-mini": (1, 1)}
+
+
+@pytest.mark.parametrize("name", MINIS)
+def test_profiles_carry_their_benchmarks_timing_protocol(name: str) -> None:
+    for task in load_dataset(name).tasks():
+        assert (task.repeats, task.warmup) == PROTOCOLS[name], task.id
+    # a folder task names none (perf-lite unchanged): the evaluation's defaults apply
+    plain = load_dataset("perf-lite").tasks()[0]
+    assert (plain.repeats, plain.warmup) == (None, None)
+
+
+def test_timing_protocol_operator_wins_and_the_cap_holds() -> None:
+    """EvalConfig.protocol: the operator's numbers when set; else the task's, its repeats
+    at most max_repeats (a dataset cannot raise them past the server's cap); else 5 / 1."""
+    from agentfleet.evaluation.config import EvalConfig
+
+    perf = load_dataset("swe-perf-mini").task("agentfleet__pairs-202")
+    plain = load_dataset("perf-lite").tasks()[0]
+    assert EvalConfig().protocol(perf)[:2] == (20, 3)
+    assert EvalConfig().protocol(perf).source == {"repeats": "task", "warmup": "task"}
+    assert EvalConfig(repeats=7).protocol(perf)[:2] == (7, 3)
+    assert EvalConfig(repeats=7, warmup=0).protocol(perf).source == {
+        "repeats": "operator",
+        "warmup": "operator",
+    }
+    assert EvalConfig(max_repeats=8).protocol(perf)[:2] == (8, 3)
+    assert EvalConfig(repeats=30, max_repeats=8).protocol(perf)[:2] == (30, 3)  # explicit
+    assert EvalConfig().protocol(plain) == (5, 1, {"repeats": "default", "warmup": "default"})
+    # the bounds hold for a task's fields as for the config's
+    with pytest.raises(ValueError, match="less than or equal to 100"):
+        perf.model_validate({**perf.model_dump(), "repeats": 101})
+
+
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 
 __all__ = [
+    "MAX_TEST_LATENCY_S",
+    "MAX_WORKERS",
     "DatasetOpt",
     "ImageMapOpt",
     "PullOpt",
@@ -28,6 +30,11 @@ __all__ = [
 
 console = Console()
 err = Console(stderr=True)
+
+# Upper bounds of operator options that no request model declares (the others reuse the
+# models' own: EvalConfig's repeats, CreateSandbox's limits, a lease's wait).
+MAX_WORKERS = 100_000  # agents, evaluations, Ray actors or shards at once: beyond a machine
+MAX_TEST_LATENCY_S = 3600.0  # test mode's sleep per evaluation
 
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="bundled name or folder path")]
 SplitOpt = Annotated[str, typer.Option("--split", "-s", help="split of the dataset")]

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 # Underscored aliases: the names the commands below were written with.
-from agentfleet._cli import DatasetOpt
+from agentfleet._cli import MAX_TEST_LATENCY_S, MAX_WORKERS, DatasetOpt
 from agentfleet._cli import fail as _fail
 from agentfleet._cli import setup_logging as _setup_logging
 from agentfleet.fleet.run_cli import run
@@ -26,6 +26,7 @@ from agentfleet.tasks.defaults import (
     DEFAULT_EARLY_STOP_ROUNDS,
     DEFAULT_EVAL_PORT,
     DEFAULT_EVAL_REPEATS,
+    MAX_EVAL_REPEATS,
 )
 
 app = typer.Typer(
@@ -232,15 +233,27 @@ def _reward_kind(value: str) -> str:
 
 def _eval_workers(value: str) -> str:
     """``--workers``: ``auto`` or a whole number >= 0 (0: remote workers only)."""
-    if value == "auto" or value.isdigit():
+    if value == "auto" or (value.isdigit() and int(value) <= MAX_WORKERS):
         return value
-    raise typer.BadParameter(f"{value!r} is neither 'auto' nor a whole number >= 0")
+    raise typer.BadParameter(f"{value!r} is neither 'auto' nor a whole number 0-{MAX_WORKERS}")
+
+
+def _check_cores(cores_per_worker: int, ray_address: str | None) -> None:
+    """``--cores-per-worker``: local workers get no more than the CPUs this process may use
+    (Ray actors' are the cluster's)."""
+    from agentfleet.evaluation.pinning import available_cpus
+
+    have = len(available_cpus())
+    if ray_address is None and cores_per_worker > have:
+        _fail(f"--cores-per-worker {cores_per_worker}: this process may use {have} CPU(s)")
 
 
 @app.command("serve-eval")
 def serve_eval(
     host: str = "127.0.0.1",
-    port: int = DEFAULT_EVAL_PORT,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="port (0: any free one)")
+    ] = DEFAULT_EVAL_PORT,
     db: Annotated[
         Path | None, typer.Option(help="SQLite file of jobs (default: in memory, lost at exit)")
     ] = None,
@@ -253,17 +266,32 @@ def serve_eval(
         ),
     ] = "auto",
     cores_per_worker: Annotated[
-        int, typer.Option(min=0, help="CPUs pinned to each worker's commands (0: no pinning)")
+        int,
+        typer.Option(
+            min=0,
+            help="CPUs pinned to each worker's commands (0: no pinning; at most the usable CPUs)",
+        ),
     ] = 1,
     queue_limit: Annotated[
-        int, typer.Option(min=1, help="jobs waiting for a worker before submits get 429")
+        int,
+        typer.Option(
+            min=1, max=10_000_000, help="jobs waiting for a worker before submits get 429"
+        ),
     ] = 1000,
     max_body: Annotated[
-        int, typer.Option(min=1024, help="largest request body in bytes (larger: 413)")
+        int,
+        typer.Option(min=1024, max=1 << 30, help="largest request body in bytes (larger: 413)"),
     ] = 10 * 1024 * 1024,
     repeats: Annotated[
-        int, typer.Option(min=1, max=100, help="timed rounds of each side (median compared)")
-    ] = DEFAULT_EVAL_REPEATS,
+        int | None,
+        typer.Option(
+            min=1,
+            max=MAX_EVAL_REPEATS,
+            help="timed rounds of each side (median compared); unset: a real benchmark's "
+            f"task keeps its own protocol (SWE-Perf 20...) up to --max-repeats, others "
+            f"{DEFAULT_EVAL_REPEATS}",
+        ),
+    ] = None,
     target_ci: Annotated[
         float | None,
         typer.Option(
@@ -274,13 +302,18 @@ def serve_eval(
         ),
     ] = None,
     max_repeats: Annotated[
-        int, typer.Option(min=1, max=100, help="cap on rounds with --target-ci")
+        int,
+        typer.Option(
+            min=1,
+            max=MAX_EVAL_REPEATS,
+            help="cap on rounds with --target-ci, and on a task's own protocol",
+        ),
     ] = 20,
     early_stop_rounds: Annotated[
         int,
         typer.Option(
             min=0,
-            max=100,
+            max=MAX_EVAL_REPEATS,
             help="from this many rounds on, stop before --repeats once more rounds cannot "
             "change the reward (0: every round; off with --target-ci, --reference and a "
             "real benchmark's task)",
@@ -315,6 +348,7 @@ def serve_eval(
         float | None,
         typer.Option(
             min=0.0,
+            max=MAX_TEST_LATENCY_S,
             help="test mode: every evaluation sleeps this long, reward 1 "
             "(--repeats, --reward-kind, --reference unused)",
         ),
@@ -322,15 +356,18 @@ def serve_eval(
     dataset_root: DatasetRootOpt = None,
     confine: ConfineOpt = None,
     keep_days: Annotated[
-        float, typer.Option(min=0.001, help="prune finished jobs older than this (days)")
+        float,
+        typer.Option(min=0.001, max=36500.0, help="prune finished jobs older than this (days)"),
     ] = 7.0,
     max_attempts: Annotated[
-        int, typer.Option(min=1, help="starts of a job that never finishes before it fails")
+        int,
+        typer.Option(min=1, max=100, help="starts of a job that never finishes before it fails"),
     ] = 3,
     lease_ttl: Annotated[
         float,
         typer.Option(
             min=1.0,
+            max=24 * 3600.0,
             help="a remote worker's job is queued again after this many "
             "seconds without a heartbeat",
         ),
@@ -342,7 +379,9 @@ def serve_eval(
     ray_workers: Annotated[
         int | None,
         typer.Option(
-            min=1, help="Ray actors (default: the cluster's free CPUs // --cores-per-worker)"
+            min=1,
+            max=MAX_WORKERS,
+            help="Ray actors (default: the cluster's free CPUs // --cores-per-worker)",
         ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
@@ -354,6 +393,7 @@ def serve_eval(
     from agentfleet.evaluation.server import run_server
     from agentfleet.sandbox.cli import confine_setting
 
+    _check_cores(cores_per_worker, ray_address)
     try:
         confine = confine_setting(confine, host)
     except ValueError as exc:

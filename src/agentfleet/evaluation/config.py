@@ -3,12 +3,29 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentfleet.evaluation.reward import RewardConfig
-from agentfleet.tasks.defaults import DEFAULT_EARLY_STOP_ROUNDS, DEFAULT_EVAL_REPEATS
+from agentfleet.tasks.defaults import (
+    DEFAULT_EARLY_STOP_ROUNDS,
+    DEFAULT_EVAL_REPEATS,
+    MAX_EVAL_REPEATS,
+    MAX_EVAL_WARMUP,
+)
+from agentfleet.tasks.model import Task
+
+DEFAULT_WARMUP = 1  # untimed runs per arm: the output check alone
+
+
+class TimingProtocol(NamedTuple):
+    """The rounds an evaluation of one task times, and where each number came from
+    (``operator``: the evaluation's config; ``task``: the task's benchmark; ``default``)."""
+
+    repeats: int
+    warmup: int
+    source: dict[str, str]
 
 
 class EvalConfig(BaseModel):
@@ -16,8 +33,11 @@ class EvalConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    repeats: int = Field(default=DEFAULT_EVAL_REPEATS, ge=1, le=100)
-    warmup: int = Field(default=1, ge=0, le=20)  # untimed runs per arm; the output check is one
+    # Timed rounds per side, and untimed runs per arm (the output check is one). None: the
+    # task's own protocol (a real benchmark's, e.g. SWE-Perf's 20 and 3), capped by
+    # max_repeats, else DEFAULT_EVAL_REPEATS / DEFAULT_WARMUP (:meth:`protocol`).
+    repeats: int | None = Field(default=None, ge=1, le=MAX_EVAL_REPEATS)
+    warmup: int | None = Field(default=None, ge=0, le=MAX_EVAL_WARMUP)
     order: Literal["alternate", "shuffle"] = "alternate"
     # "wall": elapsed time; "cpu": the workload's user+sys CPU time (its waited-for children
     # included), far less sensitive to other jobs on a shared machine.
@@ -37,16 +57,37 @@ class EvalConfig(BaseModel):
     # Adaptive repeats: rounds are added (2 at a time) until the bootstrap interval's width
     # is under target_ci x the speedup, or max_repeats rounds ran (rounds.py).
     target_ci: float | None = Field(default=None, gt=0.0, lt=1.0)
-    max_repeats: int = Field(default=20, ge=1, le=100)
+    max_repeats: int = Field(default=20, ge=1, le=MAX_EVAL_REPEATS)  # also caps a task's own
     # Early stop: from this many rounds on, stop before ``repeats`` once the reward cannot
     # change (rounds.py); None: always ``repeats``. Off with target_ci, a reference arm
     # or a real benchmark's task (their figures need every round).
-    early_stop_rounds: int | None = Field(default=DEFAULT_EARLY_STOP_ROUNDS, ge=2, le=100)
+    early_stop_rounds: int | None = Field(
+        default=DEFAULT_EARLY_STOP_ROUNDS, ge=2, le=MAX_EVAL_REPEATS
+    )
     drop_outliers: bool = True  # the outlier rule of rounds.py (from 5 rounds on)
     python: str = "python3"  # interpreter inside the sandbox for the timer
     # memory limit (MB) of the evaluation sandboxes of a real benchmark's tasks, by benchmark
     # (SWE-Perf's harness gives its containers 16 GB); unset: the sandbox server's default
     memory_mb: dict[str, int] = Field(default_factory=dict)
 
+    def protocol(self, task: Task) -> TimingProtocol:
+        """The rounds to time ``task`` with: the operator's ``repeats`` / ``warmup`` when
+        set, else the task's own (its benchmark's; repeats at most ``max_repeats``, so a
+        dataset never raises them past the server's cap), else the defaults."""
+        source: dict[str, str] = {}
+        if self.repeats is not None:
+            repeats, source["repeats"] = self.repeats, "operator"
+        elif task.repeats is not None:
+            repeats, source["repeats"] = min(task.repeats, self.max_repeats), "task"
+        else:
+            repeats, source["repeats"] = DEFAULT_EVAL_REPEATS, "default"
+        if self.warmup is not None:
+            warmup, source["warmup"] = self.warmup, "operator"
+        elif task.warmup is not None:
+            warmup, source["warmup"] = task.warmup, "task"
+        else:
+            warmup, source["warmup"] = DEFAULT_WARMUP, "default"
+        return TimingProtocol(repeats, warmup, source)
 
-__all__ = ["EvalConfig"]
+
+__all__ = ["DEFAULT_WARMUP", "EvalConfig", "TimingProtocol"]

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from agentfleet.evaluation import image_eval
-from agentfleet.evaluation.config import EvalConfig
+from agentfleet.evaluation.config import EvalConfig, TimingProtocol
 from agentfleet.evaluation.eval_pool import SandboxPool as _Pool
 from agentfleet.evaluation.eval_pool import job_label
 from agentfleet.evaluation.patches import (
@@ -364,12 +364,13 @@ class Evaluator:
 
         # 4. timing
         t = time.monotonic()
+        protocol = cfg.protocol(task)  # the operator's rounds, else the task's benchmark's
         try:
             if self._timing_slots is not None:
                 async with self._timing_slots:
-                    samples = await self._measure(arms, task, run_timeout)
+                    samples = await self._measure(arms, task, run_timeout, protocol)
             else:
-                samples = await self._measure(arms, task, run_timeout)
+                samples = await self._measure(arms, task, run_timeout, protocol)
         except TimingError as exc:
             if exc.arm == "candidate":
                 raise _Outcome("workload_failed", workload_error=exc.detail) from None
@@ -378,7 +379,7 @@ class Evaluator:
         if "reference" in samples.dropped:
             info["reference_error"] = "reference timing failed: " + samples.dropped["reference"]
 
-        timing = timing_stats(samples, cfg)
+        timing = timing_stats(samples, cfg, protocol)
         speedup, stats = timing.speedup, timing.stats
         info["clocks_disagree"] = timing.clocks_disagree
         reference_speedup = timing.reference_speedup
@@ -464,7 +465,9 @@ class Evaluator:
             arms.pop("reference", None)
             info["reference_error"] = failures["reference"]
 
-    async def _measure(self, arms: dict[str, str], task: Task, run_timeout: float) -> Samples:
+    async def _measure(
+        self, arms: dict[str, str], task: Task, run_timeout: float, protocol: TimingProtocol
+    ) -> Samples:
         cfg = self.config
         # every round for a benchmark's figures and for a timed reference
         full = "reference" in arms or image_eval.scored_by_benchmark(task)
@@ -472,8 +475,8 @@ class Evaluator:
             self.sandboxes,
             arms,
             task.workload_cmd,
-            repeats=cfg.repeats,
-            warmup=max(cfg.warmup - 1, 0),  # the output check was the first warm-up
+            repeats=protocol.repeats,
+            warmup=max(protocol.warmup - 1, 0),  # the output check was the first warm-up
             run_timeout=run_timeout,
             order=cfg.order,
             seed=cfg.seed,

@@ -40,12 +40,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agentfleet.evaluation.jobs import JobManager
 from agentfleet.evaluation.leases import Lease, LeaseLost
+from agentfleet.evaluation.schema import MAX_LEASE_WAIT_S
 from agentfleet.evaluation.store import DONE, FAILED
 from agentfleet.http.openapi import JSON_OBJECT, errors
 
 logger = logging.getLogger("agentfleet.evaluation")
-
-MAX_LEASE_WAIT_S = 60.0
 
 
 class LeaseAsk(BaseModel):

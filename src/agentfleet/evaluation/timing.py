@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agentfleet.evaluation.config import EvalConfig
+from agentfleet.evaluation.config import EvalConfig, TimingProtocol
 from agentfleet.evaluation.rounds import ci_relative_width, keep, outlier_rounds, reward_decided
 from agentfleet.evaluation.speedup import Samples, ratio_of_medians, speedup_stats
 
@@ -68,8 +68,11 @@ class Timing:
     clocks_disagree: bool
 
 
-def timing_stats(samples: Samples, cfg: EvalConfig) -> Timing:
-    """Everything ``info["timing"]`` holds, over the rounds the outlier rule keeps."""
+def timing_stats(
+    samples: Samples, cfg: EvalConfig, protocol: TimingProtocol | None = None
+) -> Timing:
+    """Everything ``info["timing"]`` holds, over the rounds the outlier rule keeps;
+    ``protocol``: the rounds asked for (:meth:`EvalConfig.protocol`), None: ``cfg``'s."""
     clock = clock_of(samples, cfg.clock)
     ran = len(clock["baseline"])
     dropped = outlier_rounds(clock["baseline"], clock["candidate"]) if cfg.drop_outliers else []
@@ -93,7 +96,11 @@ def timing_stats(samples: Samples, cfg: EvalConfig) -> Timing:
     stats["baseline_wall_s"], stats["candidate_wall_s"] = wall["baseline"], wall["candidate"]
     stats["baseline_cpu_s"], stats["candidate_cpu_s"] = cpu["baseline"], cpu["candidate"]
     stats["order"] = samples.order
-    stats["repeats"] = cfg.repeats
+    if protocol is not None:
+        stats["repeats"], stats["warmup"] = protocol.repeats, protocol.warmup
+        stats["protocol"] = protocol.source  # operator | task | default, per number
+    else:
+        stats["repeats"], stats["warmup"] = cfg.repeats, cfg.warmup
     stats["rounds"] = ran  # rounds that ran (more than repeats when target_ci added some)
     stats["stopped_early"] = samples.stopped_early  # the reward was decided before repeats
     stats["rounds_used"] = ran - len(dropped)

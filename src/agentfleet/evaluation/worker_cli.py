@@ -13,7 +13,8 @@ from urllib.parse import urlsplit
 
 import typer
 
-from agentfleet._cli import fail, setup_logging
+from agentfleet._cli import MAX_TEST_LATENCY_S, fail, setup_logging
+from agentfleet.evaluation.schema import MAX_LEASE_WAIT_S
 
 log = logging.getLogger("agentfleet.evaluation.worker")
 
@@ -53,16 +54,20 @@ def eval_worker(
         int | None, typer.Option(min=1, help="exit after this many jobs (default: never)")
     ] = None,
     wait: Annotated[
-        float, typer.Option(min=1.0, max=60.0, help="long poll for a job, seconds")
+        float, typer.Option(min=1.0, max=MAX_LEASE_WAIT_S, help="long poll for a job, seconds")
     ] = 20.0,
     test_latency: Annotated[
         float | None,
-        typer.Option(min=0.0, help="test mode: every evaluation sleeps this long, reward 1"),
+        typer.Option(
+            min=0.0,
+            max=MAX_TEST_LATENCY_S,
+            help="test mode: every evaluation sleeps this long, reward 1",
+        ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Evaluate jobs of an evaluation server on this machine (see docs/evaluation.md)."""
-    from agentfleet.evaluation.pinning import parse_cpus
+    from agentfleet.evaluation.pinning import available_cpus, format_cpus, parse_cpus
     from agentfleet.evaluation.worker import WorkerEvaluators, serve_worker
     from agentfleet.sandbox.cli import confine_setting
     from agentfleet.serving import Stopped, run_async
@@ -74,6 +79,8 @@ def eval_worker(
     try:
         confine = confine_setting(confine, url.hostname)
         pinned = parse_cpus(cpus) if cpus else None
+        if pinned and not set(pinned) <= set(have := available_cpus()):
+            raise ValueError(f"--cpus {cpus}: this process may use CPUs {format_cpus(have)} only")
         roots = dataset_roots(dataset_root or ())
     except ValueError as exc:
         fail(str(exc))

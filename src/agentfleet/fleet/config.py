@@ -18,7 +18,7 @@ from agentfleet.models.pricing import RunBudget
 from agentfleet.sandbox.base import DEFAULT_TTL_S
 from agentfleet.sandbox.image_box import ImageNaming, PullPolicy
 from agentfleet.tasks import DEFAULT_DATASET, DEFAULT_SPLIT, Task, load_dataset
-from agentfleet.tasks.defaults import DEFAULT_EARLY_STOP_ROUNDS, DEFAULT_EVAL_REPEATS
+from agentfleet.tasks.defaults import DEFAULT_EARLY_STOP_ROUNDS
 
 RAY_EVAL = ("actors", "shards")  # where a Ray run's embedded evaluations run (ray_eval.py)
 
@@ -39,7 +39,7 @@ class FleetConfig:
     sandbox_ttl_s: float = DEFAULT_TTL_S
     sandbox_root: Path | None = None  # embedded process backend's folder
     eval_workers: int | None = None
-    eval_repeats: int = DEFAULT_EVAL_REPEATS
+    eval_repeats: int | None = None  # None: each task's benchmark protocol, else the default
     eval_reference: bool = False  # embedded evaluations also time the reference solution
     eval_early_stop: bool = True  # embedded evaluations stop once the reward is decided
     resume: bool = False  # skip tasks of run_dir that already have a result

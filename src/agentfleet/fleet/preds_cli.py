@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from agentfleet._cli import (
+    MAX_WORKERS,
     DatasetOpt,
     ImageMapOpt,
     PullOpt,
@@ -21,7 +22,12 @@ from agentfleet._cli import (
     fail,
     setup_logging,
 )
-from agentfleet.tasks.defaults import DEFAULT_DATASET, DEFAULT_EVAL_REPEATS, DEFAULT_SPLIT
+from agentfleet.tasks.defaults import (
+    DEFAULT_DATASET,
+    DEFAULT_EVAL_REPEATS,
+    DEFAULT_SPLIT,
+    MAX_EVAL_REPEATS,
+)
 
 __all__ = ["eval_preds"]
 
@@ -38,11 +44,19 @@ def eval_preds(
     ],
     dataset: DatasetOpt = DEFAULT_DATASET,
     split: SplitOpt = DEFAULT_SPLIT,
-    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="at once")] = 4,
+    workers: Annotated[
+        int, typer.Option("--workers", "-w", min=1, max=MAX_WORKERS, help="at once")
+    ] = 4,
     run_dir: Annotated[Path | None, typer.Option(help="run folder (default runs/<name>)")] = None,
     eval_repeats: Annotated[
-        int, typer.Option(min=1, help="timed runs per side in embedded evaluations")
-    ] = DEFAULT_EVAL_REPEATS,
+        int | None,
+        typer.Option(
+            min=1,
+            max=MAX_EVAL_REPEATS,
+            help="timed runs per side in embedded evaluations; unset: a real benchmark's "
+            f"task keeps its own protocol (SWE-Perf 20, GSO 5...), others {DEFAULT_EVAL_REPEATS}",
+        ),
+    ] = None,
     eval_url: Annotated[
         str | None, typer.Option(help="evaluation server (default: embedded)")
     ] = None,

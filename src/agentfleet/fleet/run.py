@@ -36,7 +36,6 @@ from agentfleet.http import resolve_limits
 from agentfleet.models import ModelSpec
 from agentfleet.serving import graceful_stop, run_async
 from agentfleet.tasks import DEFAULT_DATASET, DEFAULT_SPLIT, load_dataset
-from agentfleet.tasks.defaults import DEFAULT_EVAL_REPEATS
 from agentfleet.tasks.task import RowsDataset
 
 __all__ = [
@@ -61,7 +60,7 @@ RESUMABLE: dict[str, Any] = {
     "agent": "light",
     "workers": 8,
     "tasks": None,
-    "eval_repeats": DEFAULT_EVAL_REPEATS,
+    "eval_repeats": None,  # each task's benchmark protocol, else DEFAULT_EVAL_REPEATS
     "eval_reference": False,
     "eval_early_stop": True,
     "step_limit": None,
@@ -179,7 +178,7 @@ def build_config(req: RunRequest) -> tuple[FleetConfig, RayOptions | None]:
         sandbox_url=req.sandbox_urls[0] if req.sandbox_urls else None,
         sandbox_token=req.sandbox_token,
         eval_url=req.eval_url,
-        eval_repeats=int(s["eval_repeats"]),
+        eval_repeats=None if s["eval_repeats"] is None else int(s["eval_repeats"]),
         eval_reference=bool(s["eval_reference"]),
         eval_early_stop=bool(s["eval_early_stop"]),
         sandbox_root=req.sandbox_root,

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from agentfleet._cli import (
+    MAX_WORKERS,
     ImageMapOpt,
     PullOpt,
     RegistryPrefixOpt,
@@ -21,7 +22,13 @@ from agentfleet._cli import (
     fail,
     setup_logging,
 )
-from agentfleet.tasks.defaults import DEFAULT_DATASET, DEFAULT_EVAL_REPEATS, DEFAULT_SPLIT
+from agentfleet.sandbox.base import MAX_TTL_S
+from agentfleet.tasks.defaults import (
+    DEFAULT_DATASET,
+    DEFAULT_EVAL_REPEATS,
+    DEFAULT_SPLIT,
+    MAX_EVAL_REPEATS,
+)
 
 __all__ = ["run"]
 
@@ -55,10 +62,16 @@ def run(
         str | None, typer.Option(help="base URL of an OpenAI-compatible API")
     ] = None,
     model_delay: Annotated[
-        float | None, typer.Option(help="seconds added per offline model reply \\[default: 0]")
+        float | None,
+        typer.Option(
+            min=0.0, max=3600.0, help="seconds added per offline model reply \\[default: 0]"
+        ),
     ] = None,
     workers: Annotated[
-        int | None, typer.Option("--workers", "-w", min=1, help="agents at once \\[default: 8]")
+        int | None,
+        typer.Option(
+            "--workers", "-w", min=1, max=MAX_WORKERS, help="agents at once \\[default: 8]"
+        ),
     ] = None,
     task: Annotated[
         list[str] | None, typer.Option("--task", "-t", help="only these task ids")
@@ -77,7 +90,9 @@ def run(
     task_attempts: Annotated[
         int | None,
         typer.Option(
-            min=1, help="tries of a task that meets network faults (fresh sandbox) \\[default: 2]"
+            min=1,
+            max=100,
+            help="tries of a task that meets network faults (fresh sandbox) \\[default: 2]",
         ),
     ] = None,
     progress: Annotated[
@@ -111,7 +126,9 @@ def run(
     shards: Annotated[
         int | None,
         typer.Option(
-            min=1, help="with --backend ray: actors the tasks are split over \\[default: 2]"
+            min=1,
+            max=MAX_WORKERS,
+            help="with --backend ray: actors the tasks are split over \\[default: 2]",
         ),
     ] = None,
     ray_eval: Annotated[
@@ -127,10 +144,16 @@ def run(
         str | None, typer.Option(help="evaluation server (default: embedded)")
     ] = None,
     step_limit: Annotated[
-        int | None, typer.Option(min=1, help="model calls per agent \\[default: 30]")
+        int | None,
+        typer.Option(min=1, max=1_000_000, help="model calls per agent \\[default: 30]"),
     ] = None,
     time_limit: Annotated[
-        float | None, typer.Option(help="seconds per agent \\[default: 900]")
+        float | None,
+        typer.Option(
+            min=1.0,
+            max=MAX_TTL_S,  # no agent outlives the longest sandbox
+            help="seconds per agent \\[default: 900]",
+        ),
     ] = None,
     agent: Annotated[
         str | None,
@@ -162,7 +185,10 @@ def run(
         int | None,
         typer.Option(
             min=1,
-            help="timed runs per side in embedded evaluations" + _default(DEFAULT_EVAL_REPEATS),
+            max=MAX_EVAL_REPEATS,
+            help="timed runs per side in embedded evaluations; unset: a real benchmark's "
+            "task keeps its own protocol (SWE-Perf 20, GSO 5, SWE-fficiency 1), others"
+            + _default(DEFAULT_EVAL_REPEATS),
         ),
     ] = None,
     eval_reference: Annotated[

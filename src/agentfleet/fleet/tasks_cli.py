@@ -20,6 +20,7 @@ from agentfleet.tasks import DEFAULT_DATASET, TaskNotFound, load_dataset
 from agentfleet.tasks.defaults import (
     BASELINE_RANGE_S,
     DEFAULT_EVAL_REPEATS,
+    MAX_EVAL_REPEATS,
     MIN_REFERENCE_SPEEDUP,
 )
 
@@ -78,7 +79,7 @@ def tasks_check(
     split: SplitFilter = None,
     task: Annotated[list[str] | None, typer.Option("--task", "-t")] = None,
     repeats: Annotated[
-        int, typer.Option(min=1, help="timed runs of each side")
+        int, typer.Option(min=1, max=MAX_EVAL_REPEATS, help="timed runs of each side")
     ] = DEFAULT_EVAL_REPEATS,
     min_speedup: Annotated[
         float, typer.Option(min=1.0, help="least speedup a reference solution must give")

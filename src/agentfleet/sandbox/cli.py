@@ -9,6 +9,7 @@ Mounted by the main command::
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import sys
 from datetime import datetime
@@ -23,6 +24,10 @@ from agentfleet.sandbox.base import (
     DEFAULT_MAX_SANDBOXES,
     DEFAULT_REAP_INTERVAL_S,
     DEFAULT_TTL_S,
+    MAX_CPU_TIME_S,
+    MAX_CPUS,
+    MAX_PIDS,
+    MAX_SIZE_MB,
 )
 from agentfleet.sandbox.containers import DEFAULT_IMAGE
 
@@ -43,13 +48,16 @@ _SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:([kmgt])(?:i?b)?)?\s*", re.IGNOR
 
 def parse_memory_mb(text: str, option: str = "--memory", minimum: int = 6) -> int:
     """A size like docker's ``--memory``: ``2g``, ``512m``, ``1.5GiB``; a bare number is MiB.
-    Returns MiB (at least ``minimum``, 6 for memory: docker's minimum)."""
+    Returns MiB (at least ``minimum``, 6 for memory: docker's minimum; at most
+    ``MAX_SIZE_MB``, the bound of a create request's)."""
     m = _SIZE_RE.fullmatch(text)
     if m is None:
         raise ValueError(f"{option} {text!r}: expected a size like 512m or 2g")
     mb = float(m.group(1)) * _UNITS[(m.group(2) or "m").lower()]
     if mb < minimum:
         raise ValueError(f"{option} {text!r}: at least {minimum}m (or 0: no limit)")
+    if mb > MAX_SIZE_MB:
+        raise ValueError(f"{option} {text!r}: at most {MAX_SIZE_MB >> 20}t (or 0: no limit)")
     return int(mb)
 
 
@@ -75,16 +83,20 @@ def limit_settings(
     if memory is not None:
         kw["memory_mb"] = _size_or_none(memory, "--memory", 6)
     if cpus is not None:
-        if not 0 <= cpus <= 1024:
-            raise ValueError(f"--cpus {cpus:g}: expected a number of CPUs (0: no limit)")
+        have = min(os.cpu_count() or 1, MAX_CPUS)
+        if not 0 <= cpus <= have:
+            raise ValueError(
+                f"--cpus {cpus:g}: expected a number of CPUs up to this machine's {have:g} "
+                "(0: no limit)"
+            )
         kw["cpus"] = cpus or None
-    for option, key, value in (
-        ("--pids-limit", "pids_limit", pids_limit),
-        ("--cpu-time", "cpu_time_s", cpu_time),
+    for option, key, value, most in (
+        ("--pids-limit", "pids_limit", pids_limit, MAX_PIDS),
+        ("--cpu-time", "cpu_time_s", cpu_time, MAX_CPU_TIME_S),
     ):
         if value is not None:
-            if value < 0:
-                raise ValueError(f"{option} {value}: expected at least 1 (0: no limit)")
+            if not 0 <= value <= most:
+                raise ValueError(f"{option} {value}: expected 1 to {most} (0: no limit)")
             kw[key] = value or None
     if file_size is not None:
         kw["file_size_mb"] = _size_or_none(file_size, "--file-size", 1)
@@ -152,17 +164,19 @@ def serve_settings(
         kw["confine"] = confine_setting(confine, host)
     elif confine is not None:
         raise ValueError("--confine: only for --backend process (docker confines anyway)")
-    for name, value in (
+    for name, value in (  # each one is at least a process: no more than the kernel's pids
         ("--max-sandboxes", max_sandboxes),
         ("--max-execs", max_execs),
         ("--max-execs-per-sandbox", max_execs_per_sandbox),
     ):
-        if value < 1:
-            raise ValueError(f"{name} {value}: expected at least 1")
+        if not 1 <= value <= MAX_PIDS:
+            raise ValueError(f"{name} {value}: expected 1 to {MAX_PIDS}")
     if not 0 < ttl <= MAX_TTL_S:
         raise ValueError(f"--ttl {ttl:g}: expected seconds in (0, {MAX_TTL_S:g}]")
-    if reap_interval < 0:
-        raise ValueError(f"--reap-interval {reap_interval:g}: expected seconds >= 0 (0: off)")
+    if not 0 <= reap_interval <= MAX_TTL_S:
+        raise ValueError(
+            f"--reap-interval {reap_interval:g}: expected seconds in [0, {MAX_TTL_S:g}] (0: off)"
+        )
     service_kw = {
         "max_sandboxes": max_sandboxes,
         "max_execs": max_execs,

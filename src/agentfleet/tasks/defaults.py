@@ -14,6 +14,10 @@ BASELINE_RANGE_S = (0.3, 2.0)  # seconds of the workload, timed on the original 
 DEFAULT_EVAL_REPEATS = 5
 # rounds after which an evaluation may stop early, its reward decided (evaluation/rounds.py)
 DEFAULT_EARLY_STOP_ROUNDS = 3
+# Their bounds (EvalConfig, a task's own protocol, the CLI's options): timed rounds per side,
+# and untimed runs per arm before them (the output check included).
+MAX_EVAL_REPEATS = 100
+MAX_EVAL_WARMUP = 20
 # The evaluation server's port (``serve-eval``).
 DEFAULT_EVAL_PORT = 9528
 
@@ -24,5 +28,7 @@ __all__ = [
     "DEFAULT_EVAL_PORT",
     "DEFAULT_EVAL_REPEATS",
     "DEFAULT_SPLIT",
+    "MAX_EVAL_REPEATS",
+    "MAX_EVAL_WARMUP",
     "MIN_REFERENCE_SPEEDUP",
 ]

@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from agentfleet.tasks.defaults import MAX_EVAL_REPEATS, MAX_EVAL_WARMUP
+
 # How a workload's time is read (docs/tasks.md): the whole process, or the lines it prints.
 WorkloadParser = Literal["wall", "gso", "pytest", "mean"]
 # Which benchmark a task comes from: its pass rule and the fields in ``benchmark_fields``.
@@ -45,6 +47,11 @@ class Task(BaseModel):
     gold_patch: str = ""  # the patch text; empty: solution.patch in task_dir, if any
     benchmark: Benchmark = "perf-lite"
     benchmark_fields: dict[str, Any] = Field(default_factory=dict)  # read by the scorer
+    # the benchmark's own timing protocol (set by its profile): timed rounds per side and
+    # untimed runs per arm before them (the output check included); the evaluation uses
+    # them when its operator set none (EvalConfig.protocol). None: the evaluation's default
+    repeats: int | None = Field(default=None, ge=1, le=MAX_EVAL_REPEATS)
+    warmup: int | None = Field(default=None, ge=0, le=MAX_EVAL_WARMUP)
 
     @model_validator(mode="before")
     @classmethod

@@ -39,6 +39,8 @@ OPTIONAL = (
     "docker_image",
 )
 VENV = "source /testbed/.venv/bin/activate"
+# GSO's timing: each test 5 runs, no warm-up (here: the output check, untimed, comes first)
+REPEATS, WARMUP = 5, 1
 _ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}
 
 PROMPT = """\
@@ -85,6 +87,8 @@ def gso_task(row: Row, dataset: str, where: Path) -> Task:
         env_activate=VENV,
         rebuild_cmd="\n".join(install),
         workload_parser="gso",
+        repeats=REPEATS,
+        warmup=WARMUP,
         gold=str(row["gt_diff"]),
         fields={
             "opt_commit": row["opt_commit"],

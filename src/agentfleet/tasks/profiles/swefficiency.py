@@ -36,6 +36,10 @@ OPTIONAL = SWE_BENCH_FIELDS | {
     "single_thread_tests",
 }
 
+# SWE-fficiency's timing: its harness runs the workload script once per side (the script
+# repeats its own calls with timeit.repeat and prints their Mean:), no warm-up run
+REPEATS, WARMUP = 1, 1
+
 PROMPT = """\
 The repository {repo} is checked out at {workdir}. The workload below is slow: make it
 faster by changing the repository's code, keeping its behaviour and the tests passing.
@@ -67,6 +71,8 @@ def swefficiency_task(row: Row, dataset: str, where: Path) -> Task:
         env_activate=CONDA_TESTBED,
         rebuild_cmd=str(row.get("rebuild_cmd") or ""),
         workload_parser="mean",
+        repeats=REPEATS,
+        warmup=WARMUP,
         gold=str(row["patch"]),
         fields={
             "covering_tests": covering,

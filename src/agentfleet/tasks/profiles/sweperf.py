@@ -32,6 +32,8 @@ OPTIONAL = SWE_BENCH_FIELDS | {
     "problem_statement_oracle",
 }
 PYTEST = "python -m pytest -p no:cacheprovider"
+# SWE-Perf's timing: 3 warm-ups, then 20 runs per side
+REPEATS, WARMUP = 20, 3
 
 PROMPT = """\
 The repository {repo} is checked out at {workdir}.
@@ -72,6 +74,8 @@ def sweperf_task(row: Row, dataset: str, where: Path) -> Task:
         image=sweperf_image(iid),
         env_activate=CONDA_TESTBED,
         workload_parser="pytest",
+        repeats=REPEATS,
+        warmup=WARMUP,
         gold=str(row["patch"]),
         fields={
             "efficiency_test": tests,

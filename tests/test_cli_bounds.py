@@ -1,0 +1,124 @@
+"""Every numeric operator option of the servers, `run`, `eval preds` and `eval-worker` is
+checked for a sane range before anything starts: a one-line reason naming the option, exit
+2 (the bounds are the request models' own where one declares them: CreateSandbox's limits,
+EvalConfig's repeats, a lease's wait; the machine's CPUs for CPU counts)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from agentfleet.cli import app
+from agentfleet.sandbox.base import MAX_PIDS
+from agentfleet.sandbox.cli import serve_settings
+from agentfleet.tasks.defaults import MAX_EVAL_REPEATS
+
+CPUS = len(os.sched_getaffinity(0))
+TOO_MANY = str(CPUS + 1)
+
+
+def _refused(args: list[str], *needles: str) -> None:
+    out = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert out.exit_code == 2, out.output
+    assert "Traceback" not in out.output
+    for needle in needles:
+        assert needle in out.output, out.output
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--cpus", "1e12"], "--cpus 1e+12"),
+        (["--cpus", TOO_MANY], f"up to this machine's {os.cpu_count()}"),
+        (["--memory", "99999999t"], "--memory '99999999t': at most"),
+        (["--file-size", "99999999t"], "--file-size '99999999t': at most"),
+        (["--pids-limit", str(MAX_PIDS + 1)], f"--pids-limit {MAX_PIDS + 1}"),
+        (["--cpu-time", "-1"], "--cpu-time -1"),
+        (["--max-execs", "10000000"], "--max-execs 10000000"),
+        (["--max-execs-per-sandbox", "0"], "--max-execs-per-sandbox 0"),
+        (["--max-sandboxes", "-4"], "--max-sandboxes -4"),
+        (["--reap-interval", "1e9"], "--reap-interval 1e+09"),
+    ],
+)
+def test_serve_sandbox(args: list[str], needle: str) -> None:
+    _refused(["serve-sandbox", *args], needle)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--cores-per-worker", "4096"], "--cores-per-worker 4096"),
+        (["--cores-per-worker", TOO_MANY], f"may use {CPUS} CPU(s)"),
+        (["--workers", "10000000"], "'--workers'"),
+        (["--workers", "-1"], "'--workers'"),
+        (["--repeats", "0"], "'--repeats'"),
+        (["--repeats", str(MAX_EVAL_REPEATS + 1)], "'--repeats'"),
+        (["--max-repeats", "10000"], "'--max-repeats'"),
+        (["--port", "99999"], "'--port'"),
+        (["--max-body", str(1 << 40)], "'--max-body'"),
+        (["--test-latency", "1e9"], "'--test-latency'"),
+        (["--max-attempts", "0"], "'--max-attempts'"),
+        (["--ray-workers", "10000000"], "'--ray-workers'"),
+    ],
+)
+def test_serve_eval(args: list[str], needle: str) -> None:
+    _refused(["serve-eval", *args], needle)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--eval-repeats", "0"], "'--eval-repeats'"),
+        (["--eval-repeats", "10000"], "'--eval-repeats'"),
+        (["--workers", "0"], "'--workers'"),
+        (["--workers", "1000000000"], "'--workers'"),
+        (["--time-limit", "-5"], "'--time-limit'"),
+        (["--model-delay", "-1"], "'--model-delay'"),
+        (["--step-limit", "0"], "'--step-limit'"),
+        (["--task-attempts", "1000"], "'--task-attempts'"),
+        (["--backend", "ray", "--shards", "0"], "'--shards'"),
+    ],
+)
+def test_run(args: list[str], needle: str) -> None:
+    _refused(["run", *args], needle)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--eval-repeats", "101"], "'--eval-repeats'"),
+        (["--eval-repeats", "0"], "'--eval-repeats'"),
+        (["--workers", "0"], "'--workers'"),
+    ],
+)
+def test_eval_preds(tmp_path: Path, args: list[str], needle: str) -> None:
+    preds = tmp_path / "preds.json"
+    preds.write_text("{}")
+    _refused(["eval", "preds", str(preds), *args], needle)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--cpus", "0-99999"], "--cpus 0-99999: this process may use CPUs"),
+        (["--wait", "61"], "'--wait'"),
+        (["--max-jobs", "0"], "'--max-jobs'"),
+        (["--test-latency", "-1"], "'--test-latency'"),
+    ],
+)
+def test_eval_worker(args: list[str], needle: str) -> None:
+    _refused(["eval-worker", "--server", "http://127.0.0.1:1", *args], needle)
+
+
+def test_sane_values_still_pass() -> None:
+    """The bounds leave every sane setting alone (the machine's CPUs, 0 = no limit)."""
+    kw, service = serve_settings(
+        "process", cpus=float(os.cpu_count() or 1), memory="16g", pids_limit=MAX_PIDS
+    )
+    assert kw["cpus"] == os.cpu_count() and kw["memory_mb"] == 16 * 1024
+    off, _ = serve_settings("process", cpus=0, memory="0", pids_limit=0, cpu_time=0)
+    assert off["cpus"] is off["memory_mb"] is off["pids_limit"] is off["cpu_time_s"] is None
+    assert service["max_execs"] >= 1
