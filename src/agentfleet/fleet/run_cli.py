@@ -187,7 +187,7 @@ def run(
             min=1,
             max=MAX_EVAL_REPEATS,
             help="timed runs per side in embedded evaluations; unset: a real benchmark's "
-            "task keeps its own protocol (SWE-Perf 20, GSO 5, SWE-fficiency 1), others"
+            "task keeps its own protocol (SWE-Perf 20, GSO 5), others"
             + _default(DEFAULT_EVAL_REPEATS),
         ),
     ] = None,
