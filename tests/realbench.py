@@ -11,8 +11,12 @@ import shutil
 import subprocess
 import textwrap
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+
+from agentfleet.sandbox import ProcessBackend, SandboxService
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "t",
@@ -186,3 +190,12 @@ class WorkloadRuns:
         if self.needle in command:
             self.runs[sandbox_id] += 1
         return await self.inner.exec(sandbox_id, command, *args, **kwargs)
+
+
+@asynccontextmanager
+async def dataset_service(tmp_path: Path, dataset: dict[str, str]) -> AsyncIterator[SandboxService]:
+    """Process-backend sandboxes over a :func:`build_dataset` folder; none left behind."""
+    backend = ProcessBackend(root=tmp_path / "sandboxes")
+    async with SandboxService(backend, dataset_roots=[Path(dataset["path"])]) as svc:
+        yield svc
+        assert len(svc) == 0, "a sandbox was left behind"

@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from realbench import WorkloadRuns, build_dataset
+from realbench import WorkloadRuns, build_dataset, dataset_service
 
 from agentfleet.evaluation.evaluator import EvalConfig, Evaluator
 from agentfleet.evaluation.schema import EvalRequest, EvalResult
-from agentfleet.sandbox import ProcessBackend, SandboxService
+from agentfleet.sandbox import SandboxService
 from agentfleet.tasks.profiles import sweperf
 from agentfleet.tasks.task import load_dataset
 
@@ -33,10 +33,8 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 @pytest.fixture
 async def service(tmp_path: Path, dataset: dict[str, str]) -> AsyncIterator[SandboxService]:
-    backend = ProcessBackend(root=tmp_path / "sandboxes")
-    async with SandboxService(backend, dataset_roots=[Path(dataset["path"])]) as svc:
+    async with dataset_service(tmp_path, dataset) as svc:
         yield svc
-        assert len(svc) == 0, "a sandbox was left behind"
 
 
 async def _evaluate(

@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from realbench import PERF_TEST, build_dataset
+from realbench import PERF_TEST, build_dataset, dataset_service
 
 from agentfleet.evaluation.evaluator import EvalConfig, Evaluator
 from agentfleet.evaluation.pass_rules import GSO_GOLD_RATIO, SWEF_MATCH
 from agentfleet.evaluation.schema import EvalRequest, EvalResult
-from agentfleet.sandbox import CreateSandbox, ProcessBackend, SandboxInfo, SandboxService
+from agentfleet.sandbox import CreateSandbox, SandboxInfo, SandboxService
 
 CONFIG = EvalConfig(repeats=5, bootstrap_resamples=200)
 
@@ -25,10 +25,8 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 @pytest.fixture
 async def service(tmp_path: Path, dataset: dict[str, str]) -> AsyncIterator[SandboxService]:
-    backend = ProcessBackend(root=tmp_path / "sandboxes")
-    async with SandboxService(backend, dataset_roots=[Path(dataset["path"])]) as svc:
+    async with dataset_service(tmp_path, dataset) as svc:
         yield svc
-        assert len(svc) == 0, "a sandbox was left behind"
 
 
 async def _evaluate(
