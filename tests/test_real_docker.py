@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from conftest import docker_available, require_tool
-from realbench import WorkloadRuns
 
 from agentfleet.evaluation.evaluator import EvalConfig, Evaluator
 from agentfleet.evaluation.schema import EvalRequest, EvalResult
@@ -23,7 +22,6 @@ from agentfleet.tasks.task import Task, load_dataset
 
 CPRIMES = ("gso-mini", "agentfleet__cprimes-102", "src/primes.c")
 CDUPES = ("swefficiency-mini", "agentfleet__cdupes-301", "src/dupes.c")
-PAIRS = ("swe-perf-mini", "agentfleet__pairs-202", "pairs.py")  # pytest tests timed
 CONFIG = EvalConfig(repeats=5, bootstrap_resamples=200)
 
 
@@ -53,7 +51,7 @@ def tasks() -> dict[str, Task]:
     from agentfleet.sandbox.task_images import build_task_image
 
     out = {}
-    for dataset, iid, _ in (CPRIMES, CDUPES, PAIRS):
+    for dataset, iid, _ in (CPRIMES, CDUPES):
         task = load_dataset(dataset).task(iid)
         assert task.image
         build_task_image(task, task.image, log=lambda *_: None)  # no-op when up to date
@@ -125,23 +123,3 @@ async def test_swefficiency_bad_patches_score_zero(
     # a failing patch counts as speedup 1; the ratio needs a gold speedup (this row has
     # none recorded, and a failed evaluation times no gold)
     assert verdict["passed"] is False and verdict["speedup_base"] == 1.0
-
-
-async def test_sweperf_row_is_timed_by_its_own_protocol(
-    service: SandboxService, tasks: dict[str, Task]
-) -> None:
-    """No repeats set: the SWE-Perf row keeps its benchmark's 3 warm-ups and 20 runs (the
-    profile's numbers): 20 rounds in info.timing, 23 workload runs in each arm's container."""
-    dataset, iid, _ = PAIRS
-    task = tasks[iid]
-    counting = WorkloadRuns(service, task.workload_cmd)
-    req = EvalRequest(
-        exit_status="Submitted", result=task.solution_patch, instance_id=iid, dataset_name=dataset
-    )
-    res = await Evaluator(counting, EvalConfig(bootstrap_resamples=200)).evaluate(req)  # type: ignore[arg-type]
-    assert res.info["status"] == "ok", res.info
-    timing = res.info["timing"]
-    assert (timing["repeats"], timing["warmup"], timing["rounds"]) == (20, 3, 20)
-    assert timing["protocol"] == {"repeats": "task", "warmup": "task"}
-    assert sorted(counting.runs.values()) == [23, 23, 23], counting.runs
-    assert res.info["benchmark"]["passed"] is True, res.info["benchmark"]
