@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 from agentfleet.tasks import DEFAULT_DATASET, DEFAULT_SPLIT
 
 MAX_PATCH_CHARS = 5_000_000
-MAX_LEASE_WAIT_S = 60.0  # a remote worker's long poll for a job (remote.LeaseRequest.wait)
+MAX_LEASE_WAIT_S = 60.0  # a remote worker's long poll for a job (remote.LeaseAsk.wait)
 
 
 class EvalRequest(BaseModel):

@@ -108,7 +108,7 @@ async def _drive(
 ) -> list[TaskOutcome]:
     writer = ResultsWriter(cfg.run_dir)
     await writer.prepare(config)
-    await _delete_killed_runs_sandboxes(cfg, sandbox_urls)
+    await delete_killed_runs_sandboxes(cfg, sandbox_urls or [cfg.sandbox_url])
     notify = listener or (lambda *_: None)
     by_id = {t.id: t for t in tasks}
     capacities = shard_capacities(cfg.workers, shards)
@@ -416,12 +416,5 @@ async def _record_only(
     cfg: FleetConfig, config: dict[str, Any], sandbox_urls: list[str] | None
 ) -> list[TaskOutcome]:
     await ResultsWriter(cfg.run_dir).prepare(config)
-    await _delete_killed_runs_sandboxes(cfg, sandbox_urls)
+    await delete_killed_runs_sandboxes(cfg, sandbox_urls or [cfg.sandbox_url])
     return []
-
-
-async def _delete_killed_runs_sandboxes(cfg: FleetConfig, sandbox_urls: list[str] | None) -> None:
-    """On resume, on the run's sandbox servers (a shard's embedded one reaps its own)."""
-    external = sandbox_urls or ([cfg.sandbox_url] if cfg.sandbox_url else [])
-    if cfg.resume and external:
-        await delete_killed_runs_sandboxes(cfg, external)

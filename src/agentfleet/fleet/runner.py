@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from agentfleet.evaluation.pinning import PinnedSandboxes, worker_cpus
@@ -76,10 +77,13 @@ def plan_run(cfg: FleetConfig) -> RunPlan:
     return RunPlan([t for t in tasks if t.id in todo], all_ids, len(plan.skipped), plan)
 
 
-async def delete_killed_runs_sandboxes(cfg: FleetConfig, urls: list[str]) -> None:
-    """On resume: delete, on each of these sandbox servers, the sandboxes labelled with
-    this run that an earlier invocation left when it was killed (SIGKILL: no ``finally``)."""
-    for url in dict.fromkeys(urls):
+async def delete_killed_runs_sandboxes(cfg: FleetConfig, urls: Iterable[str | None]) -> None:
+    """With ``cfg.resume``: delete, on each of these sandbox servers (None: an embedded one,
+    whose reaper does it), the sandboxes labelled with this run that an earlier invocation
+    left when it was killed (SIGKILL: no ``finally``)."""
+    if not cfg.resume:
+        return
+    for url in dict.fromkeys(u for u in urls if u is not None):
         left = await SandboxClient(url, token=cfg.sandbox_token).delete_runs({cfg.run_dir.name})
         if left:
             log.warning("deleted %d sandboxes a killed invocation left on %s", len(left), url)
@@ -113,8 +117,7 @@ async def run_fleet(
 
     async with embedded_servers(cfg) as (sandbox_url, eval_url, token):
         client = SandboxClient(sandbox_url, token=token)
-        if cfg.resume and cfg.sandbox_url is not None:  # (an embedded server reaps them)
-            await delete_killed_runs_sandboxes(cfg, [cfg.sandbox_url])
+        await delete_killed_runs_sandboxes(cfg, [cfg.sandbox_url])
         sandboxes: Sandboxes = client
         cpus = agent_cpus(cfg)
         if cpus:  # the agents' commands keep off the evaluation workers' CPUs
