@@ -25,7 +25,7 @@ demo: install
 	$(BIN)/agentfleet run --dataset perf-lite --split test --model oracle --workers 8
 
 test: install-dev
-	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 lint: install-dev
 	$(BIN)/ruff check src tests benchmarks

@@ -141,13 +141,9 @@ def local_ray(namespace: str) -> Iterator[None]:
         if os.environ.get("CI") == "true":
             raise
         pytest.skip("ray is not installed (pip install 'agentfleet[ray]')")
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        namespace=namespace,
-        log_to_driver=False,
-    )
+    from agentfleet.ray_setup import init_ray
+
+    init_ray(num_cpus=2, namespace=namespace, log_to_driver=False)
     try:
         yield
     finally:

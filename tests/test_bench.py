@@ -303,6 +303,7 @@ def _has_ray() -> bool:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not _has_ray(), reason="ray is not installed (pip install 'agentfleet[ray]')")
+@pytest.mark.xdist_group("ray")  # one local Ray at a time (see test_ray_backend)
 def test_bench_fleet_ray_tiny(tmp_path: Path) -> None:
     out = tmp_path / "fleet-ray"
     output = _invoke(

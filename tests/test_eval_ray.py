@@ -36,6 +36,8 @@ except ImportError:  # pragma: no cover - depends on the install
         raise
     ray = None  # type: ignore[assignment]
 
+pytestmark = pytest.mark.xdist_group("ray")  # one local Ray at a time (see test_ray_backend)
+
 
 def test_node_slots() -> None:
     nodes = [

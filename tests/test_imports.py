@@ -28,7 +28,7 @@ EXCLUDED = (Path("tasks", "data"),)  # task repositories shipped as data, not ou
 # Lowest first. A module may import modules of its own layer or of a lower one, never of a
 # higher one. The package root re-exports the public API (lazily) from every layer.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("http", "serving", "_lazy", "_cli"),
+    ("http", "serving", "_lazy", "_cli", "ray_setup"),
     ("tasks", "models", "sandbox"),
     ("evaluation", "agent"),
     ("fleet",),

@@ -42,6 +42,8 @@ except ImportError:  # pragma: no cover - depends on the install
 needs_ray = pytest.mark.skipif(
     ray is None, reason="ray is not installed (pip install 'agentfleet[ray]')"
 )
+# one local Ray at a time on this machine: the Ray tests share one xdist worker (loadgroup)
+pytestmark = pytest.mark.xdist_group("ray")
 
 
 def test_local_path_never_imports_ray() -> None:
@@ -194,6 +196,32 @@ def test_killed_actor_tasks_rerun_elsewhere(ray_session: None, tmp_path: Path) -
         assert o.info["status"] == "ok", o.info
     assert result_ids(cfg) == sorted(ids)  # each once, the interrupted ones included
     assert actors_gone([name for name, _ in handles])
+
+
+def test_an_actor_that_never_starts_is_replaced_then_an_error(
+    ray_session: None, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An actor Ray cannot place (here: a resource no node has) is killed and replaced after
+    start_timeout_s; with no restart left the run is an error naming it, not a hang."""
+    from agentfleet.fleet.ray_backend import run_fleet_ray
+
+    cfg = config(tmp_path, ModelSpec("oracle"), ["dedupe-pairs"], workers=1)
+    names: list[str] = []
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"did not start in 2 s: is the cluster short"):
+        run_fleet_ray(
+            cfg,
+            shards=1,
+            eval_on="shards",
+            actor_options={"resources": {"agentfleet-no-such-resource": 1}},
+            max_actor_restarts=1,
+            start_timeout_s=2,
+            actor_hook=lambda name, _: names.append(name),
+        )
+    assert len(names) == 2  # the first and its replacement
+    assert time.monotonic() - start < 60
+    assert f"Ray actor {names[0]} did not start in 2 s: killed" in caplog.text
+    assert actors_gone(names)
 
 
 @pytest.mark.slow
@@ -460,3 +488,21 @@ def test_cli_ray_with_sandbox_urls_then_resume(
     assert run_fleet_ray(cfg, shards=2, sandbox_urls=[u1], actor_hook=hook) == []
     assert names == []  # nothing to do: no actor started...
     assert leftovers(root1) == []  # ...and what a killed invocation left is deleted all the same
+
+
+def test_actors_need_no_runtime_env_on_a_ray_started_here(
+    ray_session: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The local Ray init_ray started has ACTOR_ENV in its workers' environment already (the
+    shards' asyncio loop is checked in test_oracle_fleet_on_two_shards); on any other
+    cluster the actors carry it."""
+    from agentfleet import ray_setup
+
+    assert ray_setup.actor_runtime_env() is None
+    assert ray_setup.actor_runtime_env({"env_vars": {"A": "1"}}) == {"env_vars": {"A": "1"}}
+    monkeypatch.setattr(ray_setup, "_PREPARED", set())  # as if started elsewhere
+    assert ray_setup.actor_runtime_env() == {"env_vars": ray_setup.ACTOR_ENV}
+    assert ray_setup.actor_runtime_env({"env_vars": {"RAY_USE_UVLOOP": "1"}, "x": 1}) == {
+        "env_vars": {"RAY_USE_UVLOOP": "1"},
+        "x": 1,
+    }

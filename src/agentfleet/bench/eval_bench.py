@@ -210,12 +210,9 @@ def _start_ray() -> Any:
         raise MissingExtra(f"Ray arms need Ray: pip install 'agentfleet[ray]' ({exc})") from exc
     if ray.is_initialized():
         return None
-    ray.init(
-        num_cpus=len(os.sched_getaffinity(0)),
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        log_to_driver=False,
-    )
+    from agentfleet.ray_setup import init_ray
+
+    init_ray(num_cpus=len(os.sched_getaffinity(0)), log_to_driver=False)
     return ray
 
 

@@ -96,6 +96,7 @@ def run_ray_bench(
     from agentfleet.fleet.config import FleetConfig
     from agentfleet.fleet.ray_backend import run_fleet_ray
     from agentfleet.fleet.runner import run_fleet
+    from agentfleet.ray_setup import init_ray
 
     submit = mode == "eval"
     w = workers or len(tasks)
@@ -103,12 +104,7 @@ def run_ray_bench(
     ray_init_s: float | None = None
     if started_ray:
         t0 = time.monotonic()
-        ray.init(
-            num_cpus=os.cpu_count() or 2,
-            include_dashboard=False,
-            _node_ip_address="127.0.0.1",
-            log_to_driver=False,
-        )
+        init_ray(num_cpus=os.cpu_count() or 2, log_to_driver=False)
         ray_init_s = time.monotonic() - t0
     local_s: list[float] = []
     ray_s: list[float] = []

@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agentfleet.ray_setup import actor_runtime_env, init_ray
+
 log = logging.getLogger("agentfleet.evaluation.ray")
 
-# Actors run asyncio's loop, as every agentfleet server does (fleet/ray_actor.py too).
-ACTOR_ENV = {"RAY_USE_UVLOOP": "0"}
 FREE_WAIT_S = 5.0  # too few CPUs free: read again this long before it is an error
 START_TIMEOUT_S = 120.0  # every actor placed and running within this, or an error
 STOP_TIMEOUT_S = 15.0  # a stopping worker: result post (5 s) + release (5 s), or unwind
@@ -187,7 +187,7 @@ def launch_ray_eval_workers(
 
     pool = RayEvalPool()
     if not ray.is_initialized():
-        ray.init(address=None if address == "local" else address, log_to_driver=False)
+        init_ray(address, log_to_driver=False)
         pool.started_ray = True
     try:
         nodes, free, slots = _free_slots(cores_per_worker, workers)
@@ -215,7 +215,7 @@ def launch_ray_eval_workers(
                 max_restarts=3,  # a crashed actor comes back and leases again...
                 max_task_retries=3,  # ...its run() called anew; ray.kill ends it for good
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-                runtime_env={"env_vars": dict(ACTOR_ENV)},
+                runtime_env=actor_runtime_env(),
             ).remote(
                 server_url,
                 name,
@@ -314,7 +314,6 @@ async def stopped_on_exit(pool: RayEvalPool) -> AsyncIterator[RayEvalPool]:
 
 
 __all__ = [
-    "ACTOR_ENV",
     "EvalWorkerActor",
     "RayEvalPool",
     "RayRoomError",

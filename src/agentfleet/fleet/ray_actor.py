@@ -29,13 +29,7 @@ from agentfleet.tasks import Task
 
 log = logging.getLogger("agentfleet.fleet.ray")
 
-__all__ = ["ACTOR_ENV", "FleetShard"]
-
-
-# The actors' event loop: asyncio's own, as in the local backend. Ray would pick uvloop
-# (installed by uvicorn[standard]), under which the process sandbox backend's exec pipe
-# was once closed twice; it is watched with add_reader now: asyncio for the same loop everywhere.
-ACTOR_ENV = {"RAY_USE_UVLOOP": "0"}
+__all__ = ["FleetShard"]
 
 
 class _CapturingWriter(ResultsWriter):

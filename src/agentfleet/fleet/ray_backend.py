@@ -35,12 +35,9 @@ import dataclasses
 import functools
 import logging
 import os
-import signal
-import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,9 +47,10 @@ from ray.exceptions import RayActorError, RayTaskError
 from agentfleet.fleet.config import FleetConfig, ray_eval_mode, run_config
 from agentfleet.fleet.monitor import FleetMonitor
 from agentfleet.fleet.outcome import Listener, TaskOutcome
-from agentfleet.fleet.ray_actor import ACTOR_ENV, FleetShard
+from agentfleet.fleet.ray_actor import FleetShard
 from agentfleet.fleet.runner import RunPlan, delete_killed_runs_sandboxes, plan_run
 from agentfleet.fleet.writer import ResultsWriter, trajectory
+from agentfleet.ray_setup import actor_runtime_env, init_ray
 from agentfleet.serving import run_async
 from agentfleet.tasks import Task
 
@@ -64,6 +62,7 @@ __all__ = ["ActorHook", "FleetShard", "run_fleet_ray", "shard_capacities"]
 ActorHook = Callable[[str, Any], None]
 
 SHUTDOWN_TIMEOUT_S = 30.0
+START_TIMEOUT_S = 120.0  # an actor not started by then is killed and replaced
 
 
 def shard_capacities(workers: int, shards: int) -> list[int]:
@@ -79,6 +78,7 @@ class _Shard:
     handle: Any
     capacity: int
     slot: int
+    launched: float = field(default_factory=time.monotonic)
     started: bool = False
     alive: bool = True
     running: set[str] = field(default_factory=set)
@@ -105,6 +105,7 @@ async def _drive(
     max_actor_restarts: int,
     max_task_attempts: int,
     shutdown_timeout_s: float,
+    start_timeout_s: float,
 ) -> list[TaskOutcome]:
     writer = ResultsWriter(cfg.run_dir)
     await writer.prepare(config)
@@ -135,10 +136,11 @@ async def _drive(
             "scheduling_strategy": "SPREAD",
             **actor_options,
         }
-        runtime_env = dict(options.get("runtime_env") or {})
-        env_vars = {**ACTOR_ENV, **runtime_env.get("env_vars", {})}
-        if env_vars:
-            options["runtime_env"] = {**runtime_env, "env_vars": env_vars}
+        runtime_env = actor_runtime_env(options.get("runtime_env"))
+        if runtime_env is not None:
+            options["runtime_env"] = runtime_env
+        else:
+            options.pop("runtime_env", None)
         handle = actor_cls.options(**options).remote(shard_cfg, index)
         shard = _Shard(index, name, handle, capacities[slot], slot)
         all_shards.append(shard)
@@ -168,6 +170,25 @@ async def _drive(
     def pending_or_running() -> bool:
         return bool(pending) or any(s.running for s in all_shards if s.alive)
 
+    def starting() -> list[tuple[asyncio.Future[Any], _Shard]]:
+        return [(f, sh) for f, (sh, what) in waiting.items() if what is None]
+
+    async def stalled(now: float) -> None:
+        """Kill and replace the actors whose start took ``start_timeout_s`` already."""
+        for fut, shard in starting():
+            if fut.done() or now - shard.launched < start_timeout_s:
+                continue
+            waiting.pop(fut)
+            fut.cancel()
+            error = f"Ray actor {shard.name} did not start in {start_timeout_s:.0f} s"
+            if not any(s.alive for s in all_shards if s is not shard) and not (
+                restarts < max_actor_restarts and pending_or_running()
+            ):
+                raise RuntimeError(f"{error}: is the cluster short of resources (ray status)?")
+            log.warning("%s: killed, replaced if restarts are left", error)
+            lose(shard, TimeoutError(error))
+            await asyncio.to_thread(_kill, shard)
+
     try:
         for slot in range(shards):
             launch(slot)
@@ -184,7 +205,12 @@ async def _drive(
                     await give_up(task_id, "no Ray actor left to run it")
                 pending.clear()
                 break
-            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            starts = [sh.launched for _, sh in starting()]
+            timeout = max(0.0, min(starts) + start_timeout_s - time.monotonic()) if starts else None
+            done, _ = await asyncio.wait(
+                waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            await stalled(time.monotonic())
             for fut in done:
                 shard, what = waiting.pop(fut)
                 if what is None:  # a start call
@@ -234,8 +260,9 @@ async def _drive(
 
 
 async def _stop(shards: list[_Shard], timeout_s: float) -> None:
-    """Ask every actor to shut down (bounded wait), then kill it. Safe to call when cancelled."""
-    live = [s for s in shards if s.alive]
+    """Ask every started actor to shut down (bounded wait), then kill every actor. Safe to
+    call when cancelled. One still starting has no agent yet: it is killed at once."""
+    live = [s for s in shards if s.alive and s.started]
     calls = []
     for shard in live:
         try:
@@ -254,13 +281,17 @@ async def _stop(shards: list[_Shard], timeout_s: float) -> None:
 
     def kill_all() -> None:
         for shard in shards:
-            try:
-                ray.kill(shard.handle)
-            except Exception as exc:
-                log.debug("ray.kill(%s): %s", shard.name, exc)
-            shard.alive = False
+            _kill(shard)
 
     await asyncio.to_thread(kill_all)
+
+
+def _kill(shard: _Shard) -> None:
+    try:
+        ray.kill(shard.handle)
+    except Exception as exc:
+        log.debug("ray.kill(%s): %s", shard.name, exc)
+    shard.alive = False
 
 
 def run_fleet_ray(
@@ -277,6 +308,7 @@ def run_fleet_ray(
     max_actor_restarts: int | None = None,
     max_task_attempts: int = 3,
     shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
+    start_timeout_s: float = START_TIMEOUT_S,
     init_kwargs: dict[str, Any] | None = None,
     plan: RunPlan | None = None,
 ) -> list[TaskOutcome]:
@@ -313,6 +345,8 @@ def run_fleet_ray(
         max_actor_restarts: replacement actors for ones that die (default: ``shards``).
         max_task_attempts: runs of one task whose actor keeps dying before it is an Error.
         shutdown_timeout_s: bound on the actors' graceful shutdown, before ``ray.kill``.
+        start_timeout_s: an actor not started by then (placed, servers up) is killed and
+            replaced (a restart); ``RuntimeError`` when no actor is left to run the tasks.
         init_kwargs: extra ``ray.init`` arguments when this function starts Ray.
         plan: :func:`~agentfleet.fleet.runner.plan_run`'s, if the caller made it already.
 
@@ -344,12 +378,7 @@ def run_fleet_ray(
         return run_async(_record_only(cfg, config, sandbox_urls))
     started_ray = False
     if not ray.is_initialized():
-        kwargs: dict[str, Any] = dict(init_kwargs or {})
-        if address is None and not os.environ.get("RAY_ADDRESS"):  # a new local Ray
-            kwargs.setdefault("include_dashboard", False)
-            kwargs.setdefault("_node_ip_address", "127.0.0.1")
-        with _keep_sigterm_handler():
-            ray.init(address=address, **kwargs)
+        init_ray(address, **(init_kwargs or {}))
         started_ray = True
     drive = functools.partial(
         _drive,
@@ -363,6 +392,7 @@ def run_fleet_ray(
         max_actor_restarts=shards if max_actor_restarts is None else max_actor_restarts,
         max_task_attempts=max_task_attempts,
         shutdown_timeout_s=shutdown_timeout_s,
+        start_timeout_s=start_timeout_s,
     )
     try:
         return run_async(_drive_on_actors(cfg, drive) if actors_eval else drive(cfg))
@@ -380,20 +410,6 @@ async def _drive_on_actors(
     async with driver_evaluation(cfg) as ev:
         log.info("evaluation %s: %d Ray evaluation actors", ev.url, len(ev.actors))
         return await drive(dataclasses.replace(cfg, eval_url=ev.url, eval_token=ev.token))
-
-
-@contextmanager
-def _keep_sigterm_handler() -> Iterator[None]:
-    """Undo ``ray.init``'s SIGTERM handler (``sys.exit``) when the caller had set its own."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        yield
-    finally:
-        if previous not in (signal.SIG_DFL, None):
-            signal.signal(signal.SIGTERM, previous)
 
 
 def _monitored(listener: Listener | None, monitor: FleetMonitor | None) -> Listener | None:
