@@ -248,3 +248,45 @@ async def cli(*args: str) -> tuple[int, str]:
             await proc.wait()
     assert proc.returncode is not None
     return proc.returncode, stderr.decode()
+
+
+@pytest.mark.skipif(not two_cpus(), reason="needs 2 CPUs")
+async def test_serve_eval_sigterm_hands_the_ray_jobs_back(
+    ray_session: None, tmp_path: Path
+) -> None:
+    """SIGTERM to ``serve-eval --ray-address`` with a job mid-evaluation on an actor: the
+    actors stop while the server still listens, so the lease comes back before the store
+    closes: exit 143 and the job stored queued, its start not counted, for the next start."""
+    address = ray.get_runtime_context().gcs_address
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    db = tmp_path / "jobs.db"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "from agentfleet.cli import app; app()",
+        "serve-eval", "--ray-address", address, "--ray-workers", "1", "--port", str(port),
+        "--test-latency", "60", "--lease-ttl", "600", "--db", str(db),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with HttpPool() as pool, asyncio.timeout(90):
+            client = EvalClient(url, pool=pool)
+            while True:
+                try:
+                    job_id = await client.submit(req("serve-stop"))
+                    break
+                except Exception:  # not listening yet
+                    assert proc.returncode is None
+                    await asyncio.sleep(0.2)
+            while (await client.status(job_id))["status"] != "running":  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        proc.terminate()
+        async with asyncio.timeout(60):
+            _, stderr = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 143, stderr.decode()[-3000:]
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT status, attempts FROM jobs").fetchall()
+    assert rows == [("queued", 0)], stderr.decode()[-3000:]

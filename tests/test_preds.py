@@ -32,7 +32,7 @@ def test_run_writes_preds_and_eval_preds_gives_the_same_scores(tmp_path: Path) -
     build_dataset(ds)
     r1, r2 = tmp_path / "r1", tmp_path / "r2"
     out = cli("run", "--dataset", str(ds), "--model", "oracle", "--run-dir", str(r1),
-              "--progress", "none", "--eval-repeats", "5")  # fmt: skip
+              "--progress", "none", "--eval-repeats", "3")  # fmt: skip
     assert out.exit_code == 0, out.output
     assert re.search(r"gso: [01]/1 pass its rule", out.stdout), out.stdout
     preds = json.loads((r1 / "preds.json").read_text())
@@ -42,7 +42,7 @@ def test_run_writes_preds_and_eval_preds_gives_the_same_scores(tmp_path: Path) -
         assert p["model_patch"].startswith("diff --git a/prog.c b/prog.c")
 
     out = cli("eval", "preds", str(r1 / "preds.json"), "--dataset", str(ds),
-              "--run-dir", str(r2), "--eval-repeats", "5")  # fmt: skip
+              "--run-dir", str(r2), "--eval-repeats", "3")  # fmt: skip
     assert out.exit_code == 0, out.output
     first, second = _results(r1), _results(r2)
     assert set(first) == set(second)
@@ -52,7 +52,7 @@ def test_run_writes_preds_and_eval_preds_gives_the_same_scores(tmp_path: Path) -
         # the base-relative part of each rule holds; the gold-relative part compares the
         # gold with itself (a tie: its side of the mark is noise), so only its figure is held
         assert a["benchmark"]["speedup_base"] > 1.5 and b["benchmark"]["speedup_base"] > 1.5
-        assert a["benchmark"]["speedup_gold"] > 0.8 and b["benchmark"]["speedup_gold"] > 0.8
+        assert a["benchmark"]["speedup_gold"] > 0.7 and b["benchmark"]["speedup_gold"] > 0.7
         # the same patch measured again: the same speedup, within the machine's noise
         assert b["benchmark"]["speedup_base"] == pytest.approx(
             a["benchmark"]["speedup_base"], rel=0.35
@@ -61,7 +61,7 @@ def test_run_writes_preds_and_eval_preds_gives_the_same_scores(tmp_path: Path) -
     summary = RunDir(r2).read_summary()
     gso_passed = second["gso-count"]["info"]["benchmark"]["passed"]
     assert summary["benchmarks"]["gso"]["pass_rate"] == (1.0 if gso_passed else 0.0)
-    assert summary["benchmarks"]["swefficiency"]["hm_speedup_ratio"] > 0.8
+    assert summary["benchmarks"]["swefficiency"]["hm_speedup_ratio"] > 0.7
     out = cli("show", str(r2))
     swef = "1/1" if second["swef-count"]["info"]["benchmark"]["passed"] else "0/1"
     assert out.exit_code == 0 and f"swefficiency: {swef} pass its rule" in out.stdout, out.stdout

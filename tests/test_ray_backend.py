@@ -81,7 +81,7 @@ def config(tmp_path: Path, model: ModelSpec, tasks: list[str], **kw: Any) -> Fle
         workers=kw.pop("workers", 4),
         agent=AgentConfig(step_limit=6),
         sandbox_root=tmp_path / "sandboxes",
-        eval_repeats=kw.pop("eval_repeats", 3),
+        eval_repeats=kw.pop("eval_repeats", 2),
         **kw,
     )
 

@@ -22,7 +22,7 @@ from agentfleet.tasks.task import Task, load_dataset
 
 CPRIMES = ("gso-mini", "agentfleet__cprimes-102", "src/primes.c")
 CDUPES = ("swefficiency-mini", "agentfleet__cdupes-301", "src/dupes.c")
-CONFIG = EvalConfig(repeats=5, bootstrap_resamples=200)
+CONFIG = EvalConfig(repeats=3, bootstrap_resamples=200)  # 5 cost 50 s in make test
 
 
 def _image_file(task: Task, path: str) -> str:

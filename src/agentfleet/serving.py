@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import socket
 import threading
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import FrameType
@@ -25,9 +26,11 @@ from typing import Any, TypeVar
 import uvicorn
 
 T = TypeVar("T")
+log = logging.getLogger("agentfleet.serving")
 
 # Longer than the client pool's idle keep-alive (aiohttp: 15 s): no reuse race.
 SERVER_KEEPALIVE_S = 75
+BEFORE_STOP_TIMEOUT_S = 30.0
 
 
 def uvicorn_config(app: Any, host: str, port: int, **kw: Any) -> uvicorn.Config:
@@ -173,14 +176,40 @@ def graceful_stop() -> Iterator[None]:
 
 class _SignalledServer(uvicorn.Server):
     """uvicorn's server, which on SIGINT / SIGTERM shuts down gracefully (lifespan included)
-    and then reports the signal instead of raising it again."""
+    and then reports the signal instead of raising it again. ``before_stop`` runs first,
+    while the server still serves (a second signal does not wait for it)."""
 
     stopped_by: int | None = None
+
+    def __init__(
+        self, config: uvicorn.Config, before_stop: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        super().__init__(config)
+        self._before_stop = before_stop
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.stopped_by is None:
             self.stopped_by = sig
+        if self._before_stop is not None and self._loop is not None and not self._stopping:
+            self._stopping = True
+            self._loop.call_soon_threadsafe(self._loop.create_task, self._stop_after(sig))
+            return
         super().handle_exit(sig, frame)
+
+    async def _stop_after(self, sig: int) -> None:
+        assert self._before_stop is not None
+        try:
+            async with asyncio.timeout(BEFORE_STOP_TIMEOUT_S):
+                await self._before_stop()
+        except Exception as exc:  # stop anyway
+            log.warning("before the server's stop: %s: %s", type(exc).__name__, exc)
+        super().handle_exit(sig, None)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -196,9 +225,14 @@ class _SignalledServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def serve_until_signal(config: uvicorn.Config) -> int | None:
+def serve_until_signal(
+    config: uvicorn.Config, before_stop: Callable[[], Awaitable[None]] | None = None
+) -> int | None:
     """Serve ``config`` until SIGINT or SIGTERM (blocking); return that signal's number
-    after the graceful shutdown (``None`` if the server stopped by itself)."""
-    server = _SignalledServer(config)
+    after the graceful shutdown (``None`` if the server stopped by itself). On the signal,
+    ``before_stop()`` runs first (``BEFORE_STOP_TIMEOUT_S`` at most) while the server
+    still listens: for clients that must talk to it to stop (remote workers handing their
+    jobs back)."""
+    server = _SignalledServer(config, before_stop)
     server.run()
     return server.stopped_by
