@@ -820,6 +820,9 @@ async def test_client_exec_is_retried_with_one_key(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("confine", "reclaim"), [(False, "restart"), (False, "gc"), (True, "restart")]
 )
+# `sandbox gc` kills what any dead server's cgroups hold, machine-wide: the gc runs and the
+# cases that count a dead server's survivors share one xdist worker (make test: loadgroup)
+@pytest.mark.xdist_group("sandbox-gc")
 async def test_sigkilled_server_leaves_no_process(
     tmp_path: Path, confine: bool, reclaim: str
 ) -> None:
@@ -867,6 +870,7 @@ async def test_sigkilled_server_leaves_no_process(
 # --------------------------------------------------------------------------- CLI
 
 
+@pytest.mark.xdist_group("sandbox-gc")  # see test_sigkilled_server_leaves_no_process
 def test_sandbox_gc_cli(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

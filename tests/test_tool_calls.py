@@ -172,7 +172,7 @@ async def test_tool_call_fleet_with_errors_and_malformed_calls_solves_every_task
             workers=4,
             agent=AgentConfig(step_limit=15, action_format="tool_call"),
             sandbox_root=tmp_path / "sandboxes",
-            eval_repeats=3,
+            eval_repeats=2,
         )
         outcomes = await run_fleet(cfg)
         async with HttpPool() as pool:
