@@ -5,6 +5,7 @@ evaluation server on 127.0.0.1 whose actors lease its jobs; an actor killed with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import socket
@@ -232,15 +233,19 @@ async def test_no_cpu_free_is_one_error_line_from_the_clis(
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
-async def cli(*args: str) -> tuple[int, str]:
-    """``agentfleet ARGS`` in a subprocess (bounded): its exit code and stderr."""
-    proc = await asyncio.create_subprocess_exec(
+async def start_cli(*args: str) -> asyncio.subprocess.Process:
+    """``agentfleet ARGS`` started in a subprocess (stderr piped)."""
+    return await asyncio.create_subprocess_exec(
         sys.executable, "-c", "from agentfleet.cli import app; app()", *args,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "COLUMNS": "300"},
     )  # fmt: skip
+
+
+async def finish(proc: asyncio.subprocess.Process, timeout: float) -> tuple[int, str]:
+    """Its exit code and stderr once it ends; killed if it runs past ``timeout``."""
     try:
-        async with asyncio.timeout(180):
+        async with asyncio.timeout(timeout):
             _, stderr = await proc.communicate()
     finally:
         if proc.returncode is None:
@@ -248,6 +253,11 @@ async def cli(*args: str) -> tuple[int, str]:
             await proc.wait()
     assert proc.returncode is not None
     return proc.returncode, stderr.decode()
+
+
+async def cli(*args: str) -> tuple[int, str]:
+    """``agentfleet ARGS`` in a subprocess (bounded): its exit code and stderr."""
+    return await finish(await start_cli(*args), 180)
 
 
 @pytest.mark.skipif(not two_cpus(), reason="needs 2 CPUs")
@@ -261,11 +271,9 @@ async def test_serve_eval_sigterm_hands_the_ray_jobs_back(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     db = tmp_path / "jobs.db"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "from agentfleet.cli import app; app()",
+    proc = await start_cli(
         "serve-eval", "--ray-address", address, "--ray-workers", "1", "--port", str(port),
         "--test-latency", "60", "--lease-ttl", "600", "--db", str(db),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
         async with HttpPool() as pool, asyncio.timeout(90):
@@ -279,14 +287,11 @@ async def test_serve_eval_sigterm_hands_the_ray_jobs_back(
                     await asyncio.sleep(0.2)
             while (await client.status(job_id))["status"] != "running":  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
-        proc.terminate()
-        async with asyncio.timeout(60):
-            _, stderr = await proc.communicate()
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode == 143, stderr.decode()[-3000:]
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()  # the signal under test; the clean-up if the polling failed
+        code, stderr = await finish(proc, 60)
+    assert code == 143, stderr[-3000:]
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT status, attempts FROM jobs").fetchall()
-    assert rows == [("queued", 0)], stderr.decode()[-3000:]
+    assert rows == [("queued", 0)], stderr[-3000:]
