@@ -480,8 +480,7 @@ def run_server(
         )
         config = uvicorn_config(app, host, port, log_level=log_level, timeout_graceful_shutdown=5)
         # the actors stop while the server still listens: their leases come back uncounted
-        pool = actors
-        before_stop = None if pool is None else functools.partial(asyncio.to_thread, pool.stop)
+        before_stop = None if actors is None else functools.partial(asyncio.to_thread, actors.stop)
         return serve_until_signal(config, before_stop)
     finally:
         if actors is not None:  # stopped at shutdown already, unless the server never started
