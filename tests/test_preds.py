@@ -51,7 +51,8 @@ def test_run_writes_preds_and_eval_preds_gives_the_same_scores(tmp_path: Path) -
         assert a["status"] == b["status"] == "ok"
         # the base-relative part of each rule holds; the gold-relative part compares the
         # gold with itself (a tie: its side of the mark is noise), so only its figure is held
-        assert a["benchmark"]["speedup_base"] > 1.5 and b["benchmark"]["speedup_base"] > 1.5
+        # the gold is about 1.5x here; GSO's own base mark (1.2) is the bound (1.37 seen at load 4)
+        assert a["benchmark"]["speedup_base"] > 1.2 and b["benchmark"]["speedup_base"] > 1.2
         assert a["benchmark"]["speedup_gold"] > 0.7 and b["benchmark"]["speedup_gold"] > 0.7
         # the same patch measured again: the same speedup, within the machine's noise
         assert b["benchmark"]["speedup_base"] == pytest.approx(

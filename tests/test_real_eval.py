@@ -53,7 +53,8 @@ async def test_gold_patch_meets_the_benchmark_rule(
     assert info["status"] == "ok", info
     verdict = info["benchmark"]
     assert "reference_error" not in info, info
-    assert verdict["speedup_base"] > 1.5 and res.speedup == verdict["speedup_base"]
+    # the count rows' gold is about 1.5x; GSO's own base mark (1.2) is the bound under load
+    assert verdict["speedup_base"] > 1.2 and res.speedup == verdict["speedup_base"]
     assert res.reward > 0
     if task == "gso-count":
         assert verdict["tests"] == ["t0", "t1"] and verdict["opt_base"] is True
