@@ -80,6 +80,7 @@ class _Shard:
     slot: int
     launched: float = field(default_factory=time.monotonic)
     started: bool = False
+    start_call: asyncio.Future[Any] | None = None  # its start() call (in flight: in waiting)
     alive: bool = True
     running: set[str] = field(default_factory=set)
 
@@ -144,7 +145,8 @@ async def _drive(
         handle = actor_cls.options(**options).remote(shard_cfg, index)
         shard = _Shard(index, name, handle, capacities[slot], slot)
         all_shards.append(shard)
-        waiting[_future(handle.start.remote())] = (shard, None)
+        shard.start_call = _future(handle.start.remote())
+        waiting[shard.start_call] = (shard, None)
         if actor_hook is not None:
             actor_hook(name, handle)
 
@@ -171,7 +173,8 @@ async def _drive(
         return bool(pending) or any(s.running for s in all_shards if s.alive)
 
     def starting() -> list[tuple[asyncio.Future[Any], _Shard]]:
-        return [(f, sh) for f, (sh, what) in waiting.items() if what is None]
+        """The start calls in flight (a scan of the few shards, not of every task's call)."""
+        return [(s.start_call, s) for s in all_shards if s.start_call in waiting]
 
     async def stalled(now: float) -> None:
         """Kill and replace the actors whose start took ``start_timeout_s`` already."""
