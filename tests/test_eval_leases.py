@@ -351,3 +351,28 @@ async def test_release_route(tmp_path: Path) -> None:
     assert "/workers/leases/{lease_id}/release" in schema["paths"]
     [(_, st, attempts, _, lease)] = stored_rows(tmp_path / "jobs.db")
     assert (st, attempts, lease) == ("done", 1, second["lease_id"])
+
+
+async def test_a_closing_server_answers_its_long_polls_at_once(tmp_path: Path) -> None:
+    """As the server closes, a lease ask and a job wait still waiting (60 s each) are
+    answered at once: no job (204), the job as it is (200). Before, they held the shutdown
+    until uvicorn cut them: a 500 with a traceback, after ``timeout_graceful_shutdown``."""
+    async with HttpPool() as pool:
+        async with asyncio.timeout(30):  # the long polls alone would take 60 s
+            async with server(tmp_path, ttl=600) as srv:
+                url = srv.url
+                job_id = await EvalClient(url, pool=pool, token=TOKEN).submit(request("c"))
+                leased = await post(pool, f"{url}/workers/lease", {"worker": "a", "wait": 5})
+                assert leased.json()["job_id"] == job_id  # running remotely from now on
+                ask = asyncio.create_task(
+                    post(pool, f"{url}/workers/lease", {"worker": "b", "wait": 60})
+                )
+                wait_url = f"{url}/evaluations/{job_id}?wait=60"
+                poll = asyncio.create_task(
+                    pool.request("GET", wait_url, headers=auth(), retry=NO_RETRY)
+                )
+                await asyncio.sleep(0.5)  # both wait in the server now
+                assert not ask.done() and not poll.done()
+            asked, polled = await ask, await poll
+    assert asked.status == 204
+    assert polled.status == 200 and polled.json()["status"] == "running"

@@ -49,7 +49,23 @@ def uvicorn_config(app: Any, host: str, port: int, **kw: Any) -> uvicorn.Config:
     )
 
 
-class EmbeddedServer(uvicorn.Server):
+class _DrainingServer(uvicorn.Server):
+    """A uvicorn server that, as it closes, first calls its app's ``app.state.drain()`` if
+    the app has one: the app's long polls answer at once, instead of holding the shutdown
+    for ``timeout_graceful_shutdown`` and then being cancelled (a 500 and a traceback)."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        drain = getattr(getattr(self.config.app, "state", None), "drain", None)
+        if callable(drain):
+            try:
+                drain()
+            except Exception:  # close anyway
+                log.exception("draining the app failed")
+        # no await in between: the listener closes before a woken long poll answers
+        await super().shutdown(sockets)
+
+
+class EmbeddedServer(_DrainingServer):
     """A uvicorn server that leaves signal handling to its host program."""
 
     @contextlib.contextmanager
@@ -174,7 +190,7 @@ def graceful_stop() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-class _SignalledServer(uvicorn.Server):
+class _SignalledServer(_DrainingServer):
     """uvicorn's server, which on SIGINT / SIGTERM shuts down gracefully (lifespan included)
     and then reports the signal instead of raising it again. ``before_stop`` runs first,
     while the server still serves (a second signal does not wait for it)."""

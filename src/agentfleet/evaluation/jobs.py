@@ -119,6 +119,7 @@ class JobManager(JobViews):
         self.metrics.throughput.set_function(self.throughput_per_minute)
         self._started = False
         self._stopping = False
+        self._closing = asyncio.Event()  # set by drain(): long polls answer now
 
     # lifecycle -----------------------------------------------------------------------
     async def start(self) -> int:
@@ -191,16 +192,27 @@ class JobManager(JobViews):
 
         Interrupted jobs stay ``running`` in the store and run again at the next start.
         """
-        self._stopping = True
+        self.drain()
         tasks = list(self._tasks)
         for t in tasks:
             t.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
-        for ev in self._events.values():  # wake long polls still waiting
-            ev.set()
         self._events.clear()
+
+    def drain(self) -> None:
+        """The server is closing: long polls answer now (a job wait with the job as it is,
+        a lease ask with no job) and new ones do not wait. Jobs keep running until
+        :meth:`stop`."""
+        self._stopping = True
+        self._closing.set()
+        for ev in self._events.values():
+            ev.set()
+
+    async def closing(self) -> None:
+        """Returns once :meth:`drain` was called."""
+        await self._closing.wait()
 
     def _spawn(self, coro: Any, name: str) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro, name=name)

@@ -186,17 +186,29 @@ class RemoteWorkers:
 
     async def lease(self, ask: LeaseAsk, gone: asyncio.Future[Any]) -> dict[str, Any] | None:
         """The next job under a new lease, waiting up to ``ask.wait`` s (or until ``gone``,
-        the client's disconnect, is done); None if none came."""
+        the client's disconnect, is done, or the server closes); None if none came."""
         jobs = self.jobs
         jobs.leases.note(ask.worker, ask.node, ask.cpus)
         self._gauge()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ask.wait
-        while not gone.done():
+        closing = asyncio.ensure_future(jobs.closing())  # the server is closing: no job
+        try:
+            return await self._lease(ask, gone, closing, deadline)
+        finally:
+            closing.cancel()
+
+    async def _lease(
+        self, ask: LeaseAsk, gone: asyncio.Future[Any], closing: asyncio.Future[Any],
+        deadline: float,
+    ) -> dict[str, Any] | None:  # fmt: skip
+        jobs = self.jobs
+        loop = asyncio.get_running_loop()
+        while not gone.done() and not closing.done():
             taker: asyncio.Future[Any] = asyncio.ensure_future(
                 jobs.take(max(0.0, deadline - loop.time()))
             )
-            await asyncio.wait([taker, gone], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([taker, gone, closing], return_when=asyncio.FIRST_COMPLETED)
             if not taker.done():
                 taker.cancel()  # a cancelled take loses no job
                 with contextlib.suppress(asyncio.CancelledError):

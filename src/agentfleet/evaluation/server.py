@@ -197,6 +197,7 @@ def create_app(
             state["manager"] = jobs
             state["remote"] = leases
             app.state.jobs = jobs
+            app.state.drain = jobs.drain  # the server's shutdown ends long polls first
             if remote_workers is not None:
                 await stack.enter_async_context(remote_workers())
             logger.info(
