@@ -8,6 +8,7 @@ function, under ``if TYPE_CHECKING:``), since each one is a dependency of the mo
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import json
 import subprocess
@@ -98,6 +99,7 @@ def imports_of(
     source = path.read_text(encoding="utf-8")
     shown = str(path.relative_to(root.parent))
     is_package = path.name == "__init__.py"
+    lines = source.splitlines()
     for node in ast.walk(ast.parse(source, filename=str(path))):
         names: list[str] = []
         if isinstance(node, ast.Import):
@@ -119,7 +121,6 @@ def imports_of(
                 names.append(stem)
         else:
             continue
-        text = ast.get_source_segment(source, node) or ""
         seen: set[str] = set()
         for name in names:
             if name != PACKAGE and not name.startswith(PACKAGE + "."):
@@ -128,9 +129,24 @@ def imports_of(
             if target is None or target == module or target in seen:
                 continue
             seen.add(target)
-            yield Import(module, target, shown, node.lineno, " ".join(text.split()))
+            yield Import(module, target, shown, node.lineno, _statement(lines, node))
 
 
+def _statement(lines: list[str], node: ast.stmt) -> str:
+    """The statement's text on one line (``ast.get_source_segment`` splits the whole
+    source again on every call: seconds over the package)."""
+    end = node.end_lineno or node.lineno
+    if end == node.lineno:
+        text = lines[node.lineno - 1][node.col_offset : node.end_col_offset]
+    else:
+        first = lines[node.lineno - 1][node.col_offset :]
+        text = " ".join(
+            [first, *lines[node.lineno : end - 1], lines[end - 1][: node.end_col_offset]]
+        )
+    return " ".join(text.split())
+
+
+@functools.cache  # read-only for the tests that share it
 def import_graph(root: Path = SRC) -> tuple[dict[str, Path], list[Import]]:
     modules = discover(root)
     edges = [imp for mod, path in modules.items() for imp in imports_of(mod, path, modules, root)]
