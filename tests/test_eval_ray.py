@@ -275,22 +275,22 @@ async def test_serve_eval_sigterm_hands_the_ray_jobs_back(
         "serve-eval", "--ray-address", address, "--ray-workers", "1", "--port", str(port),
         "--test-latency", "60", "--lease-ttl", "600", "--db", str(db),
     )  # fmt: skip
+    job_id: str | None = None
     try:
         async with HttpPool() as pool, asyncio.timeout(90):
             client = EvalClient(url, pool=pool)
-            while True:
+            while job_id is None and proc.returncode is None:
                 try:
                     job_id = await client.submit(req("serve-stop"))
-                    break
                 except Exception:  # not listening yet
-                    assert proc.returncode is None
                     await asyncio.sleep(0.2)
-            while (await client.status(job_id))["status"] != "running":  # noqa: ASYNC110
+            while job_id and (await client.status(job_id))["status"] != "running":  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
     finally:
         with contextlib.suppress(ProcessLookupError):
             proc.terminate()  # the signal under test; the clean-up if the polling failed
         code, stderr = await finish(proc, 60)
+    assert job_id is not None, f"serve-eval ended first ({code}):\n{stderr[-3000:]}"
     assert code == 143, stderr[-3000:]
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT status, attempts FROM jobs").fetchall()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import json
 import logging
 import os
@@ -506,6 +507,33 @@ def test_actors_need_no_runtime_env_on_a_ray_started_here(
         "env_vars": {"RAY_USE_UVLOOP": "1"},
         "x": 1,
     }
+
+
+def test_a_ray_started_here_listens_on_loopback_only(ray_session: None) -> None:
+    """init_ray keeps a local Ray's node on 127.0.0.1 (Ray would turn it into the host's
+    network address, imported before or not): every port its processes listen on, and the
+    run's evaluation server (served on the node's address), is on loopback."""
+    import psutil
+
+    from agentfleet.fleet.ray_eval import eval_host
+
+    assert eval_host() == "127.0.0.1"
+    assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+    listening = []
+    for proc in psutil.Process().children(recursive=True):  # the GCS, the raylet, workers
+        try:
+            conns = proc.net_connections("inet")
+            listening += [(proc.name(), c.laddr) for c in conns if c.status == psutil.CONN_LISTEN]
+        except psutil.Error:  # gone meanwhile
+            continue
+    assert len({name for name, _ in listening}) >= 2, listening
+    assert all(_loopback(addr.ip) for _, addr in listening), listening
+
+
+def _loopback(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip)
+    mapped = getattr(addr, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return (mapped or addr).is_loopback
 
 
 def test_ray_tests_share_one_xdist_worker(request: pytest.FixtureRequest) -> None:
