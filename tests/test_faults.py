@@ -549,7 +549,7 @@ async def test_fleet_survives_faults_on_every_connection_path(tmp_path: Path) ->
         enter = stack.enter_async_context
         sandbox = await enter(serve_in_loop(sandbox_app(root=root)))
         to_sandbox = await enter(proxy(port_of(sandbox.url), "eval->sandbox", 1))
-        evaluator = Evaluator(SandboxClient(to_sandbox.url), EvalConfig(repeats=2))
+        evaluator = Evaluator(SandboxClient(to_sandbox.url), EvalConfig(repeats=1))
         evaluation = await enter(serve_in_loop(eval_app(evaluator, workers=2, db_path=db)))
         mock = await enter(serve_in_loop(create_mock_llm_app()))
         proxies = [
