@@ -376,3 +376,72 @@ async def test_a_closing_server_answers_its_long_polls_at_once(tmp_path: Path) -
             asked, polled = await ask, await poll
     assert asked.status == 204
     assert polled.status == 200 and polled.json()["status"] == "running"
+
+
+async def test_a_draining_server_grants_no_lease(tmp_path: Path) -> None:
+    """A lease ask that reaches the server once it started closing (its request read just
+    before the listener closed) gets no job, even with one queued: the job stays queued,
+    its start uncounted. (The worker's evaluation would be for nothing: no live server
+    would know its lease.)"""
+    from agentfleet.evaluation.jobs import JobManager
+    from agentfleet.evaluation.remote import LeaseAsk, RemoteWorkers
+    from agentfleet.evaluation.submission import TestModeEvaluator
+
+    store = await JobStore(tmp_path / "jobs.db").open()
+    jobs = JobManager(store, TestModeEvaluator(0.1), workers=0)
+    try:
+        await jobs.start()
+        job, _ = await jobs.submit(request("d"), "d")
+        jobs.drain()
+        never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        assert await RemoteWorkers(jobs).lease(LeaseAsk(worker="w", wait=20), never) is None
+        assert (await jobs.wait(job.id, 20)).status == "queued"  # type: ignore[union-attr]
+    finally:
+        await jobs.stop()
+        await store.close()
+    [(_, st, attempts, _, lease)] = stored_rows(tmp_path / "jobs.db")
+    assert (st, attempts, lease) == ("queued", 0, None)
+
+
+async def test_results_must_be_finite_and_lease_ids_well_formed(tmp_path: Path) -> None:
+    """A result with NaN or infinity is refused (422; it once was stored, and the server
+    then answered 500 to a full queue and to waits); NaN deep in ``info`` is stored as
+    null. A lease id of another shape is a 422 on every lease route: nothing is kept for it
+    (unknown ids of any length used to be remembered for 10 minutes)."""
+    async with server(tmp_path, ttl=600) as srv, HttpPool() as pool:
+        url = srv.url
+        client = EvalClient(url, pool=pool, token=TOKEN)
+        job_id = await client.submit(request("nan"))
+        lease = (await post(pool, f"{url}/workers/lease", {"worker": "a", "wait": 5})).json()
+        result_url = f"{url}/workers/leases/{lease['lease_id']}/result"
+        for bad in ({"speedup": float("inf")}, {"reward": float("nan")}, {"elapsed_s": 1e999}):
+            body = {"status": "done", "reward": 1.0, "speedup": 2.0, **bad}
+            assert (await post(pool, result_url, body)).status == 422, bad
+        ok = {"status": "done", "reward": 1.0, "speedup": 2.0, "info": {"x": float("nan")}}
+        assert (await post(pool, result_url, ok)).status == 200
+        done = await client.status(job_id)
+        assert done["speedup"] == 2.0 and done["info"]["x"] is None
+        for bad_id in ("x" * 65, "short", "has.dot" * 3):
+            for route in ("heartbeat", "release", "result"):
+                answer = await post(pool, f"{url}/workers/leases/{bad_id}/{route}", ok)
+                assert answer.status == 422, (bad_id, route, answer.status)
+        assert (await post(pool, f"{url}/workers/leases/{'y' * 32}/release")).status == 410
+
+
+async def test_the_throughput_window_stays_bounded_without_readers(tmp_path: Path) -> None:
+    """Finished jobs' times older than the throughput window (a minute) are dropped as jobs
+    finish, not only when /metrics or /healthz reads the throughput."""
+    from agentfleet.evaluation.jobs import JobManager
+    from agentfleet.evaluation.submission import TestModeEvaluator
+
+    store = await JobStore(None).open()
+    jobs = JobManager(store, TestModeEvaluator(0.0), workers=1)
+    try:
+        await jobs.start()
+        jobs._finished_at.extend([0.0] * 1000)  # as if a thousand jobs ended long ago
+        job, _ = await jobs.submit(request("t"), "t")
+        assert (await jobs.wait(job.id, 30)).status == "done"  # type: ignore[union-attr]
+        assert len(jobs._finished_at) == 1
+    finally:
+        await jobs.stop()
+        await store.close()

@@ -210,6 +210,10 @@ class JobManager(JobViews):
         for ev in self._events.values():
             ev.set()
 
+    @property
+    def draining(self) -> bool:
+        return self._closing.is_set()
+
     async def closing(self) -> None:
         """Returns once :meth:`drain` was called."""
         await self._closing.wait()
@@ -445,6 +449,7 @@ class JobManager(JobViews):
             return False
         self._counters.completed += 1
         self._finished_at.append(time.monotonic())
+        self.throughput_per_minute()  # drops what is older than a minute: bounded
         self._mean_duration = (
             elapsed if self._mean_duration is None else 0.8 * self._mean_duration + 0.2 * elapsed
         )

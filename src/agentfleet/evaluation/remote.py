@@ -32,17 +32,23 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
+from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentfleet.evaluation.jobs import JobManager
 from agentfleet.evaluation.leases import Lease, LeaseLost
+from agentfleet.evaluation.outcome import coerce_result
 from agentfleet.evaluation.schema import MAX_LEASE_WAIT_S
 from agentfleet.evaluation.store import DONE, FAILED
 from agentfleet.http.openapi import JSON_OBJECT, errors
+
+# a lease id, the server's (uuid4 hex) or a worker's own: anything else is a 422
+LEASE_ID = r"^[A-Za-z0-9_-]{16,64}$"
+LeaseId = Annotated[str, PathParam(pattern=LEASE_ID)]
 
 logger = logging.getLogger("agentfleet.evaluation")
 
@@ -56,7 +62,7 @@ class LeaseAsk(BaseModel):
     node: str | None = Field(default=None, max_length=200)
     cpus: str | None = Field(default=None, max_length=200)
     wait: float = Field(default=20.0, ge=0.0, le=MAX_LEASE_WAIT_S)
-    lease_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{16,64}$")
+    lease_id: str | None = Field(default=None, pattern=LEASE_ID)
 
 
 class LeaseResult(BaseModel):
@@ -65,11 +71,11 @@ class LeaseResult(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     status: Literal["done", "failed"]
-    reward: float
-    speedup: float
-    info: dict[str, Any] = Field(default_factory=dict)
+    reward: float = Field(allow_inf_nan=False)
+    speedup: float = Field(allow_inf_nan=False)
+    info: dict[str, Any] = Field(default_factory=dict)  # made strict JSON when stored
     error: str | None = Field(default=None, max_length=20_000)
-    elapsed_s: float = Field(default=0.0, ge=0.0)
+    elapsed_s: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
 
 
 async def until_disconnected(request: Request) -> None:
@@ -204,7 +210,7 @@ class RemoteWorkers:
     ) -> dict[str, Any] | None:  # fmt: skip
         jobs = self.jobs
         loop = asyncio.get_running_loop()
-        while not gone.done() and not closing.done():
+        while not gone.done() and not closing.done() and not jobs.draining:
             taker: asyncio.Future[Any] = asyncio.ensure_future(
                 jobs.take(max(0.0, deadline - loop.time()))
             )
@@ -217,9 +223,9 @@ class RemoteWorkers:
             job_id: str | None = taker.result()
             if job_id is None:
                 return None
-            if gone.done() or not jobs.leases.usable(ask.lease_id):
+            if gone.done() or jobs.draining or not jobs.leases.usable(ask.lease_id):
                 jobs.untake(job_id)  # the asker went away (or released this id already)
-                return None
+                return None  # or the server closes: no job goes out then
             lease = jobs.leases.grant(
                 job_id, ask.worker, node=ask.node, cpus=ask.cpus, remote=True,
                 lease_id=ask.lease_id,
@@ -230,8 +236,8 @@ class RemoteWorkers:
             if job is None:  # pragma: no cover - unfinished jobs are never pruned
                 jobs.leases.end(lease.id)
                 continue
-            if gone.done() or not jobs.leases.live(lease.id):  # gone, or released, meanwhile
-                await self._take_back(lease)
+            if gone.done() or jobs.draining or not jobs.leases.live(lease.id):
+                await self._take_back(lease)  # gone, released or closing meanwhile
                 return None
             self._gauge()
             logger.info("job %s leased to worker %s (node %s)", job_id, ask.worker, ask.node)
@@ -261,7 +267,8 @@ class RemoteWorkers:
             jobs.metrics.results_refused.inc()
             raise LeaseLost(f"lease {lease_id!r} expired: its job was queued again")
         who = {"name": lease.worker, "node": lease.node, "cpus": lease.cpus}
-        result = {"reward": res.reward, "speedup": res.speedup, "info": {**res.info, "worker": who}}
+        result = coerce_result(res.model_dump(include={"reward", "speedup", "info"}))
+        result["info"]["worker"] = who
         status = DONE if res.status == "done" else FAILED
         landed = await asyncio.shield(jobs.finish(lease, status, result, res.error, res.elapsed_s))
         self._gauge()
@@ -296,7 +303,7 @@ def worker_routes(remote: Callable[[], RemoteWorkers]) -> APIRouter:
         return JSONResponse(got)
 
     @router.post("/leases/{lease_id}/heartbeat", responses=errors(410, 422))
-    async def heartbeat(lease_id: str) -> JSONResponse:
+    async def heartbeat(lease_id: LeaseId) -> JSONResponse:
         try:
             return JSONResponse(remote().heartbeat(lease_id))
         except LeaseLost as exc:
@@ -317,7 +324,7 @@ def worker_routes(remote: Callable[[], RemoteWorkers]) -> APIRouter:
             **errors(422),
         },
     )
-    async def release(lease_id: str) -> JSONResponse:
+    async def release(lease_id: LeaseId) -> JSONResponse:
         """A stopping worker gives its job back: queued again at once, that start not
         counted in ``attempts``; a later result under this lease is refused (409)."""
         try:
@@ -327,7 +334,7 @@ def worker_routes(remote: Callable[[], RemoteWorkers]) -> APIRouter:
         return JSONResponse({"released": True, "job_id": job_id})
 
     @router.post("/leases/{lease_id}/result", responses=errors(400, 409, 413, 422))
-    async def result(lease_id: str, res: LeaseResult) -> JSONResponse:
+    async def result(lease_id: LeaseId, res: LeaseResult) -> JSONResponse:
         try:
             await remote().report(lease_id, res)
         except LeaseLost as exc:
