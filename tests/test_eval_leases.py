@@ -151,11 +151,13 @@ async def test_lease_routes_refuse_bad_input(tmp_path: Path) -> None:
         assert (await post(pool, f"{url}/workers/lease", {"worker": "x", "bogus": 1})).status == 422
         empty = await post(pool, f"{url}/workers/lease", {"worker": "x", "wait": 0})
         assert empty.status == 204
-        assert (await post(pool, f"{url}/workers/leases/nope/heartbeat")).status == 410
+        unknown = "n" * 32  # well formed, never granted
+        assert (await post(pool, f"{url}/workers/leases/{unknown}/heartbeat")).status == 410
+        assert (await post(pool, f"{url}/workers/leases/nope/heartbeat")).status == 422
         bad = {"status": "maybe", "reward": 1, "speedup": 1}
-        assert (await post(pool, f"{url}/workers/leases/nope/result", bad)).status == 422
+        assert (await post(pool, f"{url}/workers/leases/{unknown}/result", bad)).status == 422
         ok = {"status": "done", "reward": 1, "speedup": 1}
-        assert (await post(pool, f"{url}/workers/leases/nope/result", ok)).status == 409
+        assert (await post(pool, f"{url}/workers/leases/{unknown}/result", ok)).status == 409
         assert (await pool.request("GET", f"{url}/healthz")).status == 200  # still serving
 
 
@@ -342,7 +344,7 @@ async def test_release_route(tmp_path: Path) -> None:
         ok = {"status": "done", "reward": 1.0, "speedup": 1.0}
         late = await post(pool, f"{url}/workers/leases/{first['lease_id']}/result", ok)
         assert late.status == 409
-        assert (await post(pool, f"{url}/workers/leases/nope/release")).status == 410
+        assert (await post(pool, f"{url}/workers/leases/{'n' * 32}/release")).status == 410
         second = (await post(pool, f"{url}/workers/lease", {**ask, "worker": "b"})).json()
         assert second["job_id"] == job_id and second["attempt"] == 1
         stored = await post(pool, f"{url}/workers/leases/{second['lease_id']}/result", ok)

@@ -37,7 +37,7 @@ def config(tmp_path: Path, model: ModelSpec, tasks: list[str]) -> FleetConfig:
         workers=4,
         agent=AgentConfig(step_limit=6),
         sandbox_root=tmp_path / "sandboxes",
-        eval_repeats=2,  # what is timed matters little here: test_evaluator, test_eval_rounds
+        eval_repeats=3,
     )
 
 
