@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from agentfleet.agent import AgentConfig
 from agentfleet.fleet.attempts import DEFAULT_TASK_ATTEMPTS
@@ -133,6 +134,22 @@ class RunRequest:
         return out
 
 
+def _check_urls(req: RunRequest) -> None:
+    """Every server URL is an absolute http(s) URL (else each task would fail on it)."""
+    given: list[tuple[str, str | None]] = [("--sandbox-url", u) for u in req.sandbox_urls]
+    given += [("--eval-url", req.eval_url), ("--model-url", req.model_url)]
+    for option, url in given:
+        if url is None:
+            continue
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{option} {url!r}: not an http(s) URL (e.g. http://host:port)")
+        try:
+            parts.port  # noqa: B018 - raises on a port out of range
+        except ValueError as exc:
+            raise ValueError(f"{option} {url!r}: {exc}") from None
+
+
 def build_config(req: RunRequest) -> tuple[FleetConfig, RayOptions | None]:
     """The run's config (and Ray options with ``backend="ray"``); names a new run
     ``runs/<dataset>-<split>-<model>-<time>``. ``ValueError`` / ``LookupError`` / ``OSError``
@@ -149,6 +166,12 @@ def build_config(req: RunRequest) -> tuple[FleetConfig, RayOptions | None]:
         run_dir = req.resume
     elif req.rerun_failed:
         raise ValueError("--rerun-failed needs --resume RUN_DIR")
+    elif run_dir is not None and RunDir(run_dir).is_run():  # two runs' results in one file
+        raise ValueError(
+            f"--run-dir {run_dir} holds a run already: continue it with --resume {run_dir}, "
+            "or give another folder"
+        )
+    _check_urls(req)
     s = req.settings(saved)
     dataset = load_dataset(s["dataset"])
     dataset.task_ids(s["split"])  # the dataset and split exist

@@ -316,6 +316,8 @@ def run(
         markup=False,
         soft_wrap=True,
     )
+    if monitor.failed:  # some task has no trustworthy score: scripts must see it
+        raise typer.Exit(1)
 
 
 def _note(message: str) -> None:

@@ -120,7 +120,10 @@ class RunDir:
         """``config.json``; ``FileNotFoundError`` / ``ValueError`` when missing or bad."""
         if not self.config.is_file():
             raise FileNotFoundError(f"{self.path} is not a run folder (no {self.config.name})")
-        data = json.loads(self.config.read_text())
+        try:
+            data = json.loads(self.config.read_text())
+        except ValueError as exc:  # not JSON, or not UTF-8
+            raise ValueError(f"{self.config}: not valid JSON ({exc})") from None
         if not isinstance(data, dict):
             raise ValueError(f"{self.config}: expected a JSON object")
         return data
