@@ -447,3 +447,15 @@ async def test_the_throughput_window_stays_bounded_without_readers(tmp_path: Pat
     finally:
         await jobs.stop()
         await store.close()
+
+
+async def test_healthz_shows_no_lease_id(tmp_path: Path) -> None:
+    """/healthz needs no token: it shows who holds which job, never the lease ids that a
+    result or a release is posted under."""
+    async with server(tmp_path, ttl=600) as srv, HttpPool() as pool:
+        await EvalClient(srv.url, pool=pool, token=TOKEN).submit(request("h"))
+        lease = (await post(pool, f"{srv.url}/workers/lease", {"worker": "a", "wait": 5})).json()
+        health = await pool.request("GET", f"{srv.url}/healthz")
+    assert health.status == 200
+    assert lease["lease_id"] not in health.text()
+    assert [w["job_id"] for w in health.json()["worker_slots"]] == [lease["job_id"]]

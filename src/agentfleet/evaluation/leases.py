@@ -52,8 +52,7 @@ class Lease:
             "cpus": self.cpus,
             "remote": self.remote,
             "job_id": self.job_id,
-            "lease_id": self.id,
-        }
+        }  # no lease id: /healthz shows this to anyone
 
 
 @dataclass
