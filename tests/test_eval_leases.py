@@ -459,3 +459,27 @@ async def test_healthz_shows_no_lease_id(tmp_path: Path) -> None:
     assert health.status == 200
     assert lease["lease_id"] not in health.text()
     assert [w["job_id"] for w in health.json()["worker_slots"]] == [lease["job_id"]]
+
+
+async def test_a_stop_that_meets_a_lost_lease_still_stops_the_worker() -> None:
+    """The lease is lost (a heartbeat got 410, which cancels the evaluation) at the moment
+    the worker is stopped: the stop is not taken for the loss and swallowed."""
+    worker = EvalWorker("http://127.0.0.1:9", WorkerEvaluators(), name="w", cpus=None)
+    forever: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def outcome(lease: dict[str, Any]) -> Any:
+        await forever
+
+    async def lost_and_stopped(
+        lease_id: str, period: float, lost: asyncio.Event, work: asyncio.Future[Any]
+    ) -> None:
+        lost.set()
+        evaluating.cancel()  # the stop...
+        work.cancel()  # ...and the heartbeat's own cancel of the evaluation, together
+
+    worker._outcome = outcome  # type: ignore[method-assign]
+    worker._heartbeat = lost_and_stopped  # type: ignore[method-assign]
+    lease = {"lease_id": "l" * 32, "job_id": "j", "heartbeat_s": 1.0}
+    evaluating = asyncio.create_task(worker._evaluate(lease))
+    with pytest.raises(asyncio.CancelledError):
+        await evaluating

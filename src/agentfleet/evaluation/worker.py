@@ -222,6 +222,9 @@ class EvalWorker:
                 await self._release(lease_id, job_id)
                 raise
             log.warning("worker %s: job %s lost its lease; dropped", self.name, job_id)
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # a stop came at the same time
+                raise
             return
         self.current = None
         body = {**result, "status": status, "error": error, "elapsed_s": elapsed}
