@@ -21,6 +21,7 @@ from agentfleet.models.offline import SUBMIT_SENTINEL
 from agentfleet.models.tool_calls import ToolCallError, check_action_format, parse_tool_calls
 from agentfleet.sandbox.base import DEFAULT_EXEC_TIMEOUT, ExecResult
 from agentfleet.tasks import Task
+from agentfleet.tasks.yamlfile import read_yaml
 
 _BASH_BLOCK = re.compile(r"```bash\s*\n(.*?)\n```", re.DOTALL)
 _jinja = Environment(undefined=StrictUndefined, keep_trailing_newline=True)
@@ -61,10 +62,7 @@ class AgentConfig:
         templates = dict(DEFAULT_TEMPLATES)
         data: dict[str, Any] = {}
         if path is not None:
-            try:
-                loaded = yaml.safe_load(Path(path).read_text())
-            except yaml.YAMLError as exc:
-                raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+            loaded = read_yaml(path)  # YamlFileError (a ValueError): one line naming it
             if loaded is None:
                 loaded = {}
             if not isinstance(loaded, dict):

@@ -11,13 +11,17 @@ import asyncio
 import json
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import urlsplit
 
 import typer
 
 from agentfleet._cli import DatasetOpt, SplitOpt, console, fail
 from agentfleet.tasks import DEFAULT_DATASET, DEFAULT_SPLIT
 from agentfleet.tasks.defaults import DEFAULT_EVAL_PORT
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 eval_app = typer.Typer(help="Submit to and query an evaluation server.", no_args_is_help=True)
 
@@ -44,17 +48,23 @@ def eval_submit(
     ] = 3600.0,
 ) -> None:
     """Submit a patch for evaluation; prints the job id (or the result with --wait)."""
+    from pydantic import ValidationError
+
     from agentfleet.evaluation.client import EvalClient
     from agentfleet.evaluation.schema import EvalRequest
 
-    req = EvalRequest(
-        exit_status="Submitted",
-        result=patch.read_text(),
-        instance_id=instance,
-        dataset_name=dataset,
-        split=split,
-        idempotency_key=key,
-    )
+    url = _checked_url(url)
+    try:
+        req = EvalRequest(
+            exit_status="Submitted",
+            result=_read_patch(patch),
+            instance_id=instance,
+            dataset_name=dataset,
+            split=split,
+            idempotency_key=key,
+        )
+    except ValidationError as exc:
+        fail(_invalid_option(exc))
 
     async def go() -> Any:
         client = EvalClient(url)
@@ -74,18 +84,67 @@ def eval_status(
     """Show an evaluation job's status and result."""
     from agentfleet.evaluation.client import EvalClient
 
+    url = _checked_url(url)
+
     async def go() -> Any:
         return await EvalClient(url).status(job_id, wait=wait)
 
     _print_json(_call(go))
 
 
+# ``eval submit``'s fields as its options name them (EvalRequest's limits)
+_OPTIONS = {"instance_id": "--instance", "dataset_name": "--dataset", "split": "--split",
+            "idempotency_key": "--key"}  # fmt: skip
+
+
+def _checked_url(url: str) -> str:
+    """``--url``, or exit 2 unless it is an http(s) URL with a host and a valid port."""
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 - raises ValueError on a port out of range or not a number
+    except ValueError:
+        ok = False
+    if not ok:
+        fail(f"--url must be an http(s) URL such as {DEFAULT_EVAL_URL}, not {url[:200]!r}")
+    return url
+
+
+def _read_patch(patch: Path) -> str:
+    """The patch's text, or exit 2 naming the file (too large for a request, not UTF-8)."""
+    from agentfleet.evaluation.schema import MAX_PATCH_CHARS
+
+    too_large = f"{patch}: larger than a request takes ({MAX_PATCH_CHARS} characters)"
+    try:
+        if patch.stat().st_size > 4 * MAX_PATCH_CHARS:  # not read: 4 bytes a character at most
+            fail(too_large)
+        text = patch.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        fail(f"{patch}: not UTF-8 text (byte {exc.start}); a patch is a git diff")
+    except OSError as exc:
+        fail(f"{patch}: cannot read: {exc.strerror or exc}")
+    if len(text) > MAX_PATCH_CHARS:
+        fail(too_large)
+    return text
+
+
+def _invalid_option(exc: ValidationError) -> str:
+    """The request's first refused field, named as its option (pydantic's text spans lines)."""
+    e = exc.errors()[0]
+    name = str(e["loc"][0]) if e["loc"] else ""
+    return f"{_OPTIONS.get(name, name)}: {e['msg']}"
+
+
 def _call(fn: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
-    """Run ``fn()``; a server's error answer exits 1 with its message."""
+    """Run ``fn()``. The server refusing the request (a 4xx: an unknown task, dataset,
+    split or job, a bad token) exits 2; no answer (transport, 5xx, timeout) exits 1."""
+    from agentfleet.evaluation.client import EvalRejected
     from agentfleet.http import HttpError
 
     try:
         return asyncio.run(fn())
+    except EvalRejected as exc:
+        fail(str(exc), 2)
     except HttpError as exc:
         fail(str(exc), 1)
 

@@ -26,6 +26,7 @@ from agentfleet.agent import AgentConfig
 from agentfleet.models.base import Message, Model
 from agentfleet.sandbox.base import Sandboxes
 from agentfleet.tasks import Task
+from agentfleet.tasks.yamlfile import yaml_problem
 
 DEFAULT_MINI_CONFIG = "mini.yaml"  # mini-swe-agent's built-in default
 SECTIONS = ("agent", "model", "environment", "run")
@@ -35,6 +36,8 @@ ENV_KEYS = ("cwd", "timeout", "env")
 def load_mini_config(spec: str | Path | None) -> dict[str, Any]:
     """The mini-swe-agent YAML ``spec`` (a path, or a built-in name such as ``mini.yaml``):
     ValueError with a message when mini-swe-agent is missing or the file is not usable."""
+    from yaml import YAMLError
+
     try:
         from minisweagent.config import get_config_from_spec
     except ImportError as exc:
@@ -43,6 +46,10 @@ def load_mini_config(spec: str | Path | None) -> dict[str, Any]:
         ) from exc
     try:
         data = get_config_from_spec(str(spec) if spec is not None else DEFAULT_MINI_CONFIG)
+    except YAMLError as exc:  # mini-swe-agent's own read: PyYAML's text spans lines
+        raise ValueError(f"{spec}: not valid YAML: {yaml_problem(exc)}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{spec}: not UTF-8 text (byte {exc.start})") from None
     except (OSError, ValueError) as exc:
         raise ValueError(f"--agent-config: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("agent"), dict):

@@ -87,6 +87,11 @@ def eval_preds(
     setup_logging(verbose)
     try:
         predictions = load_predictions(preds)
+    except UnicodeDecodeError as exc:  # load_predictions' own errors name the file
+        fail(f"{preds}: not UTF-8 text (byte {exc.start})")
+    except (ValueError, OSError) as exc:
+        fail(str(exc))
+    try:
         models = sorted({p.model for p in predictions.values() if p.model})
         model = models[0] if len(models) == 1 else ("mixed" if models else "")
         spec = PredictionsSpec(model)

@@ -3,6 +3,7 @@ or as one HTML file. Top-level commands: the main command registers these functi
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -37,7 +38,11 @@ def show(
         traj = read_trajectory(run_dir, instance)
     except FileNotFoundError as exc:
         fail(f"{exc} (have: {', '.join(files.trajectory_ids()) or 'none'})")
-    except ValueError as exc:
+    except UnicodeDecodeError as exc:
+        fail(f"{files.trajectory(instance)}: not UTF-8 text (byte {exc.start})")
+    except json.JSONDecodeError as exc:
+        fail(f"{files.trajectory(instance)}: not JSON: {exc}")
+    except (ValueError, OSError) as exc:  # its own message names the file
         fail(str(exc))
     print_trajectory(traj, console, full=full)
 
@@ -56,7 +61,13 @@ def report_cmd(
     results = RunDir(run_dir).results
     if not results.exists():
         fail(f"{run_dir} has no {results.name}: nothing to report")
-    path = write_report(run_dir, output)
+    if output is not None and output.is_dir():  # before the report is built
+        fail(f"--output {output}: is a folder; give the HTML file's path")
+    try:
+        path = write_report(run_dir, output)
+    except OSError as exc:  # a bad output path, as bad input (README: exit 2)
+        where = exc.filename or output or RunDir(run_dir).report
+        fail(f"cannot write the report to {where}: {exc.strerror or exc}")
     console.print(f"report: {path}", highlight=False)
 
 

@@ -10,6 +10,7 @@ Mounted by the main command::
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Annotated
 
 import typer
@@ -34,14 +35,13 @@ def tasks_list(dataset: DatasetOpt = DEFAULT_DATASET, split: SplitFilter = None)
     """List the tasks of a dataset (a bundled name such as perf-lite, or a folder)."""
     try:
         ds = load_dataset(dataset)
-        ids = ds.task_ids(split)
-    except TaskNotFound as exc:
+        tasks = {tid: ds.task(tid) for tid in ds.task_ids(split)}
+    except TaskNotFound as exc:  # also a dataset's bad file (DatasetFileError)
         fail(str(exc))
     table = Table(title=f"{ds.name} ({', '.join(f'{k}: {len(v)}' for k, v in ds.splits.items())})")
     for col in ("id", "split", "kind", "title"):
         table.add_column(col)
-    for tid in ids:
-        t = ds.task(tid)
+    for tid, t in tasks.items():
         splits = ",".join(s for s, v in ds.splits.items() if tid in v)
         table.add_row(t.id, splits, t.kind, t.title)
     console.print(table)
@@ -93,10 +93,7 @@ def tasks_check(
     fails a check (tests, reference, speedup, baseline time)."""
     from agentfleet.fleet.check import check_tasks
 
-    try:
-        lo, hi = (float(x) for x in baseline_range.split(","))
-    except ValueError:
-        fail(f"--baseline-range wants MIN,MAX seconds, got {baseline_range!r}")
+    lo, hi = _baseline_range(baseline_range)
     try:
         ds = load_dataset(dataset)
         ids = task or ds.task_ids(split)
@@ -137,3 +134,14 @@ def tasks_check(
     console.print(table)
     if bad:
         raise typer.Exit(1)
+
+
+def _baseline_range(text: str) -> tuple[float, float]:
+    """``--baseline-range MIN,MAX``: finite seconds, 0 < MIN < MAX; else exit 2."""
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError:
+        fail(f"--baseline-range wants MIN,MAX seconds, got {text!r}")
+    if not 0 < lo < hi < math.inf:
+        fail(f"--baseline-range {text}: wants finite seconds, 0 < MIN < MAX")
+    return lo, hi

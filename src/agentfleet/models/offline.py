@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import yaml
-
 from agentfleet.models.base import Message, ModelError, ModelReply, ModelStats
 from agentfleet.tasks import Task
+from agentfleet.tasks.yamlfile import read_yaml
 
 SUBMIT_SENTINEL = "COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT"
 _HEREDOC = "AGENTFLEET_PATCH_EOF"
@@ -49,7 +48,7 @@ class ScriptedModel:
 
     @classmethod
     def from_yaml(cls, path: str | Path, *, delay_s: float = 0.0) -> ScriptedModel:
-        data = yaml.safe_load(Path(path).read_text())
+        data = read_yaml(path)  # YamlFileError (a ValueError) names the file
         replies = data.get("replies") if isinstance(data, dict) else data
         if not isinstance(replies, list) or not all(isinstance(r, str) for r in replies):
             raise ValueError(f"{path}: expected a list of reply strings (or {{replies: [...]}})")

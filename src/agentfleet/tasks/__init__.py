@@ -15,6 +15,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(
         (
             "Dataset",
+            "DatasetFileError",
             "Task",
             "TaskNotFound",
             "bundled_datasets",
@@ -30,6 +31,7 @@ __all__ = [
     "DEFAULT_DATASET",
     "DEFAULT_SPLIT",
     "Dataset",
+    "DatasetFileError",
     "Task",
     "TaskNotFound",
     "bundled_datasets",
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
     from agentfleet.tasks.defaults import DEFAULT_DATASET, DEFAULT_SPLIT
     from agentfleet.tasks.task import (
         Dataset,
+        DatasetFileError,
         Task,
         TaskNotFound,
         bundled_datasets,

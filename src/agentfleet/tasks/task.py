@@ -12,11 +12,12 @@ import os
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from agentfleet.tasks.model import Task
+from agentfleet.tasks.yamlfile import YamlFileError, read_yaml
 
 BUNDLED_DIR = Path(__file__).parent / "data"
 # ``--dataset PROFILE:PATH``: rows of a real benchmark (tasks/profiles/, tasks/rows.py)
@@ -25,6 +26,15 @@ ROW_PROFILES = ("gso", "swe-perf", "swefficiency")
 
 class TaskNotFound(LookupError):
     """An unknown dataset, split or task id."""
+
+
+class DatasetFileError(TaskNotFound):
+    """A dataset's file that is missing or wrong (not YAML, a field missing or bad): the
+    message is ``PATH: what is wrong``, one line."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
 
 
 class Dataset(BaseModel):
@@ -56,6 +66,11 @@ class Dataset(BaseModel):
         if repo.is_symlink():
             raise TaskNotFound(
                 f"task {task_id!r} of dataset {self.name!r}: its repo is a symlink (refused)"
+            )
+        if not (task_dir / "task.yaml").is_file():
+            raise DatasetFileError(
+                self.path / "dataset.yaml",
+                f"its splits list task {task_id!r}, but {task_dir} has no task.yaml",
             )
         return _load_task(task_dir, self.name)
 
@@ -115,13 +130,33 @@ def _find_rows(path: str, roots: tuple[Path, ...] | None) -> Path | None:
     return None
 
 
+def _read_meta(path: Path) -> dict[str, Any]:
+    """A dataset.yaml or task.yaml: a mapping (empty file: empty), else DatasetFileError."""
+    try:
+        meta = read_yaml(path)
+    except YamlFileError as exc:
+        raise DatasetFileError(path, exc.problem) from None
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict):
+        raise DatasetFileError(path, f"expected a mapping of fields, not {type(meta).__name__}")
+    return meta
+
+
+def _invalid(path: Path, exc: ValidationError) -> DatasetFileError:
+    """A model's validation errors on one line (pydantic's own text spans many)."""
+    problems = [f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors()]
+    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    return DatasetFileError(path, "; ".join(problems[:3]) + more)
+
+
 def _load_task(task_dir: Path, dataset: str) -> Task:
     meta_path = task_dir / "task.yaml"
-    if not meta_path.is_file():
-        raise TaskNotFound(f"no task.yaml in {task_dir}")
-    meta = yaml.safe_load(meta_path.read_text()) or {}
-    meta.setdefault("id", task_dir.name)
-    return Task(dataset=dataset, task_dir=task_dir, **meta)
+    meta = {"id": task_dir.name, **_read_meta(meta_path)}
+    try:
+        return Task.model_validate({**meta, "dataset": dataset, "task_dir": task_dir})
+    except ValidationError as exc:
+        raise _invalid(meta_path, exc) from None
 
 
 def bundled_datasets() -> list[str]:
@@ -203,18 +238,19 @@ def _load_dataset(name_or_path: str, roots: tuple[Path, ...] | None) -> Dataset:
             f"unknown dataset {name_or_path[:200]!r}: not a bundled one "
             f"({', '.join(bundled_datasets())}), nor {where}"
         )
-    meta = yaml.safe_load((path / "dataset.yaml").read_text()) or {}
-    meta.setdefault("name", path.name)
+    meta_path = path / "dataset.yaml"
+    meta = {"name": path.name, **_read_meta(meta_path)}
     if "profile" in meta:  # a folder holding a real benchmark's rows (bundled *-mini sets)
         rows = (path / str(meta.get("rows", ""))).resolve()
         if not rows.is_relative_to(path) or not rows.exists():
-            raise TaskNotFound(
-                f"dataset {meta['name']!r}: rows {meta.get('rows')!r} not in its folder"
-            )
+            raise DatasetFileError(meta_path, f"rows {meta.get('rows')!r}: not in its folder")
         return _rows_dataset(
             str(meta["name"]), str(meta["profile"]), rows, str(meta.get("description", "")), path
         )
-    return Dataset(path=path, **meta)
+    try:
+        return Dataset.model_validate({**meta, "path": path})
+    except ValidationError as exc:
+        raise _invalid(meta_path, exc) from None
 
 
 def get_task(dataset: str, task_id: str, roots: Iterable[str | Path] | None = None) -> Task:
