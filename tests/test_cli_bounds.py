@@ -6,6 +6,8 @@ EvalConfig's repeats, a lease's wait; the machine's CPUs for CPU counts)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -122,3 +124,29 @@ def test_sane_values_still_pass() -> None:
     off, _ = serve_settings("process", cpus=0, memory="0", pids_limit=0, cpu_time=0)
     assert off["cpus"] is off["memory_mb"] is off["pids_limit"] is off["cpu_time_s"] is None
     assert service["max_execs"] >= 1
+
+
+# a server whose start-up fails: its lifespan leaves a thread running (as an unclosed
+# aiosqlite connection does) and raises; uvicorn exits 3, the thread would hold the exit
+_FAILING_SERVER = """
+import threading
+from contextlib import asynccontextmanager
+from fastapi import FastAPI
+from agentfleet.serving import serve_until_signal, uvicorn_config
+
+@asynccontextmanager
+async def lifespan(app):
+    threading.Thread(target=threading.Event().wait, name="left-behind").start()
+    raise RuntimeError("start-up fails")
+    yield
+
+serve_until_signal(uvicorn_config(FastAPI(lifespan=lifespan), "127.0.0.1", 0))
+"""
+
+
+def test_failed_start_up_exits_promptly() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", _FAILING_SERVER], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert "start-up fails" in proc.stderr and "left-behind" in proc.stderr
