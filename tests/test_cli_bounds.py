@@ -5,9 +5,12 @@ EvalConfig's repeats, a lease's wait; the machine's CPUs for CPU counts)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -124,6 +127,72 @@ def test_sane_values_still_pass() -> None:
     off, _ = serve_settings("process", cpus=0, memory="0", pids_limit=0, cpu_time=0)
     assert off["cpus"] is off["memory_mb"] is off["pids_limit"] is off["cpu_time_s"] is None
     assert service["max_execs"] >= 1
+
+
+# --------------------------------------------------------------------------------------
+# options checked before the servers start, and the benches' and images' word lists
+
+
+@pytest.mark.parametrize("port", ["-5", "70000"])
+def test_mock_llm_port(port: str) -> None:
+    _refused(["mock-llm", "--port", port], "'--port'")
+
+
+def test_serve_eval_early_stop_rounds() -> None:
+    _refused(["serve-eval", "--early-stop-rounds", "1"], "--early-stop-rounds 1: expected 2 to")
+
+
+def test_serve_eval_ray_workers_need_ray_address(tmp_path: Path) -> None:
+    # --db checked later: without this check, the --db one (not a hang serving)
+    _refused(["serve-eval", "--ray-workers", "2", "--db", str(tmp_path)], "--ray-workers")
+
+
+def _not_sqlite(tmp_path: Path) -> Path:
+    path = tmp_path / "notes.txt"
+    path.write_text("not a database\n" * 100)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "needle"),
+    [
+        (_not_sqlite, "file is not a database"),
+        (lambda tmp: tmp, "a folder, not a SQLite file"),
+        (lambda tmp: _not_sqlite(tmp) / "jobs.db", "is not a folder"),
+    ],
+)
+def test_serve_eval_db(tmp_path: Path, make: Callable[[Path], Path], needle: str) -> None:
+    _refused(["serve-eval", "--test-latency", "0", "--db", str(make(tmp_path))], "--db", needle)
+
+
+def test_serve_eval_db_unwritable_folder(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root writes in any folder")
+    folder = tmp_path / "ro"
+    folder.mkdir(mode=0o500)
+    _refused(["serve-eval", "--db", str(folder / "jobs.db")], "--db", "cannot write in")
+
+
+def test_sane_dbs_pass(tmp_path: Path) -> None:
+    """A SQLite file, an empty one, one still to make (folders too) pass the check."""
+    from agentfleet.cli import _check_db
+
+    with contextlib.closing(sqlite3.connect(tmp_path / "jobs.db")) as db:
+        db.execute("CREATE TABLE t (x)")
+    (tmp_path / "empty.db").touch()
+    for name in ("jobs.db", "empty.db", "new/folder/jobs.db"):
+        _check_db(tmp_path / name)
+
+
+@pytest.mark.parametrize("below", ["", "sub"])
+def test_serve_sandbox_root_is_a_folder(tmp_path: Path, below: str) -> None:
+    file = tmp_path / "file"
+    file.write_text("x")
+    _refused(["serve-sandbox", "--port", "0", "--root", str(file / below)], "--root", "folder")
+
+
+def test_images_prune_kind() -> None:
+    _refused(["images", "prune", "--kind", "foo", "--yes"], "--kind 'foo'", "task, bench, dataset")
 
 
 # a server whose start-up fails: its lifespan leaves a thread running (as an unclosed
