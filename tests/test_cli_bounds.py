@@ -191,6 +191,34 @@ def test_serve_sandbox_root_is_a_folder(tmp_path: Path, below: str) -> None:
     _refused(["serve-sandbox", "--port", "0", "--root", str(file / below)], "--root", "folder")
 
 
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["http", "--sweep", "--sweep-ns", "abc"], "--sweep-ns 'abc': expected"),
+        (["http", "--sweep-ns", "10,0"], "--sweep-ns '10,0': expected"),
+        (["fleet", "--workers", "abc"], "--workers 'abc': expected"),
+        (["fleet", "--workers", "0"], "--workers '0': expected"),
+        (["fleet", "--max-seconds", "-1"], "'--max-seconds'"),
+        (["fleet", "--confine", "maybe"], "--confine 'maybe': expected required | auto | off"),
+        (["fleet", "--confine", "off,required"], "--confine 'off,required'"),
+        (["sandbox", "--confine", "off,maybe"], "--confine 'off,maybe'"),
+    ],
+)
+def test_bench(tmp_path: Path, args: list[str], needle: str) -> None:
+    _refused(["bench", *args, "--out", str(tmp_path / "run")], needle)
+    assert not (tmp_path / "run").exists()
+
+
+def test_bench_confine_words() -> None:
+    """The servers' words, a comma list for `bench sandbox`; yes / no still work."""
+    from agentfleet.bench.common import confine_modes
+
+    assert confine_modes("no, yes,auto") == ["off", "required", "auto"]
+    assert confine_modes("required", many=False) == ["required"]
+    with pytest.raises(ValueError, match="--confine"):
+        confine_modes("off,required", many=False)
+
+
 def test_images_prune_kind() -> None:
     _refused(["images", "prune", "--kind", "foo", "--yes"], "--kind 'foo'", "task, bench, dataset")
 
