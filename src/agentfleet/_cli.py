@@ -11,6 +11,7 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 __all__ = [
     "MAX_TEST_LATENCY_S",
@@ -22,6 +23,7 @@ __all__ = [
     "SandboxBackendOpt",
     "SandboxRootOpt",
     "SplitOpt",
+    "VerboseOpt",
     "console",
     "err",
     "fail",
@@ -38,6 +40,9 @@ MAX_TEST_LATENCY_S = 3600.0  # test mode's sleep per evaluation
 
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="bundled name or folder path")]
 SplitOpt = Annotated[str, typer.Option("--split", "-s", help="split of the dataset")]
+VerboseOpt = Annotated[
+    bool, typer.Option("--verbose", "-v", help="log progress (INFO) on stderr, not only warnings")
+]
 # the embedded sandbox server and image tasks' options (`run`, `eval preds`)
 SandboxRootOpt = Annotated[
     Path | None, typer.Option(help="folder of the embedded process sandboxes")
@@ -64,8 +69,9 @@ PullOpt = Annotated[
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    """Print ``error: message`` on stderr and exit with ``code`` (2: bad usage)."""
-    err.print(f"[red]error:[/red] {message}")
+    """Print ``error: message`` on stderr and exit with ``code`` (2: bad usage). The message
+    is shown as is (a ``[...]`` in it, e.g. in a path, is no rich markup)."""
+    err.print(f"[red]error:[/red] {escape(message)}")
     raise typer.Exit(code)
 
 

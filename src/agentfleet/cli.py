@@ -3,13 +3,14 @@ sub-apps beside their packages (``tasks``, ``eval``, ``bench``, ``images``, ``sa
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 # Underscored aliases: the names the commands below were written with.
-from agentfleet._cli import MAX_TEST_LATENCY_S, MAX_WORKERS, DatasetOpt
+from agentfleet._cli import MAX_TEST_LATENCY_S, MAX_WORKERS, DatasetOpt, VerboseOpt
 from agentfleet._cli import fail as _fail
 from agentfleet._cli import setup_logging as _setup_logging
 from agentfleet.fleet.run_cli import run
@@ -94,6 +95,53 @@ DatasetRootOpt = Annotated[
 ]
 
 
+def _check_folder(option: str, path: Path, folder: Path) -> None:
+    """``folder`` (made with its parents at start-up) is a folder, or can be made: the
+    nearest one of it and its parents that exists is a folder this process may write in."""
+    import os
+
+    here = folder.absolute()
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    if not here.is_dir():
+        _fail(f"{option} {str(path)!r}: {str(here)!r} is not a folder")
+    if not os.access(here, os.W_OK | os.X_OK):
+        _fail(f"{option} {str(path)!r}: cannot write in {str(here)!r}")
+
+
+def _check_root(root: Path) -> None:
+    """``serve-sandbox --root``: a folder (made at start-up if missing), not a file."""
+    if root.exists() and not root.is_dir():
+        _fail(f"--root {str(root)!r}: not a folder")
+    _check_folder("--root", root, root)
+
+
+def _check_db(db: Path) -> None:
+    """``serve-eval --db``: a SQLite file (made at start-up if missing) in a folder this
+    process may write in (its WAL files go beside it)."""
+    import os
+    import sqlite3
+
+    where = f"--db {str(db)!r}"
+    if db.is_dir():
+        _fail(f"{where}: a folder, not a SQLite file")
+    _check_folder("--db", db, db.parent)
+    if not db.exists():
+        return
+    if not os.access(db, os.R_OK | os.W_OK):
+        _fail(f"{where}: cannot read and write it")
+    try:  # read only, a short wait: a server using the file still lets this read it
+        with contextlib.closing(
+            sqlite3.connect(f"{db.absolute().as_uri()}?mode=ro", uri=True, timeout=1)
+        ) as conn:
+            conn.execute("PRAGMA schema_version")
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorcode not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            _fail(f"{where}: {exc}")
+    except sqlite3.DatabaseError as exc:  # e.g. "file is not a database"
+        _fail(f"{where}: {exc}")
+
+
 def _dataset_roots(folders: list[Path] | None) -> tuple[Path, ...]:
     from agentfleet.tasks import dataset_roots
 
@@ -172,7 +220,7 @@ def serve_sandbox(
     ] = DEFAULT_REAP_INTERVAL_S,
     dataset_root: DatasetRootOpt = None,
     confine: ConfineOpt = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Serve sandboxes over HTTP (default port 9527); backend process or docker."""
     from agentfleet.sandbox.cli import serve_settings
@@ -203,6 +251,8 @@ def serve_sandbox(
     except ValueError as e:
         _fail(str(e))
         return
+    if root is not None:
+        _check_root(root)
     _setup_logging(verbose)
     try:
         stopped_by = run_server(
@@ -238,6 +288,20 @@ def _eval_workers(value: str) -> str:
     raise typer.BadParameter(f"{value!r} is neither 'auto' nor a whole number 0-{MAX_WORKERS}")
 
 
+def _check_eval_options(
+    early_stop_rounds: int, ray_workers: int | None, ray_address: str | None
+) -> None:
+    """``--early-stop-rounds`` 0 or 2 to the repeats' cap (EvalConfig's range, 0 for off);
+    ``--ray-workers`` counts the actors of ``--ray-address``: nothing without it."""
+    if early_stop_rounds != 0 and not 2 <= early_stop_rounds <= MAX_EVAL_REPEATS:
+        _fail(
+            f"--early-stop-rounds {early_stop_rounds}: expected 2 to {MAX_EVAL_REPEATS} "
+            "(0: every round)"
+        )
+    if ray_workers is not None and ray_address is None:
+        _fail("--ray-workers: only with --ray-address (the Ray actors it counts)")
+
+
 def _check_cores(cores_per_worker: int, ray_address: str | None) -> None:
     """``--cores-per-worker``: local workers get no more than the CPUs this process may use
     (Ray actors' are the cluster's)."""
@@ -250,7 +314,9 @@ def _check_cores(cores_per_worker: int, ray_address: str | None) -> None:
 
 @app.command("serve-eval")
 def serve_eval(
-    host: str = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="address to listen on (beyond loopback: needs --token)")
+    ] = "127.0.0.1",
     port: Annotated[
         int, typer.Option(min=0, max=65535, help="port (0: any free one)")
     ] = DEFAULT_EVAL_PORT,
@@ -297,7 +363,7 @@ def serve_eval(
         typer.Option(
             min=0.001,
             max=0.999,
-            help="add rounds until the speedup's 95%% interval is narrower than this "
+            help="add rounds until the speedup's 95% interval is narrower than this "
             "share of it (e.g. 0.03), up to --max-repeats",
         ),
     ] = None,
@@ -312,11 +378,9 @@ def serve_eval(
     early_stop_rounds: Annotated[
         int,
         typer.Option(
-            min=0,
-            max=MAX_EVAL_REPEATS,
-            help="from this many rounds on, stop before --repeats once more rounds cannot "
-            "change the reward (0: every round; off with --target-ci, --reference and a "
-            "real benchmark's task)",
+            help=f"2-{MAX_EVAL_REPEATS}: from this many rounds on, stop before --repeats once "
+            "more rounds cannot change the reward; 0: every round (off anyway with "
+            "--target-ci, --reference and a real benchmark's task)",
         ),
     ] = DEFAULT_EARLY_STOP_ROUNDS,
     reward_kind: Annotated[
@@ -384,7 +448,7 @@ def serve_eval(
             help="Ray actors (default: the cluster's free CPUs // --cores-per-worker)",
         ),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Serve evaluations over HTTP (default port 9528). See docs/evaluation.md."""
     from pydantic import ValidationError
@@ -394,6 +458,9 @@ def serve_eval(
     from agentfleet.sandbox.cli import confine_setting
 
     _check_cores(cores_per_worker, ray_address)
+    _check_eval_options(early_stop_rounds, ray_workers, ray_address)
+    if db is not None:
+        _check_db(db)
     try:
         confine = confine_setting(confine, host)
     except ValueError as exc:
@@ -411,7 +478,9 @@ def serve_eval(
         )
         roots = _dataset_roots(dataset_root)
     except ValidationError as exc:
-        _fail(f"invalid evaluation settings: {exc.errors()[0].get('msg')}")
+        first = exc.errors()[0]  # names the field, should an option's range ever differ
+        where = ".".join(str(p) for p in first["loc"])
+        _fail(f"invalid evaluation settings: {where}: {first['msg']}")
     except ValueError as exc:
         _fail(str(exc))
     _setup_logging(verbose)
@@ -450,12 +519,12 @@ def _exit_stopped(signum: int | None) -> None:
 
 @app.command("mock-llm")
 def mock_llm(
-    host: str = "127.0.0.1",
-    port: int = 8000,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="port (0: any free one)")] = 8000,
     dataset: DatasetOpt = DEFAULT_DATASET,
     latency: Annotated[float, typer.Option(help="seconds per reply (or the low end)")] = 0.0,
     latency_max: Annotated[
-        float | None, typer.Option(help="high end: latency drawn in [latency, latency-max]")
+        float | None, typer.Option(help="high end: latency drawn in \\[latency, latency-max]")
     ] = None,
     latency_dist: Annotated[str | None, typer.Option(help="fixed | uniform | exponential")] = None,
     error_rate: Annotated[
@@ -470,7 +539,12 @@ def mock_llm(
         float | None, typer.Option(help="usage.cost reported per call")
     ] = None,
     require_key: Annotated[str | None, typer.Option(help="answer 401 unless this API key")] = None,
-    seed: int | None = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="seed of the random latencies, errors and malformed calls (repeatable runs)"
+        ),
+    ] = None,
 ) -> None:
     """Serve an OpenAI-compatible mock LLM that answers like the oracle."""
     from agentfleet.models.mock_server import run_mock_llm

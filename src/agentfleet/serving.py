@@ -14,9 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
+import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -31,6 +34,8 @@ log = logging.getLogger("agentfleet.serving")
 # Longer than the client pool's idle keep-alive (aiohttp: 15 s): no reuse race.
 SERVER_KEEPALIVE_S = 75
 BEFORE_STOP_TIMEOUT_S = 30.0
+# after a failed start-up, how long the threads it left may keep the finished program alive
+LEFT_THREADS_GRACE_S = 2.0
 
 
 def uvicorn_config(app: Any, host: str, port: int, **kw: Any) -> uvicorn.Config:
@@ -248,7 +253,42 @@ def serve_until_signal(
     after the graceful shutdown (``None`` if the server stopped by itself). On the signal,
     ``before_stop()`` runs first (``BEFORE_STOP_TIMEOUT_S`` at most) while the server
     still listens: for clients that must talk to it to stop (remote workers handing their
-    jobs back)."""
+    jobs back). A failed start-up raises uvicorn's ``SystemExit(3)``; threads it left
+    running (e.g. an unclosed aiosqlite connection's) then do not hold the exit."""
     server = _SignalledServer(config, before_stop)
-    server.run()
+    threads_before = set(threading.enumerate())
+    try:
+        server.run()
+    except BaseException as exc:  # uvicorn exits 3 after a failed lifespan start-up
+        if not server.started:
+            code = exc.code if isinstance(exc, SystemExit) else 1
+            _exit_despite_threads(set(threading.enumerate()) - threads_before, code)
+        raise
     return server.stopped_by
+
+
+def _exit_despite_threads(threads: set[threading.Thread], code: Any) -> None:
+    """After a failed start-up: once the program is done, exit with ``code`` even if
+    ``threads`` (started by the start-up, e.g. the worker thread of a database connection
+    it opened and never closed) still run, instead of waiting for them forever.
+
+    A daemon thread waits for the main thread to finish (Python then waits for the other
+    threads), gives them ``LEFT_THREADS_GRACE_S``, then ends the process."""
+    left = [t for t in threads if not t.daemon]
+    if not left or threading.current_thread() is not threading.main_thread():
+        return
+
+    def watch() -> None:
+        threading.main_thread().join()
+        deadline = time.monotonic() + LEFT_THREADS_GRACE_S
+        for t in left:
+            t.join(max(0.0, deadline - time.monotonic()))
+        alive = [t.name for t in left if t.is_alive()]
+        if alive:
+            with contextlib.suppress(Exception):
+                sys.stderr.write(f"exiting: a failed start-up left threads running: {alive}\n")
+                sys.stderr.flush()
+                sys.stdout.flush()
+            os._exit(code if isinstance(code, int) else 1)
+
+    threading.Thread(target=watch, name="exit-after-failed-start", daemon=True).start()

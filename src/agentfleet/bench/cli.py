@@ -10,7 +10,14 @@ from typing import Annotated, Any
 
 import typer
 
-from agentfleet.bench.common import MissingExtra, machine_info, make_run_dir, write_results
+from agentfleet._cli import MAX_WORKERS, fail
+from agentfleet.bench.common import (
+    MissingExtra,
+    confine_modes,
+    machine_info,
+    make_run_dir,
+    write_results,
+)
 
 bench_app = typer.Typer(
     name="bench",
@@ -30,8 +37,25 @@ def _missing(exc: MissingExtra) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.replace(" ", "").split(",") if x]
+def _counts(option: str, text: str, n: int | None = None) -> list[int]:
+    """A comma list of whole numbers 1 to ``MAX_WORKERS`` (given ``n``, the word ``n`` is
+    it); exit 2 naming the option otherwise."""
+    words = [w.strip() for w in text.split(",") if w.strip()]
+    if not words or not all(
+        (n is not None and w == "n") or (w.isdigit() and 1 <= int(w) <= MAX_WORKERS) for w in words
+    ):
+        also = " or n" if n is not None else ""
+        fail(f"{option} {text!r}: expected a comma list of whole numbers 1-{MAX_WORKERS}{also}")
+    return [n if w == "n" and n is not None else int(w) for w in words]
+
+
+def _confines(text: str, *, many: bool = True) -> str:
+    """``--confine`` in the servers' words (a comma list if ``many``); exit 2 naming the
+    option otherwise."""
+    try:
+        return ",".join(confine_modes(text, many=many))
+    except ValueError as exc:
+        fail(str(exc))
 
 
 def _finish(kind: str, out: Path | None, payload: dict[str, Any], table_md: str) -> Path:
@@ -58,14 +82,14 @@ def _run(
 ) -> tuple[Rows, Path]:
     """Run ``measure`` (rows, extra results), then write its run folder: results.json with
     the command, ``config``, the machine and timings, and table.md. A missing extra exits 2;
-    a bad option value is a usage error."""
+    a bad option value (a ``ValueError``) is a usage error: ``error: ...``, exit 2."""
     started = time.time()
     try:
         rows, extra = measure()
     except MissingExtra as exc:
         raise _missing(exc) from None
     except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+        fail(str(exc))
     payload = {
         "kind": kind,
         **(tags or {}),
@@ -110,8 +134,9 @@ def http_cmd(
     max_seconds: Annotated[
         float,
         typer.Option(
+            min=0.0,
             help="Cap per pattern: a pattern predicted to take longer (blocking: "
-            "N x R x latency) runs its first k agents and is extrapolated."
+            "N x R x latency) runs its first k agents and is extrapolated.",
         ),
     ] = 60.0,
     sweep: Annotated[
@@ -127,7 +152,8 @@ def http_cmd(
         if scenario not in SCENARIOS:
             raise typer.BadParameter(f"choose from {', '.join(SCENARIOS)}", param_hint="--scenario")
         n, rounds = SCENARIOS[scenario]
-    ns = _ints(sweep_ns) if sweep else [n]
+    sweep_ns_list = _counts("--sweep-ns", sweep_ns)  # checked even unused
+    ns = sweep_ns_list if sweep else [n]
     cases = [HttpCase(x, rounds, latency, max_seconds) for x in ns]
     pats = [p.strip() for p in patterns.split(",") if p.strip()]
     config = {
@@ -177,7 +203,11 @@ def sandbox_cmd(
         ),
     ] = "process",
     confine: Annotated[
-        str, typer.Option(help="process backend: auto, yes (bwrap) or no.")
+        str,
+        typer.Option(
+            help="Process backend: required (bwrap), auto or off, or a comma list of them "
+            "(off,required: a row each). yes and no: aliases of required and off."
+        ),
     ] = "auto",
     null: Annotated[
         bool, typer.Option(help="Also time the null sandbox server (HTTP hop, no spawn).")
@@ -194,6 +224,7 @@ def sandbox_cmd(
     """N concurrent execs and the round trip of `true` over HTTP vs a bare subprocess."""
     from agentfleet.bench.sandbox_bench import run_sandbox_bench, table
 
+    confine = _confines(confine)
     notes: list[str] = []
 
     def measure() -> tuple[Rows, dict[str, Any]]:
@@ -248,12 +279,17 @@ def fleet_cmd(
     max_seconds: Annotated[
         float,
         typer.Option(
+            min=0.0,
             help="Cap per runner: a thread runner predicted to take longer runs a "
-            "sample of agents and is extrapolated."
+            "sample of agents and is extrapolated.",
         ),
     ] = 60.0,
     confine: Annotated[
-        str, typer.Option(help="Sandbox backend: auto, yes (bwrap) or no.")
+        str,
+        typer.Option(
+            help="Process sandbox server: required (bwrap), auto or off. yes and no: "
+            "aliases of required and off."
+        ),
     ] = "auto",
     sandbox: Annotated[
         str,
@@ -292,7 +328,8 @@ def fleet_cmd(
     from agentfleet.bench.fleet_bench import run_fleet_bench, table
 
     n = 200 if n is None else n
-    ws = [n if w.strip() == "n" else int(w) for w in workers.split(",") if w.strip()]
+    ws = _counts("--workers", workers, n)
+    confine = _confines(confine, many=False)
     rs = [r.strip() for r in runners.split(",") if r.strip()]
     config = {
         "n": n,

@@ -198,6 +198,24 @@ class ServerProcess:
         self.stop()
 
 
+# --confine of the benches: the servers' words; yes / no, the words of earlier versions
+# (in the recorded results' commands), still mean required / off
+CONFINE_ALIASES = {"yes": "required", "no": "off"}
+
+
+def confine_modes(text: str, *, many: bool = True) -> list[str]:
+    """``--confine`` (a comma list if ``many``, else one word) in the servers' words
+    (required | auto | off); ``ValueError`` naming the option otherwise."""
+    from agentfleet.sandbox.process import CONFINE_MODES
+
+    words = [w.strip() for w in text.split(",") if w.strip()]
+    modes = [CONFINE_ALIASES.get(w, w) for w in words]
+    if not modes or (len(modes) > 1 and not many) or any(m not in CONFINE_MODES for m in modes):
+        lists = ", or a comma list of them" if many else ""
+        raise ValueError(f"--confine {text!r}: expected {' | '.join(CONFINE_MODES)}{lists}")
+    return modes
+
+
 @contextlib.contextmanager
 def sandbox_server(
     confine: str = "auto",

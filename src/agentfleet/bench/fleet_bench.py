@@ -17,6 +17,7 @@ from agentfleet.bench.common import (
     Column,
     ServerProcess,
     columns_table,
+    confine_modes,
     require,
     run_child,
     sandbox_server,
@@ -58,8 +59,7 @@ def run_fleet_bench(
     for r in runners:
         if r not in RUNNERS:
             raise ValueError(f"unknown runner {r!r} (choose from {', '.join(RUNNERS)})")
-    if confine not in ("auto", "yes", "no"):
-        raise ValueError("--confine: choose from auto, yes, no")
+    (confine,) = confine_modes(confine, many=False)
     sandboxes = [s.strip() for s in sandbox.split(",") if s.strip()]
     for s in sandboxes:
         if s not in SANDBOXES:

@@ -22,11 +22,11 @@ from agentfleet.bench.common import (
     Column,
     ServerProcess,
     columns_table,
+    confine_modes,
     run_child,
     sandbox_server,
 )
 
-CONFINE_CHOICES = ("auto", "yes", "no")
 BACKEND_CHOICES = ("process", "docker")
 DEFAULT_N = 100
 DEFAULT_DOCKER_N = 20  # containers start in ~0.5 s each; the server bounds creations
@@ -183,10 +183,7 @@ def run_sandbox_bench(
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Rows of the sandbox bench. ``n``: concurrent execs (default 100); ``docker_n``: the
     same for the docker rows (default ``n`` when given, else 20)."""
-    confines = [c.strip() for c in confine.split(",") if c.strip()]
-    for c in confines:
-        if c not in CONFINE_CHOICES:
-            raise ValueError(f"--confine: choose from {', '.join(CONFINE_CHOICES)}")
+    confines = confine_modes(confine)
     if server_loop not in ("auto", "asyncio", "uvloop"):
         raise ValueError("--server-loop: choose from auto, asyncio, uvloop")
     backends = parse_backends(backend)

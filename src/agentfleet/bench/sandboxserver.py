@@ -1,7 +1,7 @@
 """The sandbox server in its own process, for the sandbox/fleet benches.
 
 ``python -m agentfleet.bench.sandboxserver --port 0 [--backend process|docker]
-[--confine auto|yes|no]`` prints ``PORT <n>`` once bound, then serves until terminated.
+[--confine required|auto|off]`` prints ``PORT <n>`` once bound, then serves until terminated.
 Clients need the token of ``$AGENTFLEET_SANDBOX_TOKEN`` (none if unset; then only a
 loopback ``--host`` is served). Exec caps are high enough never to throttle a bench.
 The docker backend (``make_backend("docker")``) is started by the app's lifespan, which
@@ -14,7 +14,7 @@ import argparse
 import asyncio
 import tempfile
 
-from agentfleet.bench.common import HOST, serve_app_announcing_port
+from agentfleet.bench.common import HOST, confine_modes, serve_app_announcing_port
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--host", default=HOST)
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--backend", choices=["process", "docker"], default="process")
-    p.add_argument("--confine", choices=["auto", "yes", "no"], default="auto")
+    p.add_argument("--confine", default="auto", help="required | auto | off (yes, no: aliases)")
     p.add_argument("--max-sandboxes", type=int, default=4096)
     p.add_argument("--root", default=None, help="sandboxes folder (default: a temp dir)")
     p.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="asyncio")
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from agentfleet.http.auth import server_token
     from agentfleet.sandbox.base import DEFAULT_MAX_EXECS, TOKEN_ENV
-    from agentfleet.sandbox.process import Confine, ProcessBackend
+    from agentfleet.sandbox.process import ProcessBackend, confine_mode
     from agentfleet.sandbox.server import create_app, make_backend
     from agentfleet.sandbox.service import SandboxService
 
@@ -55,8 +55,10 @@ def main(argv: list[str] | None = None) -> None:
         )
         return
 
-    modes: dict[str, Confine] = {"auto": "auto", "yes": "required", "no": "off"}
-    confine = modes[args.confine]
+    try:
+        confine = confine_mode(confine_modes(args.confine, many=False)[0])
+    except ValueError as exc:
+        p.error(str(exc))
     # uvicorn re-raises SIGTERM after its shutdown: pass --root for a folder the parent
     # removes; a temp dir made here may be left behind (empty: sandboxes are deleted).
     root = args.root or tempfile.mkdtemp(prefix="agentfleet-bench-sb-")

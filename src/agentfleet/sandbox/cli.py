@@ -330,11 +330,16 @@ def images_load(
         raise typer.Exit(1) from None
 
 
+PRUNE_KINDS = ("task", "bench", "dataset")  # the labels prune removes; never "base"
+
+
 @images_app.command("prune")
 def images_prune(
     kind: Annotated[
         list[str] | None,
-        typer.Option(help="label kinds to remove: task, bench, dataset \\[default: task]"),
+        typer.Option(
+            help=f"label kinds to remove (repeat): {', '.join(PRUNE_KINDS)} \\[default: task]"
+        ),
     ] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False,
 ) -> None:
@@ -345,6 +350,10 @@ def images_prune(
     if "base" in kinds:
         _err("the base image is not pruned (docker rmi it by name)")
         raise typer.Exit(2)
+    for k in kinds:
+        if k not in PRUNE_KINDS:
+            _err(f"--kind {k!r}: expected one of {', '.join(PRUNE_KINDS)}")
+            raise typer.Exit(2)
     found = labelled_images(kinds)
     if not found:
         typer.echo("nothing to remove")
