@@ -24,19 +24,19 @@ $B http --sweep --sweep-ns 200,1000 --latency 10 --patterns agentfleet,per-call,
 $B http --n 100 --rounds 10 --max-seconds 30 --out "$OUT/http-rounds10"
 # sandbox: 100 concurrent `sleep 1`, round trip of `true`: process backend unconfined and
 # under bwrap, docker backend (20 containers) next to bare `docker exec` and aiodocker
-$B sandbox --backend process,docker --n 100 --docker-n 20 --seq 200 --confine no,yes \
+$B sandbox --backend process,docker --n 100 --docker-n 20 --seq 200 --confine off,required \
   --out "$OUT/sandbox"
 # fleets: 200 x 10 x 0.5 s and 1000 x 10 x 0.5 s, agentfleet vs thread-per-agent (W=N, W=16)
 # on the real sandbox server (unconfined) and on the null sandbox server (execs spawn
 # nothing: the runner's own plumbing)
 $B fleet --n 200 --steps 10 --delay 0.5 --workers n,16 --max-seconds 30 \
-  --sandbox process,null --confine no --out "$OUT/fleet-200"
+  --sandbox process,null --confine off --out "$OUT/fleet-200"
 $B fleet --n 1000 --steps 10 --delay 0.5 --workers n,16 --max-seconds 30 \
-  --sandbox process,null --confine no --out "$OUT/fleet-1000"
+  --sandbox process,null --confine off --out "$OUT/fleet-1000"
 $B fleet --n 1000 --steps 10 --delay 0.5 --runners agentfleet \
-  --sandbox process,null --confine no --out "$OUT/fleet-1000-agentfleet"
+  --sandbox process,null --confine off --out "$OUT/fleet-1000-agentfleet"
 # the same fleet with the sandbox server under bwrap
-$B fleet --n 200 --steps 10 --delay 0.5 --runners agentfleet --sandbox process --confine yes \
+$B fleet --n 200 --steps 10 --delay 0.5 --runners agentfleet --sandbox process --confine required \
   --out "$OUT/fleet-200-bwrap"
 # the Ray backend against the local one (same small fleet of perf-lite tasks)
 $B fleet --backend ray --shards 2 --rounds 3 --out "$OUT/fleet-ray"
@@ -47,10 +47,10 @@ $B eval --n 40 --modes 1,2p,2r --hog both --out "$OUT/eval-workers"
 # History: the sandbox server's event loop. uvicorn picks uvloop when it is installed;
 # these pairs are why agentfleet's servers run on asyncio (kept in results/*-loop-*).
 # for i in 1 2; do for lp in auto asyncio; do
-#   $B sandbox --n 100 --seq 200 --confine no --server-loop $lp --no-null \
+#   $B sandbox --n 100 --seq 200 --confine off --server-loop $lp --no-null \
 #     --out "$OUT/sandbox-loop-$lp-$i"
 # done; done
 # for n in 200 1000; do for lp in asyncio auto; do
 #   $B fleet --n $n --steps 10 --delay 0.5 --runners agentfleet --sandbox process \
-#     --confine no --server-loop $lp --out "$OUT/fleet-$n-loop-$lp"
+#     --confine off --server-loop $lp --out "$OUT/fleet-$n-loop-$lp"
 # done; done

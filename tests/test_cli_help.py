@@ -48,13 +48,7 @@ def test_help_is_whole(path: tuple[str, ...]) -> None:
 
 # options still without help, in modules this test's change did not own (remove each once
 # it has help: VerboseOpt of agentfleet._cli for --verbose)
-BARE_ELSEWHERE = {
-    ("run",): {"verbose"},  # fleet/run_cli.py
-    ("eval", "preds"): {"verbose"},  # fleet/preds_cli.py
-    ("eval-worker",): {"verbose"},  # evaluation/worker_cli.py
-    ("tasks", "list"): {"split"},  # fleet/tasks_cli.py
-    ("tasks", "check"): {"split", "task"},
-}
+BARE_ELSEWHERE: dict[tuple[str, ...], set[str]] = {}  # options bare on purpose: none
 
 
 @pytest.mark.parametrize("path", sorted(COMMANDS), ids=" ".join)

@@ -483,3 +483,18 @@ async def test_a_stop_that_meets_a_lost_lease_still_stops_the_worker() -> None:
     evaluating = asyncio.create_task(worker._evaluate(lease))
     with pytest.raises(asyncio.CancelledError):
         await evaluating
+
+
+async def test_a_store_that_fails_to_open_leaves_no_thread(tmp_path: Path) -> None:
+    """A --db file that is no database: the open fails and closes its connection (its
+    thread, not a daemon, used to keep the server's process alive after the failed start)."""
+    import threading
+
+    bad = tmp_path / "jobs.db"
+    bad.write_bytes(b"not a database " * 100)
+    before = set(threading.enumerate())
+    with pytest.raises(sqlite3.DatabaseError):
+        await JobStore(bad).open()
+    await asyncio.sleep(0.1)  # the connection's thread ends once its close is processed
+    new = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+    assert [t for t in new if not t.name.startswith("asyncio_")] == []  # the loop's pool stays

@@ -71,7 +71,7 @@ PullOpt = Annotated[
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print ``error: message`` on stderr and exit with ``code`` (2: bad usage). The message
     is shown as is (a ``[...]`` in it, e.g. in a path, is no rich markup)."""
-    err.print(f"[red]error:[/red] {escape(message)}")
+    err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True, highlight=False)
     raise typer.Exit(code)
 
 

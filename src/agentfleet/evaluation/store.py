@@ -117,17 +117,21 @@ class JobStore:
         # Autocommit: every statement is its own transaction, one thread hop each.
         if self.path is not None:
             await asyncio.to_thread(_prepare_dir, self.path)
-            db = await aiosqlite.connect(str(self.path), isolation_level=None)
-            await db.execute("PRAGMA journal_mode=WAL")
-            # WAL + NORMAL: durable across a process kill (only an OS crash may lose the tail).
-            await db.execute("PRAGMA synchronous=NORMAL")
-            await db.execute("PRAGMA busy_timeout=10000")
-        else:
-            db = await aiosqlite.connect(":memory:", isolation_level=None)
-        await db.executescript(_SCHEMA)
-        columns = {row[1] for row in await db.execute_fetchall("PRAGMA table_info(jobs)")}
-        if "lease" not in columns:  # a store written before leases
-            await db.execute("ALTER TABLE jobs ADD COLUMN lease TEXT")
+        where = ":memory:" if self.path is None else str(self.path)
+        db = await aiosqlite.connect(where, isolation_level=None)
+        try:
+            if self.path is not None:
+                await db.execute("PRAGMA journal_mode=WAL")
+                # WAL + NORMAL: durable across a process kill (only an OS crash may lose the tail)
+                await db.execute("PRAGMA synchronous=NORMAL")
+                await db.execute("PRAGMA busy_timeout=10000")
+            await db.executescript(_SCHEMA)
+            columns = {row[1] for row in await db.execute_fetchall("PRAGMA table_info(jobs)")}
+            if "lease" not in columns:  # a store written before leases
+                await db.execute("ALTER TABLE jobs ADD COLUMN lease TEXT")
+        except BaseException:  # e.g. not a database: its thread would keep the process alive
+            await db.close()
+            raise
         self._db = db
         return self
 

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import typer
 
-from agentfleet._cli import MAX_TEST_LATENCY_S, fail, setup_logging
+from agentfleet._cli import MAX_TEST_LATENCY_S, VerboseOpt, fail, setup_logging
 from agentfleet.evaluation.schema import MAX_LEASE_WAIT_S
 
 log = logging.getLogger("agentfleet.evaluation.worker")
@@ -64,7 +64,7 @@ def eval_worker(
             help="test mode: every evaluation sleeps this long, reward 1",
         ),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Evaluate jobs of an evaluation server on this machine (see docs/evaluation.md)."""
     from agentfleet.evaluation.pinning import available_cpus, format_cpus, parse_cpus

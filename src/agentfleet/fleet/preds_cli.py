@@ -18,6 +18,7 @@ from agentfleet._cli import (
     SandboxBackendOpt,
     SandboxRootOpt,
     SplitOpt,
+    VerboseOpt,
     console,
     fail,
     setup_logging,
@@ -72,7 +73,7 @@ def eval_preds(
     image_map: ImageMapOpt = None,
     registry_prefix: RegistryPrefixOpt = None,
     pull: PullOpt = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Evaluate predictions (any agent's patches) on a dataset: results.jsonl, summary.json,
     preds.json as a run writes them; `agentfleet report RUN_DIR` for the HTML report."""

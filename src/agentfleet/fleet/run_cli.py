@@ -17,6 +17,7 @@ from agentfleet._cli import (
     RegistryPrefixOpt,
     SandboxBackendOpt,
     SandboxRootOpt,
+    VerboseOpt,
     console,
     err,
     fail,
@@ -220,7 +221,7 @@ def run(
             "(default: by fleet size)"
         ),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run a fleet of agents on a dataset split and print their scores."""
     from agentfleet.evaluation.ray_workers import RayRoomError  # (Ray itself not imported)

@@ -27,7 +27,9 @@ from agentfleet.tasks.defaults import (
 
 tasks_app = typer.Typer(help="List, show and check tasks of a dataset.", no_args_is_help=True)
 
-SplitFilter = Annotated[str | None, typer.Option("--split", "-s")]
+SplitFilter = Annotated[
+    str | None, typer.Option("--split", "-s", help="only this split (default: every split)")
+]
 
 
 @tasks_app.command("list")
@@ -77,7 +79,10 @@ def tasks_show(task_id: str, dataset: DatasetOpt = DEFAULT_DATASET) -> None:
 def tasks_check(
     dataset: DatasetOpt = DEFAULT_DATASET,
     split: SplitFilter = None,
-    task: Annotated[list[str] | None, typer.Option("--task", "-t")] = None,
+    task: Annotated[
+        list[str] | None,
+        typer.Option("--task", "-t", help="only this task (repeat; default: every task)"),
+    ] = None,
     repeats: Annotated[
         int, typer.Option(min=1, max=MAX_EVAL_REPEATS, help="timed runs of each side")
     ] = DEFAULT_EVAL_REPEATS,
