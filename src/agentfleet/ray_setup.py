@@ -19,12 +19,13 @@ Ray turns ``127.0.0.1`` into the host's network address and listens there.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 import signal
 import threading
 from collections.abc import Iterator
 from typing import Any
+
+from agentfleet.http.auth import is_loopback
 
 __all__ = ["ACTOR_ENV", "actor_runtime_env", "init_ray"]
 
@@ -96,13 +97,7 @@ def _on_loopback(address: str | None) -> bool:
     Ray started by :func:`init_ray`); ``auto`` and ``ray://`` addresses are not."""
     if not address or "://" in address or ":" not in address:
         return False
-    host = address.rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(address.rsplit(":", 1)[0].strip("[]"))
 
 
 def init_ray(address: str | None = None, **kwargs: Any) -> None:
