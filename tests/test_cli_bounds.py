@@ -175,7 +175,7 @@ def test_serve_eval_db_unwritable_folder(tmp_path: Path) -> None:
 
 def test_sane_dbs_pass(tmp_path: Path) -> None:
     """A SQLite file, an empty one, one still to make (folders too) pass the check."""
-    from agentfleet.cli import _check_db
+    from agentfleet.evaluation.serve_cli import _check_db
 
     with contextlib.closing(sqlite3.connect(tmp_path / "jobs.db")) as db:
         db.execute("CREATE TABLE t (x)")

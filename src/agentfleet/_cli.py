@@ -16,7 +16,9 @@ from rich.markup import escape
 __all__ = [
     "MAX_TEST_LATENCY_S",
     "MAX_WORKERS",
+    "ConfineOpt",
     "DatasetOpt",
+    "DatasetRootOpt",
     "ImageMapOpt",
     "PullOpt",
     "RegistryPrefixOpt",
@@ -24,8 +26,10 @@ __all__ = [
     "SandboxRootOpt",
     "SplitOpt",
     "VerboseOpt",
+    "check_folder",
     "console",
     "err",
+    "exit_stopped",
     "fail",
     "setup_logging",
 ]
@@ -81,3 +85,40 @@ def setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+# the servers' options (serve-sandbox here, serve-eval in evaluation/serve_cli.py) -------
+ConfineOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="process sandboxes: required | auto | off (bubblewrap); "
+        "default required beyond loopback, else auto"
+    ),
+]
+DatasetRootOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--dataset-root",
+        help="folder of datasets requests may name (repeatable; bundled ones always load)",
+    ),
+]
+
+
+def check_folder(option: str, path: Path, folder: Path) -> None:
+    """``folder`` (made with its parents at start-up) is a folder, or can be made: the
+    nearest one of it and its parents that exists is a folder this process may write in."""
+    import os
+
+    here = folder.absolute()
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    if not here.is_dir():
+        fail(f"{option} {str(path)!r}: {str(here)!r} is not a folder")
+    if not os.access(here, os.W_OK | os.X_OK):
+        fail(f"{option} {str(path)!r}: cannot write in {str(here)!r}")
+
+
+def exit_stopped(signum: int | None) -> None:
+    """After a server's graceful stop: exit 128 + the signal (SIGINT 130, SIGTERM 143)."""
+    if signum is not None:
+        raise typer.Exit(128 + signum)

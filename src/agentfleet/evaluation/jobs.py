@@ -118,7 +118,6 @@ class JobManager(JobViews):
         self._mean_queue_wait: float | None = None
         self.metrics.throughput.set_function(self.throughput_per_minute)
         self._started = False
-        self._stopping = False
         self._closing = asyncio.Event()  # set by drain(): long polls answer now
 
     # lifecycle -----------------------------------------------------------------------
@@ -202,10 +201,8 @@ class JobManager(JobViews):
         self._events.clear()
 
     def drain(self) -> None:
-        """The server is closing: long polls answer now (a job wait with the job as it is,
-        a lease ask with no job) and new ones do not wait. Jobs keep running until
-        :meth:`stop`."""
-        self._stopping = True
+        """The server is closing: long polls answer now (a job wait with the job as it is, a
+        lease ask with none), new ones do not wait; jobs run on until :meth:`stop`."""
         self._closing.set()
         for ev in self._events.values():
             ev.set()
@@ -214,8 +211,7 @@ class JobManager(JobViews):
     def draining(self) -> bool:
         return self._closing.is_set()
 
-    async def closing(self) -> None:
-        """Returns once :meth:`drain` was called."""
+    async def closing(self) -> None:  # returns once drain() was called
         await self._closing.wait()
 
     def _spawn(self, coro: Any, name: str) -> None:
@@ -299,7 +295,7 @@ class JobManager(JobViews):
         job = await self.get(job_id)
         if job is None or job.terminal or (wait_s is not None and wait_s <= 0):
             return job
-        if self._stopping:
+        if self.draining:
             return job
         event = self._events.get(job_id)
         if event is None:

@@ -196,8 +196,7 @@ def create_app(
             stack.callback(state.pop, "remote", None)
             state["manager"] = jobs
             state["remote"] = leases
-            app.state.jobs = jobs
-            app.state.drain = jobs.drain  # the server's shutdown ends long polls first
+            app.state.jobs, app.state.drain = jobs, jobs.drain  # drain: at shutdown, first
             if remote_workers is not None:
                 await stack.enter_async_context(remote_workers())
             logger.info(
