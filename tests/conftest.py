@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,12 @@ from blockbuster import BlockBuster, blockbuster_ctx
 
 from agentfleet.http import HttpPool, background
 from agentfleet.serving import serve_in_loop
+
+# A shell's background job (`make test &`, nohup) starts with SIGINT ignored, and every
+# process it starts inherits that: the tests that interrupt a run with SIGINT (as Ctrl-C
+# does) need it handled. A Python handler here is SIG_DFL again in what this process execs.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)
