@@ -12,7 +12,6 @@ import json
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
-from urllib.parse import urlsplit
 
 import typer
 
@@ -99,13 +98,9 @@ _OPTIONS = {"instance_id": "--instance", "dataset_name": "--dataset", "split": "
 
 def _checked_url(url: str) -> str:
     """``--url``, or exit 2 unless it is an http(s) URL with a host and a valid port."""
-    try:
-        parts = urlsplit(url)
-        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
-        parts.port  # noqa: B018 - raises ValueError on a port out of range or not a number
-    except ValueError:
-        ok = False
-    if not ok:
+    from agentfleet.http.urls import is_http_url
+
+    if not is_http_url(url):
         fail(f"--url must be an http(s) URL such as {DEFAULT_EVAL_URL}, not {url[:200]!r}")
     return url
 

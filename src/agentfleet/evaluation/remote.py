@@ -210,7 +210,7 @@ class RemoteWorkers:
     ) -> dict[str, Any] | None:  # fmt: skip
         jobs = self.jobs
         loop = asyncio.get_running_loop()
-        while not gone.done() and not closing.done() and not jobs.draining:
+        while not gone.done() and not jobs.draining:  # (closing is done once draining)
             taker: asyncio.Future[Any] = asyncio.ensure_future(
                 jobs.take(max(0.0, deadline - loop.time()))
             )

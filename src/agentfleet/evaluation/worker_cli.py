@@ -69,15 +69,15 @@ def eval_worker(
     """Evaluate jobs of an evaluation server on this machine (see docs/evaluation.md)."""
     from agentfleet.evaluation.pinning import available_cpus, format_cpus, parse_cpus
     from agentfleet.evaluation.worker import WorkerEvaluators, serve_worker
+    from agentfleet.http.urls import is_http_url
     from agentfleet.sandbox.cli import confine_setting
     from agentfleet.serving import Stopped, run_async
     from agentfleet.tasks import dataset_roots
 
-    url = urlsplit(server)
-    if url.scheme not in ("http", "https") or not url.hostname:
+    if not is_http_url(server):
         fail(f"--server must be an http(s) URL, not {server!r}")
     try:
-        confine = confine_setting(confine, url.hostname)
+        confine = confine_setting(confine, urlsplit(server).hostname or "")
         pinned = parse_cpus(cpus) if cpus else None
         if pinned and not set(pinned) <= set(have := available_cpus()):
             raise ValueError(f"--cpus {cpus}: this process may use CPUs {format_cpus(have)} only")

@@ -21,7 +21,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from agentfleet.agent import AgentConfig
 from agentfleet.fleet.attempts import DEFAULT_TASK_ATTEMPTS
@@ -34,6 +33,7 @@ from agentfleet.fleet.results import latest_results
 from agentfleet.fleet.rundir import RunDir, run_name
 from agentfleet.fleet.runner import RunPlan, plan_run, run_fleet
 from agentfleet.http import resolve_limits
+from agentfleet.http.urls import is_http_url
 from agentfleet.models import ModelSpec
 from agentfleet.serving import graceful_stop, run_async
 from agentfleet.tasks import DEFAULT_DATASET, DEFAULT_SPLIT, load_dataset
@@ -141,13 +141,8 @@ def _check_urls(req: RunRequest) -> None:
     for option, url in given:
         if url is None:
             continue
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        if not is_http_url(url):
             raise ValueError(f"{option} {url!r}: not an http(s) URL (e.g. http://host:port)")
-        try:
-            parts.port  # noqa: B018 - raises on a port out of range
-        except ValueError as exc:
-            raise ValueError(f"{option} {url!r}: {exc}") from None
 
 
 def build_config(req: RunRequest) -> tuple[FleetConfig, RayOptions | None]:
