@@ -8,7 +8,7 @@ import os
 import shutil
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -184,3 +184,17 @@ def served_in_thread(app: Any) -> Iterator[str]:
     finally:
         stop.set()
         thread.join(30)
+
+
+@pytest.fixture
+def step_clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[float], None]:
+    """``step_clock(s)``: the wall clock steps ``s`` seconds (NTP, a resumed VM) as psutil
+    sees it: its process start times, boot time plus ticks, move (its Linux module reads the
+    boot time per call)."""
+    pslinux = pytest.importorskip("psutil._pslinux")
+    real = pslinux.boot_time
+
+    def step(seconds: float) -> None:
+        monkeypatch.setattr(pslinux, "boot_time", lambda: real() + seconds)
+
+    return step

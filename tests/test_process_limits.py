@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -370,6 +370,26 @@ async def test_cgroups_are_removed_with_their_sandbox(tmp_path: Path) -> None:
         await svc.delete(info.sandbox_id)
         assert not any(d.exists() for d in dirs)
     assert not any(base.exists() for base, _ in bases.values())
+
+
+async def test_a_step_of_the_wall_clock_leaves_a_live_servers_cgroups(
+    tmp_path: Path, step_clock: Callable[[float], None]
+) -> None:
+    """The base folder names its server by start ticks: a server starting after the clock
+    stepped takes it for a live one, and leaves its sandboxes' (empty) cgroups alone (by
+    epoch start time it removed them, and the next command failed with ENODEV)."""
+    from agentfleet.sandbox import cgroups as cgroups_mod
+
+    backend = ProcessBackend(tmp_path / "sb", confine="off", **LIMITS)
+    async with SandboxService(backend, reap_period_s=0) as svc:
+        _have_cgroups(backend)
+        info = await svc.create(CreateSandbox(memory_mb=128))
+        dirs = [base / info.sandbox_id for base, _ in backend.enforcer.tree.bases.values()]
+        step_clock(30)
+        assert await asyncio.to_thread(cgroups_mod.reap_stale) == []
+        assert all(d.is_dir() for d in dirs)
+        r = await svc.exec(info.sandbox_id, "echo here")
+        assert r.output.strip() == "here", r
 
 
 @pytest.mark.parametrize("confine", ["off", "required"])

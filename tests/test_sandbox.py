@@ -51,10 +51,17 @@ from agentfleet.sandbox.containers import (
     LABEL_OWNER,
     LABEL_PID,
     LABEL_PID_STARTED,
+    LABEL_PID_TICKS,
     is_orphan,
 )
 from agentfleet.sandbox.docker import DockerBackend
-from agentfleet.sandbox.folders import MARKER, SANDBOX_ENV, owner_alive
+from agentfleet.sandbox.folders import (
+    MARKER,
+    SANDBOX_ENV,
+    owner_alive,
+    process_start_ticks,
+    reap_orphans,
+)
 from agentfleet.serving import serve_in_loop
 
 # --------------------------------------------------------------------------- fixtures
@@ -622,6 +629,34 @@ def test_a_zombie_owner_is_not_alive(zombie: Zombie) -> None:
     check = {"instance_id": "me", "host": host, "now": time.time()}
     assert not is_orphan({**labels, **alive}, **check)
     assert is_orphan({**labels, **dead}, **check)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
+async def test_a_step_of_the_wall_clock_leaves_live_owners_alive(
+    tmp_path: Path, step_clock: Callable[[float], None]
+) -> None:
+    """Owners are named by their start in ticks since boot: a live server's sandbox folders
+    and containers are not taken for orphans when the clock steps (they were, by epoch)."""
+    me = psutil.Process()
+    started, ticks = me.create_time(), await asyncio.to_thread(process_start_ticks, me.pid)
+    host = socket.gethostname()
+    labels = {LABEL_OWNER: "other", LABEL_HOST: host, LABEL_PID: str(me.pid)}
+    labels |= {LABEL_PID_STARTED: f"{started:.3f}", LABEL_PID_TICKS: str(ticks)}
+    backend = ProcessBackend(tmp_path / "root", confine=False)
+    async with SandboxService(backend, reap_period_s=0) as svc:
+        info = await svc.create(CreateSandbox())
+        step_clock(30)
+
+        def judge() -> None:  # blocking (/proc), as the reapers run it: in a thread
+            assert ticks is not None and owner_alive(me.pid, started, ticks=ticks)
+            assert not owner_alive(me.pid, started, ticks=ticks + 1)  # another process
+            assert not is_orphan(labels, instance_id="me", host=host, now=time.time())
+            # another server starting now reaps what it takes for orphans
+            assert reap_orphans(tmp_path / "root", "another") == []
+
+        await asyncio.to_thread(judge)
+        r = await svc.exec(info.sandbox_id, "echo here")
+        assert r.output.strip() == "here", r
 
 
 async def test_sandboxes_of_a_zombie_owner_are_reaped_at_start(

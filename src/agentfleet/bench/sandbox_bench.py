@@ -76,6 +76,7 @@ def bench_container(image: str = DOCKER_IMAGE) -> Iterator[str]:
     import psutil
 
     from agentfleet.sandbox import containers as d
+    from agentfleet.sandbox.folders import process_start_ticks
 
     life_s = 600
     labels = {
@@ -86,6 +87,7 @@ def bench_container(image: str = DOCKER_IMAGE) -> Iterator[str]:
         d.LABEL_HOST: socket.gethostname(),
         d.LABEL_PID: str(os.getpid()),
         d.LABEL_PID_STARTED: f"{psutil.Process().create_time():.3f}",
+        d.LABEL_PID_TICKS: str(process_start_ticks(os.getpid())),
     }
     label_args = [arg for k, v in labels.items() for arg in ("--label", f"{k}={v}")]
     proc = subprocess.run(

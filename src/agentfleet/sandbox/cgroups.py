@@ -1,7 +1,7 @@
 """Per-sandbox cgroups for the process backend: memory, processes and CPU share.
 
 Each sandbox gets a cgroup per controller it has a limit for, made *under the server's own*
-cgroup (``<server's cgroup>/agentfleet-<pid>-<start>-<random>/<sandbox id>``), so a sandbox
+cgroup (``<server's cgroup>/agentfleet-<pid>-t<start ticks>-<random>/<sandbox id>``), so a sandbox
 never escapes a limit the server itself is under. v1 (one hierarchy per controller:
 ``memory``, ``pids``, ``cpu``) and v2 (one hierarchy; usable when the server's cgroup hands
 the controllers down, ``cgroup.subtree_control``) are both handled; a controller we cannot
@@ -15,9 +15,9 @@ that waits for an RCU grace period: measured here 26 + 15 us for the two self-mo
 7.9 ms median for one pid write, execs 50 ms apart, load 3.4 on 2 cores. On v2 (no
 per-thread moves for memory) the server writes the pid to ``cgroup.procs`` while the command
 is held (:mod:`agentfleet.sandbox.process_limits`). The base folder names its owner (pid
-and start time): :func:`reap_stale` removes those of dead servers once empty (what a dead
-server's commands left running is the sandbox reaper's to kill, as without cgroups;
-``sandbox gc`` kills).
+and its start in ticks since boot, which no step of the wall clock moves): :func:`reap_stale`
+removes those of dead servers once empty (what a dead server's commands left running is the
+sandbox reaper's to kill, as without cgroups; ``sandbox gc`` kills).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agentfleet.sandbox.folders import owner_alive, process_start_time
+from agentfleet.sandbox.folders import owner_alive, process_start_ticks
 from agentfleet.sandbox.limits import MB, Resources
 
 log = logging.getLogger(__name__)
@@ -207,10 +207,9 @@ class CgroupTree:
     @classmethod
     def probe(cls) -> CgroupTree:
         """Make the base folders where we may (blocking), each checked by making and removing
-        a child with its limit file; ``agentfleet-<pid>-<start>-<random>``."""
+        a child with its limit file; ``agentfleet-<pid>-t<start ticks>-<random>``."""
         pid = os.getpid()
-        started = process_start_time(pid) or 0.0
-        name = f"{_PREFIX}{pid}-{int(started)}-{secrets.token_hex(4)}"
+        name = f"{_PREFIX}{pid}-t{process_start_ticks(pid) or 0}-{secrets.token_hex(4)}"
         bases: dict[str, tuple[Path, str]] = {}
         homes: list[int] = []
         try:
@@ -293,6 +292,18 @@ def _set_limit(d: Path, controller: str, version: str, res: Resources) -> None:
             _write(d / "cpu.max", f"{quota} {_CFS_PERIOD_US}")
 
 
+def _owner(name: str) -> tuple[int, float | None, int | None] | None:
+    """(pid, epoch start, start ticks) of a base folder's name (``-t<ticks>-`` now; an
+    earlier version wrote the epoch second), None if it is not one."""
+    try:
+        pid_s, start_s, _ = name[len(_PREFIX) :].split("-", 2)
+        if start_s.startswith("t"):
+            return int(pid_s), None, int(start_s[1:])
+        return int(pid_s), float(start_s), None
+    except ValueError:
+        return None
+
+
 def reap_stale(*, kill: bool = False) -> list[Path]:
     """Remove the base folders of servers that are not running any more (blocking): those
     empty of processes, or with ``kill`` every one (what is left inside is SIGKILLed)."""
@@ -303,12 +314,10 @@ def reap_stale(*, kill: bool = False) -> list[Path]:
         return removed
     for d, _ in own.values():
         for base in d.glob(f"{_PREFIX}*"):
-            try:
-                pid_s, started_s, _ = base.name[len(_PREFIX) :].split("-", 2)
-                pid, started = int(pid_s), float(started_s)
-            except ValueError:
+            owner = _owner(base.name)
+            if owner is None:
                 continue
-            alive = owner_alive(pid, None) and abs((process_start_time(pid) or 0) - started) < 2
-            if not alive and _rmdir_tree(base, kill=kill):
+            pid, started, ticks = owner
+            if not owner_alive(pid, started, ticks=ticks) and _rmdir_tree(base, kill=kill):
                 removed.append(base)
     return removed

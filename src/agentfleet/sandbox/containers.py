@@ -4,7 +4,8 @@ Every container agentfleet makes carries labels:
 
     agentfleet.owner    the backend instance that made it      agentfleet.sandbox  its id
     agentfleet.run      the fleet run (CreateSandbox.run)        agentfleet.expires  epoch seconds
-    agentfleet.host / agentfleet.pid / agentfleet.pid_started    who the owner is, to tell if alive
+    agentfleet.host / agentfleet.pid / agentfleet.pid_start_ticks (agentfleet.pid_started)
+                        who the owner is, to tell if alive
     agentfleet.dir      the host folder (removed with the container)
 
 so that whatever made it, a container is found (:func:`list_containers`) and removed with its
@@ -37,6 +38,7 @@ __all__ = [
     "LABEL_OWNER",
     "LABEL_PID",
     "LABEL_PID_STARTED",
+    "LABEL_PID_TICKS",
     "LABEL_RUN",
     "LABEL_SANDBOX",
     "Limits",
@@ -63,6 +65,7 @@ LABEL_EXPIRES = "agentfleet.expires"
 LABEL_HOST = "agentfleet.host"
 LABEL_PID = "agentfleet.pid"
 LABEL_PID_STARTED = "agentfleet.pid_started"
+LABEL_PID_TICKS = "agentfleet.pid_start_ticks"
 LABEL_DIR = "agentfleet.dir"
 
 
@@ -75,6 +78,7 @@ def sandbox_labels(
     host: str,
     folder: Path,
     pid_started: float | None,
+    pid_start_ticks: int | None = None,
 ) -> dict[str, str]:
     """The labels of a sandbox's container (this process is its owner's pid)."""
     labels = {
@@ -88,6 +92,8 @@ def sandbox_labels(
     }
     if pid_started is not None:
         labels[LABEL_PID_STARTED] = f"{pid_started:.3f}"
+    if pid_start_ticks is not None:
+        labels[LABEL_PID_TICKS] = str(pid_start_ticks)
     return labels
 
 
@@ -217,7 +223,12 @@ def is_orphan(labels: dict[str, str], *, instance_id: str, host: str, now: float
         started = float(labels[LABEL_PID_STARTED])
     except (KeyError, ValueError):
         started = None
-    return not owner_alive(pid, started)
+    ticks: int | None
+    try:
+        ticks = int(labels[LABEL_PID_TICKS])
+    except (KeyError, ValueError):
+        ticks = None
+    return not owner_alive(pid, started, ticks=ticks)
 
 
 async def reap_containers(client: aiodocker.Docker, *, instance_id: str, host: str) -> list[str]:

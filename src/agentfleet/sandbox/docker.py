@@ -322,6 +322,7 @@ class DockerBackend:
             host=self.host,
             folder=folder,
             pid_started=self.folders.pid_started,  # set once started: the folder was just made
+            pid_start_ticks=self.folders.pid_start_ticks,
         )
         config: dict[str, Any] = {
             "Image": res.image,

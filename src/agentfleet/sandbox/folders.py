@@ -64,6 +64,7 @@ __all__ = [
     "kill_group",
     "kill_leftovers",
     "owner_alive",
+    "process_start_ticks",
     "process_start_time",
     "reap_orphans",
     "rmtree",
@@ -85,16 +86,30 @@ def default_root() -> Path:
 
 # --------------------------------------------------------------------------- processes
 def process_start_time(pid: int) -> float | None:
-    """When process ``pid`` started (epoch seconds), None if there is no such process."""
+    """When process ``pid`` started (epoch seconds), None if there is no such process.
+    For people; :func:`process_start_ticks` names the process."""
     try:
         return psutil.Process(pid).create_time()
     except (psutil.Error, OSError):
         return None
 
 
-def owner_alive(pid: int, started: float | None = None) -> bool:
+def process_start_ticks(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (``/proc/PID/stat`` field 22;
+    None: no such process, or no ``/proc``). Unlike an epoch time (psutil adds the boot time,
+    which moves whenever the wall clock is stepped), it names one process exactly."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def owner_alive(pid: int, started: float | None = None, *, ticks: int | None = None) -> bool:
     """Is the owner process ``pid`` still running, and still the one that started at
-    ``started`` (epoch seconds as :func:`process_start_time` gave; None: do not check)?
+    ``ticks`` (:func:`process_start_ticks`), else at ``started`` (epoch seconds, as
+    :func:`process_start_time` gave, within a slack; None: do not check)?
 
     A zombie (exited, not yet waited for by its parent) is not alive: it serves nothing.
     """
@@ -106,6 +121,8 @@ def owner_alive(pid: int, started: float | None = None) -> bool:
         return False
     if zombie:
         return False
+    if ticks is not None and (now := process_start_ticks(pid)) is not None:
+        return now == ticks
     return started is None or abs(running_since - started) < _PID_REUSE_SLACK_S
 
 
@@ -187,10 +204,14 @@ def _read_marker(folder: Path) -> dict[str, Any] | None:
 
 
 def _marker_owner_alive(meta: dict[str, Any]) -> bool:
-    pid, started = meta.get("pid"), meta.get("pid_started")
+    pid, started, ticks = meta.get("pid"), meta.get("pid_started"), meta.get("pid_start_ticks")
     if not isinstance(pid, int):
         return False
-    return owner_alive(pid, started if isinstance(started, int | float) else None)
+    return owner_alive(
+        pid,
+        started if isinstance(started, int | float) else None,
+        ticks=ticks if isinstance(ticks, int) else None,
+    )
 
 
 def _sandbox_folders(root: Path) -> list[Path]:
@@ -300,6 +321,7 @@ class SandboxFolders:
         self._folders: dict[str, SandboxFolder] = {}
         self._started = False
         self.pid_started: float | None = None  # this process's start time, once started
+        self.pid_start_ticks: int | None = None  # the same in ticks since boot (its identity)
 
     async def start(self) -> None:
         """Make ``root`` (resolved from now on) and reap the folders of dead servers."""
@@ -310,6 +332,7 @@ class SandboxFolders:
             self.path = await asyncio.to_thread(default_path)
         self.root = await asyncio.to_thread(self._prepare_root)
         self.pid_started = await asyncio.to_thread(process_start_time, os.getpid())
+        self.pid_start_ticks = await asyncio.to_thread(process_start_ticks, os.getpid())
         removed = await asyncio.to_thread(reap_orphans, self.root, self.instance_id)
         if removed:
             log.info("removed %d orphaned sandbox folders under %s", len(removed), self.root)
@@ -353,6 +376,7 @@ class SandboxFolders:
             "instance": self.instance_id,
             "pid": os.getpid(),
             "pid_started": self.pid_started,
+            "pid_start_ticks": self.pid_start_ticks,
             "created": now,
             "expires": sb.expires_at,
             "task_id": req.task_id,
