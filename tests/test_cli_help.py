@@ -68,3 +68,18 @@ def test_early_stop_rounds_range() -> None:
     out = CliRunner().invoke(app, ["serve-eval", "--help"], env={"COLUMNS": "200"})
     row = next(line for line in out.output.splitlines() if "--early-stop-rounds" in line)
     assert "0<=x" not in row and "2-100" in row, row
+
+
+def test_python_dash_m_runs_the_command() -> None:
+    """``python -m agentfleet`` is the ``agentfleet`` command, by that name."""
+    import subprocess
+    import sys
+
+    ok = subprocess.run(
+        [sys.executable, "-m", "agentfleet", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert ok.returncode == 0 and "Usage: agentfleet [OPTIONS] COMMAND" in ok.stdout, ok
+    bad = subprocess.run(
+        [sys.executable, "-m", "agentfleet", "nosuch"], capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 2 and "No such command 'nosuch'" in bad.stderr, bad

@@ -33,7 +33,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("tasks", "models", "sandbox"),
     ("evaluation", "agent"),
     ("fleet",),
-    ("bench", "cli"),
+    ("bench", "cli", "__main__"),
     ("",),  # agentfleet/__init__.py itself
 )
 
@@ -364,6 +364,22 @@ def test_evaluate_info_loads_no_server_code(statement: str) -> None:
         m for m in loaded if any(m == f or m.startswith(f + ".") for f in CLIENT_FORBIDDEN)
     )
     assert not bad, f"`{statement}` loads {bad}"
+
+
+# Loaded by no `agentfleet ...` command before it runs (``--help``, ``eval status``...):
+# each costs every invocation (about 0.2 s together, the SSL context aiohttp makes at import
+# among it); a command imports them in its body.
+CLI_FORBIDDEN = ("aiohttp", "aiodocker", "psutil", *CLIENT_FORBIDDEN)
+
+
+def test_the_cli_loads_no_network_docker_or_server_code() -> None:
+    code = "import agentfleet.cli\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    loaded = set(json.loads(out.stdout))
+    bad = sorted(m for m in loaded if any(m == f or m.startswith(f + ".") for f in CLI_FORBIDDEN))
+    assert not bad, f"`import agentfleet.cli` loads {bad}"
 
 
 LAZY_PACKAGES = sorted(

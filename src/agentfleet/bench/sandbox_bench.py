@@ -26,11 +26,12 @@ from agentfleet.bench.common import (
     run_child,
     sandbox_server,
 )
+from agentfleet.sandbox.base import DEFAULT_IMAGE
 
 BACKEND_CHOICES = ("process", "docker")
 DEFAULT_N = 100
 DEFAULT_DOCKER_N = 20  # containers start in ~0.5 s each; the server bounds creations
-DOCKER_IMAGE = "agentfleet-base:bookworm"  # agentfleet.sandbox.containers.DEFAULT_IMAGE
+DOCKER_IMAGE = DEFAULT_IMAGE
 
 
 def docker_backend_available() -> bool:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from agentfleet.tasks import DEFAULT_DATASET
 
+DEFAULT_IMAGE = "agentfleet-base:bookworm"  # the docker backend's sandbox image
 DEFAULT_OUTPUT_LIMIT = 100_000  # characters kept from a command's output (head + tail)
 DEFAULT_EXEC_TIMEOUT = 60.0
 DEFAULT_TTL_S = 3600.0

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from agentfleet.sandbox.base import (
+    DEFAULT_IMAGE,
     DEFAULT_MAX_EXECS,
     DEFAULT_MAX_EXECS_PER_SANDBOX,
     DEFAULT_MAX_SANDBOXES,
@@ -29,7 +30,6 @@ from agentfleet.sandbox.base import (
     MAX_PIDS,
     MAX_SIZE_MB,
 )
-from agentfleet.sandbox.containers import DEFAULT_IMAGE
 
 images_app = typer.Typer(
     help="Build and list sandbox images (docker backend).", no_args_is_help=True

@@ -26,7 +26,7 @@ from typing import Any
 import aiodocker
 import aiohttp
 
-from agentfleet.sandbox.base import SandboxError
+from agentfleet.sandbox.base import DEFAULT_IMAGE, SandboxError
 from agentfleet.sandbox.folders import MARKER, owner_alive, rmtree
 from agentfleet.sandbox.limits import MB, Limits, Resources, image_ref
 
@@ -57,7 +57,6 @@ __all__ = [
     "sandbox_labels",
 ]
 
-DEFAULT_IMAGE = "agentfleet-base:bookworm"
 LABEL_OWNER = "agentfleet.owner"
 LABEL_SANDBOX = "agentfleet.sandbox"
 LABEL_RUN = "agentfleet.run"
