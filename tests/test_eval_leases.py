@@ -405,6 +405,45 @@ async def test_a_draining_server_grants_no_lease(tmp_path: Path) -> None:
     assert (st, attempts, lease) == ("queued", 0, None)
 
 
+async def test_a_draining_server_starts_no_local_job(tmp_path: Path) -> None:
+    """Between drain() and stop() (the server closing its connections), a local worker that
+    finishes its job starts no queued one: it would be cancelled at stop, its start counted
+    (after max_attempts such stops, a job that never ran whole is failed)."""
+    from agentfleet.evaluation.jobs import JobManager
+    from agentfleet.evaluation.schema import EvalRequest as Req
+
+    gate = asyncio.Event()
+    started: list[str] = []
+
+    class Gated:
+        async def evaluate(self, req: Req) -> Any:
+            started.append(req.instance_id)
+            await gate.wait()
+            return (1.0, 1.0, {})
+
+    store = await JobStore(tmp_path / "jobs.db").open()
+    jobs = JobManager(store, Gated(), workers=1)
+    try:
+        await jobs.start()
+        first, _ = await jobs.submit(request("a", "t1"), "a")
+        second, _ = await jobs.submit(request("b", "t2"), "b")
+        while not started:  # noqa: ASYNC110 (the worker's start is what is awaited)
+            await asyncio.sleep(0.01)
+        jobs.drain()
+        gate.set()
+        async with asyncio.timeout(20):  # (a wait answers at once now: polled)
+            while (await jobs.get(first.id)).status != "done":  # type: ignore[union-attr]  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        for _ in range(20):  # the worker's next turn, had it one
+            await asyncio.sleep(0.01)
+        assert started == ["t1"]
+    finally:
+        await jobs.stop()
+        await store.close()
+    rows = {row[0]: row[1:3] for row in stored_rows(tmp_path / "jobs.db")}
+    assert rows[second.id] == ("queued", 0), rows
+
+
 async def test_results_must_be_finite_and_lease_ids_well_formed(tmp_path: Path) -> None:
     """A result with NaN or infinity is refused (422; it once was stored, and the server
     then answered 500 to a full queue and to waits); NaN deep in ``info`` is stored as

@@ -314,8 +314,7 @@ class JobManager(JobViews):
         # This task's commands (and those of every task it starts) run on its CPU set.
         worker_cpus.set(self.cpu_sets[index] if self.cpu_sets else None)
         gauge = self._worker_gauge(index)
-        while True:
-            job_id = await self._queue.get()
+        while (job_id := await self.take()) is not None:
             lease = self.leases.grant(job_id, f"local-{index}", cpus=self._cpus_text(index))
             self._update_gauges()
             self._busy[index] = job_id
@@ -328,8 +327,7 @@ class JobManager(JobViews):
 
     async def _dispatcher(self) -> None:
         """No worker limit: one task per job, all owned by this manager."""
-        while True:
-            job_id = await self._queue.get()
+        while (job_id := await self.take()) is not None:
             lease = self.leases.grant(job_id, "local")
             self._update_gauges()
             self._spawn(self._run(job_id, lease), name=f"eval-job-{job_id}")
@@ -370,15 +368,30 @@ class JobManager(JobViews):
         self._update_gauges()
         return True
 
-    async def take(self, wait_s: float) -> str | None:
-        """The next queued job id, waiting up to ``wait_s``; None if none came. The caller
-        grants a lease before its next await (a cancelled wait loses no job)."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(wait_s):
-                job_id = await self._queue.get()
-                self._update_gauges()
-                return job_id
-        return None
+    async def take(self, wait_s: float | None = None) -> str | None:
+        """The next queued job id, waiting up to ``wait_s`` (None: no limit); None if none
+        came, or once draining (a closing server starts no job: it would be cancelled at
+        :meth:`stop`, its start counted). The caller grants a lease before its next await
+        (a cancelled take loses no job)."""
+        if self.draining:
+            return None
+        get = asyncio.ensure_future(self._queue.get())
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            await asyncio.wait((get, closing), timeout=wait_s, return_when="FIRST_COMPLETED")
+        except BaseException:  # cancelled: a job already taken goes back
+            if get.done() and not get.cancelled():
+                self.untake(get.result())
+            raise
+        finally:
+            closing.cancel()
+            get.cancel()  # a no-op once it has the job
+        job_id = get.result() if get.done() and not get.cancelled() else None
+        self._update_gauges()
+        if job_id is not None and self.draining:
+            self.untake(job_id)
+            return None
+        return job_id
 
     def untake(self, job_id: str) -> None:
         """A job :meth:`take` gave to a taker that went away before any lease: queued
@@ -441,29 +454,13 @@ class JobManager(JobViews):
         finally:
             self._wake(job_id)
             self._update_gauges()
-        if not landed:
-            return False
-        self._counters.completed += 1
-        self._finished_at.append(time.monotonic())
-        self.throughput_per_minute()  # drops what is older than a minute: bounded
-        self._mean_duration = (
-            elapsed if self._mean_duration is None else 0.8 * self._mean_duration + 0.2 * elapsed
-        )
-        self.metrics.duration.observe(elapsed)
-        if status == DONE:
-            self.metrics.completed.inc()
-            self.metrics.speedup.observe(result["speedup"])
-        else:
-            self.metrics.failed.inc()
-        logger.info(
-            "job %s %s in %.2fs: reward %.3f speedup %.3f",
-            job_id,
-            status,
-            elapsed,
-            result["reward"],
-            result["speedup"],
-        )
-        return True
+        if landed:
+            self._count_finished(status == DONE, result["speedup"], elapsed)
+            logger.info(
+                "job %s %s in %.2fs: reward %.3f speedup %.3f",
+                *(job_id, status, elapsed, result["reward"], result["speedup"]),
+            )
+        return landed
 
     async def _request_of(self, job_id: str) -> EvalRequest:
         stored = await self.store.get(job_id)

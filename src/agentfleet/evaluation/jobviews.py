@@ -1,5 +1,5 @@
-"""What the evaluation server shows of its jobs: counts, stats, the workers' slots and
-CPU sets, throughput and queue wait (a base of
+"""What the evaluation server counts and shows of its jobs: counts, stats, the workers'
+slots and CPU sets, throughput and queue wait (a base of
 :class:`~agentfleet.evaluation.jobs.JobManager`, which owns the attributes)."""
 
 from __future__ import annotations
@@ -92,6 +92,20 @@ class JobViews:
             for i, job_id in enumerate(self._busy)
         ]
         return local + self.leases.remote_view()
+
+    def _count_finished(self, done: bool, speedup: float, elapsed: float) -> None:
+        """A job's outcome landed: the counters, the throughput window, the durations."""
+        self._counters.completed += 1
+        self._finished_at.append(time.monotonic())
+        self.throughput_per_minute()  # drops what is older than a minute: bounded
+        mean = self._mean_duration
+        self._mean_duration = elapsed if mean is None else 0.8 * mean + 0.2 * elapsed
+        self.metrics.duration.observe(elapsed)
+        if done:
+            self.metrics.completed.inc()
+            self.metrics.speedup.observe(speedup)
+        else:
+            self.metrics.failed.inc()
 
     def throughput_per_minute(self) -> float:
         """Evaluations finished in the last 60 s."""
