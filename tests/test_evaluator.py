@@ -43,6 +43,7 @@ from agentfleet.evaluation.speedup import (
     bootstrap_ratio_ci,
     iqr,
     median,
+    paired_t_ratio_ci,
     parse_timer_output,
     quantile,
     speedup_stats,
@@ -755,6 +756,28 @@ def test_speedup_stats_flags() -> None:
     assert speedup_stats([1.0, 1.1, 0.9], [1.0, 0.9, 1.1])["within_noise"]
     assert speedup_stats([1.0] * 3, [1 / 1.03] * 3)["within_noise"]  # below the threshold
     assert speedup_stats([1.0] * 3, [0.05] * 3)["suspicious"]
+
+
+def test_few_rounds_of_one_sided_noise_are_noise() -> None:
+    """Three rounds whose noise favoured the baseline each time (1 time in 4 by chance): the
+    bootstrap interval is about their range, [1.03, 1.10], and excluded 1.0, so a no-op read
+    as a 1.06x gain; the paired t-interval over so few rounds does not exclude it. A steady
+    gain and a large one stay real at three rounds; at eight, the t-interval is narrow."""
+    base, cand = [1.03, 1.10, 1.06], [1.0, 1.0, 1.0]
+    lo, _ = bootstrap_ratio_ci(base, cand)
+    assert lo > 1.0  # the bootstrap alone calls it a gain
+    t_lo, t_hi = paired_t_ratio_ci(base, cand)  # type: ignore[misc]
+    assert t_lo < 1.0 < t_hi
+    s = speedup_stats(base, cand)
+    assert s["within_noise"] and s["ci95_t"] == [t_lo, t_hi]
+    steady = speedup_stats([1.30, 1.25, 1.35], [1.0, 1.0, 1.0])
+    assert not steady["within_noise"] and steady["ci95_t"][0] > 1.15
+    assert not speedup_stats([7.0, 9.0, 12.0], [1.0, 1.0, 1.0])["within_noise"]
+    eight = paired_t_ratio_ci([1.03, 1.10, 1.06, 1.05, 1.08, 1.04, 1.07, 1.06], [1.0] * 8)
+    assert eight is not None and 1.0 < eight[0] < 1.06 < eight[1] < 1.09
+    assert paired_t_ratio_ci([1.0], [1.0]) is None  # one round: no interval
+    assert paired_t_ratio_ci([1.0, 2.0], [1.0, 1.0, 1.0]) is None  # not paired
+    assert speedup_stats([1.0, 2.0], [1.0, 1.0, 1.0])["ci95_t"] is None
 
 
 def test_timer_command_runs_and_parses(tmp_path: Path) -> None:
