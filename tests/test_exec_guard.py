@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -15,7 +17,7 @@ from test_sandbox_docker import _free_port, _serve
 
 from agentfleet.sandbox import CreateSandbox, ProcessBackend, SandboxClient, SandboxError
 from agentfleet.sandbox.base import ExecRequest
-from agentfleet.sandbox.folders import PGIDS_DIR
+from agentfleet.sandbox.folders import PGIDS_DIR, kill_leftovers, process_start_ticks
 
 
 def _with_arg(arg: str) -> list[psutil.Process]:
@@ -66,6 +68,9 @@ async def test_group_records_are_written_and_removed(tmp_path: Path) -> None:
         assert await _wait_for(lambda: len(list(records.iterdir())) == 1)
         (record,) = records.iterdir()
         assert psutil.Process(int(record.name)).name() == "sleep"
+        # it holds the leader's start (ticks since boot), which tells a reused pid apart
+        ticks = await asyncio.to_thread(process_start_ticks, int(record.name))
+        assert await asyncio.to_thread(record.read_text) == str(ticks)
         run.cancel()
         with pytest.raises(asyncio.CancelledError):
             await run
@@ -76,6 +81,29 @@ async def test_group_records_are_written_and_removed(tmp_path: Path) -> None:
     finally:
         await backend.aclose()
     assert backend.guard.pid is None
+
+
+def test_the_reaper_tells_a_recorded_group_by_its_start_ticks(
+    tmp_path: Path, step_clock: Callable[[float], None]
+) -> None:
+    """A group recorded with its leader's start ticks is killed after the wall clock
+    stepped (by epoch start time, 30 s after its record, it was taken for a newer process
+    and left running); a record whose ticks name another start is left alone."""
+    folder = tmp_path / "sb-x"
+    (folder / PGIDS_DIR).mkdir(parents=True)
+    ours, other = (subprocess.Popen(["sleep", "60"], start_new_session=True) for _ in "ab")
+    try:
+        (folder / PGIDS_DIR / str(ours.pid)).write_text(str(process_start_ticks(ours.pid)))
+        wrong = (process_start_ticks(other.pid) or 0) + 1
+        (folder / PGIDS_DIR / str(other.pid)).write_text(str(wrong))
+        step_clock(30)
+        assert kill_leftovers(folder, marked={}) == 1
+        assert ours.wait(10) == -signal.SIGKILL
+        assert other.poll() is None
+    finally:
+        for proc in (ours, other):
+            proc.kill()
+            proc.wait()
 
 
 @pytest.mark.slow

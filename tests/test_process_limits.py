@@ -426,6 +426,9 @@ async def test_two_backends_in_one_process_keep_their_own_cgroups(tmp_path: Path
         assert r.returncode == 0 and r.output.strip() == "fine", r
 
 
+# reap_stale(kill=True) kills what any dead server's cgroups hold, machine-wide: with the
+# tests that count a SIGKILLed server's survivors on one xdist worker (make test: loadgroup)
+@pytest.mark.xdist_group("sandbox-gc")
 async def test_a_dead_servers_cgroup_goes_once_empty_never_killing(tmp_path: Path) -> None:
     """What a dead server left running is the sandbox reaper's to kill (by its folders, as
     without cgroups): a starting server only removes dead servers' *empty* cgroups."""

@@ -150,6 +150,16 @@ def _marked_processes() -> dict[str, list[psutil.Process]]:
     return found
 
 
+def _names_a_newer_process(pid: int, ticks: str, recorded: float) -> bool:
+    """Is ``pid`` now a process other than the one recorded (by its start ``ticks``, else
+    started after the record's time ``recorded``)? False if no process has it."""
+    if ticks.isdigit():
+        now = process_start_ticks(pid)
+        return now is not None and now != int(ticks)
+    started = process_start_time(pid)
+    return started is not None and started > recorded + _PID_REUSE_SLACK_S
+
+
 def kill_leftovers(folder: Path, marked: dict[str, list[psutil.Process]] | None = None) -> int:
     """SIGKILL what commands of the sandbox in ``folder`` left running; return how many
     groups / processes were signalled. For sandboxes no live server owns."""
@@ -162,12 +172,10 @@ def kill_leftovers(folder: Path, marked: dict[str, list[psutil.Process]] | None 
             try:
                 pgid = int(record.name)
                 recorded = record.stat().st_mtime
+                ticks = record.read_text().strip()  # the leader's start (empty: unknown)
             except (ValueError, OSError):
                 continue
-            started = process_start_time(pgid)
-            if pgid == own_group or (
-                started is not None and started > recorded + _PID_REUSE_SLACK_S
-            ):
+            if pgid == own_group or _names_a_newer_process(pgid, ticks, recorded):
                 continue  # the pid names a newer process now: not ours
             kill_group(pgid)
             hit += 1

@@ -7,7 +7,8 @@ sandbox's ``pgids/`` folder). The guard:
 
 - keeps the group records ``DIR/PGID`` on disk for the next server's reaper (should the
   guard die with the server), written in batches every ``BATCH_S``: a command that starts
-  and ends within one batch costs no file at all;
+  and ends within one batch costs no file at all; a record holds the group leader's start
+  in clock ticks since boot (so a reused pid is told apart whatever the wall clock did);
 - when its end of the pipe reports EOF (the server exited, even by SIGKILL: the kernel
   closes the server's fds), SIGKILLs every group still registered, then exits.
 
@@ -51,18 +52,26 @@ while True:
             op, (num, _, folder) = line[:1], line[1:].partition(b" ")
             if op == b"+":
                 live[int(num)] = path = folder + b"/" + num
-                todo[path] = True
+                todo[path] = num
             elif op == b"-" and int(num) in live:
                 path = live.pop(int(num))
-                if todo.pop(path, False) is not True:
+                if not todo.pop(path, False):
                     todo[path] = False
         if todo and due is None:
             due = time.monotonic() + {BATCH_S!r}
     if due is not None and time.monotonic() >= due:
-        for path, make in todo.items():
+        for path, num in todo.items():
             try:
-                if make:
-                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
+                if num:
+                    try:
+                        with open(b"/proc/" + num + b"/stat", "rb") as f:
+                            st = f.read()
+                        ticks = st[st.rindex(b")") + 2 :].split()[19]
+                    except (OSError, ValueError, IndexError):
+                        ticks = b""
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+                    os.write(fd, ticks)
+                    os.close(fd)
                 else:
                     os.unlink(path)
             except OSError:
