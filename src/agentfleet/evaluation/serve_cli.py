@@ -238,6 +238,7 @@ def serve_eval(
     from agentfleet.evaluation.evaluator import EvalConfig
     from agentfleet.evaluation.server import run_server
     from agentfleet.sandbox.cli import confine_setting
+    from agentfleet.tasks.oneline import one_line
 
     _check_cores(cores_per_worker, ray_address)
     _check_eval_options(early_stop_rounds, ray_workers, ray_address)
@@ -260,9 +261,8 @@ def serve_eval(
         )
         roots = dataset_roots(dataset_root or ())
     except ValidationError as exc:
-        first = exc.errors()[0]  # names the field, should an option's range ever differ
-        where = ".".join(str(p) for p in first["loc"])
-        _fail(f"invalid evaluation settings: {where}: {first['msg']}")
+        # names the field, should an option's range ever differ
+        _fail(f"invalid evaluation settings: {one_line(exc, limit=1)}")
     except ValueError as exc:
         _fail(str(exc))
     _setup_logging(verbose)

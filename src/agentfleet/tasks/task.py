@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from agentfleet.tasks.model import Task
+from agentfleet.tasks.oneline import one_line
 from agentfleet.tasks.yamlfile import YamlFileError, read_yaml
 
 BUNDLED_DIR = Path(__file__).parent / "data"
@@ -143,20 +144,13 @@ def _read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def _invalid(path: Path, exc: ValidationError) -> DatasetFileError:
-    """A model's validation errors on one line (pydantic's own text spans many)."""
-    problems = [f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors()]
-    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-    return DatasetFileError(path, "; ".join(problems[:3]) + more)
-
-
 def _load_task(task_dir: Path, dataset: str) -> Task:
     meta_path = task_dir / "task.yaml"
     meta = {"id": task_dir.name, **_read_meta(meta_path)}
     try:
         return Task.model_validate({**meta, "dataset": dataset, "task_dir": task_dir})
     except ValidationError as exc:
-        raise _invalid(meta_path, exc) from None
+        raise DatasetFileError(meta_path, one_line(exc)) from None
 
 
 def bundled_datasets() -> list[str]:
@@ -250,7 +244,7 @@ def _load_dataset(name_or_path: str, roots: tuple[Path, ...] | None) -> Dataset:
     try:
         return Dataset.model_validate({**meta, "path": path})
     except ValidationError as exc:
-        raise _invalid(meta_path, exc) from None
+        raise DatasetFileError(meta_path, one_line(exc)) from None
 
 
 def get_task(dataset: str, task_id: str, roots: Iterable[str | Path] | None = None) -> Task:

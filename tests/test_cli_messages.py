@@ -1,0 +1,94 @@
+"""The one-line messages the CLI and the servers share: a model's validation errors and
+the options of ``eval submit`` and ``serve-eval`` that they name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, Field, ValidationError, model_validator
+from typer.testing import CliRunner
+
+from agentfleet.cli import app
+from agentfleet.evaluation.config import EvalConfig
+from agentfleet.tasks.oneline import one_line
+
+
+def _refused(args: list[str], code: int = 2) -> str:
+    """Run the CLI; its one ``error:`` line."""
+    out = CliRunner().invoke(app, args, env={"COLUMNS": "1000"})
+    assert out.exit_code == code, (out.output, out.exception)
+    assert "Traceback" not in out.output
+    errors = [line for line in out.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, out.output
+    return errors[0]
+
+
+# one_line -----------------------------------------------------------------------------
+class Inner(BaseModel):
+    n: int
+
+
+class Form(BaseModel):
+    a: int
+    b: int = 0
+    c: int = 0
+    d: int = 0
+    inner: Inner | None = None
+
+
+class Whole(BaseModel):
+    x: int = 0
+
+    @model_validator(mode="after")
+    def never(self) -> Whole:
+        raise ValueError("never valid")
+
+
+def _error(model: type[BaseModel], data: dict[str, Any]) -> ValidationError:
+    with pytest.raises(ValidationError) as info:
+        model.model_validate(data)
+    return info.value
+
+
+def test_one_line_joins_the_first_three_and_counts_the_rest() -> None:
+    exc = _error(Form, {"b": "x", "c": "x", "d": "x"})
+    line = one_line(exc)
+    assert "\n" not in line
+    assert line == (
+        "a: Field required; b: Input should be a valid integer, unable to parse string as an "
+        "integer; c: Input should be a valid integer, unable to parse string as an integer "
+        "(and 1 more)"
+    )
+    assert one_line(exc, limit=1) == "a: Field required (and 3 more)"
+    assert one_line(exc, limit=4).count(";") == 3 and "more" not in one_line(exc, limit=4)
+
+
+def test_one_line_names_fields_as_given_and_dots_nested_ones() -> None:
+    exc = _error(Form, {"a": 1, "inner": {}})
+    assert one_line(exc) == "inner.n: Field required"
+    assert one_line(exc, {"inner": "--inner"}) == "--inner.n: Field required"
+    assert one_line(_error(Whole, {})) == "value: Value error, never valid"
+
+
+def test_eval_submit_names_the_option(tmp_path: Any) -> None:
+    patch = tmp_path / "p.diff"
+    patch.write_text("diff --git a/x b/x\n")
+    args = ["eval", "submit", "-i", "t", "--patch", str(patch), "--key", "k" * 201]
+    assert _refused(args) == "error: --key: String should have at most 200 characters"
+
+
+def test_serve_eval_settings_name_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A range of EvalConfig narrower than its option's: refused before serving."""
+
+    class Narrow(EvalConfig):
+        repeats: int | None = Field(default=None, le=2)
+
+    def serve(**kw: Any) -> None:
+        raise AssertionError("served")
+
+    monkeypatch.setattr("agentfleet.evaluation.evaluator.EvalConfig", Narrow)
+    monkeypatch.setattr("agentfleet.evaluation.server.run_server", serve)
+    assert _refused(["serve-eval", "--repeats", "5"]) == (
+        "error: invalid evaluation settings: repeats: Input should be less than or equal to 2"
+    )
