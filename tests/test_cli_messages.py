@@ -1,8 +1,9 @@
-"""The one-line messages the CLI and the servers share: a model's validation errors and
-the options of ``eval submit`` and ``serve-eval`` that they name."""
+"""The one-line messages the CLI and the servers share: a model's validation errors (and
+the options of ``eval submit`` and ``serve-eval`` that they name), a file not UTF-8."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from typer.testing import CliRunner
 
 from agentfleet.cli import app
 from agentfleet.evaluation.config import EvalConfig
-from agentfleet.tasks.oneline import one_line
+from agentfleet.tasks.oneline import not_utf8, one_line
 
 
 def _refused(args: list[str], code: int = 2) -> str:
@@ -71,7 +72,7 @@ def test_one_line_names_fields_as_given_and_dots_nested_ones() -> None:
     assert one_line(_error(Whole, {})) == "value: Value error, never valid"
 
 
-def test_eval_submit_names_the_option(tmp_path: Any) -> None:
+def test_eval_submit_names_the_option(tmp_path: Path) -> None:
     patch = tmp_path / "p.diff"
     patch.write_text("diff --git a/x b/x\n")
     args = ["eval", "submit", "-i", "t", "--patch", str(patch), "--key", "k" * 201]
@@ -92,3 +93,60 @@ def test_serve_eval_settings_name_the_field(monkeypatch: pytest.MonkeyPatch) -> 
     assert _refused(["serve-eval", "--repeats", "5"]) == (
         "error: invalid evaluation settings: repeats: Input should be less than or equal to 2"
     )
+
+
+# not UTF-8 ----------------------------------------------------------------------------
+NOT_UTF8 = b"abc\xff"  # byte 3 does not decode
+
+
+def test_not_utf8_names_the_byte() -> None:
+    with pytest.raises(UnicodeDecodeError) as info:
+        NOT_UTF8.decode("utf-8")
+    assert not_utf8(info.value) == "not UTF-8 text (byte 3)"
+
+
+def _in_run_folder(tmp_path: Path) -> tuple[list[str], Path]:
+    run = tmp_path / "run"
+    (run / "trajectories").mkdir(parents=True)
+    (run / "results.jsonl").write_text('{"instance_id": "t1", "exit_status": "Submitted"}\n')
+    return ["show", str(run), "t1"], run / "trajectories" / "t1.traj.json"
+
+
+def _in_dataset(tmp_path: Path) -> tuple[list[str], Path]:
+    (tmp_path / "ds" / "t1").mkdir(parents=True)
+    (tmp_path / "ds" / "dataset.yaml").write_text("splits: {test: [t1]}\n")
+    return ["tasks", "list", "-d", str(tmp_path / "ds")], tmp_path / "ds" / "t1" / "task.yaml"
+
+
+def _mini_config(tmp_path: Path) -> tuple[list[str], Path]:
+    pytest.importorskip("minisweagent")
+    bad = tmp_path / "mini.yaml"
+    run = ["run", "--run-dir", str(tmp_path / "run"), "--progress", "none", "--agent", "mini"]
+    return [*run, "--agent-config", str(bad)], bad
+
+
+@pytest.mark.parametrize(
+    ("where", "suffix"),
+    [
+        ("patch", "; a patch is a git diff"),
+        ("preds", ""),
+        ("trajectory", ""),
+        ("task.yaml", ""),
+        ("mini config", ""),
+    ],
+)
+def test_every_file_not_utf8_says_so_alike(tmp_path: Path, where: str, suffix: str) -> None:
+    if where == "patch":
+        bad = tmp_path / "fix.patch"
+        args = ["eval", "submit", "-i", "t", "--patch", str(bad)]
+    elif where == "preds":
+        bad = tmp_path / "preds.json"
+        args = ["eval", "preds", str(bad)]
+    elif where == "trajectory":
+        args, bad = _in_run_folder(tmp_path)
+    elif where == "task.yaml":
+        args, bad = _in_dataset(tmp_path)
+    else:
+        args, bad = _mini_config(tmp_path)
+    bad.write_bytes(NOT_UTF8)
+    assert _refused(args) == f"error: {bad}: not UTF-8 text (byte 3){suffix}"

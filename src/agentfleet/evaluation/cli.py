@@ -106,6 +106,7 @@ def _checked_url(url: str) -> str:
 def _read_patch(patch: Path) -> str:
     """The patch's text, or exit 2 naming the file (too large for a request, not UTF-8)."""
     from agentfleet.evaluation.schema import MAX_PATCH_CHARS
+    from agentfleet.tasks.oneline import not_utf8
 
     too_large = f"{patch}: larger than a request takes ({MAX_PATCH_CHARS} characters)"
     try:
@@ -113,7 +114,7 @@ def _read_patch(patch: Path) -> str:
             fail(too_large)
         text = patch.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        fail(f"{patch}: not UTF-8 text (byte {exc.start}); a patch is a git diff")
+        fail(f"{patch}: {not_utf8(exc)}; a patch is a git diff")
     except OSError as exc:
         fail(f"{patch}: cannot read: {exc.strerror or exc}")
     if len(text) > MAX_PATCH_CHARS:

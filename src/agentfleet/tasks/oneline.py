@@ -1,5 +1,5 @@
 """Errors told on one line, the same way wherever a user's input is refused: a model's
-validation errors (pydantic's own text spans lines)."""
+validation errors (pydantic's own text spans lines) and a file that is not UTF-8."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pydantic import ValidationError
 
-__all__ = ["one_line"]
+__all__ = ["not_utf8", "one_line"]
 
 
 def one_line(exc: ValidationError, names: Mapping[str, str] | None = None, limit: int = 3) -> str:
@@ -25,3 +25,8 @@ def one_line(exc: ValidationError, names: Mapping[str, str] | None = None, limit
         problems.append(f"{'.'.join(loc) or 'value'}: {e['msg']}")
     more = f" (and {len(problems) - limit} more)" if len(problems) > limit else ""
     return "; ".join(problems[:limit]) + more
+
+
+def not_utf8(exc: UnicodeDecodeError) -> str:
+    """What is wrong with a file that did not decode (the caller names the file)."""
+    return f"not UTF-8 text (byte {exc.start})"
