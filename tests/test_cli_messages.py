@@ -150,3 +150,26 @@ def test_every_file_not_utf8_says_so_alike(tmp_path: Path, where: str, suffix: s
         args, bad = _mini_config(tmp_path)
     bad.write_bytes(NOT_UTF8)
     assert _refused(args) == f"error: {bad}: not UTF-8 text (byte 3){suffix}"
+
+
+# serve-eval --sandbox-url -------------------------------------------------------------
+@pytest.mark.parametrize(
+    "url", ["ftp://x", "localhost:8000", "http://127.0.0.1:99999", "http://", "127.0.0.1"]
+)
+def test_serve_eval_sandbox_url_must_be_http(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    def serve(**kw: Any) -> None:
+        raise AssertionError("served")
+
+    monkeypatch.setattr("agentfleet.evaluation.server.run_server", serve)
+    assert _refused(["serve-eval", "--sandbox-url", url]) == (
+        f"error: --sandbox-url {url!r}: not an http(s) URL (e.g. http://host:port)"
+    )
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9527", "https://sandboxes.example/api"])
+def test_serve_eval_sandbox_url_passes_through(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr("agentfleet.evaluation.server.run_server", lambda **kw: seen.update(kw))
+    out = CliRunner().invoke(app, ["serve-eval", "--sandbox-url", url])
+    assert out.exit_code == 0, out.output
+    assert seen["sandbox_url"] == url
