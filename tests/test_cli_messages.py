@@ -1,8 +1,12 @@
 """The one-line messages the CLI and the servers share: a model's validation errors (and
-the options of ``eval submit`` and ``serve-eval`` that they name), a file not UTF-8."""
+the options of ``eval submit`` and ``serve-eval`` that they name), a file not UTF-8,
+``serve-eval --sandbox-url``, and what an evaluation server tells a client of a dataset
+whose files are wrong (the dataset and the file in it, never the server's own path)."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +15,11 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from typer.testing import CliRunner
 
 from agentfleet.cli import app
+from agentfleet.evaluation import create_app
 from agentfleet.evaluation.config import EvalConfig
+from agentfleet.evaluation.evaluator import Evaluator
+from agentfleet.http import NO_RETRY, HttpPool
+from agentfleet.serving import serve_in_loop
 from agentfleet.tasks.oneline import not_utf8, one_line
 
 
@@ -173,3 +181,109 @@ def test_serve_eval_sandbox_url_passes_through(monkeypatch: pytest.MonkeyPatch, 
     out = CliRunner().invoke(app, ["serve-eval", "--sandbox-url", url])
     assert out.exit_code == 0, out.output
     assert seen["sandbox_url"] == url
+
+
+# an evaluation server's datasets whose files are wrong ---------------------------------
+GOOD_TASK = "prompt: p\ntest_cmd: 'true'\nworkload_cmd: 'true'\n"
+BROKEN: dict[str, tuple[dict[str, bytes], str]] = {
+    # case: the dataset's files, what the client is told
+    "task-fields-missing": (
+        {"t1/task.yaml": b"title: t\n"},
+        "t1/task.yaml: prompt: Field required; test_cmd: Field required; "
+        "workload_cmd: Field required",
+    ),
+    "task-not-yaml": (
+        {"t1/task.yaml": b"prompt: [x\n"},
+        "t1/task.yaml: not valid YAML: while parsing a flow sequence (line 1, column 9): "
+        "expected ',' or ']', but got '<stream end>' (line 2, column 1)",
+    ),
+    "task-not-utf8": ({"t1/task.yaml": NOT_UTF8}, "t1/task.yaml: not UTF-8 text (byte 3)"),
+    "task-a-list": (
+        {"t1/task.yaml": b"- x\n"},
+        "t1/task.yaml: expected a mapping of fields, not list",
+    ),
+    "no-task-yaml": (
+        {"t1/repo/x": b""},
+        "dataset.yaml: its splits list task 't1', but t1 has no task.yaml",
+    ),
+    "dataset-splits-bad": (
+        {"dataset.yaml": b"splits: {test: 3}\n"},
+        "dataset.yaml: splits.test: Input should be a valid list",
+    ),
+}
+
+
+class NoSandboxes:
+    """The requests here are refused before any sandbox is made."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"sandboxes.{name} used")
+
+
+class Unchecked:
+    """The real evaluator without its submit-time check: the job itself meets the file."""
+
+    def __init__(self, evaluator: Evaluator) -> None:
+        self.evaluate = evaluator.evaluate
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[HttpPool]:
+    async with HttpPool(retry=NO_RETRY) as p:
+        yield p
+
+
+def _broken_dataset(root: Path, files: dict[str, bytes]) -> None:
+    ds = root / "sub" / "mine"
+    for name, data in {"dataset.yaml": b"splits: {test: [t1]}\n", **files}.items():
+        (ds / name).parent.mkdir(parents=True, exist_ok=True)
+        (ds / name).write_bytes(data)
+
+
+def _request() -> dict[str, Any]:
+    return {
+        "exit_status": "Submitted",
+        "result": "diff --git a/x b/x\n",
+        "instance_id": "t1",
+        "dataset_name": "sub/mine",
+        "split": "test",
+    }
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+async def test_server_names_a_broken_file_by_its_dataset_not_its_path(
+    pool: HttpPool, tmp_path: Path, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    files, problem = BROKEN[case]
+    _broken_dataset(tmp_path, files)
+    evaluator = Evaluator(NoSandboxes(), dataset_roots=[tmp_path])  # type: ignore[arg-type]
+    expected = f"dataset 'sub/mine': {problem}"
+    caplog.set_level(logging.WARNING, "agentfleet.evaluation")
+    async with serve_in_loop(create_app(evaluator, workers=1)) as srv:
+        for path in ("/evaluate", "/evaluations"):
+            resp = await pool.request("POST", f"{srv.url}{path}", json=_request())
+            assert (resp.status, resp.json()) == (404, {"error": expected})
+            assert str(tmp_path) not in resp.text()
+    # the operator's log says where the file is
+    logged = [r.getMessage() for r in caplog.records if "refused a request" in r.getMessage()]
+    assert logged and all(str(tmp_path / "sub" / "mine") in line for line in logged)
+
+
+async def test_a_job_meeting_a_broken_file_fails_without_the_path(
+    pool: HttpPool, tmp_path: Path
+) -> None:
+    files, problem = BROKEN["task-fields-missing"]
+    _broken_dataset(tmp_path, files)
+    evaluator = Evaluator(NoSandboxes(), dataset_roots=[tmp_path])  # type: ignore[arg-type]
+    async with serve_in_loop(create_app(Unchecked(evaluator), workers=1)) as srv:
+        job = (await pool.request("POST", f"{srv.url}/evaluate", json=_request())).json()
+    assert job["info"]["status_code"] == 404
+    assert job["info"]["error"] == f"DatasetFileError: dataset 'sub/mine': {problem}"
+    assert str(tmp_path) not in str(job)
+
+
+def test_the_cli_still_names_the_full_path(tmp_path: Path) -> None:
+    """Loaded here (no dataset roots), the file is named by its path."""
+    _broken_dataset(tmp_path, BROKEN["task-fields-missing"][0])
+    line = _refused(["tasks", "list", "-d", str(tmp_path / "sub" / "mine")])
+    assert line.startswith(f"error: {tmp_path / 'sub' / 'mine' / 't1' / 'task.yaml'}: prompt: ")
