@@ -11,16 +11,13 @@ import asyncio
 import json
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
 from agentfleet._cli import DatasetOpt, SplitOpt, console, fail
 from agentfleet.tasks import DEFAULT_DATASET, DEFAULT_SPLIT
 from agentfleet.tasks.defaults import DEFAULT_EVAL_PORT
-
-if TYPE_CHECKING:
-    from pydantic import ValidationError
 
 eval_app = typer.Typer(help="Submit to and query an evaluation server.", no_args_is_help=True)
 
@@ -51,6 +48,7 @@ def eval_submit(
 
     from agentfleet.evaluation.client import EvalClient
     from agentfleet.evaluation.schema import EvalRequest
+    from agentfleet.tasks.oneline import one_line
 
     url = _checked_url(url)
     try:
@@ -63,7 +61,7 @@ def eval_submit(
             idempotency_key=key,
         )
     except ValidationError as exc:
-        fail(_invalid_option(exc))
+        fail(one_line(exc, _OPTIONS, limit=1))
 
     async def go() -> Any:
         client = EvalClient(url)
@@ -91,7 +89,7 @@ def eval_status(
     _print_json(_call(go))
 
 
-# ``eval submit``'s fields as its options name them (EvalRequest's limits)
+# ``eval submit``'s fields as its options name them in its errors (EvalRequest's limits)
 _OPTIONS = {"instance_id": "--instance", "dataset_name": "--dataset", "split": "--split",
             "idempotency_key": "--key"}  # fmt: skip
 
@@ -108,6 +106,7 @@ def _checked_url(url: str) -> str:
 def _read_patch(patch: Path) -> str:
     """The patch's text, or exit 2 naming the file (too large for a request, not UTF-8)."""
     from agentfleet.evaluation.schema import MAX_PATCH_CHARS
+    from agentfleet.tasks.oneline import not_utf8
 
     too_large = f"{patch}: larger than a request takes ({MAX_PATCH_CHARS} characters)"
     try:
@@ -115,19 +114,12 @@ def _read_patch(patch: Path) -> str:
             fail(too_large)
         text = patch.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        fail(f"{patch}: not UTF-8 text (byte {exc.start}); a patch is a git diff")
+        fail(f"{patch}: {not_utf8(exc)}; a patch is a git diff")
     except OSError as exc:
         fail(f"{patch}: cannot read: {exc.strerror or exc}")
     if len(text) > MAX_PATCH_CHARS:
         fail(too_large)
     return text
-
-
-def _invalid_option(exc: ValidationError) -> str:
-    """The request's first refused field, named as its option (pydantic's text spans lines)."""
-    e = exc.errors()[0]
-    name = str(e["loc"][0]) if e["loc"] else ""
-    return f"{_OPTIONS.get(name, name)}: {e['msg']}"
 
 
 def _call(fn: Callable[[], Coroutine[Any, Any, Any]]) -> Any:

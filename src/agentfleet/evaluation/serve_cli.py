@@ -52,6 +52,14 @@ def _check_db(db: Path) -> None:
         _fail(f"{where}: {exc}")
 
 
+def _check_sandbox_url(url: str) -> None:
+    """``--sandbox-url``: an http(s) URL with a host and a valid port, as ``run``'s."""
+    from agentfleet.http.urls import is_http_url
+
+    if not is_http_url(url):
+        _fail(f"--sandbox-url {url[:200]!r}: not an http(s) URL (e.g. http://host:port)")
+
+
 def _reward_kind(value: str) -> str:
     """``--reward-kind`` must be one of reward.py's kinds."""
     from typing import get_args
@@ -238,9 +246,12 @@ def serve_eval(
     from agentfleet.evaluation.evaluator import EvalConfig
     from agentfleet.evaluation.server import run_server
     from agentfleet.sandbox.cli import confine_setting
+    from agentfleet.tasks.oneline import one_line
 
     _check_cores(cores_per_worker, ray_address)
     _check_eval_options(early_stop_rounds, ray_workers, ray_address)
+    if sandbox_url is not None:
+        _check_sandbox_url(sandbox_url)
     if db is not None:
         _check_db(db)
     try:
@@ -260,9 +271,8 @@ def serve_eval(
         )
         roots = dataset_roots(dataset_root or ())
     except ValidationError as exc:
-        first = exc.errors()[0]  # names the field, should an option's range ever differ
-        where = ".".join(str(p) for p in first["loc"])
-        _fail(f"invalid evaluation settings: {where}: {first['msg']}")
+        # names the field, should an option's range ever differ
+        _fail(f"invalid evaluation settings: {one_line(exc, limit=1)}")
     except ValueError as exc:
         _fail(str(exc))
     _setup_logging(verbose)

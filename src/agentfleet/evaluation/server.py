@@ -66,6 +66,7 @@ from agentfleet.http.auth import OPEN_PATHS, server_token
 from agentfleet.http.guard import GuardMiddleware
 from agentfleet.http.openapi import JSON_OBJECT, document_bearer, error_headers, errors
 from agentfleet.tasks.defaults import DEFAULT_EVAL_PORT
+from agentfleet.tasks.task import DatasetFileError
 
 if TYPE_CHECKING:
     from agentfleet.evaluation.evaluator import EvalConfig
@@ -246,6 +247,9 @@ def create_app(
 
     @app.exception_handler(SubmitError)
     async def on_submit(request: Request, exc: SubmitError) -> JSONResponse:
+        cause = exc.__cause__
+        if isinstance(cause, DatasetFileError):  # the client is not told the file's path
+            logger.warning("refused a request: %s: %s", cause.path, cause.problem)
         headers = {}
         if isinstance(exc, QueueFull):
             headers["Retry-After"] = str(exc.retry_after)

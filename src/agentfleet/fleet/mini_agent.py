@@ -26,6 +26,7 @@ from agentfleet.agent import AgentConfig
 from agentfleet.models.base import Message, Model
 from agentfleet.sandbox.base import Sandboxes
 from agentfleet.tasks import Task
+from agentfleet.tasks.oneline import not_utf8
 from agentfleet.tasks.yamlfile import yaml_problem
 
 DEFAULT_MINI_CONFIG = "mini.yaml"  # mini-swe-agent's built-in default
@@ -49,7 +50,7 @@ def load_mini_config(spec: str | Path | None) -> dict[str, Any]:
     except YAMLError as exc:  # mini-swe-agent's own read: PyYAML's text spans lines
         raise ValueError(f"{spec}: not valid YAML: {yaml_problem(exc)}") from None
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{spec}: not UTF-8 text (byte {exc.start})") from None
+        raise ValueError(f"{spec}: {not_utf8(exc)}") from None
     except (OSError, ValueError) as exc:
         raise ValueError(f"--agent-config: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("agent"), dict):

@@ -84,12 +84,13 @@ def eval_preds(
     from agentfleet.fleet.run import run
     from agentfleet.fleet.rundir import run_name
     from agentfleet.fleet.runner import plan_run
+    from agentfleet.tasks.oneline import not_utf8
 
     setup_logging(verbose)
     try:
         predictions = load_predictions(preds)
     except UnicodeDecodeError as exc:  # load_predictions' own errors name the file
-        fail(f"{preds}: not UTF-8 text (byte {exc.start})")
+        fail(f"{preds}: {not_utf8(exc)}")
     except (ValueError, OSError) as exc:
         fail(str(exc))
     try:

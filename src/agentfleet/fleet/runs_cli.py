@@ -25,6 +25,7 @@ def show(
     from agentfleet.fleet.results import read_trajectory
     from agentfleet.fleet.rundir import RunDir
     from agentfleet.fleet.show import print_trajectory, results_table
+    from agentfleet.tasks.oneline import not_utf8
 
     files = RunDir(run_dir)
     if not files.is_run():
@@ -39,7 +40,7 @@ def show(
     except FileNotFoundError as exc:
         fail(f"{exc} (have: {', '.join(files.trajectory_ids()) or 'none'})")
     except UnicodeDecodeError as exc:
-        fail(f"{files.trajectory(instance)}: not UTF-8 text (byte {exc.start})")
+        fail(f"{files.trajectory(instance)}: {not_utf8(exc)}")
     except json.JSONDecodeError as exc:
         fail(f"{files.trajectory(instance)}: not JSON: {exc}")
     except (ValueError, OSError) as exc:  # its own message names the file

@@ -14,9 +14,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, PrivateAttr, ValidationError
 
 from agentfleet.tasks.model import Task
+from agentfleet.tasks.oneline import one_line
 from agentfleet.tasks.yamlfile import YamlFileError, read_yaml
 
 BUNDLED_DIR = Path(__file__).parent / "data"
@@ -30,11 +31,21 @@ class TaskNotFound(LookupError):
 
 class DatasetFileError(TaskNotFound):
     """A dataset's file that is missing or wrong (not YAML, a field missing or bad): the
-    message is ``PATH: what is wrong``, one line."""
+    message is ``PATH: what is wrong``, one line. Loaded for a server (with ``roots``), it
+    names no host path: ``dataset 'NAME': t1/task.yaml: what is wrong``, the dataset as the
+    request named it and the file in its folder. ``path`` is always the full one."""
 
-    def __init__(self, path: Path, problem: str) -> None:
-        super().__init__(f"{path}: {problem}")
+    def __init__(self, path: Path, problem: str, shown: str | None = None) -> None:
+        super().__init__(f"{shown or path}: {problem}")
         self.path = path
+        self.problem = problem
+
+
+def _shown(path: Path, folder: Path, client: str | None) -> str | None:
+    """How an error names ``path``, a file of the dataset in ``folder``: by its path
+    (``None``), or for a server's client (``client``: the dataset as its request named it)
+    by the dataset and the file's place in its folder."""
+    return None if client is None else f"dataset {client!r}: {path.relative_to(folder)}"
 
 
 class Dataset(BaseModel):
@@ -42,6 +53,8 @@ class Dataset(BaseModel):
     description: str = ""
     path: Path
     splits: dict[str, list[str]]
+    # loaded for a server: the name its client gave (its file errors name no host path)
+    _client: str | None = PrivateAttr(default=None)
 
     def task_ids(self, split: str | None = None) -> list[str]:
         if split is None:
@@ -68,11 +81,16 @@ class Dataset(BaseModel):
                 f"task {task_id!r} of dataset {self.name!r}: its repo is a symlink (refused)"
             )
         if not (task_dir / "task.yaml").is_file():
+            meta_path = self.path / "dataset.yaml"
             raise DatasetFileError(
-                self.path / "dataset.yaml",
-                f"its splits list task {task_id!r}, but {task_dir} has no task.yaml",
+                meta_path,
+                f"its splits list task {task_id!r}, but "
+                f"{task_dir if self._client is None else task_id} has no task.yaml",
+                _shown(meta_path, self.path, self._client),
             )
-        return _load_task(task_dir, self.name)
+        return _load_task(
+            task_dir, self.name, _shown(task_dir / "task.yaml", self.path, self._client)
+        )
 
     def tasks(self, split: str | None = None) -> list[Task]:
         return [self.task(t) for t in self.task_ids(split)]
@@ -130,33 +148,28 @@ def _find_rows(path: str, roots: tuple[Path, ...] | None) -> Path | None:
     return None
 
 
-def _read_meta(path: Path) -> dict[str, Any]:
-    """A dataset.yaml or task.yaml: a mapping (empty file: empty), else DatasetFileError."""
+def _read_meta(path: Path, shown: str | None) -> dict[str, Any]:
+    """A dataset.yaml or task.yaml: a mapping (empty file: empty), else DatasetFileError
+    (naming the file as ``shown`` says)."""
     try:
         meta = read_yaml(path)
     except YamlFileError as exc:
-        raise DatasetFileError(path, exc.problem) from None
+        raise DatasetFileError(path, exc.problem, shown) from None
     if meta is None:
         return {}
     if not isinstance(meta, dict):
-        raise DatasetFileError(path, f"expected a mapping of fields, not {type(meta).__name__}")
+        problem = f"expected a mapping of fields, not {type(meta).__name__}"
+        raise DatasetFileError(path, problem, shown)
     return meta
 
 
-def _invalid(path: Path, exc: ValidationError) -> DatasetFileError:
-    """A model's validation errors on one line (pydantic's own text spans many)."""
-    problems = [f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors()]
-    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-    return DatasetFileError(path, "; ".join(problems[:3]) + more)
-
-
-def _load_task(task_dir: Path, dataset: str) -> Task:
+def _load_task(task_dir: Path, dataset: str, shown: str | None) -> Task:
     meta_path = task_dir / "task.yaml"
-    meta = {"id": task_dir.name, **_read_meta(meta_path)}
+    meta = {"id": task_dir.name, **_read_meta(meta_path, shown)}
     try:
         return Task.model_validate({**meta, "dataset": dataset, "task_dir": task_dir})
     except ValidationError as exc:
-        raise _invalid(meta_path, exc) from None
+        raise DatasetFileError(meta_path, one_line(exc), shown) from None
 
 
 def bundled_datasets() -> list[str]:
@@ -239,18 +252,23 @@ def _load_dataset(name_or_path: str, roots: tuple[Path, ...] | None) -> Dataset:
             f"({', '.join(bundled_datasets())}), nor {where}"
         )
     meta_path = path / "dataset.yaml"
-    meta = {"name": path.name, **_read_meta(meta_path)}
+    client = None if roots is None else name_or_path[:200]  # a server's: no host path shown
+    shown = _shown(meta_path, path, client)
+    meta = {"name": path.name, **_read_meta(meta_path, shown)}
     if "profile" in meta:  # a folder holding a real benchmark's rows (bundled *-mini sets)
         rows = (path / str(meta.get("rows", ""))).resolve()
         if not rows.is_relative_to(path) or not rows.exists():
-            raise DatasetFileError(meta_path, f"rows {meta.get('rows')!r}: not in its folder")
+            problem = f"rows {meta.get('rows')!r}: not in its folder"
+            raise DatasetFileError(meta_path, problem, shown)
         return _rows_dataset(
             str(meta["name"]), str(meta["profile"]), rows, str(meta.get("description", "")), path
         )
     try:
-        return Dataset.model_validate({**meta, "path": path})
+        dataset = Dataset.model_validate({**meta, "path": path})
     except ValidationError as exc:
-        raise _invalid(meta_path, exc) from None
+        raise DatasetFileError(meta_path, one_line(exc), shown) from None
+    dataset._client = client
+    return dataset
 
 
 def get_task(dataset: str, task_id: str, roots: Iterable[str | Path] | None = None) -> Task:

@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from agentfleet.tasks.oneline import not_utf8
+
 __all__ = ["YamlFileError", "read_yaml", "yaml_problem"]
 
 
@@ -38,7 +40,7 @@ def read_yaml(path: str | Path) -> Any:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise YamlFileError(path, f"not UTF-8 text (byte {exc.start})") from None
+        raise YamlFileError(path, not_utf8(exc)) from None
     except OSError as exc:
         raise YamlFileError(path, f"cannot read: {exc.strerror or exc}") from None
     try:
