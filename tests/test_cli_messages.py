@@ -1,10 +1,12 @@
 """The one-line messages the CLI and the servers share: a model's validation errors (and
-the options of ``eval submit`` and ``serve-eval`` that they name), a file not UTF-8,
-``serve-eval --sandbox-url``, and what an evaluation server tells a client of a dataset
-whose files are wrong (the dataset and the file in it, never the server's own path)."""
+the options of ``eval submit`` and ``serve-eval`` that they name), a file not UTF-8, the
+server URLs of ``serve-eval`` and ``eval preds``, and what an evaluation server tells a
+client of a dataset whose files are wrong (the dataset and the file in it, never the
+server's own path)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -160,27 +162,73 @@ def test_every_file_not_utf8_says_so_alike(tmp_path: Path, where: str, suffix: s
     assert _refused(args) == f"error: {bad}: not UTF-8 text (byte 3){suffix}"
 
 
-# serve-eval --sandbox-url -------------------------------------------------------------
-@pytest.mark.parametrize(
-    "url", ["ftp://x", "localhost:8000", "http://127.0.0.1:99999", "http://", "127.0.0.1"]
-)
+# server URLs: serve-eval, eval preds, eval-worker ---------------------------------------
+NOT_HTTP = ["ftp://x", "localhost:8000", "http://127.0.0.1:99999", "http://", "127.0.0.1"]
+GOOD_URLS = ["http://127.0.0.1:9527", "https://sandboxes.example/api"]
+
+
+def _not_http(option: str, url: str) -> str:
+    return f"error: {option} {url!r}: not an http(s) URL (e.g. http://host:port)"
+
+
+@pytest.mark.parametrize("url", NOT_HTTP)
 def test_serve_eval_sandbox_url_must_be_http(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
     def serve(**kw: Any) -> None:
         raise AssertionError("served")
 
     monkeypatch.setattr("agentfleet.evaluation.server.run_server", serve)
-    assert _refused(["serve-eval", "--sandbox-url", url]) == (
-        f"error: --sandbox-url {url!r}: not an http(s) URL (e.g. http://host:port)"
-    )
+    assert _refused(["serve-eval", "--sandbox-url", url]) == _not_http("--sandbox-url", url)
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:9527", "https://sandboxes.example/api"])
+@pytest.mark.parametrize("url", GOOD_URLS)
 def test_serve_eval_sandbox_url_passes_through(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
     seen: dict[str, Any] = {}
     monkeypatch.setattr("agentfleet.evaluation.server.run_server", lambda **kw: seen.update(kw))
     out = CliRunner().invoke(app, ["serve-eval", "--sandbox-url", url])
     assert out.exit_code == 0, out.output
     assert seen["sandbox_url"] == url
+
+
+class _Ran(Exception):
+    """Raised by a stand-in for what a command would start: it got that far."""
+
+
+def _eval_preds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], list[Any]]:
+    """``eval preds`` of one good prediction of perf-lite, its run replaced: the command's
+    arguments, and the configs it would have run."""
+    preds = tmp_path / "preds.json"
+    patch = "diff --git a/x b/x\n"
+    preds.write_text(json.dumps({"dedupe-pairs": {"instance_id": "dedupe-pairs",
+                                                  "model_name_or_path": "m",
+                                                  "model_patch": patch}}))  # fmt: skip
+    runs: list[Any] = []
+
+    def run(cfg: Any, **kw: Any) -> None:
+        runs.append(cfg)
+        raise _Ran
+
+    monkeypatch.setattr("agentfleet.fleet.run.run", run)
+    return ["eval", "preds", str(preds), "-d", "perf-lite", "--run-dir", str(tmp_path / "r")], runs
+
+
+@pytest.mark.parametrize("option", ["--sandbox-url", "--eval-url"])
+@pytest.mark.parametrize("url", NOT_HTTP)
+def test_eval_preds_urls_must_be_http(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, option: str, url: str
+) -> None:
+    args, runs = _eval_preds(tmp_path, monkeypatch)
+    assert _refused([*args, option, url]) == _not_http(option, url)
+    assert runs == [] and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("url", GOOD_URLS)
+def test_eval_preds_urls_pass_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    args, runs = _eval_preds(tmp_path, monkeypatch)
+    out = CliRunner().invoke(app, [*args, "--sandbox-url", url, "--eval-url", url])
+    assert isinstance(out.exception, _Ran), out.output
+    assert (runs[0].sandbox_url, runs[0].eval_url) == (url, url)
 
 
 # an evaluation server's datasets whose files are wrong ---------------------------------

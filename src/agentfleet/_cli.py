@@ -27,6 +27,7 @@ __all__ = [
     "SplitOpt",
     "VerboseOpt",
     "check_folder",
+    "check_url",
     "console",
     "err",
     "exit_stopped",
@@ -77,6 +78,15 @@ def fail(message: str, code: int = 2) -> NoReturn:
     is shown as is (a ``[...]`` in it, e.g. in a path, is no rich markup)."""
     err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True, highlight=False)
     raise typer.Exit(code)
+
+
+def check_url(option: str, url: str | None) -> None:
+    """A server's URL option (unset: nothing to check) is an http(s) URL with a host and a
+    valid port, else exit 2 naming it: a wrong one would fail every task, not the command."""
+    from agentfleet.http.urls import is_http_url
+
+    if url is not None and not is_http_url(url):
+        fail(f"{option} {url[:200]!r}: not an http(s) URL (e.g. http://host:port)")
 
 
 def setup_logging(verbose: bool) -> None:

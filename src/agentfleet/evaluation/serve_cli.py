@@ -12,6 +12,7 @@ import typer
 # Underscored aliases: the names the command below was written with.
 from agentfleet._cli import MAX_TEST_LATENCY_S, MAX_WORKERS, ConfineOpt, DatasetRootOpt, VerboseOpt
 from agentfleet._cli import check_folder as _check_folder
+from agentfleet._cli import check_url as _check_url
 from agentfleet._cli import exit_stopped as _exit_stopped
 from agentfleet._cli import fail as _fail
 from agentfleet._cli import setup_logging as _setup_logging
@@ -50,14 +51,6 @@ def _check_db(db: Path) -> None:
             _fail(f"{where}: {exc}")
     except sqlite3.DatabaseError as exc:  # e.g. "file is not a database"
         _fail(f"{where}: {exc}")
-
-
-def _check_sandbox_url(url: str) -> None:
-    """``--sandbox-url``: an http(s) URL with a host and a valid port, as ``run``'s."""
-    from agentfleet.http.urls import is_http_url
-
-    if not is_http_url(url):
-        _fail(f"--sandbox-url {url[:200]!r}: not an http(s) URL (e.g. http://host:port)")
 
 
 def _reward_kind(value: str) -> str:
@@ -250,8 +243,7 @@ def serve_eval(
 
     _check_cores(cores_per_worker, ray_address)
     _check_eval_options(early_stop_rounds, ray_workers, ray_address)
-    if sandbox_url is not None:
-        _check_sandbox_url(sandbox_url)
+    _check_url("--sandbox-url", sandbox_url)
     if db is not None:
         _check_db(db)
     try:

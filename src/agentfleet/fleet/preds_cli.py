@@ -19,6 +19,7 @@ from agentfleet._cli import (
     SandboxRootOpt,
     SplitOpt,
     VerboseOpt,
+    check_url,
     console,
     fail,
     setup_logging,
@@ -86,6 +87,8 @@ def eval_preds(
     from agentfleet.fleet.runner import plan_run
     from agentfleet.tasks.oneline import not_utf8
 
+    check_url("--sandbox-url", sandbox_url)  # as `run` does: a wrong URL fails every task
+    check_url("--eval-url", eval_url)
     setup_logging(verbose)
     try:
         predictions = load_predictions(preds)
