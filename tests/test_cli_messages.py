@@ -1,8 +1,8 @@
 """The one-line messages the CLI and the servers share: a model's validation errors (and
 the options of ``eval submit`` and ``serve-eval`` that they name), a file not UTF-8, the
-server URLs of ``serve-eval`` and ``eval preds``, and what an evaluation server tells a
-client of a dataset whose files are wrong (the dataset and the file in it, never the
-server's own path)."""
+server URLs of ``serve-eval``, ``eval preds`` and ``eval-worker``, and what an evaluation
+server tells a client of a dataset whose files are wrong (the dataset and the file in it,
+never the server's own path)."""
 
 from __future__ import annotations
 
@@ -229,6 +229,34 @@ def test_eval_preds_urls_pass_through(
     out = CliRunner().invoke(app, [*args, "--sandbox-url", url, "--eval-url", url])
     assert isinstance(out.exception, _Ran), out.output
     assert (runs[0].sandbox_url, runs[0].eval_url) == (url, url)
+
+
+def _eval_worker(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], list[str | None]]:
+    """``eval-worker`` with its serving loop replaced: the command's arguments, and the
+    ``--sandbox-url`` of each loop it would have started."""
+    served: list[str | None] = []
+
+    async def serve(server: str, evaluators: Any, **kw: Any) -> int:
+        served.append(evaluators.sandbox_url)
+        return 0
+
+    monkeypatch.setattr("agentfleet.evaluation.worker.serve_worker", serve)
+    return ["eval-worker", "--server", "http://127.0.0.1:9528"], served
+
+
+@pytest.mark.parametrize("url", NOT_HTTP)
+def test_eval_worker_sandbox_url_must_be_http(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    args, served = _eval_worker(monkeypatch)
+    assert _refused([*args, "--sandbox-url", url]) == _not_http("--sandbox-url", url)
+    assert served == []
+
+
+@pytest.mark.parametrize("url", GOOD_URLS)
+def test_eval_worker_sandbox_url_passes_through(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    args, served = _eval_worker(monkeypatch)
+    out = CliRunner().invoke(app, [*args, "--sandbox-url", url])
+    assert out.exit_code == 0, out.output
+    assert served == [url]
 
 
 # an evaluation server's datasets whose files are wrong ---------------------------------

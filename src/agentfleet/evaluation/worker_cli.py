@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import typer
 
-from agentfleet._cli import MAX_TEST_LATENCY_S, VerboseOpt, fail, setup_logging
+from agentfleet._cli import MAX_TEST_LATENCY_S, VerboseOpt, check_url, fail, setup_logging
 from agentfleet.evaluation.schema import MAX_LEASE_WAIT_S
 
 log = logging.getLogger("agentfleet.evaluation.worker")
@@ -76,6 +76,7 @@ def eval_worker(
 
     if not is_http_url(server):
         fail(f"--server must be an http(s) URL, not {server!r}")
+    check_url("--sandbox-url", sandbox_url)
     try:
         confine = confine_setting(confine, urlsplit(server).hostname or "")
         pinned = parse_cpus(cpus) if cpus else None
