@@ -316,12 +316,12 @@ def _broken_dataset(root: Path, files: dict[str, bytes]) -> None:
         (ds / name).write_bytes(data)
 
 
-def _request() -> dict[str, Any]:
+def _request(dataset: str = "sub/mine") -> dict[str, Any]:
     return {
         "exit_status": "Submitted",
         "result": "diff --git a/x b/x\n",
         "instance_id": "t1",
-        "dataset_name": "sub/mine",
+        "dataset_name": dataset,
         "split": "test",
     }
 
@@ -363,3 +363,111 @@ def test_the_cli_still_names_the_full_path(tmp_path: Path) -> None:
     _broken_dataset(tmp_path, BROKEN["task-fields-missing"][0])
     line = _refused(["tasks", "list", "-d", str(tmp_path / "sub" / "mine")])
     assert line.startswith(f"error: {tmp_path / 'sub' / 'mine' / 't1' / 'task.yaml'}: prompt: ")
+
+
+# ... and rows datasets (a real benchmark's rows) whose rows file is wrong
+BAD_JSONL = b'{"instance_id": "t1"}\nnot json\n'
+ROWS_BROKEN: dict[str, tuple[str, dict[str, bytes], str]] = {
+    # case: the dataset a request names, the files under the root, what the client is told
+    "jsonl-line": ("gso:rows.jsonl", {"rows.jsonl": BAD_JSONL}, "rows.jsonl: line 2 is not JSON"),
+    "json-no-list": (
+        "swe-perf:sub/rows.json",
+        {"sub/rows.json": b'{"a": 1}'},
+        "sub/rows.json: expected a list of rows",
+    ),
+    "row-a-list": (
+        "swefficiency:rows.jsonl",
+        {"rows.jsonl": b'{"instance_id": "t1"}\n[1]\n'},
+        "rows.jsonl: row 2 is not an object",
+    ),
+    "not-utf8": ("gso:rows.jsonl", {"rows.jsonl": NOT_UTF8}, "rows.jsonl: not UTF-8 text (byte 3)"),
+    "suffix": (
+        "gso:rows.csv",
+        {"rows.csv": b""},
+        "rows.csv: expected a .jsonl, .json or .parquet file or a datasets folder",
+    ),
+    "hf-folder": (
+        "gso:hf",
+        {"hf/x.arrow": b""},
+        "hf: not a datasets folder (no state.json nor dataset_dict.json)",
+    ),
+    "hf-state": ("gso:hf", {"hf/state.json": b"[1]"}, "hf/state.json: expected a JSON object"),
+    # pyarrow's own errors (parquet, a datasets folder's Arrow files) named the file too
+    "arrow-parquet": (
+        "gso:bad.parquet",
+        {"bad.parquet": b"not a parquet file"},
+        "bad.parquet: cannot read: ",
+    ),
+    "arrow-data-missing": (
+        "gso:hf",
+        {"hf/state.json": b'{"_data_files": [{"filename": "d.arrow"}]}'},
+        "hf/d.arrow: cannot read: No such file or directory",
+    ),
+    "folder-with-profile": (
+        "sub/mine",
+        {
+            "sub/mine/dataset.yaml": b"profile: gso\nrows: rows.jsonl\n",
+            "sub/mine/rows.jsonl": BAD_JSONL,
+        },
+        "rows.jsonl: line 2 is not JSON",
+    ),
+}
+
+
+def _files(root: Path, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+
+
+@pytest.mark.parametrize("case", list(ROWS_BROKEN))
+async def test_server_names_a_broken_rows_file_by_its_dataset_not_its_path(
+    pool: HttpPool, tmp_path: Path, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    if case.startswith("arrow-"):
+        pytest.importorskip("pyarrow", reason="parquet and datasets folders need pyarrow")
+    dataset, files, problem = ROWS_BROKEN[case]
+    _files(tmp_path, files)
+    evaluator = Evaluator(NoSandboxes(), dataset_roots=[tmp_path])  # type: ignore[arg-type]
+    expected = f"dataset {dataset!r}: {problem}"
+    caplog.set_level(logging.WARNING, "agentfleet.evaluation")
+    async with serve_in_loop(create_app(evaluator, workers=1)) as srv:
+        for path in ("/evaluate", "/evaluations"):
+            resp = await pool.request("POST", f"{srv.url}{path}", json=_request(dataset))
+            assert resp.status == 404, resp.text()
+            assert resp.json()["error"].startswith(expected), resp.text()
+            assert str(tmp_path) not in resp.text()
+    # the operator's log says where the file is
+    logged = [r.getMessage() for r in caplog.records if "refused a request" in r.getMessage()]
+    full = tmp_path / ("sub/mine" if case == "folder-with-profile" else "") / problem.split(":")[0]
+    assert logged and all(f"refused a request: {full}: " in line for line in logged)
+
+
+async def test_a_job_meeting_a_broken_rows_file_fails_without_the_path(
+    pool: HttpPool, tmp_path: Path
+) -> None:
+    dataset, files, problem = ROWS_BROKEN["jsonl-line"]
+    _files(tmp_path, files)
+    evaluator = Evaluator(NoSandboxes(), dataset_roots=[tmp_path])  # type: ignore[arg-type]
+    async with serve_in_loop(create_app(Unchecked(evaluator), workers=1)) as srv:
+        resp = await pool.request("POST", f"{srv.url}/evaluate", json=_request(dataset))
+        job = resp.json()
+    assert job["info"]["status_code"] == 404
+    assert job["info"]["error"] == (
+        f"DatasetFileError: dataset {dataset!r}: {problem}: Expecting value"
+    )
+    assert str(tmp_path) not in str(job)
+
+
+@pytest.mark.parametrize("case", ["jsonl-line", "folder-with-profile"])
+def test_the_cli_still_names_the_full_path_of_a_rows_file(tmp_path: Path, case: str) -> None:
+    """Loaded here (no dataset roots), the rows file is named by its path."""
+    _files(tmp_path, ROWS_BROKEN[case][1])
+    if case == "jsonl-line":
+        rows = tmp_path / "rows.jsonl"
+        dataset, shown = f"gso:{rows}", f"gso:{rows}"
+    else:
+        rows = tmp_path / "sub" / "mine" / "rows.jsonl"
+        dataset, shown = str(tmp_path / "sub" / "mine"), "mine"  # its name: the folder's
+    line = _refused(["tasks", "list", "-d", dataset])
+    assert line == f"error: dataset {shown!r}: {rows}: line 2 is not JSON: Expecting value"

@@ -108,17 +108,31 @@ class RowsDataset(Dataset):
 
 
 def _rows_dataset(
-    name: str, profile: str, rows_path: Path, description: str = "", task_dir: Path | None = None
+    name: str,
+    profile: str,
+    rows_path: Path,
+    description: str = "",
+    task_dir: Path | None = None,
+    *,
+    client: str | None = None,
+    base: Path | None = None,
 ) -> RowsDataset:
+    """The rows at ``rows_path`` as a dataset. Loaded for a server (``client``: the name its
+    request gave), a bad rows file is named by its place in ``base`` (the root or dataset
+    folder holding it), not by its host path."""
     from agentfleet.tasks.profiles import ProfileError, rows_to_tasks
     from agentfleet.tasks.rows import RowsError, read_rows
 
+    label = client or name[:200]
     try:
         rows = read_rows(rows_path)
         where = task_dir or (rows_path if rows_path.is_dir() else rows_path.parent)
         tasks = rows_to_tasks(profile, rows, name, where)
-    except (RowsError, ProfileError, OSError) as e:
-        raise TaskNotFound(f"dataset {name[:200]!r}: {e}") from None
+    except RowsError as e:
+        shown = e.path if client is None or base is None else _place(e.path, base)
+        raise DatasetFileError(e.path, e.problem, f"dataset {label!r}: {shown}") from None
+    except (ProfileError, OSError) as e:
+        raise TaskNotFound(f"dataset {label!r}: {e}") from None
     return RowsDataset(
         name=name,
         description=description,
@@ -128,8 +142,14 @@ def _rows_dataset(
     )
 
 
-def _find_rows(path: str, roots: tuple[Path, ...] | None) -> Path | None:
-    """The rows file or datasets folder ``path`` (under a root or bundled, with roots)."""
+def _place(path: Path, base: Path) -> str:
+    """``path`` within ``base`` (its name alone should it lie elsewhere)."""
+    return str(path.relative_to(base)) if path.is_relative_to(base) else path.name
+
+
+def _find_rows(path: str, roots: tuple[Path, ...] | None) -> tuple[Path, Path | None] | None:
+    """The rows file or datasets folder ``path`` (under a root or bundled, with roots), and
+    the root or bundled folder holding it (None without roots)."""
     if not path or "\x00" in path:
         return None
     candidates = [Path(path)]
@@ -139,10 +159,13 @@ def _find_rows(path: str, roots: tuple[Path, ...] | None) -> Path | None:
     for candidate in candidates:
         try:
             real = Path(os.path.realpath(candidate))
-            if allowed is not None and not any(real.is_relative_to(r) for r in allowed):
-                continue  # never read what lies outside the roots
+            base = None
+            if allowed is not None:
+                base = next((r for r in allowed if real.is_relative_to(r)), None)
+                if base is None:
+                    continue  # never read what lies outside the roots
             if real.exists():
-                return real
+                return real, base
         except (OSError, ValueError):
             continue
     return None
@@ -234,13 +257,14 @@ def load_dataset(name_or_path: str, roots: Iterable[str | Path] | None = None) -
 def _load_dataset(name_or_path: str, roots: tuple[Path, ...] | None) -> Dataset:
     profile, sep, rows_spec = name_or_path.partition(":")
     if sep and profile in ROW_PROFILES:
-        rows_path = _find_rows(rows_spec, roots)
-        if rows_path is None:
+        found = _find_rows(rows_spec, roots)
+        if found is None:
             where = "" if roots is None else " under this server's dataset roots (--dataset-root)"
             raise TaskNotFound(
                 f"dataset {name_or_path[:200]!r}: no file or folder {rows_spec[:200]!r}{where}"
             )
-        return _rows_dataset(name_or_path, profile, rows_path)
+        client = None if roots is None else name_or_path[:200]
+        return _rows_dataset(name_or_path, profile, found[0], client=client, base=found[1])
     path = _find_dataset(name_or_path, roots)
     if path is None:
         if roots is None:
@@ -260,8 +284,15 @@ def _load_dataset(name_or_path: str, roots: tuple[Path, ...] | None) -> Dataset:
         if not rows.is_relative_to(path) or not rows.exists():
             problem = f"rows {meta.get('rows')!r}: not in its folder"
             raise DatasetFileError(meta_path, problem, shown)
+        description = str(meta.get("description", ""))
         return _rows_dataset(
-            str(meta["name"]), str(meta["profile"]), rows, str(meta.get("description", "")), path
+            str(meta["name"]),
+            str(meta["profile"]),
+            rows,
+            description,
+            path,
+            client=client,
+            base=path,
         )
     try:
         dataset = Dataset.model_validate({**meta, "path": path})
