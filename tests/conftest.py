@@ -198,3 +198,27 @@ def step_clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[float], None]:
         monkeypatch.setattr(pslinux, "boot_time", lambda: real() + seconds)
 
     return step
+
+
+@pytest.fixture
+def fake_agents(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """run_one replaced by an instant one that fails tasks whose id starts with 'd'."""
+    ran: list[str] = []
+
+    async def fake_run_one(
+        task: Any, cfg: Any, sandboxes: Any, eval_url: str, writer: Any, monitor: Any = None
+    ) -> Any:
+        from agentfleet.fleet.runner import TaskOutcome
+
+        ran.append(task.id)
+        await asyncio.sleep(0.1)
+        outcome = TaskOutcome(task.id, "Submitted", reward=1.0, speedup=2.0, info={"status": "ok"})
+        if task.id.startswith("d"):
+            outcome.exit_status, outcome.error = "Error", "RuntimeError: flaky"
+        await writer.write(outcome, {"messages": [], "info": {}})
+        return outcome
+
+    from agentfleet.fleet import runner
+
+    monkeypatch.setattr(runner, "run_one", fake_run_one)
+    return ran

@@ -23,7 +23,6 @@ from typer.testing import CliRunner, Result
 
 from agentfleet.agent import AgentConfig
 from agentfleet.cli import app
-from agentfleet.fleet import runner
 from agentfleet.fleet.dashboard import Dashboard, PlainProgress, choose_mode
 from agentfleet.fleet.html_report import build_report, write_report
 from agentfleet.fleet.results import (
@@ -118,26 +117,6 @@ def fake_config(tmp_path: Path, ids: list[str], **kw: Any) -> FleetConfig:
     )
 
 
-@pytest.fixture
-def fake_agents(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """run_one replaced by an instant one that fails tasks whose id starts with 'd'."""
-    ran: list[str] = []
-
-    async def fake_run_one(
-        task: Any, cfg: Any, sandboxes: Any, eval_url: str, writer: Any, monitor: Any = None
-    ) -> TaskOutcome:
-        ran.append(task.id)
-        await asyncio.sleep(0.1)
-        outcome = TaskOutcome(task.id, "Submitted", reward=1.0, speedup=2.0, info={"status": "ok"})
-        if task.id.startswith("d"):
-            outcome.exit_status, outcome.error = "Error", "RuntimeError: flaky"
-        await writer.write(outcome, {"messages": [], "info": {}})
-        return outcome
-
-    monkeypatch.setattr(runner, "run_one", fake_run_one)
-    return ran
-
-
 async def test_run_fleet_resume(tmp_path: Path, fake_agents: list[str]) -> None:
     ids = ["byte-stats", "rr-scheduler", "dedupe-pairs", "sku-diff"]
     events: list[tuple[str, str]] = []
@@ -202,7 +181,7 @@ def test_run_dir_merges_config_and_writes_atomically(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     files = RunDir(tmp_path / "run")
-    assert not files.is_run() and files.read_summary() == {} and files.wall_s() == 0.0
+    assert not files.is_run() and files.read_summary() == {} and files.wall_s() == (0.0, 0.0)
     with pytest.raises(FileNotFoundError, match="not a run folder"):
         files.read_config()
     files.merge_config({"model": "a", "tasks": ["x"], "invocations": [{"n": 1}]})
@@ -212,7 +191,7 @@ def test_run_dir_merges_config_and_writes_atomically(
     assert [i["n"] for i in saved["invocations"]] == [1, 2]
     assert files.is_run() and files.trajectories.is_dir() and files.trajectory_ids() == []
     files.write_summary({"wall_s": 2.5})
-    assert files.wall_s() == 2.5
+    assert files.wall_s() == (2.5, 2.5)  # invocations of a version that recorded none
 
     def full(*_: Any) -> None:
         raise OSError("disk full")
@@ -220,7 +199,7 @@ def test_run_dir_merges_config_and_writes_atomically(
     monkeypatch.setattr(os, "replace", full)
     with pytest.raises(OSError, match="disk full"):
         files.write_summary({"wall_s": 9.0})
-    assert files.wall_s() == 2.5  # the old file, whole, and no temporary file left over
+    assert files.wall_s() == (2.5, 2.5)  # the old file, whole, no temporary file left over
     assert sorted(p.name for p in files.path.iterdir()) == [
         "config.json",
         "summary.json",
@@ -420,7 +399,10 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     ids = ["dedupe-pairs", "sku-diff"]
     out = asyncio.run(run_fleet(FleetConfig(model=scripted, task_ids=ids, resume=True, **base)))
     assert [o.instance_id for o in out] == ["sku-diff"]
-    (tmp / "run" / "summary.json").write_text(json.dumps({"wall_s": 12.5}))
+    config = json.loads((tmp / "run" / "config.json").read_text())
+    for invocation, wall_s in zip(config["invocations"], (5.0, 7.5), strict=True):
+        invocation["wall_s"] = wall_s  # as run() records them: the report adds them up
+    (tmp / "run" / "config.json").write_text(json.dumps(config))
     write_report(tmp / "run")
     yield tmp / "run"
 
@@ -542,6 +524,13 @@ def test_interrupted_run_resumes_to_every_task_done_once(tmp_path: Path) -> None
         assert i in resumed.stdout
     started = [line for line in resumed.stderr.splitlines() if " start " in line]
     assert len(started) == 3 - len(first)
+    # both invocations' wall times count, the interrupted one's too
+    walls = [
+        i.get("wall_s") for i in json.loads((run_dir / "config.json").read_text())["invocations"]
+    ]
+    assert len(walls) == 2 and all(isinstance(w, float) and w > 0 for w in walls), walls
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["wall_s"] == pytest.approx(sum(walls))
     assert not (tmp_path / "sandboxes").exists() or not list((tmp_path / "sandboxes").iterdir())
 
 

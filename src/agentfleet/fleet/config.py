@@ -4,6 +4,7 @@ the tasks) and the ``config.json`` that records them."""
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ class FleetConfig:
     dataset: str = DEFAULT_DATASET
     split: str = DEFAULT_SPLIT
     task_ids: list[str] | None = None
+    # on resume: the whole run's tasks (its config.json's); a resume's -t adds, never narrows
+    run_task_ids: list[str] | None = None
     workers: int = 8
     agent: AgentConfig = field(default_factory=AgentConfig)
     sandbox_url: str | None = None
@@ -56,6 +59,8 @@ class FleetConfig:
     pull: PullPolicy = "missing"
     # The run's cost budget (agent.run_cost_limit), made by run_budget(); one per process.
     budget: RunBudget | None = field(default=None, repr=False, compare=False)
+    # this invocation's id in config.json's "invocations" (its wall time is recorded there)
+    invocation: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
 
 def eval_config(cfg: FleetConfig) -> EvalConfig:
@@ -148,6 +153,7 @@ def run_config(cfg: FleetConfig, all_ids: list[str], todo: list[str]) -> dict[st
         **saved_image_options(cfg.sandbox_backend, cfg.image_naming, cfg.pull),
         "invocations": [
             {
+                "id": cfg.invocation,
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "model": cfg.model.spec,
                 "resume": cfg.resume,

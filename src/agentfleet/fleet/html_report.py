@@ -113,7 +113,7 @@ def build_report(
     records = [latest[i] for i in order if i in latest]
     pending = [i for i in order if i not in latest]
     outcomes = [outcome_of(r) for r in records]
-    wall = files.wall_s()
+    wall, _ = files.wall_s()
     s = summary(outcomes, wall)
     failed = sum(r.get("state") == FAILED for r in records)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,17 @@ def latest_results(run_dir: Path) -> dict[str, dict[str, Any]]:
         latest.pop(iid, None)  # keep the order of the newest lines
         latest[iid] = rec
     return latest
+
+
+def spent_usd(run_dir: Path) -> float:
+    """What the run's models cost so far: every result line's ``cost`` (a rerun's and a
+    superseded line's too: that money was spent)."""
+    total = 0.0
+    for rec in read_records(RunDir(run_dir).results):
+        cost = rec.get("cost")
+        if isinstance(cost, int | float) and math.isfinite(cost) and cost > 0:
+            total += float(cost)
+    return total
 
 
 def repair_tail(path: Path) -> bool:

@@ -24,12 +24,12 @@ from typing import Any
 
 from agentfleet.agent import AgentConfig
 from agentfleet.fleet.attempts import DEFAULT_TASK_ATTEMPTS
-from agentfleet.fleet.config import FleetConfig, ray_eval_mode
+from agentfleet.fleet.config import FleetConfig, ray_eval_mode, run_budget
 from agentfleet.fleet.image_options import SANDBOX_BACKENDS, image_options
 from agentfleet.fleet.monitor import FleetMonitor
 from agentfleet.fleet.outcome import Listener, TaskOutcome
 from agentfleet.fleet.report import outcome_of, summary
-from agentfleet.fleet.results import latest_results
+from agentfleet.fleet.results import latest_results, spent_usd
 from agentfleet.fleet.rundir import RunDir, run_name
 from agentfleet.fleet.runner import RunPlan, plan_run, run_fleet
 from agentfleet.http import resolve_limits
@@ -207,10 +207,24 @@ def build_config(req: RunRequest) -> tuple[FleetConfig, RayOptions | None]:
         mini=mini,
         **images,
     )
+    if req.resume is not None:
+        _resumed(cfg, saved)
     if ray is not None:
         ray_eval_mode(req.ray_eval, cfg)  # a bad --ray-eval fails here, before Ray starts
         ray.eval_on = req.ray_eval
     return cfg, ray
+
+
+def _resumed(cfg: FleetConfig, saved: dict[str, Any]) -> None:
+    """What a resume carries over: the whole run's tasks (a resume's ``-t`` runs some of
+    them, or adds some; it never narrows the run), and what the run's models spent so far,
+    against ``--run-cost-limit`` (USD for the whole run, every invocation's)."""
+    tasks = saved.get("tasks")
+    if isinstance(tasks, list) and all(isinstance(t, str) for t in tasks):
+        cfg.run_task_ids = list(tasks)
+    budget = run_budget(cfg)
+    if budget is not None:
+        budget.spent = spent_usd(cfg.run_dir)
 
 
 def _mini_config(agent: str, path: Path | None, saved: dict[str, Any]) -> dict[str, Any] | None:
@@ -277,31 +291,47 @@ def run(
     """
     monitor = monitor if monitor is not None else FleetMonitor()
     start = time.monotonic()
-    with graceful_stop():
-        plan = plan if plan is not None else plan_run(cfg)
-        if cfg.resume and not plan.tasks:
-            outcomes: list[TaskOutcome] = []
-        elif ray is None:
-            outcomes = run_async(run_fleet(cfg, listener, monitor=monitor, plan=plan))
-        else:
-            from agentfleet.fleet.ray_backend import run_fleet_ray  # imports ray
-
-            outcomes = run_fleet_ray(
-                cfg,
-                shards=ray.shards,
-                address=ray.address,
-                sandbox_urls=ray.sandbox_urls,
-                eval_on=ray.eval_on,
-                listener=listener,
-                monitor=monitor,
-                plan=plan,
-            )
-    wall_s = time.monotonic() - start
     files = RunDir(cfg.run_dir)
-    if cfg.resume:  # the whole run, not just this part; wall time of every invocation
+    try:
+        with graceful_stop():
+            outcomes, plan = _run_tasks(cfg, ray, plan, listener, monitor)
+    finally:  # stopped too: the run's wall time counts every invocation
+        files.record_wall(cfg.invocation, time.monotonic() - start)
+    wall_s, legacy_s = files.wall_s()
+    if cfg.resume:  # the whole run, not just this part
         latest = latest_results(cfg.run_dir)
         outcomes = [outcome_of(latest[i]) for i in plan.all_ids if i in latest]
-        wall_s += files.wall_s()
-    figures = summary(outcomes, wall_s)
+    figures = summary(outcomes, wall_s or time.monotonic() - start)
+    if legacy_s:
+        figures["legacy_wall_s"] = legacy_s
     files.write_summary(figures)
     return RunResult(outcomes, figures, monitor)
+
+
+def _run_tasks(
+    cfg: FleetConfig,
+    ray: RayOptions | None,
+    plan: RunPlan | None,
+    listener: Listener | None,
+    monitor: FleetMonitor,
+) -> tuple[list[TaskOutcome], RunPlan]:
+    """This invocation's outcomes, locally or on Ray (none for a resume with nothing
+    left), and its plan."""
+    plan = plan if plan is not None else plan_run(cfg)
+    if cfg.resume and not plan.tasks:
+        return [], plan
+    if ray is None:
+        return run_async(run_fleet(cfg, listener, monitor=monitor, plan=plan)), plan
+    from agentfleet.fleet.ray_backend import run_fleet_ray  # imports ray
+
+    outcomes = run_fleet_ray(
+        cfg,
+        shards=ray.shards,
+        address=ray.address,
+        sandbox_urls=ray.sandbox_urls,
+        eval_on=ray.eval_on,
+        listener=listener,
+        monitor=monitor,
+        plan=plan,
+    )
+    return outcomes, plan

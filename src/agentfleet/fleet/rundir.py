@@ -6,7 +6,7 @@ RUN_DIR/
   results.jsonl        one line per finished task, appended (see results.py)
   trajectories/ID.traj.json
   pool_stats.jsonl     connection / queue snapshots, appended
-  summary.json         the run's figures; wall_s sums every invocation
+  summary.json         the run's figures; wall_s sums every invocation's (in config.json)
   preds.json           the patch of each task, SWE-bench's shape (mini-swe-agent's preds.json)
   report.html          written by `agentfleet report`
 ```
@@ -153,12 +153,40 @@ class RunDir:
             return {}
         return data if isinstance(data, dict) else {}
 
-    def wall_s(self) -> float:
-        """Wall time of the invocations that wrote ``summary.json`` so far (0 without one)."""
+    def record_wall(self, invocation: str, wall_s: float) -> None:
+        """Note invocation ``invocation``'s wall time in ``config.json`` (also when it was
+        stopped; nothing if the config does not list it: it stopped before writing one)."""
         try:
-            return float(self.read_summary().get("wall_s", 0.0))
+            config = self.read_config()
+        except (OSError, ValueError):
+            return
+        runs = [i for i in config.get("invocations", []) if isinstance(i, dict)]
+        for inv in runs:
+            if inv.get("id") == invocation:
+                inv["wall_s"] = round(wall_s, 3)
+                _write_json(self.config, config)
+                return
+
+    def wall_s(self) -> tuple[float, float]:
+        """``(whole run, legacy part)``: the wall time every invocation recorded, plus, for
+        a run begun by a version that did not record it per invocation, the wall time of
+        those as its summary had it (the legacy part, kept in ``summary.json``)."""
+        try:
+            runs = [i for i in self.read_config().get("invocations", []) if isinstance(i, dict)]
+        except (OSError, ValueError):
+            runs = []
+        recorded = sum(float(i["wall_s"]) for i in runs if isinstance(i.get("wall_s"), int | float))
+        before = self.read_summary()
+        try:
+            if "legacy_wall_s" in before:
+                legacy = float(before["legacy_wall_s"])
+            elif any("id" not in i for i in runs):
+                legacy = float(before.get("wall_s", 0.0))
+            else:
+                legacy = 0.0
         except (TypeError, ValueError):
-            return 0.0
+            legacy = 0.0
+        return recorded + legacy, legacy
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)

@@ -65,16 +65,18 @@ class RunPlan:
 
 def plan_run(cfg: FleetConfig) -> RunPlan:
     """The config's tasks (model prepared), minus what ``cfg.resume`` finds done in
-    ``cfg.run_dir``. Sync: it reads files (call it off the event loop)."""
+    ``cfg.run_dir``; ``all_ids`` also holds the resumed run's other tasks
+    (``cfg.run_task_ids``). Sync: it reads files (call it off the event loop)."""
     tasks = select_tasks(cfg)
     cfg.model.prepare()
-    all_ids = [t.id for t in tasks]
+    ids = [t.id for t in tasks]
     if not cfg.resume:
-        return RunPlan(tasks, all_ids, 0)
+        return RunPlan(tasks, ids, 0)
     repair_tail(RunDir(cfg.run_dir).results)
-    plan = plan_resume(cfg.run_dir, all_ids, rerun_failed=cfg.rerun_failed)
+    plan = plan_resume(cfg.run_dir, ids, rerun_failed=cfg.rerun_failed)
     todo = set(plan.todo)
-    return RunPlan([t for t in tasks if t.id in todo], all_ids, len(plan.skipped), plan)
+    whole = list(dict.fromkeys([*(cfg.run_task_ids or []), *ids]))  # -t never narrows it
+    return RunPlan([t for t in tasks if t.id in todo], whole, len(plan.skipped), plan)
 
 
 async def delete_killed_runs_sandboxes(cfg: FleetConfig, urls: Iterable[str | None]) -> None:
