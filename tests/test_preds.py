@@ -70,6 +70,14 @@ def test_run_writes_preds_and_eval_preds_gives_the_same_scores(tmp_path: Path) -
     html = (r2 / "report.html").read_text()
     gso = "pass" if gso_passed else "fail"
     assert out.exit_code == 0 and '<ul id="benchmarks">' in html and f"gso: {gso} (" in html
+    # into a folder that holds a run: refused, the run untouched (its lines were appended
+    # to and its config replaced, and the agent's run then could not be resumed)
+    before = (r1 / "results.jsonl").read_text()
+    out = cli("eval", "preds", str(r1 / "preds.json"), "--dataset", str(ds), "--run-dir", str(r1))
+    assert out.exit_code == 2 and f"--run-dir {r1} holds a run already" in out.stderr, out.output
+    assert (r1 / "results.jsonl").read_text() == before
+    out = cli("run", "--resume", str(r2))  # eval preds' run: no agent to resume it with
+    assert out.exit_code == 2 and "`agentfleet eval preds` made it" in out.stderr, out.output
 
 
 def test_eval_preds_bad_input_is_a_clear_error(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from agentfleet._cli import (
     VerboseOpt,
     check_url,
     console,
+    err,
     fail,
     setup_logging,
 )
@@ -83,12 +84,15 @@ def eval_preds(
     from agentfleet.fleet.preds import PredictionsSpec, load_predictions
     from agentfleet.fleet.report import print_results
     from agentfleet.fleet.run import run
-    from agentfleet.fleet.rundir import run_name
+    from agentfleet.fleet.rundir import RunDir, run_name
     from agentfleet.fleet.runner import plan_run
+    from agentfleet.serving import exit_code
     from agentfleet.tasks.oneline import not_utf8
 
     check_url("--sandbox-url", sandbox_url)  # as `run` does: a wrong URL fails every task
     check_url("--eval-url", eval_url)
+    if run_dir is not None and RunDir(run_dir).is_run():  # two runs' results in one file
+        fail(f"--run-dir {run_dir} holds a run already: give another folder")
     setup_logging(verbose)
     try:
         predictions = load_predictions(preds)
@@ -125,7 +129,15 @@ def eval_preds(
         f"evaluating {len(plan.tasks)} predictions on {dataset}/{split} -> {cfg.run_dir}",
         highlight=False,
     )
-    result = run(cfg, plan=plan)
+    try:
+        result = run(cfg, plan=plan)
+    except KeyboardInterrupt as exc:  # SIGINT (exit 130) or SIGTERM (exit 143)
+        err.print(
+            f"interrupted: sandboxes deleted, partial results in {RunDir(cfg.run_dir).results}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(exit_code(exc)) from None
     print_results(result.outcomes, result.summary, console)
     console.print(f"run folder: {cfg.run_dir}", highlight=False)
 

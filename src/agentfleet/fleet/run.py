@@ -158,6 +158,12 @@ def build_config(req: RunRequest) -> tuple[FleetConfig, RayOptions | None]:
             saved = RunDir(req.resume).read_config()
         except (OSError, ValueError) as exc:
             raise ValueError(f"cannot resume: {exc}") from exc
+        if str(saved.get("model", "")).startswith("preds"):
+            raise ValueError(
+                f"cannot resume {req.resume}: `agentfleet eval preds` made it (predictions "
+                "evaluated, no agent); evaluate them again with eval preds into another "
+                "--run-dir"
+            )
         run_dir = req.resume
     elif req.rerun_failed:
         raise ValueError("--rerun-failed needs --resume RUN_DIR")
