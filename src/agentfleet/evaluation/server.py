@@ -19,9 +19,8 @@ Endpoints (JSON; every error is ``{"error": "..."}`` with a fitting status):
 - ``GET /healthz`` (never needs the token), ``GET /metrics`` (Prometheus text),
   ``GET /stats`` and ``POST /stats/reset`` (in-flight / peak / connections seen).
 
-Test mode (``test_latency`` set): every evaluation sleeps that long and scores 1.0 / 1.0;
-without an explicit ``workers`` count all jobs run at once (to measure client
-concurrency); an explicit ``workers`` is respected in test mode too.
+Test mode (``test_latency`` set): every evaluation sleeps that long and scores 1.0 / 1.0,
+all at once without an explicit ``workers`` (to measure client concurrency).
 """
 
 from __future__ import annotations
@@ -247,15 +246,11 @@ def create_app(
 
     @app.exception_handler(SubmitError)
     async def on_submit(request: Request, exc: SubmitError) -> JSONResponse:
-        cause = exc.__cause__
-        if isinstance(cause, DatasetFileError):  # the client is not told the file's path
+        if isinstance(cause := exc.__cause__, DatasetFileError):  # the client gets no path
             logger.warning("refused a request: %s: %s", cause.path, cause.problem)
-        headers = {}
         if isinstance(exc, QueueFull):
-            headers["Retry-After"] = str(exc.retry_after)
-            return JSONResponse(
-                {"error": exc.message, "retry_after": exc.retry_after}, exc.status, headers
-            )
+            body = {"error": exc.message, "retry_after": exc.retry_after}
+            return JSONResponse(body, exc.status, {"Retry-After": str(exc.retry_after)})
         return JSONResponse({"error": exc.message}, exc.status)
 
     @app.exception_handler(Exception)
