@@ -1,0 +1,94 @@
+"""LightAgent on odd inputs from the model: commands no sandbox runs (empty, a NUL, too
+long, too big for the server), against real sandboxes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_agent import make_task, small_service
+from test_tool_calls import ToolScript, call
+
+from agentfleet.agent import AgentConfig, LightAgent
+from agentfleet.models import SUBMIT_SENTINEL, ScriptedModel
+from agentfleet.models.offline import bash_reply
+from agentfleet.sandbox import RemoteDockerEnvironment, SandboxClient
+from agentfleet.sandbox.base import SandboxNotFound
+from agentfleet.sandbox.server import create_app
+from agentfleet.serving import serve_in_loop
+
+SUBMIT = bash_reply("done", f"echo {SUBMIT_SENTINEL}")
+TOO_LONG = "echo " + "x" * 1_000_000  # over ExecRequest's 1,000,000 characters
+
+
+def contents(messages: list[dict[str, str]]) -> str:
+    return "\n".join(str(m.get("content")) for m in messages)
+
+
+async def test_empty_or_nul_block_is_a_format_error_and_a_refusal_an_observation(
+    tmp_path: Path,
+) -> None:
+    model = ScriptedModel(
+        [
+            "THOUGHT: let me look first.\n\n```bash\n\n```",  # an empty block
+            bash_reply("nul", "echo a\0b"),
+            bash_reply("long", TOO_LONG),  # the client refuses it: ValueError
+            bash_reply("write", "echo hi > f.txt"),
+            SUBMIT,
+        ]
+    )
+    async with small_service(tmp_path / "sb") as service:
+        async with await RemoteDockerEnvironment.acreate(sandboxes=service) as env:
+            agent = LightAgent(model, env, make_task(tmp_path), AgentConfig())
+            result = await agent.run()
+            wrote = await env.aexecute("cat f.txt")
+    assert result.exit_status == "Submitted" and result.error == "", result.error
+    assert agent.format_errors == 2 and result.steps == 5
+    assert wrote.output == "hi\n"  # the agent went on after each of them
+    empty, nul, long = (result.messages[i]["content"] for i in (3, 5, 7))
+    assert "not run: the command is empty" in empty
+    assert "NUL" in nul
+    assert "refused" in long and "at most 1000000 characters" in long and "xxxx" not in long
+
+
+async def test_command_the_server_refuses_is_an_observation(tmp_path: Path) -> None:
+    """Over HTTP: a command the sandbox server refuses (413, body over its limit)."""
+    model = ScriptedModel([bash_reply("big", "echo " + "y" * 5000), SUBMIT])
+    app = create_app(small_service(tmp_path / "sb"), max_body_bytes=4096)
+    async with serve_in_loop(app) as server:
+        sandboxes = SandboxClient(server.url)
+        async with await RemoteDockerEnvironment.acreate(sandboxes=sandboxes) as env:
+            result = await LightAgent(model, env, make_task(tmp_path), AgentConfig()).run()
+    assert result.exit_status == "Submitted", result.error
+    assert "refused" in result.messages[3]["content"] and "4096" in result.messages[3]["content"]
+
+
+async def test_a_sandbox_gone_still_ends_the_agent(tmp_path: Path) -> None:
+    """Only a refusal of the command is an observation: not a sandbox that is gone."""
+    model = ScriptedModel([bash_reply("ls", "ls"), SUBMIT])
+    async with small_service(tmp_path / "sb") as service:
+        env = await RemoteDockerEnvironment.acreate(sandboxes=service)
+        await service.delete(env.sandbox_id)
+        with pytest.raises(SandboxNotFound):
+            await LightAgent(model, env, make_task(tmp_path), AgentConfig()).run()
+
+
+async def test_empty_or_nul_tool_call_is_a_format_error(tmp_path: Path) -> None:
+    model = ToolScript(
+        [
+            [call("", "c1")],
+            [call("  ", "c2"), call("echo a\0b", "c3")],
+            [call(TOO_LONG, "c4")],
+            [call(f"echo {SUBMIT_SENTINEL}", "c5")],
+        ]
+    )
+    async with small_service(tmp_path / "sb") as service:
+        async with await RemoteDockerEnvironment.acreate(sandboxes=service) as env:
+            agent = LightAgent(model, env, make_task(tmp_path), AgentConfig())
+            result = await agent.run()
+    assert result.exit_status == "Submitted", result.error
+    assert agent.format_errors == 2
+    answers = {m["tool_call_id"]: m["content"] for m in result.messages if m["role"] == "tool"}
+    assert "Tool call error" in answers["c1"] and "the command is empty" in answers["c1"]
+    assert "tool call 0" in answers["c2"] and "NUL" in answers["c3"]
+    assert "refused" in answers["c4"] and "Tool call error" not in answers["c4"]
