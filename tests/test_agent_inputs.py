@@ -4,14 +4,20 @@ long, too big for the server), against real sandboxes."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
-from test_agent import make_task, small_service
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from test_agent import ShellEnv, make_task, small_service
 from test_tool_calls import ToolScript, call
 
-from agentfleet.agent import AgentConfig, LightAgent
+from agentfleet.agent import AgentConfig, AgentResult, LightAgent
+from agentfleet.http import HttpPool
 from agentfleet.models import SUBMIT_SENTINEL, ScriptedModel
 from agentfleet.models.offline import bash_reply
+from agentfleet.models.openai_chat import OpenAIChatModel
+from agentfleet.models.pricing import PriceTable
 from agentfleet.sandbox import RemoteDockerEnvironment, SandboxClient
 from agentfleet.sandbox.base import SandboxNotFound
 from agentfleet.sandbox.server import create_app
@@ -92,3 +98,85 @@ async def test_empty_or_nul_tool_call_is_a_format_error(tmp_path: Path) -> None:
     assert "Tool call error" in answers["c1"] and "the command is empty" in answers["c1"]
     assert "tool call 0" in answers["c2"] and "NUL" in answers["c3"]
     assert "refused" in answers["c4"] and "Tool call error" not in answers["c4"]
+
+
+# -- tool-call mode: the history sent back must be valid for the API ----------------------
+
+
+def history_problem(messages: list[dict[str, Any]]) -> str:
+    """What OpenAI's API refuses (400) in a conversation's tool calls, as it words it."""
+    pending: set[str] = set()
+    for i, m in enumerate(messages):
+        if m.get("role") != "tool" and pending:
+            return f"messages[{i}]: tool_call_ids {sorted(pending)} have no response messages"
+        if m.get("role") == "tool":
+            if m.get("tool_call_id") not in pending:
+                return f"messages[{i}]: tool message not responding to a preceding tool call"
+            pending.discard(m["tool_call_id"])
+        elif m.get("role") == "assistant" and "tool_calls" in m:
+            calls = m["tool_calls"]
+            if not isinstance(calls, list) or not calls:
+                return f"Invalid 'messages[{i}].tool_calls': empty array (empty_array)"
+            for j, c in enumerate(calls):
+                if not isinstance(c, dict) or not isinstance(c.get("id"), str):
+                    return f"Invalid type for 'messages[{i}].tool_calls[{j}]': expected an object"
+                pending.add(c["id"])
+    return ""
+
+
+def strict_chat_app(replies: list[dict[str, Any]], seen: list[dict[str, Any]]) -> FastAPI:
+    """A chat completions server that checks the history as OpenAI does, then answers
+    ``replies`` in turn (the last one again after them)."""
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: dict[str, Any]) -> JSONResponse:
+        seen.append(body)
+        problem = history_problem(body["messages"])
+        if problem:
+            error = {"message": problem, "type": "invalid_request_error"}
+            return JSONResponse({"error": error}, status_code=400)
+        message = {"role": "assistant", **replies[min(len(seen), len(replies)) - 1]}
+        usage = {"prompt_tokens": 1, "completion_tokens": 1}
+        return JSONResponse({"choices": [{"message": message}], "usage": usage})
+
+    return app
+
+
+async def run_tool_agent(tmp_path: Path, replies: list[dict[str, Any]]) -> AgentResult:
+    seen: list[dict[str, Any]] = []
+    async with serve_in_loop(strict_chat_app(replies, seen)) as server, HttpPool() as pool:
+        model = OpenAIChatModel(
+            "m", f"{server.url}/v1", pool=pool, action_format="tool_call", prices=PriceTable({})
+        )
+        result = await LightAgent(
+            model, ShellEnv(tmp_path), make_task(tmp_path), AgentConfig(step_limit=5)
+        ).run()
+    assert result.exit_status == "Submitted", result.error
+    assert len(seen) == result.steps  # every request was accepted
+    return result
+
+
+SUBMIT_CALL = {"content": "", "tool_calls": [call(f"echo {SUBMIT_SENTINEL}", "s1")]}
+
+
+async def test_reply_without_tool_calls_keeps_the_history_valid(tmp_path: Path) -> None:
+    replies = [{"content": "Let me think about the slow spot first."}, SUBMIT_CALL]
+    result = await run_tool_agent(tmp_path, replies)
+    assert "tool_calls" not in result.messages[2]
+    assert "No tool calls" in result.messages[3]["content"]
+
+
+async def test_tool_call_entry_that_is_not_an_object_is_a_format_error(tmp_path: Path) -> None:
+    no_id = {"type": "function", "function": {"name": "python", "arguments": "{}"}}
+    replies = [
+        {"content": "", "tool_calls": ["bash: ls"]},
+        {"content": "", "tool_calls": [no_id, 7]},
+        SUBMIT_CALL,
+    ]
+    result = await run_tool_agent(tmp_path, replies)
+    assert "tool_calls" not in result.messages[2]
+    assert "tool call 0: no 'function'" in result.messages[3]["content"]
+    assert [c["id"] for c in result.messages[4]["tool_calls"]] == ["call_0"]
+    answer = result.messages[5]
+    assert answer["tool_call_id"] == "call_0" and "tool call 1: no 'function'" in answer["content"]

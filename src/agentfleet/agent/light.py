@@ -138,6 +138,16 @@ def clip_middle(text: str, limit: int) -> str:
     return f"{text[:half]}\n... [{omitted} characters elided] ...\n{text[-half:]}"
 
 
+def _answerable(calls: list[Any]) -> list[dict[str, Any]]:
+    """The calls the history keeps: objects only (an API refuses others), each with the id
+    its ``tool`` answer names (``parse_tool_calls``'s)."""
+    return [
+        {**call, "id": str(call.get("id") or f"call_{i}")}
+        for i, call in enumerate(calls)
+        if isinstance(call, dict)
+    ]
+
+
 def _refusal(exc: Exception) -> str:
     if isinstance(exc, ValidationError):  # the request the client would have sent
         why = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
@@ -221,15 +231,19 @@ class LightAgent:
         """Every ``bash`` call of the reply, in order, each answered by a ``tool`` message;
         a malformed reply gets the format error (on each of its calls); True once submitted."""
         calls = reply.tool_calls or []
-        self.messages.append({"role": "assistant", "content": reply.content, "tool_calls": calls})
+        kept = _answerable(calls)
+        message: Message = {"role": "assistant", "content": reply.content}
+        if kept:  # the API refuses an empty list (400 empty_array)
+            message["tool_calls"] = kept
+        self.messages.append(message)
         try:
             actions = parse_tool_calls(calls)
         except ToolCallError as exc:
             self.format_errors += 1
             error = self._render("tool_format_error_template", error=str(exc))
-            for i, call in enumerate(calls):  # the API wants every call answered
-                self._add_tool(str(call.get("id") or f"call_{i}"), error)
-            if not calls:
+            for call in kept:  # the API wants every call answered
+                self._add_tool(call["id"], error)
+            if not kept:
                 self._add("user", error)
             return False
         for action in actions:
