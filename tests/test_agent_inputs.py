@@ -13,6 +13,7 @@ from test_agent import ShellEnv, make_task, small_service
 from test_tool_calls import ToolScript, call
 
 from agentfleet.agent import AgentConfig, AgentResult, LightAgent
+from agentfleet.agent.light import clip_middle
 from agentfleet.http import HttpPool
 from agentfleet.models import SUBMIT_SENTINEL, ScriptedModel
 from agentfleet.models.offline import bash_reply
@@ -180,3 +181,28 @@ async def test_tool_call_entry_that_is_not_an_object_is_a_format_error(tmp_path:
     assert [c["id"] for c in result.messages[4]["tool_calls"]] == ["call_0"]
     answer = result.messages[5]
     assert answer["tool_call_id"] == "call_0" and "tool call 1: no 'function'" in answer["content"]
+
+
+# -- observation_max_chars holds for every value the config accepts -------------------------
+
+
+@pytest.mark.parametrize("limit", [0, 1, 2, 3, 40, 41, 10_000])
+def test_clip_middle_stays_within_the_limit(limit: int) -> None:
+    text = "a" * 50_000 + "b" * 50_000
+    clipped = clip_middle(text, limit)
+    assert len(clipped) <= limit
+    if limit >= 100:  # room for the note: the head, the note, the tail
+        assert clipped.startswith("aaa") and clipped.endswith("bbb") and "elided" in clipped
+    assert clip_middle(text[:limit], limit) == text[:limit]  # short enough: kept whole
+
+
+@pytest.mark.parametrize("limit", [0, 1, 200])
+async def test_observation_max_chars_holds_in_the_agent(tmp_path: Path, limit: int) -> None:
+    model = ScriptedModel([bash_reply("big", "seq 100000"), SUBMIT])
+    cfg = AgentConfig.from_yaml(None, observation_max_chars=limit)
+    result = await LightAgent(model, ShellEnv(tmp_path), make_task(tmp_path), cfg).run()
+    observation = result.messages[3]["content"]
+    output = observation.split("<output>\n", 1)[1].rsplit("\n</output>", 1)[0]
+    assert len(output) <= limit
+    if limit == 200:
+        assert output.startswith("1\n2\n") and output.endswith("\n100000\n"), output

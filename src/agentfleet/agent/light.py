@@ -130,12 +130,20 @@ def parse_action(reply: str) -> list[str]:
     return [block.strip() for block in _BASH_BLOCK.findall(reply)]
 
 
+_ELIDED = "\n... [{} characters elided] ...\n"
+
+
 def clip_middle(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` characters: its head and tail around a note of what
+    was cut out (the note counted in), or only its head when the note would not fit."""
+    limit = max(limit, 0)
     if len(text) <= limit:
         return text
-    half = limit // 2
-    omitted = len(text) - 2 * half
-    return f"{text[:half]}\n... [{omitted} characters elided] ...\n{text[-half:]}"
+    room = limit - len(_ELIDED.format(len(text)))  # the note at its widest
+    if room < 2:
+        return text[:limit]
+    head, tail = room - room // 2, room // 2
+    return text[:head] + _ELIDED.format(len(text) - room) + text[len(text) - tail :]
 
 
 def _answerable(calls: list[Any]) -> list[dict[str, Any]]:
