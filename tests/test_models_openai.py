@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
+from fastapi.responses import Response
 
 from agentfleet.http import HttpPool, PoolLimits, RetryPolicy
 from agentfleet.http.retry import backoff_delay, retry_after_from_headers
@@ -354,3 +358,65 @@ async def test_relative_base_url_is_request_error() -> None:
     with pytest.raises(ModelError) as info:
         await model.query(conversation())
     assert info.value.exit_status == "ModelRequestError"
+
+
+# -- odd but valid JSON in a reply --------------------------------------------------------
+PRICED = PriceTable({"mock-oracle": (1.0, 2.0)})  # USD per million tokens
+
+
+def fixed_reply_app(body: dict[str, Any]) -> FastAPI:
+    """Answers every chat call with ``body`` (serialised as Python's json does: NaN too)."""
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat() -> Response:
+        return Response(json.dumps(body), media_type="application/json")
+
+    return app
+
+
+def chat_reply(content: Any = "hi", **extra: Any) -> dict[str, Any]:
+    return {"choices": [{"message": {"role": "assistant", "content": content}}], **extra}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        chat_reply(usage="n/a"),
+        chat_reply(usage={"prompt_tokens": "n/a"}),
+        chat_reply(usage={"completion_tokens": math.nan}),
+        chat_reply(usage={"prompt_tokens": -5}),
+        chat_reply(content=42),
+        {"choices": []},
+    ],
+)
+async def test_malformed_reply_is_a_model_error_and_counted_as_billed(body: dict[str, Any]) -> None:
+    budget = RunBudget(None)
+    async with serve_in_loop(fixed_reply_app(body)) as server:
+        model = model_for(server.url, prices=PRICED, budget=budget)
+        with pytest.raises(ModelError) as info:
+            await model.query(conversation())
+    assert info.value.exit_status == "ModelRequestError"
+    assert model.stats.calls == 0 and model.stats.possibly_billed == 1  # it came, unread
+    assert model.stats.possibly_billed_cost > 0 and budget.spent == model.stats.cost_bound
+
+
+async def test_harmless_oddities_are_ignored() -> None:
+    parts = [{"type": "text", "text": None}, {"type": "image_url"}, "x", {"text": "ok"}]
+    async with serve_in_loop(fixed_reply_app(chat_reply(parts))) as server:
+        reply = await model_for(server.url).query(conversation())
+    assert reply.content == "ok"
+
+
+@pytest.mark.parametrize("cost", [math.nan, math.inf, -1.0, "0.5", True])
+async def test_unusable_cost_is_priced_from_tokens_and_limits_still_hold(cost: Any) -> None:
+    usage = {"prompt_tokens": 1000, "completion_tokens": 500, "cost": cost}
+    budget = RunBudget(0.003)
+    async with serve_in_loop(fixed_reply_app(chat_reply(usage=usage))) as server:
+        model = model_for(server.url, prices=PRICED, cost_limit=0.0015, budget=budget)
+        reply = await model.query(conversation())
+        with pytest.raises(ModelError) as info:  # 0.002 spent: over the model's limit
+            await model.query(conversation())
+    assert reply.cost == pytest.approx((1000 * 1.0 + 500 * 2.0) / 1e6)
+    assert info.value.exit_status == "CostLimitExceeded"
+    assert budget.spent == pytest.approx(0.002) and not budget.exceeded
