@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 # requests per query; between them Retry-After (up to MAX_RETRY_AFTER_S) or exponential
 # backoff with jitter in [wait_min, wait_max]; no wait that would end past ``budget_s``
 # after the query started. A read timeout is not retried unless the provider honours an
-# idempotency key (``idempotency_header``); attempts lost after the request left are
-# counted as possibly billed (models.billing).
+# idempotency key (``idempotency_header``); attempts lost after the request left, or
+# cancelled in flight, are counted as possibly billed (models.billing).
 DEFAULT_LLM_RETRY = RetryPolicy(attempts=5, wait_min=1.0, wait_max=30.0, budget_s=900.0)
 MAX_RETRY_AFTER_S = 120.0  # a server asking to wait longer than this is treated as down
 
@@ -181,7 +181,7 @@ class OpenAIChatModel:
             except ModelError:  # a reply came (and was likely billed) but cannot be read
                 lost.count += 1
                 raise
-        except ModelError:
+        except (ModelError, asyncio.CancelledError):  # cancelled: the time limit, Ctrl-C
             self._charge_lost(lost, body)  # what the lost attempts may have cost
             raise
         reply.possibly_billed = lost.count
@@ -268,6 +268,9 @@ class OpenAIChatModel:
             )
         except HttpStatusError as exc:
             response = exc.response
+        except asyncio.CancelledError:  # the request may have left: counted, not swallowed
+            lost.count += 1
+            raise
         except (HttpError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise self._lost(exc, lost) from exc
         except ValueError as exc:  # e.g. a base URL that is not absolute
