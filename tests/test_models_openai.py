@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
+from fastapi.responses import Response
+from test_agent import ShellEnv, make_task
 
+from agentfleet.agent import AgentConfig, LightAgent
 from agentfleet.http import HttpPool, PoolLimits, RetryPolicy
 from agentfleet.http.retry import backoff_delay, retry_after_from_headers
 from agentfleet.models import Model, ModelError
@@ -354,3 +360,123 @@ async def test_relative_base_url_is_request_error() -> None:
     with pytest.raises(ModelError) as info:
         await model.query(conversation())
     assert info.value.exit_status == "ModelRequestError"
+
+
+# -- odd but valid JSON in a reply --------------------------------------------------------
+PRICED = PriceTable({"mock-oracle": (1.0, 2.0)})  # USD per million tokens
+
+
+def fixed_reply_app(body: dict[str, Any]) -> FastAPI:
+    """Answers every chat call with ``body`` (serialised as Python's json does: NaN too)."""
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat() -> Response:
+        return Response(json.dumps(body), media_type="application/json")
+
+    return app
+
+
+def chat_reply(content: Any = "hi", **extra: Any) -> dict[str, Any]:
+    return {"choices": [{"message": {"role": "assistant", "content": content}}], **extra}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        chat_reply(usage="n/a"),
+        chat_reply(usage={"prompt_tokens": "n/a"}),
+        chat_reply(usage={"completion_tokens": math.nan}),
+        chat_reply(usage={"prompt_tokens": -5}),
+        chat_reply(content=42),
+        {"choices": []},
+    ],
+)
+async def test_malformed_reply_is_a_model_error_and_counted_as_billed(body: dict[str, Any]) -> None:
+    budget = RunBudget(None)
+    async with serve_in_loop(fixed_reply_app(body)) as server:
+        model = model_for(server.url, prices=PRICED, budget=budget)
+        with pytest.raises(ModelError) as info:
+            await model.query(conversation())
+    assert info.value.exit_status == "ModelRequestError"
+    assert model.stats.calls == 0 and model.stats.possibly_billed == 1  # it came, unread
+    assert model.stats.possibly_billed_cost > 0 and budget.spent == model.stats.cost_bound
+
+
+async def test_harmless_oddities_are_ignored() -> None:
+    parts = [{"type": "text", "text": None}, {"type": "image_url"}, "x", {"text": "ok"}]
+    async with serve_in_loop(fixed_reply_app(chat_reply(parts))) as server:
+        reply = await model_for(server.url).query(conversation())
+    assert reply.content == "ok"
+
+
+@pytest.mark.parametrize("cost", [math.nan, math.inf, -1.0, "0.5", True])
+async def test_unusable_cost_is_priced_from_tokens_and_limits_still_hold(cost: Any) -> None:
+    usage = {"prompt_tokens": 1000, "completion_tokens": 500, "cost": cost}
+    budget = RunBudget(0.003)
+    async with serve_in_loop(fixed_reply_app(chat_reply(usage=usage))) as server:
+        model = model_for(server.url, prices=PRICED, cost_limit=0.0015, budget=budget)
+        reply = await model.query(conversation())
+        with pytest.raises(ModelError) as info:  # 0.002 spent: over the model's limit
+            await model.query(conversation())
+    assert reply.cost == pytest.approx((1000 * 1.0 + 500 * 2.0) / 1e6)
+    assert info.value.exit_status == "CostLimitExceeded"
+    assert budget.spent == pytest.approx(0.002) and not budget.exceeded
+
+
+# -- a query cancelled in flight (the agent's time limit, Ctrl-C) ---------------------------
+
+
+async def generated(url: str, at_least: int) -> int:
+    """The mock's completions, once it made ``at_least`` (a stalled one ends late)."""
+    for _ in range(100):
+        made = int((await mock_stats(url))["completions"])
+        if made >= at_least:
+            break
+        await asyncio.sleep(0.05)
+    return made
+
+
+async def test_query_cancelled_in_flight_is_counted_as_billed_and_stays_cancelled() -> None:
+    app = create_mock_llm_app(dataset=None, stall_calls=2, stall_s=1.0)
+    async with serve_in_loop(app) as server:
+        budget = RunBudget(None)
+        model = model_for(server.url, prices=PRICED, budget=budget, sampling={"max_tokens": 100})
+        with pytest.raises(TimeoutError):  # a time limit around the call
+            async with asyncio.timeout(0.3):
+                await model.query(conversation())
+        query = asyncio.create_task(model.query(conversation()))
+        await asyncio.sleep(0.3)
+        query.cancel()  # Ctrl-C
+        with pytest.raises(asyncio.CancelledError):
+            await query
+        made = await generated(server.url, 2)
+    assert made == 2  # the provider generated both: it may bill them
+    assert model.stats.calls == 0 and model.stats.possibly_billed == 2
+    assert model.stats.possibly_billed_cost > 0 and budget.spent == model.stats.cost_bound
+    assert budget.calls == 2
+
+
+async def test_query_cancelled_between_attempts_charges_the_lost_ones() -> None:
+    app = create_mock_llm_app(dataset=None, error_rate=1.0, error_kinds=["drop"])
+    async with serve_in_loop(app) as server:
+        budget = RunBudget(None)
+        slow_retry = RetryPolicy(attempts=3, wait_min=5.0, wait_max=5.0, budget_s=60)
+        model = model_for(server.url, prices=PRICED, budget=budget, retry=slow_retry)
+        with pytest.raises(TimeoutError):  # in the wait before the second attempt
+            async with asyncio.timeout(1.0):
+                await model.query(conversation())
+    assert model.retries == 1 and model.stats.possibly_billed == 1  # the dropped answer
+    assert model.stats.possibly_billed_cost > 0 and budget.spent == model.stats.cost_bound
+
+
+async def test_agent_time_limit_during_a_call_counts_it(tmp_path: Path) -> None:
+    app = create_mock_llm_app(dataset=None, stall_calls=1, stall_s=1.0, cost_per_call=1.0)
+    async with serve_in_loop(app) as server:
+        model = model_for(server.url, prices=PRICED)
+        agent = LightAgent(
+            model, ShellEnv(tmp_path), make_task(tmp_path), AgentConfig(time_limit_s=0.3)
+        )
+        result = await agent.run()
+    assert result.exit_status == "TimeLimitExceeded"
+    assert model.stats.possibly_billed == 1 and model.stats.cost_bound > 0

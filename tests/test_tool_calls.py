@@ -53,6 +53,8 @@ def test_parse_tool_calls_names_each_problem() -> None:
         ([call("", "a", raw='{"command": "ls"')], "parsing tool call arguments"),
         ([call("ls", "a", name="python")], "Unknown tool 'python'"),
         ([call("", "a", raw='{"cmd": "ls"}')], "Missing 'command'"),
+        ([call(" ", "a")], "Bad 'command' argument in bash tool call: the command is empty"),
+        ([call("a\0b", "a")], "contains a NUL character"),
     ]:
         with pytest.raises(ToolCallError, match=problem):
             parse_tool_calls(calls)

@@ -1,7 +1,8 @@
 """LightAgent: the bash-only agent loop. Text mode: one bash block per reply, its output back
 as a user message. Tool-call mode: the model calls the ``bash`` tool (one or more calls per
 reply, run in order), each answered by a ``tool`` message. A reply that breaks the format
-gets a format error back and the run goes on (as in mini-swe-agent)."""
+(an empty command too) gets a format error back and the run goes on (as in mini-swe-agent);
+a command the sandbox refuses (too long...) gets the refusal as its observation."""
 
 from __future__ import annotations
 
@@ -15,19 +16,30 @@ from typing import Any, Protocol
 
 import yaml
 from jinja2 import Environment, StrictUndefined, Template
+from pydantic import ValidationError
 
 from agentfleet.models.base import LimitReached, Message, Model, ModelError, ModelReply
 from agentfleet.models.offline import SUBMIT_SENTINEL
-from agentfleet.models.tool_calls import ToolCallError, check_action_format, parse_tool_calls
-from agentfleet.sandbox.base import DEFAULT_EXEC_TIMEOUT, ExecResult
+from agentfleet.models.tool_calls import (
+    ToolCallError,
+    check_action_format,
+    command_problem,
+    parse_tool_calls,
+)
+from agentfleet.sandbox.base import DEFAULT_EXEC_TIMEOUT, ExecResult, SandboxError
 from agentfleet.tasks import Task
 from agentfleet.tasks.yamlfile import read_yaml
 
 _BASH_BLOCK = re.compile(r"```bash\s*\n(.*?)\n```", re.DOTALL)
 _jinja = Environment(undefined=StrictUndefined, keep_trailing_newline=True)
-DEFAULT_TEMPLATES: dict[str, str] = yaml.safe_load(
-    Path(__file__).with_name("templates.yaml").read_text()
-)
+DEFAULT_TEMPLATES: dict[str, str] = {
+    # a command not run (text mode's empty block, one the sandbox refused); variable: error
+    "command_error_template": "Your command was not run: {{ error }}\n",
+    **yaml.safe_load(Path(__file__).with_name("templates.yaml").read_text()),
+}
+# A sandbox's answer to a request it refuses for its content (not for the sandbox's state):
+# that one command is not run, the agent goes on.
+REFUSED_COMMAND_STATUSES = frozenset({400, 413, 422})
 
 
 @cache
@@ -118,12 +130,38 @@ def parse_action(reply: str) -> list[str]:
     return [block.strip() for block in _BASH_BLOCK.findall(reply)]
 
 
+_ELIDED = "\n... [{} characters elided] ...\n"
+
+
 def clip_middle(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` characters: its head and tail around a note of what
+    was cut out (the note counted in), or only its head when the note would not fit."""
+    limit = max(limit, 0)
     if len(text) <= limit:
         return text
-    half = limit // 2
-    omitted = len(text) - 2 * half
-    return f"{text[:half]}\n... [{omitted} characters elided] ...\n{text[-half:]}"
+    room = limit - len(_ELIDED.format(len(text)))  # the note at its widest
+    if room < 2:
+        return text[:limit]
+    head, tail = room - room // 2, room // 2
+    return text[:head] + _ELIDED.format(len(text) - room) + text[len(text) - tail :]
+
+
+def _answerable(calls: list[Any]) -> list[dict[str, Any]]:
+    """The calls the history keeps: objects only (an API refuses others), each with the id
+    its ``tool`` answer names (``parse_tool_calls``'s)."""
+    return [
+        {**call, "id": str(call.get("id") or f"call_{i}")}
+        for i, call in enumerate(calls)
+        if isinstance(call, dict)
+    ]
+
+
+def _refusal(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):  # the request the client would have sent
+        why = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    else:
+        why = str(exc)
+    return f"the sandbox refused it ({why})"
 
 
 class LightAgent:
@@ -141,7 +179,8 @@ class LightAgent:
         self.tool_calls = getattr(model, "action_format", "text") == "tool_call"
 
     def _render(self, name: str, **kw: Any) -> str:
-        return _compile(self.config.templates[name]).render(**kw)
+        source = self.config.templates.get(name, DEFAULT_TEMPLATES[name])
+        return _compile(source).render(**kw)
 
     def _add(self, role: str, content: str) -> None:
         self.messages.append({"role": role, "content": content})
@@ -185,6 +224,11 @@ class LightAgent:
             self.format_errors += 1
             self._add("user", self._render("format_error_template", n_blocks=len(actions)))
             return False
+        problem = command_problem(actions[0])
+        if problem:
+            self.format_errors += 1
+            self._add("user", self._render("command_error_template", error=problem))
+            return False
         observation = await self._run(actions[0])
         if observation is None:
             return True
@@ -195,15 +239,19 @@ class LightAgent:
         """Every ``bash`` call of the reply, in order, each answered by a ``tool`` message;
         a malformed reply gets the format error (on each of its calls); True once submitted."""
         calls = reply.tool_calls or []
-        self.messages.append({"role": "assistant", "content": reply.content, "tool_calls": calls})
+        kept = _answerable(calls)
+        message: Message = {"role": "assistant", "content": reply.content}
+        if kept:  # the API refuses an empty list (400 empty_array)
+            message["tool_calls"] = kept
+        self.messages.append(message)
         try:
             actions = parse_tool_calls(calls)
         except ToolCallError as exc:
             self.format_errors += 1
             error = self._render("tool_format_error_template", error=str(exc))
-            for i, call in enumerate(calls):  # the API wants every call answered
-                self._add_tool(str(call.get("id") or f"call_{i}"), error)
-            if not calls:
+            for call in kept:  # the API wants every call answered
+                self._add_tool(call["id"], error)
+            if not kept:
                 self._add("user", error)
             return False
         for action in actions:
@@ -217,8 +265,14 @@ class LightAgent:
         self.messages.append({"role": "tool", "tool_call_id": tool_call_id, "content": content})
 
     async def _run(self, command: str) -> str | None:
-        """Run ``command``; its rendered observation, or None when it is the submission."""
-        result = await self.env.aexecute(command, timeout=self.config.command_timeout_s)
+        """Run ``command``; its rendered observation, or None when it is the submission. A
+        refusal of this one command (by the client's checks or the server) is the observation."""
+        try:
+            result = await self.env.aexecute(command, timeout=self.config.command_timeout_s)
+        except (ValueError, SandboxError) as exc:
+            if isinstance(exc, SandboxError) and exc.status not in REFUSED_COMMAND_STATUSES:
+                raise  # the sandbox is gone, busy, unreachable...: not this command's fault
+            return self._render("command_error_template", error=_refusal(exc))
         if result.output.lstrip().splitlines()[:1] == [SUBMIT_SENTINEL]:
             return None
         return self._render(

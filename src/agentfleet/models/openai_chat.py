@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import random
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 import aiohttp
 
@@ -36,8 +37,8 @@ log = logging.getLogger(__name__)
 # requests per query; between them Retry-After (up to MAX_RETRY_AFTER_S) or exponential
 # backoff with jitter in [wait_min, wait_max]; no wait that would end past ``budget_s``
 # after the query started. A read timeout is not retried unless the provider honours an
-# idempotency key (``idempotency_header``); attempts lost after the request left are
-# counted as possibly billed (models.billing).
+# idempotency key (``idempotency_header``); attempts lost after the request left, or
+# cancelled in flight, are counted as possibly billed (models.billing).
 DEFAULT_LLM_RETRY = RetryPolicy(attempts=5, wait_min=1.0, wait_max=30.0, budget_s=900.0)
 MAX_RETRY_AFTER_S = 120.0  # a server asking to wait longer than this is treated as down
 
@@ -174,8 +175,13 @@ class OpenAIChatModel:
         body = self.request_body(messages)
         lost = LostAttempts()
         try:
-            reply = self._parse(await self._post_with_retries(body, lost))
-        except ModelError:
+            data = await self._post_with_retries(body, lost)
+            try:
+                reply = self._parse(data)
+            except ModelError:  # a reply came (and was likely billed) but cannot be read
+                lost.count += 1
+                raise
+        except (ModelError, asyncio.CancelledError):  # cancelled: the time limit, Ctrl-C
             self._charge_lost(lost, body)  # what the lost attempts may have cost
             raise
         reply.possibly_billed = lost.count
@@ -262,6 +268,9 @@ class OpenAIChatModel:
             )
         except HttpStatusError as exc:
             response = exc.response
+        except asyncio.CancelledError:  # the request may have left: counted, not swallowed
+            lost.count += 1
+            raise
         except (HttpError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise self._lost(exc, lost) from exc
         except ValueError as exc:  # e.g. a base URL that is not absolute
@@ -338,29 +347,57 @@ class OpenAIChatModel:
 
     # response ------------------------------------------------------------------------
     def _parse(self, data: dict[str, Any]) -> ModelReply:
+        """The reply of a chat completion; ModelError when a part it needs is malformed
+        (parts it can do without are ignored: text-less content parts, a cost that is not
+        a finite non-negative number, which is then priced from the tokens)."""
         try:
             message = data["choices"][0]["message"]
         except (KeyError, IndexError, TypeError) as exc:
-            raise ModelError(
-                f"model {self.name!r}: reply without choices[0].message: {str(data)[:300]}",
-                "ModelRequestError",
-            ) from exc
+            raise self._bad_reply("without choices[0].message", data) from exc
         content = message.get("content") if isinstance(message, dict) else None
         if content is None:
             content = ""
-        elif not isinstance(content, str):  # a list of content parts
-            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
-        usage = data.get("usage") or {}
-        prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        completion_tokens = int(usage.get("completion_tokens") or 0)
+        elif isinstance(content, list):  # content parts: their texts
+            texts = (part.get("text") for part in content if isinstance(part, dict))
+            content = "".join(text for text in texts if isinstance(text, str))
+        elif not isinstance(content, str):
+            raise self._bad_reply("whose content is neither text nor parts", content)
+        usage = data.get("usage")
+        if usage is None:
+            usage = {}
+        elif not isinstance(usage, dict):
+            raise self._bad_reply("whose usage is not an object", usage)
+        prompt_tokens = self._tokens(usage, "prompt_tokens")
+        completion_tokens = self._tokens(usage, "completion_tokens")
         reported = usage.get("cost")
-        if isinstance(reported, int | float) and not isinstance(reported, bool):
+        if _is_number(reported) and math.isfinite(reported) and reported >= 0:
             cost = float(reported)
-        else:
+        else:  # none, or one that would count as NaN or a refund: priced from the tokens
             cost = self.prices.cost(self.model, prompt_tokens, completion_tokens)
         calls = message.get("tool_calls") if isinstance(message, dict) else None
         tool_calls = list(calls) if isinstance(calls, list) else None
         return ModelReply(content, prompt_tokens, completion_tokens, cost, tool_calls=tool_calls)
+
+    def _tokens(self, usage: dict[str, Any], key: str) -> int:
+        value = usage.get(key)
+        if value is None:
+            return 0
+        try:
+            count = int(value) if _is_number(value) or isinstance(value, str) else -1
+        except (ValueError, OverflowError):  # "n/a", NaN, infinity
+            count = -1
+        if count < 0:
+            raise self._bad_reply(f"whose usage.{key} is not a count", value)
+        return count
+
+    def _bad_reply(self, what: str, part: Any) -> ModelError:
+        return ModelError(
+            f"model {self.name!r}: reply {what}: {str(part)[:300]}", "ModelRequestError"
+        )
+
+
+def _is_number(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 class OpenRouterModel(OpenAIChatModel):

@@ -42,6 +42,16 @@ def check_action_format(value: str) -> ActionFormat:
     return value  # type: ignore[return-value]
 
 
+def command_problem(command: str) -> str:
+    """Why ``command`` cannot run ("" when it can): empty, or holding a NUL (which no
+    sandbox accepts)."""
+    if not command.strip():
+        return "the command is empty"
+    if "\0" in command:
+        return "the command contains a NUL character"
+    return ""
+
+
 def parse_tool_calls(tool_calls: list[Any] | None) -> list[ToolCallAction]:
     """The commands of ``tool_calls`` (OpenAI's shape), in order; :class:`ToolCallError`
     naming every problem, with the same checks as mini-swe-agent's."""
@@ -69,6 +79,8 @@ def parse_tool_calls(tool_calls: list[Any] | None) -> list[ToolCallAction]:
             not isinstance(args, dict) or not isinstance(args.get("command"), str)
         ):
             problem += " Missing 'command' argument in bash tool call."
+        elif not problem and (why := command_problem(args["command"])):
+            problem += f" Bad 'command' argument in bash tool call: {why}."
         if problem:
             errors.append(f"tool call {i}: {problem.strip()}")
         else:
