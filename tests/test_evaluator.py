@@ -773,6 +773,10 @@ def test_few_rounds_of_one_sided_noise_are_noise() -> None:
     steady = speedup_stats([1.30, 1.25, 1.35], [1.0, 1.0, 1.0])
     assert not steady["within_noise"] and steady["ci95_t"][0] > 1.15
     assert not speedup_stats([7.0, 9.0, 12.0], [1.0, 1.0, 1.0])["within_noise"]
+    # far from 1.0 the rounds' spread is the size of the gain, not doubt about it: a 4x
+    # read as 3.3x and 5.8x in two rounds (the t-interval, df 1, holds 1.0) is a gain
+    two = speedup_stats([3.3, 5.8], [1.0, 1.0])
+    assert two["ci95_t"][0] < 1.0 and not two["within_noise"]
     eight = paired_t_ratio_ci([1.03, 1.10, 1.06, 1.05, 1.08, 1.04, 1.07, 1.06], [1.0] * 8)
     assert eight is not None and 1.0 < eight[0] < 1.06 < eight[1] < 1.09
     assert paired_t_ratio_ci([1.0], [1.0]) is None  # one round: no interval

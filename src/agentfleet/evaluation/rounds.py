@@ -15,10 +15,10 @@ interval of the speedup is narrower than ``target_ci`` times the speedup, or
 
 **Early stop** (:func:`reward_decided`): from ``early_stop_rounds`` rounds on (3 by
 default), the rounds stop before ``repeats`` when more rounds cannot change the reward:
-the whole paired bootstrap 95% interval of the speedup (and the paired t one), widened by
-the noise threshold, lies where the reward is flat (at or above the speedup that earns the
-full reward, or below 1, which earns none). A speedup near 1, or between 1 and the
-full-reward speedup, gets every round.
+the whole paired bootstrap 95% interval of the speedup, widened by the noise threshold,
+lies where the reward is flat (at or above the speedup that earns the full reward, or
+below 1, which earns none). A speedup near 1, or between 1 and the full-reward speedup,
+gets every round.
 """
 
 from __future__ import annotations
@@ -27,12 +27,7 @@ import math
 from collections.abc import Sequence
 
 from agentfleet.evaluation.reward import RewardConfig
-from agentfleet.evaluation.speedup import (
-    bootstrap_ratio_ci,
-    paired_t_ratio_ci,
-    quantile,
-    ratio_of_medians,
-)
+from agentfleet.evaluation.speedup import bootstrap_ratio_ci, quantile, ratio_of_medians
 
 MIN_ROUNDS_FOR_OUTLIERS = 5
 FENCE = 3.0  # IQRs beyond the quartiles: Tukey's "far out"
@@ -92,16 +87,15 @@ def reward_decided(
     resamples: int,
     seed: int,
 ) -> bool:
-    """True when the paired bootstrap 95% interval of the speedup (and the paired t one),
-    widened by ``noise_threshold``, lies where the reward is flat (see the module doc)."""
+    """True when the paired bootstrap 95% interval of the speedup, widened by
+    ``noise_threshold``, lies where the reward is flat (see the module doc)."""
     bounds = flat_reward_bounds(reward)
     if bounds is None or len(baseline) < 2:
         return False
     low, high = bounds
     lo, hi = bootstrap_ratio_ci(baseline, candidate, resamples=resamples, seed=seed)
     s = ratio_of_medians(baseline, candidate)  # the figure the reward will read
-    t_lo, t_hi = paired_t_ratio_ci(baseline, candidate) or (lo, hi)
-    lo, hi = min(lo, t_lo, s), max(hi, t_hi, s)
+    lo, hi = min(lo, s), max(hi, s)
     margin = 1.0 + noise_threshold
     return lo >= high * margin or hi * margin < low
 
