@@ -16,6 +16,10 @@ import random
 from agentfleet.evaluation.speedup import speedup_stats
 
 
+# (true speedup, lognormal noise of each run)
+CASES = ((1.0, 0.05), (1.0, 0.10), (1.2, 0.05), (1.2, 0.10), (1.5, 0.10), (4.0, 0.30))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=600)
@@ -25,7 +29,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     print("rounds  true   noise  gain found: bootstrap alone                 now")
     for rounds in (2, 3, 5, 8):
-        for true, sigma in ((1.0, 0.05), (1.0, 0.10), (1.2, 0.05), (1.2, 0.10), (1.5, 0.10), (4.0, 0.30)):
+        for true, sigma in CASES:
             alone = both = 0
             for _ in range(args.trials):
                 base = [true * math.exp(rng.gauss(0, sigma)) for _ in range(rounds)]
