@@ -15,7 +15,6 @@ import random
 
 from agentfleet.evaluation.speedup import speedup_stats
 
-
 # (true speedup, lognormal noise of each run)
 CASES = ((1.0, 0.05), (1.0, 0.10), (1.2, 0.05), (1.2, 0.10), (1.5, 0.10), (4.0, 0.30))
 
