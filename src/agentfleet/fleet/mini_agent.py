@@ -86,17 +86,33 @@ def _agent_settings(config: dict[str, Any], limits: AgentConfig) -> dict[str, An
     return settings
 
 
-def _agent_class(stop: threading.Event) -> type:
-    """DefaultAgent that ends (``Interrupted``) before its next step once ``stop`` is set."""
-    from minisweagent.agents.default import DefaultAgent
+def _ended(exit_status: str, content: str) -> Exception:
+    """mini-swe-agent's clean end of the agent (its exit message) with ``exit_status``."""
     from minisweagent.exceptions import LimitsExceeded
+
+    extra = {"exit_status": exit_status, "submission": ""}
+    return LimitsExceeded({"role": "exit", "content": content, "extra": extra})
+
+
+def _agent_class(stop: threading.Event) -> type:
+    """DefaultAgent that ends (``Interrupted``) before its next step once ``stop`` is set,
+    and ends cleanly at a cost limit of the agentfleet model (as LightAgent does)."""
+    from minisweagent.agents.default import DefaultAgent
+
+    from agentfleet.models.base import LimitReached
 
     class FleetAgent(DefaultAgent):
         def step(self) -> list[dict]:
             if stop.is_set():
-                extra = {"exit_status": "Interrupted", "submission": ""}
-                raise LimitsExceeded({"role": "exit", "content": "Interrupted", "extra": extra})
+                raise _ended("Interrupted", "Interrupted")
             return super().step()
+
+        def query(self) -> dict:
+            try:
+                return super().query()
+            except LimitReached as exc:  # raised before the call: not an error, no step
+                self.n_calls -= 1
+                raise _ended(exc.exit_status, str(exc)) from None
 
     return FleetAgent
 
