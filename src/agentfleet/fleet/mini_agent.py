@@ -16,6 +16,7 @@ templates), ``model`` (MiniModel's: ``action_format``, ``observation_template``,
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -76,14 +77,30 @@ class MiniResult:
     trajectory: dict[str, Any] = field(default_factory=dict)  # mini-swe-agent's serialize()
 
 
+def _stricter(run: float | None, yaml: Any) -> Any:
+    """The stricter of the run's limit and the YAML's, in mini-swe-agent's convention (0 or
+    unset: none)."""
+    try:
+        theirs = 0.0 if yaml is None else float(yaml)
+    except (TypeError, ValueError):
+        return yaml  # not a number: DefaultAgent's config refuses it
+    if run is not None and run > 0 and not 0 < theirs <= run:
+        return run
+    return yaml if theirs > 0 else 0
+
+
 def _agent_settings(config: dict[str, Any], limits: AgentConfig) -> dict[str, Any]:
-    """DefaultAgent's settings: the YAML's, with the run's limits where the YAML has none."""
-    settings = dict(config["agent"])
-    settings.setdefault("step_limit", limits.step_limit)
-    settings.setdefault("wall_time_limit_seconds", int(limits.time_limit_s))
-    if limits.cost_limit is not None:
-        settings.setdefault("cost_limit", limits.cost_limit)
-    return settings
+    """DefaultAgent's settings: the YAML's, each limit the stricter of the YAML's and the
+    run's (DefaultAgent's config, saved in the trajectory, holds the limits in force). A
+    run's cost limit of 0 is not expressible here: FleetAgent applies it."""
+    agent = config["agent"]
+    time_limit = math.ceil(limits.time_limit_s)  # mini-swe-agent counts whole seconds
+    return {
+        **agent,
+        "step_limit": _stricter(limits.step_limit, agent.get("step_limit")),
+        "wall_time_limit_seconds": _stricter(time_limit, agent.get("wall_time_limit_seconds")),
+        "cost_limit": _stricter(limits.cost_limit, agent.get("cost_limit")),
+    }
 
 
 def _ended(exit_status: str, content: str) -> Exception:
@@ -94,9 +111,10 @@ def _ended(exit_status: str, content: str) -> Exception:
     return LimitsExceeded({"role": "exit", "content": content, "extra": extra})
 
 
-def _agent_class(stop: threading.Event) -> type:
+def _agent_class(stop: threading.Event, cost_limit: float | None) -> type:
     """DefaultAgent that ends (``Interrupted``) before its next step once ``stop`` is set,
-    and ends cleanly at a cost limit of the agentfleet model (as LightAgent does)."""
+    and ends cleanly at the run's cost limit (``cost_limit``, or the agentfleet model's own
+    limits) with LightAgent's exit status."""
     from minisweagent.agents.default import DefaultAgent
 
     from agentfleet.models.base import LimitReached
@@ -108,6 +126,11 @@ def _agent_class(stop: threading.Event) -> type:
             return super().step()
 
         def query(self) -> dict:
+            if cost_limit is not None and self.cost >= cost_limit:  # before DefaultAgent's
+                spent = f"the agent spent ${self.cost:.4f}"
+                raise _ended(
+                    "CostLimitExceeded", f"{spent}, reaching its cost limit ${cost_limit:.4f}"
+                )
             try:
                 return super().query()
             except LimitReached as exc:  # raised before the call: not an error, no step
@@ -135,7 +158,8 @@ def _run_sync(
     env = RemoteDockerEnvironment(sandbox_id, sandboxes=sandboxes, **env_cfg)
     model_cfg = {k: v for k, v in (config.get("model") or {}).items() if k != "model_class"}
     mini_model = MiniModel(model=model, **model_cfg)
-    agent = _agent_class(stop)(mini_model, env, **_agent_settings(config, limits))
+    agent_class = _agent_class(stop, limits.cost_limit)
+    agent = agent_class(mini_model, env, **_agent_settings(config, limits))
     error = ""
     try:
         info = agent.run(task.prompt, task_id=task.id)
