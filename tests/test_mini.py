@@ -8,26 +8,30 @@ import gc
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require_tool, served_in_thread
+from conftest import require_tool, sandboxes_running, served_in_thread
 
 from agentfleet.agent import AgentConfig
 from agentfleet.fleet.mini_agent import run_mini
 from agentfleet.models.base import Message, ModelReply
+from agentfleet.models.mock_server import create_mock_llm_app
 from agentfleet.models.offline import ScriptedModel, bash_reply
 from agentfleet.sandbox import ProcessBackend
 from agentfleet.sandbox.base import CreateSandbox
 from agentfleet.sandbox.client import SandboxClient
 from agentfleet.sandbox.server import create_app
+from agentfleet.serving import serve_in_loop
 from agentfleet.tasks import Task
 
 SENTINEL = "COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT"
@@ -189,8 +193,6 @@ def test_cli_run_agent_mini_solves_every_task(tmp_path: Path) -> None:
     """``agentfleet run --agent mini`` over the oracle-backed mock LLM in tool-call mode
     (10% malformed calls): all 8 perf-lite test tasks solved; mini-swe-agent's loader reads
     every trajectory."""
-    from agentfleet.models.mock_server import create_mock_llm_app
-
     config = tmp_path / "mini.yaml"
     config.write_text(MINI_YAML)
     run_dir = tmp_path / "run"
@@ -260,8 +262,6 @@ def test_mini_model_from_yaml_against_the_mock(action_format: str) -> None:
     reply's actions, a malformed reply as mini-swe-agent's FormatError (cost kept)."""
     from minisweagent.exceptions import FormatError
     from minisweagent.models import get_model
-
-    from agentfleet.models.mock_server import create_mock_llm_app
 
     app = create_mock_llm_app(seed=2, cost_per_call=0.5)
     with served_in_thread(app) as url:
@@ -343,29 +343,127 @@ def test_mini_batch_runner_process_instance(sandbox_url: str, tmp_path: Path) ->
 async def test_cancelled_mini_agent_stops_before_its_next_step(
     sandbox_url: str, dataset: str
 ) -> None:
-    """Ctrl-C cancels run_mini: its worker thread cannot be interrupted, but the agent ends
-    before its next step instead of playing all its remaining steps."""
+    """Ctrl-C cancels run_mini between two steps: the agent ends before its next step
+    instead of playing all its remaining steps."""
     replies = [bash_reply("wait", "sleep 0.2")] * 50
     model = SignallingModel(replies)
     client = SandboxClient(sandbox_url)
     info = await client.create(CreateSandbox(task_id="t1", dataset=dataset))
-    task = Task(
-        id="t1", dataset="d", prompt="p", test_cmd="true", workload_cmd="true", task_dir=dataset
-    )
-    config = {
-        "agent": {"system_template": "s", "instance_template": "{{ task }}"},
-        "model": {"action_format": "text", "action_regex": r"```bash\s*\n(.*?)\n```"},
-    }
     agent = asyncio.create_task(
-        run_mini(config, model, client, info.sandbox_id, task, AgentConfig(step_limit=100))
+        run_mini(
+            MINI_TEXT, model, client, info.sandbox_id, _task(dataset), AgentConfig(step_limit=100)
+        )
     )
-    assert await asyncio.to_thread(model.second_call.wait, 60)
+    await _cancel_mini_when(model.second_call.is_set, agent)
+    assert model.stats.calls < len(replies)
+    await client.delete(info.sandbox_id)
+
+
+async def _cancel_mini_when(ready: Any, agent: asyncio.Task[Any]) -> float:
+    """Cancel ``agent`` (run_mini) once ``ready()``; the seconds its thread took to end."""
+    while not ready():
+        assert not agent.done()
+        await asyncio.sleep(0.05)
     agent.cancel()
     with pytest.raises(asyncio.CancelledError):
         await agent
+    start = time.monotonic()
     await asyncio.get_running_loop().shutdown_default_executor()  # the thread has ended
-    assert model.stats.calls < len(replies)
+    return time.monotonic() - start
+
+
+@asynccontextmanager
+async def _mock_llm(**options: Any) -> AsyncIterator[tuple[str, Any]]:
+    """The mock LLM on this loop (its URL and app); a reply still to come is dropped."""
+    app = create_mock_llm_app(**options)
+    async with serve_in_loop(app) as running:
+        yield running.url, app
+        for request in running.server.server_state.tasks:
+            request.cancel()  # a stalled reply: the server's shutdown would wait for it
+
+
+MINI_TEXT = {
+    "agent": {"system_template": "s", "instance_template": "{{ task }}"},
+    "model": {"action_format": "text", "action_regex": r"```bash\s*\n(.*?)\n```"},
+}
+
+
+async def test_cancelled_mini_agent_cancels_its_model_call(sandbox_url: str, dataset: str) -> None:
+    """Ctrl-C / SIGTERM while the model's reply is 60 s away: the call is cancelled and the
+    agent's thread ends at once, not once the reply came."""
+    from agentfleet.models.openai_chat import OpenAIChatModel
+
+    client = SandboxClient(sandbox_url)
+    info = await client.create(CreateSandbox(task_id="t1", dataset=dataset))
+    async with _mock_llm(latency=60.0) as (url, app):
+        model = OpenAIChatModel("mock-oracle", f"{url}/v1")
+        config = {"agent": MINI_TEXT["agent"]}  # tool calls
+        agent = asyncio.create_task(
+            run_mini(config, model, client, info.sandbox_id, _task(dataset), AgentConfig())
+        )
+        took = await _cancel_mini_when(lambda: app.state.mock.stats.in_flight == 1, agent)
+        assert took < 5.0, f"the thread ended {took:.1f} s after the cancel"
+        assert model.stats.calls == 0  # no reply came
     await client.delete(info.sandbox_id)
+
+
+async def test_cancelled_mini_agent_cancels_its_command(
+    sandbox_url: str, dataset: str, tmp_path: Path
+) -> None:
+    """Ctrl-C / SIGTERM while a command runs (``sleep 60``): its exec call is cancelled and
+    the thread ends at once; no call after it (the runner deletes the sandbox)."""
+    model = ScriptedModel([bash_reply("wait", "sleep 60")] * 3)
+    client = SandboxClient(sandbox_url)
+    info = await client.create(CreateSandbox(task_id="t1", dataset=dataset))
+    agent = asyncio.create_task(
+        run_mini(MINI_TEXT, model, client, info.sandbox_id, _task(dataset), AgentConfig())
+    )
+    took = await _cancel_mini_when(lambda: sandboxes_running(tmp_path / "sb", "sleep"), agent)
+    assert took < 5.0, f"the thread ended {took:.1f} s after the cancel"
+    assert model.stats.calls == 1
+    await client.delete(info.sandbox_id)
+
+
+def _task(dataset: str) -> Task:
+    return Task(
+        id="t1", dataset="d", prompt="p", test_cmd="true", workload_cmd="true", task_dir=dataset
+    )
+
+
+@pytest.mark.slow
+async def test_sigterm_stops_a_mini_run_at_once(tmp_path: Path) -> None:
+    """SIGTERM to ``agentfleet run --agent mini`` while one agent waits 60 s for its model
+    (the mock's first call stalls), the other done: exit 143 within seconds (it waited for
+    the reply, then retried commands on the stopped sandbox server), the result kept."""
+    run_dir = tmp_path / "run"
+    async with _mock_llm(stall_calls=1, stall_s=60.0) as (url, app):
+        args = [sys.executable, "-m", "agentfleet", "run", "--agent", "mini", "-w", "2"]
+        args += ["--model", "openai/mock-oracle", "--model-url", f"{url}/v1"]
+        args += ["-t", "dedupe-pairs", "-t", "rr-scheduler", "--eval-repeats", "1"]
+        args += ["--run-dir", str(run_dir), "--sandbox-root", str(tmp_path / "sb")]
+        args += ["-v", "--progress", "none"]  # -v: the retries are logged
+        log, results = tmp_path / "run.log", run_dir / "results.jsonl"
+        with log.open("w") as out:
+            proc = await asyncio.create_subprocess_exec(*args, stdout=out, stderr=out, cwd=tmp_path)
+        try:
+            while not (results.exists() and results.read_text().strip()):
+                assert proc.returncode is None, log.read_text()[-3000:]
+                await asyncio.sleep(0.1)
+            assert app.state.mock.stats.in_flight == 1  # the other agent still waits
+            start = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(proc.wait(), 120)
+            took = time.monotonic() - start
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    err = log.read_text()
+    assert proc.returncode == 143, err[-3000:]
+    assert took < 10.0, f"exit {took:.1f} s after SIGTERM"
+    assert "retrying" not in err
+    (record,) = [json.loads(line) for line in results.read_text().splitlines()]
+    assert record["exit_status"] == "Submitted" and record["state"] == "done"
 
 
 class SignallingModel(ScriptedModel):

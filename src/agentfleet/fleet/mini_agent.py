@@ -3,9 +3,10 @@
 Each agent runs in a worker thread (mini-swe-agent is sync) over agentfleet's sandbox
 (:class:`~agentfleet.sandbox.env.RemoteDockerEnvironment`) and model
 (:class:`~agentfleet.models.mini.MiniModel` around the run's ``--model``); their HTTP calls
-go through the process's background loop and its one pool. The runner does the rest as for
-LightAgent: sandbox, ``git diff``, evaluation, results, resume, report. The trajectory is
-mini-swe-agent's own (``agent.serialize()``), with agentfleet's figures merged into ``info``.
+go through the process's background loop and its one pool (the run's stop cancels the one in
+flight). The runner does the rest as for LightAgent: sandbox, ``git diff``, evaluation,
+results, resume, report. The trajectory is mini-swe-agent's own (``agent.serialize()``), with
+agentfleet's figures merged into ``info``.
 
 The YAML (``--agent-config``, a path or a mini-swe-agent built-in name; default its
 ``mini.yaml``) has mini-swe-agent's sections: ``agent`` (DefaultAgent's settings and
@@ -16,13 +17,17 @@ templates), ``model`` (MiniModel's: ``action_format``, ``observation_template``,
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import math
 import threading
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from agentfleet.agent import AgentConfig
+from agentfleet.http.background import background_loop
 from agentfleet.models.base import Message, Model
 from agentfleet.sandbox.base import Sandboxes
 from agentfleet.tasks import Task
@@ -32,6 +37,7 @@ from agentfleet.tasks.yamlfile import yaml_problem
 DEFAULT_MINI_CONFIG = "mini.yaml"  # mini-swe-agent's built-in default
 SECTIONS = ("agent", "model", "environment", "run")
 ENV_KEYS = ("cwd", "timeout", "env")
+T = TypeVar("T")
 
 
 def load_mini_config(spec: str | Path | None) -> dict[str, Any]:
@@ -76,27 +82,130 @@ class MiniResult:
     trajectory: dict[str, Any] = field(default_factory=dict)  # mini-swe-agent's serialize()
 
 
+def _stricter(run: float | None, yaml: Any) -> Any:
+    """The stricter of the run's limit and the YAML's, in mini-swe-agent's convention (0 or
+    unset: none)."""
+    try:
+        theirs = 0.0 if yaml is None else float(yaml)
+    except (TypeError, ValueError):
+        return yaml  # not a number: DefaultAgent's config refuses it
+    if run is not None and run > 0 and not 0 < theirs <= run:
+        return run
+    return yaml if theirs > 0 else 0
+
+
 def _agent_settings(config: dict[str, Any], limits: AgentConfig) -> dict[str, Any]:
-    """DefaultAgent's settings: the YAML's, with the run's limits where the YAML has none."""
-    settings = dict(config["agent"])
-    settings.setdefault("step_limit", limits.step_limit)
-    settings.setdefault("wall_time_limit_seconds", int(limits.time_limit_s))
-    if limits.cost_limit is not None:
-        settings.setdefault("cost_limit", limits.cost_limit)
-    return settings
+    """DefaultAgent's settings: the YAML's, each limit the stricter of the YAML's and the
+    run's (DefaultAgent's config, saved in the trajectory, holds the limits in force). A
+    run's cost limit of 0 is not expressible here: FleetAgent applies it."""
+    agent = config["agent"]
+    time_limit = math.ceil(limits.time_limit_s)  # mini-swe-agent counts whole seconds
+    return {
+        **agent,
+        "step_limit": _stricter(limits.step_limit, agent.get("step_limit")),
+        "wall_time_limit_seconds": _stricter(time_limit, agent.get("wall_time_limit_seconds")),
+        "cost_limit": _stricter(limits.cost_limit, agent.get("cost_limit")),
+    }
 
 
-def _agent_class(stop: threading.Event) -> type:
-    """DefaultAgent that ends (``Interrupted``) before its next step once ``stop`` is set."""
-    from minisweagent.agents.default import DefaultAgent
+def _ended(exit_status: str, content: str) -> Exception:
+    """mini-swe-agent's clean end of the agent (its exit message) with ``exit_status``."""
     from minisweagent.exceptions import LimitsExceeded
+
+    extra = {"exit_status": exit_status, "submission": ""}
+    return LimitsExceeded({"role": "exit", "content": content, "extra": extra})
+
+
+class _Stop:
+    """The run's stop, for one agent thread: once set, the agent's call in flight (a model
+    query, a command) is cancelled and no other starts; the agent ends ``Interrupted``."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._calls: set[concurrent.futures.Future[Any]] = set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def set(self) -> None:
+        with self._lock:
+            self._event.set()
+            calls = list(self._calls)
+        for call in calls:
+            call.cancel()  # and its task on the background loop (no retry after it)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """``coro`` on the process's background loop (as ``run_sync``) unless stopped."""
+        with self._lock:
+            if self._event.is_set():
+                coro.close()
+                raise _ended("Interrupted", "Interrupted")
+            call = background_loop().submit(coro)
+            self._calls.add(call)
+        try:
+            return call.result()
+        except Exception:
+            if self._event.is_set():  # cancelled, or failed as the runner cleaned up
+                raise _ended("Interrupted", "Interrupted") from None
+            raise
+        finally:
+            with self._lock:
+                self._calls.discard(call)
+
+
+def _stoppable(stop: _Stop) -> tuple[type, type]:
+    """The environment and model classes whose calls ``stop`` cancels (trajectories name
+    the classes they extend)."""
+    from agentfleet.models.mini import MiniModel
+    from agentfleet.sandbox.env import RemoteDockerEnvironment
+
+    def named(data: dict[str, Any], key: str, cls: type) -> dict[str, Any]:
+        data["info"]["config"][key] = f"{cls.__module__}.{cls.__name__}"
+        return data
+
+    class FleetEnvironment(RemoteDockerEnvironment):
+        def _run_sync(self, coro: Coroutine[Any, Any, T], name: str, async_name: str) -> T:
+            return stop.run(coro)
+
+        def serialize(self) -> dict[str, Any]:
+            return named(super().serialize(), "environment_type", RemoteDockerEnvironment)
+
+    class FleetModel(MiniModel):
+        def _run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
+            return stop.run(coro)
+
+        def serialize(self) -> dict[str, Any]:
+            return named(super().serialize(), "model_type", MiniModel)
+
+    return FleetEnvironment, FleetModel
+
+
+def _agent_class(stop: _Stop, cost_limit: float | None) -> type:
+    """DefaultAgent that ends (``Interrupted``) before its next step once ``stop`` is set,
+    and ends cleanly at the run's cost limit (``cost_limit``, or the agentfleet model's own
+    limits) with LightAgent's exit status."""
+    from minisweagent.agents.default import DefaultAgent
+
+    from agentfleet.models.base import LimitReached
 
     class FleetAgent(DefaultAgent):
         def step(self) -> list[dict]:
             if stop.is_set():
-                extra = {"exit_status": "Interrupted", "submission": ""}
-                raise LimitsExceeded({"role": "exit", "content": "Interrupted", "extra": extra})
+                raise _ended("Interrupted", "Interrupted")
             return super().step()
+
+        def query(self) -> dict:
+            if cost_limit is not None and self.cost >= cost_limit:  # before DefaultAgent's
+                spent = f"the agent spent ${self.cost:.4f}"
+                raise _ended(
+                    "CostLimitExceeded", f"{spent}, reaching its cost limit ${cost_limit:.4f}"
+                )
+            try:
+                return super().query()
+            except LimitReached as exc:  # raised before the call: not an error, no step
+                self.n_calls -= 1
+                raise _ended(exc.exit_status, str(exc)) from None
 
     return FleetAgent
 
@@ -108,18 +217,16 @@ def _run_sync(
     sandbox_id: str,
     task: Task,
     limits: AgentConfig,
-    stop: threading.Event,
+    stop: _Stop,
 ) -> MiniResult:
-
-    from agentfleet.models.mini import MiniModel
-    from agentfleet.sandbox.env import RemoteDockerEnvironment
-
     start = time.monotonic()
+    env_class, model_class = _stoppable(stop)
     env_cfg = {k: v for k, v in (config.get("environment") or {}).items() if k in ENV_KEYS}
-    env = RemoteDockerEnvironment(sandbox_id, sandboxes=sandboxes, **env_cfg)
+    env = env_class(sandbox_id, sandboxes=sandboxes, **env_cfg)
     model_cfg = {k: v for k, v in (config.get("model") or {}).items() if k != "model_class"}
-    mini_model = MiniModel(model=model, **model_cfg)
-    agent = _agent_class(stop)(mini_model, env, **_agent_settings(config, limits))
+    mini_model = model_class(model=model, **model_cfg)
+    agent_class = _agent_class(stop, limits.cost_limit)
+    agent = agent_class(mini_model, env, **_agent_settings(config, limits))
     error = ""
     try:
         info = agent.run(task.prompt, task_id=task.id)
@@ -147,10 +254,9 @@ async def run_mini(
 ) -> MiniResult:
     """Run mini-swe-agent's DefaultAgent on ``task`` in a worker thread.
 
-    Cancelled (Ctrl-C, SIGTERM), the thread cannot be interrupted mid-call: the agent stops
-    before its next step (and the runner deletes the sandbox, so a command still to run
-    fails at once)."""
-    stop = threading.Event()
+    Cancelled (Ctrl-C, SIGTERM), the agent's call in flight (model query or command) is
+    cancelled, no other starts, and the thread ends at once (its result is dropped)."""
+    stop = _Stop()
     try:
         return await asyncio.to_thread(
             _run_sync, config, model, sandboxes, sandbox_id, task, limits, stop

@@ -20,7 +20,8 @@ From a mini-swe-agent YAML::
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from collections.abc import Coroutine
+from typing import Any, Literal, TypeVar
 
 from minisweagent.exceptions import FormatError
 from minisweagent.models import GLOBAL_MODEL_STATS
@@ -39,6 +40,7 @@ from agentfleet.models.base import Message, Model
 
 API_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name")  # sent to the API
 LITELLM_ONLY = ("drop_params",)  # mini-swe-agent's YAMLs set these for litellm
+T = TypeVar("T")
 
 
 class MiniModelConfig(BaseModel):
@@ -104,7 +106,7 @@ class MiniModel:
         prepared: list[Message] = [
             {k: v for k, v in m.items() if k in API_KEYS} for m in messages if m.get("role")
         ]
-        reply = run_sync(self.model.query(prepared), what="MiniModel.query()")
+        reply = self._run_sync(self.model.query(prepared))
         GLOBAL_MODEL_STATS.add(reply.cost)
         usage = {
             "cost": reply.cost,
@@ -121,6 +123,11 @@ class MiniModel:
             message["tool_calls"] = reply.tool_calls or []
         message["extra"] = {"actions": actions, **usage, "timestamp": time.time()}
         return message
+
+    def _run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
+        """``coro`` run on the process's background loop (``--agent mini``'s subclass also
+        stops it when the run stops)."""
+        return run_sync(coro, what="MiniModel.query()")
 
     def _parse(self, content: str, tool_calls: list[dict[str, Any]] | None) -> list[dict]:
         c = self.config
