@@ -332,3 +332,23 @@ def test_agents_commands_run_off_the_evaluation_workers_cpus(tmp_path: Path) -> 
     rest = sorted(os.sched_getaffinity(0))[1:]
     want = str(rest[0]) if len(rest) == 1 else f"{rest[0]}-{rest[-1]}"
     assert f"Cpus_allowed_list:\\t{want}" in traj, traj[-2000:]
+
+
+def test_an_agent_that_raises_keeps_its_messages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sandbox lost mid-run (a 404 on exec) ends the light agent by an exception: the
+    task fails, and its trajectory still holds the messages so far (it had none)."""
+    from agentfleet.agent.light import LightAgent
+    from agentfleet.sandbox import SandboxError
+
+    async def lost(self: LightAgent) -> str:
+        self._add("assistant", "ls")
+        raise SandboxError("no sandbox sb-gone", 404)
+
+    monkeypatch.setattr(LightAgent, "_loop", lost)
+    cfg = config(tmp_path, scripted(tmp_path, "ls"), ["sku-diff"])
+    (outcome,) = asyncio.run(run_fleet(cfg))
+    assert outcome.error == "SandboxError: no sandbox sb-gone", outcome
+    traj = json.loads((cfg.run_dir / "trajectories" / "sku-diff.traj.json").read_text())
+    assert [m["role"] for m in traj["messages"]] == ["system", "user", "assistant"]

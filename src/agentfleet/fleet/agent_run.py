@@ -130,7 +130,9 @@ async def _try_task(
         if cfg.mini is not None:
             result = await run_mini(cfg.mini, model, sandboxes, sandbox_id, task, cfg.agent)
         else:
-            result = await LightAgent(model, env, task, cfg.agent).run()
+            agent = LightAgent(model, env, task, cfg.agent)
+            messages = agent.messages  # kept in the trajectory should run() raise
+            result = await agent.run()
         messages, outcome.exit_status, outcome.steps = (
             result.messages,
             result.exit_status,
