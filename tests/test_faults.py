@@ -30,7 +30,7 @@ from agentfleet.evaluation.schema import EvalRequest
 from agentfleet.evaluation.server import create_app as eval_app
 from agentfleet.evaluation.store import JobStore
 from agentfleet.fleet.attempts import is_transport_failure, transient_evaluation
-from agentfleet.fleet.runner import FleetConfig, run_fleet
+from agentfleet.fleet.runner import FleetConfig, FleetMonitor, run_fleet
 from agentfleet.http import HttpConnectionError, HttpPool, RetryPolicy, Timeouts
 from agentfleet.models import ModelSpec
 from agentfleet.models.base import ModelError
@@ -275,6 +275,27 @@ async def test_runner_starts_a_task_over_after_a_transport_fault(tmp_path: Path)
     (line,) = (cfg.run_dir / "results.jsonl").read_text().splitlines()
     assert json.loads(line)["attempts"] == 2
     assert list((tmp_path / "sandboxes").iterdir()) == []
+
+
+async def test_a_tasks_cost_limit_covers_all_its_tries(tmp_path: Path) -> None:
+    """--cost-limit is the task's: a try that starts over after a transport fault gets what
+    the earlier tries left (each got the whole limit: a task could spend tries x limit),
+    and the dashboard's totals keep the earlier tries' cost."""
+    HttpPool.configure_default(retry=RetryPolicy(attempts=2, wait_min=0.01, wait_max=0.02))
+    app = create_mock_llm_app(cost_per_call=1.0)
+    async with servers(tmp_path) as (sandbox_url, eval_url), serve_in_loop(app) as mock:
+        script = ["reset_before", "reset_before"]  # the first try's submit: given up
+        async with FaultProxy(port_of(eval_url), rate=0, script=script) as proxy:
+            spec = ModelSpec("openai/mock-oracle", url=f"{mock.url}/v1")
+            cfg = fleet_config(tmp_path, spec, ["dedupe-pairs"])
+            cfg.sandbox_url, cfg.eval_url = sandbox_url, proxy.url
+            cfg.agent.cost_limit = 4.0
+            monitor = FleetMonitor()
+            (outcome,) = await run_fleet(cfg, monitor=monitor)
+    assert outcome.attempts == 2, outcome
+    assert outcome.exit_status == "CostLimitExceeded", outcome  # the second try ran short
+    assert outcome.cost == pytest.approx(4.0), outcome
+    assert monitor.model_totals()["cost"] == pytest.approx(4.0)
 
 
 async def test_a_task_whose_model_stays_unavailable_is_tried_twice(tmp_path: Path) -> None:

@@ -53,7 +53,9 @@ async def run_one(
     tries = max(1, cfg.task_attempts)
     cost = 0.0
     for n in range(1, tries + 1):
-        tried = await _try_task(task, cfg, sandboxes, eval_url, monitor, last=n == tries)
+        tried = await _try_task(
+            task, cfg, sandboxes, eval_url, monitor, last=n == tries, spent=cost
+        )
         outcome = tried.outcome
         cost += float(getattr(getattr(tried.model, "stats", None), "cost", 0.0))
         if not tried.transient or n == tries:
@@ -92,9 +94,11 @@ async def _try_task(
     monitor: FleetMonitor | None,
     *,
     last: bool,
+    spent: float = 0.0,
 ) -> _Try:
     """One try of :func:`run_one`. Unless ``last``, an agent whose model stayed
-    unreachable is not evaluated."""
+    unreachable is not evaluated. ``spent``: what the task's earlier tries cost (its
+    ``cost_limit`` is the task's, whatever the tries)."""
     stage = monitor.stage if monitor is not None else {}
     if cfg.predictions is not None:
         return await _try_prediction(task, cfg, eval_url)
@@ -109,10 +113,14 @@ async def _try_task(
     create_sent = False
     try:
         stage[task.id] = "sandbox"
+        limit = cfg.agent.cost_limit
+        limit = None if limit is None else max(0.0, limit - spent)
         model = await asyncio.to_thread(  # may read files
-            cfg.model.build, task, cost_limit=cfg.agent.cost_limit, budget=run_budget(cfg)
+            cfg.model.build, task, cost_limit=limit, budget=run_budget(cfg)
         )
         if monitor is not None:
+            if (before := monitor.models.get(task.id)) is not None:
+                monitor.earlier.append(before)  # the run's totals keep its cost
             monitor.models[task.id] = model
         create_sent = True
         info = await sandboxes.create(

@@ -33,6 +33,7 @@ class FleetMonitor:
     running: dict[str, float] = field(default_factory=dict)  # task id -> start (monotonic)
     stage: dict[str, str] = field(default_factory=dict)  # task id -> sandbox|agent|diff|eval
     models: dict[str, Any] = field(default_factory=dict)  # task id -> model (live stats)
+    earlier: list[Any] = field(default_factory=list)  # models of tries that started over
     errors: deque[str] = field(default_factory=lambda: deque(maxlen=5))
     eval_queue: dict[str, Any] = field(default_factory=dict)  # /healthz: queued, running
     pool: dict[str, Any] = field(default_factory=dict)  # pool totals + open connections
@@ -50,10 +51,10 @@ class FleetMonitor:
         return elapsed / self.finished * max(0, self.total - self.finished)
 
     def model_totals(self) -> dict[str, float]:
-        """Summed model stats of running and finished agents."""
+        """Summed model stats of running and finished agents (every try's)."""
         calls = prompt = completion = 0
         cost = 0.0
-        for model in list(self.models.values()):
+        for model in [*self.earlier, *self.models.values()]:
             stats = getattr(model, "stats", None)
             calls += int(getattr(stats, "calls", 0))
             prompt += int(getattr(stats, "prompt_tokens", 0))
