@@ -23,6 +23,8 @@ import time
 from collections.abc import Coroutine
 from typing import Any, Literal, TypeVar
 
+from jinja2 import StrictUndefined, Template
+from jinja2.exceptions import TemplateError as JinjaError
 from minisweagent.exceptions import FormatError
 from minisweagent.models import GLOBAL_MODEL_STATS
 from minisweagent.models.utils.actions_text import (
@@ -37,6 +39,7 @@ from pydantic import BaseModel
 
 from agentfleet.http.background import run_sync
 from agentfleet.models.base import Message, Model
+from agentfleet.models.tool_calls import command_problem
 
 API_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name")  # sent to the API
 LITELLM_ONLY = ("drop_params",)  # mini-swe-agent's YAMLs set these for litellm
@@ -132,13 +135,32 @@ class MiniModel:
     def _parse(self, content: str, tool_calls: list[dict[str, Any]] | None) -> list[dict]:
         c = self.config
         if c.action_format == "text":
-            return parse_regex_actions(
+            actions = parse_regex_actions(
                 content, action_regex=c.action_regex, format_error_template=c.format_error_template
             )
-        calls = [_Call(t) for t in tool_calls or [] if isinstance(t, dict)]
-        if tool_calls and len(calls) != len(tool_calls):
-            calls.append(_Call({}))  # an entry that is not an object: a format error too
-        return parse_toolcall_actions(calls, format_error_template=c.format_error_template)
+        else:
+            calls = [_Call(t) for t in tool_calls or [] if isinstance(t, dict)]
+            if tool_calls and len(calls) != len(tool_calls):
+                calls.append(_Call({}))  # an entry that is not an object: a format error too
+            actions = parse_toolcall_actions(calls, format_error_template=c.format_error_template)
+        for action in actions:  # no sandbox runs these: the model is told, as for a format
+            if problem := command_problem(str(action.get("command", ""))):
+                raise self._format_error(content, actions, f"{problem[0].upper()}{problem[1:]}.")
+        return actions
+
+    def _format_error(self, content: str, actions: list[dict], error: str) -> FormatError:
+        """mini-swe-agent's FormatError for ``error``, in its format error template."""
+        commands = [str(a.get("command", "")) for a in actions]
+        try:
+            text = Template(self.config.format_error_template, undefined=StrictUndefined).render(
+                actions=commands, error=error
+            )
+        except JinjaError:  # a template that wants more than these two
+            text = f"Format error: {error}"
+        extra = {"interrupt_type": "FormatError", "n_actions": len(actions)}
+        return FormatError(
+            {"role": "user", "content": text, "extra": {**extra, "model_response": content}}
+        )
 
     def format_message(self, **kwargs: Any) -> dict[str, Any]:
         return dict(kwargs)
