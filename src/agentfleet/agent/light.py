@@ -32,11 +32,9 @@ from agentfleet.tasks.yamlfile import read_yaml
 
 _BASH_BLOCK = re.compile(r"```bash\s*\n(.*?)\n```", re.DOTALL)
 _jinja = Environment(undefined=StrictUndefined, keep_trailing_newline=True)
-DEFAULT_TEMPLATES: dict[str, str] = {
-    # a command not run (text mode's empty block, one the sandbox refused); variable: error
-    "command_error_template": "Your command was not run: {{ error }}\n",
-    **yaml.safe_load(Path(__file__).with_name("templates.yaml").read_text()),
-}
+DEFAULT_TEMPLATES: dict[str, str] = yaml.safe_load(
+    Path(__file__).with_name("templates.yaml").read_text()
+)
 # A sandbox's answer to a request it refuses for its content (not for the sandbox's state):
 # that one command is not run, the agent goes on.
 REFUSED_COMMAND_STATUSES = frozenset({400, 413, 422})
