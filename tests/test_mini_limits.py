@@ -141,3 +141,32 @@ def test_run_limits_hold_over_mini_yaml(dataset: str, sandbox_url: str, tmp_path
     assert (result.exit_status, result.steps, result.error) == ("LimitsExceeded", 3, "")
     assert model.stats.calls == 3
     assert result.trajectory["info"]["config"]["agent"]["step_limit"] == 3
+
+
+async def test_the_time_limit_cuts_a_mini_agents_call_in_flight(
+    sandbox_url: str, dataset: str
+) -> None:
+    """At the run's time limit the agent's call in flight (a command of 60 s here) is
+    cancelled and the agent ends ``TimeLimitExceeded``, as LightAgent does, with its
+    trajectory (mini-swe-agent checks its own limit only between calls)."""
+    model = ScriptedModel([bash_reply("wait", "sleep 60")] * 3)
+    client = SandboxClient(sandbox_url)
+    info = await client.create(CreateSandbox(task_id="t1", dataset=dataset))
+    config = {
+        "agent": {"system_template": "s", "instance_template": "{{ task }}"},
+        "model": {"action_format": "text", "action_regex": r"```bash\s*\n(.*?)\n```"},
+    }
+    task = Task(
+        id="t1", dataset="d", prompt="p", test_cmd="true", workload_cmd="true", task_dir=dataset
+    )
+    try:
+        async with asyncio.timeout(30):
+            result = await run_mini(
+                config, model, client, info.sandbox_id, task, AgentConfig(time_limit_s=1.0)
+            )
+    finally:
+        await client.delete(info.sandbox_id)
+    assert isinstance(result, MiniResult)
+    assert result.exit_status == "TimeLimitExceeded" and not result.error, result
+    assert result.duration_s < 10, result.duration_s
+    assert result.trajectory["messages"], result.trajectory

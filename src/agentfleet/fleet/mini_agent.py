@@ -124,12 +124,15 @@ class _Stop:
         self._event = threading.Event()
         self._lock = threading.Lock()
         self._calls: set[concurrent.futures.Future[Any]] = set()
+        self.status = "Interrupted"  # the agent's exit status once stopped
 
     def is_set(self) -> bool:
         return self._event.is_set()
 
-    def set(self) -> None:
+    def set(self, status: str = "Interrupted") -> None:
         with self._lock:
+            if not self._event.is_set():
+                self.status = status
             self._event.set()
             calls = list(self._calls)
         for call in calls:
@@ -140,14 +143,14 @@ class _Stop:
         with self._lock:
             if self._event.is_set():
                 coro.close()
-                raise _ended("Interrupted", "Interrupted")
+                raise _ended(self.status, self.status)
             call = background_loop().submit(coro)
             self._calls.add(call)
         try:
             return call.result()
         except Exception:
             if self._event.is_set():  # cancelled, or failed as the runner cleaned up
-                raise _ended("Interrupted", "Interrupted") from None
+                raise _ended(self.status, self.status) from None
             raise
         finally:
             with self._lock:
@@ -192,7 +195,7 @@ def _agent_class(stop: _Stop, cost_limit: float | None) -> type:
     class FleetAgent(DefaultAgent):
         def step(self) -> list[dict]:
             if stop.is_set():
-                raise _ended("Interrupted", "Interrupted")
+                raise _ended(stop.status, stop.status)
             return super().step()
 
         def query(self) -> dict:
@@ -255,8 +258,13 @@ async def run_mini(
     """Run mini-swe-agent's DefaultAgent on ``task`` in a worker thread.
 
     Cancelled (Ctrl-C, SIGTERM), the agent's call in flight (model query or command) is
-    cancelled, no other starts, and the thread ends at once (its result is dropped)."""
+    cancelled, no other starts, and the thread ends at once (its result is dropped). At the
+    run's time limit the same happens, and the agent ends ``TimeLimitExceeded`` as
+    LightAgent does (mini-swe-agent's own check comes only between calls)."""
     stop = _Stop()
+    timer = asyncio.get_running_loop().call_later(
+        limits.time_limit_s, stop.set, "TimeLimitExceeded"
+    )
     try:
         return await asyncio.to_thread(
             _run_sync, config, model, sandboxes, sandbox_id, task, limits, stop
@@ -264,6 +272,8 @@ async def run_mini(
     except asyncio.CancelledError:
         stop.set()
         raise
+    finally:
+        timer.cancel()
 
 
 def mini_trajectory(result: Any, ours: dict[str, Any]) -> dict[str, Any]:
