@@ -106,6 +106,13 @@ class CountingServer:
     async def _fast(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
+    async def _until(self, request: web.Request) -> web.Response:
+        """Answers once ``n`` requests were in flight at once (or after 30 s)."""
+        want, deadline = int(request.query["n"]), self.loop.time() + 30
+        while self.peak < want and self.loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        return web.json_response({"peak": self.peak})
+
     async def _sleep(self, request: web.Request) -> web.Response:
         await asyncio.sleep(float(request.query.get("s", "0.5")))
         return web.json_response({"slept": True})
@@ -138,6 +145,7 @@ class CountingServer:
         app = web.Application(middlewares=[self._count])
         app.router.add_get("/fast", self._fast)
         app.router.add_get("/sleep", self._sleep)
+        app.router.add_get("/until", self._until)
         app.router.add_route("*", "/flaky/{key}", self._flaky)
         app.router.add_route("*", "/reset/{key}", self._reset)
         self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=75.0)
@@ -281,12 +289,14 @@ async def test_500_concurrent_respect_per_host_limit(server: CountingServer) -> 
 
 
 async def test_large_per_host_limit_lets_requests_through(server: CountingServer) -> None:
+    """With a limit of 600, 500 requests are all in flight at once: each is answered only
+    once the server holds all 500 (a throttle would hold them to 30 s, and fewer at once)."""
     async with HttpPool(PoolLimits(600, 600)) as pool:
         resps = await asyncio.gather(
-            *(pool.request("GET", f"{server.url}/sleep", params={"s": "0.5"}) for _ in range(500))
+            *(pool.request("GET", f"{server.url}/until", params={"n": "500"}) for _ in range(500))
         )
     assert all(r.status == 200 for r in resps)
-    assert server.peak >= 400
+    assert server.peak == 500
 
 
 async def test_agents_share_keepalive_connections(server: CountingServer) -> None:
