@@ -208,3 +208,26 @@ def test_serve_sandbox_required_without_bwrap_exits_nonzero(tmp_path: Path) -> N
     )
     assert proc.returncode != 0
     assert "bubblewrap" in proc.stderr + proc.stdout
+
+
+async def test_a_confined_command_of_a_root_server_has_no_capabilities(
+    confined: tuple[str, SandboxClient, ProcessBackend],
+) -> None:
+    """bwrap keeps a root caller's capabilities: a command of a server run as root could
+    unmount the mask over a host file, remount the read-only /etc read-write and mount the
+    cgroup filesystem to leave its limits. It gets no capability: each fails. Its folder is
+    its owner's only (0700): no other local user reaches what it leaves there."""
+    _, client, backend = confined
+    sid = (await client.create(CreateSandbox())).sandbox_id
+    r = await client.exec(sid, "grep CapEff /proc/self/status")
+    assert r.output.split() == ["CapEff:", "0000000000000000"], r.output
+    tries = {
+        "umount /etc/hostname": "umount",
+        "mount -o remount,rw,bind /etc": "remount",
+        "mkdir -p /tmp/cg && mount -t cgroup -o pids none /tmp/cg": "cgroup",
+    }
+    for command in tries:
+        r = await client.exec(sid, f"{command} && echo ESCAPED")
+        assert "ESCAPED" not in r.output and r.returncode != 0, (command, r.output)
+    mode = (backend.sandbox_dir(sid).stat().st_mode) & 0o777
+    assert mode == 0o700, oct(mode)

@@ -105,6 +105,8 @@ def command_argv(
         argv += ["--tmpfs", os.path.join("/tmp", parts[2])]
     argv += ["--bind", work, work, "--chdir", cwd]
     argv += ["--unshare-pid", "--die-with-parent"]
+    if os.geteuid() == 0:  # bwrap keeps a root caller's capabilities: the command gets none
+        argv += ["--cap-drop", "ALL"]
     if not network:
         argv.append("--unshare-net")
     return [*argv, "bash", "-c", command]

@@ -411,7 +411,9 @@ class SandboxFolders:
         self, sb: SandboxFolder, source_dir: Path | None, meta: dict[str, Any]
     ) -> None:
         try:
-            sb.dir.mkdir(parents=False, exist_ok=False)
+            # the owner's only: no other local user reaches what a command left there (a
+            # setuid program made by a container running as root)
+            sb.dir.mkdir(mode=0o700, parents=False, exist_ok=False)
         except FileExistsError:
             raise _FolderTaken(f"sandbox {sb.sandbox_id} exists already ({sb.dir})") from None
         (sb.dir / MARKER).write_text(json.dumps(meta, indent=1))
