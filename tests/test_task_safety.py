@@ -262,6 +262,25 @@ def test_dataset_root_flag_must_name_a_folder(tmp_path: Path) -> None:
         assert "--dataset-root" in said and "is not a folder" in said, said
 
 
+def test_a_task_id_cannot_name_a_path_outside_the_run(tmp_path: Path) -> None:
+    """A task.yaml's ``id`` names the task's files in a run folder
+    (``trajectories/ID.traj.json``): ``../../x`` wrote a trajectory outside the run. It is
+    refused, one line naming the file, exit 2, and nothing is written."""
+    ds = tmp_path / "ds"
+    (ds / "t1" / "repo").mkdir(parents=True)
+    (ds / "dataset.yaml").write_text("name: evil\nsplits:\n  test: [t1]\n")
+    task = "id: ../../../escaped\nprompt: p\ntest_cmd: 'true'\nworkload_cmd: 'true'\n"
+    (ds / "t1" / "task.yaml").write_text(task)
+    run_dir = tmp_path / "a" / "b" / "run"
+    res = CliRunner().invoke(
+        cli_app,
+        ["run", "--dataset", str(ds), "--model", "oracle", "--run-dir", str(run_dir)],
+    )
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2 and "task.yaml: id: Value error, a task id names a file" in said, said
+    assert not list(tmp_path.rglob("escaped*")) and not run_dir.exists()
+
+
 # --------------------------------------------------------------------------- host git
 
 

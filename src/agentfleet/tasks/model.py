@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agentfleet.tasks.defaults import MAX_EVAL_REPEATS, MAX_EVAL_WARMUP
 
@@ -28,7 +28,7 @@ class Task(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    id: str
+    id: str = Field(max_length=200)
     dataset: str
     title: str = ""
     kind: str = ""
@@ -52,6 +52,14 @@ class Task(BaseModel):
     # them when its operator set none (EvalConfig.protocol). None: the evaluation's default
     repeats: int | None = Field(default=None, ge=1, le=MAX_EVAL_REPEATS)
     warmup: int | None = Field(default=None, ge=0, le=MAX_EVAL_WARMUP)
+
+    @field_validator("id")
+    @classmethod
+    def _file_name(cls, value: str) -> str:
+        """A task id names files of a run (``trajectories/ID.traj.json``)."""
+        if not value or value.startswith(".") or any(c in value for c in "/\\\0"):
+            raise ValueError("a task id names a file: no '/', '\\' or NUL, no leading '.'")
+        return value
 
     @model_validator(mode="before")
     @classmethod
