@@ -97,6 +97,29 @@ def test_a_good_dataset_folder_still_loads(tmp_path: Path) -> None:
     assert "t1" in out.output
 
 
+def test_rows_of_a_wrong_shape_are_one_line(tmp_path: Path) -> None:
+    """Rows whose content does not fit their benchmark (a gold speedup that is not a
+    number; a datasets folder whose state.json lists a data file without its name) are
+    a one-line error naming the file, exit 2 (they were tracebacks, and 500s on a server)."""
+    import json
+
+    from agentfleet.tasks.task import BUNDLED_DIR
+
+    good = (BUNDLED_DIR / "swefficiency-mini" / "rows.jsonl").read_text().splitlines()
+    row = {**json.loads(good[0]), "speedup": "fast"}
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps(row) + "\n")
+    _refused(
+        ["tasks", "list", "-d", f"swefficiency:{rows}"],
+        f"{rows}: does not fit the swefficiency format",
+        "could not convert string to float: 'fast'",
+    )
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "state.json").write_text(json.dumps({"_data_files": [{"name": "x.arrow"}]}))
+    _refused(["tasks", "list", "-d", f"gso:{folder}"], "does not fit the gso format", "KeyError")
+
+
 # YAML configs of `run` -------------------------------------------------------------------
 def _run(tmp_path: Path, *args: str) -> list[str]:
     return ["run", "--run-dir", str(tmp_path / "run"), "--progress", "none", *args]

@@ -133,6 +133,10 @@ def _rows_dataset(
         raise DatasetFileError(e.path, e.problem, f"dataset {label!r}: {shown}") from None
     except (ProfileError, OSError) as e:
         raise TaskNotFound(f"dataset {label!r}: {e}") from None
+    except (ValueError, TypeError, KeyError, RecursionError) as e:  # content of a wrong shape
+        shown = rows_path if client is None or base is None else _place(rows_path, base)
+        problem = f"does not fit the {profile} format ({type(e).__name__}: {e})"[:500]
+        raise DatasetFileError(rows_path, problem, f"dataset {label!r}: {shown}") from None
     return RowsDataset(
         name=name,
         description=description,
