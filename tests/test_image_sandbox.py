@@ -157,6 +157,14 @@ async def test_image_file_cap(task_images: dict, tmp_path: Path) -> None:
         with pytest.raises(SandboxError) as err:
             await svc.read_file(info.sandbox_id, "src")  # a folder
         assert err.value.status == 422
+        # a write over a folder (or to no file name) is refused, as on the process backend:
+        # put_archive replaced the folder by the file
+        for folder in ("src", "src/", "/"):
+            with pytest.raises(SandboxError) as err:
+                await svc.write_file(info.sandbox_id, folder, b"x")
+            assert err.value.status == 400, folder
+        r = await svc.exec(info.sandbox_id, "test -d src && echo still-a-folder")
+        assert r.output.strip() == "still-a-folder", r.output
 
 
 def _tiny_image(tmp_path: Path, name: str, label: str | None) -> None:

@@ -189,7 +189,16 @@ async def write_file(container: Any, path: str, data: bytes) -> None:
     """Write ``data`` at ``path`` in the container (its folder must exist; owner root)."""
     import aiodocker
 
-    archive = await asyncio.to_thread(_one_file_tar, posixpath.basename(path), data)
+    name = posixpath.basename(path)
+    if not name or name in (".", ".."):
+        raise SandboxError(f"cannot write {path!r}: not a file name", 400)
+    try:  # a folder there would be replaced by the file (put_archive): refused, as on disk
+        stat = await _stat(container, path)
+    except (aiodocker.DockerError, ValueError):
+        stat = None  # nothing there yet
+    if stat is not None and stat.get("mode", 0) & (1 << 31):
+        raise SandboxError(f"cannot write {path!r}: it is a folder", 400)
+    archive = await asyncio.to_thread(_one_file_tar, name, data)
     try:
         await container.put_archive(posixpath.dirname(path) or "/", archive)
     except aiodocker.DockerError as e:
