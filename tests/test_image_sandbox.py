@@ -143,6 +143,29 @@ def test_images_pull_skips_present_and_refuses_never(task_images: dict) -> None:
     assert res.exit_code == 1 and "missing and --pull never" in res.output
 
 
+async def test_a_file_grown_after_its_stat_is_over_the_cap(
+    task_images: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read streams the engine's archive and stops past the cap: a file swapped for a
+    huge one between the size check and the read is a 413 (the whole archive was read into
+    memory, 2 GB of server memory for a 1 GB file, and cut to a 200 of the cap)."""
+    from agentfleet.sandbox import image_box
+
+    async with SandboxService(
+        DockerBackend(root=tmp_path / "sb", max_file_bytes=64), reap_period_s=0
+    ) as svc:
+        info = await svc.create(CreateSandbox(task_id=ROWS["gso-mini"], dataset="gso-mini"))
+        await svc.exec(info.sandbox_id, "head -c 100000 /dev/zero > big.bin")
+
+        async def small(container: object, path: str) -> dict[str, int]:
+            return {"mode": 0o644, "size": 1}  # as it was at the stat
+
+        monkeypatch.setattr(image_box, "_stat", small)
+        with pytest.raises(SandboxError) as err:
+            await svc.read_file(info.sandbox_id, "big.bin")
+        assert err.value.status == 413
+
+
 async def test_image_file_cap(task_images: dict, tmp_path: Path) -> None:
     async with SandboxService(
         DockerBackend(root=tmp_path / "sb", max_file_bytes=64), reap_period_s=0

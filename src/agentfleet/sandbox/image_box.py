@@ -169,20 +169,45 @@ async def read_file(container: Any, path: str, cap: int) -> bytes:
         raise SandboxError(f"no file {path!r} in the sandbox", 404) from e
     if stat is None or stat.get("mode", 0) & (1 << 31 | 1 << 27):  # a folder or a symlink
         raise SandboxError(f"{path!r} is not a regular file", 422)
+    over = SandboxError(f"{path!r} is over the {cap} bytes file cap", 413)
     if int(stat.get("size", 0)) > cap:
-        raise SandboxError(f"{path!r} is over the {cap} bytes file cap", 413)
-    tar = await container.get_archive(path)
-    data = await asyncio.to_thread(_first_member, tar, cap)  # tarfile reads: off the loop
+        raise over
+    # streamed and bounded: the file may have grown since the stat (a command swapping in a
+    # huge one), and the whole archive was read into memory before the cap was applied
+    archive = await _archive(container, path, cap + _TAR_SLACK)
+    if archive is None:
+        raise over
+    data = await asyncio.to_thread(_first_member, archive, cap)  # tarfile: off the loop
     if data is None:
         raise SandboxError(f"{path!r} is not a regular file", 422)
+    if len(data) > cap:
+        raise over
     return data
 
 
-def _first_member(tar: tarfile.TarFile, cap: int) -> bytes | None:
-    with tar:
+_TAR_SLACK = 64 * 1024  # a tar stream's headers (long names too), padding and end blocks
+
+
+async def _archive(container: Any, path: str, limit: int) -> bytes | None:
+    """The engine's tar stream of ``path``, None once it runs past ``limit`` bytes."""
+    got = bytearray()
+    async with container.docker._query(
+        f"containers/{container.id}/archive", method="GET", params={"path": path}
+    ) as resp:
+        async for chunk in resp.content.iter_chunked(1 << 16):
+            got += chunk
+            if len(got) > limit:
+                return None
+    return bytes(got)
+
+
+def _first_member(archive: bytes, cap: int) -> bytes | None:
+    """The first member's bytes (``cap + 1`` at most: over the cap shows), None if it is
+    not a regular file."""
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r") as tar:
         member = tar.next()
-        f = tar.extractfile(member) if member is not None else None
-        return None if f is None else f.read(cap + 1)[:cap]
+        f = tar.extractfile(member) if member is not None and member.isfile() else None
+        return None if f is None else f.read(cap + 1)
 
 
 async def write_file(container: Any, path: str, data: bytes) -> None:
