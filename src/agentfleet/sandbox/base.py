@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from agentfleet.tasks import DEFAULT_DATASET
 
@@ -71,7 +72,39 @@ class SandboxUnauthorized(SandboxError):
     status = 401
 
 
-class CreateSandbox(BaseModel):
+def _check_utf8(value: Any) -> None:
+    """Raise if ``value`` (a string, or one inside a dict or list) is not UTF-8 encodable."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise PydanticCustomError(
+                "string_not_utf8",
+                "string must be valid Unicode (no lone surrogate at {position})",
+                {"position": exc.start},
+            ) from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_utf8(key)
+            _check_utf8(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_utf8(item)
+
+
+class RequestModel(BaseModel):
+    """A request body the sandbox server takes: every string in it (dict keys too) must be
+    encodable as UTF-8. A lone surrogate (JSON ``"\\udc80"``) is refused (422) before
+    anything is made, so nothing echoes it back into a response that cannot be encoded."""
+
+    @field_validator("*")
+    @classmethod
+    def _utf8_strings(cls, value: Any) -> Any:
+        _check_utf8(value)
+        return value
+
+
+class CreateSandbox(RequestModel):
     """Request to create a sandbox: from a task's repository, or an empty one.
 
     ``sandbox_id``: chosen by the client (so it can delete the sandbox even if the create
@@ -119,7 +152,7 @@ _ENV_SCHEMA: dict[str, Any] = {
 }
 
 
-class ExecRequest(BaseModel):
+class ExecRequest(RequestModel):
     """One command. ``env`` is set for the command only (inside the sandbox): names are
     non-empty, without ``=`` or NUL, not a shell start-up variable (``BASH_ENV``,
     ``SHELLOPTS``, an exported function ``BASH_FUNC_*``...); no NUL in values, the command

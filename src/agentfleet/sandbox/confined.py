@@ -32,7 +32,10 @@ def confine(work: Path, path: str) -> tuple[Path, Path]:
         candidate = raw
     else:
         candidate = real_work / raw
-    resolved = Path(os.path.realpath(candidate))
+    try:
+        resolved = Path(os.path.realpath(candidate))
+    except UnicodeEncodeError:  # a lone surrogate no file name can hold
+        raise PathOutsideSandbox(f"invalid path {path!r}") from None
     if resolved != real_work and real_work not in resolved.parents:
         raise PathOutsideSandbox(f"path {path!r} is outside the sandbox workdir {work}")
     return real_work, resolved

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
@@ -173,7 +174,27 @@ def _describe(limits: dict[str, dict[str, Any]]) -> str:
 def _error(
     status: int, message: str, headers: dict[str, str] | None = None, **extra: Any
 ) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+    body = _json_safe({"error": message, **extra})  # e.g. a 422 quoting NaN or a surrogate
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` as strict JSON can carry it: a non-finite float (NaN, 1e309) or a string
+    with a lone surrogate becomes its ``repr`` text, so an error detail that quotes the
+    refused input still renders."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return repr(value)
+        return value
+    if isinstance(value, dict):
+        return {_json_safe(str(k)): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def create_app(
@@ -248,7 +269,7 @@ def create_app(
         try:
             detail = jsonable_encoder(exc.errors(), custom_encoder={bytes: repr})
         except Exception:
-            detail = str(exc.errors())
+            detail = repr(exc.errors())
         malformed = any(e.get("type") == "json_invalid" for e in exc.errors())
         message = "malformed JSON body" if malformed else "invalid request"
         return _error(422, message, detail=detail)
