@@ -115,3 +115,16 @@ async def test_the_422_detail_quotes_the_refused_input_as_text(url: str) -> None
 def test_confine_refuses_a_path_no_file_name_can_hold(tmp_path: Path) -> None:
     with pytest.raises(PathOutsideSandbox):  # was UnicodeEncodeError (a 500 when reached)
         confine(tmp_path, "\ud800")
+
+
+def test_a_command_over_one_arguments_cap_is_refused_by_the_model() -> None:
+    """`bash -c COMMAND` passes the command as one argument, which Linux caps at 128 KiB:
+    the request model refuses a longer one for both backends alike (docker answered 200
+    with "argument list too long", the process backend 422)."""
+    from pydantic import ValidationError
+
+    from agentfleet.sandbox.base import MAX_COMMAND_BYTES, ExecRequest
+
+    assert ExecRequest(command="x" * MAX_COMMAND_BYTES).command
+    with pytest.raises(ValidationError, match="write long content with PUT /files"):
+        ExecRequest(command="é" * (MAX_COMMAND_BYTES // 2 + 1))  # bytes, not characters

@@ -116,7 +116,8 @@ async def test_failed_spawns_are_4xx_and_leak_no_fd(tmp_path: Path) -> None:
         bad = [
             {"command": "echo a\u0000b"},  # NUL: refused before any spawn
             {"command": "true", "env": {"BAD=NAME": "1"}},
-            {"command": "echo " + "x" * 200_000},  # passes the model, exec fails: E2BIG
+            {"command": "echo " + "x" * 200_000},  # over one argument's cap: the model's 422
+            {"command": "true", "env": {"BIG": "x" * 200_000}},  # passes it, exec fails: E2BIG
         ]
         assert (await client.exec(sid, "true")).returncode == 0  # warm: connection open
         before = _open_fds()

@@ -11,6 +11,9 @@ from pydantic_core import PydanticCustomError
 
 from agentfleet.tasks import DEFAULT_DATASET
 
+# bytes of one command: `bash -c COMMAND` passes it as one argument, which Linux caps at
+# 128 KiB (MAX_ARG_STRLEN), with room for the prefixes the backends add
+MAX_COMMAND_BYTES = 128_000
 DEFAULT_IMAGE = "agentfleet-base:bookworm"  # the docker backend's sandbox image
 DEFAULT_OUTPUT_LIMIT = 100_000  # characters kept from a command's output (head + tail)
 DEFAULT_EXEC_TIMEOUT = 60.0
@@ -169,6 +172,16 @@ class ExecRequest(RequestModel):
         if "\0" in value:
             raise ValueError("must not contain NUL characters")
         return value
+
+    @field_validator("command")
+    @classmethod
+    def _one_argument(cls, command: str) -> str:
+        if (n := len(command.encode("utf-8", "surrogatepass"))) > MAX_COMMAND_BYTES:
+            raise ValueError(
+                f"the command is {n} bytes: at most {MAX_COMMAND_BYTES} (it is one argument "
+                "of bash -c, which the kernel caps); write long content with PUT /files"
+            )
+        return command
 
     @field_validator("env")
     @classmethod
