@@ -188,6 +188,12 @@ async def test_image_file_cap(task_images: dict, tmp_path: Path) -> None:
             assert err.value.status == 400, folder
         r = await svc.exec(info.sandbox_id, "test -d src && echo still-a-folder")
         assert r.output.strip() == "still-a-folder", r.output
+        # a cwd that is no folder: 400 at once (it was taken for a stopped container: a
+        # 126 after 10 s of waiting for it to stop)
+        for cwd in ("nonexistent", "src/primes.c"):
+            with pytest.raises(SandboxError) as err:
+                await svc.exec(info.sandbox_id, "pwd", cwd=cwd)
+            assert err.value.status == 400 and "no directory" in str(err.value), cwd
 
 
 def _tiny_image(tmp_path: Path, name: str, label: str | None) -> None:

@@ -443,13 +443,11 @@ class DockerBackend:
                     await self._restart(box)
                     continue
                 raise
+            head = bytes(capture.head[:300]).decode(errors="replace")
+            if rc == 126 and head.startswith("OCI runtime exec failed") and "chdir to cwd" in head:
+                raise SandboxError(f"cwd {str(cwd)!r} is no directory in the sandbox", 400)
             # 126: the runtime could not exec: the container is stopping (its state may lag)
-            if (
-                rc == 126
-                and retry
-                and not_running(bytes(capture.head[:300]).decode(errors="replace"))
-                and await wait_stopped(box.container)
-            ):
+            if rc == 126 and retry and not_running(head) and await wait_stopped(box.container):
                 await self._restart(box)
                 continue
             return rc
