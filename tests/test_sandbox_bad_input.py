@@ -128,3 +128,26 @@ def test_a_command_over_one_arguments_cap_is_refused_by_the_model() -> None:
     assert ExecRequest(command="x" * MAX_COMMAND_BYTES).command
     with pytest.raises(ValidationError, match="write long content with PUT /files"):
         ExecRequest(command="é" * (MAX_COMMAND_BYTES // 2 + 1))  # bytes, not characters
+
+
+def test_a_file_that_grows_during_its_read_stops_at_the_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The size check comes before the read: a file grown in between (a command appending
+    to it) is cut off past the cap with a 413, not read whole."""
+    import os
+    import types
+
+    from agentfleet.sandbox import confined
+    from agentfleet.sandbox.base import SandboxError
+
+    (tmp_path / "grows.log").write_bytes(b"x" * 100)
+    real = os.fstat
+    monkeypatch.setattr(
+        confined.os,
+        "fstat",
+        lambda fd: types.SimpleNamespace(**{"st_size": 1, "st_mode": real(fd).st_mode}),
+    )
+    with pytest.raises(SandboxError) as err:
+        confined.read_file(tmp_path, "grows.log", 10)
+    assert err.value.status == 413

@@ -117,13 +117,15 @@ def read_file(work: Path, path: str, max_bytes: int) -> bytes:
     fd = _open(work, path, write=False)  # a regular file
     try:
         st = os.fstat(fd)
+        over = SandboxError(f"file {path!r} is over the {max_bytes} bytes cap", 413)
         if st.st_size > max_bytes:
-            raise SandboxError(
-                f"file {path!r} is {st.st_size} bytes, over the {max_bytes} cap", 413
-            )
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
+            raise over
+        chunks, got = [], 0
+        while chunk := os.read(fd, 1 << 20):  # bounded too: the file may grow meanwhile
             chunks.append(chunk)
+            got += len(chunk)
+            if got > max_bytes:
+                raise over
         return b"".join(chunks)
     finally:
         os.close(fd)
