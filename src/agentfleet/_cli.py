@@ -83,10 +83,10 @@ def fail(message: str, code: int = 2) -> NoReturn:
 def check_url(option: str, url: str | None) -> None:
     """A server's URL option (unset: nothing to check) is an http(s) URL with a host and a
     valid port, else exit 2 naming it: a wrong one would fail every task, not the command."""
-    from agentfleet.http.urls import is_http_url
+    from agentfleet.http.urls import url_problem
 
-    if url is not None and not is_http_url(url):
-        fail(f"{option} {url[:200]!r}: not an http(s) URL (e.g. http://host:port)")
+    if (problem := url_problem(option, url)) is not None:
+        fail(problem)
 
 
 def setup_logging(verbose: bool) -> None:

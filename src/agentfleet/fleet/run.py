@@ -33,7 +33,7 @@ from agentfleet.fleet.results import latest_results, spent_usd
 from agentfleet.fleet.rundir import RunDir, run_name
 from agentfleet.fleet.runner import RunPlan, plan_run, run_fleet
 from agentfleet.http import resolve_limits
-from agentfleet.http.urls import is_http_url
+from agentfleet.http.urls import url_problem
 from agentfleet.models import ModelSpec
 from agentfleet.serving import graceful_stop, run_async
 from agentfleet.tasks import DEFAULT_DATASET, DEFAULT_SPLIT, load_dataset
@@ -139,10 +139,8 @@ def _check_urls(req: RunRequest) -> None:
     given: list[tuple[str, str | None]] = [("--sandbox-url", u) for u in req.sandbox_urls]
     given += [("--eval-url", req.eval_url), ("--model-url", req.model_url)]
     for option, url in given:
-        if url is None:
-            continue
-        if not is_http_url(url):
-            raise ValueError(f"{option} {url!r}: not an http(s) URL (e.g. http://host:port)")
+        if (problem := url_problem(option, url)) is not None:
+            raise ValueError(problem)
 
 
 def build_config(req: RunRequest) -> tuple[FleetConfig, RayOptions | None]:
