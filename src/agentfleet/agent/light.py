@@ -28,6 +28,7 @@ from agentfleet.models.tool_calls import (
 )
 from agentfleet.sandbox.base import DEFAULT_EXEC_TIMEOUT, ExecResult, SandboxError
 from agentfleet.tasks import Task
+from agentfleet.tasks.oneline import one_line
 from agentfleet.tasks.yamlfile import read_yaml
 
 _BASH_BLOCK = re.compile(r"```bash\s*\n(.*?)\n```", re.DOTALL)
@@ -156,7 +157,7 @@ def _answerable(calls: list[Any]) -> list[dict[str, Any]]:
 
 def _refusal(exc: Exception) -> str:
     if isinstance(exc, ValidationError):  # the request the client would have sent
-        why = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        why = one_line(exc, limit=len(exc.errors()))
     else:
         why = str(exc)
     return f"the sandbox refused it ({why})"
