@@ -118,7 +118,8 @@ def _ended(exit_status: str, content: str) -> Exception:
 
 class _Stop:
     """The run's stop, for one agent thread: once set, the agent's call in flight (a model
-    query, a command) is cancelled and no other starts; the agent ends ``Interrupted``."""
+    query, a command) is cancelled and no other starts; the agent ends with ``status``
+    (``Interrupted``, or ``TimeLimitExceeded`` at the run's time limit)."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
@@ -185,7 +186,7 @@ def _stoppable(stop: _Stop) -> tuple[type, type]:
 
 
 def _agent_class(stop: _Stop, cost_limit: float | None) -> type:
-    """DefaultAgent that ends (``Interrupted``) before its next step once ``stop`` is set,
+    """DefaultAgent that ends (with ``stop.status``) before its next step once ``stop`` is set,
     and ends cleanly at the run's cost limit (``cost_limit``, or the agentfleet model's own
     limits) with LightAgent's exit status."""
     from minisweagent.agents.default import DefaultAgent
