@@ -6,6 +6,7 @@ Against a real evaluation server on 127.0.0.1 (port 0), in this test's event loo
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -88,6 +89,32 @@ async def test_design_call_verbatim(caplog: pytest.LogCaptureFixture) -> None:
     assert len(done) == 1
     seconds = done[0].rsplit(" ", 1)[1]
     assert float(seconds) >= 0.05 and len(seconds.split(".")[1]) == 2
+
+
+# A fresh process: the import loads no aiohttp; the first call loads it in a thread.
+FIRST_CALL = """
+import asyncio, json, sys, threading
+loads = []
+def hook(event, args):
+    if event == "import" and args[0] == "aiohttp":
+        loads.append(threading.current_thread() is threading.main_thread())
+sys.addaudithook(hook)
+from agentfleet import evaluate_info
+before = "aiohttp" in sys.modules
+out = asyncio.run(evaluate_info("Submitted", "", None, "t1", "test", "test", sys.argv[1]))
+print(json.dumps({"before": before, "loads_on_loop_thread": loads, "out": out[:2]}))
+"""
+
+
+async def test_the_first_call_loads_the_http_stack_off_the_loop() -> None:
+    async with running(SleepEvaluator(0.01)) as srv:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", FIRST_CALL, srv.url, stdout=asyncio.subprocess.PIPE
+        )
+        stdout, _ = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0
+    seen = json.loads(stdout)
+    assert seen == {"before": False, "loads_on_loop_thread": [False], "out": [1.0, 1.25]}
 
 
 async def test_gather_runs_concurrently(caplog: pytest.LogCaptureFixture) -> None:

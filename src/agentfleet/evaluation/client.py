@@ -4,12 +4,15 @@ An evaluation is a job: ``POST /evaluations`` with an ``Idempotency-Key`` (the s
 every retry, so a retry never evaluates twice), then long polls of
 ``GET /evaluations/{id}?wait=...`` until it is done. Requests go through the event loop's
 shared :class:`~agentfleet.http.HttpPool`: one pool of keep-alive connections for every
-agent on the loop, never a session per call.
+agent on the loop, never a session per call. The pool, and aiohttp with it, is imported on
+the first request, in a thread: importing this module loads no HTTP stack, and loading it
+never blocks the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import time
@@ -17,15 +20,18 @@ import uuid
 import weakref
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 from pydantic import ValidationError
 
 from agentfleet.evaluation.schema import EvalRequest, EvalResult
-from agentfleet.http import EVAL_TIMEOUTS, HttpError, HttpPool, Response, Timeouts, json_object
-from agentfleet.http.retry import BodyCheck, retry_after_from_headers
+from agentfleet.http.limits import EVAL_TIMEOUTS, Timeouts
+from agentfleet.http.response import HttpError, Response
+from agentfleet.http.retry import BodyCheck, json_object, retry_after_from_headers
 from agentfleet.tasks import DEFAULT_DATASET, DEFAULT_SPLIT
+
+if TYPE_CHECKING:
+    from agentfleet.http.pool import HttpPool
 
 logger = logging.getLogger("agentfleet.evaluation")
 
@@ -126,6 +132,21 @@ class _LongCalls:
 
 _long_calls = _LongCalls()
 
+_POOL_MODULE = "agentfleet.http.pool"
+_pool_loaded = False
+
+
+async def _loop_pool() -> HttpPool:
+    """The running loop's shared pool. The first call of the process imports the pool
+    module (aiohttp, and the SSL contexts it builds at import) in a thread."""
+    global _pool_loaded
+    if not _pool_loaded:  # a flag, not sys.modules: set once the import has finished
+        await asyncio.to_thread(importlib.import_module, _POOL_MODULE)
+        _pool_loaded = True
+    from agentfleet.http.pool import HttpPool
+
+    return HttpPool.for_loop()
+
 
 class EvalClient:
     """Talks to one evaluation server.
@@ -151,7 +172,15 @@ class EvalClient:
 
     @property
     def pool(self) -> HttpPool:
-        return self._pool if self._pool is not None else HttpPool.for_loop()
+        """The pool given, else the running loop's (imported here if no request has)."""
+        if self._pool is not None:
+            return self._pool
+        from agentfleet.http.pool import HttpPool
+
+        return HttpPool.for_loop()
+
+    async def _ready_pool(self) -> HttpPool:
+        return self._pool if self._pool is not None else await _loop_pool()
 
     def _headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         headers = {"Accept": "application/json"}
@@ -163,6 +192,7 @@ class EvalClient:
 
     async def _request(
         self,
+        pool: HttpPool,
         method: str,
         path: str,
         *,
@@ -175,9 +205,11 @@ class EvalClient:
     ) -> Response:
         """One call through the pool; a success whose body ``accept`` refuses is retried
         like a 5xx (then returned; the caller raises)."""
+        import aiohttp  # loaded with the pool
+
         url = f"{self.base_url}{path}"
         try:
-            return await self.pool.request(
+            return await pool.request(
                 method,
                 url,
                 json=json,
@@ -245,12 +277,14 @@ class EvalClient:
         body = req.model_dump(mode="json")
         body["idempotency_key"] = key
         deadline = None if timeout is None else time.monotonic() + timeout
+        pool = await self._ready_pool()
         while True:
-            async with _long_calls.hold(self.pool, wait) as held:
+            async with _long_calls.hold(pool, wait) as held:
                 headers = {"Idempotency-Key": key}
                 if held > 0:
                     headers["Prefer"] = f"wait={held:g}"
                 resp = await self._request(
+                    pool,
                     "POST",
                     "/evaluations",
                     json=body,
@@ -284,8 +318,10 @@ class EvalClient:
         """The job's state; ``wait`` > 0 long-polls until it ends or ``wait`` expires."""
         wait = min(MAX_POLL_WAIT, max(0.0, wait))
         timeouts = Timeouts(total=wait + 120, connect=60, sock_connect=30, sock_read=wait + 60)
-        async with _long_calls.hold(self.pool, wait, always=True):
+        pool = await self._ready_pool()
+        async with _long_calls.hold(pool, wait, always=True):
             resp = await self._request(
+                pool,
                 "GET",
                 f"/evaluations/{job_id}",
                 params={"wait": f"{wait:g}"},
@@ -351,7 +387,12 @@ class EvalClient:
                 )
 
     async def health(self) -> dict[str, Any]:
-        resp = await self._request("GET", "/healthz", timeouts=Timeouts(total=30, sock_read=30))
+        resp = await self._request(
+            await self._ready_pool(),
+            "GET",
+            "/healthz",
+            timeouts=Timeouts(total=30, sock_read=30),
+        )
         if resp.status != 200:
             raise self._fail(resp, "healthz")
         return _json_object(resp, "healthz")

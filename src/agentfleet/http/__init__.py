@@ -1,37 +1,42 @@
-"""Pooled HTTP: one aiohttp session per event loop, safe retries, metrics."""
+"""Pooled HTTP: one aiohttp session per event loop, safe retries, metrics.
 
-from agentfleet.http.errors import (
-    HttpConnectionError,
-    HttpError,
-    HttpStatusError,
-    HttpTimeoutError,
-    Response,
-)
-from agentfleet.http.limits import (
-    DEFAULT_TIMEOUTS,
-    EVAL_TIMEOUTS,
-    LLM_TIMEOUTS,
-    PRESETS,
-    PoolLimits,
-    Timeouts,
-    exec_timeouts,
-    preset_for_fleet,
-    resolve_limits,
-)
-from agentfleet.http.metrics import (
-    PoolCollector,
-    pool_metrics_collector,
-    register_pool_metrics,
-    render_prometheus,
-)
-from agentfleet.http.pool import HttpPool
-from agentfleet.http.retry import (
-    NO_RETRY,
-    RetryPolicy,
-    is_idempotent,
-    json_object,
-    parse_retry_after,
-)
+Names are imported on first use (PEP 562): ``from agentfleet.http import HttpError``
+(what the evaluation client needs to import) loads neither the pool nor aiohttp.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from agentfleet._lazy import lazy_exports
+
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(("HttpConnectionError", "HttpTimeoutError"), "agentfleet.http.errors"),
+    **dict.fromkeys(
+        (
+            "DEFAULT_TIMEOUTS",
+            "EVAL_TIMEOUTS",
+            "LLM_TIMEOUTS",
+            "PRESETS",
+            "PoolLimits",
+            "Timeouts",
+            "exec_timeouts",
+            "preset_for_fleet",
+            "resolve_limits",
+        ),
+        "agentfleet.http.limits",
+    ),
+    **dict.fromkeys(
+        ("PoolCollector", "pool_metrics_collector", "register_pool_metrics", "render_prometheus"),
+        "agentfleet.http.metrics",
+    ),
+    **dict.fromkeys(("HttpPool",), "agentfleet.http.pool"),
+    **dict.fromkeys(("HttpError", "HttpStatusError", "Response"), "agentfleet.http.response"),
+    **dict.fromkeys(
+        ("NO_RETRY", "RetryPolicy", "is_idempotent", "json_object", "parse_retry_after"),
+        "agentfleet.http.retry",
+    ),
+}
 
 __all__ = [
     "DEFAULT_TIMEOUTS",
@@ -59,3 +64,34 @@ __all__ = [
     "render_prometheus",
     "resolve_limits",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+if TYPE_CHECKING:
+    from agentfleet.http.errors import HttpConnectionError, HttpTimeoutError
+    from agentfleet.http.limits import (
+        DEFAULT_TIMEOUTS,
+        EVAL_TIMEOUTS,
+        LLM_TIMEOUTS,
+        PRESETS,
+        PoolLimits,
+        Timeouts,
+        exec_timeouts,
+        preset_for_fleet,
+        resolve_limits,
+    )
+    from agentfleet.http.metrics import (
+        PoolCollector,
+        pool_metrics_collector,
+        register_pool_metrics,
+        render_prometheus,
+    )
+    from agentfleet.http.pool import HttpPool
+    from agentfleet.http.response import HttpError, HttpStatusError, Response
+    from agentfleet.http.retry import (
+        NO_RETRY,
+        RetryPolicy,
+        is_idempotent,
+        json_object,
+        parse_retry_after,
+    )

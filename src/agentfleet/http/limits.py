@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import aiohttp
+if TYPE_CHECKING:
+    import aiohttp
 
 __all__ = [
     "DEFAULT_TIMEOUTS",
@@ -83,6 +85,8 @@ class Timeouts:
     sock_read: float | None = 300.0
 
     def client_timeout(self) -> aiohttp.ClientTimeout:
+        import aiohttp  # loaded with the pool, which calls this
+
         return aiohttp.ClientTimeout(
             total=self.total,
             connect=self.connect,

@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-import aiohttp
-
+# aiohttp is imported where an exception is classified (it is loaded by then: the exception
+# came from it), so that client modules import these rules without the HTTP stack.
 if TYPE_CHECKING:  # tenacity is imported by build_retrying(), when a retry happens
     from tenacity import AsyncRetrying, RetryCallState
 
@@ -63,6 +63,8 @@ def is_retryable_exception(exc: BaseException) -> bool:
     A read timeout (``SocketTimeoutError``) and the overall ``total`` timeout are not
     retried: the server was slow, not unreachable, and the call's budget is spent.
     """
+    import aiohttp
+
     if isinstance(exc, aiohttp.SocketTimeoutError):
         return False
     return isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError)
@@ -71,6 +73,8 @@ def is_retryable_exception(exc: BaseException) -> bool:
 def is_connect_error(exc: BaseException) -> bool:
     """The connection was never made (refused, unreachable, connect timeout): the request
     never left, so resending it is safe whatever its method."""
+    import aiohttp
+
     return isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
 
 
@@ -81,6 +85,8 @@ def is_transport_error(exc: BaseException) -> bool:
     """A failure of the way to a server, not an answer from it: a connection error or a
     timeout (aiohttp's, or an ``HttpError`` after retries), or an error whose ``status``
     is 502/503/504 (e.g. a ``SandboxError`` for an unreachable sandbox server)."""
+    import aiohttp
+
     if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
         return True
     return getattr(exc, "status", None) in TRANSPORT_STATUSES
