@@ -447,6 +447,33 @@ def test_eval_bench_spread() -> None:
     assert got["ref_max_dev"] == pytest.approx(0.1 / 2.1) and got["not_ok"] == 1
 
 
+def test_cpu_noise_times_the_loop_in_fresh_interpreters() -> None:
+    """The host's own spread, shown beside each eval arm: real child processes' CPU."""
+    from agentfleet.bench.common import cpu_noise
+    from agentfleet.bench.eval_bench import table
+
+    got = cpu_noise(runs=3)
+    assert got["runs"] == 3 and 0 <= got["within_5pct"] <= 3
+    assert got["median_s"] > 0.005  # a million additions in a fresh interpreter
+    assert got["cv"] >= 0.0
+    row = {
+        "mode": "1",
+        "hog": False,
+        "worker_cpus": [None],
+        "wall_s": 1.0,
+        "evals_per_min": 1.0,
+        "noop_within_5pct": 1,
+        "noop_n": 1,
+        "noop_range": [1.0, 1.0],
+        "ref_within_5pct_of_median": 0,
+        "ref_n": 0,
+        "not_ok": 0,
+        "loadavg": [0.0, 0.0, 0.0],
+        "host_noise": {**got, "cv": 0.125, "within_5pct": 2},
+    }
+    assert "| 12.5%, 2/3 " in table([row])
+
+
 def test_bench_eval_rejects_bad_input(tmp_path: Path) -> None:
     for args in (["--modes", "1,2x"], ["--modes", "0p"], ["--hog", "sometimes"]):
         result = runner.invoke(bench_app, ["eval", *args, "--out", str(tmp_path / "x")])

@@ -336,6 +336,28 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+NOISE_LOOP = "s = 0\nfor i in range(1_000_000):\n    s += i"  # about 0.1 s of CPU
+
+
+def cpu_noise(runs: int = 20) -> dict[str, Any]:
+    """How steady this machine's CPU is now: the CPU time of one fixed loop in a fresh
+    interpreter, ``runs`` times. No timing harness is steadier than this; an arm's spread
+    is read against it (a shared or virtual host can spread this loop by 10% and more)."""
+    times = []
+    for _ in range(runs):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run([sys.executable, "-c", NOISE_LOOP], check=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        times.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    med = statistics.median(times)
+    return {
+        "runs": runs,
+        "median_s": med,
+        "cv": statistics.pstdev(times) / med if med > 0 else 0.0,
+        "within_5pct": sum(abs(t - med) <= 0.05 * med for t in times),
+    }
+
+
 def write_results(run_dir: Path, payload: dict[str, Any]) -> Path:
     path = run_dir / "results.json"
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")

@@ -11,7 +11,8 @@ An arm (``--modes``) is ``W`` (W local workers, not pinned), ``Wp`` (W local wor
 pinned to 1 CPU each) or ``Wr`` (no local worker: W Ray actors pinned to 1 CPU each,
 leasing the jobs over HTTP, on a local Ray started here unless this process has one).
 ``hog``: ``on`` runs a busy loop pinned to the last CPU during each arm; ``both`` runs
-every arm without, then with it.
+every arm without, then with it. Before each arm, :func:`cpu_noise` times a fixed loop
+(with the hog, if on): the host's own spread, against which the arm's is read.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
-from agentfleet.bench.common import Column, MissingExtra, columns_table
+from agentfleet.bench.common import Column, MissingExtra, columns_table, cpu_noise
 from agentfleet.evaluation.client import EvalClient
 from agentfleet.evaluation.config import EvalConfig
 from agentfleet.evaluation.ray_workers import ray_eval_workers
@@ -156,12 +157,14 @@ def measure(mode: str, reqs: Requests, cfg: EvalConfig, with_hog: bool) -> dict[
         spin = f"import os\nos.sched_setaffinity(0, {{{cpu}}})\nwhile 1: pass"
         hog = subprocess.Popen([sys.executable, "-c", spin])
     try:
+        noise = cpu_noise()
         res = asyncio.run(run_arm(mode, reqs, cfg))
     finally:
         if hog is not None:
             hog.kill()
             hog.wait()
     res["hog"] = with_hog
+    res["host_noise"] = noise
     res["loadavg"] = list(os.getloadavg())
     return res
 
@@ -234,6 +237,11 @@ def _range(r: dict[str, Any]) -> str:
     return f"{lo:.3f}-{hi:.3f}"
 
 
+def _noise(r: dict[str, Any]) -> str:
+    q = r.get("host_noise")
+    return f"{q['cv']:.1%}, {q['within_5pct']}/{q['runs']}" if q else "-"
+
+
 COLUMNS: list[Column] = [
     ("mode", "mode"),
     ("hog", lambda r: "yes" if r["hog"] else "no"),
@@ -244,6 +252,7 @@ COLUMNS: list[Column] = [
     ("unchanged range", _range),
     ("references within 5% of median", lambda r: f"{r['ref_within_5pct_of_median']}/{r['ref_n']}"),
     ("not ok", "not_ok"),
+    ("host noise: loop CPU cv, within 5%", _noise),
     ("load avg (1, 5 min)", lambda r: f"{r['loadavg'][0]:.1f}, {r['loadavg'][1]:.1f}"),
 ]
 
