@@ -65,6 +65,7 @@ HOW_TO_GET = {
     "bwrap": "apt-get install bubblewrap",
     "docker": "apt-get install docker.io and a running dockerd",
     "chromium": "apt-get install chromium",
+    "docker-registry": "apt-get install docker-registry",
     "minisweagent": "pip install 'agentfleet[mini]'",
 }
 
@@ -222,3 +223,33 @@ def fake_agents(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(runner, "run_one", fake_run_one)
     return ran
+
+
+# Image tasks (tests/test_image_sandbox.py, tests/test_image_pull.py): a GSO row with C
+# rebuilt by make, a SWE-Perf row timing pytest tests.
+ROWS = {  # a GSO row with C rebuilt by make, a SWE-Perf row timing pytest tests
+    "gso-mini": "agentfleet__cprimes-102",
+    "swe-perf-mini": "agentfleet__pairs-202",
+}
+
+
+@pytest.fixture(scope="session")
+def task_images() -> dict[str, Any]:
+    """The rows' images, built once per session (kept: an unchanged row is not rebuilt)."""
+    from agentfleet.sandbox.containers import DEFAULT_IMAGE
+    from agentfleet.sandbox.images import image_exists
+    from agentfleet.sandbox.task_images import build_bench_image, build_task_image
+    from agentfleet.tasks import load_dataset
+
+    require_tool("docker", "runs image tasks", available=docker_available())
+    if not image_exists(DEFAULT_IMAGE):
+        require_tool("docker", "runs image tasks", problem=f"image {DEFAULT_IMAGE} missing")
+    bench = build_bench_image(DEFAULT_IMAGE, log=lambda _: None)
+    tasks = {}
+    for dataset, task_id in ROWS.items():
+        task = load_dataset(dataset).task(task_id)
+        assert task.image is not None
+        build_task_image(task, task.image, base=bench, log=lambda _: None)
+        assert not build_task_image(task, task.image, base=bench, log=lambda _: None)  # cached
+        tasks[dataset] = task
+    return tasks

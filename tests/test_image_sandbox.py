@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import docker_available, require_tool
+from conftest import ROWS
 from typer.testing import CliRunner
 
 from agentfleet.cli import app
@@ -21,32 +21,9 @@ from agentfleet.sandbox.docker import DockerBackend
 from agentfleet.sandbox.image_box import ImageNaming
 from agentfleet.sandbox.images import image_exists
 from agentfleet.sandbox.service import SandboxService
-from agentfleet.sandbox.task_images import build_bench_image, build_task_image
 from agentfleet.tasks import Task, load_dataset
 
 pytestmark = pytest.mark.docker
-
-ROWS = {  # a GSO row with C rebuilt by make, a SWE-Perf row timing pytest tests
-    "gso-mini": "agentfleet__cprimes-102",
-    "swe-perf-mini": "agentfleet__pairs-202",
-}
-
-
-@pytest.fixture(scope="session")
-def task_images() -> dict[str, Task]:
-    """The rows' images, built once per session (kept: an unchanged row is not rebuilt)."""
-    require_tool("docker", "runs image tasks", available=docker_available())
-    if not image_exists(DEFAULT_IMAGE):
-        require_tool("docker", "runs image tasks", problem=f"image {DEFAULT_IMAGE} missing")
-    bench = build_bench_image(DEFAULT_IMAGE, log=lambda _: None)
-    tasks = {}
-    for dataset, task_id in ROWS.items():
-        task = load_dataset(dataset).task(task_id)
-        assert task.image is not None
-        build_task_image(task, task.image, base=bench, log=lambda _: None)
-        assert not build_task_image(task, task.image, base=bench, log=lambda _: None)  # cached
-        tasks[dataset] = task
-    return tasks
 
 
 def _containers(run: str) -> list[str]:

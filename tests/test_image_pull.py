@@ -1,0 +1,135 @@
+"""Pulls from a real registry: `images pull` and the docker backend's `--pull missing`.
+
+A distribution registry (Debian's ``docker-registry``) serves on 127.0.0.1; a bundled row's
+look-alike image is pushed to it under another name, that name removed locally, then
+pulled back the way a user's machine pulls GSO's or SWE-fficiency's images from Docker Hub.
+Nothing is left: the pushed names are removed, the registry stopped, its storage in tmp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import require_tool
+from typer.testing import CliRunner
+
+from agentfleet.cli import app
+from agentfleet.sandbox.base import CreateSandbox, SandboxError
+from agentfleet.sandbox.docker import DockerBackend
+from agentfleet.sandbox.image_box import ImageNaming
+from agentfleet.sandbox.images import image_exists
+from agentfleet.sandbox.service import SandboxService
+from agentfleet.tasks import load_dataset
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``127.0.0.1:PORT`` of a registry (the engine trusts loopback registries over HTTP)."""
+    require_tool("docker-registry", "serves images for the pull tests")
+    root = tmp_path_factory.mktemp("registry")
+    port = _free_port()
+    (root / "config.yml").write_text(
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
+        f"    rootdirectory: {root / 'data'}\nhttp:\n  addr: 127.0.0.1:{port}\n"
+    )
+    with (root / "log").open("w") as log:
+        proc = subprocess.Popen(
+            ["docker-registry", "serve", str(root / "config.yml")], stdout=log, stderr=log
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"registry did not start: {(root / 'log').read_text()[-500:]}")
+                time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def pushed(registry: str, task_images: dict[str, Any]) -> Iterator[str]:
+    """The gso-mini row's image in the registry as ``REGISTRY/agentfleet-test/gso:...``;
+    the name is not present locally when a test starts."""
+    task = task_images["gso-mini"]
+    remote = f"{registry}/agentfleet-test/gso:{task.id.lower()}"
+    subprocess.run(["docker", "tag", task.image, remote], check=True)
+    try:
+        subprocess.run(["docker", "push", "-q", remote], check=True, capture_output=True)
+        yield remote
+    finally:
+        subprocess.run(["docker", "rmi", remote], capture_output=True)  # an untag only
+
+
+@pytest.fixture
+def absent(pushed: str) -> str:
+    subprocess.run(["docker", "rmi", pushed], capture_output=True)
+    assert not image_exists(pushed)
+    return pushed
+
+
+def test_images_pull_from_a_registry(absent: str, registry: str, tmp_path: Path) -> None:
+    """Every gso-mini row mapped to the pushed image: pulled once, then present; an image
+    the registry lacks fails with the registry's reason and exit 1, the others kept."""
+    ids = [t.id for t in load_dataset("gso-mini").tasks()]
+    image_map = tmp_path / "map.json"
+    image_map.write_text(json.dumps(dict.fromkeys(ids, absent)))
+    runner = CliRunner()
+    res = runner.invoke(app, ["images", "pull", "-d", "gso-mini", "--image-map", str(image_map)])
+    assert res.exit_code == 0, res.output
+    assert "0 present, 1 pulled, 0 failed" in res.output and image_exists(absent)
+    res = runner.invoke(app, ["images", "pull", "-d", "gso-mini", "--image-map", str(image_map)])
+    assert res.exit_code == 0 and "1 present, 0 pulled" in res.output  # resumable
+    missing = f"{registry}/agentfleet-test/none:1"
+    image_map.write_text(json.dumps({ids[0]: absent, ids[1]: missing}))
+    res = runner.invoke(app, ["images", "pull", "-d", "gso-mini", "--image-map", str(image_map)])
+    assert res.exit_code == 1 and "FAILED" in res.output and missing in res.output, res.output
+    assert "not found" in res.output or "unknown" in res.output, res.output
+
+
+async def test_a_sandbox_pulls_its_missing_image(
+    absent: str, registry: str, tmp_path: Path, task_images: dict[str, Any]
+) -> None:
+    """``--pull missing``: creating the row's sandbox pulls its image from the registry,
+    then runs in it; a name the registry lacks is a 502 naming the image."""
+    task = task_images["gso-mini"]
+    naming = ImageNaming({task.id: absent}, "")
+    async with SandboxService(
+        DockerBackend(root=tmp_path / "sb", image_naming=naming, pull="missing"), reap_period_s=0
+    ) as svc:
+        info = await svc.create(CreateSandbox(task_id=task.id, dataset="gso-mini"))
+        assert await asyncio.to_thread(image_exists, absent)
+        res = await svc.exec(info.sandbox_id, "git rev-parse HEAD")
+        assert res.output.strip() == task.benchmark_fields["base_commit"]
+        await svc.delete(info.sandbox_id)
+    missing = ImageNaming({task.id: f"{registry}/agentfleet-test/none:1"}, "")
+    async with SandboxService(
+        DockerBackend(root=tmp_path / "sb2", image_naming=missing, pull="missing"),
+        reap_period_s=0,
+    ) as svc:
+        with pytest.raises(SandboxError) as err:
+            await svc.create(CreateSandbox(task_id=task.id, dataset="gso-mini"))
+        assert err.value.status == 502 and "agentfleet-test/none:1" in str(err.value)
