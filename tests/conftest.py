@@ -7,6 +7,7 @@ import asyncio
 import os
 import shutil
 import signal
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -253,3 +254,15 @@ def task_images() -> dict[str, Any]:
         assert not build_task_image(task, task.image, base=bench, log=lambda _: None)  # cached
         tasks[dataset] = task
     return tasks
+
+
+def tiny_image(tmp_path: Path, name: str, label: str | None) -> None:
+    """A one-file image (docker import of a small tar), optionally labelled."""
+    (tmp_path / "f").write_text("x")
+    subprocess.run(["tar", "-C", str(tmp_path), "-cf", str(tmp_path / "t.tar"), "f"], check=True)
+    change = ["--change", f"LABEL agentfleet.image={label}"] if label else []
+    subprocess.run(
+        ["docker", "import", *change, str(tmp_path / "t.tar"), name],
+        check=True,
+        capture_output=True,
+    )

@@ -1,14 +1,14 @@
 """Pulls from a real registry: `images pull` and the docker backend's `--pull missing`.
 
-A distribution registry (Debian's ``docker-registry``) serves on 127.0.0.1; a bundled row's
-look-alike image is pushed to it under another name, that name removed locally, then
-pulled back the way a user's machine pulls GSO's or SWE-fficiency's images from Docker Hub.
-Nothing is left: the pushed names are removed, the registry stopped, its storage in tmp.
+A distribution registry (Debian's ``docker-registry``) serves on 127.0.0.1; a one-file
+image is pushed to it and removed locally, then pulled back the way a user's machine pulls
+GSO's or SWE-fficiency's images from Docker Hub: by ``images pull`` (``docker pull``) and by
+the docker backend's ``--pull missing`` (the engine's API, before a sandbox is created).
+Nothing is left: the image is removed, the registry stopped, its storage in tmp.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import subprocess
@@ -16,21 +16,18 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import require_tool
+from conftest import docker_available, require_tool, tiny_image
 from typer.testing import CliRunner
 
 from agentfleet.cli import app
-from agentfleet.sandbox.base import CreateSandbox, SandboxError
-from agentfleet.sandbox.docker import DockerBackend
-from agentfleet.sandbox.image_box import ImageNaming
+from agentfleet.sandbox.base import SandboxError
+from agentfleet.sandbox.image_box import ensure_image
 from agentfleet.sandbox.images import image_exists
-from agentfleet.sandbox.service import SandboxService
 from agentfleet.tasks import load_dataset
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+pytestmark = pytest.mark.docker
 
 
 def _free_port() -> int:
@@ -42,6 +39,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``127.0.0.1:PORT`` of a registry (the engine trusts loopback registries over HTTP)."""
+    require_tool("docker", "pulls images", available=docker_available())
     require_tool("docker-registry", "serves images for the pull tests")
     root = tmp_path_factory.mktemp("registry")
     port = _free_port()
@@ -71,21 +69,20 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def pushed(registry: str, task_images: dict[str, Any]) -> Iterator[str]:
-    """The gso-mini row's image in the registry as ``REGISTRY/agentfleet-test/gso:...``;
-    the name is not present locally when a test starts."""
-    task = task_images["gso-mini"]
-    remote = f"{registry}/agentfleet-test/gso:{task.id.lower()}"
-    subprocess.run(["docker", "tag", task.image, remote], check=True)
+def pushed(registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A one-file image in the registry as ``REGISTRY/agentfleet-test/tiny:1``."""
+    remote = f"{registry}/agentfleet-test/tiny:1"
+    tiny_image(tmp_path_factory.mktemp("tiny"), remote, None)
     try:
         subprocess.run(["docker", "push", "-q", remote], check=True, capture_output=True)
         yield remote
     finally:
-        subprocess.run(["docker", "rmi", remote], capture_output=True)  # an untag only
+        subprocess.run(["docker", "rmi", remote], capture_output=True)
 
 
 @pytest.fixture
 def absent(pushed: str) -> str:
+    """The pushed image, not present locally."""
     subprocess.run(["docker", "rmi", pushed], capture_output=True)
     assert not image_exists(pushed)
     return pushed
@@ -104,32 +101,23 @@ def test_images_pull_from_a_registry(absent: str, registry: str, tmp_path: Path)
     res = runner.invoke(app, ["images", "pull", "-d", "gso-mini", "--image-map", str(image_map)])
     assert res.exit_code == 0 and "1 present, 0 pulled" in res.output  # resumable
     missing = f"{registry}/agentfleet-test/none:1"
-    image_map.write_text(json.dumps({ids[0]: absent, ids[1]: missing}))
+    # every row mapped into the loopback registry: nothing reaches Docker Hub
+    image_map.write_text(json.dumps({ids[0]: absent, **dict.fromkeys(ids[1:], missing)}))
     res = runner.invoke(app, ["images", "pull", "-d", "gso-mini", "--image-map", str(image_map)])
-    assert res.exit_code == 1 and "FAILED" in res.output and missing in res.output, res.output
+    assert res.exit_code == 1 and "1 present, 0 pulled, 1 failed" in res.output, res.output
+    assert "FAILED" in res.output and missing in res.output
     assert "not found" in res.output or "unknown" in res.output, res.output
 
 
-async def test_a_sandbox_pulls_its_missing_image(
-    absent: str, registry: str, tmp_path: Path, task_images: dict[str, Any]
-) -> None:
-    """``--pull missing``: creating the row's sandbox pulls its image from the registry,
-    then runs in it; a name the registry lacks is a 502 naming the image."""
-    task = task_images["gso-mini"]
-    naming = ImageNaming({task.id: absent}, "")
-    async with SandboxService(
-        DockerBackend(root=tmp_path / "sb", image_naming=naming, pull="missing"), reap_period_s=0
-    ) as svc:
-        info = await svc.create(CreateSandbox(task_id=task.id, dataset="gso-mini"))
-        assert await asyncio.to_thread(image_exists, absent)
-        res = await svc.exec(info.sandbox_id, "git rev-parse HEAD")
-        assert res.output.strip() == task.benchmark_fields["base_commit"]
-        await svc.delete(info.sandbox_id)
-    missing = ImageNaming({task.id: f"{registry}/agentfleet-test/none:1"}, "")
-    async with SandboxService(
-        DockerBackend(root=tmp_path / "sb2", image_naming=missing, pull="missing"),
-        reap_period_s=0,
-    ) as svc:
+async def test_the_docker_backend_pulls_a_missing_image(absent: str, registry: str) -> None:
+    """``--pull missing``, what a sandbox's create calls first: the image comes from the
+    registry through the engine's API; one the registry lacks is a 502 naming it."""
+    import aiodocker
+
+    async with aiodocker.Docker() as client:
+        await ensure_image(client, absent, "missing")
+        assert (await client.images.inspect(absent))["Id"]
+        missing = f"{registry}/agentfleet-test/none:1"
         with pytest.raises(SandboxError) as err:
-            await svc.create(CreateSandbox(task_id=task.id, dataset="gso-mini"))
+            await ensure_image(client, missing, "missing")
         assert err.value.status == 502 and "agentfleet-test/none:1" in str(err.value)

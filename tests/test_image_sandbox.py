@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROWS
+from conftest import ROWS, tiny_image
 from typer.testing import CliRunner
 
 from agentfleet.cli import app
@@ -173,18 +173,6 @@ async def test_image_file_cap(task_images: dict, tmp_path: Path) -> None:
             assert err.value.status == 400 and "no directory" in str(err.value), cwd
 
 
-def _tiny_image(tmp_path: Path, name: str, label: str | None) -> None:
-    """A one-file image (docker import of a small tar), optionally labelled."""
-    (tmp_path / "f").write_text("x")
-    subprocess.run(["tar", "-C", str(tmp_path), "-cf", str(tmp_path / "t.tar"), "f"], check=True)
-    change = ["--change", f"LABEL agentfleet.image={label}"] if label else []
-    subprocess.run(
-        ["docker", "import", *change, str(tmp_path / "t.tar"), name],
-        check=True,
-        capture_output=True,
-    )
-
-
 def test_images_load_and_prune_only_labelled(task_images: dict, tmp_path: Path) -> None:
     import uuid
 
@@ -193,8 +181,8 @@ def test_images_load_and_prune_only_labelled(task_images: dict, tmp_path: Path) 
     kind = f"test-{uuid.uuid4().hex[:8]}"
     labelled, other = f"agentfleet-test-{kind}:1", f"agentfleet-test-{kind}:plain"
     try:
-        _tiny_image(tmp_path, labelled, kind)
-        _tiny_image(tmp_path, other, None)
+        tiny_image(tmp_path, labelled, kind)
+        tiny_image(tmp_path, other, None)
         subprocess.run(["docker", "save", "-o", str(tmp_path / "s.tar"), labelled], check=True)
         subprocess.run(["docker", "rmi", labelled], check=True, capture_output=True)
         res = CliRunner().invoke(app, ["images", "load", str(tmp_path / "s.tar")])
