@@ -80,6 +80,61 @@ def test_run_writes_preds_and_eval_preds_gives_the_same_scores(tmp_path: Path) -
     assert out.exit_code == 2 and "`agentfleet eval preds` made it" in out.stderr, out.output
 
 
+def test_eval_preds_resume_evaluates_only_what_is_left(tmp_path: Path) -> None:
+    """A run killed before its last result was written, continued with --resume: only that
+    prediction is evaluated, the summary covers both; predictions that are not the run's,
+    another dataset, or an agent's run are refused, the run untouched."""
+    ids = ["byte-stats", "sku-diff"]
+    preds = tmp_path / "preds.json"
+    records = {
+        i: {"instance_id": i, "model_name_or_path": "agent-x", "model_patch": ""} for i in ids
+    }
+    preds.write_text(json.dumps(records))
+    run = tmp_path / "r"
+    args = ("eval", "preds", str(preds), "-d", "perf-lite", "--eval-repeats", "1")
+    out = cli(*args, "--run-dir", str(run))
+    assert out.exit_code == 0, out.output
+    kept, lost = (json.loads(line) for line in (run / "results.jsonl").read_text().splitlines())
+    (run / "results.jsonl").write_text(json.dumps(kept) + "\n")
+    written = RunDir(run).read_preds()
+    del written[lost["instance_id"]]
+    (run / "preds.json").write_text(json.dumps(written))
+
+    out = cli("eval", "preds", str(preds), "--resume", str(run))  # its dataset kept
+    assert out.exit_code == 0, out.output
+    assert "1 done, 0 failed" in out.stdout and "evaluating 1 predictions" in out.stdout
+    assert set(_results(run)) == set(ids) and _results(run)[kept["instance_id"]] == kept
+    assert RunDir(run).read_summary()["tasks"] == 2
+    assert set(RunDir(run).read_preds()) == set(ids)
+    config = RunDir(run).read_config()
+    assert config["eval_repeats"] == 1 and [i["resume"] for i in config["invocations"]] == [
+        False,
+        True,
+    ]
+
+    before = (run / "results.jsonl").read_text()
+    other = tmp_path / "other.json"
+    records["byte-stats"]["model_patch"] = "diff --git a/x b/x\n"
+    other.write_text(json.dumps(records))
+    out = cli("eval", "preds", str(other), "--resume", str(run))
+    assert out.exit_code == 2 and "patch of 1 evaluated task(s) differs" in out.stderr
+    other.write_text(json.dumps({"sku-diff": records["sku-diff"]}))
+    out = cli("eval", "preds", str(other), "--resume", str(run))
+    assert out.exit_code == 2 and "none for 1 of its tasks (byte-stats)" in out.stderr
+    out = cli("eval", "preds", str(preds), "--resume", str(run), "-d", "gso-mini")
+    assert out.exit_code == 2 and "evaluated dataset 'perf-lite'" in out.stderr, out.output
+    out = cli("eval", "preds", str(preds), "--rerun-failed")
+    assert out.exit_code == 2 and "--rerun-failed needs --resume" in out.stderr
+    out = cli("eval", "preds", str(preds), "--run-dir", str(run))
+    assert out.exit_code == 2 and f"continue it with --resume {run}" in out.stderr
+    agent_run = tmp_path / "agent"
+    agent_run.mkdir()
+    (agent_run / "config.json").write_text(json.dumps({"model": "oracle", "tasks": ids}))
+    out = cli("eval", "preds", str(preds), "--resume", str(agent_run))
+    assert out.exit_code == 2 and "`agentfleet run` made it" in out.stderr
+    assert (run / "results.jsonl").read_text() == before
+
+
 def test_eval_preds_bad_input_is_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")

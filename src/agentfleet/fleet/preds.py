@@ -6,6 +6,9 @@ Accepted files: ``preds.json`` (``{instance_id: {instance_id, model_name_or_path
 model_patch}}``, mini-swe-agent's), a JSON list of such records, or a ``.jsonl`` of them
 (SWE-bench's and SWE-agent's). A ``model_patch`` of ``null`` is "no patch" (evaluated as
 not submitted); ``""`` is an empty change.
+
+``eval preds PREDS.json --resume RUN_DIR`` continues such a run (:func:`resumable_config`):
+the same predictions, those without a result evaluated.
 """
 
 from __future__ import annotations
@@ -15,10 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agentfleet.fleet.rundir import RunDir
 from agentfleet.models import ModelSpec
 from agentfleet.models.base import ModelStats
 
-__all__ = ["PredictedModel", "Prediction", "PredictionsSpec", "load_predictions"]
+__all__ = [
+    "PredictedModel",
+    "Prediction",
+    "PredictionsSpec",
+    "is_preds_run",
+    "load_predictions",
+    "resumable_config",
+]
 
 
 @dataclass(frozen=True)
@@ -94,3 +105,54 @@ class PredictionsSpec(ModelSpec):
 
     def validate(self) -> None:
         return None
+
+
+def is_preds_run(config: dict[str, Any]) -> bool:
+    """Whether a run's ``config.json`` is that of an ``eval preds`` run."""
+    return str(config.get("model", "")).split(":", 1)[0] == "preds"
+
+
+def _listed(ids: list[str]) -> str:
+    return ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+
+
+def resumable_config(run_dir: Path, predictions: dict[str, Prediction]) -> dict[str, Any]:
+    """The ``config.json`` of the ``eval preds`` run in ``run_dir``, to be continued with
+    ``predictions``. ``ValueError`` saying why not: no such run, a run of ``agentfleet
+    run``, or predictions that are not the run's (other tasks, or another patch for a task
+    it has evaluated: two sets of predictions' scores in one run)."""
+    files = RunDir(run_dir)
+    try:
+        saved = files.read_config()
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot resume: {exc}") from exc
+    if not is_preds_run(saved):
+        raise ValueError(
+            f"cannot resume {run_dir} with eval preds: `agentfleet run` made it (an agent's "
+            f"run); continue it with `agentfleet run --resume {run_dir}`"
+        )
+    tasks = saved.get("tasks")
+    if isinstance(tasks, list) and set(tasks) != set(predictions):
+        extra = sorted(set(predictions) - set(tasks))
+        lacking = sorted(set(tasks) - set(predictions))
+        parts = [f"{len(extra)} the run has not ({_listed(extra)})"] if extra else []
+        parts += [f"none for {len(lacking)} of its tasks ({_listed(lacking)})"] if lacking else []
+        raise ValueError(
+            f"cannot resume {run_dir}: these predictions are not the run's: "
+            + "; ".join(parts)
+            + " (evaluate them into another --run-dir)"
+        )
+    changed = sorted(
+        iid
+        for iid, rec in files.read_preds().items()
+        if iid in predictions
+        and isinstance(rec, dict)
+        and (rec.get("model_patch") or "") != (predictions[iid].patch or "")
+    )
+    if changed:
+        raise ValueError(
+            f"cannot resume {run_dir}: the patch of {len(changed)} evaluated task(s) differs "
+            f"from the run's ({_listed(changed)}): evaluate these predictions into another "
+            "--run-dir"
+        )
+    return saved

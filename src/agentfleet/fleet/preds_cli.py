@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -36,6 +36,7 @@ __all__ = ["eval_preds"]
 
 
 def eval_preds(
+    ctx: typer.Context,
     preds: Annotated[
         Path,
         typer.Argument(
@@ -51,6 +52,19 @@ def eval_preds(
         int, typer.Option("--workers", "-w", min=1, max=MAX_WORKERS, help="at once")
     ] = 4,
     run_dir: Annotated[Path | None, typer.Option(help="run folder (default runs/<name>)")] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="continue the eval preds run in RUN_DIR: the same predictions (PREDS.json "
+            "given again), those without a result evaluated; its dataset, split, "
+            "--eval-repeats and image options are kept",
+            metavar="RUN_DIR",
+        ),
+    ] = None,
+    rerun_failed: Annotated[
+        bool,
+        typer.Option(help="with --resume: evaluate again the predictions whose evaluation failed"),
+    ] = False,
     eval_repeats: Annotated[
         int | None,
         typer.Option(
@@ -81,7 +95,7 @@ def eval_preds(
     preds.json as a run writes them; `agentfleet report RUN_DIR` for the HTML report."""
     from agentfleet.fleet.config import FleetConfig, select_tasks
     from agentfleet.fleet.image_options import image_options
-    from agentfleet.fleet.preds import PredictionsSpec, load_predictions
+    from agentfleet.fleet.preds import PredictionsSpec, load_predictions, resumable_config
     from agentfleet.fleet.report import print_results
     from agentfleet.fleet.run import run
     from agentfleet.fleet.rundir import RunDir, run_name
@@ -91,8 +105,17 @@ def eval_preds(
 
     check_url("--sandbox-url", sandbox_url)  # as `run` does: a wrong URL fails every task
     check_url("--eval-url", eval_url)
-    if run_dir is not None and RunDir(run_dir).is_run():  # two runs' results in one file
-        fail(f"--run-dir {run_dir} holds a run already: give another folder")
+    if resume is not None:
+        if run_dir is not None and run_dir.resolve() != resume.resolve():
+            fail("give either --resume RUN_DIR or --run-dir, not two different folders")
+        run_dir = resume
+    elif rerun_failed:
+        fail("--rerun-failed needs --resume RUN_DIR")
+    elif run_dir is not None and RunDir(run_dir).is_run():  # two runs' results in one file
+        fail(
+            f"--run-dir {run_dir} holds a run already: continue it with --resume {run_dir}, "
+            "or give another folder"
+        )
     setup_logging(verbose)
     try:
         predictions = load_predictions(preds)
@@ -100,6 +123,16 @@ def eval_preds(
         fail(f"{preds}: {not_utf8(exc)}")
     except (ValueError, OSError) as exc:
         fail(str(exc))
+    saved: dict[str, Any] = {}
+    if resume is not None:
+        try:
+            saved = resumable_config(resume, predictions)
+        except ValueError as exc:
+            fail(str(exc))
+        dataset = _kept(ctx, "dataset", dataset, saved, resume)
+        split = _kept(ctx, "split", split, saved, resume)
+        if eval_repeats is None and isinstance(saved.get("eval_repeats"), int):
+            eval_repeats = saved["eval_repeats"]
     try:
         models = sorted({p.model for p in predictions.values() if p.model})
         model = models[0] if len(models) == 1 else ("mixed" if models else "")
@@ -119,27 +152,54 @@ def eval_preds(
             eval_repeats=eval_repeats,
             sandbox_root=sandbox_root,
             predictions=dict(predictions),
+            resume=resume is not None,
+            rerun_failed=rerun_failed,
         )
-        for key, value in image_options(asked, select_tasks(cfg)).items():
+        if resume is not None:
+            cfg.run_task_ids = list(predictions)
+        for key, value in image_options(asked, select_tasks(cfg), saved).items():
             setattr(cfg, key, value)
         plan = plan_run(cfg)
     except (ValueError, LookupError, OSError) as exc:
         fail(str(exc))
+    if plan.resumed is not None:
+        again = "evaluated again" if rerun_failed else "kept; --rerun-failed evaluates them again"
+        console.print(
+            f"resuming {cfg.run_dir}: {len(plan.resumed.done)} done, "
+            f"{len(plan.resumed.failed)} failed ({again})",
+            highlight=False,
+            soft_wrap=True,
+        )
     console.print(
         f"evaluating {len(plan.tasks)} predictions on {dataset}/{split} -> {cfg.run_dir}",
         highlight=False,
+        soft_wrap=True,
     )
     try:
         result = run(cfg, plan=plan)
     except KeyboardInterrupt as exc:  # SIGINT (exit 130) or SIGTERM (exit 143)
         err.print(
-            f"interrupted: sandboxes deleted, partial results in {RunDir(cfg.run_dir).results}",
+            f"interrupted: sandboxes deleted, partial results in {RunDir(cfg.run_dir).results} "
+            f"(continue with: agentfleet eval preds {preds} --resume {cfg.run_dir})",
             highlight=False,
             soft_wrap=True,
         )
         raise typer.Exit(exit_code(exc)) from None
     print_results(result.outcomes, result.summary, console)
     console.print(f"run folder: {cfg.run_dir}", highlight=False)
+
+
+def _kept(ctx: typer.Context, name: str, given: str, saved: dict[str, Any], run: Path) -> str:
+    """A resumed run's ``name`` (dataset, split): the saved one unless given on the command
+    line, where it must be the same."""
+    from click.core import ParameterSource
+
+    was = saved.get(name)
+    if not isinstance(was, str):
+        return given
+    if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT and given != was:
+        fail(f"--{name} {given!r}: the run in {run} evaluated {name} {was!r}")
+    return was
 
 
 @dataclass

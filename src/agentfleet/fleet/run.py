@@ -28,6 +28,7 @@ from agentfleet.fleet.config import FleetConfig, ray_eval_mode, run_budget
 from agentfleet.fleet.image_options import SANDBOX_BACKENDS, image_options
 from agentfleet.fleet.monitor import FleetMonitor
 from agentfleet.fleet.outcome import Listener, TaskOutcome
+from agentfleet.fleet.preds import is_preds_run
 from agentfleet.fleet.report import outcome_of, summary
 from agentfleet.fleet.results import latest_results, spent_usd
 from agentfleet.fleet.rundir import RunDir, run_name
@@ -156,11 +157,11 @@ def build_config(req: RunRequest) -> tuple[FleetConfig, RayOptions | None]:
             saved = RunDir(req.resume).read_config()
         except (OSError, ValueError) as exc:
             raise ValueError(f"cannot resume: {exc}") from exc
-        if str(saved.get("model", "")).startswith("preds"):
+        if is_preds_run(saved):
             raise ValueError(
-                f"cannot resume {req.resume}: `agentfleet eval preds` made it (predictions "
-                "evaluated, no agent); evaluate them again with eval preds into another "
-                "--run-dir"
+                f"cannot resume {req.resume} with run: `agentfleet eval preds` made it "
+                "(predictions evaluated, no agent); continue it with `agentfleet eval preds "
+                f"PREDS.json --resume {req.resume}`"
             )
         run_dir = req.resume
     elif req.rerun_failed:
