@@ -201,11 +201,41 @@ async def test_unknown_route_or_rejection_is_a_zero_tuple() -> None:
 async def test_transport_failure_raises_eval_client_error() -> None:
     quick = RetryPolicy(attempts=2, wait_min=0.01, wait_max=0.02)
     async with HttpPool(retry=quick) as pool:
-        with pytest.raises(EvalClientError) as exc_info:
-            await evaluate_info(
-                "Submitted", None, "c", "task_1", "test", "test", "http://127.0.0.1:9", pool=pool
-            )
-    assert isinstance(exc_info.value, HttpError)
+        for outage_s in (0.0, 0.3):  # after the pool's retries; then after riding the outage
+            with pytest.raises(EvalClientError) as exc_info:
+                await evaluate_info(
+                    "Submitted", None, "c", "task_1", "test", "test", "http://127.0.0.1:9",
+                    pool=pool, outage_s=outage_s,
+                )  # fmt: skip
+            assert isinstance(exc_info.value, HttpError)
+            assert ("unreachable for" in str(exc_info.value)) is (outage_s > 0)
+        with pytest.raises(EvalClientError):  # a health probe never rides
+            await asyncio.wait_for(EvalClient("http://127.0.0.1:9", pool=pool).health(), 5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_a_call_rides_over_an_outage_of_the_server() -> None:
+    """The server is down when the evaluation is submitted (restarting, redeployed): the
+    call keeps trying past the pool's retries and gets its result once the server is up,
+    evaluated once."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    ev = SleepEvaluator(0.05)
+    quick = RetryPolicy(attempts=2, wait_min=0.01, wait_max=0.02)
+    async with HttpPool(retry=quick) as pool:
+        call = asyncio.create_task(
+            evaluate_info("Submitted", "", None, "t1", "test", "test", url, pool=pool, outage_s=60)
+        )
+        await asyncio.sleep(1.5)  # the pool's retries are long spent
+        assert not call.done()
+        async with serve_in_loop(create_app(ev), port=port):
+            reward, speedup, _ = await asyncio.wait_for(call, 30)
+    assert (reward, speedup) == (1.0, 1.25) and ev.calls["t1"] == 1
 
 
 async def test_overall_timeout_raises() -> None:

@@ -23,6 +23,7 @@ from conftest import sandbox_processes
 
 from agentfleet.agent import AgentConfig
 from agentfleet.bench.faultproxy import FaultProxy
+from agentfleet.evaluation import client as eval_client
 from agentfleet.evaluation.client import EvalClient, EvalClientError, EvalRejected, EvalTimeout
 from agentfleet.evaluation.evaluator import EvalConfig, Evaluator
 from agentfleet.evaluation.jobs import JobManager, TestModeEvaluator
@@ -261,7 +262,12 @@ def fleet_config(tmp_path: Path, model: ModelSpec, tasks: list[str] | None) -> F
     )
 
 
-async def test_runner_starts_a_task_over_after_a_transport_fault(tmp_path: Path) -> None:
+async def test_runner_starts_a_task_over_after_a_transport_fault(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the evaluation gives up at the pool's last retry, as with a server down for good
+    # (a restart is ridden over: tests/test_evaluate_info.py)
+    monkeypatch.setattr(eval_client, "OUTAGE_S", 0.0)
     HttpPool.configure_default(retry=RetryPolicy(attempts=2, wait_min=0.01, wait_max=0.02))
     async with servers(tmp_path) as (sandbox_url, eval_url):
         # the submit of the first try is reset twice (two connections): the pool gives up
@@ -277,10 +283,31 @@ async def test_runner_starts_a_task_over_after_a_transport_fault(tmp_path: Path)
     assert list((tmp_path / "sandboxes").iterdir()) == []
 
 
-async def test_a_tasks_cost_limit_covers_all_its_tries(tmp_path: Path) -> None:
+async def test_an_evaluation_rides_over_the_fault_and_keeps_the_agents_work(
+    tmp_path: Path,
+) -> None:
+    """The same two resets with the client's outage budget (the default): the submit is
+    sent again after a pause, the task's one try is evaluated, nothing started over."""
+    HttpPool.configure_default(retry=RetryPolicy(attempts=2, wait_min=0.01, wait_max=0.02))
+    async with servers(tmp_path) as (sandbox_url, eval_url):
+        script = ["reset_before", "reset_before"]
+        async with FaultProxy(port_of(eval_url), rate=0, script=script) as proxy:
+            cfg = fleet_config(tmp_path, ModelSpec("oracle"), ["dedupe-pairs"])
+            cfg.sandbox_url, cfg.eval_url = sandbox_url, proxy.url
+            (outcome,) = await run_fleet(cfg)
+    assert outcome.attempts == 1 and not outcome.error, outcome
+    assert outcome.exit_status == "Submitted" and outcome.reward > 0, outcome
+
+
+async def test_a_tasks_cost_limit_covers_all_its_tries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """--cost-limit is the task's: a try that starts over after a transport fault gets what
     the earlier tries left (each got the whole limit: a task could spend tries x limit),
     and the dashboard's totals keep the earlier tries' cost."""
+    # the evaluation gives up at the pool's last retry, as with a server down for good
+    # (a restart is ridden over: tests/test_evaluate_info.py)
+    monkeypatch.setattr(eval_client, "OUTAGE_S", 0.0)
     HttpPool.configure_default(retry=RetryPolicy(attempts=2, wait_min=0.01, wait_max=0.02))
     app = create_mock_llm_app(cost_per_call=1.0)
     async with servers(tmp_path) as (sandbox_url, eval_url), serve_in_loop(app) as mock:

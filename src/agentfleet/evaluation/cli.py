@@ -64,7 +64,7 @@ def eval_submit(
         fail(one_line(exc, _OPTIONS, limit=1))
 
     async def go() -> Any:
-        client = EvalClient(url)
+        client = EvalClient(url, outage_s=0)  # a command: say at once that it is down
         if wait:
             return (await client.evaluate(req, timeout=timeout)).model_dump()
         return {"job_id": await client.submit(req, timeout=timeout)}
@@ -84,7 +84,7 @@ def eval_status(
     url = _checked_url(url)
 
     async def go() -> Any:
-        return await EvalClient(url).status(job_id, wait=wait)
+        return await EvalClient(url, outage_s=0).status(job_id, wait=wait)
 
     _print_json(_call(go))
 

@@ -15,6 +15,7 @@ import asyncio
 import importlib
 import logging
 import os
+import random
 import time
 import uuid
 import weakref
@@ -27,7 +28,12 @@ from pydantic import ValidationError
 from agentfleet.evaluation.schema import EvalRequest, EvalResult
 from agentfleet.http.limits import EVAL_TIMEOUTS, Timeouts
 from agentfleet.http.response import HttpError, Response
-from agentfleet.http.retry import BodyCheck, json_object, retry_after_from_headers
+from agentfleet.http.retry import (
+    BodyCheck,
+    is_transport_error,
+    json_object,
+    retry_after_from_headers,
+)
 from agentfleet.tasks import DEFAULT_DATASET, DEFAULT_SPLIT
 
 if TYPE_CHECKING:
@@ -40,6 +46,10 @@ MAX_POLL_WAIT = 60.0  # the server's cap on ``wait``
 TERMINAL = frozenset({"done", "failed"})
 _MAX_RESUBMITS = 3  # a job unknown to a restarted (in-memory) server is submitted again
 SUBMIT_TIMEOUT = 3600.0  # default limit on waiting out a full queue (evaluate_info's timeout)
+# How long a call rides over a server it cannot reach (restarting, redeployed), after the
+# pool's own retries: jobs are durable and keyed, so the submit or poll is simply sent again.
+OUTAGE_S = 300.0
+_OUTAGE_BACKOFF_MAX_S = 10.0
 
 
 class EvalClientError(HttpError):
@@ -152,7 +162,10 @@ class EvalClient:
     """Talks to one evaluation server.
 
     ``pool``: an :class:`HttpPool` (not closed by the client); default the running loop's
-    shared pool. ``token``: bearer token, default ``$AGENTFLEET_EVAL_TOKEN``.
+    shared pool. ``token``: bearer token, default ``$AGENTFLEET_EVAL_TOKEN``. ``outage_s``:
+    how long a submit or poll keeps trying a server it cannot reach (connection refused or
+    broken, a 502/503/504 after the pool's retries) before :class:`EvalClientError`; 0
+    fails at the pool's last retry (``health`` always does); None: :data:`OUTAGE_S`.
     """
 
     def __init__(
@@ -163,8 +176,10 @@ class EvalClient:
         *,
         poll_wait: float = 30.0,
         submit_timeouts: Timeouts = EVAL_TIMEOUTS,
+        outage_s: float | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.outage_s = max(0.0, OUTAGE_S if outage_s is None else outage_s)
         self._pool = pool
         self.token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
         self.poll_wait = min(MAX_POLL_WAIT, max(0.0, poll_wait))
@@ -191,6 +206,44 @@ class EvalClient:
         return headers
 
     async def _request(
+        self, pool: HttpPool, method: str, path: str, *, ride: bool = True, **kw: Any
+    ) -> Response:
+        """:meth:`_call`, sent again while the server cannot be reached, for up to
+        ``outage_s`` (``ride``), with a growing, jittered pause (clients of a restarted
+        server do not all come back at once)."""
+        ride = ride and self.outage_s > 0
+        down_since: float | None = None
+        pause = 0.5
+        while True:
+            resp: Response | None = None
+            try:
+                resp = await self._call(pool, method, path, **kw)
+                if not ride or resp.status not in (502, 503, 504):
+                    return resp
+                problem = f"HTTP {resp.status}"
+            except EvalClientError as exc:
+                if not ride or not is_transport_error(exc.__cause__ or exc):
+                    raise
+                failure, problem = exc, exc.message
+            now = time.monotonic()
+            if down_since is None:
+                down_since = now
+                logger.info(
+                    "evaluation server %s unreachable (%s): trying again for up to %gs",
+                    self.base_url, problem, self.outage_s,
+                )  # fmt: skip
+            left = down_since + self.outage_s - now
+            if left <= 0:
+                if resp is not None:  # the caller reports the status as before
+                    return resp
+                raise EvalClientError(
+                    f"{problem} (unreachable for {now - down_since:.0f}s)",
+                    status_code=failure.status_code,
+                ) from failure
+            await asyncio.sleep(min(left, pause * random.uniform(0.5, 1.0)))
+            pause = min(pause * 2, _OUTAGE_BACKOFF_MAX_S)
+
+    async def _call(
         self,
         pool: HttpPool,
         method: str,
@@ -391,6 +444,7 @@ class EvalClient:
             await self._ready_pool(),
             "GET",
             "/healthz",
+            ride=False,  # a probe: says at once that the server is down
             timeouts=Timeouts(total=30, sock_read=30),
         )
         if resp.status != 200:
@@ -426,6 +480,7 @@ async def evaluate_info(
     poll_wait: float = 30.0,
     timeout: float | None = 3600,
     token: str | None = None,
+    outage_s: float | None = None,
 ) -> tuple[float, float, dict[str, Any]]:
     """Evaluate one submission on the server at ``eval_server_url``: ``(reward, speedup,
     info)``.
@@ -433,7 +488,8 @@ async def evaluate_info(
     A refusal by the server (4xx: unknown instance, invalid request) returns
     ``(0.0, 0.0, {"error": ..., "status_code": ...})``; a failed evaluation returns
     ``(0.0, 0.0, {"error": ..., "status": "failed"})``. A transport failure that outlasts
-    the pool's retries, or the ``timeout``, raises :class:`EvalClientError`.
+    the pool's retries and ``outage_s`` of trying again (a server restarting), or the
+    ``timeout``, raises :class:`EvalClientError`.
     """
     logger.info("Starting evaluation %s", instance_id)
     t0 = time.monotonic()
@@ -455,7 +511,9 @@ async def evaluate_info(
                 {"error": f"invalid request: {exc.errors()[0].get('msg')}", "status_code": 422},
             )
         else:
-            client = EvalClient(eval_server_url, pool=pool, token=token, poll_wait=poll_wait)
+            client = EvalClient(
+                eval_server_url, pool=pool, token=token, poll_wait=poll_wait, outage_s=outage_s
+            )
             try:
                 res = await client.evaluate(req, idempotency_key=idempotency_key, timeout=timeout)
             except EvalRejected as exc:
