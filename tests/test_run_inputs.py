@@ -90,3 +90,26 @@ def test_a_run_whose_task_failed_exits_1(tmp_path: Path) -> None:
     assert "1 task(s) failed" in out.stderr, out.output
     [line] = (run_dir / "results.jsonl").read_text().splitlines()
     assert json.loads(line)["state"] == "failed"
+
+
+@pytest.mark.parametrize("command", ["run", "preds"])
+def test_an_eval_url_nothing_answers_at_is_refused_before_any_task(
+    tmp_path: Path, command: str
+) -> None:
+    """Evaluations ride over a server restarting for minutes; a wrong --eval-url is said at
+    once instead (agents spent on tasks nobody can score, then each task tried again)."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    run = tmp_path / "run"
+    if command == "run":
+        args = ["run", "--model", "oracle", "--task", "rr-scheduler", "--run-dir", str(run)]
+    else:
+        preds = tmp_path / "preds.json"
+        record = {"instance_id": "rr-scheduler", "model_name_or_path": "x", "model_patch": ""}
+        preds.write_text(json.dumps([record]))
+        args = ["eval", "preds", str(preds), "-d", "perf-lite", "--run-dir", str(run)]
+    _refused([*args, "--eval-url", url], f"--eval-url {url}: no evaluation server answers")
+    assert not (run / "results.jsonl").exists() or not (run / "results.jsonl").read_text()

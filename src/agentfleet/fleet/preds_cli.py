@@ -100,6 +100,7 @@ def eval_preds(
     from agentfleet.fleet.run import run
     from agentfleet.fleet.rundir import RunDir, run_name
     from agentfleet.fleet.runner import plan_run
+    from agentfleet.fleet.servers import ServerUnreachable
     from agentfleet.serving import exit_code
     from agentfleet.tasks.oneline import not_utf8
 
@@ -185,6 +186,8 @@ def eval_preds(
             soft_wrap=True,
         )
         raise typer.Exit(exit_code(exc)) from None
+    except ServerUnreachable as exc:
+        fail(str(exc))
     print_results(result.outcomes, result.summary, console)
     console.print(f"run folder: {cfg.run_dir}", highlight=False)
 

@@ -33,6 +33,7 @@ from agentfleet.fleet.report import outcome_of, summary
 from agentfleet.fleet.results import latest_results, spent_usd
 from agentfleet.fleet.rundir import RunDir, run_name
 from agentfleet.fleet.runner import RunPlan, plan_run, run_fleet
+from agentfleet.fleet.servers import check_eval_server
 from agentfleet.http import resolve_limits
 from agentfleet.http.urls import url_problem
 from agentfleet.models import ModelSpec
@@ -290,6 +291,7 @@ def run(
     time adds up every invocation. Call from sync code, in the main thread for signals.
 
     Raises:
+        ServerUnreachable: ``cfg.eval_url`` does not answer (checked before any task).
         Stopped: on SIGINT or SIGTERM, once every sandbox is deleted; the results of the
             tasks that finished are in ``results.jsonl``, no summary is written.
         LookupError: a task id not in the dataset split.
@@ -325,6 +327,8 @@ def _run_tasks(
     plan = plan if plan is not None else plan_run(cfg)
     if cfg.resume and not plan.tasks:
         return [], plan
+    if cfg.eval_url is not None:  # before any agent spends on a task it cannot score
+        run_async(check_eval_server(cfg.eval_url, cfg.eval_token))
     if ray is None:
         return run_async(run_fleet(cfg, listener, monitor=monitor, plan=plan)), plan
     from agentfleet.fleet.ray_backend import run_fleet_ray  # imports ray

@@ -231,6 +231,7 @@ def run(
     from agentfleet.fleet.report import print_results
     from agentfleet.fleet.rundir import RunDir
     from agentfleet.fleet.runner import plan_run
+    from agentfleet.fleet.servers import ServerUnreachable
     from agentfleet.serving import exit_code
 
     try:
@@ -300,8 +301,8 @@ def run(
             soft_wrap=True,
         )
         raise typer.Exit(code) from None
-    except RayRoomError as exc:  # --backend ray: no CPU free for its evaluation actors
-        fail(str(exc))
+    except (RayRoomError, ServerUnreachable) as exc:  # no CPU for Ray's evaluation actors;
+        fail(str(exc))  # a --eval-url nothing answers at
     print_results(result.outcomes, result.summary, console)
     console.print(f"run folder: {cfg.run_dir}")
     if monitor.failed:

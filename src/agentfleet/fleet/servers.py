@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import NamedTuple
 
+from agentfleet.evaluation.client import EvalClient, EvalClientError
 from agentfleet.evaluation.evaluator import Evaluator
 from agentfleet.evaluation.pinning import CpuSet, auto_workers, available_cpus, plan_cpu_sets
 from agentfleet.evaluation.server import create_app as eval_app
@@ -18,6 +19,23 @@ from agentfleet.sandbox.server import create_app as sandbox_app
 from agentfleet.sandbox.server import make_backend
 from agentfleet.serving import serve_in_loop
 from agentfleet.tasks import load_dataset
+
+
+class ServerUnreachable(Exception):
+    """A server the run was pointed at does not answer: nothing is started."""
+
+
+async def check_eval_server(url: str, token: str | None) -> None:
+    """``ServerUnreachable`` unless an evaluation server answers ``/healthz`` at ``url``
+    (an answer that is an error still counts: the server is there). Evaluations ride over
+    a server restarting for minutes; a wrong ``--eval-url`` is said at once instead."""
+    try:
+        await EvalClient(url, token=token).health()
+    except EvalClientError as exc:
+        if exc.status_code is None or exc.status_code in (502, 503, 504):
+            raise ServerUnreachable(
+                f"--eval-url {url}: no evaluation server answers ({exc.message})"
+            ) from exc
 
 
 class Servers(NamedTuple):
