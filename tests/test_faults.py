@@ -31,6 +31,7 @@ from agentfleet.evaluation.schema import EvalRequest
 from agentfleet.evaluation.server import create_app as eval_app
 from agentfleet.evaluation.store import JobStore
 from agentfleet.fleet.attempts import is_transport_failure, transient_evaluation
+from agentfleet.fleet.outcome import TaskOutcome
 from agentfleet.fleet.runner import FleetConfig, FleetMonitor, run_fleet
 from agentfleet.http import HttpConnectionError, HttpPool, RetryPolicy, Timeouts
 from agentfleet.models import ModelSpec
@@ -262,22 +263,29 @@ def fleet_config(tmp_path: Path, model: ModelSpec, tasks: list[str] | None) -> F
     )
 
 
-async def test_runner_starts_a_task_over_after_a_transport_fault(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # the evaluation gives up at the pool's last retry, as with a server down for good
-    # (a restart is ridden over: tests/test_evaluate_info.py)
-    monkeypatch.setattr(eval_client, "OUTAGE_S", 0.0)
+async def _submit_reset_twice(tmp_path: Path) -> tuple[TaskOutcome, FleetConfig]:
+    """One oracle task whose first evaluation submit is reset on two connections: the
+    pool (2 attempts) gives up on it."""
     HttpPool.configure_default(retry=RetryPolicy(attempts=2, wait_min=0.01, wait_max=0.02))
     async with servers(tmp_path) as (sandbox_url, eval_url):
-        # the submit of the first try is reset twice (two connections): the pool gives up
         script = ["reset_before", "reset_before"]
         async with FaultProxy(port_of(eval_url), rate=0, script=script) as proxy:
             cfg = fleet_config(tmp_path, ModelSpec("oracle"), ["dedupe-pairs"])
             cfg.sandbox_url, cfg.eval_url = sandbox_url, proxy.url
             (outcome,) = await run_fleet(cfg)
-    assert outcome.attempts == 2 and not outcome.error, outcome
     assert outcome.exit_status == "Submitted" and outcome.reward > 0, outcome
+    assert not outcome.error, outcome
+    return outcome, cfg
+
+
+async def test_runner_starts_a_task_over_after_a_transport_fault(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the evaluation gives up at the pool's last retry, as with a server down for good
+    # (a restart is ridden over: the next test)
+    monkeypatch.setattr(eval_client, "OUTAGE_S", 0.0)
+    outcome, cfg = await _submit_reset_twice(tmp_path)
+    assert outcome.attempts == 2, outcome
     (line,) = (cfg.run_dir / "results.jsonl").read_text().splitlines()
     assert json.loads(line)["attempts"] == 2
     assert list((tmp_path / "sandboxes").iterdir()) == []
@@ -286,17 +294,10 @@ async def test_runner_starts_a_task_over_after_a_transport_fault(
 async def test_an_evaluation_rides_over_the_fault_and_keeps_the_agents_work(
     tmp_path: Path,
 ) -> None:
-    """The same two resets with the client's outage budget (the default): the submit is
-    sent again after a pause, the task's one try is evaluated, nothing started over."""
-    HttpPool.configure_default(retry=RetryPolicy(attempts=2, wait_min=0.01, wait_max=0.02))
-    async with servers(tmp_path) as (sandbox_url, eval_url):
-        script = ["reset_before", "reset_before"]
-        async with FaultProxy(port_of(eval_url), rate=0, script=script) as proxy:
-            cfg = fleet_config(tmp_path, ModelSpec("oracle"), ["dedupe-pairs"])
-            cfg.sandbox_url, cfg.eval_url = sandbox_url, proxy.url
-            (outcome,) = await run_fleet(cfg)
-    assert outcome.attempts == 1 and not outcome.error, outcome
-    assert outcome.exit_status == "Submitted" and outcome.reward > 0, outcome
+    """The same resets with the client's outage budget (the default): the submit is sent
+    again after a pause, the task's one try is evaluated, nothing started over."""
+    outcome, _ = await _submit_reset_twice(tmp_path)
+    assert outcome.attempts == 1, outcome
 
 
 async def test_a_tasks_cost_limit_covers_all_its_tries(
