@@ -30,6 +30,7 @@ from agentfleet.http.limits import EVAL_TIMEOUTS, Timeouts
 from agentfleet.http.response import HttpError, Response
 from agentfleet.http.retry import (
     BodyCheck,
+    RetryPolicy,
     is_transport_error,
     json_object,
     retry_after_from_headers,
@@ -255,9 +256,10 @@ class EvalClient:
         timeouts: Timeouts,
         long_poll: bool = False,
         accept: BodyCheck | None = json_object,
+        retry: RetryPolicy | None = None,
     ) -> Response:
-        """One call through the pool; a success whose body ``accept`` refuses is retried
-        like a 5xx (then returned; the caller raises)."""
+        """One call through the pool (its retry policy unless ``retry``); a success whose
+        body ``accept`` refuses is retried like a 5xx (then returned; the caller raises)."""
         import aiohttp  # loaded with the pool
 
         url = f"{self.base_url}{path}"
@@ -272,6 +274,7 @@ class EvalClient:
                 idempotent=True,  # GETs, and POSTs that carry an Idempotency-Key
                 long_poll=long_poll,  # held open by the server: never all of a host's slots
                 accept=accept,
+                retry=retry,
             )
         except EvalClientError:
             raise
@@ -439,13 +442,16 @@ class EvalClient:
                     "evaluation job %s vanished (server restarted?): resubmitting", job_id
                 )
 
-    async def health(self) -> dict[str, Any]:
+    async def health(self, retry: RetryPolicy | None = None) -> dict[str, Any]:
+        """The server's ``/healthz``; ``retry``: the probe's own policy (default the
+        pool's)."""
         resp = await self._request(
             await self._ready_pool(),
             "GET",
             "/healthz",
             ride=False,  # a probe: says at once that the server is down
             timeouts=Timeouts(total=30, sock_read=30),
+            retry=retry,
         )
         if resp.status != 200:
             raise self._fail(resp, "healthz")

@@ -13,12 +13,16 @@ from agentfleet.evaluation.evaluator import Evaluator
 from agentfleet.evaluation.pinning import CpuSet, auto_workers, available_cpus, plan_cpu_sets
 from agentfleet.evaluation.server import create_app as eval_app
 from agentfleet.fleet.config import FleetConfig, eval_config
+from agentfleet.http.retry import RetryPolicy
 from agentfleet.sandbox.base import DEFAULT_MAX_EXECS
 from agentfleet.sandbox.client import SandboxClient
 from agentfleet.sandbox.server import create_app as sandbox_app
 from agentfleet.sandbox.server import make_backend
 from agentfleet.serving import serve_in_loop
 from agentfleet.tasks import load_dataset
+
+# a server started just before the run has a few seconds to come up (0.5 + 1 + 2 s)
+_PROBE_RETRY = RetryPolicy(attempts=4, wait_min=0.5, wait_max=2.0)
 
 
 class ServerUnreachable(Exception):
@@ -30,7 +34,7 @@ async def check_eval_server(url: str, token: str | None) -> None:
     (an answer that is an error still counts: the server is there). Evaluations ride over
     a server restarting for minutes; a wrong ``--eval-url`` is said at once instead."""
     try:
-        await EvalClient(url, token=token).health()
+        await EvalClient(url, token=token).health(retry=_PROBE_RETRY)
     except EvalClientError as exc:
         if exc.status_code is None or exc.status_code in (502, 503, 504):
             raise ServerUnreachable(
