@@ -29,6 +29,7 @@ from agentfleet.evaluation.schema import EvalRequest, EvalResult
 from agentfleet.http.limits import EVAL_TIMEOUTS, Timeouts
 from agentfleet.http.response import HttpError, Response
 from agentfleet.http.retry import (
+    TRANSPORT_STATUSES,
     BodyCheck,
     RetryPolicy,
     is_transport_error,
@@ -147,18 +148,6 @@ _POOL_MODULE = "agentfleet.http.pool"
 _pool_loaded = False
 
 
-async def _loop_pool() -> HttpPool:
-    """The running loop's shared pool. The first call of the process imports the pool
-    module (aiohttp, and the SSL contexts it builds at import) in a thread."""
-    global _pool_loaded
-    if not _pool_loaded:  # a flag, not sys.modules: set once the import has finished
-        await asyncio.to_thread(importlib.import_module, _POOL_MODULE)
-        _pool_loaded = True
-    from agentfleet.http.pool import HttpPool
-
-    return HttpPool.for_loop()
-
-
 class EvalClient:
     """Talks to one evaluation server.
 
@@ -196,7 +185,13 @@ class EvalClient:
         return HttpPool.for_loop()
 
     async def _ready_pool(self) -> HttpPool:
-        return self._pool if self._pool is not None else await _loop_pool()
+        """:attr:`pool`; the first call of the process imports the pool module (aiohttp,
+        and the SSL contexts it builds at import) in a thread, off the event loop."""
+        global _pool_loaded
+        if not _pool_loaded:  # a flag, not sys.modules: set once the import has finished
+            await asyncio.to_thread(importlib.import_module, _POOL_MODULE)
+            _pool_loaded = True
+        return self.pool
 
     def _headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         headers = {"Accept": "application/json"}
@@ -219,7 +214,7 @@ class EvalClient:
             resp: Response | None = None
             try:
                 resp = await self._call(pool, method, path, **kw)
-                if not ride or resp.status not in (502, 503, 504):
+                if not ride or resp.status not in TRANSPORT_STATUSES:
                     return resp
                 problem = f"HTTP {resp.status}"
             except EvalClientError as exc:

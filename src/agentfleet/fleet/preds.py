@@ -7,7 +7,7 @@ model_patch}}``, mini-swe-agent's), a JSON list of such records, or a ``.jsonl``
 (SWE-bench's and SWE-agent's). A ``model_patch`` of ``null`` is "no patch" (evaluated as
 not submitted); ``""`` is an empty change.
 
-``eval preds PREDS.json --resume RUN_DIR`` continues such a run (:func:`resumable_config`):
+``eval preds PREDS.json --resume RUN_DIR`` continues such a run (:func:`check_resumable`):
 the same predictions, those without a result evaluated.
 """
 
@@ -26,9 +26,9 @@ __all__ = [
     "PredictedModel",
     "Prediction",
     "PredictionsSpec",
+    "check_resumable",
     "is_preds_run",
     "load_predictions",
-    "resumable_config",
 ]
 
 
@@ -116,16 +116,13 @@ def _listed(ids: list[str]) -> str:
     return ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
 
 
-def resumable_config(run_dir: Path, predictions: dict[str, Prediction]) -> dict[str, Any]:
-    """The ``config.json`` of the ``eval preds`` run in ``run_dir``, to be continued with
-    ``predictions``. ``ValueError`` saying why not: no such run, a run of ``agentfleet
-    run``, or predictions that are not the run's (other tasks, or another patch for a task
-    it has evaluated: two sets of predictions' scores in one run)."""
-    files = RunDir(run_dir)
-    try:
-        saved = files.read_config()
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot resume: {exc}") from exc
+def check_resumable(
+    run_dir: Path, saved: dict[str, Any], predictions: dict[str, Prediction]
+) -> None:
+    """Whether the run in ``run_dir`` (its saved ``config.json``) is an ``eval preds`` run
+    to be continued with ``predictions``; ``ValueError`` saying why not: a run of
+    ``agentfleet run``, or predictions that are not the run's (other tasks, or another
+    patch for a task it has evaluated: two sets of predictions' scores in one run)."""
     if not is_preds_run(saved):
         raise ValueError(
             f"cannot resume {run_dir} with eval preds: `agentfleet run` made it (an agent's "
@@ -144,7 +141,7 @@ def resumable_config(run_dir: Path, predictions: dict[str, Prediction]) -> dict[
         )
     changed = sorted(
         iid
-        for iid, rec in files.read_preds().items()
+        for iid, rec in RunDir(run_dir).read_preds().items()
         if iid in predictions
         and isinstance(rec, dict)
         and (rec.get("model_patch") or "") != (predictions[iid].patch or "")
@@ -155,4 +152,3 @@ def resumable_config(run_dir: Path, predictions: dict[str, Prediction]) -> dict[
             f"from the run's ({_listed(changed)}): evaluate these predictions into another "
             "--run-dir"
         )
-    return saved

@@ -95,10 +95,10 @@ def eval_preds(
     preds.json as a run writes them; `agentfleet report RUN_DIR` for the HTML report."""
     from agentfleet.fleet.config import FleetConfig, select_tasks
     from agentfleet.fleet.image_options import image_options
-    from agentfleet.fleet.preds import PredictionsSpec, load_predictions, resumable_config
+    from agentfleet.fleet.preds import PredictionsSpec, check_resumable, load_predictions
     from agentfleet.fleet.report import print_results
     from agentfleet.fleet.run import run
-    from agentfleet.fleet.rundir import RunDir, run_name
+    from agentfleet.fleet.rundir import RunDir, chosen_run, run_name
     from agentfleet.fleet.runner import plan_run
     from agentfleet.fleet.servers import ServerUnreachable
     from agentfleet.serving import exit_code
@@ -106,17 +106,10 @@ def eval_preds(
 
     check_url("--sandbox-url", sandbox_url)  # as `run` does: a wrong URL fails every task
     check_url("--eval-url", eval_url)
-    if resume is not None:
-        if run_dir is not None and run_dir.resolve() != resume.resolve():
-            fail("give either --resume RUN_DIR or --run-dir, not two different folders")
-        run_dir = resume
-    elif rerun_failed:
-        fail("--rerun-failed needs --resume RUN_DIR")
-    elif run_dir is not None and RunDir(run_dir).is_run():  # two runs' results in one file
-        fail(
-            f"--run-dir {run_dir} holds a run already: continue it with --resume {run_dir}, "
-            "or give another folder"
-        )
+    try:
+        run_dir, saved = chosen_run(run_dir, resume, rerun_failed)
+    except ValueError as exc:
+        fail(str(exc))
     setup_logging(verbose)
     try:
         predictions = load_predictions(preds)
@@ -124,10 +117,9 @@ def eval_preds(
         fail(f"{preds}: {not_utf8(exc)}")
     except (ValueError, OSError) as exc:
         fail(str(exc))
-    saved: dict[str, Any] = {}
     if resume is not None:
         try:
-            saved = resumable_config(resume, predictions)
+            check_resumable(resume, saved, predictions)
         except ValueError as exc:
             fail(str(exc))
         dataset = _kept(ctx, "dataset", dataset, saved, resume)

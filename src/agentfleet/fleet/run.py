@@ -31,7 +31,7 @@ from agentfleet.fleet.outcome import Listener, TaskOutcome
 from agentfleet.fleet.preds import is_preds_run
 from agentfleet.fleet.report import outcome_of, summary
 from agentfleet.fleet.results import latest_results, spent_usd
-from agentfleet.fleet.rundir import RunDir, run_name
+from agentfleet.fleet.rundir import RunDir, chosen_run, run_name
 from agentfleet.fleet.runner import RunPlan, plan_run, run_fleet
 from agentfleet.fleet.servers import check_eval_server
 from agentfleet.http import resolve_limits
@@ -149,28 +149,12 @@ def build_config(req: RunRequest) -> tuple[FleetConfig, RayOptions | None]:
     """The run's config (and Ray options with ``backend="ray"``); names a new run
     ``runs/<dataset>-<split>-<model>-<time>``. ``ValueError`` / ``LookupError`` / ``OSError``
     with a message for the user on bad input. Sync: it reads files."""
-    saved: dict[str, Any] = {}
-    run_dir = req.run_dir
-    if req.resume is not None:
-        if run_dir is not None and run_dir.resolve() != req.resume.resolve():
-            raise ValueError("give either --resume RUN_DIR or --run-dir, not two different folders")
-        try:
-            saved = RunDir(req.resume).read_config()
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"cannot resume: {exc}") from exc
-        if is_preds_run(saved):
-            raise ValueError(
-                f"cannot resume {req.resume} with run: `agentfleet eval preds` made it "
-                "(predictions evaluated, no agent); continue it with `agentfleet eval preds "
-                f"PREDS.json --resume {req.resume}`"
-            )
-        run_dir = req.resume
-    elif req.rerun_failed:
-        raise ValueError("--rerun-failed needs --resume RUN_DIR")
-    elif run_dir is not None and RunDir(run_dir).is_run():  # two runs' results in one file
+    run_dir, saved = chosen_run(req.run_dir, req.resume, req.rerun_failed)
+    if req.resume is not None and is_preds_run(saved):
         raise ValueError(
-            f"--run-dir {run_dir} holds a run already: continue it with --resume {run_dir}, "
-            "or give another folder"
+            f"cannot resume {req.resume} with run: `agentfleet eval preds` made it "
+            "(predictions evaluated, no agent); continue it with `agentfleet eval preds "
+            f"PREDS.json --resume {req.resume}`"
         )
     _check_urls(req)
     s = req.settings(saved)

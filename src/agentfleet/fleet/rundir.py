@@ -27,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunDir", "run_name", "write_atomic"]
+__all__ = ["RunDir", "chosen_run", "run_name", "write_atomic"]
 
 _TRAJ_SUFFIX = ".traj.json"
 
@@ -213,3 +213,27 @@ class RunDir:
         }
         self.path.mkdir(parents=True, exist_ok=True)
         _write_json(self.preds, preds)
+
+
+def chosen_run(
+    run_dir: Path | None, resume: Path | None, rerun_failed: bool
+) -> tuple[Path | None, dict[str, Any]]:
+    """The folder a command (``run``, ``eval preds``) writes, and the config a resumed run
+    saved (``{}`` for a new one): ``resume``'s, else ``run_dir`` (None: the caller names
+    one), which must hold no run yet (two runs' results in one file). ``ValueError`` with
+    the user's message otherwise."""
+    if resume is not None:
+        if run_dir is not None and run_dir.resolve() != resume.resolve():
+            raise ValueError("give either --resume RUN_DIR or --run-dir, not two different folders")
+        try:
+            return resume, RunDir(resume).read_config()
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot resume: {exc}") from exc
+    if rerun_failed:
+        raise ValueError("--rerun-failed needs --resume RUN_DIR")
+    if run_dir is not None and RunDir(run_dir).is_run():
+        raise ValueError(
+            f"--run-dir {run_dir} holds a run already: continue it with --resume {run_dir}, "
+            "or give another folder"
+        )
+    return run_dir, {}

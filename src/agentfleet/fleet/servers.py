@@ -13,7 +13,7 @@ from agentfleet.evaluation.evaluator import Evaluator
 from agentfleet.evaluation.pinning import CpuSet, auto_workers, available_cpus, plan_cpu_sets
 from agentfleet.evaluation.server import create_app as eval_app
 from agentfleet.fleet.config import FleetConfig, eval_config
-from agentfleet.http.retry import RetryPolicy
+from agentfleet.http.retry import TRANSPORT_STATUSES, RetryPolicy
 from agentfleet.sandbox.base import DEFAULT_MAX_EXECS
 from agentfleet.sandbox.client import SandboxClient
 from agentfleet.sandbox.server import create_app as sandbox_app
@@ -36,7 +36,7 @@ async def check_eval_server(url: str, token: str | None) -> None:
     try:
         await EvalClient(url, token=token).health(retry=_PROBE_RETRY)
     except EvalClientError as exc:
-        if exc.status_code is None or exc.status_code in (502, 503, 504):
+        if exc.status_code is None or exc.status_code in TRANSPORT_STATUSES:
             raise ServerUnreachable(
                 f"--eval-url {url}: no evaluation server answers ({exc.message})"
             ) from exc
