@@ -412,6 +412,20 @@ def test_lazy_package_exports_every_name_from_its_layer_or_below(package: str) -
         _ = module.no_such_name
 
 
+@pytest.mark.parametrize("package", LAZY_PACKAGES)
+def test_lazy_package_type_checking_imports_match_its_map(package: str) -> None:
+    """What type checkers see (the imports under ``if TYPE_CHECKING:``) is what the lazy
+    map gives at run time: the same names, from the same modules."""
+    tree = ast.parse(discover()[package].read_text(encoding="utf-8"))
+    seen: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+            for imp in ast.walk(node):
+                if isinstance(imp, ast.ImportFrom) and imp.module:
+                    seen.update({a.asname or a.name: imp.module for a in imp.names})
+    assert seen == importlib.import_module(package)._EXPORTS
+
+
 def test_http_pool_still_exports_what_moved_out() -> None:
     """Limits, timeouts, Response and the errors moved to http/limits.py and http/errors.py:
     ``from agentfleet.http.pool import X`` keeps working for every public name of the

@@ -11,6 +11,29 @@ from agentfleet._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
+if TYPE_CHECKING:
+    from agentfleet.agent.light import AgentConfig, LightAgent
+    from agentfleet.evaluation.client import (
+        EvalClient,
+        EvalClientError,
+        evaluate_info,
+        evaluate_info_sync,
+    )
+    from agentfleet.evaluation.evaluator import EvalConfig, Evaluator
+    from agentfleet.evaluation.reward import RewardConfig
+    from agentfleet.evaluation.schema import EvalRequest, EvalResult
+    from agentfleet.fleet.config import FleetConfig
+    from agentfleet.fleet.runner import run_fleet
+    from agentfleet.http.limits import PoolLimits, Timeouts
+    from agentfleet.http.pool import HttpPool
+    from agentfleet.http.retry import RetryPolicy
+    from agentfleet.models.base import Model
+    from agentfleet.models.offline import OracleModel, ScriptedModel
+    from agentfleet.models.openai_chat import OpenAIChatModel, OpenRouterModel
+    from agentfleet.sandbox.client import SandboxClient
+    from agentfleet.sandbox.env import RemoteDockerEnvironment
+    from agentfleet.tasks.task import Task, load_dataset
+
 _EXPORTS: dict[str, str] = {
     "evaluate_info": "agentfleet.evaluation.client",
     "evaluate_info_sync": "agentfleet.evaluation.client",
@@ -42,26 +65,3 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
-
-if TYPE_CHECKING:
-    from agentfleet.agent.light import AgentConfig, LightAgent
-    from agentfleet.evaluation.client import (
-        EvalClient,
-        EvalClientError,
-        evaluate_info,
-        evaluate_info_sync,
-    )
-    from agentfleet.evaluation.evaluator import EvalConfig, Evaluator
-    from agentfleet.evaluation.reward import RewardConfig
-    from agentfleet.evaluation.schema import EvalRequest, EvalResult
-    from agentfleet.fleet.config import FleetConfig
-    from agentfleet.fleet.runner import run_fleet
-    from agentfleet.http.limits import PoolLimits, Timeouts
-    from agentfleet.http.pool import HttpPool
-    from agentfleet.http.retry import RetryPolicy
-    from agentfleet.models.base import Model
-    from agentfleet.models.offline import OracleModel, ScriptedModel
-    from agentfleet.models.openai_chat import OpenAIChatModel, OpenRouterModel
-    from agentfleet.sandbox.client import SandboxClient
-    from agentfleet.sandbox.env import RemoteDockerEnvironment
-    from agentfleet.tasks.task import Task, load_dataset

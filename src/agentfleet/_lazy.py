@@ -5,10 +5,11 @@ imported on first access only, so importing the package (or one client-side modu
 it) never loads the others (servers, databases, Docker)::
 
     _EXPORTS = {"evaluate_info": "agentfleet.evaluation.client", ...}
-    __all__ = [...]  # the same names, written out
+    __all__ = sorted(_EXPORTS)
     __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
-and, for type checkers, the same names imported under ``if TYPE_CHECKING:``.
+and, for type checkers, the same names imported from the same modules under
+``if TYPE_CHECKING:`` (a test holds the two together).
 """
 
 from __future__ import annotations

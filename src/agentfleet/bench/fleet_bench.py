@@ -10,6 +10,7 @@ timed apart (``setup s``/``teardown s``). Ideal = S x delay.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import Any
 
@@ -168,5 +169,4 @@ COLUMNS: list[Column] = [
 ]
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    return columns_table(COLUMNS, rows)
+table = functools.partial(columns_table, COLUMNS)

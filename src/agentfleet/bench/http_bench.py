@@ -8,6 +8,7 @@ evaluations in flight (``GET /stats``). Each pattern's client runs in a fresh pr
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -164,8 +165,7 @@ COLUMNS: list[Column] = [
 ]
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    return columns_table(COLUMNS, rows)
+table = functools.partial(columns_table, COLUMNS)
 
 
 def plot_sweep(rows: list[dict[str, Any]], path: Any) -> str | None:

@@ -17,6 +17,7 @@ Ray is imported here only (and this module only for ``--backend ray``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import statistics
@@ -209,5 +210,4 @@ COLUMNS: list[Column] = [
 ]
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    return columns_table(COLUMNS, rows)
+table = functools.partial(columns_table, COLUMNS)

@@ -323,5 +323,4 @@ COLUMNS: list[Column] = [
 ]
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    return columns_table(COLUMNS, rows)
+table = functools.partial(columns_table, COLUMNS)

@@ -12,6 +12,20 @@ from typing import TYPE_CHECKING
 from agentfleet._lazy import lazy_exports
 
 _CLIENT = "agentfleet.evaluation.client"
+if TYPE_CHECKING:
+    from agentfleet.evaluation.client import (
+        EvalClient,
+        EvalClientError,
+        EvalRejected,
+        EvalTimeout,
+        evaluate_info,
+        evaluate_info_sync,
+    )
+    from agentfleet.evaluation.evaluator import EvalConfig, Evaluator
+    from agentfleet.evaluation.jobs import EvaluatorLike, TestModeEvaluator
+    from agentfleet.evaluation.schema import EvalRequest, EvalResult
+    from agentfleet.evaluation.server import create_app, run_server
+
 _EXPORTS: dict[str, str] = {
     "EvalClient": _CLIENT,
     "EvalClientError": _CLIENT,
@@ -29,34 +43,5 @@ _EXPORTS: dict[str, str] = {
     "Evaluator": "agentfleet.evaluation.evaluator",
 }
 
-__all__ = [
-    "EvalClient",
-    "EvalClientError",
-    "EvalConfig",
-    "EvalRejected",
-    "EvalRequest",
-    "EvalResult",
-    "EvalTimeout",
-    "Evaluator",
-    "EvaluatorLike",
-    "TestModeEvaluator",
-    "create_app",
-    "evaluate_info",
-    "evaluate_info_sync",
-    "run_server",
-]
+__all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
-
-if TYPE_CHECKING:
-    from agentfleet.evaluation.client import (
-        EvalClient,
-        EvalClientError,
-        EvalRejected,
-        EvalTimeout,
-        evaluate_info,
-        evaluate_info_sync,
-    )
-    from agentfleet.evaluation.evaluator import EvalConfig, Evaluator
-    from agentfleet.evaluation.jobs import EvaluatorLike, TestModeEvaluator
-    from agentfleet.evaluation.schema import EvalRequest, EvalResult
-    from agentfleet.evaluation.server import create_app, run_server

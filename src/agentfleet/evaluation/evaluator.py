@@ -48,6 +48,7 @@ from agentfleet.evaluation.timing import decided_early, more_rounds, timing_stat
 from agentfleet.http.retry import is_transport_error
 from agentfleet.sandbox.base import (
     CreateSandbox,
+    ExecResult,
     SandboxError,
     Sandboxes,
     SandboxNotFound,
@@ -75,6 +76,19 @@ class _Outcome(Exception):
         super().__init__(status)
         self.status = status
         self.info = info
+
+
+def _check_step(res: ExecResult, status: str, what: str) -> None:
+    """Ends the evaluation with ``status`` if the step ``res`` failed or timed out."""
+    if res.timed_out or res.returncode != 0:
+        raise _Outcome(
+            status,
+            **{
+                f"{what}_returncode": res.returncode,
+                f"{what}_timed_out": res.timed_out,
+                f"{what}_output": output_tail(res.output),
+            },
+        )
 
 
 def _resolve_task(dataset: str, instance_id: str, split: str, roots: tuple[Path, ...] = ()) -> Task:
@@ -294,13 +308,7 @@ class Evaluator:
             res = await image_eval.rebuild(self.sandboxes, candidate, task, build_timeout)
             if res is not None:
                 durations["rebuild"] = round(time.monotonic() - t, 4)
-                if res.timed_out or res.returncode != 0:
-                    raise _Outcome(
-                        "build_failed",
-                        build_returncode=res.returncode,
-                        build_timed_out=res.timed_out,
-                        build_output=output_tail(res.output),
-                    )
+                _check_step(res, "build_failed", "build")
 
         # 2. restore the task's test files, run the tests
         t = time.monotonic()
@@ -309,13 +317,7 @@ class Evaluator:
         timeout = cfg.test_timeout or task.timeout_s
         res = await self.sandboxes.exec(candidate, task.test_cmd, timeout=timeout)
         durations["tests"] = round(time.monotonic() - t, 4)
-        if res.timed_out or res.returncode != 0:
-            raise _Outcome(
-                "tests_failed",
-                test_returncode=res.returncode,
-                test_timed_out=res.timed_out,
-                test_output=output_tail(res.output),
-            )
+        _check_step(res, "tests_failed", "test")
 
         # 3. same stdout as the original
         baseline = await baseline_t

@@ -32,7 +32,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -99,6 +99,18 @@ async def _build_evaluator(factory: EvaluatorFactory, stack: AsyncExitStack) -> 
     return made
 
 
+_T = TypeVar("_T")
+
+
+def _started(state: dict[str, Any], key: str, kind: type[_T]) -> _T:
+    """What the app's lifespan put under ``key``; an error before it starts."""
+    value = state.get(key)
+    if value is None:
+        raise RuntimeError("evaluation server is not started")
+    assert isinstance(value, kind)
+    return value
+
+
 def create_app(
     evaluator: EvaluatorLike | None = None,
     *,
@@ -150,18 +162,10 @@ def create_app(
         worker_spec = {"test_latency": test_latency} if test_latency is not None else {}
 
     def remote() -> RemoteWorkers:
-        r = state.get("remote")
-        if r is None:
-            raise RuntimeError("evaluation server is not started")
-        assert isinstance(r, RemoteWorkers)
-        return r
+        return _started(state, "remote", RemoteWorkers)
 
     def manager() -> JobManager:
-        m = state.get("manager")
-        if m is None:
-            raise RuntimeError("evaluation server is not started")
-        assert isinstance(m, JobManager)
-        return m
+        return _started(state, "manager", JobManager)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

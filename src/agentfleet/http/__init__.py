@@ -9,63 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from agentfleet._lazy import lazy_exports
-
-_EXPORTS: dict[str, str] = {
-    **dict.fromkeys(("HttpConnectionError", "HttpTimeoutError"), "agentfleet.http.errors"),
-    **dict.fromkeys(
-        (
-            "DEFAULT_TIMEOUTS",
-            "EVAL_TIMEOUTS",
-            "LLM_TIMEOUTS",
-            "PRESETS",
-            "PoolLimits",
-            "Timeouts",
-            "exec_timeouts",
-            "preset_for_fleet",
-            "resolve_limits",
-        ),
-        "agentfleet.http.limits",
-    ),
-    **dict.fromkeys(
-        ("PoolCollector", "pool_metrics_collector", "register_pool_metrics", "render_prometheus"),
-        "agentfleet.http.metrics",
-    ),
-    **dict.fromkeys(("HttpPool",), "agentfleet.http.pool"),
-    **dict.fromkeys(("HttpError", "HttpStatusError", "Response"), "agentfleet.http.response"),
-    **dict.fromkeys(
-        ("NO_RETRY", "RetryPolicy", "is_idempotent", "json_object", "parse_retry_after"),
-        "agentfleet.http.retry",
-    ),
-}
-
-__all__ = [
-    "DEFAULT_TIMEOUTS",
-    "EVAL_TIMEOUTS",
-    "LLM_TIMEOUTS",
-    "NO_RETRY",
-    "PRESETS",
-    "HttpConnectionError",
-    "HttpError",
-    "HttpPool",
-    "HttpStatusError",
-    "HttpTimeoutError",
-    "PoolCollector",
-    "PoolLimits",
-    "Response",
-    "RetryPolicy",
-    "Timeouts",
-    "exec_timeouts",
-    "is_idempotent",
-    "json_object",
-    "parse_retry_after",
-    "pool_metrics_collector",
-    "preset_for_fleet",
-    "register_pool_metrics",
-    "render_prometheus",
-    "resolve_limits",
-]
-
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+from agentfleet.http import limits as _limits  # no aiohttp: its names are the map's
 
 if TYPE_CHECKING:
     from agentfleet.http.errors import HttpConnectionError, HttpTimeoutError
@@ -95,3 +39,22 @@ if TYPE_CHECKING:
         json_object,
         parse_retry_after,
     )
+
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(("HttpConnectionError", "HttpTimeoutError"), "agentfleet.http.errors"),
+    **dict.fromkeys(_limits.__all__, "agentfleet.http.limits"),
+    **dict.fromkeys(
+        ("PoolCollector", "pool_metrics_collector", "register_pool_metrics", "render_prometheus"),
+        "agentfleet.http.metrics",
+    ),
+    **dict.fromkeys(("HttpPool",), "agentfleet.http.pool"),
+    **dict.fromkeys(("HttpError", "HttpStatusError", "Response"), "agentfleet.http.response"),
+    **dict.fromkeys(
+        ("NO_RETRY", "RetryPolicy", "is_idempotent", "json_object", "parse_retry_after"),
+        "agentfleet.http.retry",
+    ),
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -10,6 +10,33 @@ from typing import TYPE_CHECKING
 
 from agentfleet._lazy import lazy_exports
 
+if TYPE_CHECKING:
+    from agentfleet.sandbox.base import (
+        DEFAULT_EXEC_TIMEOUT,
+        DEFAULT_OUTPUT_LIMIT,
+        Backend,
+        CreateSandbox,
+        ExecRequest,
+        ExecResult,
+        PathOutsideSandbox,
+        SandboxBusy,
+        SandboxError,
+        Sandboxes,
+        SandboxInfo,
+        SandboxNotFound,
+        SandboxUnauthorized,
+        new_sandbox_id,
+    )
+    from agentfleet.sandbox.capture import OutputCapture
+    from agentfleet.sandbox.client import SandboxClient
+    from agentfleet.sandbox.containers import gc_containers
+    from agentfleet.sandbox.docker import DockerBackend
+    from agentfleet.sandbox.env import RemoteDockerEnvironment
+    from agentfleet.sandbox.folders import SandboxFolders, default_root, gc_all
+    from agentfleet.sandbox.process import ProcessBackend
+    from agentfleet.sandbox.server import create_app, make_backend, run_server
+    from agentfleet.sandbox.service import SandboxService
+
 _EXPORTS: dict[str, str] = {
     "DEFAULT_EXEC_TIMEOUT": "agentfleet.sandbox.base",
     "DEFAULT_OUTPUT_LIMIT": "agentfleet.sandbox.base",
@@ -40,60 +67,5 @@ _EXPORTS: dict[str, str] = {
     "SandboxService": "agentfleet.sandbox.service",
 }
 
-__all__ = [
-    "DEFAULT_EXEC_TIMEOUT",
-    "DEFAULT_OUTPUT_LIMIT",
-    "Backend",
-    "CreateSandbox",
-    "DockerBackend",
-    "ExecRequest",
-    "ExecResult",
-    "OutputCapture",
-    "PathOutsideSandbox",
-    "ProcessBackend",
-    "RemoteDockerEnvironment",
-    "SandboxBusy",
-    "SandboxClient",
-    "SandboxError",
-    "SandboxFolders",
-    "SandboxInfo",
-    "SandboxNotFound",
-    "SandboxService",
-    "SandboxUnauthorized",
-    "Sandboxes",
-    "create_app",
-    "default_root",
-    "gc_all",
-    "gc_containers",
-    "make_backend",
-    "new_sandbox_id",
-    "run_server",
-]
+__all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
-
-if TYPE_CHECKING:
-    from agentfleet.sandbox.base import (
-        DEFAULT_EXEC_TIMEOUT,
-        DEFAULT_OUTPUT_LIMIT,
-        Backend,
-        CreateSandbox,
-        ExecRequest,
-        ExecResult,
-        PathOutsideSandbox,
-        SandboxBusy,
-        SandboxError,
-        Sandboxes,
-        SandboxInfo,
-        SandboxNotFound,
-        SandboxUnauthorized,
-        new_sandbox_id,
-    )
-    from agentfleet.sandbox.capture import OutputCapture
-    from agentfleet.sandbox.client import SandboxClient
-    from agentfleet.sandbox.containers import gc_containers
-    from agentfleet.sandbox.docker import DockerBackend
-    from agentfleet.sandbox.env import RemoteDockerEnvironment
-    from agentfleet.sandbox.folders import SandboxFolders, default_root, gc_all
-    from agentfleet.sandbox.process import ProcessBackend
-    from agentfleet.sandbox.server import create_app, make_backend, run_server
-    from agentfleet.sandbox.service import SandboxService

@@ -285,9 +285,8 @@ class DockerBackend:
         host_dir = None if isinstance(source_dir, ImageSource) else source_dir
         folder = await self.folders.create(sandbox_id, host_dir, req)
         try:
-            container = await self._start_container(
-                sandbox_id, folder.work, folder.dir, req, res, source
-            )
+            config = self._config(sandbox_id, folder.work, folder.dir, req, res, source)
+            container = await self._start_container(sandbox_id, config)
         except BaseException:
             await asyncio.shield(self.folders.delete(sandbox_id))
             raise
@@ -313,7 +312,7 @@ class DockerBackend:
         req: CreateSandbox,
         res: Resources,
         source: ImageSource | None = None,
-    ) -> Any:
+    ) -> dict[str, Any]:
         labels = sandbox_labels(
             owner=self.instance_id,
             sandbox_id=sandbox_id,
@@ -335,16 +334,7 @@ class DockerBackend:
         }
         return config if source is None else image_box.image_config(config, source)
 
-    async def _start_container(
-        self,
-        sandbox_id: str,
-        work: Path,
-        folder: Path,
-        req: CreateSandbox,
-        res: Resources,
-        source: ImageSource | None = None,
-    ) -> Any:
-        config = self._config(sandbox_id, work, folder, req, res, source)
+    async def _start_container(self, sandbox_id: str, config: dict[str, Any]) -> Any:
         name = f"agentfleet-{sandbox_id}"
         try:
             container = await self.client.containers.create(config, name=name)

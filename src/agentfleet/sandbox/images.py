@@ -41,14 +41,19 @@ def cache_dir() -> Path:
     return Path(base) / "agentfleet"
 
 
-def image_exists(name: str) -> bool:
+def image_id(name: str) -> str:
+    """The engine's id of image ``name``, or "" if it has none."""
     proc = subprocess.run(
         ["docker", "image", "inspect", "--format", "{{.Id}}", name],
         capture_output=True,
         text=True,
         check=False,
     )
-    return proc.returncode == 0
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def image_exists(name: str) -> bool:
+    return bool(image_id(name))
 
 
 def _run(argv: Sequence[str], log: Log, **kw: Any) -> None:

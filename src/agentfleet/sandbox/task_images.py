@@ -26,7 +26,13 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from agentfleet.sandbox.images import IMAGE_LABEL, ImageBuildError, cache_dir, image_exists
+from agentfleet.sandbox.images import (
+    IMAGE_LABEL,
+    ImageBuildError,
+    cache_dir,
+    image_exists,
+    image_id,
+)
 from agentfleet.tasks.task import Task
 
 BENCH_IMAGE = "agentfleet-bench:bookworm"
@@ -175,7 +181,7 @@ def build_task_image(
             f"{task.id}: no build context {repo} (only bundled rows are built here; "
             "pull or load the benchmark's own images)"
         )
-    base_id = _image_id(base)
+    base_id = image_id(base)
     if not base_id:
         raise ImageBuildError(f"base image {base!r} is missing: `agentfleet images build` first")
     dockerfile = TASK_DOCKERFILE.format(base=base)
@@ -213,20 +219,10 @@ def _build(task: Task, image: str, repo: Path, dockerfile: str, content: str, lo
         extra = ["--network", "none"]
         for key, value in labels.items():
             extra += ["--label", f"{key}={value}"]
-        previous = _image_id(image)
+        previous = image_id(image)
         _docker_build(dockerfile, ctx, extra, image, log)
-    if previous and previous != _image_id(image):  # the outdated build, now untagged
+    if previous and previous != image_id(image):  # the outdated build, now untagged
         subprocess.run(["docker", "rmi", previous], capture_output=True, check=False)
-
-
-def _image_id(name: str) -> str:
-    proc = subprocess.run(
-        ["docker", "image", "inspect", "--format", "{{.Id}}", name],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
 def _docker_build(

@@ -10,6 +10,19 @@ from typing import TYPE_CHECKING
 
 from agentfleet._lazy import lazy_exports
 
+if TYPE_CHECKING:
+    from agentfleet.tasks.defaults import DEFAULT_DATASET, DEFAULT_SPLIT
+    from agentfleet.tasks.task import (
+        Dataset,
+        DatasetFileError,
+        Task,
+        TaskNotFound,
+        bundled_datasets,
+        dataset_roots,
+        get_task,
+        load_dataset,
+    )
+
 _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("DEFAULT_DATASET", "DEFAULT_SPLIT"), "agentfleet.tasks.defaults"),
     **dict.fromkeys(
@@ -27,29 +40,5 @@ _EXPORTS: dict[str, str] = {
     ),
 }
 
-__all__ = [
-    "DEFAULT_DATASET",
-    "DEFAULT_SPLIT",
-    "Dataset",
-    "DatasetFileError",
-    "Task",
-    "TaskNotFound",
-    "bundled_datasets",
-    "dataset_roots",
-    "get_task",
-    "load_dataset",
-]
+__all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
-
-if TYPE_CHECKING:
-    from agentfleet.tasks.defaults import DEFAULT_DATASET, DEFAULT_SPLIT
-    from agentfleet.tasks.task import (
-        Dataset,
-        DatasetFileError,
-        Task,
-        TaskNotFound,
-        bundled_datasets,
-        dataset_roots,
-        get_task,
-        load_dataset,
-    )
