@@ -21,7 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -303,6 +303,15 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
 
 
 Column = tuple[str, str | Callable[[dict[str, Any]], Any]]  # (header, key or function of a row)
+
+
+def run_notes(res: Mapping[str, Any], extrapolated: str = "") -> list[str]:
+    """A bench row's notes: how it was extrapolated (if it was), the pool limits it ran with."""
+    notes = [extrapolated] if extrapolated else []
+    if "pool_limits" in res:
+        lim = res["pool_limits"]
+        notes.append(f"pool {lim['limit']}/{lim['per_host']}")
+    return notes
 
 
 def columns_table(columns: Sequence[Column], rows: Iterable[dict[str, Any]]) -> str:

@@ -21,6 +21,7 @@ from agentfleet.bench.common import (
     confine_modes,
     require,
     run_child,
+    run_notes,
     sandbox_server,
 )
 
@@ -114,12 +115,8 @@ def run_fleet_bench(
                 if extrapolated:
                     factor = math.ceil(n / w) / math.ceil(k / w)
                 wall = res["wall_s"] * factor
-                notes = []
-                if extrapolated:
-                    notes.append(f"extrapolated from {k} agents ({math.ceil(k / w)} waves)")
-                if "pool_limits" in res:
-                    lim = res["pool_limits"]
-                    notes.append(f"pool {lim['limit']}/{lim['per_host']}")
+                waves = f"extrapolated from {k} agents ({math.ceil(k / w)} waves)"
+                notes = run_notes(res, waves if extrapolated else "")
                 sb_label = "null" if sb == "null" else ("process+bwrap" if confined else "process")
                 if server_loop != "asyncio":
                     sb_label += f" [{server_loop} loop]"

@@ -20,6 +20,7 @@ from agentfleet.bench.common import (
     http_json,
     require,
     run_child,
+    run_notes,
 )
 from agentfleet.bench.http_client import PATTERNS
 
@@ -113,12 +114,7 @@ def run_pattern(server: ServerProcess, pattern: str, case: HttpCase) -> dict[str
     for key in ("pool_limits", "client_connections_opened", "client_connections_reused"):
         if key in res:
             row[key] = res[key]
-    notes = []
-    if extrapolated:
-        notes.append(f"extrapolated from {k} agents x{factor:.0f}")
-    if "pool_limits" in res:
-        lim = res["pool_limits"]
-        notes.append(f"pool {lim['limit']}/{lim['per_host']}")
+    notes = run_notes(res, f"extrapolated from {k} agents x{factor:.0f}" if extrapolated else "")
     row["note"] = "; ".join(notes)
     return row
 

@@ -3,7 +3,10 @@ in-process stats (in flight, peak, distinct client connections)."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -13,77 +16,65 @@ class EvalMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.submitted = Counter(
-            "agentfleet_eval_jobs_submitted", "Evaluation jobs accepted", registry=r
+        counter = functools.partial(_named, Counter, self.registry)
+        gauge = functools.partial(_named, Gauge, self.registry)
+        histogram = functools.partial(_named, Histogram, self.registry)
+        self.submitted = counter("jobs_submitted", "Evaluation jobs accepted")
+        self.deduplicated = counter(
+            "jobs_deduplicated", "Submissions answered with an existing job (same idempotency key)"
         )
-        self.deduplicated = Counter(
-            "agentfleet_eval_jobs_deduplicated",
-            "Submissions answered with an existing job (same idempotency key)",
-            registry=r,
-        )
-        self.rejected = Counter(
-            "agentfleet_eval_jobs_rejected", "Submissions refused", ["reason"], registry=r
-        )
-        self.completed = Counter(
-            "agentfleet_eval_jobs_completed", "Evaluation jobs finished done", registry=r
-        )
-        self.failed = Counter(
-            "agentfleet_eval_jobs_failed", "Evaluation jobs finished failed", registry=r
-        )
-        self.queue_depth = Gauge(
-            "agentfleet_eval_queue_depth", "Jobs waiting for a worker", registry=r
-        )
-        self.running = Gauge("agentfleet_eval_jobs_running", "Jobs being evaluated", registry=r)
-        self.duration = Histogram(
-            "agentfleet_eval_duration_seconds",
+        self.rejected = counter("jobs_rejected", "Submissions refused", labelnames=["reason"])
+        self.completed = counter("jobs_completed", "Evaluation jobs finished done")
+        self.failed = counter("jobs_failed", "Evaluation jobs finished failed")
+        self.queue_depth = gauge("queue_depth", "Jobs waiting for a worker")
+        self.running = gauge("jobs_running", "Jobs being evaluated")
+        self.duration = histogram(
+            "duration_seconds",
             "Evaluation duration",
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
-            registry=r,
         )
-        self.queue_wait = Histogram(
-            "agentfleet_eval_queue_wait_seconds",
+        self.queue_wait = histogram(
+            "queue_wait_seconds",
             "Time from submit to a worker starting the job",
             buckets=(0.01, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
-            registry=r,
         )
-        self.worker_busy = Gauge(
-            "agentfleet_eval_worker_busy",
+        self.worker_busy = gauge(
+            "worker_busy",
             "1 while the worker runs a job; cpus: the CPU set its commands are pinned to",
-            ["worker", "cpus"],
-            registry=r,
+            labelnames=["worker", "cpus"],
         )
-        self.throughput = Gauge(
-            "agentfleet_eval_throughput_per_minute",
-            "Evaluations finished over the last minute",
-            registry=r,
+        self.throughput = gauge(
+            "throughput_per_minute", "Evaluations finished over the last minute"
         )
-        self.leases_expired = Counter(
-            "agentfleet_eval_leases_expired",
+        self.leases_expired = counter(
+            "leases_expired",
             "Remote workers' leases that lapsed without a heartbeat (their jobs queued again)",
-            registry=r,
         )
-        self.leases_released = Counter(
-            "agentfleet_eval_leases_released",
+        self.leases_released = counter(
+            "leases_released",
             "Remote leases handed back by a stopping worker (their jobs queued again at once)",
-            registry=r,
         )
-        self.results_refused = Counter(
-            "agentfleet_eval_results_refused",
-            "Results posted under an expired or replaced lease (not stored)",
-            registry=r,
+        self.results_refused = counter(
+            "results_refused", "Results posted under an expired or replaced lease (not stored)"
         )
-        self.remote_workers = Gauge(
-            "agentfleet_eval_remote_workers",
-            "Remote workers busy, or seen asking for work lately",
-            registry=r,
+        self.remote_workers = gauge(
+            "remote_workers", "Remote workers busy, or seen asking for work lately"
         )
-        self.speedup = Histogram(
-            "agentfleet_eval_speedup",
+        self.speedup = histogram(
+            "speedup",
             "Speedup of finished evaluations",
             buckets=(0, 0.5, 0.8, 0.95, 1.0, 1.05, 1.2, 1.5, 2, 3, 5, 10, 100),
-            registry=r,
         )
+
+
+_M = TypeVar("_M", Counter, Gauge, Histogram)
+
+
+def _named(
+    kind: Callable[..., _M], registry: CollectorRegistry, name: str, doc: str, **kw: Any
+) -> _M:
+    """A metric ``agentfleet_eval_<name>`` in ``registry``."""
+    return kind(f"agentfleet_eval_{name}", doc, registry=registry, **kw)
 
 
 class PeerCounter:

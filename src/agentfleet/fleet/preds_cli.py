@@ -25,12 +25,8 @@ from agentfleet._cli import (
     fail,
     setup_logging,
 )
-from agentfleet.tasks.defaults import (
-    DEFAULT_DATASET,
-    DEFAULT_EVAL_REPEATS,
-    DEFAULT_SPLIT,
-    MAX_EVAL_REPEATS,
-)
+from agentfleet.fleet.run_cli import EvalRepeatsOpt, RunDirOpt
+from agentfleet.tasks.defaults import DEFAULT_DATASET, DEFAULT_SPLIT
 
 __all__ = ["eval_preds"]
 
@@ -51,7 +47,7 @@ def eval_preds(
     workers: Annotated[
         int, typer.Option("--workers", "-w", min=1, max=MAX_WORKERS, help="at once")
     ] = 4,
-    run_dir: Annotated[Path | None, typer.Option(help="run folder (default runs/<name>)")] = None,
+    run_dir: RunDirOpt = None,
     resume: Annotated[
         Path | None,
         typer.Option(
@@ -65,15 +61,7 @@ def eval_preds(
         bool,
         typer.Option(help="with --resume: evaluate again the predictions whose evaluation failed"),
     ] = False,
-    eval_repeats: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            max=MAX_EVAL_REPEATS,
-            help="timed runs per side in embedded evaluations; unset: a real benchmark's "
-            f"task keeps its own protocol (SWE-Perf 20, GSO 5...), others {DEFAULT_EVAL_REPEATS}",
-        ),
-    ] = None,
+    eval_repeats: EvalRepeatsOpt = None,
     eval_url: Annotated[
         str | None, typer.Option(help="evaluation server (default: embedded)")
     ] = None,

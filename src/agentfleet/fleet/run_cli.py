@@ -40,6 +40,18 @@ def _default(value: object) -> str:
     return f" \\[default: {value}]"
 
 
+RunDirOpt = Annotated[Path | None, typer.Option(help="run folder (default runs/<name>)")]
+EvalRepeatsOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        max=MAX_EVAL_REPEATS,
+        help="timed runs per side in embedded evaluations; unset: a real benchmark's "
+        "task keeps its own protocol (SWE-Perf 20, GSO 5), others" + _default(DEFAULT_EVAL_REPEATS),
+    ),
+]
+
+
 def run(
     dataset: Annotated[
         str | None,
@@ -77,7 +89,7 @@ def run(
     task: Annotated[
         list[str] | None, typer.Option("--task", "-t", help="only these task ids")
     ] = None,
-    run_dir: Annotated[Path | None, typer.Option(help="run folder (default runs/<name>)")] = None,
+    run_dir: RunDirOpt = None,
     resume: Annotated[
         Path | None,
         typer.Option(
@@ -182,16 +194,7 @@ def run(
             help="USD for the whole run; reaching it ends the agents with RunCostLimitExceeded",
         ),
     ] = None,
-    eval_repeats: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            max=MAX_EVAL_REPEATS,
-            help="timed runs per side in embedded evaluations; unset: a real benchmark's "
-            "task keeps its own protocol (SWE-Perf 20, GSO 5), others"
-            + _default(DEFAULT_EVAL_REPEATS),
-        ),
-    ] = None,
+    eval_repeats: EvalRepeatsOpt = None,
     eval_reference: Annotated[
         bool | None,
         typer.Option(
