@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -39,14 +39,17 @@ def wait_healthy(url: str, proc: subprocess.Popen[str], timeout: float = 30) -> 
     pytest.fail(f"{url} never became healthy")
 
 
-def start_servers(tmp_path: Path) -> tuple[list[subprocess.Popen[str]], str, str]:
+def start_servers(
+    tmp_path: Path, sandbox_args: Sequence[str] = ()
+) -> tuple[list[subprocess.Popen[str]], str, str]:
     """`serve-sandbox` (root tmp_path/sb) and `serve-eval` using it, both healthy:
     (processes, sandbox URL, evaluation URL)."""
     sp, ep = free_port(), free_port()
     sandbox_url, eval_url = f"http://127.0.0.1:{sp}", f"http://127.0.0.1:{ep}"
+    sandbox = [AGENTFLEET, "serve-sandbox", "--port", str(sp), "--root", str(tmp_path / "sb")]
     procs = [
         subprocess.Popen(
-            [AGENTFLEET, "serve-sandbox", "--port", str(sp), "--root", str(tmp_path / "sb")],
+            [*sandbox, *sandbox_args],
             stderr=subprocess.PIPE,
             text=True,
         ),
@@ -100,17 +103,21 @@ def servers(tmp_path: Path) -> Iterator[tuple[str, str]]:
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_servers_stop_gracefully_on_a_signal(tmp_path: Path, signum: int) -> None:
-    """SIGTERM (systemd, Kubernetes...) stops both servers as Ctrl-C does: the lifespan
-    cleanup runs (a sandbox with a command still running is deleted, its processes
-    killed) and the exit code is 128 + the signal."""
-    procs, sandbox_url, _ = start_servers(tmp_path)
+    """SIGTERM (systemd, Kubernetes...) stops both servers as Ctrl-C does: a command still
+    running after the grace (--stop-grace) is killed and its request answers a JSON 503,
+    the lifespan cleanup runs (the sandbox is deleted) and the exit code is 128 + the
+    signal."""
+    procs, sandbox_url, _ = start_servers(tmp_path, ["--stop-grace", "1"])
     root = tmp_path / "sb"
+    answers: list[requests.Response] = []
     try:
         sid = requests.post(f"{sandbox_url}/sandboxes", json={}, timeout=30).json()["sandbox_id"]
         body = {"command": "sleep 300", "timeout": 600}
         command = threading.Thread(
             target=lambda: _ignore_errors(
-                requests.post, f"{sandbox_url}/sandboxes/{sid}/exec", json=body, timeout=120
+                lambda: answers.append(
+                    requests.post(f"{sandbox_url}/sandboxes/{sid}/exec", json=body, timeout=120)
+                )
             ),
             daemon=True,
         )
@@ -124,9 +131,12 @@ def test_servers_stop_gracefully_on_a_signal(tmp_path: Path, signum: int) -> Non
         stop([p for p in procs if p.poll() is None], signal.SIGKILL)
     assert [p.returncode for p in procs] == [128 + signum] * 2, errs
     assert all("Application shutdown complete" in e for e in errs), errs  # lifespan ran
+    assert "Traceback" not in errs[0], errs[0]
     assert leftovers(root) == []
     assert sandbox_processes(root) == {}
     command.join(timeout=30)
+    assert [a.status_code for a in answers] == [503]
+    assert "sandbox server stopping: command killed after 1s" in answers[0].json()["error"]
 
 
 def _ignore_errors(fn: Callable[..., object], *args: object, **kw: object) -> None:

@@ -27,6 +27,7 @@ from agentfleet.sandbox.base import (
     DEFAULT_MAX_EXECS_PER_SANDBOX,
     DEFAULT_MAX_SANDBOXES,
     DEFAULT_REAP_INTERVAL_S,
+    DEFAULT_STOP_GRACE_S,
     DEFAULT_TTL_S,
 )
 from agentfleet.tasks import DEFAULT_DATASET, TaskNotFound, dataset_roots
@@ -157,6 +158,15 @@ def serve_sandbox(
     reap_interval: Annotated[
         float, typer.Option(help="seconds between deletions of expired sandboxes (0: never)")
     ] = DEFAULT_REAP_INTERVAL_S,
+    stop_grace: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=3600.0,
+            help="on SIGINT / SIGTERM: seconds running commands get to finish; then they "
+            "are killed and answer 503",
+        ),
+    ] = DEFAULT_STOP_GRACE_S,
     dataset_root: DatasetRootOpt = None,
     confine: ConfineOpt = None,
     verbose: VerboseOpt = False,
@@ -201,6 +211,7 @@ def serve_sandbox(
             root=root,
             backend_kw=backend_kw,
             token=token,
+            stop_grace_s=stop_grace,
             **service_kw,
         )
     except ValueError as exc:  # e.g. a public host without a token

@@ -24,6 +24,7 @@ DEFAULT_MAX_SANDBOXES = 512  # alive at once per server; one more answers 429
 DEFAULT_MAX_EXECS = 256  # commands running at once per server; one more answers 429
 DEFAULT_MAX_EXECS_PER_SANDBOX = 8  # commands running at once in one sandbox
 DEFAULT_REAP_INTERVAL_S = 30.0  # seconds between deletions of expired sandboxes
+DEFAULT_STOP_GRACE_S = 10.0  # running commands' time to finish once the server stops
 # The largest limits a create request may ask for, beyond any machine: the kernel's own
 # numbers (CFS quota in microseconds, bytes, rlimits) must not overflow. Unset: no limit.
 MAX_CPUS = 4096.0

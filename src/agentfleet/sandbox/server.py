@@ -37,6 +37,7 @@ from agentfleet.http.openapi import (
     errors,
 )
 from agentfleet.sandbox.base import (
+    DEFAULT_STOP_GRACE_S,
     TOKEN_ENV,
     Backend,
     CreateSandbox,
@@ -56,7 +57,7 @@ DEFAULT_PORT = 9527
 IDEMPOTENCY_HEADER = "idempotency-key"
 _KEY_RE = re.compile(r"[\x21-\x7e]{1,200}")
 T = TypeVar("T")
-GRACEFUL_SHUTDOWN_S = 10.0
+_ANSWER_S = 5.0  # then uvicorn's time for their 503s to go out
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -144,21 +145,49 @@ async def _client_gone(request: Request) -> None:
             return
 
 
-async def _unless_disconnected(request: Request, work: Awaitable[T], what: str) -> T:
+class StopGrace:
+    """The server's stop: once :meth:`begin` is called (SIGINT / SIGTERM), running commands
+    get ``grace_s`` to finish; then each is killed and its request answers a JSON 503."""
+
+    def __init__(self, grace_s: float = DEFAULT_STOP_GRACE_S) -> None:
+        self.grace_s = grace_s
+        self._begun = asyncio.Event()
+
+    def begin(self) -> None:
+        self._begun.set()
+
+    async def over(self) -> None:
+        await self._begun.wait()
+        await asyncio.sleep(self.grace_s)
+
+
+async def _unless_disconnected(
+    request: Request, work: Awaitable[T], what: str, stop: StopGrace | None = None
+) -> T:
     """Await ``work``, cancelled if the client disconnects first (uvicorn does not cancel
-    a handler whose client went away)."""
+    a handler whose client went away), or once ``stop``'s grace is over (a 503)."""
     run = asyncio.ensure_future(work)
     gone = asyncio.ensure_future(_client_gone(request))
+    ended = asyncio.ensure_future(stop.over()) if stop is not None else None
+    client_gone = False
     try:
-        await asyncio.wait({run, gone}, return_when=asyncio.FIRST_COMPLETED)
+        watched = {run, gone} if ended is None else {run, gone, ended}
+        await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        client_gone = gone.done()
     finally:
         gone.cancel()
+        if ended is not None:
+            ended.cancel()
         if not run.done():
             run.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await run
     if run.cancelled():
-        raise SandboxError(what, 499)
+        if stop is not None and not client_gone:  # the server's stop
+            raise SandboxError(
+                f"sandbox server stopping: {what} after {stop.grace_s:g}s of grace", 503
+            )
+        raise SandboxError(f"client disconnected; {what}", 499)
     return run.result()
 
 
@@ -203,6 +232,7 @@ def create_app(
     root: Path | str | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     token: str | None = None,
+    stop_grace_s: float = DEFAULT_STOP_GRACE_S,
     **service_kwargs: Any,
 ) -> FastAPI:
     """The sandbox HTTP API.
@@ -213,7 +243,8 @@ def create_app(
     ``service`` may be a ready :class:`SandboxService`, a bare backend (wrapped in a service
     built with ``service_kwargs``), or ``None`` for a :class:`ProcessBackend` under ``root``.
     The app's lifespan starts the service (backend check, orphan reaping, ttl reaper) and
-    deletes every sandbox at shutdown.
+    deletes every sandbox at shutdown. Once the server starts to stop (``app.state.drain``),
+    running commands get ``stop_grace_s`` to finish; then they are killed and answer 503.
     """
     if service is None:
         from agentfleet.sandbox.process import ProcessBackend
@@ -249,6 +280,8 @@ def create_app(
 
     app = FastAPI(title="agentfleet sandbox server", lifespan=lifespan)
     app.state.service = svc
+    stop_grace = StopGrace(stop_grace_s)
+    app.state.drain = stop_grace.begin  # called as the server starts to stop
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     app.add_middleware(BearerAuth, token=token)  # added last: the outermost layer
     if token:
@@ -308,7 +341,7 @@ def create_app(
     async def get_sandbox(sandbox_id: str) -> SandboxInfo:
         return svc.get(sandbox_id)
 
-    @app.post("/sandboxes/{sandbox_id}/exec", responses=errors(400, 404, 409, 413, 422, 429))
+    @app.post("/sandboxes/{sandbox_id}/exec", responses=errors(400, 404, 409, 413, 422, 429, 503))
     async def exec_command(sandbox_id: str, req: ExecRequest, request: Request) -> ExecResult:
         started = time.monotonic()
         key = request.headers.get(IDEMPOTENCY_HEADER)
@@ -318,7 +351,7 @@ def create_app(
         # Without a key, a client that goes away gets its command killed. With one, the
         # command belongs to the service: a retry with the same key picks up its result.
         result = await _unless_disconnected(
-            request, svc.exec_request(sandbox_id, req, key), "client disconnected; command killed"
+            request, svc.exec_request(sandbox_id, req, key), "command killed", stop_grace
         )
         exec_seconds.observe(time.monotonic() - started)
         return result
@@ -377,6 +410,7 @@ def run_server(
     root: Path | str | None = None,
     backend_kw: dict[str, Any] | None = None,
     token: str | None = None,
+    stop_grace_s: float = DEFAULT_STOP_GRACE_S,
     **service_kwargs: Any,
 ) -> int | None:
     """Serve the sandbox API until SIGINT or SIGTERM (blocking; used by ``agentfleet
@@ -391,10 +425,11 @@ def run_server(
 
     token = server_token(token, TOKEN_ENV, host)
     backend_obj = make_backend(backend, root=root, **(backend_kw or {}))
-    app = create_app(backend_obj, token=token, **service_kwargs)
-    # At shutdown, running commands get GRACEFUL_SHUTDOWN_S to finish; then their requests
-    # are cancelled, which kills their process groups, and the lifespan deletes the sandboxes.
+    app = create_app(backend_obj, token=token, stop_grace_s=stop_grace_s, **service_kwargs)
+    # At shutdown, running commands get stop_grace_s to finish; then they are killed (their
+    # process groups) and answer 503; uvicorn's own limit comes after, then the lifespan
+    # deletes the sandboxes.
     config = uvicorn_config(
-        app, host, port, log_level="info", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S
+        app, host, port, log_level="info", timeout_graceful_shutdown=stop_grace_s + _ANSWER_S
     )
     return serve_until_signal(config)
