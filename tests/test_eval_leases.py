@@ -286,7 +286,8 @@ def test_eval_worker_rejects_bad_options() -> None:
 
     runner = CliRunner()
     bad_url = runner.invoke(app, ["eval-worker", "--server", "ftp://x"])
-    assert bad_url.exit_code == 2 and "http(s) URL" in bad_url.output
+    assert bad_url.exit_code == 2
+    assert "--server 'ftp://x': not an http(s) URL" in " ".join(bad_url.output.split())
     bad_cpus = runner.invoke(app, ["eval-worker", "--server", "http://127.0.0.1:1", "--cpus", "x"])
     assert bad_cpus.exit_code == 2 and "CPU list" in bad_cpus.output
 

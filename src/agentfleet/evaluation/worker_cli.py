@@ -69,13 +69,11 @@ def eval_worker(
     """Evaluate jobs of an evaluation server on this machine (see docs/evaluation.md)."""
     from agentfleet.evaluation.pinning import available_cpus, format_cpus, parse_cpus
     from agentfleet.evaluation.worker import WorkerEvaluators, serve_worker
-    from agentfleet.http.urls import is_http_url
     from agentfleet.sandbox.cli import confine_setting
     from agentfleet.serving import Stopped, run_async
     from agentfleet.tasks import dataset_roots
 
-    if not is_http_url(server):
-        fail(f"--server must be an http(s) URL, not {server!r}")
+    check_url("--server", server)
     check_url("--sandbox-url", sandbox_url)
     try:
         confine = confine_setting(confine, urlsplit(server).hostname or "")
