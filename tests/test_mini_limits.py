@@ -170,3 +170,34 @@ async def test_the_time_limit_cuts_a_mini_agents_call_in_flight(
     assert result.exit_status == "TimeLimitExceeded" and not result.error, result
     assert result.duration_s < 10, result.duration_s
     assert result.trajectory["messages"], result.trajectory
+
+
+async def test_mini_agents_own_time_limit_ends_time_limit_exceeded(
+    sandbox_url: str, dataset: str
+) -> None:
+    """The YAML's wall_time_limit_seconds, stricter than the run's, is DefaultAgent's own
+    check between calls: the agent ends with LightAgent's ``TimeLimitExceeded`` (not
+    mini-swe-agent's ``TimeExceeded``), as at the run's own time limit."""
+    model = ScriptedModel([bash_reply("wait", "sleep 1.2")] * 5)
+    client = SandboxClient(sandbox_url)
+    info = await client.create(CreateSandbox(task_id="t1", dataset=dataset))
+    config = {
+        "agent": {
+            "system_template": "s",
+            "instance_template": "{{ task }}",
+            "wall_time_limit_seconds": 1,
+        },
+        "model": {"action_format": "text", "action_regex": r"```bash\s*\n(.*?)\n```"},
+    }
+    task = Task(
+        id="t1", dataset="d", prompt="p", test_cmd="true", workload_cmd="true", task_dir=dataset
+    )
+    try:
+        async with asyncio.timeout(30):
+            result = await run_mini(
+                config, model, client, info.sandbox_id, task, AgentConfig(time_limit_s=60.0)
+            )
+    finally:
+        await client.delete(info.sandbox_id)
+    assert (result.exit_status, result.steps, result.error) == ("TimeLimitExceeded", 1, "")
+    assert result.trajectory["info"]["exit_status"] == "TimeLimitExceeded"

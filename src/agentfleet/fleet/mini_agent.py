@@ -188,8 +188,9 @@ def _stoppable(stop: _Stop) -> tuple[type, type]:
 def _agent_class(stop: _Stop, cost_limit: float | None) -> type:
     """DefaultAgent that ends (with ``stop.status``) before its next step once ``stop`` is set,
     and ends cleanly at the run's cost limit (``cost_limit``, or the agentfleet model's own
-    limits) with LightAgent's exit status."""
+    limits) and at its own time limit with LightAgent's exit statuses."""
     from minisweagent.agents.default import DefaultAgent
+    from minisweagent.exceptions import TimeExceeded
 
     from agentfleet.models.base import LimitReached
 
@@ -210,6 +211,9 @@ def _agent_class(stop: _Stop, cost_limit: float | None) -> type:
             except LimitReached as exc:  # raised before the call: not an error, no step
                 self.n_calls -= 1
                 raise _ended(exc.exit_status, str(exc)) from None
+            except TimeExceeded:  # DefaultAgent's own check: LightAgent's exit status
+                limit = self.config.wall_time_limit_seconds
+                raise _ended("TimeLimitExceeded", f"time limit {limit}s reached") from None
 
     return FleetAgent
 
