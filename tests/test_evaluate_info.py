@@ -6,6 +6,7 @@ Against a real evaluation server on 127.0.0.1 (port 0), in this test's event loo
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import os
@@ -115,6 +116,30 @@ async def test_the_first_call_loads_the_http_stack_off_the_loop() -> None:
     assert proc.returncode == 0
     seen = json.loads(stdout)
     assert seen == {"before": False, "loads_on_loop_thread": [False], "out": [1.0, 1.25]}
+
+
+async def test_a_pool_module_already_imported_costs_no_thread_hop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once the pool module is imported (here by this test process), a client's first call
+    does not go through a thread to import it again: a burst of first calls pays no hop."""
+    import agentfleet.evaluation.client as client_mod
+    import agentfleet.http.pool  # noqa: F401
+
+    hops: list[Any] = []
+    to_thread = asyncio.to_thread
+
+    async def counting_to_thread(fn: Any, *args: Any) -> Any:
+        if fn is importlib.import_module:
+            hops.append(args)
+        return await to_thread(fn, *args)
+
+    monkeypatch.setattr(client_mod, "_pool_loaded", False)
+    monkeypatch.setattr(client_mod.asyncio, "to_thread", counting_to_thread)
+    async with HttpPool() as pool:
+        got = await asyncio.gather(*(EvalClient("http://x", pool)._ready_pool() for _ in range(5)))
+    assert got == [pool] * 5 and hops == []
+    assert client_mod._pool_loaded
 
 
 async def test_gather_runs_concurrently(caplog: pytest.LogCaptureFixture) -> None:

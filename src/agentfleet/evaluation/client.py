@@ -16,6 +16,7 @@ import importlib
 import logging
 import os
 import random
+import sys
 import time
 import uuid
 import weakref
@@ -148,6 +149,14 @@ _POOL_MODULE = "agentfleet.http.pool"
 _pool_loaded = False
 
 
+def _imported(name: str) -> bool:
+    """``name`` is in ``sys.modules`` and its import has finished (the test ``import``
+    itself makes before it waits on a module another thread is still importing)."""
+    module = sys.modules.get(name)
+    spec = getattr(module, "__spec__", None)
+    return module is not None and not getattr(spec, "_initializing", False)
+
+
 class EvalClient:
     """Talks to one evaluation server.
 
@@ -188,8 +197,9 @@ class EvalClient:
         """:attr:`pool`; the first call of the process imports the pool module (aiohttp,
         and the SSL contexts it builds at import) in a thread, off the event loop."""
         global _pool_loaded
-        if not _pool_loaded:  # a flag, not sys.modules: set once the import has finished
-            await asyncio.to_thread(importlib.import_module, _POOL_MODULE)
+        if not _pool_loaded:
+            if not _imported(_POOL_MODULE):  # not yet, or another thread is importing it
+                await asyncio.to_thread(importlib.import_module, _POOL_MODULE)
             _pool_loaded = True
         return self.pool
 
