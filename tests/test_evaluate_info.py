@@ -142,6 +142,19 @@ async def test_a_pool_module_already_imported_costs_no_thread_hop(
     assert client_mod._pool_loaded
 
 
+async def test_an_unreachable_server_is_named_once_in_the_error() -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    async with HttpPool(retry=NO_RETRY) as pool:
+        client = EvalClient(url, pool, outage_s=0)
+        with pytest.raises(EvalClientError) as caught:
+            await client.submit(EvalRequest(exit_status="Submitted", result="", instance_id="t1"))
+    message = caught.value.message
+    assert message.count(url) == 1, message
+    assert message.startswith(f"POST {url}/evaluations failed after 1 attempt: "), message
+
+
 async def test_gather_runs_concurrently(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="agentfleet.evaluation")
     async with running(test_latency=0.5) as srv, HttpPool() as pool:

@@ -19,13 +19,22 @@ import random
 import sys
 import time
 import uuid
-import weakref
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from agentfleet.evaluation.client_errors import (
+    EvalClientError,
+    EvalRejected,
+    EvalTimeout,
+    error_message,
+    failure,
+    has_job_id,
+    json_body,
+    retry_after,
+)
+from agentfleet.evaluation.long_calls import long_calls
 from agentfleet.evaluation.schema import EvalRequest, EvalResult
 from agentfleet.http.limits import EVAL_TIMEOUTS, Timeouts
 from agentfleet.http.response import HttpError, Response
@@ -35,7 +44,6 @@ from agentfleet.http.retry import (
     RetryPolicy,
     is_transport_error,
     json_object,
-    retry_after_from_headers,
 )
 from agentfleet.tasks import DEFAULT_DATASET, DEFAULT_SPLIT
 
@@ -54,96 +62,6 @@ SUBMIT_TIMEOUT = 3600.0  # default limit on waiting out a full queue (evaluate_i
 OUTAGE_S = 300.0
 _OUTAGE_BACKOFF_MAX_S = 10.0
 
-
-class EvalClientError(HttpError):
-    """The evaluation could not be obtained (transport failure after retries, a 5xx, a
-    timeout). ``status_code`` is the HTTP status when there was one."""
-
-    def __init__(
-        self, message: str, *, status_code: int | None = None, payload: Any = None
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status_code = status_code
-        self.payload = payload
-
-
-class EvalRejected(EvalClientError):
-    """The server refused the request with a 4xx (unknown instance, invalid body...)."""
-
-
-class EvalTimeout(EvalClientError):
-    """The overall ``timeout`` of the evaluation expired."""
-
-
-def _error_message(resp: Response) -> str:
-    try:
-        payload = resp.json()
-    except ValueError:
-        return resp.text()[:500] or f"HTTP {resp.status}"
-    if isinstance(payload, dict):
-        err = payload.get("error") or payload.get("detail")
-        if err is not None:
-            return str(err)
-    return str(payload)[:500]
-
-
-def _has_job_id(resp: Response) -> bool:
-    body = resp.json()
-    return isinstance(body, dict) and isinstance(body.get("job_id"), str)
-
-
-def _json_object(resp: Response, what: str) -> dict[str, Any]:
-    """The body of a success as a JSON object, else :class:`EvalClientError` (after the
-    pool's retries: a proxy's HTML page, a truncated body...)."""
-    try:
-        data = resp.json()
-    except ValueError:
-        data = None
-    if not isinstance(data, dict):
-        raise EvalClientError(
-            f"{what}: HTTP {resp.status} with a body that is not the expected JSON object: "
-            f"{resp.text()[:200]!r}",
-            status_code=resp.status,
-        )
-    return data
-
-
-def _retry_after(resp: Response, default: float = 1.0) -> float:
-    wait = retry_after_from_headers(resp.headers)
-    return default if wait is None else wait
-
-
-class _LongCalls:
-    """Long-held requests of the evaluation clients of each pool (waiting submits and long
-    polls). A submit asks the server to wait only while the pool has a long-poll slot free
-    for it (:meth:`HttpPool.long_poll_slots`); otherwise it is sent plain, starts its job
-    at once, and its poll queues for a slot instead of the submit."""
-
-    def __init__(self) -> None:
-        self._held: weakref.WeakKeyDictionary[HttpPool, int] = weakref.WeakKeyDictionary()
-
-    @asynccontextmanager
-    async def hold(
-        self, pool: HttpPool, wait: float, *, always: bool = False
-    ) -> AsyncIterator[float]:
-        """Yields the wait to ask for: ``wait``, or 0 when the pool's long-poll slots are all
-        taken (unless ``always``: a poll counts, and queues, anyway)."""
-        if wait <= 0:
-            yield 0.0
-            return
-        held = self._held.get(pool, 0)
-        if not always and held >= pool.long_poll_slots():
-            yield 0.0
-            return
-        self._held[pool] = held + 1
-        try:
-            yield wait
-        finally:
-            self._held[pool] = self._held.get(pool, 1) - 1
-
-
-_long_calls = _LongCalls()
 
 _POOL_MODULE = "agentfleet.http.pool"
 _pool_loaded = False
@@ -285,8 +203,9 @@ class EvalClient:
             raise
         except HttpError as exc:
             status = getattr(exc, "status", None)
+            said = str(exc)  # the pool's errors name the request already
             raise EvalClientError(
-                f"{method} {url} failed: {exc}",
+                said if said.startswith(f"{method} {url} ") else f"{method} {url} failed: {said}",
                 status_code=status if isinstance(status, int) else None,
             ) from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -294,21 +213,6 @@ class EvalClient:
                 f"{method} {url} failed: {type(exc).__name__}: {exc}".rstrip(": ")
             ) from exc
 
-    def _fail(self, resp: Response, what: str) -> EvalClientError:
-        message = _error_message(resp)
-        payload: Any
-        try:
-            payload = resp.json()
-        except ValueError:
-            payload = None
-        cls = EvalRejected if 400 <= resp.status < 500 else EvalClientError
-        return cls(
-            f"{what}: HTTP {resp.status}: {message}" if cls is EvalClientError else message,
-            status_code=resp.status,
-            payload=payload,
-        )
-
-    # API -----------------------------------------------------------------------------
     async def submit(
         self,
         req: EvalRequest,
@@ -340,7 +244,7 @@ class EvalClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         pool = await self._ready_pool()
         while True:
-            async with _long_calls.hold(pool, wait) as held:
+            async with long_calls.hold(pool, wait) as held:
                 headers = {"Idempotency-Key": key}
                 if held > 0:
                     headers["Prefer"] = f"wait={held:g}"
@@ -352,35 +256,35 @@ class EvalClient:
                     headers=headers,
                     timeouts=self.submit_timeouts,
                     long_poll=held > 0,
-                    accept=_has_job_id,
+                    accept=has_job_id,
                 )
             if resp.status in (200, 201, 202):
-                data = _json_object(resp, "submit")
+                data = json_body(resp, "submit")
                 if not isinstance(data.get("job_id"), str):
                     raise EvalClientError(f"server answered without a job id: {resp.text()[:200]}")
                 return data
             if resp.status == 429:
-                delay = min(60.0, max(0.05, _retry_after(resp)))
+                delay = min(60.0, max(0.05, retry_after(resp)))
                 if deadline is not None:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         raise EvalTimeout(
                             f"evaluation queue of {self.base_url} still full after {timeout:g}s "
-                            f"of retries ({_error_message(resp)})",
+                            f"of retries ({error_message(resp)})",
                             status_code=429,
                         )
                     delay = min(delay, left)
                 logger.debug("evaluation queue full, resubmitting in %.2fs", delay)
                 await asyncio.sleep(delay)
                 continue
-            raise self._fail(resp, "submit")
+            raise failure(resp, "submit")
 
     async def status(self, job_id: str, wait: float = 0.0) -> dict[str, Any]:
         """The job's state; ``wait`` > 0 long-polls until it ends or ``wait`` expires."""
         wait = min(MAX_POLL_WAIT, max(0.0, wait))
         timeouts = Timeouts(total=wait + 120, connect=60, sock_connect=30, sock_read=wait + 60)
         pool = await self._ready_pool()
-        async with _long_calls.hold(pool, wait, always=True):
+        async with long_calls.hold(pool, wait, always=True):
             resp = await self._request(
                 pool,
                 "GET",
@@ -390,8 +294,8 @@ class EvalClient:
                 long_poll=wait > 0,
             )
         if resp.status != 200:
-            raise self._fail(resp, "status")
-        return _json_object(resp, "status")
+            raise failure(resp, "status")
+        return json_body(resp, "status")
 
     async def wait(self, job_id: str, *, poll_wait: float | None = None) -> dict[str, Any]:
         """Long-poll until the job is done or failed."""
@@ -459,8 +363,8 @@ class EvalClient:
             retry=retry,
         )
         if resp.status != 200:
-            raise self._fail(resp, "healthz")
-        return _json_object(resp, "healthz")
+            raise failure(resp, "healthz")
+        return json_body(resp, "healthz")
 
 
 def _to_result(data: dict[str, Any]) -> EvalResult:
