@@ -1,11 +1,12 @@
 """Where an evaluator runs: :func:`open_sandboxes` (a sandbox server, or in-process
 sandboxes) and the real evaluator over them (:func:`real_evaluator`), for the evaluation
-server and for remote workers."""
+server and for remote workers; how the server builds its evaluator from a factory."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,4 +68,26 @@ def default_evaluator_factory(
     return lambda: real_evaluator(sandbox_url, config, sandbox_token, dataset_roots, confine)
 
 
-__all__ = ["default_evaluator_factory", "open_sandboxes", "real_evaluator"]
+EvaluatorFactory = Callable[[], Any]
+"""Returns an evaluator, an awaitable of one, or an async context manager yielding one."""
+
+
+async def build_evaluator(factory: EvaluatorFactory, stack: AsyncExitStack) -> Any:
+    """What ``factory`` makes, entered (or its ``aclose`` pushed) on ``stack``."""
+    made = factory()
+    if inspect.isawaitable(made):
+        made = await made
+    if not hasattr(made, "evaluate") and hasattr(made, "__aenter__"):
+        return await stack.enter_async_context(made)
+    if hasattr(made, "aclose"):
+        stack.push_async_callback(made.aclose)
+    return made
+
+
+__all__ = [
+    "EvaluatorFactory",
+    "build_evaluator",
+    "default_evaluator_factory",
+    "open_sandboxes",
+    "real_evaluator",
+]

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -55,6 +54,8 @@ from agentfleet.evaluation.leases import DEFAULT_LEASE_TTL_S
 from agentfleet.evaluation.pinning import auto_workers, format_cpus, plan_cpu_sets
 from agentfleet.evaluation.remote import RemoteWorkers, until_disconnected, worker_routes
 from agentfleet.evaluation.sandboxes import (
+    EvaluatorFactory,
+    build_evaluator,
     default_evaluator_factory,
     open_sandboxes,
     real_evaluator,
@@ -84,21 +85,6 @@ def default_workers(cores_per_worker: int = 1) -> int:
 
 
 # app --------------------------------------------------------------------------------
-EvaluatorFactory = Callable[[], Any]
-"""Returns an evaluator, an awaitable of one, or an async context manager yielding one."""
-
-
-async def _build_evaluator(factory: EvaluatorFactory, stack: AsyncExitStack) -> Any:
-    made = factory()
-    if inspect.isawaitable(made):
-        made = await made
-    if not hasattr(made, "evaluate") and hasattr(made, "__aenter__"):
-        return await stack.enter_async_context(made)
-    if hasattr(made, "aclose"):
-        stack.push_async_callback(made.aclose)
-    return made
-
-
 _T = TypeVar("_T")
 
 
@@ -176,7 +162,7 @@ def create_app(
                 ev = evaluator
             else:
                 assert evaluator_factory is not None
-                ev = await _build_evaluator(evaluator_factory, stack)
+                ev = await build_evaluator(evaluator_factory, stack)
             store = await JobStore(db_path).open()
             stack.push_async_callback(store.close)
             jobs = JobManager(
