@@ -143,17 +143,15 @@ def test_run_limits_hold_over_mini_yaml(dataset: str, sandbox_url: str, tmp_path
     assert result.trajectory["info"]["config"]["agent"]["step_limit"] == 3
 
 
-async def test_the_time_limit_cuts_a_mini_agents_call_in_flight(
-    sandbox_url: str, dataset: str
-) -> None:
-    """At the run's time limit the agent's call in flight (a command of 60 s here) is
-    cancelled and the agent ends ``TimeLimitExceeded``, as LightAgent does, with its
-    trajectory (mini-swe-agent checks its own limit only between calls)."""
-    model = ScriptedModel([bash_reply("wait", "sleep 60")] * 3)
+async def _run_mini(
+    sandbox_url: str, dataset: str, model: ScriptedModel, limits: AgentConfig, **agent: Any
+) -> MiniResult:
+    """``model`` as a mini-swe-agent (its YAML's agent section plus ``agent``) on a task of
+    ``dataset``, in a sandbox of the server at ``sandbox_url``, deleted afterwards."""
     client = SandboxClient(sandbox_url)
     info = await client.create(CreateSandbox(task_id="t1", dataset=dataset))
     config = {
-        "agent": {"system_template": "s", "instance_template": "{{ task }}"},
+        "agent": {"system_template": "s", "instance_template": "{{ task }}", **agent},
         "model": {"action_format": "text", "action_regex": r"```bash\s*\n(.*?)\n```"},
     }
     task = Task(
@@ -161,11 +159,19 @@ async def test_the_time_limit_cuts_a_mini_agents_call_in_flight(
     )
     try:
         async with asyncio.timeout(30):
-            result = await run_mini(
-                config, model, client, info.sandbox_id, task, AgentConfig(time_limit_s=1.0)
-            )
+            return await run_mini(config, model, client, info.sandbox_id, task, limits)
     finally:
         await client.delete(info.sandbox_id)
+
+
+async def test_the_time_limit_cuts_a_mini_agents_call_in_flight(
+    sandbox_url: str, dataset: str
+) -> None:
+    """At the run's time limit the agent's call in flight (a command of 60 s here) is
+    cancelled and the agent ends ``TimeLimitExceeded``, as LightAgent does, with its
+    trajectory (mini-swe-agent checks its own limit only between calls)."""
+    model = ScriptedModel([bash_reply("wait", "sleep 60")] * 3)
+    result = await _run_mini(sandbox_url, dataset, model, AgentConfig(time_limit_s=1.0))
     assert isinstance(result, MiniResult)
     assert result.exit_status == "TimeLimitExceeded" and not result.error, result
     assert result.duration_s < 10, result.duration_s
@@ -179,25 +185,7 @@ async def test_mini_agents_own_time_limit_ends_time_limit_exceeded(
     check between calls: the agent ends with LightAgent's ``TimeLimitExceeded`` (not
     mini-swe-agent's ``TimeExceeded``), as at the run's own time limit."""
     model = ScriptedModel([bash_reply("wait", "sleep 1.2")] * 5)
-    client = SandboxClient(sandbox_url)
-    info = await client.create(CreateSandbox(task_id="t1", dataset=dataset))
-    config = {
-        "agent": {
-            "system_template": "s",
-            "instance_template": "{{ task }}",
-            "wall_time_limit_seconds": 1,
-        },
-        "model": {"action_format": "text", "action_regex": r"```bash\s*\n(.*?)\n```"},
-    }
-    task = Task(
-        id="t1", dataset="d", prompt="p", test_cmd="true", workload_cmd="true", task_dir=dataset
-    )
-    try:
-        async with asyncio.timeout(30):
-            result = await run_mini(
-                config, model, client, info.sandbox_id, task, AgentConfig(time_limit_s=60.0)
-            )
-    finally:
-        await client.delete(info.sandbox_id)
+    limits = AgentConfig(time_limit_s=60.0)
+    result = await _run_mini(sandbox_url, dataset, model, limits, wall_time_limit_seconds=1)
     assert (result.exit_status, result.steps, result.error) == ("TimeLimitExceeded", 1, "")
     assert result.trajectory["info"]["exit_status"] == "TimeLimitExceeded"
