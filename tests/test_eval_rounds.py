@@ -122,3 +122,18 @@ def test_serve_eval_target_ci_options(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = seen["eval_config"]
     assert isinstance(cfg, EvalConfig) and (cfg.target_ci, cfg.max_repeats) == (0.03, 30)
     assert runner.invoke(cli_app, ["serve-eval", "--target-ci", "2"]).exit_code == 2
+
+
+def test_alternate_order_moves_every_arm_through_every_position() -> None:
+    """Two arms alternate as before; with three (baseline, candidate, reference) six rounds
+    put each arm in each position twice, and the candidate is not always in the middle."""
+    from collections import Counter
+
+    from agentfleet.evaluation.speedup import alternate_order
+
+    assert [alternate_order(["b", "c"], r) for r in range(4)] == [["b", "c"], ["c", "b"]] * 2
+    rounds = [alternate_order(["b", "c", "r"], r) for r in range(6)]
+    assert all(sorted(o) == ["b", "c", "r"] for o in rounds)
+    for arm in "bcr":
+        assert Counter(o.index(arm) for o in rounds) == {0: 2, 1: 2, 2: 2}, (arm, rounds)
+    assert [o.index("c") for o in rounds[:5]] != [1] * 5  # GSO's 5 rounds

@@ -320,6 +320,17 @@ async def run_checked(
 Order = Literal["alternate", "shuffle"]
 
 
+def alternate_order(names: Sequence[str], r: int) -> list[str]:
+    """Round ``r``'s arm order for ``alternate``: with two arms A B, B A, A B, ...; with
+    more, rotated every two rounds and reversed every other round (A B C, C B A, B C A,
+    A C B, C A B, B A C, ...), so that no arm keeps one position (a middle arm would always
+    run right after another)."""
+    n = len(names)
+    shift = 0 if n <= 2 else (r // 2) % n
+    rotated = [*names[shift:], *names[:shift]]
+    return rotated if r % 2 == 0 else rotated[::-1]
+
+
 @dataclass
 class Samples:
     wall_s: dict[str, list[float]] = field(default_factory=dict)
@@ -353,7 +364,8 @@ async def measure(
 
     ``warmup`` untimed rounds first, then ``repeats`` rounds; in each round every arm runs
     once as a fresh process. ``alternate`` reverses the arm order every other round
-    (A B, B A, A B, ...); ``shuffle`` draws each round's order from a seeded generator.
+    (A B, B A, A B, ...; more arms are also rotated: :func:`alternate_order`); ``shuffle``
+    draws each round's order from a seeded generator.
     Raises :class:`TimingError` when a run fails or times out, except in an ``optional``
     arm: that arm is dropped (its samples removed, the reason in ``Samples.dropped``) and
     the others go on. ``more`` (adaptive repeats): after the ``repeats`` rounds, while it
@@ -409,7 +421,7 @@ async def measure(
             round_order = names[:]
             rng.shuffle(round_order)
         else:
-            round_order = names[:] if r % 2 == 0 else names[::-1]
+            round_order = alternate_order(names, r)
         ran: list[str] = []
         for name in round_order:
             run = await run_or_drop(name)
