@@ -109,6 +109,31 @@ def test_images_pull_from_a_registry(absent: str, registry: str, tmp_path: Path)
     assert "not found" in res.output or "unknown" in res.output, res.output
 
 
+def test_images_prune_removes_a_datasets_pulled_images_only(absent: str, tmp_path: Path) -> None:
+    """`images prune --dataset` removes what the dataset's tasks name (here, through the
+    image map, the pulled image) and nothing else: the rows' own images stay."""
+    ids = [t.id for t in load_dataset("gso-mini").tasks()]
+    own = [t.image or "" for t in load_dataset("gso-mini").tasks()]
+    had = [i for i in own if image_exists(i)]
+    image_map = tmp_path / "map.json"
+    image_map.write_text(json.dumps(dict.fromkeys(ids, absent)))
+    runner = CliRunner()
+    args = ["-d", "gso-mini", "--image-map", str(image_map)]
+    assert runner.invoke(app, ["images", "pull", *args]).exit_code == 0
+    assert image_exists(absent)
+    refused = runner.invoke(app, ["images", "prune", *args])  # no terminal, no --yes
+    assert refused.exit_code == 2 and image_exists(absent)
+    res = runner.invoke(app, ["images", "prune", *args, "--yes"])
+    assert res.exit_code == 0, res.output
+    assert f"removed {absent}" in res.output and "removed 1 image(s)" in res.output
+    assert not image_exists(absent)
+    assert [i for i in own if image_exists(i)] == had
+    again = runner.invoke(app, ["images", "prune", *args, "--yes"])
+    assert again.exit_code == 0 and "nothing to remove" in again.output
+    alone = runner.invoke(app, ["images", "prune", "--image-map", str(image_map), "--yes"])
+    assert alone.exit_code == 2 and "only with --dataset" in alone.output
+
+
 async def test_the_docker_backend_pulls_a_missing_image(absent: str, registry: str) -> None:
     """``--pull missing``, what a sandbox's create calls first: the image comes from the
     registry through the engine's API; one the registry lacks is a 502 naming it."""

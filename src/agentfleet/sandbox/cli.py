@@ -338,15 +338,26 @@ def images_prune(
     kind: Annotated[
         list[str] | None,
         typer.Option(
-            help=f"label kinds to remove (repeat): {', '.join(PRUNE_KINDS)} \\[default: task]"
+            help=f"label kinds to remove (repeat): {', '.join(PRUNE_KINDS)} \\[default: task, "
+            "unless --dataset]"
         ),
     ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset", "-d", help="remove the images this dataset's tasks name (pulled ones too)"
+        ),
+    ] = None,
+    image_map: Annotated[Path | None, typer.Option(help=_IMAGE_MAP_HELP)] = None,
+    registry_prefix: Annotated[str | None, typer.Option(help=_PREFIX_HELP)] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False,
 ) -> None:
-    """Remove images agentfleet labelled (agentfleet.image=KIND); never any other image."""
-    from agentfleet.sandbox.image_pull import labelled_images, prune_images
+    """Remove images agentfleet labelled (agentfleet.image=KIND), or those a dataset's tasks
+    name (--dataset, with its --image-map / --registry-prefix); never any other image."""
+    from agentfleet.sandbox.image_pull import labelled_images, prune_images, remove_named
+    from agentfleet.sandbox.images import image_exists
 
-    kinds = kind or ["task"]
+    kinds = kind if kind is not None else ([] if dataset else ["task"])
     if "base" in kinds:
         _err("the base image is not pruned (docker rmi it by name)")
         raise typer.Exit(2)
@@ -354,16 +365,29 @@ def images_prune(
         if k not in PRUNE_KINDS:
             _err(f"--kind {k!r}: expected one of {', '.join(PRUNE_KINDS)}")
             raise typer.Exit(2)
-    found = labelled_images(kinds)
-    if not found:
+    if dataset is None and (image_map is not None or registry_prefix):
+        _err("--image-map / --registry-prefix: only with --dataset")
+        raise typer.Exit(2)
+    names = [i for _, i in _image_tasks(dataset, image_map, registry_prefix)]
+    if dataset is not None and not names:
+        _err(f"dataset {dataset!r} has no image tasks: nothing to prune")
+        raise typer.Exit(2)
+    named = [n for n in dict.fromkeys(names) if image_exists(n)]
+    found = labelled_images(kinds) if kinds else []
+    if not found and not named:
         typer.echo("nothing to remove")
         return
     if not yes:
         if not sys.stdin.isatty():
             _err("not a terminal: pass --yes to confirm")
             raise typer.Exit(2)
-        typer.confirm(f"Remove {len(found)} image(s) labelled {', '.join(kinds)}?", abort=True)
-    typer.echo(f"removed {prune_images(kinds, log=typer.echo)} image(s)")
+        what = [f"{len(found)} labelled {', '.join(kinds)}"] if found else []
+        what += [f"{len(named)} of dataset {dataset}"] if named else []
+        typer.confirm(f"Remove {' and '.join(what)} image(s)?", abort=True)
+    removed = remove_named(named, log=typer.echo) + (
+        prune_images(kinds, log=typer.echo) if found else 0
+    )
+    typer.echo(f"removed {removed} image(s)")
 
 
 _INSTALL_HINTS = {

@@ -143,3 +143,19 @@ def prune_images(kinds: Sequence[str], log: Log = print) -> int:
         else:
             log(f"cannot remove {image_id[:19]}: {proc.stderr.strip()[-200:]}")
     return removed
+
+
+def remove_named(names: Sequence[str], log: Log = print) -> int:
+    """Remove the images tagged ``names`` that are present (``docker rmi NAME``: the tag,
+    and the image if no other tag holds it; one a container uses stays); how many went."""
+    removed = 0
+    for name in dict.fromkeys(names):
+        if not image_exists(name):
+            continue
+        proc = subprocess.run(["docker", "rmi", name], capture_output=True, text=True, check=False)
+        if proc.returncode == 0:
+            removed += 1
+            log(f"removed {name}")
+        else:
+            log(f"cannot remove {name}: {proc.stderr.strip()[-200:]}")
+    return removed
