@@ -120,3 +120,32 @@ async def test_memory_limit_per_benchmark(service: SandboxService, dataset: dict
         )
         await Evaluator(Recording(), cfg, dataset_roots=[dataset["path"]]).evaluate(req)  # type: ignore[arg-type]
     assert asked == [2048] * 3 + [None] * 3
+
+
+def test_serve_eval_eval_memory_sets_the_memory_by_benchmark(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`serve-eval --eval-memory BENCH=SIZE` (repeatable) is EvalConfig.memory_mb; an unknown
+    benchmark, a bad size or 0 is exit 2 naming the option, before anything starts."""
+    from typer.testing import CliRunner
+
+    from agentfleet.cli import app as cli_app
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr("agentfleet.evaluation.server.run_server", lambda **kw: seen.update(kw))
+    runner = CliRunner()
+    args = ["serve-eval", "--eval-memory", "swe-perf=16g", "--eval-memory", "gso=1536m"]
+    out = runner.invoke(cli_app, args)
+    assert out.exit_code == 0, out.output
+    cfg = seen["eval_config"]
+    assert isinstance(cfg, EvalConfig) and cfg.memory_mb == {"swe-perf": 16384, "gso": 1536}
+    for bad, needle in [
+        ("perf-lite=1g", "BENCH one of gso, swe-perf, swefficiency"),
+        ("swe-perf", "expected BENCH=SIZE"),
+        ("gso=lots", "expected a size like 512m or 2g"),
+        ("gso=0", "a size, not 0"),
+    ]:
+        seen.clear()
+        res = runner.invoke(cli_app, ["serve-eval", "--eval-memory", bad])
+        assert res.exit_code == 2 and needle in " ".join(res.output.split()), res.output
+        assert not seen

@@ -96,6 +96,26 @@ def _check_cores(cores_per_worker: int, ray_address: str | None) -> None:
         _fail(f"--cores-per-worker {cores_per_worker}: this process may use {have} CPU(s)")
 
 
+def benchmark_memory(values: list[str]) -> dict[str, int]:
+    """``--eval-memory BENCH=SIZE`` values as MB by benchmark; ``ValueError`` naming the
+    option for an unknown benchmark or a bad size."""
+    from agentfleet.sandbox.cli import parse_memory_mb
+    from agentfleet.tasks.profiles import PROFILES
+
+    out: dict[str, int] = {}
+    for value in values:
+        bench, sep, size = value.partition("=")
+        if not sep or bench not in PROFILES:
+            raise ValueError(
+                f"--eval-memory {value!r}: expected BENCH=SIZE with BENCH one of "
+                f"{', '.join(PROFILES)} (e.g. swe-perf=16g)"
+            )
+        if size.strip() == "0":
+            raise ValueError(f"--eval-memory {value!r}: a size, not 0 (unset: the server's)")
+        out[bench] = parse_memory_mb(size, f"--eval-memory {bench}")
+    return out
+
+
 def serve_eval(
     host: Annotated[
         str, typer.Option(help="address to listen on (beyond loopback: needs --token)")
@@ -180,6 +200,14 @@ def serve_eval(
             help="also time the task's reference solution (info.reference_speedup)",
         ),
     ] = False,
+    eval_memory: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="BENCH=SIZE",
+            help="memory limit of a real benchmark's evaluation sandboxes (repeat), e.g. "
+            "swe-perf=16g; within the sandbox server's --memory \\[default: the server's]",
+        ),
+    ] = None,
     sandbox_url: Annotated[
         str | None, typer.Option(help="sandbox server (default: in-process)")
     ] = None,
@@ -259,6 +287,7 @@ def serve_eval(
                 "early_stop_rounds": early_stop_rounds or None,
                 "reference": reference,
                 "reward": {"kind": reward_kind},
+                "memory_mb": benchmark_memory(eval_memory or []),
             }
         )
         roots = dataset_roots(dataset_root or ())
