@@ -98,6 +98,9 @@ def test_images_pull_from_a_registry(absent: str, registry: str, tmp_path: Path)
     res = runner.invoke(app, ["images", "pull", "-d", "gso-mini", "--image-map", str(image_map)])
     assert res.exit_code == 0, res.output
     assert "0 present, 1 pulled, 0 failed" in res.output and image_exists(absent)
+    # the size from the registry's manifest (a one-file image: 0.0 GB), a line per start
+    assert "1 to pull: 0.0 GB to download (registry manifests);" in res.output, res.output
+    assert f"pulling: {absent}" in res.output and "[1/1] pulled" in res.output
     res = runner.invoke(app, ["images", "pull", "-d", "gso-mini", "--image-map", str(image_map)])
     assert res.exit_code == 0 and "1 present, 0 pulled" in res.output  # resumable
     missing = f"{registry}/agentfleet-test/none:1"
@@ -105,6 +108,7 @@ def test_images_pull_from_a_registry(absent: str, registry: str, tmp_path: Path)
     image_map.write_text(json.dumps({ids[0]: absent, **dict.fromkeys(ids[1:], missing)}))
     res = runner.invoke(app, ["images", "pull", "-d", "gso-mini", "--image-map", str(image_map)])
     assert res.exit_code == 1 and "1 present, 0 pulled, 1 failed" in res.output, res.output
+    assert "1 of unknown size (~4 GB each)" in res.output, res.output  # no manifest
     assert "FAILED" in res.output and missing in res.output
     assert "not found" in res.output or "unknown" in res.output, res.output
 

@@ -2,7 +2,8 @@
 
 ``pull``: the images a dataset's tasks name (after ``--image-map`` / ``--registry-prefix``),
 those present skipped (so an interrupted pull resumes where it stopped), a few at once,
-with a line per image and the disk the missing ones may need against what is free.
+with a line as each starts and ends, and the disk the missing ones may need (their
+registries' manifests) against what is free.
 ``load``: ``docker load -i FILE.tar`` (images saved with ``docker save``, for machines that
 reach no registry). ``prune``: remove the images agentfleet labelled (task images by
 default), never others. Blocking subprocesses: command-line actions.
@@ -10,6 +11,8 @@ default), never others. Blocking subprocesses: command-line actions.
 
 from __future__ import annotations
 
+import json
+import platform
 import shutil
 import subprocess
 from collections.abc import Callable, Sequence
@@ -22,8 +25,13 @@ from agentfleet.sandbox.images import IMAGE_LABEL, image_exists
 
 Log = Callable[[str], None]
 # What one instance image of these benchmarks takes on disk, roughly (their docs and
-# reports: SWE-bench-style images about 2-6 GB each); only for the warning.
+# reports: SWE-bench-style images about 2-6 GB each): for an image whose registry does not
+# say its size. Only for the estimate and its warning.
 EST_IMAGE_GB = 4.0
+# Unpacked, an image's layers take about this many times their download (gzip of
+# binaries and source; 3.6x for the sandbox base image); only for the estimate.
+UNPACKED_PER_DOWNLOADED = 3.0
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 
 
 class PullError(RuntimeError):
@@ -55,6 +63,50 @@ def free_gb(path: Path) -> float:
     return shutil.disk_usage(path).free / 1e9
 
 
+def download_bytes(image: str) -> int | None:
+    """The compressed size of ``image``'s layers for this machine's platform, as its
+    registry's manifest says (``docker manifest inspect -v``); None if it cannot tell."""
+    argv = ["docker", "manifest", "inspect", "-v"]
+    first = image.split("/", 1)[0] if "/" in image else ""
+    if first.split(":")[0] in ("127.0.0.1", "localhost"):  # the engine's plain-HTTP ones
+        argv.append("--insecure")
+    try:
+        proc = subprocess.run(
+            [*argv, image], capture_output=True, text=True, check=False, timeout=60
+        )
+        data = json.loads(proc.stdout) if proc.returncode == 0 else None
+    except (subprocess.TimeoutExpired, ValueError):
+        return None
+    arch = _ARCH.get(platform.machine(), platform.machine())
+    for entry in data if isinstance(data, list) else [data]:
+        if not isinstance(entry, dict):
+            continue
+        plat = (entry.get("Descriptor") or {}).get("platform") or {}
+        if isinstance(data, list) and (plat.get("os"), plat.get("architecture")) != (
+            "linux",
+            arch,
+        ):
+            continue
+        layers = (entry.get("SchemaV2Manifest") or entry.get("OCIManifest") or {}).get("layers")
+        if isinstance(layers, list) and layers:
+            return sum(int(layer.get("size") or 0) for layer in layers)
+    return None
+
+
+def _disk_estimate(todo: Sequence[str], concurrency: int) -> tuple[str, float]:
+    """A line saying what ``todo`` will take, and the GB needed on disk."""
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        sizes = list(pool.map(download_bytes, todo))
+    known = [b for b in sizes if b is not None]
+    download = sum(known) / 1e9
+    need = download * UNPACKED_PER_DOWNLOADED + EST_IMAGE_GB * (len(todo) - len(known))
+    unknown = len(todo) - len(known)
+    said = f"{download:.1f} GB to download (registry manifests)"
+    if unknown:
+        said += f" for {len(known)}, {unknown} of unknown size (~{EST_IMAGE_GB:g} GB each)"
+    return f"{len(todo)} to pull: {said}; about {need:.1f} GB on disk unpacked", need
+
+
 def pull_images(
     images: Sequence[str],
     pull: PullPolicy,
@@ -77,17 +129,16 @@ def pull_images(
         )
     if not todo:
         return PullReport(present, [], {})
-    need, free = EST_IMAGE_GB * len(todo), free_gb(docker_root())
-    log(
-        f"{len(todo)} to pull: about {need:.0f} GB needed (~{EST_IMAGE_GB:g} GB each), "
-        f"{free:.0f} GB free"
-    )
+    line, need = _disk_estimate(todo, concurrency)
+    free = free_gb(docker_root())
+    log(f"{line}, {free:.0f} GB free")
     if need > free:
         log("warning: the disk may fill up before every image is pulled")
     pulled: list[str] = []
     failed: dict[str, str] = {}
 
     def one(image: str) -> None:
+        log(f"pulling: {image}")
         proc = subprocess.run(
             ["docker", "pull", "-q", image], capture_output=True, text=True, check=False
         )
