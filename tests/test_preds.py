@@ -44,6 +44,8 @@ def test_run_writes_preds_and_eval_preds_gives_the_same_scores(tmp_path: Path) -
     out = cli("eval", "preds", str(r1 / "preds.json"), "--dataset", str(ds),
               "--run-dir", str(r2), "--eval-repeats", "5")  # fmt: skip
     assert out.exit_code == 0, out.output
+    # not a terminal: the plain progress, a line per evaluation ended, as `run` shows
+    assert re.search(r"\[3/3\] done \S+: Submitted eval=ok", out.stderr), out.stderr
     first, second = _results(r1), _results(r2)
     assert set(first) == set(second)
     for iid in first:

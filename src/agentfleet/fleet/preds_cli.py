@@ -3,6 +3,7 @@ the run folder ``agentfleet run`` writes (the main command mounts it on ``eval``
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,9 +24,8 @@ from agentfleet._cli import (
     console,
     err,
     fail,
-    setup_logging,
 )
-from agentfleet.fleet.run_cli import EvalRepeatsOpt, RunDirOpt
+from agentfleet.fleet.run_cli import EvalRepeatsOpt, ProgressOpt, RunDirOpt, setup_run_logging
 from agentfleet.tasks.defaults import DEFAULT_DATASET, DEFAULT_SPLIT
 
 __all__ = ["eval_preds"]
@@ -62,6 +62,7 @@ def eval_preds(
         typer.Option(help="with --resume: evaluate again the predictions whose evaluation failed"),
     ] = False,
     eval_repeats: EvalRepeatsOpt = None,
+    progress: ProgressOpt = "auto",
     eval_url: Annotated[
         str | None, typer.Option(help="evaluation server (default: embedded)")
     ] = None,
@@ -82,7 +83,9 @@ def eval_preds(
     """Evaluate predictions (any agent's patches) on a dataset: results.jsonl, summary.json,
     preds.json as a run writes them; `agentfleet report RUN_DIR` for the HTML report."""
     from agentfleet.fleet.config import FleetConfig, select_tasks
+    from agentfleet.fleet.dashboard import choose_mode, make_progress
     from agentfleet.fleet.image_options import image_options
+    from agentfleet.fleet.monitor import FleetMonitor
     from agentfleet.fleet.preds import PredictionsSpec, check_resumable, load_predictions
     from agentfleet.fleet.report import print_results
     from agentfleet.fleet.run import run
@@ -95,10 +98,11 @@ def eval_preds(
     check_url("--sandbox-url", sandbox_url)  # as `run` does: a wrong URL fails every task
     check_url("--eval-url", eval_url)
     try:
+        mode = choose_mode(progress)
         run_dir, saved = chosen_run(run_dir, resume, rerun_failed)
     except ValueError as exc:
         fail(str(exc))
-    setup_logging(verbose)
+    setup_run_logging(verbose, rich=mode == "rich")
     try:
         predictions = load_predictions(preds)
     except UnicodeDecodeError as exc:  # load_predictions' own errors name the file
@@ -156,8 +160,11 @@ def eval_preds(
         highlight=False,
         soft_wrap=True,
     )
+    monitor = FleetMonitor()
+    ctx, listener = make_progress(mode, monitor, err, title=f"agentfleet eval preds {preds.name}")
     try:
-        result = run(cfg, plan=plan)
+        with ctx if ctx is not None else nullcontext():
+            result = run(cfg, plan=plan, listener=listener, monitor=monitor)
     except KeyboardInterrupt as exc:  # SIGINT (exit 130) or SIGTERM (exit 143)
         err.print(
             f"interrupted: sandboxes deleted, partial results in {RunDir(cfg.run_dir).results} "

@@ -40,6 +40,13 @@ def _default(value: object) -> str:
     return f" \\[default: {value}]"
 
 
+ProgressOpt = Annotated[
+    str,
+    typer.Option(
+        help="rich (live dashboard) | plain (a line per event) | none; "
+        "auto: rich on a terminal, else plain"
+    ),
+]
 RunDirOpt = Annotated[Path | None, typer.Option(help="run folder (default runs/<name>)")]
 EvalRepeatsOpt = Annotated[
     int | None,
@@ -108,13 +115,7 @@ def run(
             help="tries of a task that meets network faults (fresh sandbox) \\[default: 2]",
         ),
     ] = None,
-    progress: Annotated[
-        str,
-        typer.Option(
-            help="rich (live dashboard) | plain (a line per event) | none; "
-            "auto: rich on a terminal, else plain"
-        ),
-    ] = "auto",
+    progress: ProgressOpt = "auto",
     sandbox_url: Annotated[
         list[str] | None,
         typer.Option(
@@ -239,7 +240,7 @@ def run(
 
     try:
         mode = choose_mode(progress)
-        _setup_run_logging(verbose, rich=mode == "rich")
+        setup_run_logging(verbose, rich=mode == "rich")
         request = fleet_run.RunRequest(
             dataset=dataset,
             split=split,
@@ -329,7 +330,7 @@ def _note(message: str) -> None:
     err.print(message, highlight=False, soft_wrap=True)
 
 
-def _setup_run_logging(verbose: bool, *, rich: bool) -> None:
+def setup_run_logging(verbose: bool, *, rich: bool) -> None:
     """Like :func:`~agentfleet._cli.setup_logging`; with the live dashboard, log records are printed
     through its console so they scroll above it instead of tearing it."""
     if not rich:
