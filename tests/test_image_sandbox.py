@@ -5,6 +5,7 @@ task images (label agentfleet.image=task; `agentfleet images prune` removes them
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -255,3 +256,21 @@ async def test_untracked_build_output_of_the_image_is_not_in_the_diff(
         assert patch.count("diff --git") == 2, patch
         assert "a/a.c" in patch and "b/new" in patch
         await svc.delete(sid)
+
+
+def test_prune_dataset_keeps_the_base_and_bench_images(task_images: dict, tmp_path: Path) -> None:
+    """A dataset whose rows name agentfleet's own images (base, bench) prunes neither: they
+    are said to be kept, and nothing is removed."""
+    from agentfleet.sandbox.containers import DEFAULT_IMAGE
+    from agentfleet.sandbox.task_images import BENCH_IMAGE
+    from agentfleet.tasks import load_dataset
+
+    ids = [t.id for t in load_dataset("gso-mini").tasks()]
+    image_map = tmp_path / "map.json"
+    image_map.write_text(json.dumps({ids[0]: DEFAULT_IMAGE, **dict.fromkeys(ids[1:], BENCH_IMAGE)}))
+    args = ["images", "prune", "-d", "gso-mini", "--image-map", str(image_map), "--yes"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert f"kept (agentfleet's own, shared): {DEFAULT_IMAGE}, {BENCH_IMAGE}" in res.output
+    assert "nothing to remove" in res.output, res.output
+    assert image_exists(DEFAULT_IMAGE) and image_exists(BENCH_IMAGE)

@@ -352,10 +352,12 @@ def images_prune(
     registry_prefix: Annotated[str | None, typer.Option(help=_PREFIX_HELP)] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False,
 ) -> None:
-    """Remove images agentfleet labelled (agentfleet.image=KIND), or those a dataset's tasks
-    name (--dataset, with its --image-map / --registry-prefix); never any other image."""
+    """Remove images agentfleet labelled (agentfleet.image=KIND), or the tags a dataset's
+    tasks name (--dataset, with its --image-map / --registry-prefix; never the base or bench
+    image, an image a container uses stays); nothing else."""
     from agentfleet.sandbox.image_pull import labelled_images, prune_images, remove_named
     from agentfleet.sandbox.images import image_exists
+    from agentfleet.sandbox.task_images import BENCH_IMAGE
 
     kinds = kind if kind is not None else ([] if dataset else ["task"])
     if "base" in kinds:
@@ -372,7 +374,10 @@ def images_prune(
     if dataset is not None and not names:
         _err(f"dataset {dataset!r} has no image tasks: nothing to prune")
         raise typer.Exit(2)
-    named = [n for n in dict.fromkeys(names) if image_exists(n)]
+    shared = [n for n in dict.fromkeys(names) if n in (DEFAULT_IMAGE, BENCH_IMAGE)]
+    if shared:
+        typer.echo(f"kept (agentfleet's own, shared): {', '.join(shared)}")
+    named = [n for n in dict.fromkeys(names) if n not in shared and image_exists(n)]
     found = labelled_images(kinds) if kinds else []
     if not found and not named:
         typer.echo("nothing to remove")
@@ -383,6 +388,10 @@ def images_prune(
             raise typer.Exit(2)
         what = [f"{len(found)} labelled {', '.join(kinds)}"] if found else []
         what += [f"{len(named)} of dataset {dataset}"] if named else []
+        for n in named[:10]:
+            typer.echo(f"  {n}")
+        if len(named) > 10:
+            typer.echo(f"  ... and {len(named) - 10} more")
         typer.confirm(f"Remove {' and '.join(what)} image(s)?", abort=True)
     removed = remove_named(named, log=typer.echo) + (
         prune_images(kinds, log=typer.echo) if found else 0

@@ -31,6 +31,9 @@ EST_IMAGE_GB = 4.0
 # Unpacked, an image's layers take about this many times their download (gzip of
 # binaries and source; 3.6x for the sandbox base image); only for the estimate.
 UNPACKED_PER_DOWNLOADED = 3.0
+# Manifests read for the estimate at most (spread over the list, the rest scaled): each is
+# a registry request, and Docker Hub counts manifest requests against its pull limits.
+MANIFEST_SAMPLE = 10
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 
 
@@ -89,21 +92,29 @@ def download_bytes(image: str) -> int | None:
             continue
         layers = (entry.get("SchemaV2Manifest") or entry.get("OCIManifest") or {}).get("layers")
         if isinstance(layers, list) and layers:
-            return sum(int(layer.get("size") or 0) for layer in layers)
+            try:
+                return sum(int(layer.get("size") or 0) for layer in layers)
+            except (AttributeError, TypeError, ValueError):  # a manifest not as documented
+                return None
     return None
 
 
 def _disk_estimate(todo: Sequence[str], concurrency: int) -> tuple[str, float]:
-    """A line saying what ``todo`` will take, and the GB needed on disk."""
+    """A line saying what ``todo`` will take, and the GB needed on disk; from the manifests
+    of at most ``MANIFEST_SAMPLE`` of them, scaled to all."""
+    step = -(-len(todo) // MANIFEST_SAMPLE)
+    sample = list(todo[::step])
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        sizes = list(pool.map(download_bytes, todo))
+        sizes = list(pool.map(download_bytes, sample))
     known = [b for b in sizes if b is not None]
-    download = sum(known) / 1e9
-    need = download * UNPACKED_PER_DOWNLOADED + EST_IMAGE_GB * (len(todo) - len(known))
-    unknown = len(todo) - len(known)
-    said = f"{download:.1f} GB to download (registry manifests)"
+    scale = len(todo) / len(sample)
+    download = sum(known) / 1e9 * scale
+    unknown = round((len(sample) - len(known)) * scale)
+    need = download * UNPACKED_PER_DOWNLOADED + EST_IMAGE_GB * unknown
+    basis = "registry manifests" if step == 1 else f"{len(sample)} manifests, scaled"
+    said = f"{download:.1f} GB to download ({basis})"
     if unknown:
-        said += f" for {len(known)}, {unknown} of unknown size (~{EST_IMAGE_GB:g} GB each)"
+        said += f" for {len(todo) - unknown}, {unknown} of unknown size (~{EST_IMAGE_GB:g} GB each)"
     return f"{len(todo)} to pull: {said}; about {need:.1f} GB on disk unpacked", need
 
 
