@@ -1044,3 +1044,22 @@ async def test_create_cancelled_during_git_leaves_no_folder(tmp_path: Path) -> N
         assert not await asyncio.to_thread((tmp_path / "root" / sandbox_id).exists)
     finally:
         await backend.aclose()
+
+
+async def test_the_stop_grace_runs_from_the_stop_not_from_each_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A request that starts waiting after the stop began gets what is left of the grace:
+    here, an hour's grace of which (on the server's clock) the hour has passed, so it is
+    over at once; a second signal does not move the deadline."""
+    from types import SimpleNamespace
+
+    from agentfleet.sandbox import server
+
+    now = [1000.0]
+    monkeypatch.setattr(server, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    grace = server.StopGrace(3600)
+    grace.begin()
+    now[0] += 3600
+    grace.begin()
+    await asyncio.wait_for(grace.over(), timeout=10)

@@ -147,18 +147,25 @@ async def _client_gone(request: Request) -> None:
 
 class StopGrace:
     """The server's stop: once :meth:`begin` is called (SIGINT / SIGTERM), running commands
-    get ``grace_s`` to finish; then each is killed and its request answers a JSON 503."""
+    have until ``grace_s`` after it to finish; then each still running is cut off, its
+    request answering a JSON 503 (the command is killed as the server stops)."""
 
     def __init__(self, grace_s: float = DEFAULT_STOP_GRACE_S) -> None:
         self.grace_s = grace_s
+        self._deadline: float | None = None
         self._begun = asyncio.Event()
 
     def begin(self) -> None:
+        if self._deadline is None:  # a second signal does not move the deadline
+            self._deadline = time.monotonic() + self.grace_s
         self._begun.set()
 
     async def over(self) -> None:
+        """Return at the deadline (a request that starts after :meth:`begin` gets what is
+        left of the grace, not a grace of its own)."""
         await self._begun.wait()
-        await asyncio.sleep(self.grace_s)
+        assert self._deadline is not None
+        await asyncio.sleep(max(0.0, self._deadline - time.monotonic()))
 
 
 async def _unless_disconnected(
@@ -169,11 +176,12 @@ async def _unless_disconnected(
     run = asyncio.ensure_future(work)
     gone = asyncio.ensure_future(_client_gone(request))
     ended = asyncio.ensure_future(stop.over()) if stop is not None else None
-    client_gone = False
+    client_gone = stopped = False
     try:
         watched = {run, gone} if ended is None else {run, gone, ended}
         await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
         client_gone = gone.done()
+        stopped = ended is not None and ended.done() and ended.exception() is None
     finally:
         gone.cancel()
         if ended is not None:
@@ -183,7 +191,7 @@ async def _unless_disconnected(
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await run
     if run.cancelled():
-        if stop is not None and not client_gone:  # the server's stop
+        if stopped and stop is not None and not client_gone:  # the server's stop
             raise SandboxError(
                 f"sandbox server stopping: {what} after {stop.grace_s:g}s of grace", 503
             )
@@ -351,7 +359,10 @@ def create_app(
         # Without a key, a client that goes away gets its command killed. With one, the
         # command belongs to the service: a retry with the same key picks up its result.
         result = await _unless_disconnected(
-            request, svc.exec_request(sandbox_id, req, key), "command killed", stop_grace
+            request,
+            svc.exec_request(sandbox_id, req, key),
+            "command not finished (killed as the server stops)",
+            stop_grace,
         )
         exec_seconds.observe(time.monotonic() - started)
         return result
