@@ -415,15 +415,20 @@ def test_lazy_package_exports_every_name_from_its_layer_or_below(package: str) -
 @pytest.mark.parametrize("package", LAZY_PACKAGES)
 def test_lazy_package_type_checking_imports_match_its_map(package: str) -> None:
     """What type checkers see (the imports under ``if TYPE_CHECKING:``) is what the lazy
-    map gives at run time: the same names, from the same modules."""
+    map gives at run time: the same names, from the same modules, each imported ``as``
+    itself (an explicit re-export: ``mypy --no-implicit-reexport`` does not read
+    ``__all__ = sorted(_EXPORTS)``); the package ships ``py.typed``."""
     tree = ast.parse(discover()[package].read_text(encoding="utf-8"))
     seen: dict[str, str] = {}
     for node in tree.body:
         if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
             for imp in ast.walk(node):
                 if isinstance(imp, ast.ImportFrom) and imp.module:
-                    seen.update({a.asname or a.name: imp.module for a in imp.names})
+                    assert all(a.asname == a.name for a in imp.names), ast.unparse(imp)
+                    seen.update({a.name: imp.module for a in imp.names})
     assert seen == importlib.import_module(package)._EXPORTS
+    root = Path(importlib.import_module("agentfleet").__file__ or "").parent
+    assert (root / "py.typed").is_file()
 
 
 def test_http_pool_still_exports_what_moved_out() -> None:

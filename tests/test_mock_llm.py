@@ -20,8 +20,7 @@ from typer.testing import CliRunner
 from agentfleet.agent import AgentConfig
 from agentfleet.cli import app as cli_app
 from agentfleet.fleet.runner import FleetConfig, run_fleet
-from agentfleet.http import HttpPool, PoolLimits, RetryPolicy
-from agentfleet.http import pool as pool_module
+from agentfleet.http import HttpPool, PoolLimits, RetryPolicy, pool as pool_module
 from agentfleet.models import ModelSpec
 from agentfleet.models.mock_server import (
     SUBMIT_SENTINEL,

@@ -6,8 +6,7 @@ import math
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from agentfleet.evaluation.mannwhitney import iqr_filter, mann_whitney_u
 from agentfleet.evaluation.pass_rules import (

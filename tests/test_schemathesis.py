@@ -28,8 +28,7 @@ import pytest
 import requests
 import schemathesis
 from conftest import require_tool, sandbox_processes
-from hypothesis import HealthCheck, Phase
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, Phase, strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (

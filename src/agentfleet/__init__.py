@@ -12,27 +12,30 @@ from agentfleet._lazy import lazy_exports
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from agentfleet.agent.light import AgentConfig, LightAgent
+    from agentfleet.agent.light import AgentConfig as AgentConfig, LightAgent as LightAgent
     from agentfleet.evaluation.client import (
-        EvalClient,
-        EvalClientError,
-        evaluate_info,
-        evaluate_info_sync,
+        EvalClient as EvalClient,
+        EvalClientError as EvalClientError,
+        evaluate_info as evaluate_info,
+        evaluate_info_sync as evaluate_info_sync,
     )
-    from agentfleet.evaluation.evaluator import EvalConfig, Evaluator
-    from agentfleet.evaluation.reward import RewardConfig
-    from agentfleet.evaluation.schema import EvalRequest, EvalResult
-    from agentfleet.fleet.config import FleetConfig
-    from agentfleet.fleet.runner import run_fleet
-    from agentfleet.http.limits import PoolLimits, Timeouts
-    from agentfleet.http.pool import HttpPool
-    from agentfleet.http.retry import RetryPolicy
-    from agentfleet.models.base import Model
-    from agentfleet.models.offline import OracleModel, ScriptedModel
-    from agentfleet.models.openai_chat import OpenAIChatModel, OpenRouterModel
-    from agentfleet.sandbox.client import SandboxClient
-    from agentfleet.sandbox.env import RemoteDockerEnvironment
-    from agentfleet.tasks.task import Task, load_dataset
+    from agentfleet.evaluation.evaluator import EvalConfig as EvalConfig, Evaluator as Evaluator
+    from agentfleet.evaluation.reward import RewardConfig as RewardConfig
+    from agentfleet.evaluation.schema import EvalRequest as EvalRequest, EvalResult as EvalResult
+    from agentfleet.fleet.config import FleetConfig as FleetConfig
+    from agentfleet.fleet.runner import run_fleet as run_fleet
+    from agentfleet.http.limits import PoolLimits as PoolLimits, Timeouts as Timeouts
+    from agentfleet.http.pool import HttpPool as HttpPool
+    from agentfleet.http.retry import RetryPolicy as RetryPolicy
+    from agentfleet.models.base import Model as Model
+    from agentfleet.models.offline import OracleModel as OracleModel, ScriptedModel as ScriptedModel
+    from agentfleet.models.openai_chat import (
+        OpenAIChatModel as OpenAIChatModel,
+        OpenRouterModel as OpenRouterModel,
+    )
+    from agentfleet.sandbox.client import SandboxClient as SandboxClient
+    from agentfleet.sandbox.env import RemoteDockerEnvironment as RemoteDockerEnvironment
+    from agentfleet.tasks.task import Task as Task, load_dataset as load_dataset
 
 _EXPORTS: dict[str, str] = {
     "evaluate_info": "agentfleet.evaluation.client",

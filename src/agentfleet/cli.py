@@ -14,11 +14,11 @@ from agentfleet._cli import (
     DatasetOpt,
     DatasetRootOpt,
     VerboseOpt,
+    check_folder as _check_folder,
+    exit_stopped as _exit_stopped,
+    fail as _fail,
+    setup_logging as _setup_logging,
 )
-from agentfleet._cli import check_folder as _check_folder
-from agentfleet._cli import exit_stopped as _exit_stopped
-from agentfleet._cli import fail as _fail
-from agentfleet._cli import setup_logging as _setup_logging
 from agentfleet.evaluation.serve_cli import serve_eval
 from agentfleet.fleet.run_cli import run
 from agentfleet.fleet.runs_cli import report_cmd, show

@@ -14,17 +14,20 @@ from agentfleet._lazy import lazy_exports
 _CLIENT = "agentfleet.evaluation.client"
 if TYPE_CHECKING:
     from agentfleet.evaluation.client import (
-        EvalClient,
-        EvalClientError,
-        EvalRejected,
-        EvalTimeout,
-        evaluate_info,
-        evaluate_info_sync,
+        EvalClient as EvalClient,
+        EvalClientError as EvalClientError,
+        EvalRejected as EvalRejected,
+        EvalTimeout as EvalTimeout,
+        evaluate_info as evaluate_info,
+        evaluate_info_sync as evaluate_info_sync,
     )
-    from agentfleet.evaluation.evaluator import EvalConfig, Evaluator
-    from agentfleet.evaluation.jobs import EvaluatorLike, TestModeEvaluator
-    from agentfleet.evaluation.schema import EvalRequest, EvalResult
-    from agentfleet.evaluation.server import create_app, run_server
+    from agentfleet.evaluation.evaluator import EvalConfig as EvalConfig, Evaluator as Evaluator
+    from agentfleet.evaluation.jobs import (
+        EvaluatorLike as EvaluatorLike,
+        TestModeEvaluator as TestModeEvaluator,
+    )
+    from agentfleet.evaluation.schema import EvalRequest as EvalRequest, EvalResult as EvalResult
+    from agentfleet.evaluation.server import create_app as create_app, run_server as run_server
 
 _EXPORTS: dict[str, str] = {
     "EvalClient": _CLIENT,

@@ -24,8 +24,7 @@ from typing import Any
 
 from agentfleet.evaluation import image_eval
 from agentfleet.evaluation.config import EvalConfig, TimingProtocol
-from agentfleet.evaluation.eval_pool import SandboxPool as _Pool
-from agentfleet.evaluation.eval_pool import job_label
+from agentfleet.evaluation.eval_pool import SandboxPool as _Pool, job_label
 from agentfleet.evaluation.patches import (
     BadSubmission,
     apply_patch,

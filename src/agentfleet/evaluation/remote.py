@@ -34,8 +34,7 @@ import logging
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request
-from fastapi import Path as PathParam
+from fastapi import APIRouter, Path as PathParam, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 

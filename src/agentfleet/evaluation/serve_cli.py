@@ -10,12 +10,18 @@ from typing import Annotated
 import typer
 
 # Underscored aliases: the names the command below was written with.
-from agentfleet._cli import MAX_TEST_LATENCY_S, MAX_WORKERS, ConfineOpt, DatasetRootOpt, VerboseOpt
-from agentfleet._cli import check_folder as _check_folder
-from agentfleet._cli import check_url as _check_url
-from agentfleet._cli import exit_stopped as _exit_stopped
-from agentfleet._cli import fail as _fail
-from agentfleet._cli import setup_logging as _setup_logging
+from agentfleet._cli import (
+    MAX_TEST_LATENCY_S,
+    MAX_WORKERS,
+    ConfineOpt,
+    DatasetRootOpt,
+    VerboseOpt,
+    check_folder as _check_folder,
+    check_url as _check_url,
+    exit_stopped as _exit_stopped,
+    fail as _fail,
+    setup_logging as _setup_logging,
+)
 from agentfleet.tasks import dataset_roots
 from agentfleet.tasks.defaults import (
     DEFAULT_EARLY_STOP_ROUNDS,

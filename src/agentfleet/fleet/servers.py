@@ -16,8 +16,7 @@ from agentfleet.fleet.config import FleetConfig, eval_config
 from agentfleet.http.retry import TRANSPORT_STATUSES, RetryPolicy
 from agentfleet.sandbox.base import DEFAULT_MAX_EXECS
 from agentfleet.sandbox.client import SandboxClient
-from agentfleet.sandbox.server import create_app as sandbox_app
-from agentfleet.sandbox.server import make_backend
+from agentfleet.sandbox.server import create_app as sandbox_app, make_backend
 from agentfleet.serving import serve_in_loop
 from agentfleet.tasks import load_dataset
 

@@ -37,8 +37,10 @@ from agentfleet.models.mock_state import (  # noqa: F401 (re-exported)
     MockStats,
     content_text,
 )
-from agentfleet.models.mock_tasks import UNKNOWN_TASK_REPLY as UNKNOWN_TASK_REPLY
-from agentfleet.models.mock_tasks import TaskIndex as TaskIndex
+from agentfleet.models.mock_tasks import (
+    UNKNOWN_TASK_REPLY as UNKNOWN_TASK_REPLY,
+    TaskIndex as TaskIndex,
+)
 from agentfleet.models.mock_tools import (
     as_tool_calls,
     completion_text,

@@ -22,9 +22,9 @@ from agentfleet.http import (
     HttpPool,
     HttpStatusError,
     Response,
+    RetryPolicy as RetryPolicy,
     Timeouts,
 )
-from agentfleet.http import RetryPolicy as RetryPolicy
 from agentfleet.http.retry import backoff_delay, retry_after_from_headers
 from agentfleet.models.base import LimitReached, Message, ModelError, ModelReply, ModelStats
 from agentfleet.models.billing import Loss, LostAttempts, classify

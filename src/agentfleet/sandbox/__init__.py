@@ -12,30 +12,38 @@ from agentfleet._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from agentfleet.sandbox.base import (
-        DEFAULT_EXEC_TIMEOUT,
-        DEFAULT_OUTPUT_LIMIT,
-        Backend,
-        CreateSandbox,
-        ExecRequest,
-        ExecResult,
-        PathOutsideSandbox,
-        SandboxBusy,
-        SandboxError,
-        Sandboxes,
-        SandboxInfo,
-        SandboxNotFound,
-        SandboxUnauthorized,
-        new_sandbox_id,
+        DEFAULT_EXEC_TIMEOUT as DEFAULT_EXEC_TIMEOUT,
+        DEFAULT_OUTPUT_LIMIT as DEFAULT_OUTPUT_LIMIT,
+        Backend as Backend,
+        CreateSandbox as CreateSandbox,
+        ExecRequest as ExecRequest,
+        ExecResult as ExecResult,
+        PathOutsideSandbox as PathOutsideSandbox,
+        SandboxBusy as SandboxBusy,
+        SandboxError as SandboxError,
+        Sandboxes as Sandboxes,
+        SandboxInfo as SandboxInfo,
+        SandboxNotFound as SandboxNotFound,
+        SandboxUnauthorized as SandboxUnauthorized,
+        new_sandbox_id as new_sandbox_id,
     )
-    from agentfleet.sandbox.capture import OutputCapture
-    from agentfleet.sandbox.client import SandboxClient
-    from agentfleet.sandbox.containers import gc_containers
-    from agentfleet.sandbox.docker import DockerBackend
-    from agentfleet.sandbox.env import RemoteDockerEnvironment
-    from agentfleet.sandbox.folders import SandboxFolders, default_root, gc_all
-    from agentfleet.sandbox.process import ProcessBackend
-    from agentfleet.sandbox.server import create_app, make_backend, run_server
-    from agentfleet.sandbox.service import SandboxService
+    from agentfleet.sandbox.capture import OutputCapture as OutputCapture
+    from agentfleet.sandbox.client import SandboxClient as SandboxClient
+    from agentfleet.sandbox.containers import gc_containers as gc_containers
+    from agentfleet.sandbox.docker import DockerBackend as DockerBackend
+    from agentfleet.sandbox.env import RemoteDockerEnvironment as RemoteDockerEnvironment
+    from agentfleet.sandbox.folders import (
+        SandboxFolders as SandboxFolders,
+        default_root as default_root,
+        gc_all as gc_all,
+    )
+    from agentfleet.sandbox.process import ProcessBackend as ProcessBackend
+    from agentfleet.sandbox.server import (
+        create_app as create_app,
+        make_backend as make_backend,
+        run_server as run_server,
+    )
+    from agentfleet.sandbox.service import SandboxService as SandboxService
 
 _EXPORTS: dict[str, str] = {
     "DEFAULT_EXEC_TIMEOUT": "agentfleet.sandbox.base",

@@ -11,16 +11,19 @@ from typing import TYPE_CHECKING
 from agentfleet._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from agentfleet.tasks.defaults import DEFAULT_DATASET, DEFAULT_SPLIT
+    from agentfleet.tasks.defaults import (
+        DEFAULT_DATASET as DEFAULT_DATASET,
+        DEFAULT_SPLIT as DEFAULT_SPLIT,
+    )
     from agentfleet.tasks.task import (
-        Dataset,
-        DatasetFileError,
-        Task,
-        TaskNotFound,
-        bundled_datasets,
-        dataset_roots,
-        get_task,
-        load_dataset,
+        Dataset as Dataset,
+        DatasetFileError as DatasetFileError,
+        Task as Task,
+        TaskNotFound as TaskNotFound,
+        bundled_datasets as bundled_datasets,
+        dataset_roots as dataset_roots,
+        get_task as get_task,
+        load_dataset as load_dataset,
     )
 
 _EXPORTS: dict[str, str] = {
