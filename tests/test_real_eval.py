@@ -144,8 +144,14 @@ def test_serve_eval_eval_memory_sets_the_memory_by_benchmark(
         ("swe-perf", "expected BENCH=SIZE"),
         ("gso=lots", "expected a size like 512m or 2g"),
         ("gso=0", "a size, not 0"),
+        ("gso=0g", "a size, not 0"),
+        ("gso=0.0", "a size, not 0"),
+        ("gso=1m", "--eval-memory gso '1m': at least 6m"),
+        ("gso=1g,gso=2g", "'gso=2g': gso given twice"),
     ]:
         seen.clear()
-        res = runner.invoke(cli_app, ["serve-eval", "--eval-memory", bad])
-        assert res.exit_code == 2 and needle in " ".join(res.output.split()), res.output
+        values = [a for v in bad.split(",") for a in ("--eval-memory", v)]
+        res = runner.invoke(cli_app, ["serve-eval", *values])
+        said = " ".join(res.output.split())
+        assert res.exit_code == 2 and needle in said and "no limit" not in said, res.output
         assert not seen

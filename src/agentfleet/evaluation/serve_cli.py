@@ -105,7 +105,7 @@ def _check_cores(cores_per_worker: int, ray_address: str | None) -> None:
 def benchmark_memory(values: list[str]) -> dict[str, int]:
     """``--eval-memory BENCH=SIZE`` values as MB by benchmark; ``ValueError`` naming the
     option for an unknown benchmark or a bad size."""
-    from agentfleet.sandbox.cli import parse_memory_mb
+    from agentfleet.sandbox.cli import parse_memory_mb, size_is_zero
     from agentfleet.tasks.profiles import PROFILES
 
     out: dict[str, int] = {}
@@ -116,9 +116,11 @@ def benchmark_memory(values: list[str]) -> dict[str, int]:
                 f"--eval-memory {value!r}: expected BENCH=SIZE with BENCH one of "
                 f"{', '.join(PROFILES)} (e.g. swe-perf=16g)"
             )
-        if size.strip() == "0":
+        if bench in out:
+            raise ValueError(f"--eval-memory {value!r}: {bench} given twice")
+        if size_is_zero(size):
             raise ValueError(f"--eval-memory {value!r}: a size, not 0 (unset: the server's)")
-        out[bench] = parse_memory_mb(size, f"--eval-memory {bench}")
+        out[bench] = parse_memory_mb(size, f"--eval-memory {bench}", zero=None)
     return out
 
 

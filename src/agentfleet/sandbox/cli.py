@@ -46,27 +46,34 @@ _UNITS = {"k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024}
 _SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:([kmgt])(?:i?b)?)?\s*", re.IGNORECASE)
 
 
-def parse_memory_mb(text: str, option: str = "--memory", minimum: int = 6) -> int:
+def parse_memory_mb(
+    text: str, option: str = "--memory", minimum: int = 6, zero: str | None = "no limit"
+) -> int:
     """A size like docker's ``--memory``: ``2g``, ``512m``, ``1.5GiB``; a bare number is MiB.
     Returns MiB (at least ``minimum``, 6 for memory: docker's minimum; at most
-    ``MAX_SIZE_MB``, the bound of a create request's)."""
+    ``MAX_SIZE_MB``, the bound of a create request's). ``zero``: what 0 means to the
+    caller, said in the errors (None: 0 is not a value)."""
     m = _SIZE_RE.fullmatch(text)
     if m is None:
         raise ValueError(f"{option} {text!r}: expected a size like 512m or 2g")
     mb = float(m.group(1)) * _UNITS[(m.group(2) or "m").lower()]
+    also = f" (or 0: {zero})" if zero else ""
     if mb < minimum:
-        raise ValueError(f"{option} {text!r}: at least {minimum}m (or 0: no limit)")
+        raise ValueError(f"{option} {text!r}: at least {minimum}m{also}")
     if mb > MAX_SIZE_MB:
-        raise ValueError(f"{option} {text!r}: at most {MAX_SIZE_MB >> 20}t (or 0: no limit)")
+        raise ValueError(f"{option} {text!r}: at most {MAX_SIZE_MB >> 20}t{also}")
     return int(mb)
+
+
+def size_is_zero(text: str) -> bool:
+    """``text`` is a size of 0 (``0``, ``0g``, ``0.0``)."""
+    m = _SIZE_RE.fullmatch(text)
+    return m is not None and float(m.group(1)) == 0
 
 
 def _size_or_none(text: str, option: str, minimum: int) -> int | None:
     """A size option, ``0`` meaning no limit (None)."""
-    m = _SIZE_RE.fullmatch(text)
-    if m is not None and float(m.group(1)) == 0:
-        return None
-    return parse_memory_mb(text, option, minimum)
+    return None if size_is_zero(text) else parse_memory_mb(text, option, minimum)
 
 
 def limit_settings(
