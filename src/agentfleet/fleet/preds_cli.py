@@ -161,9 +161,9 @@ def eval_preds(
         soft_wrap=True,
     )
     monitor = FleetMonitor()
-    ctx, listener = make_progress(mode, monitor, err, title=f"agentfleet eval preds {preds.name}")
+    live, listener = make_progress(mode, monitor, err, title=f"agentfleet eval preds {preds.name}")
     try:
-        with ctx if ctx is not None else nullcontext():
+        with live if live is not None else nullcontext():
             result = run(cfg, plan=plan, listener=listener, monitor=monitor)
     except KeyboardInterrupt as exc:  # SIGINT (exit 130) or SIGTERM (exit 143)
         err.print(
