@@ -192,32 +192,24 @@ def labelled_images(kinds: Sequence[str]) -> list[str]:
     return found
 
 
+def _rmi(args: Sequence[str], shown: str, log: Log) -> bool:
+    """``docker rmi ARGS``, a line saying how it went; whether it did."""
+    proc = subprocess.run(["docker", "rmi", *args], capture_output=True, text=True, check=False)
+    if proc.returncode == 0:
+        log(f"removed {shown}")
+    else:
+        log(f"cannot remove {shown}: {proc.stderr.strip()[-200:]}")
+    return proc.returncode == 0
+
+
 def prune_images(kinds: Sequence[str], log: Log = print) -> int:
     """Remove the images labelled ``agentfleet.image=<kind>``; how many went."""
-    removed = 0
-    for image_id in labelled_images(kinds):
-        proc = subprocess.run(
-            ["docker", "rmi", "-f", image_id], capture_output=True, text=True, check=False
-        )
-        if proc.returncode == 0:
-            removed += 1
-            log(f"removed {image_id.removeprefix('sha256:')[:12]}")
-        else:
-            log(f"cannot remove {image_id[:19]}: {proc.stderr.strip()[-200:]}")
-    return removed
+    ids = labelled_images(kinds)
+    return sum(_rmi(["-f", i], i.removeprefix("sha256:")[:12], log) for i in ids)
 
 
 def remove_named(names: Sequence[str], log: Log = print) -> int:
     """Remove the images tagged ``names`` that are present (``docker rmi NAME``: the tag,
     and the image if no other tag holds it; one a container uses stays); how many went."""
-    removed = 0
-    for name in dict.fromkeys(names):
-        if not image_exists(name):
-            continue
-        proc = subprocess.run(["docker", "rmi", name], capture_output=True, text=True, check=False)
-        if proc.returncode == 0:
-            removed += 1
-            log(f"removed {name}")
-        else:
-            log(f"cannot remove {name}: {proc.stderr.strip()[-200:]}")
-    return removed
+    present = [n for n in dict.fromkeys(names) if image_exists(n)]
+    return sum(_rmi([n], n, log) for n in present)
