@@ -64,9 +64,10 @@ async def test_the_task_protocol_is_the_default(
     assert (timing["repeats"], timing["warmup"], timing["rounds"]) == (REPEATS, 3, REPEATS)
     assert timing["protocol"] == {"repeats": "task", "warmup": "task"}
     assert len(timing["baseline_wall_s"]) + len(timing["dropped_rounds"]) == REPEATS
-    # base, candidate and gold: each ran the workload 3 times untimed (the output check and
-    # 2 warm-up rounds), then REPEATS times timed
-    assert runs == [REPEATS + 3] * 3, runs
+    # base and candidate (the gold itself, whose rounds stand for the gold's): each ran the
+    # workload 3 times untimed (the output check and 2 warm-up rounds), then REPEATS timed
+    assert res.info["reference_is_candidate"] is True
+    assert runs == [REPEATS + 3] * 2, runs
     assert res.info["benchmark"]["passed"] is True, res.info["benchmark"]
 
 
@@ -78,9 +79,9 @@ async def test_an_explicit_repeats_wins(service: SandboxService, dataset: dict[s
     timing = res.info["timing"]
     assert (timing["repeats"], timing["warmup"], timing["rounds"]) == (2, 1, 2)
     assert timing["protocol"] == {"repeats": "operator", "warmup": "operator"}
-    assert runs == [3, 3, 3], runs  # the output check, then 2 timed rounds
+    assert runs == [3, 3], runs  # the output check, then 2 timed rounds
     # the server's cap: a task's own repeats never go past max_repeats
     res, runs = await _evaluate(
         service, dataset, EvalConfig(max_repeats=4, bootstrap_resamples=200)
     )
-    assert res.info["timing"]["rounds"] == 4 and runs == [7, 7, 7], runs
+    assert res.info["timing"]["rounds"] == 4 and runs == [7, 7], runs

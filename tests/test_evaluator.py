@@ -361,6 +361,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     work = tmp_path_factory.mktemp("patches")
     patches = {
         "fast": _make_patch(repo, work / "fast", {"slow.py": FAST_PY}),
+        "fast_too": _make_patch(repo, work / "fast_too", {"slow.py": FAST_PY + "# also fast\n"}),
         "broken": _make_patch(repo, work / "broken", {"slow.py": BROKEN_PY}),
         "wrong": _make_patch(repo, work / "wrong", {"slow.py": WRONG_BIG_PY}),
         "crash": _make_patch(repo, work / "crash", {"slow.py": CRASH_PY}),
@@ -620,15 +621,38 @@ async def test_check_without_the_patch_program_means_does_not_apply(
 async def test_reference_speedup_and_relative_reward(
     dataset: dict[str, str], sandboxes: Counting
 ) -> None:
+    """A candidate other than the gold (here, the gold plus a comment): the gold is timed
+    in its own sandbox, interleaved with the base and the candidate."""
     config = FAST_CONFIG.model_copy(update={"reward": RewardConfig(kind="relative")})
-    res = await _evaluate(sandboxes, _req(dataset, result=dataset["fast"]), config)
+    res = await _evaluate(sandboxes, _req(dataset, result=dataset["fast_too"]), config)
     assert res.info["status"] == "ok", res.info
     assert res.info["reference_output_ok"] is True
+    assert "reference_is_candidate" not in res.info
     assert res.info["reference_speedup"] > 1.5
     assert len(res.info["timing"]["reference_s"]) == 3
+    assert all(r.count("reference") == 1 for r in res.info["timing"]["order"])
     assert res.info["reward_kind"] == "relative"
     assert 0 < res.reward <= 1
     assert sandboxes.created == 3
+
+
+async def test_a_candidate_that_is_the_gold_is_timed_once(
+    dataset: dict[str, str], sandboxes: Counting
+) -> None:
+    """The gold patch resubmitted: the same files, so the same program; its rounds stand for
+    the gold's (no separate timing whose noise could put it below the gold), and the
+    relative reward is exactly the reward of matching the gold."""
+    config = FAST_CONFIG.model_copy(update={"reward": RewardConfig(kind="relative")})
+    res = await _evaluate(sandboxes, _req(dataset, result=dataset["fast"]), config)
+    info = res.info
+    assert info["status"] == "ok", info
+    assert info["reference_is_candidate"] is True and "reference_error" not in info
+    assert info["timing"]["reference_s"] == info["timing"]["candidate_s"]
+    assert len(info["timing"]["reference_s"]) == 3
+    assert all("reference" not in r for r in info["timing"]["order"])  # not timed apart
+    assert info["reference_speedup"] > 1.5
+    assert res.reward == pytest.approx(1.0)
+    assert sandboxes.created == 3 and sandboxes.live == 0
 
 
 class ReferenceTimingFails(Counting):

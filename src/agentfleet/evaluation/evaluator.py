@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shlex
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -31,9 +30,16 @@ from agentfleet.evaluation.patches import (
     check_patch_applies,
     count_patch_lines,
     output_tail,
+    restore_test_files,
     sandbox_diff,
 )
 from agentfleet.evaluation.pinning import PinnedSandboxes
+from agentfleet.evaluation.reference_arm import (
+    Reference,
+    candidate_as_reference,
+    prepare_reference,
+    tree_id,
+)
 from agentfleet.evaluation.reward import RewardConfig, compute_reward
 from agentfleet.evaluation.schema import EvalRequest, EvalResult
 from agentfleet.evaluation.speedup import (
@@ -293,11 +299,14 @@ class Evaluator:
         t = time.monotonic()
         if scored and (edits := image_eval.protected_edits(patch, task.test_files)):
             raise _Outcome("tests_modified", modified_tests=edits)
+        candidate_tree = None
         if patch.strip():
             ok, method, output = await self._apply(candidate, patch)
             if not ok:
                 raise _Outcome("patch_failed", apply_output=output_tail(output))
             info["apply_method"] = method
+            if reference_t is not None:  # a candidate that is the gold is timed once
+                candidate_tree = await tree_id(self.sandboxes, candidate)
         else:
             info["apply_method"] = "none (empty patch)"
         durations["apply"] = round(time.monotonic() - t, 4)
@@ -312,7 +321,7 @@ class Evaluator:
         # 2. restore the task's test files, run the tests
         t = time.monotonic()
         if not scored:
-            await self._restore_tests(candidate, task)
+            await restore_test_files(self.sandboxes, candidate, task)
         timeout = cfg.test_timeout or task.timeout_s
         res = await self.sandboxes.exec(candidate, task.test_cmd, timeout=timeout)
         durations["tests"] = round(time.monotonic() - t, 4)
@@ -321,23 +330,19 @@ class Evaluator:
         # 3. same stdout as the original
         baseline = await baseline_t
         arms = {"baseline": baseline, "candidate": candidate}
+        ref = Reference()
         if reference_t is not None:
-            try:  # trouble with the reference drops it, never the evaluation
-                reference = await reference_t
-                ok, _, output = await self._apply(reference, reference_patch)
-                if ok:
-                    built = await image_eval.rebuild(self.sandboxes, reference, task, build_timeout)
-                    if built is not None and (built.timed_out or built.returncode != 0):
-                        ok, output = False, "rebuild failed: " + built.output
-            except SandboxError as exc:
-                info["reference_error"] = f"reference sandbox failed: {exc}"
-            else:
-                if ok:
-                    arms["reference"] = reference
-                else:
-                    info["reference_error"] = "reference patch did not apply: " + output_tail(
-                        output, 1000
-                    )
+            ref = await prepare_reference(
+                self.sandboxes,
+                reference_t,
+                reference_patch,
+                task,
+                build_timeout,
+                candidate_tree,
+                info,
+            )
+            if ref.sandbox is not None:
+                arms["reference"] = ref.sandbox
         run_timeout = cfg.workload_timeout or task.timeout_s
         t = time.monotonic()
         checks = dict(
@@ -369,14 +374,16 @@ class Evaluator:
         try:
             if self._timing_slots is not None:
                 async with self._timing_slots:
-                    samples = await self._measure(arms, task, run_timeout, protocol)
+                    samples = await self._measure(arms, task, run_timeout, protocol, ref)
             else:
-                samples = await self._measure(arms, task, run_timeout, protocol)
+                samples = await self._measure(arms, task, run_timeout, protocol, ref)
         except TimingError as exc:
             if exc.arm == "candidate":
                 raise _Outcome("workload_failed", workload_error=exc.detail) from None
             raise
         durations["timing"] = round(time.monotonic() - t, 4)
+        if ref.is_candidate:
+            candidate_as_reference(samples)
         if "reference" in samples.dropped:
             info["reference_error"] = "reference timing failed: " + samples.dropped["reference"]
 
@@ -402,26 +409,6 @@ class Evaluator:
         info["reward_kind"] = cfg.reward.kind
         info["status"] = "ok"
         return reward, speedup
-
-    async def _restore_tests(self, sandbox_id: str, task: Task) -> None:
-        """Put every path of ``task.test_files`` back as in the first commit: edits undone,
-        deleted files restored, files added under a listed folder removed."""
-        paths = [p.strip().rstrip("/") for p in task.test_files if p.strip().rstrip("/")]
-        if not paths:
-            return
-        for p in paths:
-            if p.startswith("/") or ".." in p.split("/") or p in (".", ""):
-                raise ValueError(f"task {task.id}: bad test path {p!r}")
-        parts = ["base=$(git rev-list --max-parents=0 HEAD | tail -n 1) || exit 1"]
-        for p in paths:
-            q = shlex.quote(p)
-            parts.append(
-                f'rm -rf -- {q}; if git cat-file -e "$base:"{q} 2>/dev/null; '
-                f'then git checkout -q "$base" -- {q} || exit 1; fi'
-            )
-        res = await self.sandboxes.exec(sandbox_id, "\n".join(parts), timeout=120)
-        if res.returncode != 0:
-            raise SandboxError(f"could not restore test files: {output_tail(res.output, 1000)}")
 
     def _check_outputs(
         self, checks: dict[str, CheckedRun], arms: dict[str, str], info: dict[str, Any]
@@ -467,11 +454,16 @@ class Evaluator:
             info["reference_error"] = failures["reference"]
 
     async def _measure(
-        self, arms: dict[str, str], task: Task, run_timeout: float, protocol: TimingProtocol
+        self,
+        arms: dict[str, str],
+        task: Task,
+        run_timeout: float,
+        protocol: TimingProtocol,
+        ref: Reference,
     ) -> Samples:
         cfg = self.config
         # every round for a benchmark's figures and for a timed reference
-        full = "reference" in arms or image_eval.scored_by_benchmark(task)
+        full = "reference" in arms or ref.is_candidate or image_eval.scored_by_benchmark(task)
         return await measure(
             self.sandboxes,
             arms,

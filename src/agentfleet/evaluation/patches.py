@@ -4,8 +4,9 @@ checked against the task's pristine repository at submit time, and applied in a 
 from __future__ import annotations
 
 import os
+import shlex
 
-from agentfleet.sandbox.base import Sandboxes
+from agentfleet.sandbox.base import SandboxError, Sandboxes
 from agentfleet.sandbox.command_env import DEFAULT_PATH
 from agentfleet.sandbox.host_git import patch_applies
 from agentfleet.tasks.task import Task
@@ -87,6 +88,27 @@ async def apply_patch(sandboxes: Sandboxes, sandbox_id: str, patch: str) -> tupl
     return False, "", f"git apply:\n{first}\npatch:\n{res.output}"
 
 
+async def restore_test_files(sandboxes: Sandboxes, sandbox_id: str, task: Task) -> None:
+    """Put every path of ``task.test_files`` back as in the first commit: edits undone,
+    deleted files restored, files added under a listed folder removed."""
+    paths = [p.strip().rstrip("/") for p in task.test_files if p.strip().rstrip("/")]
+    if not paths:
+        return
+    for p in paths:
+        if p.startswith("/") or ".." in p.split("/") or p in (".", ""):
+            raise ValueError(f"task {task.id}: bad test path {p!r}")
+    parts = ["base=$(git rev-list --max-parents=0 HEAD | tail -n 1) || exit 1"]
+    for p in paths:
+        q = shlex.quote(p)
+        parts.append(
+            f'rm -rf -- {q}; if git cat-file -e "$base:"{q} 2>/dev/null; '
+            f'then git checkout -q "$base" -- {q} || exit 1; fi'
+        )
+    res = await sandboxes.exec(sandbox_id, "\n".join(parts), timeout=120)
+    if res.returncode != 0:
+        raise SandboxError(f"could not restore test files: {output_tail(res.output, 1000)}")
+
+
 __all__ = [
     "OUTPUT_TAIL",
     "PATCH_PATH",
@@ -94,5 +116,6 @@ __all__ = [
     "apply_patch",
     "check_patch_applies",
     "count_patch_lines",
+    "restore_test_files",
     "sandbox_diff",
 ]
