@@ -9,6 +9,7 @@ for the gold's (``info["reference_is_candidate"]``), which also saves a third of
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,8 @@ _TREE_CMD = (
     '&& GIT_INDEX_FILE="$i" git write-tree; rc=$?; rm -f "$i"; exit $rc'
 )
 
+_TREE_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # sha1 or sha256 repositories
+
 
 async def tree_id(sandboxes: Sandboxes, sandbox_id: str) -> str | None:
     """The git tree id of a sandbox's work folder; None when git cannot tell."""
@@ -34,8 +37,8 @@ async def tree_id(sandboxes: Sandboxes, sandbox_id: str) -> str | None:
         res = await sandboxes.exec(sandbox_id, _TREE_CMD, timeout=120)
     except SandboxError:
         return None
-    out = res.output.strip()
-    return out if res.returncode == 0 and len(out) in (40, 64) else None
+    last = (res.output.strip().splitlines() or [""])[-1].strip()  # after any git warning
+    return last if res.returncode == 0 and _TREE_ID.fullmatch(last) else None
 
 
 @dataclass
