@@ -12,6 +12,9 @@ from agentfleet.sandbox.host_git import patch_applies
 from agentfleet.tasks.task import Task
 
 PATCH_PATH = ".git/agentfleet.patch"  # inside the workdir, but never part of a diff
+# What counts as a sandbox's change (for its diff, and for comparing its tree with the
+# gold's): every file but ignored ones and Python's caches.
+CHANGED_FILES = "-- . ':(exclude)*__pycache__*' ':(exclude)*.pyc'"
 OUTPUT_TAIL = 4000
 
 
@@ -45,7 +48,7 @@ async def sandbox_diff(sandboxes: Sandboxes, sandbox_id: str) -> str:
         # an image task's baseline is the image's HEAD (refs/agentfleet/base), else the root
         "base=$(git rev-parse -q --verify refs/agentfleet/base || "
         "git rev-list --max-parents=0 HEAD | tail -n 1) && "
-        "git add -A -- . ':(exclude)*__pycache__*' ':(exclude)*.pyc' && "
+        f"git add -A {CHANGED_FILES} && "
         f'git diff --cached --binary --no-color --no-ext-diff "$base" > {PATCH_PATH}; '
         "rc=$?; git reset -q; exit $rc"
     )
@@ -110,6 +113,7 @@ async def restore_test_files(sandboxes: Sandboxes, sandbox_id: str, task: Task) 
 
 
 __all__ = [
+    "CHANGED_FILES",
     "OUTPUT_TAIL",
     "PATCH_PATH",
     "BadSubmission",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentfleet.evaluation import image_eval
-from agentfleet.evaluation.patches import apply_patch, output_tail
+from agentfleet.evaluation.patches import CHANGED_FILES, apply_patch, output_tail
 from agentfleet.evaluation.speedup import Samples
 from agentfleet.sandbox.base import SandboxError, Sandboxes
 from agentfleet.tasks.task import Task
@@ -24,7 +24,7 @@ from agentfleet.tasks.task import Task
 # and *.pyc left out), through a scratch copy of the index: the sandbox's own is untouched.
 _TREE_CMD = (
     'i=$(mktemp) && { cp "$(git rev-parse --git-path index)" "$i" 2>/dev/null || rm -f "$i"; } '
-    "&& GIT_INDEX_FILE=\"$i\" git add -A -- . ':(exclude)*__pycache__*' ':(exclude)*.pyc' "
+    f'&& GIT_INDEX_FILE="$i" git add -A {CHANGED_FILES} '
     '&& GIT_INDEX_FILE="$i" git write-tree; rc=$?; rm -f "$i"; exit $rc'
 )
 
