@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import os
@@ -430,6 +431,23 @@ def test_eval_bench_plot() -> None:
         assert text in svg, text
     assert plot_results({"n": 40, "modes": modes}) == svg
     assert plot_results({"config": {"n": 40}, "rows": modes}) == svg
+
+
+@pytest.mark.slow
+def test_eval_bench_arm_keeps_each_rounds_seconds() -> None:
+    """One real arm (a fresh server, 1 worker): every evaluation's record keeps the kept
+    rounds' seconds, so an estimator can be read again from ``results.json``."""
+    from agentfleet.bench.eval_bench import requests, run_arm
+    from agentfleet.evaluation.config import EvalConfig
+
+    reqs = requests(2)  # reads the dataset: before the loop, as ``bench eval`` does
+    row = asyncio.run(run_arm("1", reqs, EvalConfig(repeats=2, early_stop_rounds=None)))
+    assert [e["label"].split(":")[0] for e in row["evaluations"]] == ["reference", "noop"]
+    for e in row["evaluations"]:
+        assert e["status"] == "ok" and e["rounds"] == 2, e
+        assert len(e["baseline_s"]) == len(e["candidate_s"]) == 2 - len(e["dropped"])
+        assert all(x > 0 for x in e["baseline_s"] + e["candidate_s"])
+    assert row["noop_n"] == 1 and row["not_ok"] == 0
 
 
 def test_eval_bench_spread() -> None:

@@ -42,9 +42,11 @@ from agentfleet.evaluation.speedup import (
     bootstrap_ratio_ci,
     iqr,
     median,
+    paired_speedup,
     paired_t_ratio_ci,
     parse_timer_output,
     quantile,
+    ratio_of_medians,
     speedup_stats,
     timer_command,
 )
@@ -771,6 +773,22 @@ def test_bootstrap_interval() -> None:
     assert bootstrap_ratio_ci(base, cand, resamples=500, seed=1) == (lo, hi)  # seeded
     same = bootstrap_ratio_ci(base, base, resamples=500)
     assert same[0] <= 1.0 <= same[1]
+
+
+def test_the_speedup_pairs_the_rounds() -> None:
+    """Unchanged code on a host whose speed drifts between rounds (levels 1.0, 1.3, 1.1,
+    0.9, 1.2; within a round both runs share one level) with a few % of noise per run: the
+    two medians come from the middle level's round alone, so its noise decides the ratio of
+    medians (1.08x, a no-op read as a gain); the median of the rounds' ratios is 1.01."""
+    levels = [1.0, 1.3, 1.1, 0.9, 1.2]
+    base = [lv * e for lv, e in zip(levels, [1.0, 0.99, 1.06, 1.01, 1.0], strict=True)]
+    cand = [lv * e for lv, e in zip(levels, [1.01, 1.0, 0.98, 1.0, 0.99], strict=True)]
+    assert ratio_of_medians(base, cand) == pytest.approx(1.0816, abs=1e-3)
+    assert paired_speedup(base, cand) == pytest.approx(1.01, abs=1e-9)
+    stats = speedup_stats(base, cand)
+    assert abs(stats["speedup"] - 1.0) < 0.05 and stats["within_noise"]
+    assert paired_speedup([2.0, 4.0], [1.0, 1.0]) == 3.0  # an even count: the middle two
+    assert paired_speedup([1.0, 2.0, 3.0], [1.0]) == ratio_of_medians([1.0, 2.0, 3.0], [1.0])
 
 
 def test_speedup_stats_flags() -> None:

@@ -116,6 +116,9 @@ async def run_arm(mode: str, reqs: Requests, cfg: EvalConfig) -> dict[str, Any]:
                 "speedup": res.speedup,
                 "rounds": timing.get("rounds"),
                 "dropped": timing.get("dropped_rounds"),
+                # the kept rounds' seconds on the chosen clock, to read the spread again
+                "baseline_s": timing.get("baseline_s"),
+                "candidate_s": timing.get("candidate_s"),
             }
         )
     return {

@@ -9,7 +9,7 @@ info)``. The rules are in docs/evaluation.md; in short:
    as they were, and the task's tests must pass;
 4. the workload's stdout must equal the unmodified repository's;
 5. the workload is timed in both sandboxes, interleaved, from inside the sandboxes;
-6. speedup = median(baseline) / median(candidate) -> reward (reward.py).
+6. speedup = median of the rounds' baseline / candidate ratios -> reward (reward.py).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ import math
 from collections.abc import Sequence
 
 from agentfleet.evaluation.reward import RewardConfig
-from agentfleet.evaluation.speedup import bootstrap_ratio_ci, quantile, ratio_of_medians
+from agentfleet.evaluation.speedup import bootstrap_ratio_ci, paired_speedup, quantile
 
 MIN_ROUNDS_FOR_OUTLIERS = 5
 FENCE = 3.0  # IQRs beyond the quartiles: Tukey's "far out"
@@ -64,7 +64,7 @@ def ci_relative_width(
     dropped = outlier_rounds(baseline, candidate)
     b, c = keep(baseline, dropped), keep(candidate, dropped)
     lo, hi = bootstrap_ratio_ci(b, c, resamples=resamples, seed=seed)
-    return (hi - lo) / max(ratio_of_medians(b, c), 1e-9)
+    return (hi - lo) / max(paired_speedup(b, c), 1e-9)
 
 
 def flat_reward_bounds(reward: RewardConfig) -> tuple[float, float] | None:
@@ -94,7 +94,7 @@ def reward_decided(
         return False
     low, high = bounds
     lo, hi = bootstrap_ratio_ci(baseline, candidate, resamples=resamples, seed=seed)
-    s = ratio_of_medians(baseline, candidate)  # the figure the reward will read
+    s = paired_speedup(baseline, candidate)  # the figure the reward will read
     lo, hi = min(lo, s), max(hi, s)
     margin = 1.0 + noise_threshold
     return lo >= high * margin or hi * margin < low

@@ -1,6 +1,6 @@
 """Timing a workload inside sandboxes and the statistics of the samples.
 
-The statistics (:func:`median`, :func:`iqr`, :func:`bootstrap_ratio_ci`,
+The statistics (:func:`median`, :func:`iqr`, :func:`paired_speedup`, :func:`bootstrap_ratio_ci`,
 :func:`paired_t_ratio_ci`, :func:`speedup_stats`) are pure functions. :func:`measure` runs
 the interleaved timing rounds; :func:`run_checked` runs a workload once and reports its
 stdout digest for the output comparison. See docs/evaluation.md for the method.
@@ -105,6 +105,20 @@ def ratio_of_medians(baseline: Sequence[float], candidate: Sequence[float]) -> f
     return median(baseline) / max(median(candidate), 1e-9)
 
 
+def paired_speedup(baseline: Sequence[float], candidate: Sequence[float]) -> float:
+    """The speedup the evaluator reports: > 1 means the candidate is faster.
+
+    With as many samples on each side (sample ``i`` of both came from one interleaved
+    round), the median of the rounds' ratios ``baseline_i / candidate_i``: a slow stretch
+    of the host that spans a round (a shared VM was seen running 1.3x slower for 20 s at a time)
+    slows both of its samples and leaves their ratio alone, where the ratio of the two
+    medians mixes rounds run at different speeds. Otherwise :func:`ratio_of_medians`."""
+    n = len(baseline)
+    if n == 0 or n != len(candidate):
+        return ratio_of_medians(baseline, candidate)
+    return median([b / max(c, 1e-9) for b, c in zip(baseline, candidate, strict=True)])
+
+
 def bootstrap_ratio_ci(
     baseline: Sequence[float],
     candidate: Sequence[float],
@@ -113,7 +127,7 @@ def bootstrap_ratio_ci(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``ratio_of_medians``, seeded.
+    """Percentile bootstrap interval of :func:`paired_speedup`, seeded.
 
     With as many samples on each side, sample ``i`` of both sides came from the same
     interleaved round, so pairs are resampled together (a paired bootstrap): drift that a
@@ -123,11 +137,12 @@ def bootstrap_ratio_ci(
         raise ValueError("bootstrap of no samples")
     rng = random.Random(seed)
     nb, nc = len(baseline), len(candidate)
+    round_ratios = [b / max(c, 1e-9) for b, c in zip(baseline, candidate, strict=False)]
     ratios: list[float] = []
     for _ in range(max(resamples, 1)):
         if nb == nc:
             idx = [rng.randrange(nb) for _ in range(nb)]
-            ratios.append(ratio_of_medians([baseline[i] for i in idx], [candidate[i] for i in idx]))
+            ratios.append(median([round_ratios[i] for i in idx]))
         else:
             ratios.append(
                 ratio_of_medians(
@@ -196,7 +211,7 @@ def speedup_stats(
     (:func:`paired_t_ratio_ci`) contains 1.0. ``suspicious``: ``speedup >
     max_plausible_speedup``.
     """
-    s = ratio_of_medians(baseline, candidate)
+    s = paired_speedup(baseline, candidate)
     lo, hi = bootstrap_ratio_ci(baseline, candidate, resamples=resamples, seed=seed)
     t_ci = paired_t_ratio_ci(baseline, candidate)
     noise = lo <= 1.0 <= hi or abs(s - 1.0) < noise_threshold

@@ -11,7 +11,7 @@ from typing import Any
 
 from agentfleet.evaluation.config import EvalConfig, TimingProtocol
 from agentfleet.evaluation.rounds import ci_relative_width, keep, outlier_rounds, reward_decided
-from agentfleet.evaluation.speedup import Samples, ratio_of_medians, speedup_stats
+from agentfleet.evaluation.speedup import Samples, paired_speedup, speedup_stats
 
 
 def clock_of(samples: Samples, clock: str) -> dict[str, list[float]]:
@@ -89,8 +89,8 @@ def timing_stats(
     )
     speedup = float(stats.pop("speedup"))
     stats["clock"] = cfg.clock
-    wall_speedup = ratio_of_medians(wall["baseline"], wall["candidate"])
-    cpu_speedup = ratio_of_medians(cpu["baseline"], cpu["candidate"])
+    wall_speedup = paired_speedup(wall["baseline"], wall["candidate"])
+    cpu_speedup = paired_speedup(cpu["baseline"], cpu["candidate"])
     stats["wall_speedup"], stats["cpu_speedup"] = wall_speedup, cpu_speedup
     ratio = max(wall_speedup, cpu_speedup) / max(min(wall_speedup, cpu_speedup), 1e-9)
     stats["baseline_wall_s"], stats["candidate_wall_s"] = wall["baseline"], wall["candidate"]
@@ -110,7 +110,7 @@ def timing_stats(
     stats["target_ci"] = cfg.target_ci
     reference_speedup: float | None = None
     if "reference" in chosen:
-        reference_speedup = ratio_of_medians(chosen["baseline"], chosen["reference"])
+        reference_speedup = paired_speedup(chosen["baseline"], chosen["reference"])
         stats["reference_s"] = chosen["reference"]
     return Timing(speedup, stats, reference_speedup, bool(ratio > cfg.clock_mismatch_factor))
 
