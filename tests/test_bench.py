@@ -453,16 +453,17 @@ def test_eval_bench_arm_keeps_each_rounds_seconds() -> None:
 def test_eval_bench_spread() -> None:
     from agentfleet.bench.eval_bench import spread
 
-    def ev(label: str, speedup: float, status: str = "ok") -> dict[str, Any]:
-        return {"label": label, "speedup": speedup, "status": status}
+    def ev(label: str, speedup: float, status: str = "ok", rounds: int = 5) -> dict[str, Any]:
+        return {"label": label, "speedup": speedup, "status": status, "rounds": rounds}
 
     evals = [ev("noop:a", 1.02), ev("noop:b", 0.90), ev("noop:c", 0.0, "error")]
-    evals += [ev("reference:a", 2.0), ev("reference:a", 2.2), ev("reference:a", 2.1)]
+    evals += [ev("reference:a", 2.0), ev("reference:a", 2.2, rounds=20), ev("reference:a", 2.1)]
     evals += [ev("reference:b", 3.0)]  # alone: no median to stray from
     got = spread(evals)
     assert (got["noop_n"], got["noop_within_5pct"], got["noop_range"]) == (2, 1, [0.90, 1.02])
     assert (got["ref_n"], got["ref_within_5pct_of_median"]) == (3, 3)
     assert got["ref_max_dev"] == pytest.approx(0.1 / 2.1) and got["not_ok"] == 1
+    assert got["rounds_mean"] == pytest.approx(50 / 7)  # every evaluation, 5 rounds but one
 
 
 def test_cpu_noise_times_the_loop_in_fresh_interpreters() -> None:
@@ -490,6 +491,14 @@ def test_cpu_noise_times_the_loop_in_fresh_interpreters() -> None:
         "host_noise": {**got, "cv": 0.125, "within_5pct": 2},
     }
     assert "| 12.5%, 2/3 " in table([row])
+
+    def cells(r: dict[str, Any]) -> dict[str, str]:
+        head, _, line = table([r]).splitlines()[:3]
+        pairs = zip(head.split("|"), line.split("|"), strict=True)
+        return {k.strip(): v.strip() for k, v in pairs}
+
+    assert cells(row)["rounds (mean)"] == "-"  # a row of an older JSON
+    assert cells({**row, "rounds_mean": 7.5})["rounds (mean)"] == "7.5"
 
 
 def test_bench_eval_rejects_bad_input(tmp_path: Path) -> None:

@@ -134,13 +134,15 @@ async def run_arm(mode: str, reqs: Requests, cfg: EvalConfig) -> dict[str, Any]:
 
 
 def spread(evals: list[dict[str, Any]]) -> dict[str, Any]:
-    """Unchanged code within 1.00 +- 0.05; references within 5% of their task's median."""
+    """Unchanged code within 1.00 +- 0.05; references within 5% of their task's median;
+    the rounds an evaluation took, on average."""
     noop = [e["speedup"] for e in evals if e["label"].startswith("noop") and e["status"] == "ok"]
     refs: dict[str, list[float]] = {}
     for e in evals:
         if e["label"].startswith("reference") and e["status"] == "ok":
             refs.setdefault(e["label"], []).append(e["speedup"])
     devs = [abs(s / statistics.median(v) - 1) for v in refs.values() for s in v if len(v) > 1]
+    rounds = [e["rounds"] for e in evals if e.get("rounds")]
     return {
         "noop_n": len(noop),
         "noop_within_5pct": sum(1 for s in noop if abs(s - 1) <= 0.05),
@@ -149,6 +151,7 @@ def spread(evals: list[dict[str, Any]]) -> dict[str, Any]:
         "ref_within_5pct_of_median": sum(1 for d in devs if d <= 0.05),
         "ref_max_dev": max(devs) if devs else None,
         "not_ok": sum(1 for e in evals if e["status"] != "ok"),
+        "rounds_mean": statistics.mean(rounds) if rounds else None,  # the cost of --target-ci
     }
 
 
@@ -255,6 +258,7 @@ COLUMNS: list[Column] = [
     ("unchanged range", _range),
     ("references within 5% of median", lambda r: f"{r['ref_within_5pct_of_median']}/{r['ref_n']}"),
     ("not ok", "not_ok"),
+    ("rounds (mean)", lambda r: f"{r['rounds_mean']:.1f}" if r.get("rounds_mean") else "-"),
     ("host noise: loop CPU cv, within 5%", _noise),
     ("load avg (1, 5 min)", lambda r: f"{r['loadavg'][0]:.1f}, {r['loadavg'][1]:.1f}"),
 ]

@@ -1,9 +1,10 @@
 """Timing a workload inside sandboxes and the statistics of the samples.
 
-The statistics (:func:`median`, :func:`iqr`, :func:`paired_speedup`, :func:`bootstrap_ratio_ci`,
-:func:`paired_t_ratio_ci`, :func:`speedup_stats`) are pure functions. :func:`measure` runs
-the interleaved timing rounds; :func:`run_checked` runs a workload once and reports its
-stdout digest for the output comparison. See docs/evaluation.md for the method.
+The statistics (:func:`median`, :func:`iqr`, :func:`paired_speedup`,
+:func:`bootstrap_ratio_ci`, :func:`paired_t_ratio_ci`, :func:`speedup_stats`) are pure
+functions. :func:`measure` runs the interleaved timing rounds; :func:`run_checked` runs a
+workload once and reports its stdout digest for the output comparison. See
+docs/evaluation.md for the method.
 """
 
 from __future__ import annotations
@@ -110,9 +111,9 @@ def paired_speedup(baseline: Sequence[float], candidate: Sequence[float]) -> flo
 
     With as many samples on each side (sample ``i`` of both came from one interleaved
     round), the median of the rounds' ratios ``baseline_i / candidate_i``: a slow stretch
-    of the host that spans a round (a shared VM was seen running 1.3x slower for 20 s at a time)
-    slows both of its samples and leaves their ratio alone, where the ratio of the two
-    medians mixes rounds run at different speeds. Otherwise :func:`ratio_of_medians`."""
+    of the host that spans a round (a shared VM was seen running 1.2x to 1.4x slower for up
+    to 27 s) slows both of its samples and leaves their ratio alone, where the ratio of the
+    two medians mixes rounds run at different speeds. Otherwise :func:`ratio_of_medians`."""
     n = len(baseline)
     if n == 0 or n != len(candidate):
         return ratio_of_medians(baseline, candidate)
@@ -137,10 +138,13 @@ def bootstrap_ratio_ci(
         raise ValueError("bootstrap of no samples")
     rng = random.Random(seed)
     nb, nc = len(baseline), len(candidate)
-    round_ratios = [b / max(c, 1e-9) for b, c in zip(baseline, candidate, strict=False)]
+    paired = nb == nc
+    round_ratios = (
+        [b / max(c, 1e-9) for b, c in zip(baseline, candidate, strict=True)] if paired else []
+    )
     ratios: list[float] = []
     for _ in range(max(resamples, 1)):
-        if nb == nc:
+        if paired:
             idx = [rng.randrange(nb) for _ in range(nb)]
             ratios.append(median([round_ratios[i] for i in idx]))
         else:
