@@ -41,6 +41,22 @@ def test_a_disturbed_round_is_dropped_and_said() -> None:
     assert off.stats["dropped_rounds"] == [] and off.stats["rounds_used"] == 8
 
 
+def test_every_speedup_in_the_timing_pairs_the_rounds() -> None:
+    """A host whose speed drifts between rounds (levels 1.0, 1.3, 1.1, 0.9, 1.2), unchanged
+    code in the candidate and in the reference: the speedup, both clocks' figures and the
+    reference's read the rounds' ratios (1.01), not the ratio of the medians (1.08, set by
+    the middle round's noise alone)."""
+    levels = [1.0, 1.3, 1.1, 0.9, 1.2]
+    base = [lv * e for lv, e in zip(levels, [1.0, 0.99, 1.06, 1.01, 1.0], strict=True)]
+    same = [lv * e for lv, e in zip(levels, [1.01, 1.0, 0.98, 1.0, 0.99], strict=True)]
+    arms = {"baseline": base, "candidate": same, "reference": same}
+    samples = Samples(wall_s=dict(arms), cpu_s=dict(arms), order=[list(arms)] * 5)
+    t = timing_stats(samples, EvalConfig(bootstrap_resamples=200, drop_outliers=False))
+    for got in (t.speedup, t.stats["cpu_speedup"], t.stats["wall_speedup"]):
+        assert got == pytest.approx(1.01)
+    assert t.reference_speedup == pytest.approx(1.01)
+
+
 def test_the_rule_needs_five_rounds_and_drops_at_most_a_fifth() -> None:
     assert outlier_rounds([1.0, 1.0, 1.0, 5.0], [1.0, 1.0, 1.0, 1.0]) == []
     base = [1.0] * 10
