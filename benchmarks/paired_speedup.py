@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -31,6 +30,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from agentfleet.bench.common import child_cpu_s
+from agentfleet.bench.eval_bench import spread
 from agentfleet.evaluation.speedup import paired_speedup, ratio_of_medians
 
 Estimator = Callable[[Sequence[float], Sequence[float]], float]
@@ -46,30 +47,24 @@ def within(xs: Sequence[float], tol: float = 0.05) -> str:
 
 
 def from_results(path: Path) -> None:
+    """Each arm's counts by ``bench eval``'s own :func:`spread`, the speedups recomputed."""
     data = json.loads(path.read_text())
     for row in data["rows"]:
         evals = [e for e in row["evaluations"] if e["status"] == "ok" and e.get("baseline_s")]
         print(f"arm {row['mode']} (hog {row.get('hog')}):")
         for name, f in ESTIMATORS.items():
-            noop = [f(e["baseline_s"], e["candidate_s"]) for e in evals if "noop" in e["label"]]
-            refs: dict[str, list[float]] = {}
-            for e in evals:
-                if e["label"].startswith("reference"):
-                    refs.setdefault(e["label"], []).append(f(e["baseline_s"], e["candidate_s"]))
-            devs = [s / statistics.median(v) for v in refs.values() if len(v) > 1 for s in v]
-            rng = f"{min(noop):.3f}-{max(noop):.3f}" if noop else "-"
+            got = spread([{**e, "speedup": f(e["baseline_s"], e["candidate_s"])} for e in evals])
+            lo, hi = got["noop_range"] or (0.0, 0.0)
             print(
-                f"  {name:24s} unchanged within 1.00 +- 0.05: {within(noop)} ({rng}); "
-                f"references within 5% of their median: {within(devs)}"
+                f"  {name:24s} unchanged within 1.00 +- 0.05: "
+                f"{got['noop_within_5pct']}/{got['noop_n']} ({lo:.3f}-{hi:.3f}); "
+                f"references within 5% of their median: "
+                f"{got['ref_within_5pct_of_median']}/{got['ref_n']}"
             )
 
 
 def one_run(cwd: Path, cmd: str) -> float:
-    """CPU seconds (user + sys) of one fresh run, as the evaluator's timer reads them."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run(cmd, shell=True, cwd=cwd, stdout=subprocess.DEVNULL, check=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return child_cpu_s(cmd, shell=True, cwd=cwd, stdout=subprocess.DEVNULL)
 
 
 def from_machine(task: str, rounds: int, cpu: int | None) -> None:

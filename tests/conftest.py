@@ -104,6 +104,17 @@ def require_tool(
 SANDBOX_ENV = "AGENTFLEET_SANDBOX"  # in every sandbox command's environment: its folder
 
 
+def drifting_noop_samples() -> tuple[list[float], list[float]]:
+    """(baseline, candidate): unchanged code on a host whose speed drifts between rounds
+    (levels 1.0, 1.3, 1.1, 0.9, 1.2; both runs of a round share one level), a few % of
+    noise per run. The two medians come from the middle level's round alone, so the ratio
+    of medians reads 1.0816 (a no-op read as a gain); the rounds' ratios' median, 1.01."""
+    levels = [1.0, 1.3, 1.1, 0.9, 1.2]
+    base = [lv * e for lv, e in zip(levels, [1.0, 0.99, 1.06, 1.01, 1.0], strict=True)]
+    same = [lv * e for lv, e in zip(levels, [1.01, 1.0, 0.98, 1.0, 0.99], strict=True)]
+    return base, same
+
+
 def sandbox_processes(root: Path) -> dict[str, list[psutil.Process]]:
     """Live processes of sandboxes under ``root``, by sandbox folder.
 

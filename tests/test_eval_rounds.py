@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from conftest import drifting_noop_samples
 
 from agentfleet.evaluation.config import EvalConfig
 from agentfleet.evaluation.evaluator import Evaluator
@@ -46,9 +47,7 @@ def test_every_speedup_in_the_timing_pairs_the_rounds() -> None:
     code in the candidate and in the reference: the speedup, both clocks' figures and the
     reference's read the rounds' ratios (1.01), not the ratio of the medians (1.08, set by
     the middle round's noise alone)."""
-    levels = [1.0, 1.3, 1.1, 0.9, 1.2]
-    base = [lv * e for lv, e in zip(levels, [1.0, 0.99, 1.06, 1.01, 1.0], strict=True)]
-    same = [lv * e for lv, e in zip(levels, [1.01, 1.0, 0.98, 1.0, 0.99], strict=True)]
+    base, same = drifting_noop_samples()
     arms = {"baseline": base, "candidate": same, "reference": same}
     samples = Samples(wall_s=dict(arms), cpu_s=dict(arms), order=[list(arms)] * 5)
     t = timing_stats(samples, EvalConfig(bootstrap_resamples=200, drop_outliers=False))

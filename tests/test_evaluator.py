@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from conftest import drifting_noop_samples
 from hypothesis import given, strategies as st
 
 from agentfleet.evaluation.evaluator import (
@@ -776,13 +777,9 @@ def test_bootstrap_interval() -> None:
 
 
 def test_the_speedup_pairs_the_rounds() -> None:
-    """Unchanged code on a host whose speed drifts between rounds (levels 1.0, 1.3, 1.1,
-    0.9, 1.2; within a round both runs share one level) with a few % of noise per run: the
-    two medians come from the middle level's round alone, so its noise decides the ratio of
-    medians (1.08x, a no-op read as a gain); the median of the rounds' ratios is 1.01."""
-    levels = [1.0, 1.3, 1.1, 0.9, 1.2]
-    base = [lv * e for lv, e in zip(levels, [1.0, 0.99, 1.06, 1.01, 1.0], strict=True)]
-    cand = [lv * e for lv, e in zip(levels, [1.01, 1.0, 0.98, 1.0, 0.99], strict=True)]
+    """Unchanged code on a host whose speed drifts between rounds: the ratio of medians
+    reads a gain, the median of the rounds' ratios does not (:func:`drifting_noop_samples`)."""
+    base, cand = drifting_noop_samples()
     assert ratio_of_medians(base, cand) == pytest.approx(1.0816, abs=1e-3)
     assert paired_speedup(base, cand) == pytest.approx(1.01, abs=1e-9)
     stats = speedup_stats(base, cand)

@@ -348,16 +348,20 @@ def machine_info() -> dict[str, Any]:
 NOISE_LOOP = "s = 0\nfor i in range(1_000_000):\n    s += i"  # about 0.1 s of CPU
 
 
+def child_cpu_s(cmd: str | list[str], **run: Any) -> float:
+    """CPU seconds (user + sys) of one run of ``cmd`` as a child process, as the
+    evaluator's timer reads them; ``run``: more arguments of :func:`subprocess.run`."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(cmd, check=True, **run)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+
 def cpu_noise(runs: int = 20) -> dict[str, Any]:
     """How steady this machine's CPU is now: the CPU time of one fixed loop in a fresh
     interpreter, ``runs`` times. No timing harness is steadier than this; an arm's spread
     is read against it (a shared or virtual host can spread this loop by 10% and more)."""
-    times = []
-    for _ in range(runs):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        subprocess.run([sys.executable, "-c", NOISE_LOOP], check=True)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        times.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    times = [child_cpu_s([sys.executable, "-c", NOISE_LOOP]) for _ in range(runs)]
     med = statistics.median(times)
     return {
         "runs": runs,

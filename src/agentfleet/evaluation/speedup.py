@@ -106,6 +106,11 @@ def ratio_of_medians(baseline: Sequence[float], candidate: Sequence[float]) -> f
     return median(baseline) / max(median(candidate), 1e-9)
 
 
+def round_ratios(baseline: Sequence[float], candidate: Sequence[float]) -> list[float]:
+    """Each round's ``baseline_i / candidate_i`` (as many samples on each side)."""
+    return [b / max(c, 1e-9) for b, c in zip(baseline, candidate, strict=True)]
+
+
 def paired_speedup(baseline: Sequence[float], candidate: Sequence[float]) -> float:
     """The speedup the evaluator reports: > 1 means the candidate is faster.
 
@@ -117,7 +122,7 @@ def paired_speedup(baseline: Sequence[float], candidate: Sequence[float]) -> flo
     n = len(baseline)
     if n == 0 or n != len(candidate):
         return ratio_of_medians(baseline, candidate)
-    return median([b / max(c, 1e-9) for b, c in zip(baseline, candidate, strict=True)])
+    return median(round_ratios(baseline, candidate))
 
 
 def bootstrap_ratio_ci(
@@ -138,15 +143,12 @@ def bootstrap_ratio_ci(
         raise ValueError("bootstrap of no samples")
     rng = random.Random(seed)
     nb, nc = len(baseline), len(candidate)
-    paired = nb == nc
-    round_ratios = (
-        [b / max(c, 1e-9) for b, c in zip(baseline, candidate, strict=True)] if paired else []
-    )
+    paired = round_ratios(baseline, candidate) if nb == nc else None
     ratios: list[float] = []
     for _ in range(max(resamples, 1)):
-        if paired:
+        if paired is not None:
             idx = [rng.randrange(nb) for _ in range(nb)]
-            ratios.append(median([round_ratios[i] for i in idx]))
+            ratios.append(median([paired[i] for i in idx]))
         else:
             ratios.append(
                 ratio_of_medians(
