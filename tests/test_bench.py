@@ -501,6 +501,23 @@ def test_cpu_noise_times_the_loop_in_fresh_interpreters() -> None:
     assert cells({**row, "rounds_mean": 7.5})["rounds (mean)"] == "7.5"
 
 
+def test_a_run_records_the_load_average_of_its_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agentfleet.bench import cli
+
+    load = [0.5, 0.5, 0.5]
+    monkeypatch.setattr(os, "getloadavg", lambda: tuple(load))
+
+    def measure() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        load[:] = [7.0, 7.0, 7.0]  # the run loads the machine
+        return [], {}
+
+    _, run_dir = cli._run("probe", {}, measure, lambda rows: "table", tmp_path / "run")
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert saved["machine"]["loadavg_at_start"] == [0.5, 0.5, 0.5]
+
+
 def test_bench_eval_rejects_bad_input(tmp_path: Path) -> None:
     for args in (["--modes", "1,2x"], ["--modes", "0p"], ["--hog", "sometimes"]):
         result = runner.invoke(bench_app, ["eval", *args, "--out", str(tmp_path / "x")])

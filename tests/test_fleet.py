@@ -100,7 +100,13 @@ def test_no_change_scores_about_one_and_no_reward(tmp_path: Path) -> None:
     assert outcome.info["status"] == "ok"
     assert outcome.info["patch_lines"] == 0
     assert 0.6 < outcome.speedup < 1.6  # same code: about 1 (noisy shared machine)
-    assert outcome.reward == 0.0
+    if outcome.info["within_noise"]:
+        assert outcome.reward == 0.0
+    else:
+        # Noise read as a gain: the rule's few percent of false positives at this noise
+        # (benchmarks/noise_rule.py; seen once in CI at 1.069x, every round one side).
+        # Only a small one: a 15% gain from no change is no noise but a bug.
+        assert outcome.speedup < 1.15 and outcome.reward < 0.21, outcome.info["timing"]
 
 
 @pytest.mark.slow

@@ -84,6 +84,7 @@ def _run(
     the command, ``config``, the machine and timings, and table.md. A missing extra exits 2;
     a bad option value (a ``ValueError``) is a usage error: ``error: ...``, exit 2."""
     started = time.time()
+    machine = machine_info()  # before the run: its load average is the one at the start
     try:
         rows, extra = measure()
     except MissingExtra as exc:
@@ -95,7 +96,7 @@ def _run(
         **(tags or {}),
         "command": " ".join(sys.argv),
         "config": config,
-        "machine": machine_info(),
+        "machine": machine,
         "started": started,
         "duration_s": time.time() - started,
         "rows": rows,
