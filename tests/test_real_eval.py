@@ -30,12 +30,16 @@ async def service(tmp_path: Path, dataset: dict[str, str]) -> AsyncIterator[Sand
 
 
 async def _evaluate(
-    service: SandboxService, dataset: dict[str, str], task: str, patch: str
+    service: SandboxService,
+    dataset: dict[str, str],
+    task: str,
+    patch: str,
+    config: EvalConfig = CONFIG,
 ) -> EvalResult:
     req = EvalRequest(
         exit_status="Submitted", result=patch, instance_id=task, dataset_name=dataset["path"]
     )
-    evaluator = Evaluator(service, CONFIG, dataset_roots=[dataset["path"]])
+    evaluator = Evaluator(service, config, dataset_roots=[dataset["path"]])
     return await evaluator.evaluate(req)
 
 
@@ -74,10 +78,13 @@ async def test_gold_patch_meets_the_benchmark_rule(
 
 
 async def test_noop_patch_fails_the_rule(service: SandboxService, dataset: dict[str, str]) -> None:
-    res = await _evaluate(service, dataset, "gso-count", dataset["empty"])
+    # GSO's rule compares per-test *means*: at 5 rounds one disturbed round moved a no-op
+    # to 1.2x once, with the whole suite running on 2 cores; at 9 it weighs 5/9 as much
+    config = CONFIG.model_copy(update={"repeats": 9})
+    res = await _evaluate(service, dataset, "gso-count", dataset["empty"], config)
     assert res.info["status"] == "ok"
     verdict = res.info["benchmark"]
-    assert verdict["passed"] is False and verdict["opt_base"] is False
+    assert verdict["passed"] is False and verdict["opt_base"] is False, verdict
     assert verdict["gm_speedup_base"] < 1.2
 
 
