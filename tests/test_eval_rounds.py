@@ -11,7 +11,7 @@ from conftest import drifting_noop_samples
 
 from agentfleet.evaluation.config import EvalConfig
 from agentfleet.evaluation.evaluator import Evaluator
-from agentfleet.evaluation.reward import RewardConfig
+from agentfleet.evaluation.reward import RewardConfig, compute_reward
 from agentfleet.evaluation.rounds import (
     ci_relative_width,
     flat_reward_bounds,
@@ -19,7 +19,7 @@ from agentfleet.evaluation.rounds import (
     reward_decided,
 )
 from agentfleet.evaluation.schema import EvalRequest
-from agentfleet.evaluation.speedup import Samples
+from agentfleet.evaluation.speedup import Samples, speedup_stats
 from agentfleet.evaluation.timing import timing_stats
 from agentfleet.sandbox import ProcessBackend, SandboxService
 
@@ -38,8 +38,32 @@ def test_a_disturbed_round_is_dropped_and_said() -> None:
     assert t.stats["dropped_rounds"] == [5]
     assert len(t.stats["baseline_s"]) == 7
     assert 1.97 < t.speedup < 2.03
+    assert t.stats["within_noise"] is False and t.stats["within_noise_all_rounds"] is False
     off = timing_stats(samples, EvalConfig(bootstrap_resamples=200, drop_outliers=False))
     assert off.stats["dropped_rounds"] == [] and off.stats["rounds_used"] == 8
+
+
+def test_a_dropped_round_never_turns_noise_into_a_change() -> None:
+    """Unchanged code, 5 rounds: four ratios near 1.06, one at 0.80. The rule drops the
+    0.80, and the four left alone would call 1.06 a gain; over every round it is noise, and
+    noise it stays (no reward)."""
+    base = [1.06, 1.07, 1.06, 1.065, 0.80]
+    cand = [1.0] * 5
+    samples = Samples(
+        wall_s={"baseline": base, "candidate": cand},
+        cpu_s={"baseline": base, "candidate": cand},
+        order=[["baseline", "candidate"]] * 5,
+    )
+    cfg = EvalConfig(bootstrap_resamples=200)
+    t = timing_stats(samples, cfg)
+    assert t.stats["dropped_rounds"] == [4] and t.speedup > 1.05
+    kept = speedup_stats(base[:4], cand[:4], resamples=200)
+    assert kept["within_noise"] is False  # what the kept rounds alone say
+    assert t.stats["within_noise"] is True
+    assert t.stats["within_noise_all_rounds"] is True
+    assert compute_reward(t.speedup, correct=True, within_noise=t.stats["within_noise"]) == 0.0
+    steady = timing_stats(samples, cfg.model_copy(update={"drop_outliers": False}))
+    assert steady.stats["within_noise_all_rounds"] is None  # nothing dropped
 
 
 def test_every_speedup_in_the_timing_pairs_the_rounds() -> None:
