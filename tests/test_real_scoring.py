@@ -229,3 +229,31 @@ def test_the_benchmark_clock_decides_within_noise() -> None:
     assert fast["within_noise"] is False and fast["speedup"] == pytest.approx(2.0, rel=0.05)
     tie = run(list(base_s))
     assert tie["within_noise"] is True
+
+
+def test_a_dropped_round_never_turns_noise_into_a_change_on_the_benchmark_clock() -> None:
+    """As on the process clock (test_eval_rounds): four rounds at 1.06x and one at 0.80x,
+    the last dropped. The benchmark's own times over the kept rounds call 1.06x a change;
+    over every round it is noise, and noise it stays."""
+    from agentfleet.evaluation import image_eval
+    from agentfleet.evaluation.config import EvalConfig
+    from agentfleet.evaluation.speedup import Samples, speedup_stats
+    from agentfleet.tasks import load_dataset
+
+    task = load_dataset("swe-perf-mini").tasks()[0]
+    names = image_eval._names(task)
+    base_s, cand_s = [0.318, 0.321, 0.318, 0.3195, 0.24], [0.3] * 5
+    assert speedup_stats(base_s[:4], cand_s[:4], resamples=200)["within_noise"] is False
+    samples = Samples(
+        wall_s={"baseline": [1.0] * 5, "candidate": [1.0] * 5},
+        metrics={
+            "baseline": [{n: t for n in names} for t in base_s],
+            "candidate": [{n: t for n in names} for t in cand_s],
+        },
+    )
+    stats: dict[str, Any] = {"dropped_rounds": [4], "within_noise": False}
+    info: dict[str, Any] = {}
+    cfg = EvalConfig(bootstrap_resamples=200)
+    image_eval.apply_verdict(task, samples, stats, info, 1.0, cfg)
+    assert info["within_noise"] is True and stats["within_noise"] is True
+    assert stats["within_noise_all_rounds"] is True
