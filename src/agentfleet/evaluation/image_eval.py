@@ -119,6 +119,22 @@ def gold_speedup(task: Task) -> float | None:
     return value if value > 0 else None
 
 
+def _arm_seconds(
+    metrics: Mapping[str, Sequence[Mapping[str, float]]],
+    wall: Mapping[str, Sequence[float]],
+    dropped: Sequence[int],
+) -> dict[str, dict[str, list[float]]]:
+    """Per arm (the reference as ``gold``) and metric, the kept rounds' seconds."""
+    arms: dict[str, dict[str, list[float]]] = {}
+    for arm, series in wall.items():
+        rounds = metrics.get(arm) or [{"wall": w} for w in series]
+        names = list(rounds[0]) if rounds else []
+        arms[arm] = {n: keep([r[n] for r in rounds], dropped) for n in names}
+    if "reference" in arms:
+        arms["gold"] = arms.pop("reference")
+    return arms
+
+
 def verdict(
     task: Task,
     metrics: Mapping[str, Sequence[Mapping[str, float]]],
@@ -127,13 +143,7 @@ def verdict(
 ) -> dict[str, Any]:
     """The benchmark's verdict over the kept rounds. ``metrics``: per arm, each round's
     parsed times (empty for ``wall``); ``wall``: per arm, each round's seconds."""
-    arms: dict[str, dict[str, list[float]]] = {}
-    for arm, series in wall.items():
-        rounds = metrics.get(arm) or [{"wall": w} for w in series]
-        names = list(rounds[0]) if rounds else []
-        arms[arm] = {n: keep([r[n] for r in rounds], dropped) for n in names}
-    if "reference" in arms:
-        arms["gold"] = arms.pop("reference")
+    arms = _arm_seconds(metrics, wall, dropped)
     out = benchmark_verdict(task.benchmark, arms, gold_speedup=gold_speedup(task))
     out["samples_s"] = arms  # per arm and metric, the kept rounds' seconds
     return out
@@ -143,7 +153,10 @@ def within_noise(verdict: Mapping[str, Any], cfg: EvalConfig) -> bool | None:
     """Is the candidate within noise of the base on the benchmark's own clock (each kept
     round's seconds summed over the metrics)? None without those samples. The reward's
     noise gate must use the clock the speedup was read on, not the whole process's."""
-    arms = verdict.get("samples_s")
+    return _arms_within_noise(verdict.get("samples_s"), cfg)
+
+
+def _arms_within_noise(arms: Any, cfg: EvalConfig) -> bool | None:
     if not isinstance(arms, Mapping) or not {"baseline", "candidate"} <= set(arms):
         return None
     base, cand = (
@@ -183,7 +196,7 @@ def apply_verdict(
     noise = within_noise(found, cfg)
     if noise is not None and stats["dropped_rounds"]:
         # a drop never turns noise into a change (timing.timing_stats), on this clock too
-        every = within_noise(verdict(task, samples.metrics, samples.wall_s, []), cfg)
+        every = _arms_within_noise(_arm_seconds(samples.metrics, samples.wall_s, []), cfg)
         stats["within_noise_all_rounds"] = every
         noise = noise or bool(every)
     if noise is not None:
