@@ -387,7 +387,8 @@ class Evaluator:
         if "reference" in samples.dropped:
             info["reference_error"] = "reference timing failed: " + samples.dropped["reference"]
 
-        timing = timing_stats(samples, cfg, protocol)
+        # bootstraps (a few ms each at 20 rounds): off the event loop
+        timing = await asyncio.to_thread(timing_stats, samples, cfg, protocol)
         speedup, stats = timing.speedup, timing.stats
         info["clocks_disagree"] = timing.clocks_disagree
         reference_speedup = timing.reference_speedup
